@@ -1,0 +1,1 @@
+"""The node: a Flower ClientApp that trains on local data, privately."""

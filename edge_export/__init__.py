@@ -1,0 +1,1 @@
+"""From the trained global model to a verified ONNX file a device can run."""

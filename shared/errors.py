@@ -1,0 +1,21 @@
+"""Exceptions fedge raises for problems a user can fix.
+
+Each also subclasses the builtin a caller would expect, as scikit-learn's
+``NotFittedError(ValueError, AttributeError)`` does, so generic handlers work.
+"""
+
+
+class FedgeError(Exception):
+    """Base class for every error fedge raises on purpose."""
+
+
+class ConfigError(FedgeError, ValueError):
+    """The run configuration is invalid; the message lists every problem found."""
+
+
+class DataError(FedgeError, ValueError):
+    """A data file or partition cannot be used; the message names file and column."""
+
+
+class ModelError(FedgeError, ValueError):
+    """A model spec or a set of weights does not match what was expected."""

@@ -1,0 +1,20 @@
+"""Names used on the wire between ServerApp and ClientApp, defined once.
+
+Record keys and metric names are kebab-case, as in Flower (``num-examples``).
+"""
+
+# RecordDict entries
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# ConfigRecord entries sent by the server each round
+SERVER_ROUND = "server-round"
+MODEL_SPEC = "model-spec"  # JSON string, see shared.models.ModelSpec
+PREPROCESSING = "preprocessing"  # JSON string, see shared.preprocessing
+
+# MetricRecord entries replied by clients
+NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights replies by this key
+TRAIN_LOSS = "train-loss"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"

@@ -1,0 +1,65 @@
+"""Classification metrics from labels and predicted probabilities.
+
+Thin wrappers over scikit-learn's implementations, so every party reports the
+same figures under the same names.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def classification_metrics(
+    y_true: np.ndarray, probabilities: np.ndarray, num_classes: int | None = None
+) -> dict[str, float]:
+    """Return accuracy, macro precision/recall/F1 and ROC-AUC.
+
+    Parameters
+    ----------
+    y_true : ndarray of shape (n,)
+        Integer class labels.
+    probabilities : ndarray of shape (n, num_classes)
+        Predicted class probabilities (rows sum to 1).
+    num_classes : int, optional
+        Number of classes; defaults to ``probabilities.shape[1]``.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``precision``, ``recall``, ``f1`` (macro averages over the
+        classes), and ``roc-auc`` (binary, or one-vs-rest macro for multiclass).
+        ROC-AUC is NaN when ``y_true`` holds a single class, where it is undefined.
+    """
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    num_classes = num_classes or probabilities.shape[1]
+    labels = np.arange(num_classes)
+    y_pred = probabilities.argmax(axis=1)
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
+    return {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "roc-auc": roc_auc(y_true, probabilities),
+    }
+
+
+def roc_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """ROC-AUC: binary on the positive class, else one-vs-rest macro average.
+
+    Classes absent from ``y_true`` are left out of the macro average; the result
+    is NaN when fewer than two classes are present.
+    """
+    present = np.unique(y_true)
+    if present.size < 2:
+        return float("nan")
+    if probabilities.shape[1] == 2:
+        return float(skm.roc_auc_score(y_true, probabilities[:, 1]))
+    scores = [
+        skm.roc_auc_score(y_true == c, probabilities[:, c]) for c in present
+    ]
+    return float(np.mean(scores))

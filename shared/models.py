@@ -1,0 +1,184 @@
+"""The model registry: small, DP-compatible networks rebuilt from a JSON spec.
+
+Opacus cannot compute per-sample gradients through BatchNorm (it mixes samples),
+so normalisation, where wanted, is GroupNorm. A model is fully described by a
+:class:`ModelSpec`, which is what ``model.json`` stores next to ``model.pt`` and
+what the server sends to clients, so any party can rebuild the same network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.errors import ModelError
+
+MODEL_NAMES = ("mlp", "cnn")
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a registry model.
+
+    Parameters
+    ----------
+    name : {"mlp", "cnn"}
+        Architecture. ``mlp`` takes flat feature vectors, ``cnn`` takes
+        ``(channels, height, width)`` images.
+    input_shape : tuple of int
+        Shape of one example, without the batch axis.
+    num_classes : int
+        Number of output logits.
+    hidden : tuple of int
+        MLP: widths of the hidden layers. CNN: ``(conv1, conv2, fc)`` widths.
+    activation : {"relu", "tanh"}
+        Tanh often trains better under DP-SGD (bounded activations keep
+        per-sample gradient norms small; Papernot et al., 2021).
+    groups : int
+        GroupNorm groups after the first convolution (CNN only).
+    """
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    hidden: tuple[int, ...] = field(default=())
+    activation: str = "relu"
+    groups: int = 4
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.name not in MODEL_NAMES:
+            problems.append(f"name must be one of {MODEL_NAMES}, got {self.name!r}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(
+                f"activation must be one of {tuple(ACTIVATIONS)}, "
+                f"got {self.activation!r}"
+            )
+        if self.num_classes < 2:
+            problems.append(f"num_classes must be >= 2, got {self.num_classes}")
+        if any(d <= 0 for d in self.input_shape) or not self.input_shape:
+            problems.append(f"input_shape must be positive, got {self.input_shape}")
+        if self.name == "cnn" and len(self.input_shape) != 3:
+            problems.append(
+                "cnn needs input_shape (channels, height, width), "
+                f"got {self.input_shape}"
+            )
+        if self.name == "cnn" and self.hidden and len(self.hidden) != 3:
+            problems.append(f"cnn hidden must be (conv1, conv2, fc), got {self.hidden}")
+        if problems:
+            raise ModelError("Invalid model spec: " + "; ".join(problems) + ".")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (the content of ``model.json``)."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Rebuild from :meth:`to_dict` output, ignoring unknown keys."""
+        try:
+            return cls(
+                name=data["name"],
+                input_shape=tuple(int(d) for d in data["input_shape"]),
+                num_classes=int(data["num_classes"]),
+                hidden=tuple(int(h) for h in data.get("hidden", ())),
+                activation=data.get("activation", "relu"),
+                groups=int(data.get("groups", 4)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"Model spec is incomplete or malformed: {e}") from e
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        """Rebuild from a JSON string."""
+        return cls.from_dict(json.loads(text))
+
+
+def default_spec(
+    name: str, input_shape: tuple[int, ...], num_classes: int, activation: str = "relu"
+) -> ModelSpec:
+    """Return the registry's default spec for ``name`` on data of this shape.
+
+    ``name="auto"`` picks ``cnn`` for images and ``mlp`` for feature vectors.
+    """
+    if name == "auto":
+        name = "cnn" if len(input_shape) == 3 else "mlp"
+    hidden = {"mlp": (128, 64), "cnn": (16, 32, 64)}.get(name, ())
+    if name == "mlp" and len(input_shape) != 1:
+        input_shape = (math.prod(input_shape),)
+    return ModelSpec(
+        name=name,
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+        hidden=hidden,
+        activation=activation,
+    )
+
+
+class MLP(nn.Module):
+    """Fully connected network for tabular data: Linear-act blocks, then logits."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        act = ACTIVATIONS[spec.activation]
+        widths = [math.prod(spec.input_shape), *spec.hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(w_in, w_out), act()]
+        layers.append(nn.Linear(widths[-1], spec.num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """Small image CNN: conv–GroupNorm–conv–pool–fc–fc (no BatchNorm, for DP)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        channels, height, width = spec.input_shape
+        conv1, conv2, fc = spec.hidden or (16, 32, 64)
+        act = ACTIVATIONS[spec.activation]
+        groups = math.gcd(spec.groups, conv1)
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, conv1, kernel_size=3, padding=1),
+            nn.GroupNorm(groups, conv1),
+            act(),
+            nn.Conv2d(conv1, conv2, kernel_size=3, padding=1),
+            act(),
+            nn.MaxPool2d(2),
+        )
+        flat = conv2 * (height // 2) * (width // 2)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, fc), act(), nn.Linear(fc, spec.num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.classifier(self.features(x))
+
+
+def build_model(spec: ModelSpec, *, model_seed: int | None = None) -> nn.Module:
+    """Instantiate the network ``spec`` describes.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The architecture.
+    model_seed : int, optional
+        Seed for the initial weights, so every party can build identical ones.
+    """
+    if model_seed is not None:
+        torch.manual_seed(model_seed)
+    if spec.name == "mlp":
+        return MLP(spec)
+    return CNN(spec)

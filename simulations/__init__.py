@@ -1,0 +1,1 @@
+"""Many virtual clients on one machine, on Flower's simulation engine."""
