@@ -1,0 +1,381 @@
+"""The typed run configuration, built once from Flower's run config.
+
+Defaults live in ``pyproject.toml`` under ``[tool.flwr.app.config]`` and nowhere
+else; this module only types and validates them. Every problem found is reported
+together in one :class:`~shared.errors.ConfigError`, as Opacus's
+``ModuleValidator.validate`` collects a list before raising.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+
+DATASET_FILE = "file"  # dataset value meaning: the data comes from files
+PARTITIONINGS = ("iid", "dirichlet", "shards")
+IMPUTE_MODES = ("none", "mean")
+DP_MODES = ("none", "sample", "central")
+ACCOUNTANTS = ("rdp", "prv")
+STRATEGIES = (
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+)
+# Aggregators whose output is not a (weighted) mean of the updates: the central
+# DP wrappers calibrate noise to the sensitivity of a mean, so they do not compose.
+NON_MEAN_AGGREGATORS = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data the federation learns from and how it is split in simulation."""
+
+    dataset: str
+    eval_data_path: str
+    label_column: str
+    impute: str
+    partitioning: str
+    dirichlet_alpha: float
+    shards_per_client: int
+    partition_seed: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training on each node."""
+
+    model: str
+    activation: str
+    model_seed: int
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Differential privacy.
+
+    ``mode="sample"``: DP-SGD on every client (Opacus). ``noise_multiplier`` > 0
+    is used as given; 0 means calibrate it from ``target_epsilon`` for the whole
+    planned run. ``target_epsilon`` is also each client's budget. ``target_delta``
+    0 means "choose below 1/n of the client's examples".
+    ``mode="central"``: user-level DP with Flower's server-side clipping wrapper.
+    """
+
+    mode: str
+    noise_multiplier: float
+    target_epsilon: float
+    target_delta: float
+    max_grad_norm: float
+    accountant: str
+    clipping_norm: float
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """The aggregation strategy (Flower's own implementations)."""
+
+    name: str
+    fraction_train: float
+    fraction_evaluate: float
+    min_nodes: int
+    proximal_mu: float
+    server_learning_rate: float
+    server_momentum_beta1: float
+    server_momentum_beta2: float
+    tau: float
+    trim_beta: float
+    num_malicious_nodes: int
+    num_nodes_to_select: int
+
+
+@dataclass(frozen=True)
+class RunControlConfig:
+    """Where a run writes, how long it waits, and how it checkpoints."""
+
+    num_server_rounds: int
+    sampler_seed: int
+    output_dir: str
+    run_name: str
+    checkpoint_interval: int
+    node_wait_timeout_s: float
+    round_timeout_s: float
+    min_replies: int
+    max_update_norm: float
+    export_onnx: bool
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole resolved run configuration."""
+
+    data: DataConfig
+    train: TrainConfig
+    dp: DPConfig
+    strategy: StrategyConfig
+    run: RunControlConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict, for ``config.json`` and checkpoints."""
+        return asdict(self)
+
+    def to_flat(self) -> dict[str, Any]:
+        """The kebab-case run-config mapping this config was built from."""
+        flat: dict[str, Any] = {}
+        for section, field_map in _SECTIONS.items():
+            part = getattr(self, section)
+            for key, attr in field_map.items():
+                flat[key] = getattr(part, attr)
+        return flat
+
+
+# kebab-case run-config key -> attribute, per section. The one place keys map.
+_SECTIONS: dict[str, dict[str, str]] = {
+    "data": {
+        "dataset": "dataset",
+        "eval-data-path": "eval_data_path",
+        "label-column": "label_column",
+        "impute": "impute",
+        "partitioning": "partitioning",
+        "dirichlet-alpha": "dirichlet_alpha",
+        "shards-per-client": "shards_per_client",
+        "partition-seed": "partition_seed",
+    },
+    "train": {
+        "model": "model",
+        "activation": "activation",
+        "model-seed": "model_seed",
+        "local-epochs": "local_epochs",
+        "batch-size": "batch_size",
+        "learning-rate": "learning_rate",
+        "momentum": "momentum",
+    },
+    "dp": {
+        "dp-mode": "mode",
+        "noise-multiplier": "noise_multiplier",
+        "target-epsilon": "target_epsilon",
+        "target-delta": "target_delta",
+        "max-grad-norm": "max_grad_norm",
+        "accountant": "accountant",
+        "clipping-norm": "clipping_norm",
+    },
+    "strategy": {
+        "strategy": "name",
+        "fraction-train": "fraction_train",
+        "fraction-evaluate": "fraction_evaluate",
+        "min-nodes": "min_nodes",
+        "proximal-mu": "proximal_mu",
+        "server-learning-rate": "server_learning_rate",
+        "server-momentum-beta1": "server_momentum_beta1",
+        "server-momentum-beta2": "server_momentum_beta2",
+        "tau": "tau",
+        "trim-beta": "trim_beta",
+        "num-malicious-nodes": "num_malicious_nodes",
+        "num-nodes-to-select": "num_nodes_to_select",
+    },
+    "run": {
+        "num-server-rounds": "num_server_rounds",
+        "sampler-seed": "sampler_seed",
+        "output-dir": "output_dir",
+        "run-name": "run_name",
+        "checkpoint-interval": "checkpoint_interval",
+        "node-wait-timeout-s": "node_wait_timeout_s",
+        "round-timeout-s": "round_timeout_s",
+        "min-replies": "min_replies",
+        "max-update-norm": "max_update_norm",
+        "export-onnx": "export_onnx",
+    },
+}
+_SECTION_TYPES = {
+    "data": DataConfig,
+    "train": TrainConfig,
+    "dp": DPConfig,
+    "strategy": StrategyConfig,
+    "run": RunControlConfig,
+}
+CONFIG_KEYS = tuple(k for m in _SECTIONS.values() for k in m)
+
+
+def default_run_config() -> dict[str, Any]:
+    """The defaults from ``[tool.flwr.app.config]`` in the project's pyproject.
+
+    Looked up next to the installed packages (an editable install or a FAB
+    unpacked by Flower both keep ``pyproject.toml`` one level above ``shared``).
+    """
+    candidates = [Path(str(resources.files("shared"))).parent / "pyproject.toml"]
+    for path in candidates:
+        if path.is_file():
+            with path.open("rb") as f:
+                return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+    raise ConfigError(
+        "Cannot find fedge's pyproject.toml next to the 'shared' package "
+        f"(looked at {candidates[0]}); reinstall fedge with `make setup`."
+    )
+
+
+def from_run_config(
+    run_config: Mapping[str, Any], *, fill_defaults: bool = False
+) -> RunConfig:
+    """Build and validate the typed config from a Flower run config.
+
+    Parameters
+    ----------
+    run_config : mapping
+        ``context.run_config`` (kebab-case keys), or overrides of the defaults.
+    fill_defaults : bool, default False
+        Fill keys missing from ``run_config`` from ``pyproject.toml`` (for
+        callers outside Flower, such as the CLI and tests).
+
+    Raises
+    ------
+    ConfigError
+        Listing every unknown key, wrong type and out-of-range value at once.
+    """
+    values = dict(default_run_config()) if fill_defaults else {}
+    values.update(run_config)
+    problems: list[str] = []
+    unknown = sorted(set(values) - set(CONFIG_KEYS))
+    if unknown:
+        problems.append(f"unknown keys {unknown}")
+    missing = [k for k in CONFIG_KEYS if k not in values]
+    if missing:
+        problems.append(f"missing keys {missing}")
+    sections: dict[str, Any] = {}
+    for section, field_map in _SECTIONS.items():
+        cls = _SECTION_TYPES[section]
+        types = {f.name: f.type for f in fields(cls)}
+        kwargs = {}
+        for key, attr in field_map.items():
+            if key not in values:
+                continue
+            kwargs[attr] = _coerce(key, values[key], types[attr], problems)
+        sections[section] = kwargs
+    # Ranges are checked on well-typed values only; unknown keys don't block them.
+    if not missing and all("must be" not in x for x in problems):
+        problems.extend(_check_ranges(sections))
+    if problems:
+        raise ConfigError(
+            "Invalid run config:\n  - " + "\n  - ".join(problems)
+        )
+    return RunConfig(**{s: _SECTION_TYPES[s](**kw) for s, kw in sections.items()})
+
+
+def _coerce(key: str, value: Any, type_name: str, problems: list[str]) -> Any:
+    """Convert a TOML value to the field's type, recording a problem if it can't."""
+    want: dict[str, Callable[[Any], Any]] = {
+        "str": str,
+        "int": int,
+        "float": float,
+        "bool": bool,
+    }
+    kind = str(type_name)
+    ok = {
+        "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+    }[kind]
+    if not ok:
+        problems.append(f"'{key}' must be {kind}, got {value!r}")
+        return value
+    return want[kind](value)
+
+
+def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        problems.append(f"'{key}' must be one of {list(allowed)}, got {value!r}")
+
+
+def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
+    """Every range and cross-field rule; returns the problems found."""
+    p: list[str] = []
+    d, t, dp, st, r = s["data"], s["train"], s["dp"], s["strategy"], s["run"]
+    _choice(p, "partitioning", d["partitioning"], PARTITIONINGS)
+    _choice(p, "impute", d["impute"], IMPUTE_MODES)
+    if d["dirichlet_alpha"] <= 0:
+        p.append(f"'dirichlet-alpha' must be > 0, got {d['dirichlet_alpha']}")
+    if d["shards_per_client"] < 1:
+        p.append(f"'shards-per-client' must be >= 1, got {d['shards_per_client']}")
+    if d["dataset"] == DATASET_FILE and not d["eval_data_path"]:
+        p.append(
+            f"'dataset' = '{DATASET_FILE}' needs 'eval-data-path': the "
+            "coordinator's held-out file for central evaluation"
+        )
+    _choice(p, "model", t["model"], ("auto", "mlp", "cnn"))
+    _choice(p, "activation", t["activation"], ("relu", "tanh"))
+    for key, attr in (("local-epochs", "local_epochs"), ("batch-size", "batch_size")):
+        if t[attr] < 1:
+            p.append(f"'{key}' must be >= 1, got {t[attr]}")
+    if t["learning_rate"] <= 0:
+        p.append(f"'learning-rate' must be > 0, got {t['learning_rate']}")
+    if not 0 <= t["momentum"] < 1:
+        p.append(f"'momentum' must be in [0, 1), got {t['momentum']}")
+    _choice(p, "dp-mode", dp["mode"], DP_MODES)
+    _choice(p, "accountant", dp["accountant"], ACCOUNTANTS)
+    if dp["noise_multiplier"] < 0:
+        p.append(f"'noise-multiplier' must be >= 0, got {dp['noise_multiplier']}")
+    if dp["mode"] != "none":
+        if dp["target_epsilon"] <= 0:
+            p.append(f"'target-epsilon' must be > 0, got {dp['target_epsilon']}")
+        if not 0 <= dp["target_delta"] < 1:
+            p.append(f"'target-delta' must be in [0, 1), got {dp['target_delta']}")
+    if dp["mode"] == "sample" and dp["max_grad_norm"] <= 0:
+        p.append(f"'max-grad-norm' must be > 0, got {dp['max_grad_norm']}")
+    if dp["mode"] == "central":
+        if dp["clipping_norm"] <= 0:
+            p.append(f"'clipping-norm' must be > 0, got {dp['clipping_norm']}")
+        if dp["noise_multiplier"] <= 0:
+            p.append("'dp-mode' = 'central' needs 'noise-multiplier' > 0")
+        if st["name"] in NON_MEAN_AGGREGATORS:
+            p.append(
+                f"'dp-mode' = 'central' does not compose with 'strategy' = "
+                f"'{st['name']}': central DP noise is calibrated to the sensitivity "
+                "of a mean of clipped updates, which this robust aggregator does "
+                "not compute; use fedavg/fedprox/fedadam/fedyogi/fedadagrad"
+            )
+    _choice(p, "strategy", st["name"], STRATEGIES)
+    for key, attr in (("fraction-train", "fraction_train"),):
+        if not 0 < st[attr] <= 1:
+            p.append(f"'{key}' must be in (0, 1], got {st[attr]}")
+    if not 0 <= st["fraction_evaluate"] <= 1:
+        p.append(f"'fraction-evaluate' must be in [0, 1], got {st['fraction_evaluate']}")
+    if st["min_nodes"] < 1:
+        p.append(f"'min-nodes' must be >= 1, got {st['min_nodes']}")
+    if st["proximal_mu"] < 0:
+        p.append(f"'proximal-mu' must be >= 0, got {st['proximal_mu']}")
+    if st["server_learning_rate"] <= 0:
+        p.append(
+            f"'server-learning-rate' must be > 0, got {st['server_learning_rate']}"
+        )
+    if not 0 <= st["trim_beta"] < 0.5:
+        p.append(f"'trim-beta' must be in [0, 0.5), got {st['trim_beta']}")
+    if r["num_server_rounds"] < 1:
+        p.append(f"'num-server-rounds' must be >= 1, got {r['num_server_rounds']}")
+    if r["checkpoint_interval"] < 1:
+        p.append(f"'checkpoint-interval' must be >= 1, got {r['checkpoint_interval']}")
+    for key, attr in (
+        ("node-wait-timeout-s", "node_wait_timeout_s"),
+        ("round-timeout-s", "round_timeout_s"),
+    ):
+        if r[attr] <= 0:
+            p.append(f"'{key}' must be > 0 seconds, got {r[attr]}")
+    if r["min_replies"] < 1:
+        p.append(f"'min-replies' must be >= 1, got {r['min_replies']}")
+    if r["max_update_norm"] < 0:
+        p.append(f"'max-update-norm' must be >= 0 (0 = no bound), got {r['max_update_norm']}")
+    return p
