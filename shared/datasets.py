@@ -1,0 +1,348 @@
+"""Datasets: built-in ones that ship with scikit-learn, and users' own files.
+
+Nothing here downloads anything. Built-ins come from data bundled inside the
+installed scikit-learn package, split 75/25 (stratified, seed 0) identically on
+every call. User files are CSV, Parquet or ``.npz``; :func:`read_table` turns
+each into a DataFrame and :mod:`shared.preprocessing` encodes it.
+
+``.npz`` layout: arrays ``x`` and ``y`` of equal length. ``x`` of shape
+``(n, d)`` becomes a table with columns ``x0 .. x{d-1}``; ``x`` of shape
+``(n, H, W)`` or ``(n, C, H, W)`` becomes flat pixel columns ``x0 ..`` with
+``frame.attrs[IMAGE_SHAPE_ATTR] = (C, H, W)``, from which
+:func:`~shared.preprocessing.fit_preprocessing` fits an image encoding. ``y``
+goes into the label column (``"label"`` unless the caller names another).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared.errors import DataError
+from shared.preprocessing import (
+    IMAGE_SHAPE_ATTR,
+    Preprocessing,
+    fit_preprocessing,
+)
+
+BUILTIN_DATASETS = ("digits", "breast-cancer")
+SUPPORTED_SUFFIXES = (".csv", ".parquet", ".npz")
+BUILTIN_LABEL_COLUMN = "label"
+BUILTIN_TEST_FRACTION = 0.25
+BUILTIN_SPLIT_SEED = 0
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Encoded examples and labels, with the encoding that produced them.
+
+    Parameters
+    ----------
+    x : ndarray of float32, shape ``(n, *preprocessing.input_shape)``
+    y : ndarray of int64, shape ``(n,)``
+        Class indices into ``preprocessing.class_names``.
+    preprocessing : Preprocessing
+    source : str
+        Where the data came from, e.g. ``"digits[train]"`` or a file path.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    preprocessing: Preprocessing
+    source: str
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise DataError(
+                f"{self.source}: {len(self.x)} examples but {len(self.y)} labels"
+            )
+        expected = self.preprocessing.input_shape
+        if tuple(self.x.shape[1:]) != tuple(expected):
+            raise DataError(
+                f"{self.source}: examples have shape {tuple(self.x.shape[1:])}, "
+                f"expected {tuple(expected)}"
+            )
+
+    def __len__(self) -> int:
+        """Return the number of examples."""
+        return len(self.y)
+
+    def subset(self, indices: np.ndarray) -> Dataset:
+        """Return the examples at ``indices`` (copies), same preprocessing."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise DataError(
+                f"{self.source}: subset indices must lie in [0, {len(self)}), "
+                f"got range [{indices.min()}, {indices.max()}]"
+            )
+        return Dataset(
+            self.x[indices], self.y[indices], self.preprocessing, self.source
+        )
+
+    def fingerprint(self) -> str:
+        """Return 16 hex chars of SHA-256 over shapes, dtypes and bytes of x and y."""
+        h = hashlib.sha256()
+        for array in (self.x, self.y):
+            h.update(f"{array.dtype.str}{array.shape}".encode())
+            h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- splitting
+def _split_indices(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test indices, stratified when every class has >= 2 examples."""
+    n = len(labels)
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if n < 2:
+        raise DataError(f"cannot split {n} example(s) into train and test sets")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() >= 2:
+        test_parts = []
+        for cls, count in zip(classes, counts, strict=True):
+            members = rng.permutation(np.flatnonzero(labels == cls))
+            n_test = min(max(round(count * test_fraction), 1), count - 1)
+            test_parts.append(members[:n_test])
+        test = np.concatenate(test_parts)
+    else:
+        n_test = min(max(round(n * test_fraction), 1), n - 1)
+        test = rng.permutation(n)[:n_test]
+    is_test = np.zeros(n, dtype=bool)
+    is_test[test] = True
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def split_train_test(
+    dataset: Dataset, *, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[Dataset, Dataset]:
+    """Split into train and test parts.
+
+    Stratified by class when every class has at least two examples (each
+    class then has at least one example on each side), else a plain random
+    split. Same seed, same split.
+
+    Raises
+    ------
+    DataError
+        ``test_fraction`` outside (0, 1) or fewer than two examples.
+    """
+    train, test = _split_indices(dataset.y, test_fraction, seed)
+    return dataset.subset(train), dataset.subset(test)
+
+
+# ---------------------------------------------------------------- built-ins
+def _readonly(*arrays: np.ndarray) -> None:
+    for a in arrays:
+        a.flags.writeable = False
+
+
+@functools.cache  # lru_cache without a bound
+def _builtin(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Preprocessing]:
+    """Load a built-in once per process: features, labels, train mask, encoding."""
+    from sklearn import datasets as skd  # heavy import; only when needed
+
+    if name == "digits":
+        bunch = skd.load_digits()
+        raw = bunch.data.reshape(-1, 1, 8, 8)
+        y = bunch.target.astype(np.int64)
+        is_train = np.zeros(len(y), dtype=bool)
+        is_train[_split_indices(y, BUILTIN_TEST_FRACTION, BUILTIN_SPLIT_SEED)[0]] = True
+        prep = Preprocessing(
+            kind="image",
+            label_column=BUILTIN_LABEL_COLUMN,
+            class_names=tuple(str(int(c)) for c in bunch.target_names),
+            image_shape=(1, 8, 8),
+            pixel_scale=16.0,  # digits pixels are counts 0..16
+        )
+        x = prep.transform_features(raw, source="digits")
+    else:  # breast-cancer
+        bunch = skd.load_breast_cancer()
+        y = bunch.target.astype(np.int64)
+        is_train = np.zeros(len(y), dtype=bool)
+        is_train[_split_indices(y, BUILTIN_TEST_FRACTION, BUILTIN_SPLIT_SEED)[0]] = True
+        frame = pd.DataFrame(bunch.data, columns=list(bunch.feature_names))
+        frame[BUILTIN_LABEL_COLUMN] = y
+        # Standardise with training statistics only, so test data stays unseen.
+        prep = fit_preprocessing(
+            frame[is_train], label_column=BUILTIN_LABEL_COLUMN, source="breast-cancer"
+        )
+        # sklearn's own names, in target order (0 = malignant, 1 = benign).
+        prep = replace(prep, class_names=tuple(str(n) for n in bunch.target_names))
+        x = prep.transform_features(frame, source="breast-cancer")
+    _readonly(x, y, is_train)
+    return x, y, is_train, prep
+
+
+def load_builtin(name: str, split: str) -> Dataset:
+    """Load a built-in dataset's fixed train or test split.
+
+    Parameters
+    ----------
+    name : {"digits", "breast-cancer"}
+        ``digits``: 1797 8×8 grey images, 10 classes, pixels scaled by 1/16.
+        ``breast-cancer``: 569 rows, 30 numeric features standardised with
+        train-split statistics, classes ``("malignant", "benign")``.
+    split : {"train", "test"}
+        The stratified 75/25 split with seed 0; identical on every call.
+
+    Returns
+    -------
+    Dataset
+        Fresh (writable) copies of the cached arrays.
+
+    Raises
+    ------
+    DataError
+        Unknown name or split.
+    """
+    if name not in BUILTIN_DATASETS:
+        raise DataError(
+            f"unknown built-in dataset {name!r}; valid names: {list(BUILTIN_DATASETS)}"
+        )
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    x, y, is_train, prep = _builtin(name)
+    mask = is_train if split == "train" else ~is_train
+    return Dataset(x[mask], y[mask], prep, f"{name}[{split}]")
+
+
+# ---------------------------------------------------------------- user files
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError as e:
+        raise DataError(f"cannot read CSV file {path}: file is empty ({e})") from e
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(
+            f"cannot read CSV file {path}: {str(e).strip()}. Is it a "
+            "comma-separated UTF-8 file with a header row and the same number "
+            "of fields on every row?"
+        ) from e
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"cannot read Parquet file {path}: {e}") from e
+
+
+def _read_npz(path: Path, label_column: str) -> pd.DataFrame:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            found = sorted(archive.files)
+            if "x" not in found or "y" not in found:
+                raise DataError(
+                    f"{path} must contain arrays 'x' and 'y'; arrays found: {found}"
+                )
+            x, y = archive["x"], archive["y"]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"cannot read .npz file {path}: {e}") from e
+    if y.ndim != 1:
+        raise DataError(f"{path}: 'y' must be 1-D, got shape {y.shape}")
+    if len(x) != len(y):
+        raise DataError(
+            f"{path}: 'x' has {len(x)} rows but 'y' has {len(y)}; they must match"
+        )
+    if x.ndim not in (2, 3, 4):
+        raise DataError(
+            f"{path}: 'x' must have shape (n, d), (n, H, W) or (n, C, H, W), "
+            f"got {x.shape}"
+        )
+    flat = x.reshape(len(x), -1)
+    frame = pd.DataFrame(flat, columns=[f"x{i}" for i in range(flat.shape[1])])
+    frame[label_column] = y
+    if x.ndim >= 3:
+        frame.attrs[IMAGE_SHAPE_ATTR] = (
+            (1, *x.shape[1:]) if x.ndim == 3 else x.shape[1:]
+        )
+    return frame
+
+
+def read_table(path: str | Path, *, label_column: str = "label") -> pd.DataFrame:
+    """Read a CSV, Parquet or ``.npz`` file into a DataFrame.
+
+    Parameters
+    ----------
+    path : str or Path
+    label_column : str
+        For ``.npz`` only: the column ``y`` is stored under (default ``"label"``).
+
+    Returns
+    -------
+    DataFrame
+        For image ``.npz`` files, flat pixel columns ``x0 ..`` with
+        ``attrs[IMAGE_SHAPE_ATTR] = (C, H, W)``.
+
+    Raises
+    ------
+    DataError
+        Missing file, unsupported suffix, or a file that cannot be parsed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if not path.is_file():
+        raise DataError(f"data path is not a file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv(path)
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    if suffix == ".npz":
+        return _read_npz(path, label_column)
+    raise DataError(
+        f"unsupported data file type {path.suffix!r} for {path}; "
+        f"supported: {list(SUPPORTED_SUFFIXES)}"
+    )
+
+
+def _encode(frame: pd.DataFrame, prep: Preprocessing, source: str) -> Dataset:
+    if len(frame) == 0:
+        raise DataError(f"{source} has no data rows")
+    if prep.label_column not in frame.columns:
+        raise DataError(
+            f"label column {prep.label_column!r} not found in {source}; "
+            f"columns found: {[str(c) for c in frame.columns]}"
+        )
+    x = prep.transform_features(frame, source=source)
+    y = prep.encode_labels(frame[prep.label_column], source=source)
+    return Dataset(x, y, prep, source)
+
+
+def load_file(path: str | Path, preprocessing: Preprocessing) -> Dataset:
+    """Read a node's data file and encode it with a given (fitted) preprocessing.
+
+    Raises
+    ------
+    DataError
+        Any :func:`read_table` problem, a missing label or feature column, bad
+        values, unknown labels, or images of the wrong size.
+    """
+    frame = read_table(path, label_column=preprocessing.label_column)
+    return _encode(frame, preprocessing, str(path))
+
+
+def fit_file(path: str | Path, *, label_column: str, impute: str = "none") -> Dataset:
+    """Read reference data, fit a preprocessing on it and encode it.
+
+    This is the coordinator's evaluation data; its preprocessing is what
+    clients then receive.
+    """
+    frame = read_table(path, label_column=label_column)
+    prep = fit_preprocessing(
+        frame, label_column=label_column, impute=impute, source=str(path)
+    )
+    return _encode(frame, prep, str(path))

@@ -1,0 +1,632 @@
+"""Turn raw tables and image arrays into model inputs, the same way everywhere.
+
+A :class:`Preprocessing` is fitted once, on the coordinator's reference data
+(or on a built-in dataset's training split), and then travels as plain JSON:
+to every client, into checkpoints and into the edge model's metadata, so a
+device encodes its inputs exactly as training did. It is pure NumPy/pandas.
+
+Tabular encoding is numeric columns first, standardised with the reference
+mean and standard deviation, then one one-hot block per categorical column in
+``categories`` order. Images are scaled by ``pixel_scale`` and reshaped to
+``image_shape`` (channels, height, width).
+
+Row numbers in messages are 1-based data rows: row 1 is the first row after
+a CSV header (file line 2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("tabular", "image")
+IMPUTE_MODES = ("none", "mean")
+# An object column counts as numeric with typos, rather than categorical, when at
+# least this share of its non-missing values parse as numbers.
+NUMERIC_SHARE = 0.9
+# ``DataFrame.attrs`` key read_table uses to mark pixel columns as one image.
+IMAGE_SHAPE_ATTR = "fedge_image_shape"
+
+
+def _row(position: int) -> str:
+    """Describe a 0-based position as the 1-based data row users see."""
+    return f"data row {position + 1}, 1-based, header excluded"
+
+
+def _value_str(value: Any) -> str:
+    """Return the string form used to compare labels and categories.
+
+    Integral floats lose their ``.0`` so that ``3``, ``3.0`` and ``"3"`` agree:
+    pandas reads an integer column holding a missing value as float.
+    """
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, float | np.floating) and math.isfinite(value):
+        if float(value).is_integer():
+            return str(int(value))
+        return repr(float(value))
+    if isinstance(value, np.integer):
+        return str(int(value))
+    return str(value)
+
+
+def _is_missing(series: pd.Series) -> np.ndarray:
+    return series.isna().to_numpy()
+
+
+def _parse_numeric(series: pd.Series) -> tuple[np.ndarray, int | None]:
+    """Parse a column as float; return values and the first unparseable position.
+
+    Missing values stay NaN and do not count as unparseable.
+    """
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan), None
+    parsed = pd.to_numeric(series, errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    bad = np.flatnonzero(np.isnan(parsed) & ~_is_missing(series))
+    return parsed, (int(bad[0]) if bad.size else None)
+
+
+def _is_numeric_column(series: pd.Series, source: str) -> bool:
+    """Decide if a reference column is numeric; reject numeric columns with typos."""
+    if pd.api.types.is_bool_dtype(series):
+        return False
+    if pd.api.types.is_numeric_dtype(series):
+        return True
+    present = series[~_is_missing(series)]
+    if present.empty:
+        return False
+    parsed, first_bad = _parse_numeric(series)
+    n_numeric = int(np.sum(~np.isnan(parsed)))
+    if first_bad is None:
+        return True
+    if n_numeric / len(present) >= NUMERIC_SHARE:
+        raise DataError(
+            f"non-numeric value {series.iloc[first_bad]!r} in numeric column "
+            f"{series.name!r} (file {source}, {_row(first_bad)}; "
+            f"{n_numeric} of {len(present)} values are numbers). "
+            "Fix or remove the value, or leave the cell empty and use impute='mean'."
+        )
+    return False
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A fitted, JSON-serialisable input encoding.
+
+    Parameters
+    ----------
+    kind : {"tabular", "image"}
+        What the model consumes.
+    label_column : str
+        Name of the label column in tables.
+    class_names : tuple of str
+        Label values as strings, in class-index order.
+    feature_columns : tuple of str
+        Raw input columns a device must supply, in order (tabular); ``()`` for
+        images.
+    numeric_columns : tuple of str
+        Feature columns that are standardised, in encoding order.
+    means, scales : tuple of float
+        Per numeric column: reference mean and standard deviation (1.0 where
+        the standard deviation is 0).
+    categories : dict of str to tuple of str
+        Categorical column -> categories; one-hot in this order after the
+        numeric block.
+    impute : {"none", "mean"}
+        ``"none"`` rejects missing values; ``"mean"`` fills them with
+        ``fill_values``.
+    fill_values : dict of str to float or str
+        Numeric mean or categorical mode per column (used with ``impute="mean"``).
+    image_shape : tuple of int or None
+        ``(C, H, W)`` for images.
+    pixel_scale : float
+        Raw image values are divided by this.
+    """
+
+    kind: str
+    label_column: str
+    class_names: tuple[str, ...]
+    feature_columns: tuple[str, ...] = ()
+    numeric_columns: tuple[str, ...] = ()
+    means: tuple[float, ...] = ()
+    scales: tuple[float, ...] = ()
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    impute: str = "none"
+    fill_values: dict[str, float | str] = field(default_factory=dict)
+    image_shape: tuple[int, ...] | None = None
+    pixel_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.kind not in KINDS:
+            problems.append(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.impute not in IMPUTE_MODES:
+            problems.append(
+                f"impute must be one of {IMPUTE_MODES}, got {self.impute!r}"
+            )
+        if len(self.class_names) < 1:
+            problems.append("class_names must not be empty")
+        if not len(self.means) == len(self.scales) == len(self.numeric_columns):
+            problems.append(
+                f"means ({len(self.means)}), scales ({len(self.scales)}) and "
+                f"numeric_columns ({len(self.numeric_columns)}) must have one "
+                "entry each per numeric column"
+            )
+        if self.kind == "image":
+            shape = self.image_shape
+            if shape is None or len(shape) != 3 or min(shape) < 1:
+                problems.append(
+                    f"image_shape must be (C, H, W) of positive ints, got {shape!r}"
+                )
+            if not self.pixel_scale > 0:
+                problems.append(f"pixel_scale must be > 0, got {self.pixel_scale}")
+        else:
+            expected = set(self.numeric_columns) | set(self.categories)
+            if set(self.feature_columns) != expected or len(expected) != len(
+                self.feature_columns
+            ):
+                problems.append(
+                    "feature_columns must be exactly the numeric and categorical "
+                    f"columns, got {list(self.feature_columns)}"
+                )
+        if problems:
+            raise DataError("invalid preprocessing: " + "; ".join(problems))
+
+    # ------------------------------------------------------------ shape
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one encoded example (no batch axis)."""
+        if self.kind == "image":
+            assert self.image_shape is not None
+            return tuple(self.image_shape)
+        n = len(self.numeric_columns) + sum(len(c) for c in self.categories.values())
+        return (n,)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (model outputs)."""
+        return len(self.class_names)
+
+    # ------------------------------------------------------------ features
+    def transform_features(
+        self, data: pd.DataFrame | np.ndarray, *, source: str = "input"
+    ) -> np.ndarray:
+        """Encode raw features into model inputs.
+
+        Parameters
+        ----------
+        data : DataFrame or ndarray
+            Tabular: a frame holding every feature column (extra columns are
+            ignored, order does not matter) or an ``(n, len(feature_columns))``
+            numeric array in ``feature_columns`` order (only when every feature
+            is numeric). Images: ``(n, C*H*W)``, ``(n, C, H, W)``, or ``(n, H, W)``
+            when ``C == 1``; a frame is read as flat pixel rows (label dropped).
+        source : str
+            File or description named in error messages.
+
+        Returns
+        -------
+        ndarray of float32, shape ``(n, *input_shape)``
+
+        Raises
+        ------
+        DataError
+            Missing columns, non-numeric or missing values (without imputation),
+            or images of the wrong size.
+        """
+        if self.kind == "image":
+            return self._transform_images(data, source)
+        if isinstance(data, pd.DataFrame):
+            return self._transform_frame(data, source)
+        return self._transform_array(np.asarray(data), source)
+
+    def _transform_images(
+        self, data: pd.DataFrame | np.ndarray, source: str
+    ) -> np.ndarray:
+        assert self.image_shape is not None
+        c, h, w = self.image_shape
+        if isinstance(data, pd.DataFrame):
+            data = data.drop(columns=[self.label_column], errors="ignore")
+            try:
+                array = data.to_numpy(dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise DataError(
+                    f"image pixels must be numeric (source {source}): {e}"
+                ) from e
+        else:
+            array = np.asarray(data)
+        if array.ndim == 2 and array.shape[1] == c * h * w:
+            array = array.reshape(-1, c, h, w)
+        elif array.ndim == 3 and c == 1 and array.shape[1:] == (h, w):
+            array = array[:, None]
+        elif not (array.ndim == 4 and array.shape[1:] == (c, h, w)):
+            raise DataError(
+                f"expected images of shape {(c, h, w)} or {c * h * w} values per "
+                f"row, got {tuple(array.shape)} (source {source})"
+            )
+        if not np.issubdtype(array.dtype, np.number):
+            raise DataError(
+                f"image pixels must be numeric, got dtype {array.dtype} "
+                f"(source {source})"
+            )
+        array = array.astype(np.float64)
+        bad = ~np.isfinite(array)
+        if bad.any():
+            first = int(np.flatnonzero(bad.reshape(len(array), -1).any(axis=1))[0])
+            raise DataError(
+                f"missing or non-finite pixel value in image {first + 1} "
+                f"(source {source}); images cannot be imputed"
+            )
+        return (array / self.pixel_scale).astype(np.float32)
+
+    def _transform_frame(self, frame: pd.DataFrame, source: str) -> np.ndarray:
+        frame = frame.rename(columns=str)
+        missing = [c for c in self.feature_columns if c not in frame.columns]
+        if missing:
+            raise DataError(
+                f"{source} is missing feature column(s) {missing}; expected "
+                f"{list(self.feature_columns)}, found {list(map(str, frame.columns))}"
+            )
+        blocks = []
+        if self.numeric_columns:
+            numeric = np.empty((len(frame), len(self.numeric_columns)))
+            for j, col in enumerate(self.numeric_columns):
+                numeric[:, j] = self._numeric_values(frame[col], source)
+            blocks.append((numeric - np.asarray(self.means)) / np.asarray(self.scales))
+        for col, cats in self.categories.items():
+            blocks.append(self._one_hot(frame[col], cats, source))
+        if not blocks:
+            return np.zeros((len(frame), 0), dtype=np.float32)
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def _numeric_values(self, series: pd.Series, source: str) -> np.ndarray:
+        values, first_bad = _parse_numeric(series)
+        if first_bad is not None:
+            raise DataError(
+                f"non-numeric value {series.iloc[first_bad]!r} in numeric column "
+                f"{series.name!r} (file {source}, {_row(first_bad)})"
+            )
+        values = self._fill_missing(values, np.isnan(values), series.name, source)
+        if not np.all(np.isfinite(values)):
+            first = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise DataError(
+                f"infinite value in numeric column {series.name!r} "
+                f"(file {source}, {_row(first)})"
+            )
+        return values
+
+    def _fill_missing(
+        self, values: Any, missing: np.ndarray, column: Any, source: str
+    ) -> Any:
+        if not missing.any():
+            return values
+        if self.impute == "none":
+            first = int(np.flatnonzero(missing)[0])
+            raise DataError(
+                f"missing value in column {column!r} (file {source}, {_row(first)}; "
+                f"{int(missing.sum())} missing in total). Fill it in, drop the row, "
+                "or set impute = 'mean'."
+            )
+        values = values.copy()
+        values[missing] = self.fill_values[str(column)]
+        return values
+
+    def _one_hot(
+        self, series: pd.Series, cats: tuple[str, ...], source: str
+    ) -> np.ndarray:
+        missing = _is_missing(series)
+        values = np.array([_value_str(v) for v in series.to_numpy()], dtype=object)
+        values = self._fill_missing(values, missing, series.name, source)
+        index = {c: i for i, c in enumerate(cats)}
+        out = np.zeros((len(series), len(cats)))
+        unknown = None
+        for row, value in enumerate(values):
+            i = index.get(value)
+            if i is None:
+                unknown = unknown or (row, value)
+            else:
+                out[row, i] = 1.0
+        if unknown is not None:
+            logger.warning(
+                "Unknown category %r in column %r (%s, %s); encoded as all zeros.",
+                unknown[1],
+                series.name,
+                source,
+                _row(unknown[0]),
+            )
+        return out
+
+    def _transform_array(self, array: np.ndarray, source: str) -> np.ndarray:
+        if self.categories:
+            raise DataError(
+                f"{source}: an array cannot supply categorical columns "
+                f"{list(self.categories)}; pass a DataFrame with columns "
+                f"{list(self.feature_columns)}"
+            )
+        n_features = len(self.feature_columns)
+        if array.ndim != 2 or array.shape[1] != n_features:
+            raise DataError(
+                f"{source}: expected an array of shape (n, {n_features}) with columns "
+                f"{list(self.feature_columns)}, got {tuple(array.shape)}"
+            )
+        frame = pd.DataFrame(array, columns=list(self.feature_columns))
+        return self._transform_frame(frame, source)
+
+    # ------------------------------------------------------------ labels
+    def encode_labels(
+        self, labels: pd.Series | np.ndarray, *, source: str = "input"
+    ) -> np.ndarray:
+        """Map label values to class indices.
+
+        Values are compared as strings, so ``3``, ``3.0`` and ``"3"`` match.
+        When no class name is numeric (e.g. ``("malignant", "benign")``),
+        integer class indices are accepted too.
+
+        Raises
+        ------
+        DataError
+            A missing label or a value that is not a known class.
+        """
+        values = pd.Series(np.asarray(labels, dtype=object).ravel())
+        missing = _is_missing(values)
+        if missing.any():
+            first = int(np.flatnonzero(missing)[0])
+            raise DataError(
+                f"missing label in column {self.label_column!r} "
+                f"(file {source}, {_row(first)}); labels cannot be imputed"
+            )
+        index = {name: i for i, name in enumerate(self.class_names)}
+        names_numeric = any(_looks_numeric(n) for n in self.class_names)
+        out = np.empty(len(values), dtype=np.int64)
+        for row, value in enumerate(values):
+            key = _value_str(value)
+            i = index.get(key)
+            if i is None and not names_numeric and _looks_numeric(key):
+                number = float(key)
+                if number.is_integer() and 0 <= number < len(self.class_names):
+                    i = int(number)
+            if i is None:
+                raise DataError(
+                    f"unknown label {value!r} in column {self.label_column!r} "
+                    f"(file {source}, {_row(row)}); known classes: "
+                    f"{list(self.class_names)}"
+                )
+            out[row] = i
+        return out
+
+    # ------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        """Return a plain-JSON dict (lists, str, float, int, None)."""
+        return {
+            "kind": self.kind,
+            "label_column": self.label_column,
+            "class_names": list(self.class_names),
+            "feature_columns": list(self.feature_columns),
+            "numeric_columns": list(self.numeric_columns),
+            "means": [float(m) for m in self.means],
+            "scales": [float(s) for s in self.scales],
+            "categories": {k: list(v) for k, v in self.categories.items()},
+            "impute": self.impute,
+            "fill_values": {
+                k: (v if isinstance(v, str) else float(v))
+                for k, v in self.fill_values.items()
+            },
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "pixel_scale": float(self.pixel_scale),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        """Rebuild from :meth:`to_dict` output; unknown or missing keys raise."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DataError(
+                f"unknown preprocessing key(s) {unknown}; expected {sorted(known)}"
+            )
+        try:
+            return cls(
+                kind=d["kind"],
+                label_column=d["label_column"],
+                class_names=tuple(d["class_names"]),
+                feature_columns=tuple(d.get("feature_columns", ())),
+                numeric_columns=tuple(d.get("numeric_columns", ())),
+                means=tuple(float(m) for m in d.get("means", ())),
+                scales=tuple(float(s) for s in d.get("scales", ())),
+                categories={k: tuple(v) for k, v in d.get("categories", {}).items()},
+                impute=d.get("impute", "none"),
+                fill_values=dict(d.get("fill_values", {})),
+                image_shape=(
+                    None
+                    if d.get("image_shape") is None
+                    else tuple(int(s) for s in d["image_shape"])
+                ),
+                pixel_scale=float(d.get("pixel_scale", 1.0)),
+            )
+        except KeyError as e:
+            raise DataError(f"preprocessing dict lacks required key {e}") from e
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> Preprocessing:
+        """Parse :meth:`to_json` output."""
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise DataError(f"preprocessing is not valid JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise DataError(
+                f"preprocessing JSON must be an object, got {type(d).__name__}"
+            )
+        return cls.from_dict(d)
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        return math.isfinite(float(s))
+    except ValueError:
+        return False
+
+
+def _class_names(labels: pd.Series, label_column: str, source: str) -> tuple[str, ...]:
+    """Sorted unique labels: numerically if all are numbers, else as strings."""
+    missing = _is_missing(labels)
+    if missing.any():
+        first = int(np.flatnonzero(missing)[0])
+        raise DataError(
+            f"missing label in column {label_column!r} (file {source}, "
+            f"{_row(first)}); labels cannot be imputed"
+        )
+    names = {_value_str(v) for v in labels.to_numpy()}
+    if all(_looks_numeric(n) for n in names):
+        ordered = sorted(names, key=float)
+    else:
+        ordered = sorted(names)
+    if len(ordered) < 2:
+        raise DataError(
+            f"label column {label_column!r} in {source} has only one class "
+            f"({ordered}); a classifier needs at least two"
+        )
+    return tuple(ordered)
+
+
+def fit_preprocessing(
+    frame: pd.DataFrame,
+    *,
+    label_column: str,
+    impute: str = "none",
+    source: str = "data",
+) -> Preprocessing:
+    """Fit an encoding on reference data.
+
+    Numeric columns are standardised; bool, string and category columns are
+    one-hot encoded with categories sorted as strings. An object column whose
+    values are at least 90% numbers is taken as a numeric column with typos and
+    rejected, naming the first bad value and its row. If ``frame.attrs`` holds
+    ``IMAGE_SHAPE_ATTR`` (set by ``read_table`` for image ``.npz`` files), the
+    non-label columns are flat pixels and an image encoding is fitted, with
+    ``pixel_scale = max|x|`` (1.0 if that is 0).
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Reference data including the label column.
+    label_column : str
+        Column holding the class labels.
+    impute : {"none", "mean"}
+        ``"none"`` rejects missing feature values; ``"mean"`` fills numeric
+        columns with their mean and categorical ones with their mode.
+    source : str
+        File or description named in error messages.
+
+    Returns
+    -------
+    Preprocessing
+
+    Raises
+    ------
+    DataError
+        Missing label column, an empty column, a non-numeric value in a numeric
+        column, a missing value with ``impute="none"``, or fewer than two classes.
+    """
+    if impute not in IMPUTE_MODES:
+        raise DataError(f"impute must be one of {IMPUTE_MODES}, got {impute!r}")
+    frame = frame.rename(columns=str)
+    columns = list(frame.columns)
+    if label_column not in frame.columns:
+        raise DataError(
+            f"label column {label_column!r} not found in {source}; "
+            f"columns found: {columns}"
+        )
+    if len(frame) == 0:
+        raise DataError(f"{source} has no data rows")
+    class_names = _class_names(frame[label_column], label_column, source)
+    features = frame.drop(columns=[label_column])
+
+    image_shape = frame.attrs.get(IMAGE_SHAPE_ATTR)
+    if image_shape is not None:
+        pixels = features.to_numpy(dtype=np.float64)
+        finite = pixels[np.isfinite(pixels)]
+        peak = float(np.max(np.abs(finite))) if finite.size else 0.0
+        prep = Preprocessing(
+            kind="image",
+            label_column=label_column,
+            class_names=class_names,
+            image_shape=tuple(int(s) for s in image_shape),
+            pixel_scale=peak if peak > 0 else 1.0,
+        )
+        prep.transform_features(pixels, source=source)  # rejects NaN pixels
+        return prep
+
+    numeric, means, scales = [], [], []
+    categories: dict[str, tuple[str, ...]] = {}
+    fill_values: dict[str, float | str] = {}
+    for col in features.columns:
+        series = features[col]
+        name = str(col)
+        missing = _is_missing(series)
+        if missing.all():
+            raise DataError(
+                f"column {name!r} in {source} is entirely empty; drop it or fill it in"
+            )
+        if missing.any() and impute == "none":
+            first = int(np.flatnonzero(missing)[0])
+            raise DataError(
+                f"missing value in column {name!r} (file {source}, {_row(first)}; "
+                f"{int(missing.sum())} missing in total). Fill it in, drop the row, "
+                "or set impute = 'mean'."
+            )
+        if _is_numeric_column(series, source):
+            values, _ = _parse_numeric(series)
+            present = values[~np.isnan(values)]
+            if not np.all(np.isfinite(present)):
+                first = int(np.flatnonzero(np.isinf(values))[0])
+                raise DataError(
+                    f"infinite value in numeric column {name!r} "
+                    f"(file {source}, {_row(first)})"
+                )
+            mean = float(present.mean())
+            std = float(present.std())
+            numeric.append(name)
+            means.append(mean)
+            scales.append(std if std > 0 else 1.0)
+            fill_values[name] = mean
+        else:
+            strings = pd.Series(
+                [_value_str(v) for v in series[~missing].to_numpy()], dtype=object
+            )
+            categories[name] = tuple(sorted(strings.unique()))
+            # Mode; ties go to the first category in sorted order (deterministic).
+            counts = strings.value_counts()
+            fill_values[name] = str(min(counts[counts == counts.max()].index))
+    if not numeric and not categories:
+        raise DataError(
+            f"{source} has no feature columns besides the label {label_column!r}"
+        )
+    return Preprocessing(
+        kind="tabular",
+        label_column=label_column,
+        class_names=class_names,
+        feature_columns=tuple(str(c) for c in features.columns),
+        numeric_columns=tuple(numeric),
+        means=tuple(means),
+        scales=tuple(scales),
+        categories=categories,
+        impute=impute,
+        fill_values=fill_values,
+    )
