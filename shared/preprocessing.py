@@ -114,13 +114,14 @@ class Preprocessing:
     class_names : tuple of str
         Label values as strings, in class-index order.
     feature_columns : tuple of str
-        Raw input columns a device must supply, in order (tabular); ``()`` for
-        images.
+        Raw input columns a device must supply, in reference-file order
+        (tabular); ``()`` for images. Arrays passed to ``transform_features``
+        use this column order.
     numeric_columns : tuple of str
         Feature columns that are standardised, in encoding order.
     means, scales : tuple of float
-        Per numeric column: reference mean and standard deviation (1.0 where
-        the standard deviation is 0).
+        Per numeric column: reference mean and population standard deviation
+        (``ddof=0``; 1.0 where it is 0).
     categories : dict of str to tuple of str
         Categorical column -> categories; one-hot in this order after the
         numeric block.
