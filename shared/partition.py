@@ -189,8 +189,13 @@ def partition_indices(
     seed: int,
     alpha: float = 0.5,
     shards_per_client: int = 2,
+    min_partition_size: int = 1,
 ) -> list[np.ndarray]:
     """Split by the named scheme (one of :data:`PARTITIONINGS`).
+
+    ``alpha`` and ``min_partition_size`` apply to ``dirichlet`` only (``iid``
+    and ``shards`` sizes follow from the data), ``shards_per_client`` to
+    ``shards`` only.
 
     Raises
     ------
@@ -200,7 +205,13 @@ def partition_indices(
     if scheme == "iid":
         return partition_iid(len(labels), num_partitions, seed=seed)
     if scheme == "dirichlet":
-        return partition_dirichlet(labels, num_partitions, alpha=alpha, seed=seed)
+        return partition_dirichlet(
+            labels,
+            num_partitions,
+            alpha=alpha,
+            seed=seed,
+            min_partition_size=min_partition_size,
+        )
     if scheme == "shards":
         return partition_shards(
             labels, num_partitions, shards_per_client=shards_per_client, seed=seed

@@ -96,6 +96,13 @@ def test_dirichlet_respects_min_partition_size():
     assert_exact_cover(parts, len(LABELS))
 
 
+def test_dispatcher_passes_min_partition_size():
+    parts = partition_indices(
+        LABELS, 10, "dirichlet", seed=0, alpha=0.1, min_partition_size=15
+    )
+    assert min(len(p) for p in parts) >= 15
+
+
 def test_dirichlet_gives_up_with_helpful_message():
     # 12 examples over 10 partitions at tiny alpha: some partition stays tiny.
     labels = np.array([0] * 6 + [1] * 6)
