@@ -269,9 +269,7 @@ def from_run_config(
     if not missing and all("must be" not in x for x in problems):
         problems.extend(_check_ranges(sections))
     if problems:
-        raise ConfigError(
-            "Invalid run config:\n  - " + "\n  - ".join(problems)
-        )
+        raise ConfigError("Invalid run config:\n  - " + "\n  - ".join(problems))
     return RunConfig(**{s: _SECTION_TYPES[s](**kw) for s, kw in sections.items()})
 
 
@@ -296,7 +294,9 @@ def _coerce(key: str, value: Any, type_name: str, problems: list[str]) -> Any:
     return want[kind](value)
 
 
-def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
+def _choice(
+    problems: list[str], key: str, value: Any, allowed: tuple[str, ...]
+) -> None:
     if value not in allowed:
         problems.append(f"'{key}' must be one of {list(allowed)}, got {value!r}")
 
@@ -353,7 +353,9 @@ def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
         if not 0 < st[attr] <= 1:
             p.append(f"'{key}' must be in (0, 1], got {st[attr]}")
     if not 0 <= st["fraction_evaluate"] <= 1:
-        p.append(f"'fraction-evaluate' must be in [0, 1], got {st['fraction_evaluate']}")
+        p.append(
+            f"'fraction-evaluate' must be in [0, 1], got {st['fraction_evaluate']}"
+        )
     if st["min_nodes"] < 1:
         p.append(f"'min-nodes' must be >= 1, got {st['min_nodes']}")
     if st["proximal_mu"] < 0:
@@ -377,5 +379,7 @@ def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
     if r["min_replies"] < 1:
         p.append(f"'min-replies' must be >= 1, got {r['min_replies']}")
     if r["max_update_norm"] < 0:
-        p.append(f"'max-update-norm' must be >= 0 (0 = no bound), got {r['max_update_norm']}")
+        p.append(
+            f"'max-update-norm' must be >= 0 (0 = no bound), got {r['max_update_norm']}"
+        )
     return p

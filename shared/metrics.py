@@ -59,7 +59,5 @@ def roc_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float:
         return float("nan")
     if probabilities.shape[1] == 2:
         return float(skm.roc_auc_score(y_true, probabilities[:, 1]))
-    scores = [
-        skm.roc_auc_score(y_true == c, probabilities[:, c]) for c in present
-    ]
+    scores = [skm.roc_auc_score(y_true == c, probabilities[:, c]) for c in present]
     return float(np.mean(scores))

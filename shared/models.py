@@ -137,7 +137,7 @@ class MLP(nn.Module):
         layers.append(nn.Linear(widths[-1], spec.num_classes))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
@@ -163,7 +163,7 @@ class CNN(nn.Module):
             nn.Flatten(), nn.Linear(flat, fc), act(), nn.Linear(fc, spec.num_classes)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 

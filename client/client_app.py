@@ -1,0 +1,87 @@
+"""The fedge ClientApp: Flower glue between Messages and local train/evaluate.
+
+``flower-supernode`` runs it on each real node; the simulation engine runs it
+for every virtual node. It holds no logic of its own beyond translating.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.node_data import load_node_data
+from client.training import train_plain
+from shared import keys
+from shared.config import RunConfig, from_run_config
+from shared.evaluation import evaluate_model
+from shared.models import ModelSpec, build_model
+from shared.preprocessing import Preprocessing
+from shared.records import load_record_into, state_dict_to_record
+
+logger = logging.getLogger(__name__)
+app = ClientApp()
+
+
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, object]:
+    """Typed config, the global model with the sent weights, and the node's data."""
+    # Simulation packs several virtual nodes onto each core; more threads only thrash.
+    torch.set_num_threads(1)
+    config = from_run_config(context.run_config)
+    server_config = msg.content[keys.CONFIG]
+    spec = ModelSpec.from_json(str(server_config[keys.MODEL_SPEC]))
+    preprocessing = Preprocessing.from_json(str(server_config[keys.PREPROCESSING]))
+    model = build_model(spec)
+    load_record_into(model, msg.content[keys.ARRAYS])
+    data = load_node_data(context.node_config, config.data, preprocessing)
+    return config, model, data
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the global model on this node's data and reply with the new weights."""
+    config, model, data = _setup(msg, context)
+    server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
+    result = train_plain(
+        model,
+        data.train.x,
+        data.train.y,
+        epochs=config.train.local_epochs,
+        batch_size=config.train.batch_size,
+        learning_rate=config.train.learning_rate,
+        momentum=config.train.momentum,
+        seed=config.train.model_seed * 100_003 + server_round,
+        proximal_mu=config.strategy.proximal_mu
+        if config.strategy.name == "fedprox"
+        else 0.0,
+    )
+    metrics = MetricRecord(
+        {
+            keys.NUM_EXAMPLES: result.num_examples,
+            keys.TRAIN_LOSS: result.train_loss,
+        }
+    )
+    content = RecordDict(
+        {keys.ARRAYS: state_dict_to_record(model.state_dict()), keys.METRICS: metrics}
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on this node's local test split."""
+    _, model, data = _setup(msg, context)
+    figures = evaluate_model(model, data.test.x, data.test.y)
+    metrics = MetricRecord(
+        {
+            keys.NUM_EXAMPLES: len(data.test),
+            keys.EVAL_LOSS: figures["loss"],
+            keys.EVAL_ACCURACY: figures["accuracy"],
+        }
+    )
+    return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
+
+
+__all__ = ["app"]

@@ -1,0 +1,91 @@
+"""Find and load a node's own data from its node config.
+
+A real node names its file with ``data-path`` (CSV, Parquet or .npz); a virtual
+node in simulation gets ``partition-id``/``num-partitions`` of a built-in
+dataset, split by the configured partitioner. Either way the node keeps a small
+local test split for federated evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.config import DATASET_FILE, DataConfig
+from shared.datasets import Dataset, load_builtin, load_file, split_train_test
+from shared.errors import DataError
+from shared.partition import partition_indices
+from shared.preprocessing import Preprocessing
+
+DATA_PATH = "data-path"
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+LOCAL_TEST_FRACTION = 0.1  # held out on each node for federated evaluation
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """A node's local training and test splits."""
+
+    train: Dataset
+    test: Dataset
+
+
+def load_node_data(
+    node_config: Mapping[str, Any], data: DataConfig, preprocessing: Preprocessing
+) -> NodeData:
+    """Load this node's data as the node config and run config describe.
+
+    Raises
+    ------
+    DataError
+        If the node config names neither a file nor a partition, or the data
+        cannot be read or does not match the federation's preprocessing.
+    """
+    if node_config.get(DATA_PATH):
+        dataset = load_file(str(node_config[DATA_PATH]), preprocessing)
+    elif PARTITION_ID in node_config and NUM_PARTITIONS in node_config:
+        if data.dataset == DATASET_FILE:
+            raise DataError(
+                "This run trains on nodes' own files (dataset = 'file'), but this "
+                f"node has no '{DATA_PATH}' in its node config; start it with "
+                f"--node-config '{DATA_PATH}=\"/path/to/data.csv\"'."
+            )
+        dataset = _builtin_partition(
+            data, int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
+        )
+    else:
+        raise DataError(
+            f"Node config {dict(node_config)} names no data: give '{DATA_PATH}' "
+            f"(a CSV/Parquet/.npz file) or '{PARTITION_ID}' and '{NUM_PARTITIONS}'."
+        )
+    if len(dataset) < 2:
+        raise DataError(
+            f"{dataset.source} holds {len(dataset)} example(s); a node needs at "
+            "least 2 (one to train, one to test)."
+        )
+    train, test = split_train_test(
+        dataset, test_fraction=LOCAL_TEST_FRACTION, seed=data.partition_seed
+    )
+    return NodeData(train=train, test=test)
+
+
+def _builtin_partition(
+    data: DataConfig, partition_id: int, num_partitions: int
+) -> Dataset:
+    if not 0 <= partition_id < num_partitions:
+        raise DataError(
+            f"'{PARTITION_ID}' must be in [0, {num_partitions}), got {partition_id}."
+        )
+    full = load_builtin(data.dataset, "train")
+    parts = partition_indices(
+        full.y,
+        num_partitions,
+        data.partitioning,
+        seed=data.partition_seed,
+        alpha=data.dirichlet_alpha,
+        shards_per_client=data.shards_per_client,
+        min_partition_size=2,  # one example to train on and one to test
+    )
+    return full.subset(parts[partition_id])

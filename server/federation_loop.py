@@ -1,0 +1,124 @@
+"""The round loop: Flower's strategy decides, this loop drives and records.
+
+Flower's ``Strategy.start`` always begins at round 1 and keeps its history in
+memory; fedge drives the same strategy hooks (``configure_train``,
+``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate``) itself so
+that each round is recorded and checkpointed as it ends and a run can resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from shared import keys
+
+logger = logging.getLogger(__name__)
+
+CentralEval = Callable[[int, ArrayRecord], dict[str, float]]
+RoundEnd = Callable[["RoundOutcome"], None]
+
+
+@dataclass
+class RoundOutcome:
+    """What one round produced, for the metrics history and the checkpoint."""
+
+    server_round: int
+    arrays: ArrayRecord
+    central: dict[str, float]
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    evaluate_metrics: dict[str, float] = field(default_factory=dict)
+    sampled: int = 0
+    replies: int = 0
+    failures: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    round_time_s: float = 0.0
+    client_metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_rounds(
+    grid: Grid,
+    strategy: Strategy,
+    *,
+    arrays: ArrayRecord,
+    first_round: int,
+    last_round: int,
+    train_config: ConfigRecord,
+    evaluate_config: ConfigRecord,
+    reply_timeout_s: float,
+    central_eval: CentralEval,
+    on_round_end: RoundEnd,
+    federated_evaluation: bool,
+) -> ArrayRecord:
+    """Run rounds ``first_round..last_round`` and return the final global arrays.
+
+    ``on_round_end`` is called after every round with its :class:`RoundOutcome`
+    (after central evaluation), which is where metrics and checkpoints are written.
+    """
+    for server_round in range(first_round, last_round + 1):
+        started = time.monotonic()
+        outcome = RoundOutcome(server_round=server_round, arrays=arrays, central={})
+        messages = list(
+            strategy.configure_train(
+                server_round, arrays, ConfigRecord(dict(train_config)), grid
+            )
+        )
+        outcome.sampled = len(messages)
+        outcome.bytes_sent = sum(_message_bytes(m) for m in messages)
+        replies = list(grid.send_and_receive(messages, timeout=reply_timeout_s))
+        outcome.bytes_received = sum(
+            _message_bytes(m) for m in replies if not m.has_error()
+        )
+        outcome.failures = (
+            sum(m.has_error() for m in replies) + len(messages) - len(replies)
+        )
+        outcome.replies = len(replies) - sum(m.has_error() for m in replies)
+        outcome.client_metrics = [
+            _client_metrics(m) for m in replies if not m.has_error()
+        ]
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        else:
+            logger.warning(
+                "Round %d: no update was aggregated; the global model is unchanged.",
+                server_round,
+            )
+        outcome.train_metrics = dict(train_metrics or {})
+        if federated_evaluation:
+            eval_messages = list(
+                strategy.configure_evaluate(
+                    server_round, arrays, ConfigRecord(dict(evaluate_config)), grid
+                )
+            )
+            eval_replies = list(
+                grid.send_and_receive(eval_messages, timeout=reply_timeout_s)
+            )
+            outcome.evaluate_metrics = dict(
+                strategy.aggregate_evaluate(server_round, eval_replies) or {}
+            )
+        outcome.arrays = arrays
+        outcome.central = central_eval(server_round, arrays)
+        outcome.round_time_s = time.monotonic() - started
+        on_round_end(outcome)
+    return arrays
+
+
+def _message_bytes(message: Message) -> int:
+    """Bytes of model arrays a message carries (what dominates the traffic)."""
+    if message.has_error() or keys.ARRAYS not in message.content:
+        return 0
+    return int(message.content[keys.ARRAYS].count_bytes())
+
+
+def _client_metrics(message: Message) -> dict[str, Any]:
+    record = message.content.get(keys.METRICS, MetricRecord())
+    return {"node-id": message.metadata.src_node_id, **dict(record)}

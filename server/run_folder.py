@@ -1,0 +1,100 @@
+"""The run folder: one directory per run holding everything a person opens later.
+
+``status.json`` says at any moment whether the folder is complete: it reads
+``running`` while rounds go on, ``complete`` at the end and ``failed`` (with the
+reason) if the run stopped early, so a half-done folder never passes for a
+finished one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.atomic_io import atomic_write_bytes, atomic_write_json
+from shared.config import RunConfig
+from shared.models import ModelSpec
+from shared.preprocessing import Preprocessing
+from shared.versions import package_versions
+
+MODEL_FORMAT = "fedge-model/1"
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+MODEL_WEIGHTS_FILE = "model.pt"
+MODEL_META_FILE = "model.json"
+
+
+def resolve_run_dir(config: RunConfig) -> Path:
+    """``output-dir/run-name``, or a timestamped folder when no name is given."""
+    name = config.run.run_name or time.strftime("%Y%m%d-%H%M%S")
+    return Path(config.run.output_dir).expanduser().resolve() / name
+
+
+def start_run_folder(run_dir: Path, config: RunConfig) -> None:
+    """Create the folder, write ``config.json`` and mark the run as running."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        run_dir / CONFIG_FILE,
+        {
+            "config": config.to_dict(),
+            "run-config": config.to_flat(),
+            "versions": package_versions(),
+        },
+    )
+    write_status(run_dir, "running")
+
+
+def write_status(run_dir: Path, state: str, message: str = "", **extra: Any) -> None:
+    """Record the run's state (``running``, ``complete`` or ``failed``) and why."""
+    atomic_write_json(
+        run_dir / STATUS_FILE,
+        {
+            "state": state,
+            "message": message,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **extra,
+        },
+    )
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """The last status written, or ``{"state": "unknown"}`` if there is none."""
+    path = run_dir / STATUS_FILE
+    if not path.is_file():
+        return {"state": "unknown"}
+    return dict(json.loads(path.read_text()))
+
+
+def save_final_model(
+    run_dir: Path,
+    *,
+    state_dict: dict[str, torch.Tensor],
+    spec: ModelSpec,
+    preprocessing: Preprocessing,
+    provenance: dict[str, Any],
+    privacy: dict[str, Any],
+    metrics: dict[str, float],
+) -> None:
+    """Write ``model.pt`` and ``model.json`` (the spec that rebuilds the model).
+
+    ``model.json`` is written last: its presence means both files are whole.
+    """
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    atomic_write_bytes(run_dir / MODEL_WEIGHTS_FILE, buffer.getvalue())
+    atomic_write_json(
+        run_dir / MODEL_META_FILE,
+        {
+            "format": MODEL_FORMAT,
+            "spec": spec.to_dict(),
+            "preprocessing": preprocessing.to_dict(),
+            "provenance": {**provenance, "versions": package_versions()},
+            "privacy": privacy,
+            "metrics": metrics,
+        },
+    )

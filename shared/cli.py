@@ -1,0 +1,65 @@
+"""The ``fedge`` command line: one module per command, imported only when used.
+
+Commands are registered by module path, so ``fedge predict`` never imports torch
+and ``--help`` stays fast. Each command module offers ``add_parser(subparsers)``
+which sets ``run(args) -> int`` as the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from shared.errors import FedgeError
+
+# command name -> (module, one-line help); the module is imported on use.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": (
+        "simulations.simulate",
+        "run a federation of virtual clients on this machine",
+    ),
+}
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """The top-level parser; only ``command``'s module is imported."""
+    parser = argparse.ArgumentParser(
+        prog="fedge",
+        description="Federated and edge learning: private federated training, verified edge models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        if name == command:
+            importlib.import_module(module).add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, dispatch, and turn user errors into one line and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.run(args))
+    except FedgeError as e:
+        print(f"fedge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fedge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Evaluate a model on a labelled array: the loss and the classification metrics.
+
+Both sides use it: the server for central evaluation on the held-out split, the
+clients for federated evaluation on their local test split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.metrics import classification_metrics
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512
+) -> dict[str, float]:
+    """Return ``loss`` (mean cross-entropy) plus :func:`classification_metrics`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Returns logits of shape (n, num_classes).
+    x, y : ndarray
+        Inputs (already preprocessed) and integer labels.
+    batch_size : int, default 512
+        Inference batch size; only bounds memory.
+    """
+    model.eval()
+    logits = torch.cat(
+        [
+            model(torch.from_numpy(x[i : i + batch_size]))
+            for i in range(0, len(x), batch_size)
+        ]
+    )
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    loss = float(nn.functional.cross_entropy(logits, labels))
+    probabilities = torch.softmax(logits, dim=1).numpy()
+    return {"loss": loss, **classification_metrics(y, probabilities)}
