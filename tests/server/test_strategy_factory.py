@@ -1,0 +1,313 @@
+import dataclasses
+import itertools
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import (
+    Bulyan,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+)
+
+from server.strategy_factory import build_strategy, planned_sample_size
+from shared.config import STRATEGIES, from_run_config
+from shared.errors import ConfigError
+
+EXPECTED_CLASS = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedadagrad": FedAdagrad,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
+}
+
+
+def make_config(**overrides):
+    return from_run_config(overrides, fill_defaults=True)
+
+
+def run_round(strategy, server_round, arrays, grid, fakes, values, num_examples=None):
+    """One train round: every sampled node replies with its value from ``values``.
+
+    ``values[i]`` goes to the i-th sampled node in node-id order, so the outcome
+    does not depend on which order Flower sampled them in.
+    """
+    messages = sorted(
+        strategy.configure_train(server_round, arrays, ConfigRecord(), grid),
+        key=lambda m: m.metadata.dst_node_id,
+    )
+    assert len(messages) == len(values)
+    num_examples = num_examples or [10] * len(values)
+    replies = [
+        fakes.reply(m, {"w": np.full((2, 2), v, np.float32)}, n)
+        for m, v, n in zip(messages, values, num_examples, strict=True)
+    ]
+    new_arrays, _ = strategy.aggregate_train(server_round, replies)
+    return new_arrays, messages
+
+
+# ------------------------------------------------------------------ every name
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_each_strategy_builds_and_aggregates_two_rounds(name, fakes):
+    # Prepare: 7 nodes, enough for every robust aggregator with f = 0
+    config = make_config(**{"strategy": name, "min-nodes": 7})
+    strategy = build_strategy(config, num_nodes_hint=7)
+    grid = fakes.FakeGrid(range(1, 8))
+    arrays = fakes.record({"w": np.zeros((2, 2), np.float32)})
+    history = [arrays["w"].numpy().copy()]
+    # Execute: two rounds, clients move the weights up by ~1 each round
+    for server_round in (1, 2):
+        base = history[-1][0, 0]
+        values = [base + 1.0 + 0.01 * i for i in range(7)]
+        arrays, _ = run_round(strategy, server_round, arrays, grid, fakes, values)
+        assert arrays is not None, f"{name} skipped round {server_round}"
+        history.append(arrays["w"].numpy().copy())
+    # Assert
+    assert isinstance(strategy, EXPECTED_CLASS[name])
+    for before, after in itertools.pairwise(history):
+        # dtype is not checked: Flower's FedOpt family returns float64 (the
+        # RobustStrategy wrapper casts back, see test_robust_strategy.py)
+        assert after.shape == (2, 2)
+        assert np.all(after > before), f"{name} did not move towards the updates"
+
+
+def test_fedprox_sends_mu_to_clients(fakes):
+    config = make_config(**{"strategy": "fedprox", "proximal-mu": 0.25})
+    strategy = build_strategy(config)
+    messages = strategy.configure_train(
+        1, fakes.record({"w": np.zeros(1)}), ConfigRecord(), fakes.FakeGrid([1, 2])
+    )
+    assert [m.content["config"]["proximal-mu"] for m in messages] == [0.25, 0.25]
+
+
+def test_min_nodes_and_fractions_reach_flower():
+    config = make_config(
+        **{"min-nodes": 3, "fraction-train": 0.5, "fraction-evaluate": 0.25}
+    )
+    s = build_strategy(config)
+    assert (s.min_train_nodes, s.min_evaluate_nodes, s.min_available_nodes) == (3, 3, 3)
+    assert (s.fraction_train, s.fraction_evaluate) == (0.5, 0.25)
+
+
+def test_fedopt_parameters_are_passed():
+    config = make_config(
+        **{
+            "strategy": "fedyogi",
+            "server-learning-rate": 0.05,
+            "server-momentum-beta1": 0.8,
+            "server-momentum-beta2": 0.95,
+            "tau": 0.01,
+        }
+    )
+    s = build_strategy(config)
+    assert (s.eta, s.beta_1, s.beta_2, s.tau) == (0.05, 0.8, 0.95, 0.01)
+    adagrad = build_strategy(
+        dataclasses.replace(
+            config, strategy=dataclasses.replace(config.strategy, name="fedadagrad")
+        )
+    )
+    assert (adagrad.eta, adagrad.tau) == (0.05, 0.01)
+
+
+# -------------------------------------------------- hand-computed aggregations
+def test_fedavg_weights_by_num_examples(fakes):
+    strategy = build_strategy(make_config())
+    arrays = fakes.record({"w": np.zeros((2, 2), np.float32)})
+    # (2 * 1 + 6 * 3) / 4 = 5
+    out, _ = run_round(
+        strategy, 1, arrays, fakes.FakeGrid([1, 2]), fakes, [2.0, 6.0], [1, 3]
+    )
+    np.testing.assert_allclose(out["w"].numpy(), 5.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # median of -50, 1, 2, 6, 100
+        ({"strategy": "fedmedian"}, 2.0),
+        # beta 0.2 of 5 cuts one from each end: (1 + 2 + 6) / 3
+        ({"strategy": "fedtrimmedavg", "trim-beta": 0.2}, 3.0),
+    ],
+)
+def test_coordinate_wise_aggregators(overrides, expected, fakes):
+    strategy = build_strategy(make_config(**{**overrides, "min-nodes": 5}))
+    arrays = fakes.record({"w": np.zeros((2, 2), np.float32)})
+    values = [1.0, 100.0, 2.0, -50.0, 6.0]
+    out, _ = run_round(strategy, 1, arrays, fakes.FakeGrid(range(1, 6)), fakes, values)
+    np.testing.assert_allclose(out["w"].numpy(), expected)
+
+
+def test_krum_picks_the_most_central_update(fakes):
+    # f = 1, n = 5: score = sum of squared distances to the n - f - 2 = 2 nearest.
+    # Per coordinate (4 coordinates, same factor): 1.0 -> .0025 + .0144,
+    # 1.05 -> .0025 + .0049 (lowest), 1.12 -> .0049 + .0144, 0.7 and 50 far away.
+    config = make_config(
+        **{"strategy": "krum", "min-nodes": 5, "num-malicious-nodes": 1}
+    )
+    strategy = build_strategy(config)
+    arrays = fakes.record({"w": np.zeros((2, 2), np.float32)})
+    values = [1.0, 1.12, 0.7, 1.05, 50.0]
+    out, _ = run_round(strategy, 1, arrays, fakes.FakeGrid(range(1, 6)), fakes, values)
+    np.testing.assert_allclose(out["w"].numpy(), 1.05, rtol=1e-6)
+
+
+def test_multikrum_averages_the_selected_updates(fakes):
+    # Same scores as above: the two lowest are 1.05 and 1.0 -> mean 1.025
+    config = make_config(
+        **{
+            "strategy": "multikrum",
+            "min-nodes": 5,
+            "num-malicious-nodes": 1,
+            "num-nodes-to-select": 2,
+        }
+    )
+    strategy = build_strategy(config)
+    arrays = fakes.record({"w": np.zeros((2, 2), np.float32)})
+    values = [1.0, 1.12, 0.7, 1.05, 50.0]
+    out, _ = run_round(strategy, 1, arrays, fakes.FakeGrid(range(1, 6)), fakes, values)
+    np.testing.assert_allclose(out["w"].numpy(), 1.025, rtol=1e-6)
+
+
+def test_bulyan_ignores_an_outlier(fakes):
+    # f = 1 needs n >= 7; the plain mean would be pulled to about 7.9
+    config = make_config(
+        **{"strategy": "bulyan", "min-nodes": 7, "num-malicious-nodes": 1}
+    )
+    strategy = build_strategy(config)
+    arrays = fakes.record({"w": np.zeros((2, 2), np.float32)})
+    values = [1.0, 1.12, 0.7, 1.05, 0.95, 1.2, 50.0]
+    out, _ = run_round(strategy, 1, arrays, fakes.FakeGrid(range(1, 8)), fakes, values)
+    assert np.all((out["w"].numpy() >= 0.7) & (out["w"].numpy() <= 1.2))
+
+
+def test_central_dp_clips_updates_and_adds_noise(fakes):
+    # Prepare: clipping norm 1 over a 4-value update; noise std = 0.5 * 1 / 2
+    config = make_config(
+        **{"dp-mode": "central", "noise-multiplier": 0.5, "clipping-norm": 1.0}
+    )
+    strategy = build_strategy(config, num_nodes_hint=2)
+    np.random.seed(0)  # Flower draws the noise from NumPy's global generator
+    arrays = fakes.record({"w": np.zeros((2, 2), np.float32)})
+    # Execute: both clients send w = 100 (update norm 200)
+    out, _ = run_round(
+        strategy, 1, arrays, fakes.FakeGrid([1, 2]), fakes, [100.0, 100.0]
+    )
+    # Assert: each update clipped to norm 1 -> every coordinate 0.5, plus noise
+    assert isinstance(strategy, DifferentialPrivacyServerSideFixedClipping)
+    assert strategy.num_sampled_clients == 2
+    w = out["w"].numpy()
+    assert np.all(np.abs(w - 0.5) < 5 * 0.25)  # within 5 standard deviations
+    assert not np.allclose(w, 0.5)  # noise was added
+
+
+def test_planned_sample_size():
+    st = make_config(**{"min-nodes": 2, "fraction-train": 0.5}).strategy
+    assert planned_sample_size(st, None) == 2
+    assert planned_sample_size(st, 10) == 5
+    assert planned_sample_size(st, 3) == 2  # int(1.5) = 1 < min-nodes
+
+
+# ------------------------------------------------------------------ refusals
+def _with(config, **strategy_fields):
+    return dataclasses.replace(
+        config, strategy=dataclasses.replace(config.strategy, **strategy_fields)
+    )
+
+
+def test_unknown_name_lists_valid_ones():
+    config = _with(make_config(), name="fedsgd")
+    with pytest.raises(
+        ConfigError, match=r"must be one of \['fedavg', 'fedprox'.*got 'fedsgd'"
+    ):
+        build_strategy(config)
+
+
+def test_bulyan_needs_4f_plus_3_nodes():
+    config = make_config(
+        **{"strategy": "bulyan", "min-nodes": 6, "num-malicious-nodes": 1}
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"bulyan needs at least 4 \* num-malicious-nodes \+ 3 = 7 nodes per "
+        r"round, got 6 \(min-nodes = 6\)",
+    ):
+        build_strategy(config)
+
+
+def test_bulyan_counts_the_nodes_the_hint_promises():
+    config = make_config(
+        **{"strategy": "bulyan", "min-nodes": 3, "num-malicious-nodes": 1}
+    )
+    assert isinstance(build_strategy(config, num_nodes_hint=8), Bulyan)
+
+
+@pytest.mark.parametrize("name", ["krum", "multikrum"])
+def test_krum_needs_2f_plus_3_nodes(name):
+    config = make_config(**{"strategy": name, "min-nodes": 2})
+    with pytest.raises(
+        ConfigError, match=rf"{name} needs at least 2 \* num-malicious-nodes \+ 3 = 3"
+    ):
+        build_strategy(config)
+
+
+def test_multikrum_cannot_select_more_than_n_minus_f():
+    config = make_config(
+        **{
+            "strategy": "multikrum",
+            "min-nodes": 5,
+            "num-malicious-nodes": 1,
+            "num-nodes-to-select": 5,
+        }
+    )
+    with pytest.raises(ConfigError, match=r"'num-nodes-to-select' = 5 exceeds .* = 4"):
+        build_strategy(config)
+
+
+def test_fewer_nodes_than_min_nodes_is_refused():
+    with pytest.raises(ConfigError, match=r"'min-nodes' = 3 but the federation has 2"):
+        build_strategy(make_config(**{"min-nodes": 3}), num_nodes_hint=2)
+
+
+def test_all_problems_are_reported_together():
+    config = make_config(
+        **{"strategy": "bulyan", "min-nodes": 3, "num-malicious-nodes": 1}
+    )
+    with pytest.raises(ConfigError) as info:
+        build_strategy(config, num_nodes_hint=2)
+    assert "federation has 2" in str(info.value)
+    assert "bulyan needs" in str(info.value)
+
+
+def test_central_dp_with_robust_aggregator_is_refused():
+    config = make_config(**{"dp-mode": "central", "noise-multiplier": 1.0})
+    config = _with(config, name="fedmedian")
+    with pytest.raises(ConfigError, match="does not compose with 'fedmedian'"):
+        build_strategy(config)
+
+
+def test_flower_value_errors_become_config_errors():
+    config = _with(make_config(**{"strategy": "fedtrimmedavg"}), trim_beta=0.6)
+    with pytest.raises(ConfigError, match=r"Flower refused strategy 'fedtrimmedavg'"):
+        build_strategy(config)
+
+
+def test_trimmed_mean_that_trims_nothing_warns(caplog):
+    config = make_config(**{"strategy": "fedtrimmedavg", "trim-beta": 0.2})
+    with caplog.at_level(logging.WARNING, logger="server.strategy_factory"):
+        build_strategy(config)  # 2 nodes: int(0.4) = 0
+    assert "computes the plain mean" in caplog.text
