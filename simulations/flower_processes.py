@@ -130,9 +130,10 @@ def _wait_healthy(link: SuperLink) -> None:
                 f"flower-superlink exited with code {link.process.returncode} at start; "
                 f"see {link.log_path}"
             )
-        with contextlib.suppress(OSError), urllib.request.urlopen(
-            f"http://{link.address}/health", timeout=2
-        ) as r:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://{link.address}/health", timeout=2) as r,
+        ):
             if r.status == 200:
                 return
         time.sleep(0.3)

@@ -207,7 +207,7 @@ def simulate(
             f"dp-mode {config.dp.mode}"
         )
         _stream(command, link.env, run_dir / FLOWER_LOG, verbose=verbose, echo=echo)
-    status = _read_status(run_dir)
+    status = read_status(run_dir)
     if status.get("state") != "complete":
         raise FedgeError(
             f"run did not complete ({status.get('state', 'unknown')}: "
@@ -242,7 +242,7 @@ def _stream(
         )
 
 
-def _read_status(run_dir: Path) -> dict[str, Any]:
+def read_status(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "status.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         cpus_per_client=args.cpus_per_client,
         verbose=args.verbose,
     )
-    status = _read_status(run_dir)
+    status = read_status(run_dir)
     print(f"final central accuracy: {status.get('final_accuracy', float('nan')):.4f}")
     print(f"run folder: {run_dir}")
     return 0
