@@ -52,32 +52,32 @@ def test_two_supernodes_train_on_their_own_csv(tmp_path: Path) -> None:
         "run-name": "e2e",
         "round-timeout-s": 300.0,
     }
-    with running_superlink(tmp_path, simulation=False) as link:
-        with (
-            running_supernode(
-                link,
-                tmp_path,
-                node_config={"data-path": str(node_files[0])},
-                name="node0",
-            ),
-            running_supernode(
-                link,
-                tmp_path,
-                node_config={"data-path": str(node_files[1])},
-                name="node1",
-            ),
-        ):
-            command = flwr_run_command(
-                APP_DIR, write_run_config(tmp_path / "run.toml", overrides)
-            )
-            done = subprocess.run(
-                command,
-                env=link.env,
-                cwd=APP_DIR,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+    with (
+        running_superlink(tmp_path, simulation=False) as link,
+        running_supernode(
+            link,
+            tmp_path,
+            node_config={"data-path": str(node_files[0])},
+            name="node0",
+        ),
+        running_supernode(
+            link,
+            tmp_path,
+            node_config={"data-path": str(node_files[1])},
+            name="node1",
+        ),
+    ):
+        command = flwr_run_command(
+            APP_DIR, write_run_config(tmp_path / "run.toml", overrides)
+        )
+        done = subprocess.run(
+            command,
+            env=link.env,
+            cwd=APP_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     log = done.stdout + done.stderr
     run_dir = out_dir / "e2e"
     status = json.loads((run_dir / "status.json").read_text())
