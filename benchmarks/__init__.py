@@ -1,0 +1,1 @@
+"""fedge benchmarks: scripts that print figures measured in one run."""
