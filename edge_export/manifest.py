@@ -1,0 +1,267 @@
+"""``manifest.json``: every artefact's hash and size, and the export's figures.
+
+:func:`verify_run` re-hashes every listed file and cross-checks the metadata
+inside the ONNX files against ``model.json``. It detects changed, truncated and
+missing files. The manifest itself is not signed: someone who can rewrite both
+a model and the manifest can pass verification; signing is the answer to that
+threat and is out of scope here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_export.metadata import fedge_metadata, read_metadata
+from edge_export.runtime import (
+    KEY_PREPROCESSING,
+    KEY_PRIVACY,
+    KEY_PROVENANCE,
+    KEY_QUANTIZATION,
+    KEY_SPEC,
+    MANIFEST_FILE,
+    sha256_file,
+)
+from shared.errors import ModelError
+
+MANIFEST_FORMAT = "fedge-manifest/1"
+ONNX_FP32 = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
+MODEL_WEIGHTS = "model.pt"
+MODEL_META = "model.json"
+RUN_CONFIG = "config.json"
+ROLES = {
+    ONNX_FP32: "onnx-fp32",
+    ONNX_INT8: "onnx-int8",
+    MODEL_WEIGHTS: "torch-state-dict",
+    MODEL_META: "model-spec-and-provenance",
+    RUN_CONFIG: "run-config",
+}
+
+
+@dataclass
+class Manifest:
+    """The content of ``manifest.json``.
+
+    Attributes
+    ----------
+    artefacts : dict
+        File name -> ``{"role", "sha256", "size-bytes"}``.
+    export : dict
+        Opset, tolerance, tool versions.
+    parity : dict
+        :class:`~edge_export.onnx_export.ParityReport` as a dict.
+    accuracy : dict
+        Top-1 accuracy on the held-out split: PyTorch, ONNX fp32, ONNX int8.
+    quantization : dict
+        Both int8 candidates' accuracy and size, and which one was kept.
+    data : dict
+        Where the held-out and calibration examples came from.
+    """
+
+    artefacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    format: str = MANIFEST_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON dict, format first."""
+        return {
+            "format": self.format,
+            "created": self.created,
+            "artefacts": self.artefacts,
+            "export": self.export,
+            "parity": self.parity,
+            "accuracy": self.accuracy,
+            "quantization": self.quantization,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = MANIFEST_FILE) -> Manifest:
+        """Rebuild from :meth:`to_dict` output.
+
+        Raises
+        ------
+        ModelError
+            Not a fedge manifest, or a format this version cannot read.
+        """
+        if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ModelError(
+                f"{source} is not a fedge manifest: format {got!r}, expected "
+                f"{MANIFEST_FORMAT!r}"
+            )
+        artefacts = d.get("artefacts")
+        if not isinstance(artefacts, dict):
+            raise ModelError(f"{source} has no 'artefacts' table")
+        return cls(
+            artefacts=artefacts,
+            export=d.get("export", {}),
+            parity=d.get("parity", {}),
+            accuracy=d.get("accuracy", {}),
+            quantization=d.get("quantization", {}),
+            data=d.get("data", {}),
+            created=d.get("created", ""),
+        )
+
+
+def describe_artefact(path: Path, role: str) -> dict[str, Any]:
+    """The manifest entry for one file: role, SHA-256 and size."""
+    return {"role": role, "sha256": sha256_file(path), "size-bytes": path.stat().st_size}
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """Write atomically: a reader sees the old manifest or the new one, whole."""
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(run_dir: Path) -> Manifest:
+    """Read ``run_dir/manifest.json``.
+
+    Raises
+    ------
+    ModelError
+        Missing, not JSON, or not a fedge manifest.
+    """
+    path = Path(run_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise ModelError(
+            f"no {MANIFEST_FILE} in {run_dir}; run `fedge export {run_dir}` first"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path} is not valid JSON: {e}") from e
+    return Manifest.from_dict(data, source=str(path))
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :func:`verify_run`.
+
+    Attributes
+    ----------
+    checked : list of str
+        What was checked and found correct.
+    problems : list of str
+        Every mismatch found (empty when the run folder is intact).
+    """
+
+    checked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+
+def _check_files(run_dir: Path, manifest: Manifest, report: VerifyReport) -> None:
+    for name, entry in manifest.artefacts.items():
+        path = run_dir / name
+        if not path.is_file():
+            report.problems.append(f"{name}: listed in the manifest but missing")
+            continue
+        size = path.stat().st_size
+        if size != entry.get("size-bytes"):
+            report.problems.append(
+                f"{name}: size {size} bytes, manifest says {entry.get('size-bytes')}"
+            )
+        digest = sha256_file(path)
+        if digest != entry.get("sha256"):
+            report.problems.append(
+                f"{name}: sha256 {digest}, manifest says {entry.get('sha256')} "
+                "(the file was changed after export)"
+            )
+        elif size == entry.get("size-bytes"):
+            report.checked.append(f"{name}: sha256 and size match")
+
+
+def _check_metadata(run_dir: Path, manifest: Manifest, report: VerifyReport) -> None:
+    """Cross-check the ONNX files' fedge metadata with model.json and each other."""
+    meta_path = run_dir / MODEL_META
+    try:
+        model_json = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        report.problems.append(f"{MODEL_META}: cannot read it to cross-check ({e})")
+        return
+    expected = {
+        KEY_SPEC: model_json.get("spec"),
+        KEY_PREPROCESSING: model_json.get("preprocessing"),
+        KEY_PROVENANCE: model_json.get("provenance"),
+        KEY_PRIVACY: model_json.get("privacy"),
+    }
+    reference: dict[str, str] | None = None
+    for name in (ONNX_FP32, ONNX_INT8):
+        if name not in manifest.artefacts or not (run_dir / name).is_file():
+            continue
+        try:
+            props = fedge_metadata(read_metadata(run_dir / name))
+        except ModelError as e:
+            report.problems.append(f"{name}: {e}")
+            continue
+        if not props:
+            report.problems.append(f"{name}: has no fedge metadata")
+            continue
+        bad = False
+        for key, want in expected.items():
+            try:
+                got = json.loads(props.get(key, "null"))
+            except json.JSONDecodeError:
+                got = None
+            if got != want:
+                report.problems.append(
+                    f"{name}: metadata {key!r} differs from {MODEL_META}"
+                )
+                bad = True
+        without_quant = {k: v for k, v in props.items() if k != KEY_QUANTIZATION}
+        if reference is None:
+            reference = without_quant
+        elif without_quant != reference:
+            report.problems.append(f"{name}: metadata differs from {ONNX_FP32}'s")
+            bad = True
+        if not bad:
+            report.checked.append(f"{name}: metadata matches {MODEL_META}")
+
+
+def verify_run(run_dir: str | Path) -> VerifyReport:
+    """Re-check every hash in the manifest and the metadata in the ONNX files.
+
+    Returns
+    -------
+    VerifyReport
+        ``report.ok`` is False if anything was changed, truncated or removed.
+
+    Raises
+    ------
+    ModelError
+        The manifest itself is missing or unreadable.
+    """
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    report = VerifyReport()
+    if ONNX_FP32 not in manifest.artefacts:
+        report.problems.append(f"the manifest does not list {ONNX_FP32}")
+    _check_files(run_dir, manifest, report)
+    _check_metadata(run_dir, manifest, report)
+    return report

@@ -1,0 +1,144 @@
+"""Write and read fedge's metadata inside an ONNX file (``metadata_props``).
+
+The model file carries everything a device needs to use it correctly and
+everything an auditor needs to trust it: the architecture, the input contract,
+the input encoding, class labels, where it came from and its DP guarantee. The
+runtime reads these keys back (:class:`edge_export.runtime.EdgeMetadata`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edge_export.runtime import (
+    KEY_CLASS_LABELS,
+    KEY_FORMAT,
+    KEY_INPUT,
+    KEY_MODEL_NAME,
+    KEY_OUTPUT,
+    KEY_PREPROCESSING,
+    KEY_PRIVACY,
+    KEY_PROVENANCE,
+    KEY_QUANTIZATION,
+    KEY_SPEC,
+    METADATA_FORMAT,
+)
+from shared.errors import ModelError
+
+BATCH_DIM = "batch"
+PRODUCER_NAME = "fedge"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def build_metadata(
+    *,
+    spec: Mapping[str, Any],
+    preprocessing: Mapping[str, Any],
+    input_name: str,
+    input_shape: tuple[int, ...],
+    output_name: str,
+    provenance: Mapping[str, Any],
+    privacy: Mapping[str, Any],
+    quantization: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Return the ``metadata_props`` mapping for one exported model.
+
+    Parameters
+    ----------
+    spec, preprocessing : mapping
+        ``ModelSpec.to_dict()`` and ``Preprocessing.to_dict()``.
+    input_name, output_name : str
+        Graph input (encoded features) and output (logits) names.
+    input_shape : tuple of int
+        One encoded example's shape (no batch axis).
+    provenance, privacy : mapping
+        As in ``model.json``.
+    quantization : mapping, optional
+        ``{"method": "none"}`` for the float model (the default).
+    """
+    return {
+        KEY_FORMAT: METADATA_FORMAT,
+        KEY_MODEL_NAME: str(spec["name"]),
+        KEY_SPEC: _json(dict(spec)),
+        KEY_INPUT: _json(
+            {
+                "name": input_name,
+                "shape": [BATCH_DIM, *(int(d) for d in input_shape)],
+                "dtype": "float32",
+            }
+        ),
+        KEY_OUTPUT: _json(
+            {
+                "name": output_name,
+                "shape": [BATCH_DIM, int(spec["num_classes"])],
+                "dtype": "float32",
+                "meaning": "logits; softmax gives class probabilities",
+            }
+        ),
+        KEY_PREPROCESSING: _json(dict(preprocessing)),
+        KEY_CLASS_LABELS: _json(list(preprocessing["class_names"])),
+        KEY_PROVENANCE: _json(dict(provenance)),
+        KEY_PRIVACY: _json(dict(privacy)),
+        KEY_QUANTIZATION: _json(dict(quantization or {"method": "none"})),
+    }
+
+
+def write_metadata(model: onnx.ModelProto, props: Mapping[str, str]) -> None:
+    """Set ``props`` on ``model`` in place, replacing keys of the same name."""
+    keep = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = PRODUCER_NAME
+
+
+def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, str]:
+    """Return ``metadata_props`` as a dict (loads the file without weights)."""
+    if not isinstance(model, onnx.ModelProto):
+        try:
+            model = onnx.load(str(model), load_external_data=False)
+        except Exception as e:  # protobuf's DecodeError is not a stable type
+            raise ModelError(f"{model} is not an ONNX file: {e}") from e
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def fedge_metadata(props: Mapping[str, str]) -> dict[str, str]:
+    """Only fedge's keys."""
+    return {k: v for k, v in props.items() if k.startswith("fedge.")}
+
+
+def copy_metadata(
+    source: onnx.ModelProto, target: onnx.ModelProto, **overrides: str
+) -> None:
+    """Copy fedge's metadata from ``source`` to ``target`` (quantisation drops it)."""
+    props = fedge_metadata(read_metadata(source))
+    props.update(overrides)
+    write_metadata(target, props)
+
+
+def strip_exporter_metadata(model: onnx.ModelProto) -> None:
+    """Remove the exporter's per-node debug metadata, in place.
+
+    torch's exporter annotates every node and value with FX names and Python
+    stack traces. They hold file paths of the machine that exported the model
+    (nothing a device should learn) and make up about a tenth of the file.
+    """
+    graph = model.graph
+    for item in (*graph.node, *graph.input, *graph.output, *graph.value_info):
+        del item.metadata_props[:]
+    for tensor in graph.initializer:
+        del tensor.metadata_props[:]
+    for key in [p.key for p in model.metadata_props if p.key.startswith("pkg.torch")]:
+        props = [p for p in model.metadata_props if p.key != key]
+        del model.metadata_props[:]
+        model.metadata_props.extend(props)

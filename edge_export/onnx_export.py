@@ -1,0 +1,225 @@
+"""torch → ONNX: export one self-contained file, check it, and prove parity.
+
+Opset: :data:`OPSET` = 18, chosen on purpose. torch's dynamo exporter
+(``torch.onnx.export(dynamo=True)``) builds graphs from onnxscript's torchlib,
+which is written against opset 18, so at 18 no version-converter pass rewrites
+the graph afterwards (torch 2.13's default, 20, adds one). Opset 18 runs on
+ONNX Runtime 1.14 and newer, including its mobile builds, which is the widest
+device reach this project needs, and ONNX Runtime's quantisation tools handle
+it fully. Nothing in fedge's models (Conv, GroupNorm as InstanceNormalization,
+Gemm, ReLU/Tanh, MaxPool) needs a newer operator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from edge_export.metadata import strip_exporter_metadata
+from edge_export.runtime import session_options
+from shared.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+DEFAULT_TOLERANCE = 1e-4
+# Parity is computed in chunks so a large test split does not spike memory.
+_PARITY_BATCH = 512
+
+
+def export_onnx(
+    model: nn.Module, input_shape: tuple[int, ...], *, opset: int = OPSET
+) -> onnx.ModelProto:
+    """Export ``model`` (eval mode) to an in-memory ONNX model with a dynamic batch.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A registry model.
+    input_shape : tuple of int
+        One encoded example's shape (no batch axis).
+    opset : int, default :data:`OPSET`
+
+    Returns
+    -------
+    onnx.ModelProto
+        Weights embedded (no external data); exporter debug metadata removed.
+
+    Raises
+    ------
+    ModelError
+        The exporter failed.
+    """
+    model = model.eval()
+    # Batch 2 as the example: a size-1 example lets export specialise the axis.
+    example = torch.zeros((2, *input_shape), dtype=torch.float32)
+    batch = torch.export.Dim("batch")
+    # The exporter prints progress on stdout; a library must not.
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as e:  # torch.export raises many unrelated types
+        raise ModelError(
+            f"torch.onnx.export failed for a {type(model).__name__} with input "
+            f"shape {input_shape} at opset {opset}: {e}"
+        ) from e
+    if program is None:  # only the legacy exporter returns None
+        raise ModelError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    strip_exporter_metadata(proto)
+    return proto
+
+
+def check_onnx(
+    proto: onnx.ModelProto, *, input_shape: tuple[int, ...], num_classes: int
+) -> onnx.ModelProto:
+    """Run the ONNX checker and strict shape inference; check the I/O contract.
+
+    Returns
+    -------
+    onnx.ModelProto
+        The model with inferred shapes (``value_info``) filled in.
+
+    Raises
+    ------
+    ModelError
+        The checker or shape inference fails, or the input/output shapes are
+        not ``(batch, *input_shape)`` / ``(batch, num_classes)`` with a symbolic
+        batch axis.
+    """
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(
+            proto, check_type=True, strict_mode=True, data_prop=True
+        )
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ModelError(f"exported ONNX model fails the ONNX checker: {e}") from e
+    expected = {
+        INPUT_NAME: ["batch-symbol", *input_shape],
+        OUTPUT_NAME: ["batch-symbol", num_classes],
+    }
+    for value in (*inferred.graph.input, *inferred.graph.output):
+        if value.name not in expected:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        got = [d.dim_param or d.dim_value for d in dims]
+        want = expected.pop(value.name)
+        batch_ok = bool(dims) and bool(dims[0].dim_param)
+        if not batch_ok or [int(g) for g in got[1:]] != list(want[1:]):
+            raise ModelError(
+                f"exported {value.name!r} has shape {got}, expected a symbolic "
+                f"batch axis then {list(want[1:])}"
+            )
+    if expected:
+        raise ModelError(f"exported model lacks graph input/output {sorted(expected)}")
+    return inferred
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How closely ONNX Runtime reproduces PyTorch eager on held-out inputs.
+
+    Attributes
+    ----------
+    max_abs_diff : float
+        Largest absolute difference between logits.
+    top1_agreement : float
+        Share of examples whose arg-max class agrees.
+    num_examples : int
+    tolerance : float
+    passed : bool
+        ``max_abs_diff <= tolerance``.
+    """
+
+    max_abs_diff: float
+    top1_agreement: float
+    num_examples: int
+    tolerance: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for the manifest (kebab-case keys)."""
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+
+def torch_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """PyTorch eager logits for encoded inputs, in chunks."""
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(x), _PARITY_BATCH):
+            chunk = torch.from_numpy(np.ascontiguousarray(x[start : start + _PARITY_BATCH]))
+            outs.append(model(chunk).numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
+
+
+def onnx_logits(path: str | Path, x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime (CPU, 1 thread) logits for encoded inputs, in chunks."""
+    session = ort.InferenceSession(
+        str(path), session_options(1), providers=["CPUExecutionProvider"]
+    )
+    name = session.get_inputs()[0].name
+    outs = [
+        session.run(None, {name: np.ascontiguousarray(x[s : s + _PARITY_BATCH])})[0]
+        for s in range(0, len(x), _PARITY_BATCH)
+    ]
+    return np.concatenate(outs)
+
+
+def check_parity(
+    model: nn.Module,
+    onnx_path: str | Path,
+    x: np.ndarray,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ParityReport:
+    """Compare ONNX Runtime with PyTorch eager on ``x``; raise above ``tolerance``.
+
+    Raises
+    ------
+    ModelError
+        ``max_abs_diff > tolerance`` (the message gives both figures).
+    """
+    if len(x) == 0:
+        raise ModelError("parity check needs at least one held-out example, got 0")
+    reference = torch_logits(model.eval(), x)
+    candidate = onnx_logits(onnx_path, x)
+    diff = float(np.max(np.abs(reference - candidate)))
+    agree = float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
+    report = ParityReport(
+        max_abs_diff=diff,
+        top1_agreement=agree,
+        num_examples=len(x),
+        tolerance=tolerance,
+        passed=diff <= tolerance,
+    )
+    if not report.passed:
+        raise ModelError(
+            f"ONNX export parity failed: max |logit difference| vs PyTorch eager "
+            f"is {diff:.3g} on {len(x)} held-out examples, tolerance {tolerance:g} "
+            f"(top-1 agreement {agree:.2%}). No artefact was written."
+        )
+    logger.info("ONNX parity: max abs diff %.3g, top-1 agreement %.4f", diff, agree)
+    return report

@@ -1,0 +1,322 @@
+"""``export_run``: the one call the server and ``fedge export`` make.
+
+All artefacts are built in a temporary folder inside the run folder and moved
+into place only once every check has passed, so a failed export leaves no
+half-written file (and a previous, consistent export stays as it was).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edge_export.manifest import (
+    MODEL_META,
+    MODEL_WEIGHTS,
+    ONNX_FP32,
+    ONNX_INT8,
+    ROLES,
+    RUN_CONFIG,
+    Manifest,
+    describe_artefact,
+    write_manifest,
+)
+from edge_export.metadata import build_metadata, copy_metadata, write_metadata
+from edge_export.onnx_export import (
+    DEFAULT_TOLERANCE,
+    INPUT_NAME,
+    OPSET,
+    OUTPUT_NAME,
+    check_onnx,
+    check_parity,
+    export_onnx,
+    onnx_logits,
+    torch_logits,
+)
+from edge_export.quantize import DYNAMIC, QUANT_METHODS, STATIC, quantize_int8
+from edge_export.run_inputs import RunInputs, calibration_data, held_out_data, load_run
+from edge_export.runtime import KEY_QUANTIZATION, MANIFEST_FILE
+from shared.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+QUANTIZE_CHOICES = ("auto", *QUANT_METHODS, "none")
+# An int8 model is kept only if it loses at most this many accuracy points.
+MAX_INT8_DROP_POINTS = 1.0
+# Static QDQ is preferred: activations are int8 too, so batched inference runs
+# on integer kernels; dynamic recomputes activation ranges on every call.
+INT8_PREFERENCE = (STATIC, DYNAMIC)
+CALIBRATION_SIZE = 256
+_TOOLS = ("fedge", "torch", "onnx", "onnxscript", "onnxruntime")
+
+
+def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(logits.argmax(axis=1) == y))
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in _TOOLS:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _metadata_props(run: RunInputs) -> dict[str, str]:
+    meta = run.model_meta
+    return build_metadata(
+        spec=run.spec.to_dict(),
+        preprocessing=run.preprocessing.to_dict(),
+        input_name=INPUT_NAME,
+        input_shape=run.input_shape,
+        output_name=OUTPUT_NAME,
+        provenance=meta.get("provenance", {}),
+        privacy=meta.get("privacy", {}),
+    )
+
+
+def _save(proto: onnx.ModelProto, path: Path) -> None:
+    # One self-contained file: weights embedded, never an external-data file.
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def _quantize_candidates(
+    methods: tuple[str, ...],
+    fp32_path: Path,
+    tmp: Path,
+    run: RunInputs,
+    fp32_accuracy: float,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    calibration: np.ndarray,
+) -> dict[str, dict[str, Any]]:
+    """Build each int8 candidate; return its accuracy, size and settings."""
+    fp32_proto = onnx.load(str(fp32_path))
+    results: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        path = tmp / f"model.{method}.onnx"
+        settings = quantize_int8(
+            method, fp32_path, path, calibration=calibration, input_name=INPUT_NAME
+        )
+        # ORT's quantisers drop metadata_props; the device needs them.
+        proto = onnx.load(str(path))
+        copy_metadata(fp32_proto, proto, **{KEY_QUANTIZATION: _json(settings)})
+        onnx.checker.check_model(proto)
+        _save(proto, path)
+        accuracy = _accuracy(onnx_logits(path, test_x), test_y)
+        drop = 100.0 * (fp32_accuracy - accuracy)
+        results[method] = {
+            "path": path,
+            "accuracy": accuracy,
+            "drop-points": drop,
+            "within-bound": drop <= MAX_INT8_DROP_POINTS,
+            "size-bytes": path.stat().st_size,
+            "settings": settings,
+        }
+        logger.info("int8 %s: accuracy %.4f (drop %.2f points)", method, accuracy, drop)
+    return results
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _choose(quantize: str, candidates: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
+    """Pick the int8 artefact to ship, with the reason."""
+    if quantize in QUANT_METHODS:
+        c = candidates[quantize]
+        if not c["within-bound"]:
+            logger.warning(
+                "int8 (%s) loses %.2f accuracy points (bound %.1f); kept because it "
+                "was asked for explicitly",
+                quantize,
+                c["drop-points"],
+                MAX_INT8_DROP_POINTS,
+            )
+        return quantize, "requested explicitly"
+    for method in INT8_PREFERENCE:
+        if method in candidates and candidates[method]["within-bound"]:
+            return method, (
+                f"first of {list(INT8_PREFERENCE)} within {MAX_INT8_DROP_POINTS} "
+                "accuracy point of fp32"
+            )
+    logger.warning(
+        "No int8 model kept: every method loses more than %.1f accuracy points (%s)",
+        MAX_INT8_DROP_POINTS,
+        {m: round(c["drop-points"], 2) for m, c in candidates.items()},
+    )
+    return None, f"no method within {MAX_INT8_DROP_POINTS} accuracy point of fp32"
+
+
+def export_run(
+    run_dir: str | Path,
+    *,
+    quantize: str = "auto",
+    tolerance: float = DEFAULT_TOLERANCE,
+    calibration_size: int = CALIBRATION_SIZE,
+    opset: int = OPSET,
+) -> Manifest:
+    """Export a finished run's model for devices and write ``manifest.json``.
+
+    Writes ``model.onnx`` (fp32, metadata inside), ``model.int8.onnx`` (unless
+    no int8 model keeps accuracy, or ``quantize="none"``) and ``manifest.json``
+    into ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        A run folder holding ``model.pt``, ``model.json`` and ``config.json``.
+    quantize : {"auto", "static-qdq", "dynamic", "none"}, default "auto"
+        ``auto`` builds both int8 variants and keeps static QDQ if it stays
+        within :data:`MAX_INT8_DROP_POINTS` of fp32 accuracy, else dynamic if
+        that does, else none. Both are measured and reported either way.
+    tolerance : float, default 1e-4
+        Largest allowed absolute logit difference between ONNX Runtime and
+        PyTorch eager on the held-out split.
+    calibration_size : int, default 256
+        Training-side examples used to calibrate static quantisation.
+    opset : int, default :data:`~edge_export.onnx_export.OPSET`
+
+    Returns
+    -------
+    Manifest
+
+    Raises
+    ------
+    ModelError
+        Bad run folder, export or checker failure, or parity above tolerance.
+        Nothing is written in that case.
+    """
+    if quantize not in QUANTIZE_CHOICES:
+        raise ModelError(
+            f"quantize must be one of {list(QUANTIZE_CHOICES)}, got {quantize!r}"
+        )
+    if not tolerance > 0:
+        raise ModelError(f"tolerance must be > 0, got {tolerance}")
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    test = held_out_data(run)
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".export-"))
+    try:
+        proto = export_onnx(run.model, run.input_shape, opset=opset)
+        check_onnx(proto, input_shape=run.input_shape, num_classes=run.spec.num_classes)
+        write_metadata(proto, _metadata_props(run))
+        fp32_path = tmp / ONNX_FP32
+        _save(proto, fp32_path)
+        parity = check_parity(run.model, fp32_path, test.x, tolerance=tolerance)
+        torch_accuracy = _accuracy(torch_logits(run.model, test.x), test.y)
+        fp32_accuracy = _accuracy(onnx_logits(fp32_path, test.x), test.y)
+
+        methods = QUANT_METHODS if quantize in ("auto", *QUANT_METHODS) else ()
+        calibration, calibration_note = (
+            calibration_data(run, size=calibration_size) if methods else (None, "")
+        )
+        candidates = _quantize_candidates(
+            methods, fp32_path, tmp, run, fp32_accuracy, test.x, test.y, calibration
+        ) if methods else {}
+        chosen, reason = (
+            _choose(quantize, candidates) if candidates else (None, "quantize='none'")
+        )
+        if chosen is not None:
+            os.replace(candidates[chosen]["path"], tmp / ONNX_INT8)
+
+        manifest = _build_manifest(
+            run, tmp, parity.to_dict(), torch_accuracy, fp32_accuracy, test,
+            candidates, chosen, reason, calibration_note, calibration, tolerance, opset,
+        )
+        _publish(run_dir, tmp, chosen is not None, manifest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _build_manifest(
+    run: RunInputs,
+    tmp: Path,
+    parity: dict[str, Any],
+    torch_accuracy: float,
+    fp32_accuracy: float,
+    test: Any,
+    candidates: dict[str, dict[str, Any]],
+    chosen: str | None,
+    reason: str,
+    calibration_note: str,
+    calibration: np.ndarray | None,
+    tolerance: float,
+    opset: int,
+) -> Manifest:
+    artefacts = {ONNX_FP32: describe_artefact(tmp / ONNX_FP32, ROLES[ONNX_FP32])}
+    if chosen is not None:
+        artefacts[ONNX_INT8] = describe_artefact(tmp / ONNX_INT8, ROLES[ONNX_INT8])
+    for name in (MODEL_WEIGHTS, MODEL_META, RUN_CONFIG):
+        if (run.run_dir / name).is_file():
+            artefacts[name] = describe_artefact(run.run_dir / name, ROLES[name])
+    fp32_size = artefacts[ONNX_FP32]["size-bytes"]
+    accuracy: dict[str, Any] = {
+        "split": test.source,
+        "num-examples": len(test),
+        "pytorch": torch_accuracy,
+        "onnx-fp32": fp32_accuracy,
+        "onnx-int8": candidates[chosen]["accuracy"] if chosen else None,
+    }
+    return Manifest(
+        artefacts=artefacts,
+        export={
+            "opset": opset,
+            "input-name": INPUT_NAME,
+            "output-name": OUTPUT_NAME,
+            "input-shape": ["batch", *run.input_shape],
+            "tolerance": tolerance,
+            "versions": _tool_versions(),
+        },
+        parity=parity,
+        accuracy=accuracy,
+        quantization={
+            "chosen": chosen,
+            "reason": reason,
+            "max-drop-points": MAX_INT8_DROP_POINTS,
+            "fp32-size-bytes": fp32_size,
+            "candidates": {
+                method: {
+                    "accuracy": c["accuracy"],
+                    "drop-points": c["drop-points"],
+                    "within-bound": c["within-bound"],
+                    "size-bytes": c["size-bytes"],
+                    "size-ratio": c["size-bytes"] / fp32_size,
+                    "settings": c["settings"],
+                }
+                for method, c in candidates.items()
+            },
+        },
+        data={
+            "held-out": test.source,
+            "calibration": calibration_note or None,
+            "calibration-examples": 0 if calibration is None else len(calibration),
+        },
+    )
+
+
+def _publish(run_dir: Path, tmp: Path, has_int8: bool, manifest: Manifest) -> None:
+    """Move the checked artefacts into the run folder, manifest last.
+
+    The old manifest goes first, so an interrupted publish leaves no manifest
+    that vouches for files it does not describe (``fedge verify`` then says so).
+    """
+    (run_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    os.replace(tmp / ONNX_FP32, run_dir / ONNX_FP32)
+    if has_int8:
+        os.replace(tmp / ONNX_INT8, run_dir / ONNX_INT8)
+    else:
+        (run_dir / ONNX_INT8).unlink(missing_ok=True)  # stale from an earlier export
+    write_manifest(run_dir / MANIFEST_FILE, manifest)

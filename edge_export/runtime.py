@@ -1,0 +1,727 @@
+"""Run an exported fedge model on a device: ONNX Runtime and NumPy, nothing else.
+
+This file stands alone on purpose: a device copies it (or installs fedge with
+``pip install -r requirements-edge.txt``) and needs neither torch nor the rest
+of fedge. It therefore re-implements, in NumPy, the input encoding that
+``shared.preprocessing.Preprocessing.transform_features`` applies during
+training, reading the encoding from the model's own metadata; a test checks
+that both give identical arrays. pandas is imported only when the caller
+hands over a DataFrame or asks to read CSV/Parquet and it is installed.
+
+Examples
+--------
+A device loop, once the model has been exported with ``fedge export``::
+
+    from edge_export.runtime import EdgeModel
+
+    model = EdgeModel.load("runs/demo/model.int8.onnx")
+    prediction = model.predict(raw_rows)  # array, DataFrame or column dict
+    prediction.labels, prediction.probabilities
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------ metadata
+# Keys under ``ModelProto.metadata_props``; every value is a string (JSON for
+# anything structured). edge_export.metadata writes them, this module reads them.
+METADATA_FORMAT = "fedge-onnx/1"
+KEY_FORMAT = "fedge.format"
+KEY_MODEL_NAME = "fedge.model-name"
+KEY_SPEC = "fedge.model-spec"
+KEY_INPUT = "fedge.input"
+KEY_OUTPUT = "fedge.output"
+KEY_PREPROCESSING = "fedge.preprocessing"
+KEY_CLASS_LABELS = "fedge.class-labels"
+KEY_PROVENANCE = "fedge.provenance"
+KEY_PRIVACY = "fedge.privacy"
+KEY_QUANTIZATION = "fedge.quantization"
+REQUIRED_KEYS = (
+    KEY_FORMAT,
+    KEY_MODEL_NAME,
+    KEY_SPEC,
+    KEY_INPUT,
+    KEY_OUTPUT,
+    KEY_PREPROCESSING,
+    KEY_CLASS_LABELS,
+    KEY_PROVENANCE,
+    KEY_PRIVACY,
+    KEY_QUANTIZATION,
+)
+MANIFEST_FILE = "manifest.json"
+# Chunk size for hashing: large enough to be fast, small enough for a device.
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+class EdgeError(ValueError):
+    """Base class of the runtime's errors (a ValueError, like fedge's own).
+
+    The runtime cannot import ``shared.errors`` (it must run without fedge),
+    so it has its own small hierarchy.
+    """
+
+
+class ModelFileError(EdgeError):
+    """The model file is missing, not ONNX, lacks fedge metadata or fails its hash."""
+
+
+class InputError(EdgeError):
+    """Input data does not match what the model expects."""
+
+
+@dataclass(frozen=True)
+class EdgeMetadata:
+    """What the exporter stored in the ONNX file, parsed.
+
+    Parameters
+    ----------
+    model_name : str
+        Registry architecture (``"mlp"`` or ``"cnn"``).
+    spec : dict
+        The ``ModelSpec`` as a dict.
+    input_name, input_dtype : str
+        Graph input to feed, and its element type (``"float32"``).
+    input_shape : tuple
+        Shape with ``"batch"`` for the dynamic batch axis.
+    output_name : str
+        Graph output holding the logits.
+    preprocessing : dict
+        ``Preprocessing.to_dict()``: how raw inputs are encoded.
+    class_labels : tuple of str
+        Class names in logit order.
+    provenance, privacy, quantization : dict
+        Training run facts, DP guarantees, and how the weights were quantised.
+    """
+
+    model_name: str
+    spec: dict[str, Any]
+    input_name: str
+    input_shape: tuple[Any, ...]
+    input_dtype: str
+    output_name: str
+    preprocessing: dict[str, Any]
+    class_labels: tuple[str, ...]
+    provenance: dict[str, Any]
+    privacy: dict[str, Any]
+    quantization: dict[str, Any]
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], *, source: str) -> EdgeMetadata:
+        """Parse ``metadata_props`` as a string mapping.
+
+        Raises
+        ------
+        ModelFileError
+            The fedge keys are missing, of another format version, or not JSON.
+        """
+        missing = [k for k in REQUIRED_KEYS if k not in props]
+        if len(missing) == len(REQUIRED_KEYS):
+            raise ModelFileError(
+                f"{source} is an ONNX model without fedge metadata (expected "
+                f"metadata_props keys {list(REQUIRED_KEYS)}, found "
+                f"{sorted(props)}); export it with `fedge export RUN_DIR`"
+            )
+        if missing:
+            raise ModelFileError(
+                f"{source} has incomplete fedge metadata: missing {missing}"
+            )
+        if props[KEY_FORMAT] != METADATA_FORMAT:
+            raise ModelFileError(
+                f"{source} has fedge metadata format {props[KEY_FORMAT]!r}, "
+                f"this runtime reads {METADATA_FORMAT!r}; update fedge's runtime"
+            )
+        parsed: dict[str, Any] = {}
+        for key in REQUIRED_KEYS[2:]:
+            try:
+                parsed[key] = json.loads(props[key])
+            except json.JSONDecodeError as e:
+                raise ModelFileError(
+                    f"{source}: metadata {key!r} is not valid JSON ({e})"
+                ) from e
+        model_input, model_output = parsed[KEY_INPUT], parsed[KEY_OUTPUT]
+        return cls(
+            model_name=props[KEY_MODEL_NAME],
+            spec=parsed[KEY_SPEC],
+            input_name=model_input["name"],
+            input_shape=tuple(model_input["shape"]),
+            input_dtype=model_input["dtype"],
+            output_name=model_output["name"],
+            preprocessing=parsed[KEY_PREPROCESSING],
+            class_labels=tuple(parsed[KEY_CLASS_LABELS]),
+            provenance=parsed[KEY_PROVENANCE],
+            privacy=parsed[KEY_PRIVACY],
+            quantization=parsed[KEY_QUANTIZATION],
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predictions for a batch.
+
+    Attributes
+    ----------
+    labels : ndarray of str, shape (n,)
+        Predicted class names.
+    indices : ndarray of int64, shape (n,)
+        Predicted class indices.
+    probabilities : ndarray of float32, shape (n, k)
+        Softmax of the logits; columns follow ``class_labels``.
+    class_labels : tuple of str
+    """
+
+    labels: np.ndarray
+    indices: np.ndarray
+    probabilities: np.ndarray
+    class_labels: tuple[str, ...]
+
+
+# ------------------------------------------------------------------ hashing
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_manifest_hash(path: Path) -> None:
+    """Refuse a model whose bytes differ from the manifest beside it, if any."""
+    manifest_path = path.parent / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        entry = manifest["artefacts"].get(path.name)
+    except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+        raise ModelFileError(
+            f"{manifest_path} is not a fedge manifest ({e}); re-export with "
+            "`fedge export RUN_DIR` or load with verify=False"
+        ) from e
+    if entry is None:
+        return
+    actual = sha256_file(path)
+    if actual != entry.get("sha256"):
+        raise ModelFileError(
+            f"{path} does not match {manifest_path}: sha256 {actual}, expected "
+            f"{entry.get('sha256')}; the file was changed after export. Refusing "
+            "to load it; re-export or restore the original"
+        )
+
+
+# ------------------------------------------------------------------ encoding
+# A NumPy port of shared.preprocessing.Preprocessing.transform_features. The
+# two must agree bit for bit; tests/edge_export/test_runtime.py checks it.
+def _row(position: int) -> str:
+    return f"row {position + 1}"
+
+
+def _value_str(value: Any) -> str:
+    """String form used to match categories (``3``, ``3.0`` and ``"3"`` agree)."""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, float | np.floating) and math.isfinite(value):
+        if float(value).is_integer():
+            return str(int(value))
+        return repr(float(value))
+    if isinstance(value, np.integer):
+        return str(int(value))
+    return str(value)
+
+
+def _is_missing_value(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float | np.floating):
+        return bool(np.isnan(value))
+    # pandas.NA and NaT without importing pandas.
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def _missing_mask(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    if values.dtype.kind == "O":
+        return np.fromiter(
+            (_is_missing_value(v) for v in values), dtype=bool, count=len(values)
+        )
+    return np.zeros(len(values), dtype=bool)
+
+
+def _parse_number(value: Any) -> float | None:
+    """Parse one cell like ``pandas.to_numeric``; None when it is not a number."""
+    if isinstance(value, bool | np.bool_ | int | float | np.integer | np.floating):
+        return float(value)
+    if isinstance(value, str) and "_" not in value:
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        # pandas does not read the text "nan" as a number.
+        return None if math.isnan(number) else number
+    return None
+
+
+def _numeric_column(
+    values: np.ndarray, column: str, prep: Mapping[str, Any], source: str
+) -> np.ndarray:
+    missing = _missing_mask(values)
+    if values.dtype.kind in "iufb":
+        parsed = values.astype(np.float64)
+    else:
+        parsed = np.full(len(values), np.nan)
+        for i, value in enumerate(values):
+            if missing[i]:
+                continue
+            number = _parse_number(value)
+            if number is None:
+                raise InputError(
+                    f"non-numeric value {value!r} in numeric column {column!r} "
+                    f"({source}, {_row(i)}); expected a number"
+                )
+            parsed[i] = number
+    parsed = _fill_missing(parsed, missing, column, prep, source)
+    if not np.all(np.isfinite(parsed)):
+        first = int(np.flatnonzero(~np.isfinite(parsed))[0])
+        raise InputError(
+            f"infinite value in numeric column {column!r} ({source}, {_row(first)}); "
+            "expected a finite number"
+        )
+    return parsed
+
+
+def _fill_missing(
+    values: np.ndarray,
+    missing: np.ndarray,
+    column: str,
+    prep: Mapping[str, Any],
+    source: str,
+) -> np.ndarray:
+    if not missing.any():
+        return values
+    if prep.get("impute", "none") == "none":
+        first = int(np.flatnonzero(missing)[0])
+        raise InputError(
+            f"missing value (NaN/empty) in column {column!r} ({source}, "
+            f"{_row(first)}; {int(missing.sum())} missing in total); this model "
+            "was trained with impute='none', so every value is required"
+        )
+    values = values.copy()
+    values[missing] = prep["fill_values"][column]
+    return values
+
+
+def _one_hot(
+    values: np.ndarray,
+    column: str,
+    categories: list[str],
+    prep: Mapping[str, Any],
+    source: str,
+) -> np.ndarray:
+    missing = _missing_mask(values)
+    strings = np.array([_value_str(v) for v in values], dtype=object)
+    strings = _fill_missing(strings, missing, column, prep, source)
+    index = {c: i for i, c in enumerate(categories)}
+    out = np.zeros((len(values), len(categories)))
+    unknown: tuple[int, str] | None = None
+    for row, value in enumerate(strings):
+        i = index.get(value)
+        if i is None:
+            unknown = unknown or (row, value)
+        else:
+            out[row, i] = 1.0
+    if unknown is not None:
+        logger.warning(
+            "Unknown category %r in column %r (%s, %s); encoded as all zeros.",
+            unknown[1],
+            column,
+            source,
+            _row(unknown[0]),
+        )
+    return out
+
+
+def _is_dataframe(data: Any) -> bool:
+    # Duck-typed so pandas is never imported just to ask.
+    return type(data).__name__ == "DataFrame" and hasattr(data, "columns")
+
+
+def _frame_columns(frame: Any) -> dict[str, np.ndarray]:
+    """DataFrame -> column name -> NumPy array (missing cells as NaN or None)."""
+    columns: dict[str, np.ndarray] = {}
+    for name in frame.columns:
+        series = frame[name]
+        if isinstance(series, type(frame)):  # duplicated column name
+            raise InputError(f"column {str(name)!r} appears more than once")
+        kind = getattr(series.dtype, "kind", "O")
+        if kind in "iuf" and series.isna().any():
+            columns[str(name)] = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        elif kind in "iufb":
+            columns[str(name)] = series.to_numpy()
+        else:
+            array = series.to_numpy(dtype=object)
+            array[series.isna().to_numpy()] = None
+            columns[str(name)] = array
+    return columns
+
+
+def _transform_tabular(
+    prep: Mapping[str, Any], data: Any, source: str
+) -> np.ndarray:
+    feature_columns: list[str] = list(prep["feature_columns"])
+    categories: dict[str, list[str]] = dict(prep.get("categories", {}))
+    if _is_dataframe(data):
+        columns = _frame_columns(data)
+    elif isinstance(data, Mapping):
+        columns = {str(k): np.asarray(v) for k, v in data.items()}
+    else:
+        array = np.asarray(data)
+        if categories:
+            raise InputError(
+                f"{source}: an array cannot supply categorical columns "
+                f"{list(categories)}; pass a DataFrame or a dict with columns "
+                f"{feature_columns}"
+            )
+        if array.ndim != 2 or array.shape[1] != len(feature_columns):
+            raise InputError(
+                f"{source}: expected an array of shape (n, {len(feature_columns)}) "
+                f"with columns {feature_columns}, got shape {tuple(array.shape)}"
+            )
+        columns = {c: array[:, j] for j, c in enumerate(feature_columns)}
+    missing = [c for c in feature_columns if c not in columns]
+    if missing:
+        raise InputError(
+            f"{source} is missing feature column(s) {missing}; expected "
+            f"{feature_columns}, got {list(columns)}"
+        )
+    lengths = {len(columns[c]) for c in feature_columns}
+    if len(lengths) > 1:
+        raise InputError(f"{source}: feature columns have different lengths {lengths}")
+    n_rows = lengths.pop() if lengths else 0
+    blocks = []
+    numeric_columns = list(prep.get("numeric_columns", ()))
+    if numeric_columns:
+        numeric = np.empty((n_rows, len(numeric_columns)))
+        for j, column in enumerate(numeric_columns):
+            numeric[:, j] = _numeric_column(columns[column], column, prep, source)
+        means = np.asarray(prep["means"], dtype=np.float64)
+        scales = np.asarray(prep["scales"], dtype=np.float64)
+        blocks.append((numeric - means) / scales)
+    for column, cats in categories.items():
+        blocks.append(_one_hot(columns[column], column, list(cats), prep, source))
+    if not blocks:
+        return np.zeros((n_rows, 0), dtype=np.float32)
+    return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+def _transform_images(prep: Mapping[str, Any], data: Any, source: str) -> np.ndarray:
+    c, h, w = (int(s) for s in prep["image_shape"])
+    if _is_dataframe(data) or isinstance(data, Mapping):
+        columns = _frame_columns(data) if _is_dataframe(data) else dict(data)
+        columns.pop(prep["label_column"], None)
+        try:
+            array = np.column_stack(
+                [np.asarray(v, dtype=np.float64) for v in columns.values()]
+            )
+        except (TypeError, ValueError) as e:
+            raise InputError(
+                f"image pixels must be numeric ({source}); expected numbers, got "
+                f"a non-numeric value: {e}"
+            ) from e
+    else:
+        array = np.asarray(data)
+    if array.ndim == 2 and array.shape[1] == c * h * w:
+        array = array.reshape(-1, c, h, w)
+    elif array.ndim == 3 and c == 1 and array.shape[1:] == (h, w):
+        array = array[:, None]
+    elif not (array.ndim == 4 and array.shape[1:] == (c, h, w)):
+        raise InputError(
+            f"expected images of shape {(c, h, w)} or {c * h * w} values per row, "
+            f"got an array of shape {tuple(array.shape)} ({source})"
+        )
+    if not np.issubdtype(array.dtype, np.number):
+        raise InputError(
+            f"image pixels must be numeric, got dtype {array.dtype} ({source}); "
+            "expected integers or floats"
+        )
+    array = array.astype(np.float64)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = int(np.flatnonzero(bad.reshape(len(array), -1).any(axis=1))[0])
+        raise InputError(
+            f"missing (NaN) or infinite pixel value in image {first + 1} ({source}); "
+            "expected finite numbers, images cannot be imputed"
+        )
+    return (array / float(prep["pixel_scale"])).astype(np.float32)
+
+
+def transform_features(
+    preprocessing: Mapping[str, Any], data: Any, *, source: str = "input"
+) -> np.ndarray:
+    """Encode raw inputs exactly as ``Preprocessing.transform_features`` does.
+
+    Parameters
+    ----------
+    preprocessing : mapping
+        ``Preprocessing.to_dict()`` (the model's ``fedge.preprocessing``).
+    data : ndarray, DataFrame or mapping of column name to values
+        Tabular: a frame or dict holding every feature column (extra columns
+        ignored, order free), or an ``(n, n_features)`` numeric array in
+        ``feature_columns`` order. Images: ``(n, C*H*W)``, ``(n, C, H, W)``, or
+        ``(n, H, W)`` when ``C == 1``; a frame is flat pixel rows (label dropped).
+    source : str
+        Named in error messages.
+
+    Returns
+    -------
+    ndarray of float32, shape ``(n, *input_shape)``
+
+    Raises
+    ------
+    InputError
+        Missing columns, wrong width or image size, non-numeric or missing values.
+    """
+    if preprocessing["kind"] == "image":
+        return _transform_images(preprocessing, data, source)
+    return _transform_tabular(preprocessing, data, source)
+
+
+# ------------------------------------------------------------------ input files
+def read_input(path: str | os.PathLike[str]) -> Any:
+    """Read a file of raw inputs for :meth:`EdgeModel.predict`.
+
+    ``.npz``: the array ``x`` (fedge's data layout; ``y`` is ignored).
+    ``.csv``: a DataFrame if pandas is installed, else a dict of columns of
+    strings (empty cells missing). ``.parquet``: needs pandas and pyarrow.
+
+    Raises
+    ------
+    InputError
+        Missing file, unknown suffix, unreadable content, no ``x`` in an npz.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"input file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if "x" not in archive.files:
+                    raise InputError(
+                        f"{path} must hold an array 'x' of inputs; arrays found: "
+                        f"{sorted(archive.files)}"
+                    )
+                return archive["x"]
+        except (OSError, ValueError, EOFError) as e:
+            if isinstance(e, InputError):
+                raise
+            raise InputError(f"cannot read .npz file {path}: {e}") from e
+    if suffix == ".csv":
+        try:
+            import pandas as pd
+        except ImportError:
+            return _read_csv_columns(path)
+        try:
+            return pd.read_csv(path)
+        except (ValueError, UnicodeDecodeError) as e:  # ParserError is a ValueError
+            raise InputError(f"cannot read CSV file {path}: {e}") from e
+    if suffix == ".parquet":
+        try:
+            import pandas as pd
+
+            return pd.read_parquet(path)
+        except ImportError as e:
+            raise InputError(
+                f"reading {path} needs pandas and pyarrow (pip install pandas "
+                "pyarrow); or pass the inputs as .csv or .npz"
+            ) from e
+    raise InputError(
+        f"unsupported input file type {path.suffix!r} for {path}; expected "
+        ".csv, .npz or .parquet"
+    )
+
+
+def _read_csv_columns(path: Path) -> dict[str, np.ndarray]:
+    """CSV without pandas: column name -> object array of strings (None if empty)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise InputError(f"cannot read CSV file {path}: file is empty")
+    header, body = rows[0], rows[1:]
+    bad = next((i for i, r in enumerate(body) if len(r) != len(header)), None)
+    if bad is not None:
+        raise InputError(
+            f"cannot read CSV file {path}: {_row(bad)} has {len(body[bad])} fields, "
+            f"expected {len(header)} as in the header"
+        )
+    columns = {}
+    for j, name in enumerate(header):
+        values = np.array([r[j] if r[j] != "" else None for r in body], dtype=object)
+        columns[name] = values
+    return columns
+
+
+# ------------------------------------------------------------------ the model
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def session_options(threads: int | None = 1) -> ort.SessionOptions:
+    """ONNX Runtime options for small models on a CPU.
+
+    Full graph optimisation (fusions, NCHWc layouts) and sequential execution:
+    these models are chains of small ops, where inter-op parallelism only adds
+    scheduling overhead. ``threads=None`` lets ONNX Runtime pick.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+class EdgeModel:
+    """An exported fedge model with its input encoding, ready to predict.
+
+    Use :meth:`load`; the constructor takes an open session.
+    """
+
+    def __init__(self, session: ort.InferenceSession, metadata: EdgeMetadata, path: Path):
+        self.session = session
+        self.metadata = metadata
+        self.path = path
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, threads: int | None = 1, verify: bool = True
+    ) -> EdgeModel:
+        """Open an ONNX file written by ``fedge export``.
+
+        Parameters
+        ----------
+        path : path-like
+            ``model.onnx`` or ``model.int8.onnx``.
+        threads : int or None, default 1
+            ONNX Runtime intra-op threads; ``None`` lets it decide.
+        verify : bool, default True
+            If a ``manifest.json`` lies beside the model and lists it, refuse
+            the model unless its SHA-256 matches.
+
+        Raises
+        ------
+        ModelFileError
+            Missing file, not ONNX, no fedge metadata, or a hash mismatch.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"model file not found: {path}")
+        if verify:
+            _check_manifest_hash(path)
+        try:
+            session = ort.InferenceSession(
+                str(path), session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # ORT raises its own untyped pybind errors
+            raise ModelFileError(
+                f"{path} is not a valid ONNX model that ONNX Runtime can load: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
+            ) from e
+        props = session.get_modelmeta().custom_metadata_map
+        metadata = EdgeMetadata.from_props(props, source=str(path))
+        inputs = [i.name for i in session.get_inputs()]
+        if metadata.input_name not in inputs:
+            raise ModelFileError(
+                f"{path}: metadata names input {metadata.input_name!r} but the "
+                f"graph's inputs are {inputs}"
+            )
+        return cls(session, metadata, path)
+
+    @property
+    def class_labels(self) -> tuple[str, ...]:
+        """Class names in logit order."""
+        return self.metadata.class_labels
+
+    def transform(self, data: Any, *, source: str = "input") -> np.ndarray:
+        """Encode raw inputs (see :func:`transform_features`)."""
+        return transform_features(self.metadata.preprocessing, data, source=source)
+
+    def logits(self, encoded: np.ndarray) -> np.ndarray:
+        """Run the graph on already-encoded inputs; returns ``(n, k)`` logits."""
+        encoded = self._check_encoded(encoded)
+        (out,) = self.session.run(
+            [self.metadata.output_name], {self.metadata.input_name: encoded}
+        )
+        return np.asarray(out)
+
+    def predict(self, data: Any, *, source: str = "input") -> Prediction:
+        """Encode raw inputs, run the model, return labels and probabilities.
+
+        Parameters
+        ----------
+        data : ndarray, DataFrame, mapping, or path
+            Raw inputs (see :func:`transform_features`), or a ``.csv``/``.npz``/
+            ``.parquet`` file path (see :func:`read_input`).
+        """
+        if isinstance(data, str | os.PathLike):
+            source = str(data)
+            data = read_input(data)
+        probabilities = _softmax(self.logits(self.transform(data, source=source)))
+        indices = probabilities.argmax(axis=1).astype(np.int64)
+        labels = np.asarray(self.class_labels, dtype=object)[indices]
+        return Prediction(labels, indices, probabilities, self.class_labels)
+
+    def runner(self, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
+        """A low-overhead callable for a fixed batch size (encoded inputs).
+
+        Input and output buffers are allocated once and bound to the session
+        (``run_with_iobinding``), so a call only copies the input in and runs
+        the graph: the fastest path for batch-1 loops on a device. The returned
+        array is reused by the next call; copy it to keep it.
+        """
+        shape = (batch_size, *self.metadata.input_shape[1:])
+        in_buffer = np.zeros(shape, dtype=np.float32)
+        out_buffer = np.zeros((batch_size, len(self.class_labels)), dtype=np.float32)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(
+            self.metadata.input_name, ort.OrtValue.ortvalue_from_numpy(in_buffer)
+        )
+        binding.bind_ortvalue_output(
+            self.metadata.output_name, ort.OrtValue.ortvalue_from_numpy(out_buffer)
+        )
+        session = self.session
+
+        def run(encoded: np.ndarray) -> np.ndarray:
+            np.copyto(in_buffer, encoded)
+            session.run_with_iobinding(binding)
+            return out_buffer
+
+        return run
+
+    def _check_encoded(self, encoded: np.ndarray) -> np.ndarray:
+        expected = tuple(self.metadata.input_shape[1:])
+        encoded = np.asarray(encoded)
+        if encoded.ndim != len(expected) + 1 or tuple(encoded.shape[1:]) != expected:
+            raise InputError(
+                f"encoded input must have shape (n, {', '.join(map(str, expected))}), "
+                f"got {tuple(encoded.shape)}"
+            )
+        return np.ascontiguousarray(encoded, dtype=np.float32)

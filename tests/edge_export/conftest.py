@@ -1,0 +1,135 @@
+"""Run-folder fixtures: tiny models trained briefly here, written as the server does.
+
+Each is built and exported once per session (export takes seconds); tests that
+modify a run folder work on a copy (``copy_run``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from edge_export.pipeline import export_run
+from shared.config import from_run_config
+from shared.datasets import Dataset, fit_file, load_builtin, load_file
+from shared.models import build_model, default_spec
+
+
+def train(model: nn.Module, data: Dataset, *, steps: int, lr: float, seed: int = 0) -> None:
+    """Plain minibatch SGD, enough for meaningful accuracy in about a second."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    model.train()
+    for _ in range(steps):
+        idx = torch.from_numpy(rng.integers(0, len(y), 32))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    model.eval()
+
+
+def write_run(
+    run_dir: Path,
+    model: nn.Module,
+    spec,
+    data: Dataset,
+    overrides: dict,
+) -> Path:
+    """Write model.pt, model.json and config.json as the lead's server does."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), run_dir / "model.pt")
+    config = from_run_config(overrides, fill_defaults=True)
+    versions = {"fedge": "0.1.0", "flwr": "1.42.0", "torch": torch.__version__, "opacus": "1.6.0"}
+    meta = {
+        "format": "fedge-model/1",
+        "spec": spec.to_dict(),
+        "preprocessing": data.preprocessing.to_dict(),
+        "provenance": {
+            "rounds": 3,
+            "strategy": config.strategy.name,
+            "num-clients": 2,
+            "dataset": config.data.dataset,
+            "dataset-fingerprint": data.fingerprint(),
+            "versions": versions,
+        },
+        "privacy": {
+            "dp-mode": "sample",
+            "max-epsilon": 3.25,
+            "delta": 1e-5,
+            "noise-multiplier": 1.1,
+            "max-grad-norm": 1.0,
+        },
+        "metrics": {"accuracy": 0.9},
+    }
+    (run_dir / "model.json").write_text(json.dumps(meta))
+    (run_dir / "config.json").write_text(
+        json.dumps({"config": config.to_dict(), "versions": versions})
+    )
+    return run_dir
+
+
+def make_tabular_frame(n: int, seed: int) -> pd.DataFrame:
+    """Two numeric columns and one categorical, with a learnable label."""
+    rng = np.random.default_rng(seed)
+    age = rng.normal(40, 12, n).round(1)
+    income = rng.normal(50_000, 15_000, n).round(0)
+    colour = rng.choice(["red", "green", "blue"], n)
+    score = (age - 40) / 12 + (income - 50_000) / 15_000 + (colour == "red") * 1.5
+    label = np.where(score > 0.5, "yes", "no")
+    return pd.DataFrame({"age": age, "colour": colour, "income": income, "label": label})
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """A CNN trained on digits for 300 steps, exported (auto quantisation)."""
+    data = load_builtin("digits", "train")
+    spec = default_spec("cnn", data.preprocessing.input_shape, 10)
+    model = build_model(spec, model_seed=0)
+    train(model, data, steps=300, lr=0.05)
+    run_dir = write_run(
+        tmp_path_factory.mktemp("runs") / "digits", model, spec, data, {"dataset": "digits"}
+    )
+    export_run(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tabular_run(tmp_path_factory) -> Path:
+    """An MLP on a CSV 'file' dataset with a categorical column, exported."""
+    root = tmp_path_factory.mktemp("tabular")
+    eval_path, train_path = root / "eval.csv", root / "train.csv"
+    make_tabular_frame(300, seed=1).to_csv(eval_path, index=False)
+    make_tabular_frame(600, seed=2).to_csv(train_path, index=False)
+    prep = fit_file(eval_path, label_column="label").preprocessing
+    data = load_file(train_path, prep)
+    spec = default_spec("mlp", prep.input_shape, prep.num_classes)
+    model = build_model(spec, model_seed=0)
+    train(model, data, steps=300, lr=0.05)
+    run_dir = write_run(
+        root / "run",
+        model,
+        spec,
+        data,
+        {"dataset": "file", "eval-data-path": str(eval_path), "model": "mlp"},
+    )
+    export_run(run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def copy_run(tmp_path):
+    """Copy a session run folder so a test may change it."""
+
+    def copy(run_dir: Path) -> Path:
+        return Path(shutil.copytree(run_dir, tmp_path / run_dir.name))
+
+    return copy
