@@ -1,0 +1,118 @@
+import json
+import re
+from importlib import metadata
+
+import pytest
+import torch
+
+from server.run_folder import (
+    read_status,
+    resolve_run_dir,
+    save_final_model,
+    start_run_folder,
+    write_status,
+)
+from shared.config import from_run_config
+from shared.datasets import load_builtin
+from shared.models import ModelSpec, build_model, default_spec
+from shared.preprocessing import Preprocessing
+
+
+@pytest.fixture
+def config(tmp_path):
+    return from_run_config(
+        {"output-dir": str(tmp_path / "runs"), "run-name": "r1", "proximal-mu": 0.3},
+        fill_defaults=True,
+    )
+
+
+# ---------------------------------------------------------------- run dir
+def test_run_dir_is_output_dir_slash_run_name(config, tmp_path):
+    assert resolve_run_dir(config) == (tmp_path / "runs" / "r1").resolve()
+
+
+def test_unnamed_run_gets_a_timestamp_folder(tmp_path):
+    config = from_run_config(
+        {"output-dir": str(tmp_path), "run-name": ""}, fill_defaults=True
+    )
+
+    run_dir = resolve_run_dir(config)
+
+    assert run_dir.parent == tmp_path.resolve()
+    assert re.fullmatch(r"\d{8}-\d{6}", run_dir.name)
+
+
+# ---------------------------------------------------------------- start
+def test_start_writes_config_with_versions_and_marks_running(config, tmp_path):
+    run_dir = tmp_path / "runs" / "r1"
+
+    start_run_folder(run_dir, config)
+
+    saved = json.loads((run_dir / "config.json").read_text())
+    for package in ("flwr", "torch", "opacus", "numpy"):
+        assert saved["versions"][package] == metadata.version(package)
+    assert saved["versions"]["fedge"] == metadata.version("fedge")
+    assert saved["config"]["strategy"]["proximal_mu"] == 0.3
+    assert saved["run-config"]["proximal-mu"] == 0.3
+    # The saved run config alone rebuilds the same config.
+    assert from_run_config(saved["run-config"]) == config
+    assert read_status(run_dir)["state"] == "running"
+
+
+# ---------------------------------------------------------------- status
+def test_failed_status_keeps_the_message_and_extras(tmp_path):
+    write_status(tmp_path, "running")
+
+    write_status(
+        tmp_path,
+        "failed",
+        "round 3: only 0 of 2 nodes replied; run stopped",
+        last_round=2,
+    )
+
+    status = read_status(tmp_path)
+    assert status["state"] == "failed"
+    assert status["message"] == "round 3: only 0 of 2 nodes replied; run stopped"
+    assert status["last_round"] == 2
+    assert status["updated"]
+
+
+def test_status_of_a_folder_without_one_is_unknown(tmp_path):
+    assert read_status(tmp_path) == {"state": "unknown"}
+
+
+# ---------------------------------------------------------------- final model
+@pytest.mark.parametrize(
+    ("dataset", "model"), [("digits", "cnn"), ("breast-cancer", "mlp")]
+)
+def test_saved_model_rebuilds_from_its_spec_and_loads_the_weights(
+    tmp_path, dataset, model
+):
+    prep = load_builtin(dataset, "test").preprocessing
+    spec = default_spec(model, prep.input_shape, prep.num_classes, activation="tanh")
+    trained = build_model(spec, model_seed=5)
+    x = torch.randn(3, *spec.input_shape)
+
+    save_final_model(
+        tmp_path,
+        state_dict=trained.state_dict(),
+        spec=spec,
+        preprocessing=prep,
+        provenance={"rounds": 4},
+        privacy={"epsilon-max": 1.5},
+        metrics={"accuracy": 0.9},
+    )
+
+    meta = json.loads((tmp_path / "model.json").read_text())
+    rebuilt_spec = ModelSpec.from_dict(meta["spec"])
+    assert rebuilt_spec == spec
+    # A different seed, so equal outputs can only come from the loaded weights.
+    rebuilt = build_model(rebuilt_spec, model_seed=99)
+    rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    assert torch.equal(rebuilt.eval()(x), trained.eval()(x))
+    assert Preprocessing.from_dict(meta["preprocessing"]) == prep
+    assert meta["format"] == "fedge-model/1"
+    assert meta["provenance"]["rounds"] == 4
+    assert meta["provenance"]["versions"]["torch"] == metadata.version("torch")
+    assert meta["privacy"] == {"epsilon-max": 1.5}
+    assert meta["metrics"] == {"accuracy": 0.9}
