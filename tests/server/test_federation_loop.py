@@ -1,0 +1,280 @@
+"""The round loop against a fake Grid and Flower's real FedAvg.
+
+Replies are built as a ClientApp builds them, ``Message(content, reply_to=msg)``;
+the fake Grid only routes each instruction to a per-node behaviour.
+"""
+
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from server.federation_loop import RoundOutcome, _message_bytes, run_rounds
+
+REPLY_TIMEOUT_S = 12.5
+
+
+@pytest.fixture(autouse=True)
+def server_identity(monkeypatch):
+    # A ServerApp process has these set by Flower; instruction Messages need them.
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def arrays_of(values):
+    return ArrayRecord(OrderedDict(w=torch.tensor(values, dtype=torch.float32)))
+
+
+def weights(record):
+    return record.to_torch_state_dict()["w"].numpy()
+
+
+class FakeGrid:
+    """Routes each message to ``behaviours[node_id](message) -> reply | None``."""
+
+    def __init__(self, behaviours):
+        self.behaviours = behaviours
+        self.sent = []
+        self.timeouts = []
+
+    def get_node_ids(self):
+        return list(self.behaviours)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self.sent.append(messages)
+        self.timeouts.append(timeout)
+        replies = (self.behaviours[m.metadata.dst_node_id](m) for m in messages)
+        return [r for r in replies if r is not None]
+
+
+def node(delta, num_examples, train_loss=1.0, eval_loss=1.0):
+    """A node that returns the received weights plus ``delta``."""
+
+    def behave(message):
+        if message.metadata.message_type == MessageType.TRAIN:
+            received = weights(message.content["arrays"])
+            content = RecordDict(
+                {
+                    "arrays": arrays_of(received + delta),
+                    "metrics": MetricRecord(
+                        {"num-examples": num_examples, "train-loss": train_loss}
+                    ),
+                }
+            )
+        else:
+            content = RecordDict(
+                {
+                    "metrics": MetricRecord(
+                        {"num-examples": num_examples, "eval-loss": eval_loss}
+                    )
+                }
+            )
+        return Message(content, reply_to=message)
+
+    return behave
+
+
+def failing_node(message):
+    return Message(Error(code=0, reason="out of memory"), reply_to=message)
+
+
+def silent_node(message):
+    return None
+
+
+def fedavg():
+    return FedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=1.0,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=1,
+    )
+
+
+def run(grid, *, arrays, first_round=1, last_round=1, federated_evaluation=False):
+    outcomes, central_calls = [], []
+
+    def central_eval(server_round, record):
+        central_calls.append((server_round, weights(record).copy()))
+        return {"accuracy": 0.25 * server_round}
+
+    final = run_rounds(
+        grid,
+        fedavg(),
+        arrays=arrays,
+        first_round=first_round,
+        last_round=last_round,
+        train_config=ConfigRecord({"lr": 0.5}),
+        evaluate_config=ConfigRecord({"batch": 8}),
+        reply_timeout_s=REPLY_TIMEOUT_S,
+        central_eval=central_eval,
+        on_round_end=outcomes.append,
+        federated_evaluation=federated_evaluation,
+    )
+    return final, outcomes, central_calls
+
+
+# ---------------------------------------------------------------- one round
+def test_round_aggregates_replies_and_counts_failures_and_bytes():
+    start = arrays_of([0.0, 0.0])
+    grid = FakeGrid(
+        {
+            11: node(np.array([1.0, 2.0]), 1, train_loss=1.0),
+            12: node(np.array([4.0, 8.0]), 3, train_loss=3.0),
+            13: failing_node,
+            14: silent_node,
+        }
+    )
+
+    final, outcomes, central_calls = run(grid, arrays=start)
+
+    # FedAvg by num-examples: ([1, 2] * 1 + [4, 8] * 3) / 4
+    np.testing.assert_allclose(weights(final), [3.25, 6.5])
+    (outcome,) = outcomes
+    assert isinstance(outcome, RoundOutcome)
+    assert outcome.server_round == 1
+    np.testing.assert_allclose(weights(outcome.arrays), [3.25, 6.5])
+    assert outcome.sampled == 4
+    assert outcome.replies == 2
+    assert outcome.failures == 2  # one error reply, one node that never answered
+    # Every instruction carries the global arrays; two replies carry arrays of
+    # the same names, shapes and dtypes.
+    per_record = start.count_bytes()
+    assert per_record > 2 * 4  # at least the raw float32 payload
+    assert outcome.bytes_sent == 4 * per_record
+    assert outcome.bytes_received == 2 * per_record
+    assert outcome.train_metrics["train-loss"] == pytest.approx((1.0 * 1 + 3.0 * 3) / 4)
+    assert sorted(m["node-id"] for m in outcome.client_metrics) == [11, 12]
+    by_node = {m["node-id"]: m for m in outcome.client_metrics}
+    assert by_node[12]["num-examples"] == 3
+    assert by_node[12]["train-loss"] == 3.0
+    # Central evaluation sees the aggregated model and its result is recorded.
+    assert [r for r, _ in central_calls] == [1]
+    np.testing.assert_allclose(central_calls[0][1], [3.25, 6.5])
+    assert outcome.central == {"accuracy": 0.25}
+    assert outcome.evaluate_metrics == {}
+    assert outcome.round_time_s >= 0
+
+
+def test_instructions_carry_round_config_and_reply_timeout():
+    grid = FakeGrid({11: node(0.0, 1), 12: node(0.0, 1)})
+    train_config = ConfigRecord({"lr": 0.5})
+
+    run_rounds(
+        grid,
+        fedavg(),
+        arrays=arrays_of([1.0]),
+        first_round=2,
+        last_round=2,
+        train_config=train_config,
+        evaluate_config=ConfigRecord(),
+        reply_timeout_s=REPLY_TIMEOUT_S,
+        central_eval=lambda r, a: {},
+        on_round_end=lambda o: None,
+        federated_evaluation=False,
+    )
+
+    (sent,) = grid.sent
+    assert sorted(m.metadata.dst_node_id for m in sent) == [11, 12]
+    for message in sent:
+        assert message.metadata.message_type == MessageType.TRAIN
+        assert message.content["config"]["lr"] == 0.5
+        assert message.content["config"]["server-round"] == 2
+        np.testing.assert_array_equal(weights(message.content["arrays"]), [1.0])
+    assert grid.timeouts == [REPLY_TIMEOUT_S]
+    # The caller's record is not changed by the strategy's round injection.
+    assert "server-round" not in train_config
+
+
+def test_federated_evaluation_sends_the_new_model_and_aggregates_metrics():
+    grid = FakeGrid(
+        {
+            11: node(np.array([2.0]), 1, eval_loss=2.0),
+            12: node(np.array([6.0]), 3, eval_loss=6.0),
+        }
+    )
+
+    _, outcomes, _ = run(grid, arrays=arrays_of([0.0]), federated_evaluation=True)
+
+    _, eval_sent = grid.sent
+    assert len(eval_sent) == 2
+    for message in eval_sent:
+        assert message.metadata.message_type == MessageType.EVALUATE
+        assert message.content["config"]["batch"] == 8
+        # (2 * 1 + 6 * 3) / 4 = 5: the aggregated model, not the old one.
+        np.testing.assert_allclose(weights(message.content["arrays"]), [5.0])
+    assert outcomes[0].evaluate_metrics["eval-loss"] == pytest.approx(
+        (2.0 * 1 + 6.0 * 3) / 4
+    )
+    assert grid.timeouts == [REPLY_TIMEOUT_S, REPLY_TIMEOUT_S]
+
+
+# ---------------------------------------------------------------- several rounds
+def test_rounds_chain_from_first_to_last_round():
+    # Each round adds the weighted mean delta (1 * 1 + 5 * 3) / 4 = 4.
+    grid = FakeGrid({11: node(1.0, 1), 12: node(5.0, 3)})
+
+    final, outcomes, central_calls = run(
+        grid, arrays=arrays_of([0.0, 10.0]), first_round=3, last_round=5
+    )
+
+    assert [o.server_round for o in outcomes] == [3, 4, 5]
+    assert [r for r, _ in central_calls] == [3, 4, 5]
+    assert [o.central["accuracy"] for o in outcomes] == [0.75, 1.0, 1.25]
+    sent_weights = [
+        weights(round_sent[0].content["arrays"]) for round_sent in grid.sent
+    ]
+    np.testing.assert_allclose(sent_weights, [[0, 10], [4, 14], [8, 18]])
+    assert [m[0].content["config"]["server-round"] for m in grid.sent] == [3, 4, 5]
+    np.testing.assert_allclose(weights(final), [12.0, 22.0])
+    np.testing.assert_allclose(weights(outcomes[-1].arrays), [12.0, 22.0])
+
+
+def test_round_without_any_update_keeps_the_model_and_warns(caplog):
+    grid = FakeGrid({11: failing_node, 12: silent_node, 13: failing_node})
+
+    with caplog.at_level(logging.WARNING, logger="server.federation_loop"):
+        final, outcomes, central_calls = run(grid, arrays=arrays_of([7.0]))
+
+    np.testing.assert_array_equal(weights(final), [7.0])
+    (outcome,) = outcomes
+    assert (outcome.sampled, outcome.replies, outcome.failures) == (3, 0, 3)
+    assert outcome.bytes_received == 0
+    assert outcome.client_metrics == []
+    assert outcome.train_metrics == {}
+    np.testing.assert_array_equal(central_calls[0][1], [7.0])
+    assert "Round 1: no update was aggregated" in caplog.text
+
+
+# ---------------------------------------------------------------- byte counting
+def test_message_bytes_counts_arrays_only():
+    instruction = Message(
+        RecordDict({"arrays": arrays_of([1.0, 2.0, 3.0]), "config": ConfigRecord()}),
+        dst_node_id=5,
+        message_type=MessageType.TRAIN,
+    )
+    metrics_only = Message(
+        RecordDict({"metrics": MetricRecord({"num-examples": 3})}),
+        reply_to=instruction,
+    )
+    error = Message(Error(code=0, reason="x"), reply_to=instruction)
+
+    assert _message_bytes(instruction) == arrays_of([1.0, 2.0, 3.0]).count_bytes()
+    assert _message_bytes(metrics_only) == 0
+    assert _message_bytes(error) == 0
