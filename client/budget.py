@@ -1,0 +1,93 @@
+"""Budget enforcement: a node refuses a round that would take ε past its budget.
+
+The check runs before training, on what ε *would be* after the planned round,
+so a node never spends past its budget even by one round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from client.privacy_ledger import PrivacyLedger
+from shared.errors import ConfigError
+from shared.privacy import HistoryEntry, check_history_entry, epsilon_for
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    """Whether the planned round fits the budget, and why.
+
+    Attributes
+    ----------
+    allowed : bool
+        ``epsilon_after <= budget_epsilon``.
+    epsilon_now : float
+        ε spent by the rounds already in the ledger.
+    epsilon_after : float
+        ε if the planned round is trained too.
+    budget_epsilon : float
+    reason : str
+        One line for logs and the reply to the server.
+    """
+
+    allowed: bool
+    epsilon_now: float
+    epsilon_after: float
+    budget_epsilon: float
+    reason: str
+
+
+def check_budget(
+    *,
+    ledger: PrivacyLedger,
+    planned: HistoryEntry,
+    delta: float,
+    budget_epsilon: float,
+    accountant: str = "rdp",
+) -> BudgetDecision:
+    """Decide whether the node may train the planned round.
+
+    Parameters
+    ----------
+    ledger : PrivacyLedger
+        What the node has spent in this run.
+    planned : (noise_multiplier, sample_rate, steps)
+        The round about to be trained.
+    delta : float
+        δ the budget is stated at.
+    budget_epsilon : float
+        The node's ε budget for the whole run (> 0).
+    accountant : {"rdp", "prv"}
+
+    Returns
+    -------
+    BudgetDecision
+
+    Raises
+    ------
+    ConfigError
+        On an invalid budget, δ, accountant or planned entry.
+    """
+    if not budget_epsilon > 0:
+        raise ConfigError(f"budget ε must be > 0, got {budget_epsilon}.")
+    planned = check_history_entry(planned, where="planned round")
+    epsilon_now = epsilon_for(
+        history=ledger.history, delta=delta, accountant=accountant
+    )
+    epsilon_after = epsilon_for(
+        history=[*ledger.history, planned], delta=delta, accountant=accountant
+    )
+    allowed = epsilon_after <= budget_epsilon
+    verdict = "within" if allowed else "over"
+    reason = (
+        f"ε would go from {epsilon_now:.3f} to {epsilon_after:.3f} at δ = {delta:g} "
+        f"({accountant}), {verdict} the budget ε = {budget_epsilon:g}"
+        + ("." if allowed else "; refusing to train this round.")
+    )
+    return BudgetDecision(
+        allowed=allowed,
+        epsilon_now=epsilon_now,
+        epsilon_after=epsilon_after,
+        budget_epsilon=budget_epsilon,
+        reason=reason,
+    )

@@ -1,0 +1,240 @@
+"""The per-node privacy ledger: every DP-SGD round a node trained in one run.
+
+A node's ε is cumulative over the whole run, so what it has spent must survive
+rounds, process restarts (deployment starts a new ClientApp process per
+message) and crashes. The ledger is a list of ``(server_round,
+noise_multiplier, sample_rate, steps)`` entries; ε is always recomputed from it
+by Opacus's accountant (:func:`shared.privacy.epsilon_for`), never stored.
+
+It lives in two places: Flower's ``context.state`` (:meth:`to_config_record` /
+:meth:`from_config_record`) and a JSON file in the node's state directory
+(:meth:`save` / :meth:`load`), written atomically with a format version and a
+SHA-256 checksum. Anything doubtful (corrupt file, bad checksum, unknown format,
+a ledger of another run or node) raises :class:`LedgerError`: the node must
+refuse to train rather than restart its count from zero.
+
+A server round is recorded at most once; recording it again is refused. The
+first attempt's update may already have been released, so replacing its entry
+could undercount ε, and adding a second entry would double count an attempt
+that never replied. The caller records after training, before replying.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord
+
+from shared.atomic_io import atomic_write_bytes
+from shared.errors import ConfigError, DataError
+from shared.privacy import HistoryEntry, check_history_entry, epsilon_for
+
+FORMAT_VERSION = 1
+
+
+class LedgerError(DataError):
+    """The privacy ledger cannot be trusted or updated; the node must not train."""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """DP-SGD steps a node took in one server round."""
+
+    server_round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+@dataclass
+class PrivacyLedger:
+    """What one node spent in one run.
+
+    Parameters
+    ----------
+    run_id : str
+        The Flower run this ledger belongs to.
+    node_key : str
+        A name for the node that is stable across restarts (e.g. its data path
+        or partition id; not Flower's node id, which changes when a SuperNode
+        restarts). Guards against loading another node's ledger.
+    entries : list of LedgerEntry
+        In the order the rounds were trained.
+    """
+
+    run_id: str
+    node_key: str = ""
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+    @property
+    def history(self) -> list[HistoryEntry]:
+        """Opacus accountant history: ``[(noise_multiplier, sample_rate, steps)]``."""
+        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.entries]
+
+    @property
+    def total_steps(self) -> int:
+        """DP-SGD steps over all recorded rounds."""
+        return sum(e.steps for e in self.entries)
+
+    def has_round(self, server_round: int) -> bool:
+        """Whether ``server_round`` is already recorded."""
+        return any(e.server_round == server_round for e in self.entries)
+
+    def record(
+        self,
+        *,
+        server_round: int,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+    ) -> None:
+        """Add the steps trained in ``server_round``.
+
+        Raises
+        ------
+        LedgerError
+            If ``server_round`` is already recorded (see module docstring).
+        ConfigError
+            If the entry is invalid.
+        """
+        if isinstance(server_round, bool) or not isinstance(server_round, int):
+            raise ConfigError(f"server_round must be an int, got {server_round!r}.")
+        if self.has_round(server_round):
+            raise LedgerError(
+                f"Privacy ledger of run {self.run_id}: round {server_round} is "
+                "already recorded; refusing to train it again, since its first "
+                "update may have been released and ε would be undercounted."
+            )
+        sigma, rate, count = check_history_entry(
+            (noise_multiplier, sample_rate, steps), where=f"round {server_round}"
+        )
+        self.entries.append(LedgerEntry(server_round, sigma, rate, count))
+
+    def epsilon(self, delta: float, accountant: str = "rdp") -> float:
+        """ε spent so far at ``delta``, from Opacus's ``accountant``."""
+        return epsilon_for(history=self.history, delta=delta, accountant=accountant)
+
+    # ------------------------------------------------------------ serialisation
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "format-version": FORMAT_VERSION,
+            "run-id": self.run_id,
+            "node-key": self.node_key,
+            "server-rounds": [e.server_round for e in self.entries],
+            "noise-multipliers": [e.noise_multiplier for e in self.entries],
+            "sample-rates": [e.sample_rate for e in self.entries],
+            "steps": [e.steps for e in self.entries],
+        }
+
+    def to_config_record(self) -> ConfigRecord:
+        """The ledger as a ConfigRecord for ``context.state`` (with checksum)."""
+        payload = self._payload()
+        return ConfigRecord({**payload, "sha256": _checksum(payload)})
+
+    @classmethod
+    def from_config_record(
+        cls, record: ConfigRecord, *, run_id: str, node_key: str = ""
+    ) -> PrivacyLedger:
+        """Rebuild from :meth:`to_config_record`, checking run, node and checksum.
+
+        Raises
+        ------
+        LedgerError
+            If the record is malformed, altered, or belongs to another run/node.
+        """
+        return _from_document(dict(record), run_id, node_key, source="context.state")
+
+    def save(self, path: str | Path) -> None:
+        """Write the ledger to ``path`` atomically (old file kept on failure)."""
+        payload = self._payload()
+        document = {**payload, "sha256": _checksum(payload)}
+        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+        atomic_write_bytes(path, text.encode("utf-8"))
+
+    @classmethod
+    def load(
+        cls, path: str | Path, run_id: str, *, node_key: str = ""
+    ) -> PrivacyLedger:
+        """Read the ledger at ``path``; a missing file gives an empty ledger.
+
+        Raises
+        ------
+        LedgerError
+            If the file is unreadable, corrupt, of another format version, or
+            belongs to another run or node.
+        """
+        path = Path(path)
+        if not path.exists():
+            return cls(run_id=run_id, node_key=node_key)
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LedgerError(
+                f"Privacy ledger {path} is unreadable or not JSON ({e}); refusing "
+                "to train, since the ε already spent is unknown. Restore the file "
+                "or, if this node's data was never used in this run, remove it."
+            ) from e
+        if not isinstance(document, dict):
+            raise LedgerError(f"Privacy ledger {path} is not a JSON object.")
+        return _from_document(document, run_id, node_key, source=str(path))
+
+
+def ledger_path(state_dir: str | Path, run_id: str | int) -> Path:
+    """Where a node keeps its ledger for ``run_id`` inside ``state_dir``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(run_id))
+    return Path(state_dir) / f"privacy-ledger-{safe}.json"
+
+
+def _checksum(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _from_document(
+    document: dict[str, Any], run_id: str, node_key: str, *, source: str
+) -> PrivacyLedger:
+    """Validate a saved ledger (file or ConfigRecord) and rebuild it."""
+    refuse = "refusing to train rather than reset the ε count"
+    version = document.get("format-version")
+    if version != FORMAT_VERSION:
+        raise LedgerError(
+            f"Privacy ledger {source} has format version {version!r}, expected "
+            f"{FORMAT_VERSION}; {refuse}. Was it written by another fedge version?"
+        )
+    payload = {k: v for k, v in document.items() if k != "sha256"}
+    if document.get("sha256") != _checksum(payload):
+        raise LedgerError(
+            f"Privacy ledger {source} fails its checksum (edited or corrupted); "
+            f"{refuse}."
+        )
+    if payload.get("run-id") != run_id:
+        raise LedgerError(
+            f"Privacy ledger {source} belongs to run {payload.get('run-id')!r}, "
+            f"not run {run_id!r}; {refuse}."
+        )
+    if payload.get("node-key") != node_key:
+        raise LedgerError(
+            f"Privacy ledger {source} belongs to node {payload.get('node-key')!r}, "
+            f"not {node_key!r}; {refuse}. Each node needs its own state directory."
+        )
+    columns = ("server-rounds", "noise-multipliers", "sample-rates", "steps")
+    try:
+        rows = list(zip(*(payload[c] for c in columns), strict=True))
+        ledger = PrivacyLedger(run_id=run_id, node_key=node_key)
+        for server_round, sigma, rate, steps in rows:
+            ledger.record(
+                server_round=server_round,
+                noise_multiplier=sigma,
+                sample_rate=rate,
+                steps=steps,
+            )
+    except (KeyError, TypeError, ValueError) as e:
+        raise LedgerError(
+            f"Privacy ledger {source} is malformed ({e}); {refuse}."
+        ) from e
+    return ledger

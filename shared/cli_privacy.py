@@ -1,0 +1,208 @@
+"""``fedge privacy``: ε for a DP-SGD plan, or the noise multiplier for a target ε.
+
+Describe the plan either directly (``--sample-rate Q --steps T``) or as a
+training schedule (``--num-examples N --batch-size B --epochs E --rounds R``),
+which gives ``Q = min(1, B / N)`` and ``T = round(1 / Q) * E * R``, the same
+count DP training and the privacy ledger use (:func:`shared.privacy.plan_sampling`).
+Then ``--noise-multiplier S`` prints ε; ``--target-epsilon E`` prints the σ
+that reaches it. The accounting is Opacus's (RDP or PRV accountant).
+
+Opacus (and torch) are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from shared.errors import ConfigError, FedgeError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``fedge privacy``."""
+    p = subparsers.add_parser(
+        "privacy",
+        help="ε of a DP-SGD plan, or the noise multiplier for a target ε",
+        description=(
+            "Compute ε for a DP-SGD plan (--noise-multiplier), or the noise "
+            "multiplier that reaches a target ε (--target-epsilon), with Opacus's "
+            "accountants. Give the plan as --sample-rate and --steps, or as "
+            "--num-examples/--batch-size/--epochs/--rounds: sample rate = "
+            "min(1, batch-size / num-examples), steps = round(1 / sample rate) "
+            "* epochs * rounds."
+        ),
+    )
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument(
+        "--noise-multiplier",
+        type=float,
+        metavar="S",
+        help="σ: noise std divided by the clipping norm; prints ε",
+    )
+    goal.add_argument(
+        "--target-epsilon",
+        type=float,
+        metavar="E",
+        help="ε budget for the whole plan; prints the σ needed",
+    )
+    p.add_argument(
+        "--sample-rate",
+        type=float,
+        metavar="Q",
+        help="Poisson sampling rate per step, in (0, 1]",
+    )
+    p.add_argument("--steps", type=int, metavar="T", help="DP-SGD steps in total")
+    p.add_argument(
+        "--num-examples",
+        type=int,
+        metavar="N",
+        help="training examples on one node (instead of Q and T)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        help="expected batch size (with --num-examples)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        metavar="E",
+        help="local epochs per round (with --num-examples; default: 1)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="R",
+        help="server rounds the node trains in (with --num-examples; default: 1)",
+    )
+    p.add_argument(
+        "--delta",
+        type=float,
+        metavar="D",
+        help="δ; default with --num-examples: a power of ten <= 1/(10 N)",
+    )
+    p.add_argument(
+        "--accountant",
+        choices=("rdp", "prv"),
+        default="rdp",
+        help="Opacus accountant (default: rdp; prv is tighter, slower)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="output format (default: text)",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print ε or σ for the plan in ``args``; raises ConfigError on bad input."""
+    result = compute(args)
+    if args.format == "json":
+        print(json.dumps(result, sort_keys=True))
+    elif result["target_epsilon"] is None:
+        print(
+            f"ε = {result['epsilon']:.4f} at δ = {result['delta']:g} "
+            f"({result['accountant']} accountant; σ = {result['noise_multiplier']:g}, "
+            f"q = {result['sample_rate']:.6g}, {result['steps']} steps)"
+        )
+    else:
+        print(
+            f"σ = {result['noise_multiplier']:.6g} reaches ε = {result['epsilon']:.4f} "
+            f"<= {result['target_epsilon']:g} at δ = {result['delta']:g} "
+            f"({result['accountant']} accountant; q = {result['sample_rate']:.6g}, "
+            f"{result['steps']} steps)"
+        )
+    return 0
+
+
+def compute(args: argparse.Namespace) -> dict[str, Any]:
+    """The numbers ``run`` prints, as a dict (the ``--format json`` output)."""
+    from shared import privacy  # imports opacus and torch: only when run
+
+    sample_rate, steps, delta = _plan(args, privacy)
+    if args.target_epsilon is not None:
+        sigma = privacy.calibrate_noise_multiplier(
+            target_epsilon=args.target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=args.accountant,
+        )
+    else:
+        sigma = args.noise_multiplier
+        if not sigma >= 0:
+            raise ConfigError(f"--noise-multiplier must be >= 0, got {sigma}.")
+    epsilon = privacy.epsilon_for(
+        history=[(sigma, sample_rate, steps)], delta=delta, accountant=args.accountant
+    )
+    return {
+        "epsilon": epsilon,
+        "delta": delta,
+        "noise_multiplier": sigma,
+        "sample_rate": sample_rate,
+        "steps": steps,
+        "accountant": args.accountant,
+        "target_epsilon": args.target_epsilon,
+    }
+
+
+def _plan(args: argparse.Namespace, privacy: Any) -> tuple[float, int, float]:
+    """(sample rate, total steps, δ) from either way of describing the plan."""
+    direct = args.sample_rate is not None or args.steps is not None
+    schedule = args.num_examples is not None or args.batch_size is not None
+    if direct and schedule:
+        raise ConfigError(
+            "give the plan either as --sample-rate/--steps or as "
+            "--num-examples/--batch-size/--epochs/--rounds, not both."
+        )
+    if schedule:
+        if args.num_examples is None or args.batch_size is None:
+            raise ConfigError("--num-examples and --batch-size go together.")
+        for name, value in (("--epochs", args.epochs), ("--rounds", args.rounds)):
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}.")
+        sample_rate, per_epoch = privacy.plan_sampling(
+            num_examples=args.num_examples, batch_size=args.batch_size
+        )
+        steps = per_epoch * args.epochs * args.rounds
+        if args.delta is None:
+            return sample_rate, steps, privacy.default_delta(args.num_examples)
+        privacy.check_delta(args.delta, num_examples=args.num_examples)
+        return sample_rate, steps, args.delta
+    if args.sample_rate is None or args.steps is None:
+        raise ConfigError(
+            "describe the plan: --sample-rate and --steps, or --num-examples and "
+            "--batch-size (with --epochs and --rounds)."
+        )
+    if not 0 < args.sample_rate <= 1:
+        raise ConfigError(f"--sample-rate must be in (0, 1], got {args.sample_rate}.")
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}.")
+    if args.delta is None:
+        raise ConfigError("--delta is required with --sample-rate/--steps.")
+    privacy.check_delta(args.delta)
+    return args.sample_rate, args.steps, args.delta
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fedge privacy`` on its own (tests, or without the dispatcher)."""
+    parser = argparse.ArgumentParser(prog="fedge")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["privacy", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.run(args)
+    except FedgeError as e:
+        print(f"fedge privacy: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

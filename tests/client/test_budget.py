@@ -1,0 +1,103 @@
+import math
+
+import pytest
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+from client.budget import check_budget
+from client.privacy_ledger import PrivacyLedger
+from shared.errors import ConfigError
+
+# Opacus's reference (opacus/tests/accountants_test.py, test_rdp_accountant):
+# 2250 steps of σ = 1.5 at q = 0.04, δ = 1e-5 spend ε = 7.32911117143.
+REFERENCE_EPSILON = 7.32911117143
+
+
+def two_rounds_of_750():
+    ledger = PrivacyLedger(run_id="r")
+    for r in (1, 2):
+        ledger.record(server_round=r, noise_multiplier=1.5, sample_rate=0.04, steps=750)
+    return ledger
+
+
+def test_round_that_would_exceed_the_budget_is_refused():
+    decision = check_budget(
+        ledger=two_rounds_of_750(),
+        planned=(1.5, 0.04, 750),
+        delta=1e-5,
+        budget_epsilon=7.0,
+    )
+    assert not decision.allowed
+    assert decision.epsilon_after == pytest.approx(REFERENCE_EPSILON, abs=1e-9)
+    assert "7.329" in decision.reason and "refusing to train" in decision.reason
+
+
+def test_round_within_the_budget_is_allowed_and_epsilon_now_is_what_was_spent():
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    spent = get_privacy_spent(
+        orders=orders,
+        rdp=compute_rdp(q=0.04, noise_multiplier=1.5, steps=1500, orders=orders),
+        delta=1e-5,
+    )[0]
+    decision = check_budget(
+        ledger=two_rounds_of_750(),
+        planned=(1.5, 0.04, 750),
+        delta=1e-5,
+        budget_epsilon=7.5,
+    )
+    assert decision.allowed
+    assert decision.epsilon_now == pytest.approx(spent, rel=1e-12)
+    assert decision.epsilon_now < decision.epsilon_after <= 7.5
+    assert decision.reason.endswith("within the budget ε = 7.5.")
+
+
+def test_reaching_the_budget_exactly_is_allowed():
+    ledger = two_rounds_of_750()
+    exact = check_budget(
+        ledger=ledger, planned=(1.5, 0.04, 750), delta=1e-5, budget_epsilon=10.0
+    ).epsilon_after
+    decision = check_budget(
+        ledger=ledger, planned=(1.5, 0.04, 750), delta=1e-5, budget_epsilon=exact
+    )
+    assert decision.allowed
+
+
+def test_first_round_starts_from_zero_and_a_noiseless_round_is_refused():
+    empty = PrivacyLedger(run_id="r")
+    assert (
+        check_budget(
+            ledger=empty, planned=(1.0, 0.1, 10), delta=1e-5, budget_epsilon=8.0
+        ).epsilon_now
+        == 0.0
+    )
+    decision = check_budget(
+        ledger=empty, planned=(0.0, 0.1, 10), delta=1e-5, budget_epsilon=1e6
+    )
+    assert decision.epsilon_after == math.inf and not decision.allowed
+
+
+def test_budget_check_does_not_record_anything():
+    ledger = two_rounds_of_750()
+    check_budget(ledger=ledger, planned=(1.5, 0.04, 750), delta=1e-5, budget_epsilon=8)
+    assert ledger.total_steps == 1500
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"budget_epsilon": 0.0}, r"budget ε must be > 0, got 0.0"),
+        ({"planned": (1.0, 2.0, 5)}, r"planned round: sample_rate must be in \(0, 1\]"),
+        ({"delta": 0.0}, r"δ must be in \(0, 1\)"),
+        ({"accountant": "moments"}, r"accountant must be one of"),
+    ],
+)
+def test_bad_budget_inputs_raise(kwargs, match):
+    args = {
+        "ledger": PrivacyLedger(run_id="r"),
+        "planned": (1.0, 0.1, 5),
+        "delta": 1e-5,
+        "budget_epsilon": 8.0,
+        "accountant": "rdp",
+    } | kwargs
+    with pytest.raises(ConfigError, match=match):
+        check_budget(**args)

@@ -1,0 +1,248 @@
+import itertools
+import json
+import os
+
+import pytest
+from flwr.app import RecordDict
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+from client.privacy_ledger import LedgerError, PrivacyLedger, ledger_path
+from shared.errors import ConfigError
+
+ORDERS = RDPAccountant.DEFAULT_ALPHAS
+
+
+def direct_rdp_epsilon(q, sigma, steps, delta):
+    rdp = compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=ORDERS)
+    return get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)[0]
+
+
+def ledger_with(rounds, sigma=1.1, q=0.2, steps=10, run_id="run-1", node_key="n0"):
+    ledger = PrivacyLedger(run_id=run_id, node_key=node_key)
+    for r in range(1, rounds + 1):
+        ledger.record(
+            server_round=r, noise_multiplier=sigma, sample_rate=q, steps=steps
+        )
+    return ledger
+
+
+def test_epsilon_after_k_rounds_equals_direct_rdp_for_the_schedule():
+    # Schedule: n = 150 examples, batch 32, 2 local epochs, σ = 1.1, 3 rounds.
+    # q = 32/150; 150/32 = 4.69 → 5 steps per epoch → 10 per round → 30 in all.
+    q, sigma, delta = 32 / 150, 1.1, 1e-4
+    ledger = ledger_with(3, sigma=sigma, q=q, steps=10)
+    assert ledger.total_steps == 30
+    assert ledger.epsilon(delta) == pytest.approx(
+        direct_rdp_epsilon(q, sigma, 30, delta), rel=1e-12
+    )
+
+
+def test_epsilon_over_rounds_matches_opacus_reference_value():
+    # 2250 steps of σ = 1.5, q = 0.04 at δ = 1e-5 give ε = 7.32911117143
+    # (opacus/tests/accountants_test.py, test_rdp_accountant), here as 3 rounds.
+    ledger = ledger_with(3, sigma=1.5, q=0.04, steps=750)
+    assert ledger.epsilon(1e-5) == pytest.approx(7.32911117143, abs=1e-9)
+
+
+def test_epsilon_grows_strictly_with_every_round():
+    ledger = PrivacyLedger(run_id="r")
+    values = [ledger.epsilon(1e-5)]
+    for r in range(1, 6):
+        ledger.record(server_round=r, noise_multiplier=1.0, sample_rate=0.1, steps=20)
+        values.append(ledger.epsilon(1e-5))
+    assert values[0] == 0.0
+    assert all(b > a for a, b in itertools.pairwise(values))
+
+
+def test_recording_a_round_twice_is_refused_and_changes_nothing():
+    ledger = ledger_with(2)
+    before = ledger.epsilon(1e-5)
+    with pytest.raises(LedgerError, match="round 2 is already recorded; refusing"):
+        ledger.record(server_round=2, noise_multiplier=1.1, sample_rate=0.2, steps=10)
+    assert len(ledger.entries) == 2
+    assert ledger.epsilon(1e-5) == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"noise_multiplier": -0.5},
+            r"round 1: noise_multiplier must be finite and >= 0",
+        ),
+        ({"sample_rate": 0.0}, r"round 1: sample_rate must be in \(0, 1\]"),
+        ({"steps": -1}, r"round 1: steps must be an integer >= 0"),
+        ({"server_round": "1"}, r"server_round must be an int, got '1'"),
+    ],
+)
+def test_invalid_entries_are_refused(kwargs, match):
+    args = {"server_round": 1, "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 5}
+    with pytest.raises(ConfigError, match=match):
+        PrivacyLedger(run_id="r").record(**(args | kwargs))
+
+
+def test_fresh_client_with_same_state_dir_continues_not_from_zero(tmp_path):
+    path = ledger_path(tmp_path, "run-1")
+    first = PrivacyLedger.load(path, "run-1", node_key="n0")  # no file yet
+    assert first.entries == [] and first.epsilon(1e-5) == 0.0
+    first.record(server_round=1, noise_multiplier=1.1, sample_rate=0.2, steps=10)
+    first.save(path)
+    eps_one = first.epsilon(1e-5)
+
+    restarted = PrivacyLedger.load(path, "run-1", node_key="n0")  # new process
+    assert restarted == first
+    assert restarted.epsilon(1e-5) == eps_one > 0
+    restarted.record(server_round=2, noise_multiplier=1.1, sample_rate=0.2, steps=10)
+    restarted.save(path)
+    again = PrivacyLedger.load(path, "run-1", node_key="n0")
+    assert again.total_steps == 20
+    assert again.epsilon(1e-5) == pytest.approx(direct_rdp_epsilon(0.2, 1.1, 20, 1e-5))
+
+
+def test_ledger_path_is_per_run_and_safe(tmp_path):
+    assert ledger_path(tmp_path, 7) == tmp_path / "privacy-ledger-7.json"
+    assert ledger_path(tmp_path, "a/b") == tmp_path / "privacy-ledger-a_b.json"
+
+
+def saved(tmp_path, **kwargs):
+    path = tmp_path / "ledger.json"
+    ledger_with(2, **kwargs).save(path)
+    return path
+
+
+def test_corrupt_json_is_refused(tmp_path):
+    path = saved(tmp_path)
+    path.write_text(path.read_text()[:40])  # truncated
+    with pytest.raises(
+        LedgerError, match=r"unreadable or not JSON .*refusing to train"
+    ):
+        PrivacyLedger.load(path, "run-1", node_key="n0")
+
+
+def test_empty_file_is_refused_not_reset(tmp_path):
+    path = tmp_path / "ledger.json"
+    path.write_text("")
+    with pytest.raises(LedgerError, match="not JSON"):
+        PrivacyLedger.load(path, "run-1", node_key="n0")
+
+
+def test_edited_ledger_fails_checksum(tmp_path):
+    path = saved(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["steps"] = [1, 1]  # someone lowers the count
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LedgerError, match="fails its checksum"):
+        PrivacyLedger.load(path, "run-1", node_key="n0")
+
+
+def test_other_format_version_is_refused(tmp_path):
+    path = saved(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["format-version"] = 2
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LedgerError, match="format version 2, expected 1"):
+        PrivacyLedger.load(path, "run-1", node_key="n0")
+
+
+def test_ledger_of_another_run_is_refused(tmp_path):
+    path = saved(tmp_path, run_id="run-0")
+    with pytest.raises(LedgerError, match="belongs to run 'run-0', not run 'run-1'"):
+        PrivacyLedger.load(path, "run-1", node_key="n0")
+
+
+def test_ledger_of_another_node_is_refused(tmp_path):
+    path = saved(tmp_path, node_key="n9")
+    with pytest.raises(LedgerError, match="belongs to node 'n9', not 'n0'"):
+        PrivacyLedger.load(path, "run-1", node_key="n0")
+
+
+def test_non_object_json_is_refused(tmp_path):
+    path = tmp_path / "ledger.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(LedgerError, match="not a JSON object"):
+        PrivacyLedger.load(path, "run-1")
+
+
+def test_failed_write_leaves_the_old_ledger_intact(tmp_path, monkeypatch):
+    path = saved(tmp_path)
+    old_text = path.read_text()
+    bigger = ledger_with(5)
+    real_fdopen = os.fdopen
+
+    class HalfWriter:
+        """Writes half of the bytes to the temp file, then fails (disk full)."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            self.f.flush()
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(
+        os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode))
+    )
+    with pytest.raises(OSError, match="No space left"):
+        bigger.save(path)
+    monkeypatch.undo()
+
+    assert path.read_text() == old_text
+    assert PrivacyLedger.load(path, "run-1", node_key="n0") == ledger_with(2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.json"]
+
+
+def test_config_record_round_trip_through_context_state():
+    ledger = ledger_with(3)
+    state = RecordDict()
+    state["privacy-ledger"] = ledger.to_config_record()
+    back = PrivacyLedger.from_config_record(
+        state["privacy-ledger"], run_id="run-1", node_key="n0"
+    )
+    assert back == ledger
+    assert back.epsilon(1e-5) == ledger.epsilon(1e-5)
+    empty = PrivacyLedger(run_id="run-1")
+    assert (
+        PrivacyLedger.from_config_record(empty.to_config_record(), run_id="run-1")
+        == empty
+    )
+
+
+def test_config_record_of_another_run_or_tampered_is_refused():
+    record = ledger_with(2).to_config_record()
+    with pytest.raises(LedgerError, match=r"context\.state belongs to run 'run-1'"):
+        PrivacyLedger.from_config_record(record, run_id="run-2", node_key="n0")
+    record["steps"] = [0, 0]
+    with pytest.raises(LedgerError, match=r"context\.state fails its checksum"):
+        PrivacyLedger.from_config_record(record, run_id="run-1", node_key="n0")
+
+
+def with_checksum(doc):
+    import hashlib
+
+    payload = {k: v for k, v in doc.items() if k != "sha256"}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return payload | {"sha256": hashlib.sha256(canonical.encode()).hexdigest()}
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"steps": [10]}, r"malformed .*zip\(\)"),  # columns of unequal length
+        ({"server-rounds": [1, 1]}, r"malformed .*round 1 is already recorded"),
+        ({"noise-multipliers": [1.1, -1.0]}, r"malformed .*noise_multiplier must be"),
+    ],
+)
+def test_well_signed_but_inconsistent_ledger_is_refused(tmp_path, change, match):
+    path = saved(tmp_path)
+    doc = json.loads(path.read_text()) | change
+    path.write_text(json.dumps(with_checksum(doc)))
+    with pytest.raises(LedgerError, match=match):
+        PrivacyLedger.load(path, "run-1", node_key="n0")
