@@ -3,8 +3,6 @@
 Nothing here starts Flower: only the parsing and checking that come first.
 """
 
-from pathlib import Path
-
 import pytest
 
 from shared.cli import build_parser
@@ -126,7 +124,7 @@ def test_flags_override_the_scenario_and_set_overrides_both(tmp_path):
 def test_missing_scenario_is_a_fedge_error(tmp_path):
     missing = tmp_path / "nope.toml"
 
-    with pytest.raises(FedgeError, match=r"scenario file not found: .*nope\.toml"):
+    with pytest.raises(FedgeError, match=r"scenario .*nope\.toml"):
         load_scenario(missing)
 
 
@@ -141,7 +139,7 @@ def test_invalid_scenario_toml_is_a_fedge_error(tmp_path):
 
 
 def test_missing_scenario_via_flags_is_a_fedge_error(tmp_path):
-    with pytest.raises(FedgeError, match="scenario file not found"):
+    with pytest.raises(FedgeError, match=r"scenario .*gone\.toml"):
         collect_overrides(parse("--scenario", str(tmp_path / "gone.toml")))
 
 
@@ -206,7 +204,3 @@ def test_preflight_refuses_partitions_a_node_cannot_use(overrides, num_clients):
             config(dataset="breast-cancer", **{"min-nodes": 1}, **overrides),
             num_clients=num_clients,
         )
-
-
-def test_scenario_argument_is_a_path():
-    assert isinstance(parse("--scenario", "x.toml").scenario, Path)
