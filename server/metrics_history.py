@@ -1,0 +1,326 @@
+"""The per-round metrics history of a run: ``metrics.csv`` and ``metrics.jsonl``.
+
+``metrics.csv`` holds one flat row per round (what a plot or a spreadsheet
+reads); ``metrics.jsonl`` holds one JSON object per round with the same fields
+plus nested details such as per-client figures. The CSV is rewritten atomically
+from memory each round, so its header can grow when a new column appears and a
+reader never sees half a file; the JSONL is appended to (and rewritten only on
+truncation), because its per-client details grow with the run.
+
+On resume, :meth:`MetricsHistory.resume` cuts both files back to the
+checkpoint's round and refills any round the files lost from the checkpoint's
+own copy, so the history has no duplicate and no gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from shared.atomic_io import atomic_write_text
+from shared.errors import FedgeError
+
+logger = logging.getLogger(__name__)
+
+CSV_FILE = "metrics.csv"
+JSONL_FILE = "metrics.jsonl"
+ROUND = "round"
+# The declared columns, in order; others are appended as they first appear.
+COLUMNS = (
+    ROUND,
+    "central-loss",
+    "central-accuracy",
+    "central-f1",
+    "central-roc-auc",
+    "train-loss",
+    "fed-eval-loss",
+    "fed-eval-accuracy",
+    "sampled",
+    "replies",
+    "failures",
+    "dropped",
+    "refused",
+    "epsilon-max",
+    "epsilon-mean",
+    "round-time-s",
+    "bytes-sent",
+    "bytes-received",
+)
+_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+class HistoryError(FedgeError, ValueError):
+    """A row does not fit the history (no round, or a round already recorded)."""
+
+
+class MetricsHistory:
+    """Rows of per-round metrics, kept in memory and mirrored to the run folder.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run folder; ``metrics.csv`` and ``metrics.jsonl`` live there. Existing
+        files are loaded (for a resumed run).
+    columns : iterable of str, default :data:`COLUMNS`
+        Declared columns, in CSV order. The first must be ``"round"``.
+    """
+
+    def __init__(
+        self, run_dir: str | Path, *, columns: Iterable[str] = COLUMNS
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self._columns = list(columns)
+        if not self._columns or self._columns[0] != ROUND:
+            raise HistoryError(
+                f"the first column must be {ROUND!r}, got {self._columns[:1]}"
+            )
+        self._rows: list[dict[str, Any]] = []
+        self._records: list[dict[str, Any]] = []  # the JSONL objects, one per row
+        self._jsonl_stale = False  # the file differs from memory: rewrite, not append
+        self._load()
+
+    @property
+    def csv_path(self) -> Path:
+        """``<run_dir>/metrics.csv``."""
+        return self.run_dir / CSV_FILE
+
+    @property
+    def jsonl_path(self) -> Path:
+        """``<run_dir>/metrics.jsonl``."""
+        return self.run_dir / JSONL_FILE
+
+    @property
+    def columns(self) -> list[str]:
+        """The CSV header: declared columns, then new ones in order of appearance."""
+        return list(self._columns)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Copies of the rows, oldest first."""
+        return [dict(r) for r in self._rows]
+
+    def records(self) -> list[dict[str, Any]]:
+        """Copies of the JSONL objects (row fields plus details), oldest first."""
+        return [dict(r) for r in self._records]
+
+    def last_round(self) -> int | None:
+        """The newest round recorded, or None when empty."""
+        return self._rows[-1][ROUND] if self._rows else None
+
+    def append(
+        self, row: Mapping[str, Any], *, details: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record one round.
+
+        Parameters
+        ----------
+        row : mapping
+            Flat values (numbers, strings, None) keyed by column; must contain an
+            integer ``"round"`` newer than every recorded one.
+        details : mapping, optional
+            Extra, possibly nested, values for ``metrics.jsonl`` only (e.g.
+            ``{"clients": [...]}``).
+
+        Raises
+        ------
+        HistoryError
+            Without an integer round, for a round not after the last one, or when
+            ``details`` reuses a column name.
+        """
+        server_round = row.get(ROUND)
+        if isinstance(server_round, bool) or not isinstance(server_round, int):
+            raise HistoryError(f"a metrics row needs an integer {ROUND!r}, got {row!r}")
+        last = self.last_round()
+        if last is not None and server_round <= last:
+            raise HistoryError(
+                f"round {server_round} is not after the last recorded round {last}; "
+                "on resume, call truncate_after() or resume() first"
+            )
+        clash = sorted(set(details or {}) & set(row))
+        if clash:
+            raise HistoryError(f"details reuse the row's column names {clash}")
+        new_row = {k: _plain(v) for k, v in row.items()}
+        record = {**_json_safe(new_row), **_json_safe(dict(details or {}))}
+        for key in new_row:
+            if key not in self._columns:
+                self._columns.append(key)
+        self._rows.append(new_row)
+        self._records.append(record)
+        # JSONL first, CSV second: the CSV is what _load trusts, so a crash in
+        # between leaves an extra JSONL line that loading discards.
+        if self._jsonl_stale:
+            self._write_jsonl()
+        else:
+            self._append_jsonl(record)
+        self._write_csv()
+
+    def truncate_after(self, server_round: int) -> None:
+        """Forget every round after ``server_round`` (in memory and on disk)."""
+        keep = [i for i, r in enumerate(self._rows) if r[ROUND] <= server_round]
+        self._rows = [self._rows[i] for i in keep]
+        self._records = [self._records[i] for i in keep]
+        self._write_jsonl()
+        self._write_csv()
+
+    def resume(
+        self, server_round: int, backup_rows: Iterable[Mapping[str, Any]] = ()
+    ) -> None:
+        """Make the history end exactly at ``server_round`` for a resumed run.
+
+        Rounds after it are dropped; rounds up to it that the files lack but
+        ``backup_rows`` (the checkpoint's ``metrics_history``) has are put back.
+        """
+        self.truncate_after(server_round)
+        have = {r[ROUND] for r in self._rows}
+        missing = [
+            dict(r)
+            for r in backup_rows
+            if r.get(ROUND) is not None
+            and r[ROUND] <= server_round
+            and r[ROUND] not in have
+        ]
+        if not missing:
+            return
+        logger.warning(
+            "Metrics of rounds %s were missing from %s; restored from the checkpoint",
+            sorted(r[ROUND] for r in missing),
+            self.csv_path,
+        )
+        merged = sorted(
+            [(r, rec) for r, rec in zip(self._rows, self._records, strict=True)]
+            + [({k: _plain(v) for k, v in r.items()}, _json_safe(r)) for r in missing],
+            key=lambda pair: pair[0][ROUND],
+        )
+        self._rows = [r for r, _ in merged]
+        self._records = [rec for _, rec in merged]
+        for row in self._rows:
+            for key in row:
+                if key not in self._columns:
+                    self._columns.append(key)
+        self._write_jsonl()
+        self._write_csv()
+
+    # ------------------------------------------------------------------ files
+    def _write_csv(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self._columns, lineterminator="\n")
+        writer.writeheader()
+        for row in self._rows:
+            # csv writes floats with repr(): they read back bit-identical
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        atomic_write_text(self.csv_path, buffer.getvalue())
+
+    def _append_jsonl(self, record: dict[str, Any]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self.jsonl_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, allow_nan=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _write_jsonl(self) -> None:
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in self._records)
+        atomic_write_text(self.jsonl_path, text)
+        self._jsonl_stale = False
+
+    def _load(self) -> None:
+        if not self.csv_path.exists():
+            if self.jsonl_path.exists():
+                self._jsonl_stale = True  # lines without rows: drop on next write
+            return
+        with self.csv_path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [
+                {k: _parse_cell(v) for k, v in raw.items() if v not in ("", None)}
+                for raw in reader
+            ]
+        for key in header:
+            if key not in self._columns:
+                self._columns.append(key)
+        records = {r.get(ROUND): r for r in self._read_jsonl()}
+        self._rows = rows
+        self._records = [
+            {**records.get(row[ROUND], {}), **_json_safe(row)} for row in rows
+        ]
+        if set(records) != {r[ROUND] for r in rows}:
+            self._jsonl_stale = True
+
+    def _read_jsonl(self) -> list[dict[str, Any]]:
+        if not self.jsonl_path.exists():
+            return []
+        out = []
+        lines = self.jsonl_path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                logger.warning(
+                    "%s line %d is not JSON (%s); it is dropped",
+                    self.jsonl_path,
+                    number,
+                    e,
+                )
+                self._jsonl_stale = True
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+
+def summarize_clients(
+    clients: Iterable[Mapping[str, Any]], key: str
+) -> tuple[float | None, float | None]:
+    """``(max, mean)`` of a numeric per-client figure, over clients reporting it.
+
+    For ``epsilon-max``/``epsilon-mean`` from ``RobustStrategy.round_stats[r]
+    ["clients"]`` (refusing clients included: their spent ε counts too).
+    """
+    values = [
+        float(c[key])
+        for c in clients
+        if isinstance(c.get(key), int | float) and math.isfinite(c[key])
+    ]
+    if not values:
+        return None, None
+    return max(values), sum(values) / len(values)
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars to Python ones, so CSV and JSON write them plainly."""
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, str | bytes):
+        with contextlib.suppress(TypeError, ValueError):
+            return item()
+    return value
+
+
+def _json_safe(obj: Any) -> Any:
+    """Strict JSON: NaN and infinities become null, NumPy scalars plain numbers."""
+    obj = _plain(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _parse_cell(text: str) -> Any:
+    """A CSV cell back to int, float, bool or str (None for empty)."""
+    if _INT_RE.match(text):
+        return int(text)
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return float(text)
+    except ValueError:
+        return text
