@@ -1,0 +1,406 @@
+"""DP-SGD local training (Abadi et al., 2016) with Opacus's privacy model.
+
+Each step draws a Poisson batch (every example joins independently with
+probability ``sample_rate``), clips every example's gradient to
+``max_grad_norm``, sums, adds Gaussian noise of standard deviation
+``noise_multiplier * max_grad_norm`` and divides by the expected batch size,
+then takes an SGD-with-momentum step. This is exactly the mechanism Opacus's
+accountants assume, so :mod:`shared.privacy` can account for it.
+
+Two interchangeable paths compute the clipped noisy gradient:
+
+``"fast"``
+    :class:`client.dp_clipping.ClippedGradients` (book-keeping: one backward,
+    no materialised per-sample gradients for Linear layers); supports Linear,
+    Conv2d and GroupNorm, i.e. every registry model.
+``"hooks"`` / ``"functorch"``
+    Opacus's ``GradSampleModule`` + ``DPOptimizer``: the reference, and the
+    fallback for layers the fast path does not know.
+
+``"auto"`` (default) picks ``"fast"`` when the model allows it. Tests check that
+both give the same update for the same batches.
+
+The FedProx term ``mu/2 ||w - w_global||^2`` does not depend on the data, so
+its gradient ``mu (w - w_global)`` is added after the noise, as post-processing
+that costs no privacy (inside the loss, Opacus would silently drop it: its
+per-sample gradients only see data-dependent terms).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from opacus.grad_sample.utils import prepare_module
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from client.dp_clipping import ClippedGradients, unsupported_layers
+from shared.errors import ConfigError, DataError, ModelError
+from shared.privacy import plan_sampling
+
+logger = logging.getLogger(__name__)
+
+GRAD_SAMPLE_MODES = ("auto", "fast", "hooks", "functorch")
+
+
+@dataclass(frozen=True)
+class PrivateTrainResult:
+    """What one round of DP-SGD produced.
+
+    ``train_loss`` (mean per-example cross-entropy over the last epoch's
+    batches) is computed from private data without noise: it is for local logs
+    and is not covered by the ε of the ledger.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+    train_loss: float
+    num_examples: int
+    grad_sample_mode: str
+
+
+def validate_private_model(model: nn.Module) -> None:
+    """Raise :class:`ModelError` if Opacus cannot make ``model`` private.
+
+    Uses ``opacus.validators.ModuleValidator``; the message lists every
+    offending layer. The model is not fixed automatically: ``ModuleValidator.fix``
+    swaps layers (BatchNorm → GroupNorm), which would change the parameters the
+    server sends and aggregates; use a registry model instead.
+    """
+    was_training = model.training
+    model.train()  # the validator also rejects a model in eval mode
+    try:
+        errors = ModuleValidator.validate(model, strict=False)
+    finally:
+        model.train(was_training)
+    if not errors:
+        return
+    # Opacus's errors do not name the layer; attribute them by module type.
+    named = []
+    for name, module in model.named_modules():
+        check = ModuleValidator.VALIDATORS.get(type(module))
+        for error in check(module) if check else []:
+            first = str(error).split(". ")[0].rstrip(".")
+            named.append(f"{name or '<root>'} ({type(module).__name__}): {first}")
+    raise ModelError(
+        "Opacus cannot train this model with DP-SGD: "
+        + "; ".join(named or [str(e) for e in errors])
+        + ". Use a registry model (GroupNorm, no BatchNorm)."
+    )
+
+
+def poisson_batches(
+    *, num_examples: int, sample_rate: float, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Index tensors of ``steps`` Poisson batches (possibly empty), seeded."""
+    for _ in range(steps):
+        included = torch.rand(num_examples, generator=generator) < sample_rate
+        yield included.nonzero().flatten()
+
+
+class PrivateStep:
+    """One DP-SGD optimiser step on a given batch; built by :func:`make_private_step`.
+
+    ``step(x, y)`` returns the batch's summed per-example loss (0 when empty).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        learning_rate: float,
+        momentum: float,
+        generator: torch.Generator,
+        proximal_mu: float = 0.0,
+        global_params: Sequence[torch.Tensor] | None = None,
+    ) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.noise_multiplier = noise_multiplier
+        self.noise_std = noise_multiplier * max_grad_norm
+        self.max_grad_norm = max_grad_norm
+        self.expected_batch_size = expected_batch_size
+        self.generator = generator
+        self.proximal_mu = proximal_mu
+        if proximal_mu > 0:
+            source = global_params if global_params is not None else self.params
+            self.global_params = [g.detach().clone() for g in source]
+            if [g.shape for g in self.global_params] != [p.shape for p in self.params]:
+                raise ModelError(
+                    "global_params must match the model's trainable parameters in "
+                    "order and shape."
+                )
+        self.sgd = torch.optim.SGD(
+            self.params, lr=learning_rate, momentum=momentum, foreach=True
+        )
+
+    def _add_proximal(self, grads: list[torch.Tensor]) -> None:
+        if self.proximal_mu > 0:
+            drift = torch._foreach_sub(
+                [p.detach() for p in self.params], self.global_params
+            )
+            torch._foreach_add_(grads, drift, alpha=self.proximal_mu)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Remove any hooks from the model."""
+
+
+class _FastStep(PrivateStep):
+    def __init__(self, model: nn.Module, **kwargs: object) -> None:
+        super().__init__(model, **kwargs)  # type: ignore[arg-type]
+        self.clipper = ClippedGradients(model)
+        self.sizes = [p.numel() for p in self.params]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        if len(x):
+            grads, loss_sum, _ = self.clipper.clipped_sum(
+                x, y, max_grad_norm=self.max_grad_norm
+            )
+        else:  # an empty Poisson batch still releases noise and counts as a step
+            grads, loss_sum = [torch.zeros_like(p) for p in self.params], 0.0
+        if self.noise_std > 0:
+            # One draw for all parameters: fewer calls than one per tensor.
+            noise = torch.randn(sum(self.sizes), generator=self.generator)
+            views = [
+                n.view_as(p)
+                for n, p in zip(noise.split(self.sizes), self.params, strict=True)
+            ]
+            torch._foreach_add_(grads, views, alpha=self.noise_std)
+        torch._foreach_mul_(grads, 1.0 / self.expected_batch_size)
+        self._add_proximal(grads)
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g
+        self.sgd.step()
+        return float(loss_sum)
+
+    def close(self) -> None:
+        self.clipper.close()
+
+
+class _OpacusStep(PrivateStep):
+    def __init__(self, model: nn.Module, *, mode: str, **kwargs: object) -> None:
+        super().__init__(model, **kwargs)  # type: ignore[arg-type]
+        self.module = prepare_module(
+            model, mode, batch_first=True, loss_reduction="mean"
+        )
+        self.optimizer = DPOptimizer(
+            self.sgd,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=self.expected_batch_size,
+            loss_reduction="mean",
+            generator=self.generator,
+        )
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.optimizer.zero_grad()
+        loss_sum = 0.0
+        if len(x):
+            with warnings.catch_warnings():
+                # Opacus's hooks on a first layer whose input needs no gradient.
+                warnings.filterwarnings("ignore", message="Full backward hook")
+                loss = F.cross_entropy(self.module(x), y)
+                loss.backward()
+            loss_sum = float(loss.detach()) * len(x)
+        else:
+            for p in self.params:
+                p.grad_sample = torch.zeros(0, *p.shape)
+        self.optimizer.pre_step()  # clip, sum, add noise, divide: sets p.grad
+        self._add_proximal([p.grad for p in self.params])
+        self.sgd.step()
+        return loss_sum
+
+    def close(self) -> None:
+        self.module.to_standard_module()
+
+
+def make_private_step(
+    model: nn.Module, *, grad_sample_mode: str = "auto", **kwargs: object
+) -> PrivateStep:
+    """Build the DP-SGD step for ``model`` (keyword arguments of :class:`PrivateStep`).
+
+    Raises
+    ------
+    ConfigError
+        On an unknown ``grad_sample_mode``.
+    ModelError
+        If ``"fast"`` is asked for a model it does not support.
+    """
+    mode = resolve_grad_sample_mode(model, grad_sample_mode)
+    if mode == "fast":
+        return _FastStep(model, **kwargs)
+    return _OpacusStep(model, mode=mode, **kwargs)
+
+
+def resolve_grad_sample_mode(model: nn.Module, grad_sample_mode: str) -> str:
+    """``"auto"`` → ``"fast"`` if the model allows it, else ``"hooks"``."""
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ConfigError(
+            f"grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}, "
+            f"got {grad_sample_mode!r}."
+        )
+    if grad_sample_mode == "auto":
+        return "hooks" if unsupported_layers(model) else "fast"
+    return grad_sample_mode
+
+
+def train_private(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    momentum: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    seed: int | None = None,
+    proximal_mu: float = 0.0,
+    global_params: Sequence[torch.Tensor] | None = None,
+    grad_sample_mode: str = "auto",
+) -> PrivateTrainResult:
+    """Train ``model`` in place with DP-SGD for ``epochs`` local epochs.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Holds the global weights on entry; trained in place.
+    x, y : ndarray
+        Preprocessed inputs (float) and integer labels, n examples.
+    epochs : int
+        Local epochs; each is ``round(n / batch_size)`` Poisson steps
+        (:func:`shared.privacy.plan_sampling`).
+    batch_size : int
+        Expected Poisson batch size; ``sample_rate = batch_size / n`` (≤ 1).
+    learning_rate, momentum : float
+        SGD settings.
+    noise_multiplier : float
+        σ, calibrated once for the whole planned run (not per round); 0 = no
+        noise, which gives no privacy (ε = ∞).
+    max_grad_norm : float
+        Per-example clipping bound C; the noise has std σ·C on the clipped sum.
+    seed : int, optional
+        Seeds batch sampling and noise, for tests and debugging. Leave it None
+        in real training: anyone who can guess the seed can subtract the
+        noise, which voids the guarantee. None draws fresh OS entropy.
+    proximal_mu : float, default 0
+        FedProx coefficient; its gradient ``mu (w - w_global)`` is added to the
+        privatised gradient.
+    global_params : sequence of Tensor, optional
+        ``w_global`` in ``model.parameters()`` order; defaults to the weights
+        the model holds on entry.
+    grad_sample_mode : {"auto", "fast", "hooks", "functorch"}
+        Which path computes per-sample gradients (see module docstring).
+
+    Returns
+    -------
+    PrivateTrainResult
+        Plain parameter names (no ``_module.`` prefix), the steps and sample
+        rate to record in the privacy ledger.
+
+    Raises
+    ------
+    ConfigError
+        On invalid settings.
+    DataError
+        If x and y do not match or are empty.
+    ModelError
+        If Opacus cannot make the model private.
+    """
+    _check_settings(epochs, learning_rate, momentum, noise_multiplier, max_grad_norm)
+    inputs = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    labels = torch.as_tensor(np.asarray(y).astype(np.int64))
+    if len(inputs) != len(labels) or len(inputs) == 0:
+        raise DataError(
+            f"DP training needs as many labels as inputs, at least one: got "
+            f"{len(inputs)} inputs and {len(labels)} labels."
+        )
+    validate_private_model(model)
+    n = len(inputs)
+    sample_rate, steps_per_epoch = plan_sampling(num_examples=n, batch_size=batch_size)
+    sampling_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
+    sampler = torch.Generator().manual_seed(int(sampling_seed))
+    mode = resolve_grad_sample_mode(model, grad_sample_mode)
+    model.train()
+    stepper = make_private_step(
+        model,
+        grad_sample_mode=mode,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=max(1, round(sample_rate * n)),
+        learning_rate=learning_rate,
+        momentum=momentum,
+        generator=torch.Generator().manual_seed(int(noise_seed)),
+        proximal_mu=proximal_mu,
+        global_params=global_params,
+    )
+    loss_sum, seen = 0.0, 0
+    try:
+        for _ in range(epochs):
+            loss_sum, seen = 0.0, 0  # report the last epoch only
+            for idx in poisson_batches(
+                num_examples=n,
+                sample_rate=sample_rate,
+                steps=steps_per_epoch,
+                generator=sampler,
+            ):
+                loss_sum += stepper.step(inputs[idx], labels[idx])
+                seen += len(idx)
+    finally:
+        stepper.close()
+    logger.debug(
+        "DP-SGD: %s steps, q=%.4g, σ=%.4g, mode=%s",
+        steps_per_epoch * epochs,
+        sample_rate,
+        noise_multiplier,
+        mode,
+    )
+    return PrivateTrainResult(
+        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+        steps=steps_per_epoch * epochs,
+        sample_rate=sample_rate,
+        noise_multiplier=noise_multiplier,
+        train_loss=loss_sum / seen if seen else math.nan,
+        num_examples=n,
+        grad_sample_mode=mode,
+    )
+
+
+def _check_settings(
+    epochs: int,
+    learning_rate: float,
+    momentum: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+) -> None:
+    problems = []
+    if epochs < 1:
+        problems.append(f"epochs must be >= 1, got {epochs}")
+    if not learning_rate > 0:
+        problems.append(f"learning_rate must be > 0, got {learning_rate}")
+    if not 0 <= momentum < 1:
+        problems.append(f"momentum must be in [0, 1), got {momentum}")
+    if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
+        problems.append(
+            f"noise_multiplier must be finite and >= 0, got {noise_multiplier}"
+        )
+    if not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
+        problems.append(f"max_grad_norm must be finite and > 0, got {max_grad_norm}")
+    if problems:
+        raise ConfigError("Invalid DP training settings: " + "; ".join(problems) + ".")
