@@ -41,6 +41,8 @@ COLUMNS = (
     "central-accuracy",
     "central-f1",
     "central-roc-auc",
+    "central-precision",
+    "central-recall",
     "train-loss",
     "fed-eval-loss",
     "fed-eval-accuracy",

@@ -36,21 +36,21 @@ def test_rows_round_trip_through_pandas(tmp_path):
             "epsilon-max": float("nan"),
             "epsilon-mean": None,
             "sampled": np.int64(3),
-            "central-precision": 0.75,  # not declared: appended as a new column
+            "central-brier": 0.75,  # not declared: appended as a new column
         },
         details={"clients": [{"node-id": 7, "status": "aggregated", "eps": 1.5}]},
     )
     # Assert
     df = pd.read_csv(tmp_path / "metrics.csv")
-    assert list(df.columns) == [*COLUMNS, "central-precision"]
+    assert list(df.columns) == [*COLUMNS, "central-brier"]
     assert df["round"].tolist() == [0, 1]
     assert df["central-loss"].tolist() == [2.302585092994046, 0.5]  # exact
     assert df["sampled"].iloc[1] == 3
     assert math.isnan(df["epsilon-max"].iloc[1]) and math.isnan(
         df["epsilon-mean"].iloc[1]
     )
-    assert math.isnan(df["central-precision"].iloc[0])
-    assert df["central-precision"].iloc[1] == 0.75
+    assert math.isnan(df["central-brier"].iloc[0])
+    assert df["central-brier"].iloc[1] == 0.75
 
 
 def test_jsonl_has_one_strict_json_object_per_round(tmp_path):
