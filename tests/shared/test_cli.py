@@ -177,12 +177,6 @@ def test_preflight_error_exits_2_before_anything_starts(capsys, tmp_path, no_flo
     assert not runs.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: simulate() derives min-nodes = min(--clients, default), so "
-    "--clients 0 is reported as \"'min-nodes' must be >= 1, got 0\", a key the "
-    "user never set, instead of preflight's '--clients must be >= 1'",
-)
 def test_zero_clients_error_names_the_clients_flag(capsys, tmp_path, no_flower):
     code = main(["simulate", "--clients", "0", "--output-dir", str(tmp_path)])
 

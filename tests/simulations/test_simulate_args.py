@@ -180,12 +180,6 @@ def test_preflight_refuses_a_missing_eval_file(tmp_path):
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: preflight partitions with min_partition_size=1 and checks no "
-    "partition size, but every node needs >= 2 examples (client/node_data.py), so "
-    "these setups pass preflight and then fail on the nodes",
-)
 @pytest.mark.parametrize(
     ("overrides", "num_clients"),
     [
@@ -199,7 +193,9 @@ def test_preflight_refuses_a_missing_eval_file(tmp_path):
     ],
 )
 def test_preflight_refuses_partitions_a_node_cannot_use(overrides, num_clients):
-    with pytest.raises(DataError):
+    # Every node needs >= 2 examples (client/node_data.py); preflight must
+    # refuse what the nodes would refuse, before anything starts.
+    with pytest.raises(FedgeError):
         preflight(
             config(dataset="breast-cancer", **{"min-nodes": 1}, **overrides),
             num_clients=num_clients,
