@@ -81,7 +81,7 @@ def train_plain(
                 loss = loss + proximal_term(model, global_params, proximal_mu)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             steps += 1
         epoch_loss = float(np.mean(losses))
     return TrainResult(train_loss=epoch_loss, steps=steps, num_examples=len(inputs))

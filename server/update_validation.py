@@ -19,8 +19,8 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from shared import keys
 
 # A client that would exceed its privacy budget replies with this metric set to 1
-# and no arrays. TODO(lead): move to shared/keys.py as REFUSED.
-REFUSED = "refused"
+# and no arrays.
+REFUSED = keys.REFUSED
 
 ArraysLike = ArrayRecord | Mapping[str, Any]
 

@@ -118,6 +118,7 @@ class RunControlConfig:
     min_replies: int
     max_update_norm: float
     export_onnx: bool
+    resume: bool
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "min-replies": "min_replies",
         "max-update-norm": "max_update_norm",
         "export-onnx": "export_onnx",
+        "resume": "resume",
     },
 }
 _SECTION_TYPES = {
@@ -208,6 +210,7 @@ _SECTION_TYPES = {
     "strategy": StrategyConfig,
     "run": RunControlConfig,
 }
+_INVALID = object()  # a value that failed its type check
 CONFIG_KEYS = tuple(k for m in _SECTIONS.values() for k in m)
 
 
@@ -246,7 +249,8 @@ def from_run_config(
     ConfigError
         Listing every unknown key, wrong type and out-of-range value at once.
     """
-    values = dict(default_run_config()) if fill_defaults else {}
+    defaults = default_run_config()
+    values = dict(defaults) if fill_defaults else {}
     values.update(run_config)
     problems: list[str] = []
     unknown = sorted(set(values) - set(CONFIG_KEYS))
@@ -263,10 +267,14 @@ def from_run_config(
         for key, attr in field_map.items():
             if key not in values:
                 continue
-            kwargs[attr] = _coerce(key, values[key], types[attr], problems)
+            value = _coerce(key, values[key], types[attr], problems)
+            if value is _INVALID:
+                value = _coerce(key, defaults[key], types[attr], [])
+            kwargs[attr] = value
         sections[section] = kwargs
-    # Ranges are checked on well-typed values only; unknown keys don't block them.
-    if not missing and all("must be" not in x for x in problems):
+    # Ranges are checked even when some keys were mistyped: those fall back to
+    # their (valid) defaults above, so every other problem is still reported.
+    if not missing:
         problems.extend(_check_ranges(sections))
     if problems:
         raise ConfigError("Invalid run config:\n  - " + "\n  - ".join(problems))
@@ -290,7 +298,7 @@ def _coerce(key: str, value: Any, type_name: str, problems: list[str]) -> Any:
     }[kind]
     if not ok:
         problems.append(f"'{key}' must be {kind}, got {value!r}")
-        return value
+        return _INVALID
     return want[kind](value)
 
 

@@ -18,3 +18,11 @@ NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights replies by this key
 TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
+
+# Privacy figures every DP client reply carries (cumulative over the run)
+EPSILON = "epsilon"
+DELTA = "delta"
+NOISE_MULTIPLIER = "noise-multiplier"
+SAMPLE_RATE = "sample-rate"
+DP_STEPS = "dp-steps"  # DP-SGD steps this node has taken in the run so far
+REFUSED = "refused"  # 1 when a client declined to train (budget spent); no arrays

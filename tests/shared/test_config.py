@@ -267,11 +267,6 @@ def test_several_type_problems_in_one_error():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: one wrongly typed key suppresses every range/choice check, so "
-    "'dirichlet-alpha' = -1 is only reported after the type is fixed",
-)
 def test_type_problem_and_range_problem_reported_together():
     with pytest.raises(ConfigError) as excinfo:
         from_run_config(
