@@ -10,8 +10,6 @@ threat and is out of scope here.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from edge_export.runtime import (
     MANIFEST_FILE,
     sha256_file,
 )
+from shared.atomic_io import atomic_write_text
 from shared.errors import ModelError
 
 MANIFEST_FORMAT = "fedge-manifest/1"
@@ -117,22 +116,16 @@ class Manifest:
 
 def describe_artefact(path: Path, role: str) -> dict[str, Any]:
     """The manifest entry for one file: role, SHA-256 and size."""
-    return {"role": role, "sha256": sha256_file(path), "size-bytes": path.stat().st_size}
+    return {
+        "role": role,
+        "sha256": sha256_file(path),
+        "size-bytes": path.stat().st_size,
+    }
 
 
 def write_manifest(path: Path, manifest: Manifest) -> None:
     """Write atomically: a reader sees the old manifest or the new one, whole."""
-    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(manifest.to_dict(), indent=2) + "\n")
 
 
 def read_manifest(run_dir: Path) -> Manifest:

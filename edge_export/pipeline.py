@@ -132,7 +132,9 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def _choose(quantize: str, candidates: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
+def _choose(
+    quantize: str, candidates: dict[str, dict[str, Any]]
+) -> tuple[str | None, str]:
     """Pick the int8 artefact to ship, with the reason."""
     if quantize in QUANT_METHODS:
         c = candidates[quantize]
@@ -222,9 +224,13 @@ def export_run(
         calibration, calibration_note = (
             calibration_data(run, size=calibration_size) if methods else (None, "")
         )
-        candidates = _quantize_candidates(
-            methods, fp32_path, tmp, run, fp32_accuracy, test.x, test.y, calibration
-        ) if methods else {}
+        candidates = (
+            _quantize_candidates(
+                methods, fp32_path, tmp, run, fp32_accuracy, test.x, test.y, calibration
+            )
+            if methods
+            else {}
+        )
         chosen, reason = (
             _choose(quantize, candidates) if candidates else (None, "quantize='none'")
         )
@@ -232,8 +238,19 @@ def export_run(
             os.replace(candidates[chosen]["path"], tmp / ONNX_INT8)
 
         manifest = _build_manifest(
-            run, tmp, parity.to_dict(), torch_accuracy, fp32_accuracy, test,
-            candidates, chosen, reason, calibration_note, calibration, tolerance, opset,
+            run,
+            tmp,
+            parity.to_dict(),
+            torch_accuracy,
+            fp32_accuracy,
+            test,
+            candidates,
+            chosen,
+            reason,
+            calibration_note,
+            calibration,
+            tolerance,
+            opset,
         )
         _publish(run_dir, tmp, chosen is not None, manifest)
     finally:

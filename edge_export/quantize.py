@@ -53,7 +53,9 @@ STATIC_OP_TYPES = ("Conv", "Gemm", "Relu", "MaxPool")
 class ArrayCalibrationReader(CalibrationDataReader):
     """Feed calibration batches from an in-memory array of encoded inputs."""
 
-    def __init__(self, x: np.ndarray, input_name: str, batch_size: int = CALIBRATION_BATCH):
+    def __init__(
+        self, x: np.ndarray, input_name: str, batch_size: int = CALIBRATION_BATCH
+    ):
         self._batches: Iterator[dict[str, np.ndarray]] = iter(
             {input_name: np.ascontiguousarray(x[s : s + batch_size], dtype=np.float32)}
             for s in range(0, len(x), batch_size)

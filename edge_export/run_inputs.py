@@ -96,7 +96,9 @@ def load_run(run_dir: str | Path) -> RunInputs:
         )
     config = _read_json(run_dir / RUN_CONFIG).get("config")
     if not isinstance(config, dict) or "data" not in config:
-        raise ModelError(f"{run_dir / RUN_CONFIG} has no 'config' with a 'data' section")
+        raise ModelError(
+            f"{run_dir / RUN_CONFIG} has no 'config' with a 'data' section"
+        )
     spec = ModelSpec.from_dict(meta["spec"])
     preprocessing = Preprocessing.from_dict(meta["preprocessing"])
     if math.prod(preprocessing.input_shape) != math.prod(spec.input_shape):

@@ -380,9 +380,7 @@ def _frame_columns(frame: Any) -> dict[str, np.ndarray]:
     return columns
 
 
-def _transform_tabular(
-    prep: Mapping[str, Any], data: Any, source: str
-) -> np.ndarray:
+def _transform_tabular(prep: Mapping[str, Any], data: Any, source: str) -> np.ndarray:
     feature_columns: list[str] = list(prep["feature_columns"])
     categories: dict[str, list[str]] = dict(prep.get("categories", {}))
     if _is_dataframe(data):
@@ -605,14 +603,20 @@ class EdgeModel:
     Use :meth:`load`; the constructor takes an open session.
     """
 
-    def __init__(self, session: ort.InferenceSession, metadata: EdgeMetadata, path: Path):
+    def __init__(
+        self, session: ort.InferenceSession, metadata: EdgeMetadata, path: Path
+    ):
         self.session = session
         self.metadata = metadata
         self.path = path
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], *, threads: int | None = 1, verify: bool = True
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        threads: int | None = 1,
+        verify: bool = True,
     ) -> EdgeModel:
         """Open an ONNX file written by ``fedge export``.
 

@@ -22,8 +22,22 @@ from shared.datasets import Dataset, fit_file, load_builtin, load_file
 from shared.models import build_model, default_spec
 
 
-def train(model: nn.Module, data: Dataset, *, steps: int, lr: float, seed: int = 0) -> None:
+def train(
+    model: nn.Module, data: Dataset, *, steps: int, lr: float, seed: int = 0
+) -> None:
     """Plain minibatch SGD, enough for meaningful accuracy in about a second."""
+    # One thread: on a shared 2-core machine, two threads fighting for a core
+    # make these tiny steps several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _sgd(model, data, steps=steps, lr=lr, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+
+
+def _sgd(model: nn.Module, data: Dataset, *, steps: int, lr: float, seed: int) -> None:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -34,7 +48,6 @@ def train(model: nn.Module, data: Dataset, *, steps: int, lr: float, seed: int =
         opt.zero_grad()
         nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
-    model.eval()
 
 
 def write_run(
@@ -48,7 +61,12 @@ def write_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), run_dir / "model.pt")
     config = from_run_config(overrides, fill_defaults=True)
-    versions = {"fedge": "0.1.0", "flwr": "1.42.0", "torch": torch.__version__, "opacus": "1.6.0"}
+    versions = {
+        "fedge": "0.1.0",
+        "flwr": "1.42.0",
+        "torch": torch.__version__,
+        "opacus": "1.6.0",
+    }
     meta = {
         "format": "fedge-model/1",
         "spec": spec.to_dict(),
@@ -85,7 +103,9 @@ def make_tabular_frame(n: int, seed: int) -> pd.DataFrame:
     colour = rng.choice(["red", "green", "blue"], n)
     score = (age - 40) / 12 + (income - 50_000) / 15_000 + (colour == "red") * 1.5
     label = np.where(score > 0.5, "yes", "no")
-    return pd.DataFrame({"age": age, "colour": colour, "income": income, "label": label})
+    return pd.DataFrame(
+        {"age": age, "colour": colour, "income": income, "label": label}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +116,11 @@ def digits_run(tmp_path_factory) -> Path:
     model = build_model(spec, model_seed=0)
     train(model, data, steps=300, lr=0.05)
     run_dir = write_run(
-        tmp_path_factory.mktemp("runs") / "digits", model, spec, data, {"dataset": "digits"}
+        tmp_path_factory.mktemp("runs") / "digits",
+        model,
+        spec,
+        data,
+        {"dataset": "digits"},
     )
     export_run(run_dir)
     return run_dir

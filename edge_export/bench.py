@@ -1,0 +1,366 @@
+"""Edge benchmarks: ONNX Runtime fp32, ONNX Runtime int8 and PyTorch eager, one run.
+
+Every engine runs on one thread (``intra_op_num_threads=1``,
+``torch.set_num_threads(1)``), on the same inputs, with its measurements
+interleaved in rounds so a change in machine load hits all engines alike.
+
+Measured per engine: batch-1 latency (p50, p95), batch-256 throughput and the
+file size. ONNX Runtime is called the way a device loop would call it
+(:meth:`EdgeModel.runner`: input and output buffers bound once, graph fully
+optimised, sequential execution); a plain ``session.run`` is timed too, to show
+what per-call overhead costs. PyTorch eager runs under ``torch.inference_mode``
+on a prepared tensor: its fairest eager setting.
+
+``main()`` is the ``make bench`` entry: it trains a small digits CNN briefly,
+exports it, and benchmarks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_export.runtime import MANIFEST_FILE, EdgeModel
+
+DEFAULT_OUT = Path("benchmarks/results/edge.json")
+BATCH_LARGE = 256
+# Targets from issue 6, checked on the digits CNN.
+TARGET_ORT_TO_EAGER_B1 = 0.2
+TARGET_INT8_SIZE_RATIO = 0.3
+TARGET_INT8_DROP_POINTS = 1.0
+TARGET_PARITY = 1e-4
+
+
+def _time_calls(fn: Callable[[], Any], runs: int) -> list[float]:
+    """Wall time of each call, in microseconds."""
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(runs):
+        start = clock()
+        fn()
+        samples.append((clock() - start) / 1e3)
+    return samples
+
+
+def _resolve(target: Path) -> dict[str, Path | None]:
+    """The files to benchmark: fp32/int8 ONNX and PyTorch, where present."""
+    folder = target if target.is_dir() else target.parent
+    fp32 = folder / "model.onnx"
+    int8 = folder / "model.int8.onnx"
+    files: dict[str, Path | None] = {
+        "onnx-fp32": fp32 if fp32.is_file() else None,
+        "onnx-int8": int8 if int8.is_file() else None,
+    }
+    if target.is_file() and target not in files.values():
+        files["onnx-fp32" if ".int8." not in target.name else "onnx-int8"] = target
+    weights, meta = folder / "model.pt", folder / "model.json"
+    files["pytorch-eager"] = weights if weights.is_file() and meta.is_file() else None
+    if files["onnx-fp32"] is None and files["onnx-int8"] is None:
+        raise FileNotFoundError(
+            f"no model.onnx or model.int8.onnx at {target}; run `fedge export` first"
+        )
+    return files
+
+
+def _ort_engine(path: Path, batch: int, x: np.ndarray) -> Callable[[], Any]:
+    run = EdgeModel.load(path, threads=1).runner(batch)
+    return lambda: run(x)
+
+
+def _ort_plain_engine(path: Path, x: np.ndarray) -> Callable[[], Any]:
+    model = EdgeModel.load(path, threads=1)
+    session, name = model.session, model.metadata.input_name
+    return lambda: session.run(None, {name: x})
+
+
+def _torch_engine(weights: Path, batch: int, x: np.ndarray) -> Callable[[], Any]:
+    import torch  # only here: the runtime and ONNX engines never need it
+
+    from shared.models import ModelSpec, build_model
+
+    torch.set_num_threads(1)
+    meta = json.loads((weights.parent / "model.json").read_text(encoding="utf-8"))
+    model = build_model(ModelSpec.from_dict(meta["spec"]))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    tensor = torch.from_numpy(np.ascontiguousarray(x))
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return model(tensor)
+
+    return call
+
+
+def bench_edge(
+    target: str | Path,
+    *,
+    batch1_runs: int = 3000,
+    large_runs: int = 60,
+    rounds: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Benchmark a run folder's (or ONNX file's) models; return the figures.
+
+    Parameters
+    ----------
+    target : path-like
+        A run folder after ``fedge export``, or an ONNX file (its siblings are
+        benchmarked too).
+    batch1_runs : int, default 3000
+        Timed batch-1 calls per engine (split over ``rounds``).
+    large_runs : int, default 60
+        Timed batch-256 calls per engine (split over ``rounds``).
+    rounds : int, default 3
+        Interleaving rounds (each engine measured once per round).
+    seed : int
+        Seed of the random inputs (latency of these models does not depend on
+        the values).
+
+    Returns
+    -------
+    dict
+        ``engines`` (per-engine figures), ``ratios``, ``targets`` and settings.
+    """
+    target = Path(target)
+    files = _resolve(target)
+    first = next(p for k, p in files.items() if k != "pytorch-eager" and p)
+    meta = EdgeModel.load(first, threads=1).metadata
+    shape = tuple(int(d) for d in meta.input_shape[1:])
+    rng = np.random.default_rng(seed)
+    x1 = rng.standard_normal((1, *shape)).astype(np.float32)
+    xl = rng.standard_normal((BATCH_LARGE, *shape)).astype(np.float32)
+
+    engines: dict[str, dict[str, Callable[[], Any]]] = {}
+    for name, path in files.items():
+        if path is None:
+            continue
+        if name == "pytorch-eager":
+            engines[name] = {
+                "b1": _torch_engine(path, 1, x1),
+                "bl": _torch_engine(path, BATCH_LARGE, xl),
+            }
+        else:
+            engines[name] = {
+                "b1": _ort_engine(path, 1, x1),
+                "bl": _ort_engine(path, BATCH_LARGE, xl),
+            }
+    if files["onnx-fp32"] is not None:
+        engines["onnx-fp32 (session.run)"] = {
+            "b1": _ort_plain_engine(files["onnx-fp32"], x1),
+            "bl": _ort_plain_engine(files["onnx-fp32"], xl),
+        }
+
+    samples: dict[str, dict[str, list[float]]] = {
+        n: {"b1": [], "bl": []} for n in engines
+    }
+    for fns in engines.values():  # warm-up: first calls allocate and plan
+        for _ in range(max(50, batch1_runs // 20)):
+            fns["b1"]()
+        for _ in range(3):
+            fns["bl"]()
+    for _ in range(rounds):
+        for name, fns in engines.items():
+            samples[name]["b1"] += _time_calls(fns["b1"], max(1, batch1_runs // rounds))
+            samples[name]["bl"] += _time_calls(fns["bl"], max(1, large_runs // rounds))
+
+    results: dict[str, dict[str, Any]] = {}
+    for name, s in samples.items():
+        b1, bl = np.asarray(s["b1"]), np.asarray(s["bl"])
+        path = files.get(name.split(" ")[0])
+        results[name] = {
+            "file": None if path is None else path.name,
+            "size-bytes": None if path is None else path.stat().st_size,
+            "batch1-p50-us": float(np.percentile(b1, 50)),
+            "batch1-p95-us": float(np.percentile(b1, 95)),
+            f"batch{BATCH_LARGE}-p50-ms": float(np.percentile(bl, 50)) / 1e3,
+            f"batch{BATCH_LARGE}-throughput-per-s": BATCH_LARGE
+            / (float(np.percentile(bl, 50)) / 1e6),
+        }
+    figures = {
+        "target": str(target),
+        "model": meta.model_name,
+        "input-shape": list(meta.input_shape),
+        "threads": 1,
+        "batch1-runs": batch1_runs,
+        f"batch{BATCH_LARGE}-runs": large_runs,
+        "engines": results,
+        "machine": _machine(),
+    }
+    figures["ratios"], figures["targets"] = _targets(results, target)
+    return figures
+
+
+def _targets(
+    results: dict[str, dict[str, Any]], target: Path
+) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None or b == 0 else a / b
+
+    get = lambda engine, key: results.get(engine, {}).get(key)  # noqa: E731
+    ratios = {
+        "ort-fp32-to-eager-batch1-p50": ratio(
+            get("onnx-fp32", "batch1-p50-us"), get("pytorch-eager", "batch1-p50-us")
+        ),
+        "ort-int8-to-eager-batch1-p50": ratio(
+            get("onnx-int8", "batch1-p50-us"), get("pytorch-eager", "batch1-p50-us")
+        ),
+        "ort-int8-to-fp32-batch1-p50": ratio(
+            get("onnx-int8", "batch1-p50-us"), get("onnx-fp32", "batch1-p50-us")
+        ),
+        "ort-int8-to-fp32-batch256-throughput": ratio(
+            get("onnx-int8", f"batch{BATCH_LARGE}-throughput-per-s"),
+            get("onnx-fp32", f"batch{BATCH_LARGE}-throughput-per-s"),
+        ),
+        "int8-to-fp32-size": ratio(
+            get("onnx-int8", "size-bytes"), get("onnx-fp32", "size-bytes")
+        ),
+    }
+    manifest = _manifest(target)
+    accuracy = manifest.get("accuracy", {})
+    drop = None
+    if accuracy.get("onnx-int8") is not None and accuracy.get("onnx-fp32") is not None:
+        drop = 100.0 * (accuracy["onnx-fp32"] - accuracy["onnx-int8"])
+    parity = manifest.get("parity", {}).get("max-abs-diff")
+    checks = [
+        (
+            "ORT fp32 batch-1 p50 / eager",
+            ratios["ort-fp32-to-eager-batch1-p50"],
+            TARGET_ORT_TO_EAGER_B1,
+        ),
+        ("int8 file / fp32 file", ratios["int8-to-fp32-size"], TARGET_INT8_SIZE_RATIO),
+        ("int8 top-1 drop (points)", drop, TARGET_INT8_DROP_POINTS),
+        ("parity max |diff|", parity, TARGET_PARITY),
+    ]
+    targets = [
+        {"name": n, "value": v, "target": t, "met": None if v is None else v <= t}
+        for n, v, t in checks
+    ]
+    return ratios, targets
+
+
+def _manifest(target: Path) -> dict[str, Any]:
+    path = (target if target.is_dir() else target.parent) / MANIFEST_FILE
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _machine() -> dict[str, Any]:
+    versions = {}
+    for name in ("onnxruntime", "torch", "numpy"):
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def format_table(figures: dict[str, Any]) -> str:
+    """The figures as a plain-text table, then the targets."""
+    large = f"batch{BATCH_LARGE}-throughput-per-s"
+    lines = [
+        f"{'engine':<26}{'size KiB':>10}{'b1 p50 µs':>12}{'b1 p95 µs':>12}"
+        f"{'b256 /s':>12}",
+    ]
+    for name, r in figures["engines"].items():
+        size = "" if r["size-bytes"] is None else f"{r['size-bytes'] / 1024:.1f}"
+        lines.append(
+            f"{name:<26}{size:>10}{r['batch1-p50-us']:>12.1f}{r['batch1-p95-us']:>12.1f}"
+            f"{r[large]:>12.0f}"
+        )
+    lines.append("")
+    for t in figures["targets"]:
+        value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        met = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        lines.append(f"{t['name']:<32}{value:>10}  (target <= {t['target']:g})  {met}")
+    return "\n".join(lines)
+
+
+def write_results(figures: dict[str, Any], out: Path) -> None:
+    """Write the figures as JSON, creating the folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+
+
+def _build_digits_run(run_dir: Path, *, steps: int = 400) -> None:
+    """Train a digits CNN briefly and write a run folder as the server does."""
+    import torch
+    from torch import nn
+
+    from shared.config import from_run_config
+    from shared.datasets import load_builtin
+    from shared.models import build_model, default_spec
+    from shared.versions import package_versions
+
+    torch.manual_seed(0)
+    data = load_builtin("digits", "train")
+    spec = default_spec("cnn", data.preprocessing.input_shape, 10)
+    model = build_model(spec, model_seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        idx = torch.from_numpy(rng.integers(0, len(y), 32))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), run_dir / "model.pt")
+    config = from_run_config({"dataset": "digits"}, fill_defaults=True)
+    versions = package_versions()
+    meta = {
+        "format": "fedge-model/1",
+        "spec": spec.to_dict(),
+        "preprocessing": data.preprocessing.to_dict(),
+        "provenance": {
+            "rounds": 0,
+            "strategy": "centralised (benchmark)",
+            "num-clients": 1,
+            "dataset": "digits",
+            "dataset-fingerprint": data.fingerprint(),
+            "versions": versions,
+        },
+        "privacy": {
+            "dp-mode": "none",
+            "max-epsilon": None,
+            "delta": None,
+            "noise-multiplier": None,
+            "max-grad-norm": None,
+        },
+        "metrics": {},
+    }
+    (run_dir / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    (run_dir / "config.json").write_text(
+        json.dumps({"config": config.to_dict(), "versions": versions}), encoding="utf-8"
+    )
+
+
+def main() -> dict[str, Any]:
+    """``make bench`` entry: train, export and benchmark a digits CNN."""
+    from edge_export.pipeline import export_run
+
+    with tempfile.TemporaryDirectory(prefix="fedge-edge-bench-") as tmp:
+        run_dir = Path(tmp) / "digits"
+        _build_digits_run(run_dir)
+        export_run(run_dir)
+        figures = bench_edge(run_dir)
+    figures["target"] = "digits CNN (trained 400 steps, exported with defaults)"
+    print(format_table(figures))
+    return figures

@@ -1,0 +1,82 @@
+"""``fedge export RUN_DIR``: ONNX + int8 + manifest for a finished run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+QUANTIZE_CHOICES = ("auto", "static-qdq", "dynamic", "none")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``fedge export``."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a run's model to ONNX (+ int8) with metadata and a manifest",
+        description=(
+            "Rebuild RUN_DIR's final model from model.json + model.pt, export it to "
+            "model.onnx (opset 18, dynamic batch, metadata inside), check it with "
+            "the ONNX checker and against PyTorch on the held-out split, quantise "
+            "it to model.int8.onnx and write manifest.json. Nothing is written if "
+            "a check fails."
+        ),
+    )
+    p.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a finished run folder"
+    )
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default="auto",
+        help="int8 method; auto keeps static-qdq if within 1 accuracy point of "
+        "fp32, else dynamic, else none (default: auto)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed |logit difference| ONNX vs PyTorch (default: 1e-4)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text summary or the manifest as JSON (default: text)",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export; print a summary. User errors raise FedgeError (exit 2)."""
+    from edge_export.pipeline import export_run  # imports torch: only when used
+
+    manifest = export_run(
+        args.run_dir, quantize=args.quantize, tolerance=args.tolerance
+    )
+    if args.format == "json":
+        print(json.dumps(manifest.to_dict(), indent=2))
+        return 0
+    acc, parity, quant = manifest.accuracy, manifest.parity, manifest.quantization
+    print(f"exported {args.run_dir}")
+    for name, entry in manifest.artefacts.items():
+        print(
+            f"  {name:<18} {entry['size-bytes']:>10} bytes  sha256 {entry['sha256'][:16]}…"
+        )
+    print(
+        f"  parity: max |diff| {parity['max-abs-diff']:.3g} (tolerance "
+        f"{parity['tolerance']:g}), top-1 agreement {parity['top1-agreement']:.2%}"
+    )
+    int8 = acc["onnx-int8"]
+    print(
+        f"  accuracy on {acc['split']} ({acc['num-examples']} examples): pytorch "
+        f"{acc['pytorch']:.4f}, onnx fp32 {acc['onnx-fp32']:.4f}, onnx int8 "
+        f"{'-' if int8 is None else f'{int8:.4f}'}"
+    )
+    for method, c in quant.get("candidates", {}).items():
+        print(
+            f"  int8 {method:<10}: accuracy {c['accuracy']:.4f}, "
+            f"{c['size-ratio']:.2f}× fp32 size"
+        )
+    print(f"  int8 kept: {quant.get('chosen') or 'none'} ({quant.get('reason')})")
+    return 0

@@ -1,0 +1,150 @@
+"""export_run: one checked ONNX file, parity with PyTorch, nothing left on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edge_export.manifest import read_manifest
+from edge_export.pipeline import export_run
+from shared.datasets import load_builtin, load_file
+from shared.errors import ModelError
+from shared.models import ModelSpec, build_model
+from shared.preprocessing import Preprocessing
+
+EXPORT_FILES = {"model.onnx", "model.int8.onnx", "manifest.json"}
+
+
+def reference_model(run_dir):
+    """Rebuild the PyTorch model straight from the run folder (independent path)."""
+    meta = json.loads((run_dir / "model.json").read_text())
+    model = build_model(ModelSpec.from_dict(meta["spec"]))
+    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
+    return model.eval(), meta
+
+
+def held_out(run_dir, meta):
+    config = json.loads((run_dir / "config.json").read_text())["config"]["data"]
+    if config["dataset"] == "file":
+        prep = Preprocessing.from_dict(meta["preprocessing"])
+        return load_file(config["eval_data_path"], prep)
+    return load_builtin(config["dataset"], "test")
+
+
+@pytest.mark.parametrize("fixture", ["digits_run", "tabular_run"])
+def test_onnx_matches_pytorch_on_held_out_split(fixture, request):
+    run_dir = request.getfixturevalue(fixture)
+    model, meta = reference_model(run_dir)
+    data = held_out(run_dir, meta)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(data.x)).numpy()
+    session = ort.InferenceSession(str(run_dir / "model.onnx"))
+    got = session.run(None, {"input": data.x})[0]
+
+    assert np.max(np.abs(got - expected)) <= 1e-4
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+    parity = read_manifest(run_dir).parity
+    assert parity["passed"] is True
+    assert parity["num-examples"] == len(data)
+    assert parity["max-abs-diff"] <= 1e-4
+    assert parity["top1-agreement"] == 1.0
+
+
+@pytest.mark.parametrize("fixture", ["digits_run", "tabular_run"])
+def test_export_is_one_checked_file_with_dynamic_batch_at_opset_18(fixture, request):
+    run_dir = request.getfixturevalue(fixture)
+    proto = onnx.load(str(run_dir / "model.onnx"), load_external_data=False)
+
+    onnx.checker.check_model(proto, full_check=True)
+    assert not any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer
+    )
+    assert {p.name for p in run_dir.iterdir()} == {
+        "model.pt",
+        "model.json",
+        "config.json",
+        *EXPORT_FILES,
+    }
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 18)]
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param  # symbolic, not a fixed size
+    session = ort.InferenceSession(str(run_dir / "model.onnx"))
+    shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
+    for batch in (1, 7):
+        out = session.run(None, {"input": np.zeros((batch, *shape), np.float32)})[0]
+        assert out.shape[0] == batch
+
+
+def test_manifest_accuracy_figures_match_an_independent_computation(digits_run):
+    model, _ = reference_model(digits_run)
+    data = load_builtin("digits", "test")
+    with torch.inference_mode():
+        torch_acc = float(
+            (model(torch.from_numpy(data.x)).argmax(1).numpy() == data.y).mean()
+        )
+    int8 = ort.InferenceSession(str(digits_run / "model.int8.onnx"))
+    int8_acc = float((int8.run(None, {"input": data.x})[0].argmax(1) == data.y).mean())
+
+    accuracy = read_manifest(digits_run).accuracy
+    assert accuracy["split"] == "digits[test]"
+    assert accuracy["num-examples"] == len(data) == 450
+    assert accuracy["pytorch"] == pytest.approx(torch_acc)
+    assert accuracy["onnx-fp32"] == pytest.approx(torch_acc)
+    assert accuracy["onnx-int8"] == pytest.approx(int8_acc)
+    assert torch_acc > 0.85  # the fixture really learned something
+
+
+def test_failed_parity_writes_nothing(digits_run, copy_run):
+    run_dir = copy_run(digits_run)
+    for name in EXPORT_FILES:
+        (run_dir / name).unlink()
+
+    with pytest.raises(
+        ModelError, match=r"parity failed: max \|logit difference\|.*tolerance 1e-12"
+    ):
+        export_run(run_dir, tolerance=1e-12, quantize="none")
+
+    assert sorted(os.listdir(run_dir)) == ["config.json", "model.json", "model.pt"]
+
+
+def test_failed_reexport_keeps_the_previous_export_intact(digits_run, copy_run):
+    from edge_export.manifest import verify_run
+
+    run_dir = copy_run(digits_run)
+    before = {n: (run_dir / n).read_bytes() for n in EXPORT_FILES}
+
+    with pytest.raises(ModelError, match="parity failed"):
+        export_run(run_dir, tolerance=1e-12)
+
+    assert {n: (run_dir / n).read_bytes() for n in EXPORT_FILES} == before
+    assert verify_run(run_dir).ok
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_export_refuses_bad_arguments_and_folders(tmp_path, digits_run):
+    with pytest.raises(ModelError, match="quantize must be one of"):
+        export_run(digits_run, quantize="int4")
+    with pytest.raises(ModelError, match="tolerance must be > 0, got 0"):
+        export_run(digits_run, tolerance=0)
+    with pytest.raises(
+        ModelError, match=r"model.json not found; is .* a finished fedge run"
+    ):
+        export_run(tmp_path)
+
+
+def test_weights_that_do_not_fit_the_spec_are_refused(digits_run, copy_run):
+    run_dir = copy_run(digits_run)
+    meta = json.loads((run_dir / "model.json").read_text())
+    meta["spec"]["hidden"] = [8, 16, 32]
+    (run_dir / "model.json").write_text(json.dumps(meta))
+
+    with pytest.raises(
+        ModelError, match=r"model\.pt does not fit the spec in model\.json"
+    ):
+        export_run(run_dir)
