@@ -125,7 +125,7 @@ def test_proximal_term_is_half_mu_squared_distance():
     term = proximal_term(model, global_params, mu=0.5)
 
     # ||w - g||^2 = 1 + 4 + (3 - 1)^2 = 9
-    assert float(term) == pytest.approx(0.5 / 2 * 9)
+    assert float(term.detach()) == pytest.approx(0.5 / 2 * 9)
     # Its gradient is mu * (w - g).
     term.backward()
     assert torch.allclose(model.weight.grad, torch.tensor([[0.5, 1.0]]))

@@ -109,7 +109,11 @@ def test_saved_model_rebuilds_from_its_spec_and_loads_the_weights(
     # A different seed, so equal outputs can only come from the loaded weights.
     rebuilt = build_model(rebuilt_spec, model_seed=99)
     rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
-    assert torch.equal(rebuilt.eval()(x), trained.eval()(x))
+    original = trained.state_dict()
+    assert all(torch.equal(v, original[k]) for k, v in rebuilt.state_dict().items())
+    # Outputs only to a tolerance: CPU convolution kernels may differ by an ulp.
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), trained.eval()(x))
     assert Preprocessing.from_dict(meta["preprocessing"]) == prep
     assert meta["format"] == "fedge-model/1"
     assert meta["provenance"]["rounds"] == 4
