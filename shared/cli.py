@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "simulations.simulate",
         "run a federation of virtual clients on this machine",
     ),
+    "report": ("simulations.cli_report", "write plots and report.md for a run folder"),
 }
 
 

@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.atomic_io import atomic_write_json
 from shared.config import RunConfig, default_run_config, from_run_config
-from shared.errors import FedgeError
+from shared.errors import DataError, FedgeError
+from simulations.fault_injection import FaultConfig, fault_config, split_fault_keys
 from simulations.flower_processes import (
     flwr_run_command,
     running_superlink,
@@ -29,10 +31,21 @@ from simulations.flower_processes import (
 )
 
 APP_DIR = Path(__file__).resolve().parent.parent
+SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 FLOWER_LOG = "flower.log"
+FAULTS_FILE = "faults.json"
+MIN_NODE_EXAMPLES = 2  # client/node_data.py: one example to train, one to test
 # Lines worth showing live: fedge's own progress, and Flower's warnings and errors.
 _SHOW = re.compile(
     r"fedge:|ERROR|Error|Traceback|WARNING.*(fail|dropp|timeout)", re.IGNORECASE
+)
+# A simulated dropout is an exception in a virtual client: Flower logs it as a
+# multi-line Ray traceback. Shown live, one short line per dropout is enough.
+_DROPOUT = re.compile(r"simulated dropout: .*?\)")
+_RAY_WRAPPER = re.compile(
+    r"RayBackend|ray::ClientAppActor|RayTaskError|Traceback \(most recent|"
+    r"^\s*raise \w+\($|Received error in reply from node|"
+    r"FutureWarning"
 )
 
 
@@ -66,7 +79,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--target-epsilon", type=float, help="each client's ε budget for the run"
     )
-    p.add_argument("--scenario", type=Path, help="TOML file of run-config overrides")
+    p.add_argument(
+        "--scenario",
+        help=(
+            "TOML file of run-config (and fault-*) overrides, or the name of a "
+            f"packaged scenario: {', '.join(scenario_names()) or 'none'}"
+        ),
+    )
     p.add_argument(
         "--set",
         dest="settings",
@@ -119,8 +138,36 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def load_scenario(path: Path) -> dict[str, Any]:
-    """Read a scenario: a flat TOML table of run-config keys."""
+def scenario_names() -> list[str]:
+    """Names of the packaged scenarios (``simulations/scenarios/*.toml``)."""
+    return sorted(p.stem for p in SCENARIOS_DIR.glob("*.toml"))
+
+
+def resolve_scenario(scenario: str | Path) -> Path:
+    """A scenario file path, or a bare name resolved in the packaged scenarios.
+
+    Raises
+    ------
+    FedgeError
+        If neither a file of that path nor a packaged scenario of that name exists.
+    """
+    path = Path(scenario)
+    if path.is_file():
+        return path
+    text = str(scenario)
+    if "/" not in text and "\\" not in text:
+        packaged = SCENARIOS_DIR / (text if text.endswith(".toml") else f"{text}.toml")
+        if packaged.is_file():
+            return packaged
+    raise FedgeError(
+        f"scenario {text!r} is neither a file nor a packaged scenario; "
+        f"packaged: {', '.join(scenario_names()) or 'none'}"
+    )
+
+
+def load_scenario(path: str | Path) -> dict[str, Any]:
+    """Read a scenario: a flat TOML table of run-config and ``fault-*`` keys."""
+    path = resolve_scenario(path)
     try:
         with path.open("rb") as f:
             return dict(tomllib.load(f))
@@ -148,14 +195,25 @@ def preflight(config: RunConfig, num_clients: int) -> None:
     load_reference_data(config.data)
     if config.data.dataset != "file":
         train = load_builtin(config.data.dataset, "train")
-        partition_indices(
+        # The same call as each node's (client/node_data.py), so the same draw.
+        parts = partition_indices(
             train.y,
             num_clients,
             config.data.partitioning,
             seed=config.data.partition_seed,
             alpha=config.data.dirichlet_alpha,
             shards_per_client=config.data.shards_per_client,
+            min_partition_size=MIN_NODE_EXAMPLES,
         )
+        small = [i for i, part in enumerate(parts) if len(part) < MIN_NODE_EXAMPLES]
+        if small:
+            raise DataError(
+                f"{config.data.partitioning} partitioning of {config.data.dataset} "
+                f"({len(train)} examples) over {num_clients} clients leaves "
+                f"partition(s) {small[:5]} with fewer than {MIN_NODE_EXAMPLES} "
+                "examples (a node needs one to train and one to test); use fewer "
+                "clients"
+            )
     if config.strategy.min_nodes > num_clients:
         raise FedgeError(
             f"'min-nodes' = {config.strategy.min_nodes} exceeds --clients {num_clients}; "
@@ -175,38 +233,70 @@ def simulate(
 ) -> Path:
     """Run a simulation and return its run folder.
 
+    Parameters
+    ----------
+    overrides : dict
+        Run-config keys (``[tool.flwr.app.config]``) and optionally ``fault-*``
+        keys (:mod:`simulations.fault_injection`); faults make the run submit a
+        copy of the app whose clients misbehave as told.
+    num_clients : int
+        Virtual clients (simulated SuperNodes).
+    output_dir : Path
+        Parent of the run folder.
+    run_name : str, default ""
+        Run folder name; empty = a timestamp.
+    cpus_per_client : int, default 1
+        CPU cores Flower reserves per virtual client.
+    verbose : bool, default False
+        Echo every Flower log line, not only fedge's progress and problems.
+    echo : callable, default print
+        Where progress lines go.
+
+    Returns
+    -------
+    Path
+        The run folder, with ``plots/`` and ``report.md`` written at the end.
+
     Raises
     ------
     FedgeError
         On a bad config or data (before anything runs), or when the run fails.
     """
+    if num_clients < 1:  # before min-nodes is derived from it below
+        raise FedgeError(f"--clients must be >= 1, got {num_clients}")
     run_name = run_name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = output_dir.expanduser().resolve() / run_name
+    overrides, fault_keys = split_fault_keys(overrides)
     overrides = {**overrides, "output-dir": str(run_dir.parent), "run-name": run_name}
     overrides.setdefault(
         "min-nodes", min(num_clients, int(default_run_config()["min-nodes"]))
     )
     config = from_run_config(overrides, fill_defaults=True)
+    faults = fault_config(fault_keys, num_clients=num_clients)
     preflight(config, num_clients)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with (
-        tempfile.TemporaryDirectory(prefix="fedge-sim-") as tmp,
-        running_superlink(Path(tmp), simulation=True) as link,
-    ):
-        command = flwr_run_command(
-            APP_DIR,
-            write_run_config(Path(tmp) / "run-config.toml", overrides),
-            federation_config={
-                "num-supernodes": num_clients,
-                "client-resources-num-cpus": cpus_per_client,
-            },
-        )
-        echo(
-            f"fedge simulate: {num_clients} clients, {config.run.num_server_rounds} rounds, "
-            f"{config.data.dataset} ({config.data.partitioning}), {config.strategy.name}, "
-            f"dp-mode {config.dp.mode}"
-        )
-        _stream(command, link.env, run_dir / FLOWER_LOG, verbose=verbose, echo=echo)
+    if faults.active:
+        atomic_write_json(run_dir / FAULTS_FILE, faults.to_run_config())
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="fedge-sim-") as tmp,
+            running_superlink(Path(tmp), simulation=True) as link,
+        ):
+            command = flwr_run_command(
+                _app_to_submit(Path(tmp), faults),
+                write_run_config(
+                    Path(tmp) / "run-config.toml",
+                    {**overrides, **(faults.to_run_config() if faults.active else {})},
+                ),
+                federation_config={
+                    "num-supernodes": num_clients,
+                    "client-resources-num-cpus": cpus_per_client,
+                },
+            )
+            echo(_summary_line(config, faults, num_clients))
+            _stream(command, link.env, run_dir / FLOWER_LOG, verbose=verbose, echo=echo)
+    finally:
+        _write_report(run_dir, echo)
     status = read_status(run_dir)
     if status.get("state") != "complete":
         raise FedgeError(
@@ -214,6 +304,45 @@ def simulate(
             f"{status.get('message') or 'see ' + str(run_dir / FLOWER_LOG)})"
         )
     return run_dir
+
+
+def _app_to_submit(workdir: Path, faults: FaultConfig) -> Path:
+    """The production app, or for faults a copy whose components inject them."""
+    if not faults.active:
+        return APP_DIR
+    from simulations.fault_app import write_fault_app
+
+    return write_fault_app(APP_DIR, workdir / "app", faults)
+
+
+def _summary_line(config: RunConfig, faults: FaultConfig, num_clients: int) -> str:
+    line = (
+        f"fedge simulate: {num_clients} clients, {config.run.num_server_rounds} rounds, "
+        f"{config.data.dataset} ({config.data.partitioning}), {config.strategy.name}, "
+        f"dp-mode {config.dp.mode}"
+    )
+    if faults.attack != "none" and faults.attackers > 0:
+        line += f", {faults.attackers} {faults.attack} attackers"
+    if faults.dropout > 0:
+        line += f", dropout {faults.dropout:g}"
+    return line
+
+
+def _write_report(run_dir: Path, echo: Any) -> None:
+    """Plots and report.md for whatever rounds the run recorded."""
+    from simulations.report import write_report
+
+    if not (run_dir / "metrics.csv").is_file():
+        return
+    try:
+        path = write_report(run_dir)
+    except (FedgeError, OSError) as e:
+        # The run's own files are intact; only the summary is missing.
+        echo(
+            f"fedge simulate: could not write the report ({e}); run `fedge report {run_dir}`"
+        )
+        return
+    echo(f"fedge simulate: report {path}")
 
 
 def _stream(
@@ -231,18 +360,34 @@ def _stream(
         ) as process,
     ):
         assert process.stdout is not None
+        dropouts_seen: set[str] = set()
         for line in process.stdout:
             log.write(line)
             clean = re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip()
-            if verbose or _SHOW.search(clean):
-                echo(clean)
+            shown = clean if verbose else _line_to_show(clean, dropouts_seen)
+            if shown is not None:
+                echo(shown)
     if process.returncode != 0:
         raise FedgeError(
             f"`flwr run` exited with code {process.returncode}; see {log_path}"
         )
 
 
+def _line_to_show(line: str, dropouts_seen: set[str]) -> str | None:
+    """What to echo of one Flower log line when not verbose, or None."""
+    dropout = _DROPOUT.search(line)
+    if dropout:
+        if dropout.group(0) in dropouts_seen:
+            return None
+        dropouts_seen.add(dropout.group(0))
+        return f"fedge simulate: {dropout.group(0)}"
+    if _RAY_WRAPPER.search(line):
+        return None  # the wrapped error's own line follows and is shown
+    return line if _SHOW.search(line) else None
+
+
 def read_status(run_dir: Path) -> dict[str, Any]:
+    """The run's ``status.json`` as a dict, or ``{}`` if it has none yet."""
     path = run_dir / "status.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 

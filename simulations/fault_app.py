@@ -1,0 +1,91 @@
+"""A throw-away copy of the fedge app whose components inject faults.
+
+The production ``pyproject.toml`` declares neither the ``fault-*`` keys nor the
+fault components, and ``flwr run --run-config`` accepts only declared keys. So a
+scenario with faults submits a copy: the packages, ``pyproject.toml`` (with
+``simulations.fault_injection`` as both components and the ``fault-*`` keys
+added to ``[tool.flwr.app.config]``) and the README. Nothing else is copied
+(no ``.venv``, ``runs`` or ``.git``), and the original is never touched.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import tomllib
+from pathlib import Path
+
+import tomli_w
+
+from shared.errors import FedgeError
+from simulations.fault_injection import FaultConfig
+
+CLIENT_COMPONENT = "simulations.fault_injection:app"
+SERVER_COMPONENT = "simulations.fault_injection:server_app"
+_EXTRA_FILES = ("README.md", "LICENSE")
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def write_fault_app(app_dir: Path, dest: Path, faults: FaultConfig) -> Path:
+    """Copy the app in ``app_dir`` to ``dest`` with the fault components and keys.
+
+    Parameters
+    ----------
+    app_dir : Path
+        The fedge project (holds ``pyproject.toml`` and the packages).
+    dest : Path
+        An empty or absent directory; it becomes the app to submit.
+    faults : FaultConfig
+        Its values become the copy's ``fault-*`` defaults.
+
+    Returns
+    -------
+    Path
+        ``dest``.
+
+    Raises
+    ------
+    FedgeError
+        If ``app_dir`` has no ``pyproject.toml`` or no packages to copy.
+    """
+    pyproject_path = app_dir / "pyproject.toml"
+    if not pyproject_path.is_file():
+        raise FedgeError(f"cannot build the fault-injection app: no {pyproject_path}")
+    pyproject = tomllib.loads(pyproject_path.read_text())
+    packages = _package_dirs(app_dir, pyproject)
+    if not packages:
+        raise FedgeError(
+            f"cannot build the fault-injection app: no packages found in {app_dir}"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    for package in packages:
+        shutil.copytree(package, dest / package.name, ignore=_IGNORE)
+    for name in _EXTRA_FILES:
+        if (app_dir / name).is_file():
+            shutil.copy2(app_dir / name, dest / name)
+    flwr_app = pyproject["tool"]["flwr"]["app"]
+    flwr_app["components"] = {
+        "serverapp": SERVER_COMPONENT,
+        "clientapp": CLIENT_COMPONENT,
+    }
+    flwr_app["config"] = {**flwr_app["config"], **faults.to_run_config()}
+    (dest / "pyproject.toml").write_text(tomli_w.dumps(pyproject))
+    return dest
+
+
+def _package_dirs(app_dir: Path, pyproject: dict) -> list[Path]:
+    """Top-level package folders matching setuptools' ``packages.find.include``."""
+    find = (
+        pyproject.get("tool", {})
+        .get("setuptools", {})
+        .get("packages", {})
+        .get("find", {})
+    )
+    patterns = find.get("include", ["*"])
+    return sorted(
+        path
+        for path in app_dir.iterdir()
+        if path.is_dir()
+        and (path / "__init__.py").is_file()
+        and any(fnmatch.fnmatch(path.name, p) for p in patterns)
+    )

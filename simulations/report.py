@@ -1,0 +1,442 @@
+"""Plots and a Markdown report for a run folder: what a person looks at first.
+
+:func:`write_report` reads what the run left (``metrics.csv``; ``config.json``,
+``status.json``, ``model.json``, ``faults.json`` and ``metrics.jsonl`` when they
+exist) and writes ``plots/*.png`` and ``report.md`` beside them. Every section
+adapts to the columns present, so runs from before a feature existed (no ε
+columns, no per-client details) still get a report. Plotting uses
+matplotlib's object API on the Agg canvas: no display, no global pyplot state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shared.atomic_io import atomic_write_text
+from shared.errors import FedgeError
+
+METRICS_FILE = "metrics.csv"
+DETAILS_FILE = "metrics.jsonl"
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+PARTICIPATION_COLUMNS = ("sampled", "replies", "failures", "dropped", "refused")
+PARTICIPATION_LABELS = {
+    "sampled": "sampled",
+    "replies": "replied",
+    "failures": "failed / no reply",
+    "dropped": "dropped (invalid update)",
+    "refused": "refused (privacy budget)",
+}
+# Per-round table columns, in order, when present.
+TABLE_COLUMNS = (
+    "round",
+    "central-accuracy",
+    "central-loss",
+    "central-f1",
+    "fed-eval-accuracy",
+    "train-loss",
+    *PARTICIPATION_COLUMNS,
+    "epsilon-max",
+    "epsilon-mean",
+    "round-time-s",
+)
+_COUNT_COLUMNS = (*PARTICIPATION_COLUMNS, "round")
+
+
+@dataclass
+class RunRecord:
+    """Everything the report shows, read from one run folder."""
+
+    run_dir: Path
+    metrics: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    faults: dict[str, Any] = field(default_factory=dict)
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def run_config(self) -> dict[str, Any]:
+        """The flat kebab-case run config the run used (empty if unknown)."""
+        return dict(self.config.get("run-config", {}))
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """Read a run folder.
+
+    Raises
+    ------
+    FedgeError
+        If ``run_dir`` has no ``metrics.csv`` or it holds no rounds.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        raise FedgeError(
+            f"{run_dir} has no {METRICS_FILE}: not a fedge run folder, or the run "
+            "stopped before its first evaluation; pass the folder `fedge simulate` printed"
+        )
+    try:
+        metrics = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        metrics = pd.DataFrame()
+    if metrics.empty or "round" not in metrics.columns:
+        raise FedgeError(
+            f"{path} holds no rounds (expected a header with 'round' and one row "
+            "per round); nothing to report"
+        )
+    return RunRecord(
+        run_dir=run_dir,
+        metrics=metrics.sort_values("round").reset_index(drop=True),
+        config=_read_json(run_dir / "config.json"),
+        status=_read_json(run_dir / "status.json"),
+        model=_read_json(run_dir / "model.json"),
+        faults=_read_json(run_dir / "faults.json"),
+        details=_read_jsonl(run_dir / DETAILS_FILE),
+    )
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write ``plots/*.png`` and ``report.md`` into ``run_dir``; return the report.
+
+    Raises
+    ------
+    FedgeError
+        If ``run_dir`` has no usable ``metrics.csv``.
+    """
+    run = load_run(run_dir)
+    plots = write_plots(run.metrics, run.run_dir / PLOTS_DIR)
+    path = run.run_dir / REPORT_FILE
+    atomic_write_text(path, render_markdown(run, plots))
+    return path
+
+
+# --------------------------------------------------------------------- plots
+def write_plots(metrics: pd.DataFrame, plots_dir: Path) -> list[Path]:
+    """Write each plot whose columns ``metrics`` has; return the files written."""
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    specs = [
+        (
+            "accuracy.png",
+            "Accuracy per round",
+            "accuracy",
+            {
+                "central-accuracy": "central (server test set)",
+                "fed-eval-accuracy": "federated (clients' test splits)",
+            },
+        ),
+        (
+            "loss.png",
+            "Loss per round",
+            "cross-entropy loss",
+            {
+                "central-loss": "central (server test set)",
+                "train-loss": "clients' training loss (mean)",
+                "fed-eval-loss": "federated (clients' test splits)",
+            },
+        ),
+        (
+            "epsilon.png",
+            "Privacy spent per round",
+            "ε (cumulative)",
+            {"epsilon-max": "largest client ε", "epsilon-mean": "mean client ε"},
+        ),
+    ]
+    for name, title, ylabel, series in specs:
+        present = {c: label for c, label in series.items() if _has_values(metrics, c)}
+        if present:
+            written.append(
+                _line_plot(metrics, present, title, ylabel, plots_dir / name)
+            )
+    counts = [c for c in PARTICIPATION_COLUMNS if _has_values(metrics, c)]
+    if counts:
+        written.append(
+            _participation_plot(metrics, counts, plots_dir / "participation.png")
+        )
+    return written
+
+
+def _figure() -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _line_plot(
+    metrics: pd.DataFrame, series: dict[str, str], title: str, ylabel: str, path: Path
+) -> Path:
+    fig = _figure()
+    ax = fig.add_subplot()
+    for column, label in series.items():
+        rows = metrics[["round", column]].dropna()
+        ax.plot(rows["round"], rows[column], marker="o", label=label)
+    ax.set(title=title, xlabel="round", ylabel=ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _participation_plot(metrics: pd.DataFrame, columns: list[str], path: Path) -> Path:
+    rows = metrics[metrics["round"] > 0] if (metrics["round"] > 0).any() else metrics
+    fig = _figure()
+    ax = fig.add_subplot()
+    width = 0.8 / len(columns)
+    for i, column in enumerate(columns):
+        offset = (i - (len(columns) - 1) / 2) * width
+        ax.bar(
+            rows["round"] + offset,
+            rows[column].fillna(0),
+            width=width,
+            label=PARTICIPATION_LABELS[column],
+        )
+    ax.set(title="Clients per round", xlabel="round", ylabel="clients")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3, axis="y")
+    # Headroom above the tallest bar keeps the legend off the bars.
+    tallest = float(rows[columns].fillna(0).to_numpy().max())
+    ax.set_ylim(0, max(tallest, 1.0) * (1.3 if len(columns) <= 3 else 1.5))
+    ax.legend(fontsize="small", loc="upper center", ncol=min(len(columns), 3))
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+# ------------------------------------------------------------------ markdown
+def render_markdown(run: RunRecord, plots: list[Path]) -> str:
+    """The text of ``report.md``."""
+    parts = [f"# fedge run `{run.run_dir.name}`", ""]
+    state = run.status.get("state", "unknown")
+    message = run.status.get("message") or ""
+    parts += [f"Status: **{state}**" + (f" ({message})" if message else ""), ""]
+    parts += _config_section(run)
+    parts += _faults_section(run)
+    parts += _final_section(run)
+    parts += _privacy_section(run)
+    if plots:
+        parts += ["## Plots", ""]
+        for plot in plots:
+            rel = plot.relative_to(run.run_dir).as_posix()
+            parts += [f"![{plot.stem}]({rel})", ""]
+    parts += ["## Per round", "", *_table(run.metrics), ""]
+    parts += _clients_section(run)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _config_section(run: RunRecord) -> list[str]:
+    rc = run.run_config
+    if not rc:
+        return ["## Configuration", "", "No config.json in the run folder.", ""]
+    data = str(rc.get("dataset", "?"))
+    partitioning = str(rc.get("partitioning", "?"))
+    if partitioning == "dirichlet":
+        partitioning += f" (α = {rc.get('dirichlet-alpha')})"
+    elif partitioning == "shards":
+        partitioning += f" ({rc.get('shards-per-client')} per client)"
+    clients = run.model.get("provenance", {}).get("num-clients")
+    if clients is None and _has_values(run.metrics, "sampled"):
+        clients = int(run.metrics["sampled"].max())
+    dp = str(rc.get("dp-mode", "none"))
+    if dp != "none":
+        dp += f", target ε = {rc.get('target-epsilon')}"
+    rows = [
+        ("dataset", data),
+        ("partitioning", partitioning),
+        ("clients", clients if clients is not None else "?"),
+        ("strategy", rc.get("strategy", "?")),
+        ("rounds", rc.get("num-server-rounds", "?")),
+        (
+            "local training",
+            f"{rc.get('local-epochs')} epochs, batch {rc.get('batch-size')}, "
+            f"lr {rc.get('learning-rate')}",
+        ),
+        ("differential privacy", dp),
+    ]
+    return [
+        "## Configuration",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in rows),
+        "",
+        "The full resolved config is in `config.json`.",
+        "",
+    ]
+
+
+def _faults_section(run: RunRecord) -> list[str]:
+    if not run.faults:
+        return []
+    f = run.faults
+    lines = ["## Fault injection (simulation scenario)", ""]
+    attack, attackers = f.get("fault-attack", "none"), f.get("fault-attackers", 0)
+    if attack != "none" and attackers:
+        detail = (
+            f" with k = {f.get('fault-scale')}"
+            if attack in ("sign-flip", "scale")
+            else ""
+        )
+        lines.append(
+            f"- {attackers} attacking clients send `{attack}` updates{detail}."
+        )
+    if f.get("fault-dropout", 0):
+        lines.append(
+            f"- Each client fails a round with probability {f['fault-dropout']}."
+        )
+    lines += [f"- Fault seed: {f.get('fault-seed', 0)}.", ""]
+    return lines
+
+
+def _final_section(run: RunRecord) -> list[str]:
+    m = run.metrics
+    last = m.iloc[-1]
+    lines = ["## Final figures", "", f"After round {int(last['round'])}:", ""]
+    for column, label in (
+        ("central-accuracy", "central accuracy"),
+        ("central-loss", "central loss"),
+        ("central-f1", "central F1 (macro)"),
+        ("fed-eval-accuracy", "federated accuracy"),
+    ):
+        if column in m.columns and not _missing(last[column]):
+            lines.append(f"- {label}: **{last[column]:.4f}**")
+    if _has_values(m, "central-accuracy"):
+        best = m.loc[m["central-accuracy"].idxmax()]
+        lines.append(
+            f"- best central accuracy: {best['central-accuracy']:.4f} "
+            f"(round {int(best['round'])})"
+        )
+    for column, label in (
+        ("failures", "failed replies"),
+        ("dropped", "dropped updates"),
+        ("refused", "refusals"),
+    ):
+        if _has_values(m, column):
+            lines.append(f"- {label}, all rounds: {int(m[column].fillna(0).sum())}")
+    if _has_values(m, "round-time-s"):
+        lines.append(f"- time in rounds: {m['round-time-s'].sum():.1f} s")
+    return [*lines, ""]
+
+
+def _privacy_section(run: RunRecord) -> list[str]:
+    m = run.metrics
+    mode = run.run_config.get("dp-mode") or run.model.get("privacy", {}).get("dp-mode")
+    has_eps = _has_values(m, "epsilon-max")
+    if not has_eps and mode in (None, "none"):
+        return [
+            "## Privacy",
+            "",
+            "No differential privacy in this run (dp-mode = none).",
+            "",
+        ]
+    lines = ["## Privacy", "", f"- dp-mode: {mode or 'unknown'}"]
+    if has_eps:
+        row = m.dropna(subset=["epsilon-max"]).iloc[-1]
+        lines.append(
+            f"- largest client ε after round {int(row['round'])}: **{row['epsilon-max']:.3f}**"
+        )
+        if not _missing(row.get("epsilon-mean")):
+            lines.append(f"- mean client ε: {row['epsilon-mean']:.3f}")
+    target = run.run_config.get("target-epsilon")
+    if target is not None and mode not in (None, "none"):
+        lines.append(f"- budget (target ε per client): {target}")
+    for key, value in sorted(run.model.get("privacy", {}).items()):
+        if key != "dp-mode" and not isinstance(value, dict | list):
+            lines.append(f"- model metadata `{key}`: {value}")
+    return [*lines, ""]
+
+
+def _table(metrics: pd.DataFrame) -> list[str]:
+    columns = [c for c in TABLE_COLUMNS if c in metrics.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in metrics.iterrows():
+        lines.append("| " + " | ".join(_cell(c, row[c]) for c in columns) + " |")
+    return lines
+
+
+def _clients_section(run: RunRecord) -> list[str]:
+    """Per-client outcomes over all rounds, from ``metrics.jsonl`` when it has them."""
+    tally: dict[Any, dict[str, Any]] = {}
+    for record in run.details:
+        clients = record.get("clients")
+        if not isinstance(clients, list):
+            continue
+        for client in clients:
+            if not isinstance(client, dict) or "node-id" not in client:
+                continue
+            entry = tally.setdefault(client["node-id"], {"problem": ""})
+            status = str(client.get("status", "replied"))
+            entry[status] = entry.get(status, 0) + 1
+            if client.get("problem") and not entry["problem"]:
+                entry["problem"] = str(client["problem"])
+    if not tally:
+        return []
+    statuses = sorted({s for e in tally.values() for s in e if s != "problem"})
+    lines = [
+        "## Clients",
+        "",
+        "Rounds per outcome for each node (from `metrics.jsonl`).",
+        "",
+        "| node | " + " | ".join(statuses) + " | first problem |",
+        "|---|" + "---|" * (len(statuses) + 1),
+    ]
+    for node_id in sorted(tally, key=str):
+        entry = tally[node_id]
+        cells = [str(entry.get(s, 0)) for s in statuses]
+        lines.append(f"| {node_id} | " + " | ".join(cells) + f" | {entry['problem']} |")
+    return [*lines, ""]
+
+
+# -------------------------------------------------------------------- helpers
+def _cell(column: str, value: Any) -> str:
+    if _missing(value):
+        return "–"
+    if column in _COUNT_COLUMNS:
+        return str(int(value))
+    if column == "round-time-s":
+        return f"{value:.2f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _has_values(metrics: pd.DataFrame, column: str) -> bool:
+    return column in metrics.columns and bool(metrics[column].notna().any())
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}  # a half-written side file must not cost the whole report
+    return value if isinstance(value, dict) else {}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            records.append(value)
+    return records
