@@ -341,6 +341,11 @@ class RobustStrategy(Strategy):
         )
         self.strategy.summary()
 
+    @property
+    def refused_nodes(self) -> frozenset[int]:
+        """Nodes that have refused to train (privacy budget spent) in this run."""
+        return frozenset(self._refusals_logged)
+
     def state_dict(self) -> dict[str, Any]:
         """What this wrapper must remember across a resume."""
         return {"refusals-logged": sorted(self._refusals_logged)}

@@ -18,6 +18,7 @@ import torch
 
 from shared.atomic_io import atomic_write_bytes, atomic_write_json
 from shared.config import RunConfig
+from shared.errors import ConfigError
 from shared.models import ModelSpec
 from shared.preprocessing import Preprocessing
 from shared.versions import package_versions
@@ -35,8 +36,57 @@ def resolve_run_dir(config: RunConfig) -> Path:
     return Path(config.run.output_dir).expanduser().resolve() / name
 
 
-def start_run_folder(run_dir: Path, config: RunConfig) -> None:
-    """Create the folder, write ``config.json`` and mark the run as running."""
+# Keys that may differ between a run and its resumption: they steer how the
+# coordinator waits and what it writes, not what is learned.
+RESUMABLE_CHANGES = frozenset(
+    {"resume", "node-wait-timeout-s", "round-timeout-s", "export-onnx", "output-dir"}
+)
+
+
+def check_resumable(run_dir: Path, config: RunConfig) -> None:
+    """Refuse to resume a folder whose run was configured differently.
+
+    Raises
+    ------
+    ConfigError
+        Listing every key whose value differs from the saved ``config.json``.
+    """
+    saved_path = run_dir / CONFIG_FILE
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text()).get("run-config", {})
+    current = config.to_flat()
+    changed = sorted(
+        k
+        for k in current
+        if k not in RESUMABLE_CHANGES and k in saved and saved[k] != current[k]
+    )
+    if changed:
+        details = ", ".join(f"'{k}': {saved[k]!r} -> {current[k]!r}" for k in changed)
+        raise ConfigError(
+            f"Cannot resume {run_dir}: its run was configured differently ({details}). "
+            "Resume with the same settings, or start a new run-name."
+        )
+
+
+def start_run_folder(
+    run_dir: Path, config: RunConfig, *, resuming: bool = False
+) -> None:
+    """Create the folder, write ``config.json`` and mark the run as running.
+
+    Raises
+    ------
+    ConfigError
+        When the folder already holds a run and ``resume`` is not set: a new
+        run must never overwrite an earlier one's results.
+    """
+    if not config.run.resume and (
+        (run_dir / "metrics.csv").exists() or (run_dir / "checkpoints").exists()
+    ):
+        raise ConfigError(
+            f"Run folder {run_dir} already holds a run; set resume = true to continue "
+            "it from its latest checkpoint, or choose another run-name."
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         run_dir / CONFIG_FILE,
@@ -46,7 +96,7 @@ def start_run_folder(run_dir: Path, config: RunConfig) -> None:
             "versions": package_versions(),
         },
     )
-    write_status(run_dir, "running")
+    write_status(run_dir, "running", "resumed from checkpoint" if resuming else "")
 
 
 def write_status(run_dir: Path, state: str, message: str = "", **extra: Any) -> None:

@@ -277,7 +277,7 @@ def from_run_config(
     if not missing:
         problems.extend(_check_ranges(sections))
     if problems:
-        raise ConfigError("Invalid run config:\n  - " + "\n  - ".join(problems))
+        raise ConfigError("Invalid run config: " + "; ".join(problems) + ".", problems)
     return RunConfig(**{s: _SECTION_TYPES[s](**kw) for s, kw in sections.items()})
 
 

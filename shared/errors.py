@@ -10,7 +10,14 @@ class FedgeError(Exception):
 
 
 class ConfigError(FedgeError, ValueError):
-    """The run configuration is invalid; the message lists every problem found."""
+    """The run configuration is invalid; the message lists every problem found.
+
+    ``problems`` holds them one by one, for callers that show or test each.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems is not None else [message]
 
 
 class DataError(FedgeError, ValueError):

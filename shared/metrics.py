@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 
 
 def classification_metrics(
-    y_true: np.ndarray, probabilities: np.ndarray, num_classes: int | None = None
+    y_true: np.ndarray, probabilities: np.ndarray
 ) -> dict[str, float]:
     """Return accuracy, macro precision/recall/F1 and ROC-AUC.
 
@@ -21,23 +21,22 @@ def classification_metrics(
         Integer class labels.
     probabilities : ndarray of shape (n, num_classes)
         Predicted class probabilities (rows sum to 1).
-    num_classes : int, optional
-        Number of classes; defaults to ``probabilities.shape[1]``.
 
     Returns
     -------
     dict
         ``accuracy``, ``precision``, ``recall``, ``f1`` (macro averages over the
-        classes), and ``roc-auc`` (binary, or one-vs-rest macro for multiclass).
+        classes present in ``y_true`` or predicted), and ``roc-auc`` (binary, or one-vs-rest macro for multiclass).
         ROC-AUC is NaN when ``y_true`` holds a single class, where it is undefined.
     """
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    num_classes = num_classes or probabilities.shape[1]
-    labels = np.arange(num_classes)
     y_pred = probabilities.argmax(axis=1)
+    # Macro averages run over the classes present in labels or predictions, as in
+    # scikit-learn: a non-IID node's test split lacks classes, which should not
+    # count as zeros.
     precision, recall, f1, _ = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0
+        y_true, y_pred, average="macro", zero_division=0
     )
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),

@@ -8,6 +8,7 @@ what the server sends to clients, so any party can rebuild the same network.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -132,7 +133,7 @@ class MLP(nn.Module):
         act = ACTIVATIONS[spec.activation]
         widths = [math.prod(spec.input_shape), *spec.hidden]
         layers: list[nn.Module] = [nn.Flatten()]
-        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
+        for w_in, w_out in itertools.pairwise(widths):
             layers += [nn.Linear(w_in, w_out), act()]
         layers.append(nn.Linear(widths[-1], spec.num_classes))
         self.net = nn.Sequential(*layers)

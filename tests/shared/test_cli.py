@@ -128,11 +128,6 @@ def test_unknown_config_key_exits_2_before_anything_starts(
     assert not runs.exists()  # no run folder either
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ConfigError's message lists problems on separate lines, so the "
-    "CLI prints a multi-line error (STYLE: a CLI user error prints one line)",
-)
 def test_config_error_is_printed_on_one_line(capsys, tmp_path, no_flower):
     code = main(["simulate", "--set", "no-such-key=3", "--output-dir", str(tmp_path)])
 

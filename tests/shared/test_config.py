@@ -22,12 +22,10 @@ def pyproject_defaults():
 
 
 def problems_of(excinfo):
-    """The '  - ' lines of a ConfigError, one per problem."""
-    return [
-        line.strip()[2:]
-        for line in str(excinfo.value).splitlines()
-        if line.strip().startswith("- ")
-    ]
+    """The problems a ConfigError lists, one by one; each is also in the message."""
+    problems = excinfo.value.problems
+    assert all(p in str(excinfo.value) for p in problems)
+    return problems
 
 
 # ---------------------------------------------------------------- defaults

@@ -1,0 +1,267 @@
+"""One federated run from start (or resume) to the finished run folder.
+
+This wires the pieces: reference data and model, Flower's strategy inside the
+:class:`~server.robust_strategy.RobustStrategy` guard, the round loop, the metrics
+history, checkpoints, the final model and the edge-export hand-off. The ServerApp
+only calls :func:`run_federation`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from server.checkpoint import (
+    CHECKPOINT_DIR,
+    load_latest_checkpoint,
+    restore_strategy_state,
+    save_checkpoint,
+    strategy_state,
+)
+from server.federation_loop import RoundOutcome, run_rounds
+from server.metrics_history import MetricsHistory
+from server.node_sampling import wait_for_nodes
+from server.reference_data import load_reference_data
+from server.robust_strategy import RobustStrategy
+from server.round_summary import (
+    StopRun,
+    check_can_continue,
+    initial_row,
+    privacy_summary,
+    round_row,
+)
+from server.run_folder import (
+    check_resumable,
+    resolve_run_dir,
+    save_final_model,
+    start_run_folder,
+    write_status,
+)
+from server.strategy_factory import build_strategy
+from shared import keys
+from shared.config import RunConfig
+from shared.datasets import Dataset
+from shared.evaluation import evaluate_model
+from shared.models import ModelSpec, build_model, default_spec
+from shared.records import load_record_into, state_dict_to_record
+
+logger = logging.getLogger("fedge.server")
+
+
+def run_federation(grid: Grid, config: RunConfig) -> Path:
+    """Run (or resume) the federation ``config`` describes; return the run folder.
+
+    Raises
+    ------
+    FedgeError
+        On bad config or data before round 1, or when the run has to end (too few
+        nodes after ``node-wait-timeout-s``); ``status.json`` then says why and
+        every checkpoint written so far is kept.
+    """
+    reference = load_reference_data(config.data)
+    spec = default_spec(
+        config.train.model,
+        reference.preprocessing.input_shape,
+        reference.preprocessing.num_classes,
+        activation=config.train.activation,
+    )
+    run_dir = resolve_run_dir(config)
+    checkpoint = None
+    if config.run.resume:
+        check_resumable(run_dir, config)
+        checkpoint = load_latest_checkpoint(run_dir)
+    start_run_folder(run_dir, config, resuming=checkpoint is not None)
+    logger.info("fedge run folder: %s", run_dir)
+    try:
+        final_arrays, stop_reason = _train(
+            grid, config, run_dir, spec, reference, checkpoint
+        )
+    except BaseException as e:
+        write_status(run_dir, "failed", f"{type(e).__name__}: {e}")
+        raise
+    return _finish(run_dir, config, spec, reference, final_arrays, stop_reason, grid)
+
+
+def _train(
+    grid: Grid,
+    config: RunConfig,
+    run_dir: Path,
+    spec: ModelSpec,
+    reference: Dataset,
+    checkpoint: Any,
+) -> tuple[ArrayRecord, str]:
+    model = build_model(spec, model_seed=config.train.model_seed)
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    node_ids = wait_for_nodes(
+        grid,
+        min_nodes=config.strategy.min_nodes,
+        timeout_s=config.run.node_wait_timeout_s,
+        checkpoint_dir=checkpoint_dir,
+    )
+    strategy = RobustStrategy.from_config(
+        build_strategy(config, num_nodes_hint=len(node_ids)),
+        config,
+        checkpoint_dir=checkpoint_dir,
+    )
+    history = MetricsHistory(run_dir)
+    num_rounds = config.run.num_server_rounds
+
+    def central_eval(server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        load_record_into(model, arrays)
+        return evaluate_model(model, reference.x, reference.y)
+
+    if checkpoint is not None:
+        restore_strategy_state(strategy, checkpoint.strategy_state)
+        history.resume(checkpoint.server_round, checkpoint.metrics_history)
+        arrays, first_round = checkpoint.array_record(), checkpoint.server_round + 1
+        logger.info(
+            "resuming after round %d of %d from %s",
+            checkpoint.server_round,
+            num_rounds,
+            checkpoint.path,
+        )
+    else:
+        arrays, first_round = state_dict_to_record(model.state_dict()), 1
+        history.truncate_after(-1)
+        history.append(initial_row(central_eval(0, arrays)))
+        logger.info(
+            "round 0/%d  accuracy %.4f  loss %.4f  (initial model)",
+            num_rounds,
+            history.rows()[-1]["central-accuracy"],
+            history.rows()[-1]["central-loss"],
+        )
+    started = time.monotonic()
+
+    def on_round_end(outcome: RoundOutcome) -> None:
+        stats = strategy.round_stats.get(outcome.server_round, {})
+        row, details = round_row(outcome, stats)
+        history.append(row, details=details)
+        last = outcome.server_round == num_rounds
+        if outcome.server_round % config.run.checkpoint_interval == 0 or last:
+            save_checkpoint(
+                run_dir,
+                server_round=outcome.server_round,
+                arrays=outcome.arrays,
+                strategy_state=strategy_state(strategy),
+                metrics_history=history.rows(),
+                config=config.to_dict(),
+                rng_state={
+                    "sampler-seed": config.run.sampler_seed,
+                    "model-seed": config.train.model_seed,
+                },
+            )
+        epsilon = row.get("epsilon-max")
+        logger.info(
+            "round %d/%d  accuracy %.4f  loss %.4f  %sreplies %d/%d  dropped %d  refused %d  %.1fs elapsed",
+            outcome.server_round,
+            num_rounds,
+            outcome.central["accuracy"],
+            outcome.central["loss"],
+            f"ε {epsilon:.2f}  "
+            if isinstance(epsilon, float) and epsilon == epsilon
+            else "",
+            row["replies"],
+            row["sampled"],
+            row["dropped"],
+            row["refused"],
+            time.monotonic() - started,
+        )
+        check_can_continue(strategy, config, outcome, grid)
+
+    train_config = ConfigRecord(
+        {
+            keys.MODEL_SPEC: spec.to_json(),
+            keys.PREPROCESSING: reference.preprocessing.to_json(),
+        }
+    )
+    stop_reason = ""
+    if first_round <= num_rounds:
+        try:
+            arrays = run_rounds(
+                grid,
+                strategy,
+                arrays=arrays,
+                first_round=first_round,
+                last_round=num_rounds,
+                train_config=train_config,
+                evaluate_config=ConfigRecord(dict(train_config)),
+                reply_timeout_s=config.run.round_timeout_s,
+                central_eval=central_eval,
+                on_round_end=on_round_end,
+                federated_evaluation=config.strategy.fraction_evaluate > 0,
+            )
+        except StopRun as stop:
+            stop_reason = str(stop)
+            arrays = stop.arrays
+            logger.warning("run stopped early: %s", stop_reason)
+    return arrays, stop_reason
+
+
+def _finish(
+    run_dir: Path,
+    config: RunConfig,
+    spec: ModelSpec,
+    reference: Dataset,
+    arrays: ArrayRecord,
+    stop_reason: str,
+    grid: Grid,
+) -> Path:
+    model = build_model(spec)
+    load_record_into(model, arrays)
+    history = MetricsHistory(run_dir)
+    rows = history.rows()
+    final = rows[-1]
+    metrics = {
+        k.removeprefix("central-"): v
+        for k, v in final.items()
+        if k.startswith("central-")
+    }
+    save_final_model(
+        run_dir,
+        state_dict=model.state_dict(),
+        spec=spec,
+        preprocessing=reference.preprocessing,
+        provenance={
+            "rounds": int(final["round"]),
+            "planned-rounds": config.run.num_server_rounds,
+            "strategy": config.strategy.name,
+            "num-clients": len(list(grid.get_node_ids())),
+            "dataset": config.data.dataset
+            if config.data.dataset != "file"
+            else Path(config.data.eval_data_path).name,
+            "dataset-fingerprint": reference.fingerprint(),
+        },
+        privacy=privacy_summary(config, history.records()),
+        metrics=metrics,
+    )
+    if config.run.export_onnx:
+        _export(run_dir)
+    write_status(
+        run_dir,
+        "complete",
+        stop_reason or f"all {config.run.num_server_rounds} rounds done",
+        final_accuracy=metrics["accuracy"],
+        final_round=int(final["round"]),
+    )
+    logger.info(
+        "fedge run complete: accuracy %.4f after round %d, folder %s",
+        metrics["accuracy"],
+        int(final["round"]),
+        run_dir,
+    )
+    return run_dir
+
+
+def _export(run_dir: Path) -> None:
+    """Hand the finished model to the edge exporter; a failed export fails loudly."""
+    from edge_export.pipeline import export_run
+
+    manifest = export_run(run_dir)
+    logger.info(
+        "edge export written: %s", getattr(manifest, "path", run_dir / "manifest.json")
+    )

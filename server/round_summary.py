@@ -1,0 +1,149 @@
+"""What each round leaves in the metrics history, and when a run must stop early.
+
+Pure functions over a round's outcome and the guard's per-round counts, so the
+figures a person reads in ``metrics.csv`` are computed in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
+
+from server.federation_loop import RoundOutcome
+from server.metrics_history import summarize_clients
+from server.robust_strategy import RobustStrategy
+from shared import keys
+from shared.config import RunConfig
+from shared.errors import FedgeError
+
+NAN = float("nan")
+
+
+class StopRun(FedgeError, RuntimeError):
+    """The run ends before its last round, cleanly: the model so far is kept."""
+
+    def __init__(self, message: str, arrays: ArrayRecord) -> None:
+        super().__init__(message)
+        self.arrays = arrays
+
+
+def initial_row(central: dict[str, float]) -> dict[str, Any]:
+    """Round 0: the initial global model, evaluated centrally."""
+    return {"round": 0, **{f"central-{k}": v for k, v in central.items()}}
+
+
+def round_row(
+    outcome: RoundOutcome, stats: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metrics row of one round and its per-client details (``metrics.jsonl``)."""
+    clients = stats.get("clients", outcome.client_metrics)
+    epsilon_max, epsilon_mean = summarize_clients(clients, keys.EPSILON)
+    row: dict[str, Any] = {"round": outcome.server_round}
+    row.update({f"central-{k}": v for k, v in outcome.central.items()})
+    row["train-loss"] = outcome.train_metrics.get(keys.TRAIN_LOSS, NAN)
+    row["fed-eval-loss"] = outcome.evaluate_metrics.get(keys.EVAL_LOSS, NAN)
+    row["fed-eval-accuracy"] = outcome.evaluate_metrics.get(keys.EVAL_ACCURACY, NAN)
+    row.update(
+        {
+            "sampled": stats.get("sampled", outcome.sampled),
+            "replies": stats.get("replies", outcome.replies),
+            "failures": stats.get("failures", outcome.failures),
+            "dropped": stats.get("dropped", 0),
+            "refused": stats.get("refused", 0),
+            "aggregated": stats.get("aggregated", outcome.replies),
+            "epsilon-max": _or_nan(epsilon_max),
+            "epsilon-mean": _or_nan(epsilon_mean),
+            "round-time-s": round(outcome.round_time_s, 3),
+            "bytes-sent": outcome.bytes_sent,
+            "bytes-received": outcome.bytes_received,
+        }
+    )
+    details = {"clients": clients, "sampled-nodes": stats.get("sampled-nodes", [])}
+    return row, details
+
+
+def _or_nan(value: float | None) -> float:
+    return NAN if value is None else float(value)
+
+
+def check_can_continue(
+    strategy: RobustStrategy, config: RunConfig, outcome: RoundOutcome, grid: Grid
+) -> None:
+    """Stop the run when too few nodes can still train within their budget.
+
+    Raises
+    ------
+    StopRun
+        When the connected nodes that have not refused are fewer than
+        ``min-replies``: later rounds could not aggregate anything.
+    """
+    server_round = outcome.server_round
+    if server_round >= config.run.num_server_rounds or not strategy.refused_nodes:
+        return
+    connected = set(grid.get_node_ids())
+    can_train = connected - strategy.refused_nodes
+    if len(can_train) < config.run.min_replies:
+        raise StopRun(
+            f"after round {server_round}, {len(strategy.refused_nodes)} of {len(connected)} "
+            f"nodes have spent their privacy budget (target-epsilon {config.dp.target_epsilon}); "
+            f"{len(can_train)} can still train, fewer than min-replies = {config.run.min_replies}",
+            arrays=outcome.arrays,
+        )
+
+
+def privacy_summary(config: RunConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The privacy figures that travel with the model (``model.json``, ONNX metadata).
+
+    Sample-level DP reports the largest cumulative ε any client reached; the
+    noise multiplier and δ come from the clients' replies.
+    """
+    summary: dict[str, Any] = {
+        "dp-mode": config.dp.mode,
+        "max-epsilon": None,
+        "delta": None,
+        "noise-multiplier": None,
+        "max-grad-norm": None,
+    }
+    if config.dp.mode == "sample":
+        clients = [
+            c for r in records for c in r.get("clients", []) if keys.EPSILON in c
+        ]
+        epsilons = [float(c[keys.EPSILON]) for c in clients if _finite(c[keys.EPSILON])]
+        summary.update(
+            {
+                "max-epsilon": max(epsilons) if epsilons else None,
+                "delta": max(
+                    (float(c[keys.DELTA]) for c in clients if keys.DELTA in c),
+                    default=None,
+                ),
+                "noise-multiplier": min(
+                    (
+                        float(c[keys.NOISE_MULTIPLIER])
+                        for c in clients
+                        if keys.NOISE_MULTIPLIER in c
+                    ),
+                    default=None,
+                ),
+                "max-grad-norm": config.dp.max_grad_norm,
+                "accountant": config.dp.accountant,
+            }
+        )
+    elif config.dp.mode == "central":
+        eps = [r.get("epsilon-max") for r in records if _finite(r.get("epsilon-max"))]
+        summary.update(
+            {
+                "max-epsilon": max(eps) if eps else None,
+                "delta": config.dp.target_delta or None,
+                "noise-multiplier": config.dp.noise_multiplier,
+                "clipping-norm": config.dp.clipping_norm,
+                "level": "user",
+            }
+        )
+    return summary
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
