@@ -309,6 +309,7 @@ def _build_digits_run(run_dir: Path, *, steps: int = 400) -> None:
     from shared.models import build_model, default_spec
     from shared.versions import package_versions
 
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     data = load_builtin("digits", "train")
     spec = default_spec("cnn", data.preprocessing.input_shape, 10)

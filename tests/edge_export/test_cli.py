@@ -1,0 +1,199 @@
+"""The export, predict, verify and bench-edge commands, called as the dispatcher does."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from edge_export import cli_bench_edge, cli_export, cli_predict, cli_verify
+from edge_export.runtime import EdgeModel
+from shared.datasets import load_builtin
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def invoke(module, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fedge")
+    module.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_writes_label_and_probability_columns(tabular_run, tmp_path):
+    eval_csv = json.loads((tabular_run / "config.json").read_text())["config"]["data"][
+        "eval_data_path"
+    ]
+    out = tmp_path / "out" / "predictions.csv"
+
+    code = invoke(
+        cli_predict,
+        ["predict", str(tabular_run / "model.onnx"), eval_csv, "-o", str(out)],
+    )
+
+    assert code == 0
+    rows = read_csv_rows(out)
+    assert list(rows[0]) == ["label", "probability_no", "probability_yes"]
+    assert len(rows) == len(pd.read_csv(eval_csv))
+    expected = EdgeModel.load(tabular_run / "model.onnx").predict(pd.read_csv(eval_csv))
+    assert [r["label"] for r in rows] == list(expected.labels)
+    probabilities = np.array(
+        [[float(r["probability_no"]), float(r["probability_yes"])] for r in rows]
+    )
+    np.testing.assert_array_equal(
+        probabilities.astype(np.float32), expected.probabilities
+    )
+
+
+def test_predict_reads_npz_and_accepts_a_run_folder(digits_run, tmp_path, capsys):
+    test = load_builtin("digits", "test")
+    np.savez(tmp_path / "x.npz", x=test.x[:5] * 16, y=test.y[:5])
+
+    code = invoke(cli_predict, ["predict", str(digits_run), str(tmp_path / "x.npz")])
+
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "label," + ",".join(f"probability_{i}" for i in range(10))
+    assert len(lines) == 6
+
+
+def test_predict_reports_bad_input_in_one_line_with_exit_2(
+    digits_run, tmp_path, capsys
+):
+    np.savez(tmp_path / "x.npz", features=np.zeros((2, 64)))
+
+    code = invoke(cli_predict, ["predict", str(digits_run), str(tmp_path / "x.npz")])
+
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == (
+        f"fedge predict: error: {tmp_path / 'x.npz'} must hold an array 'x' of inputs; "
+        "arrays found: ['features']"
+    )
+
+
+def test_predict_never_imports_torch(digits_run, tmp_path):
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 1, 8, 8)))
+    script = (
+        "import sys; from edge_export import cli_predict; import argparse\n"
+        "p = argparse.ArgumentParser(); cli_predict.add_parser(p.add_subparsers())\n"
+        "a = p.parse_args(['predict', sys.argv[1], sys.argv[2], '-o', sys.argv[3]])\n"
+        "assert a.run(a) == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(digits_run),
+            str(tmp_path / "x.npz"),
+            str(tmp_path / "p.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+
+    assert out.stdout.strip() == "False"
+    assert len(read_csv_rows(tmp_path / "p.csv")) == 2
+
+
+def test_verify_exit_codes(digits_run, copy_run, capsys):
+    assert invoke(cli_verify, ["verify", str(digits_run)]) == 0
+    assert "intact" in capsys.readouterr().out
+
+    run_dir = copy_run(digits_run)
+    with open(run_dir / "model.onnx", "ab") as f:
+        f.write(b"\0")
+
+    assert invoke(cli_verify, ["verify", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "PROBLEM  model.onnx: size" in err
+    assert "PROBLEM  model.onnx: sha256" in err
+    assert "is not an ONNX file" in err  # a trailing zero byte breaks protobuf
+    assert "REFUSED, 3 problem(s)" in err
+
+
+def test_export_command_prints_the_manifest(digits_run, copy_run, capsys):
+    run_dir = copy_run(digits_run)
+
+    code = invoke(
+        cli_export, ["export", str(run_dir), "--quantize", "none", "--format", "json"]
+    )
+
+    manifest = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert manifest["quantization"]["chosen"] is None
+    assert "model.int8.onnx" not in manifest["artefacts"]
+    assert not (run_dir / "model.int8.onnx").exists()  # the earlier int8 is gone
+
+
+def test_bench_edge_measures_all_three_engines_and_writes_json(
+    digits_run, tmp_path, capsys
+):
+    out = tmp_path / "edge.json"
+
+    code = invoke(
+        cli_bench_edge,
+        [
+            "bench-edge",
+            str(digits_run),
+            "--out",
+            str(out),
+            "--runs",
+            "30",
+            "--large-runs",
+            "3",
+        ],
+    )
+
+    figures = json.loads(out.read_text())
+    assert code == 0
+    assert set(figures["engines"]) == {
+        "onnx-fp32",
+        "onnx-int8",
+        "pytorch-eager",
+        "onnx-fp32 (session.run)",
+    }
+    for engine in figures["engines"].values():
+        assert 0 < engine["batch1-p50-us"] <= engine["batch1-p95-us"]
+        assert engine["batch256-throughput-per-s"] > 0
+    assert (
+        figures["engines"]["onnx-int8"]["size-bytes"]
+        == (digits_run / "model.int8.onnx").stat().st_size
+    )
+    assert [t["name"] for t in figures["targets"]] == [
+        "ORT fp32 batch-1 p50 / eager",
+        "int8 file / fp32 file",
+        "int8 top-1 drop (points)",
+        "parity max |diff|",
+    ]
+    assert "b1 p50 µs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", [cli_bench_edge, cli_verify, cli_export])
+def test_commands_on_a_missing_folder_fail_cleanly(module, tmp_path):
+    from shared.errors import FedgeError
+
+    name = {cli_bench_edge: "bench-edge", cli_verify: "verify", cli_export: "export"}[
+        module
+    ]
+    if module is cli_bench_edge:
+        assert invoke(module, [name, str(tmp_path / "absent")]) == 2
+    else:
+        with pytest.raises(FedgeError):  # the dispatcher prints it and exits 2
+            invoke(module, [name, str(tmp_path / "absent")])
