@@ -1,0 +1,130 @@
+"""The coordinator under failure, with real Flower processes on 127.0.0.1:
+nodes that never come, and a coordinator killed mid-run and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from simulations.flower_processes import (
+    flwr_run_command,
+    running_superlink,
+    running_supernode,
+    stop_process,
+    write_run_config,
+)
+
+APP_DIR = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_too_few_nodes_end_the_run_within_the_timeout(tmp_path: Path) -> None:
+    wait_s = 8.0
+    overrides = {
+        "num-server-rounds": 2,
+        "min-nodes": 2,
+        "node-wait-timeout-s": wait_s,
+        "output-dir": str(tmp_path / "runs"),
+        "run-name": "lonely",
+    }
+    with (
+        running_superlink(tmp_path, simulation=False) as link,
+        running_supernode(
+            link,
+            tmp_path,
+            node_config={"partition-id": 0, "num-partitions": 2},
+            name="node0",
+        ),
+    ):
+        started = time.monotonic()
+        done = subprocess.run(
+            flwr_run_command(
+                APP_DIR, write_run_config(tmp_path / "run.toml", overrides)
+            ),
+            env=link.env,
+            cwd=APP_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        elapsed = time.monotonic() - started
+    status = json.loads((tmp_path / "runs" / "lonely" / "status.json").read_text())
+    assert status["state"] == "failed", done.stdout[-2000:]
+    assert "Only 1 of 2 nodes connected after 8 s" in status["message"]
+    # Submitting, app start-up and the wait itself; far from Flower's endless wait.
+    assert elapsed < wait_s + 60
+
+
+def _simulate_command(out_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "simulations.simulate",
+        "--clients",
+        "3",
+        "--rounds",
+        "4",
+        "--output-dir",
+        str(out_dir),
+        "--run-name",
+        "killed",
+        # Slow rounds (a few seconds each) leave time to kill the run mid-way.
+        "--set",
+        "local-epochs=25",
+        "--set",
+        "strategy=fedadam",
+        "--set",
+        "server-learning-rate=0.05",
+        *extra,
+    ]
+
+
+def test_killed_coordinator_resumes_at_the_next_round(tmp_path: Path) -> None:
+    out_dir = tmp_path / "runs"
+    run_dir = out_dir / "killed"
+    first = subprocess.Popen(
+        _simulate_command(out_dir),
+        cwd=APP_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "checkpoints" / "round-0002.pt").exists():
+            assert first.poll() is None, first.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "round 2 never checkpointed"
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: the coordinator dies mid-run
+        first.wait(timeout=120)
+    finally:
+        stop_process(first)
+    killed_status = json.loads((run_dir / "status.json").read_text())
+    assert killed_status["state"] != "complete"
+    rounds_before = pd.read_csv(run_dir / "metrics.csv")["round"].tolist()
+    assert 2 <= max(rounds_before) < 4, rounds_before
+
+    resumed = subprocess.run(
+        _simulate_command(out_dir, "--set", "resume=true"),
+        cwd=APP_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert metrics["round"].tolist() == [0, 1, 2, 3, 4]  # no gap, no duplicate
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "complete"
+    assert status["final_round"] == 4
+    assert "resuming after round" in (run_dir / "flower.log").read_text()
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert meta["provenance"]["rounds"] == 4
