@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -181,17 +182,52 @@ def format_node_config(node_config: Mapping[str, Any]) -> str:
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    """Terminate a process and its children (its own session); kill if it lingers."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, 15)
+    """Terminate a process and everything in its session; kill what lingers.
+
+    The process was started in a session of its own. Killing its process group is
+    not enough: the simulation engine's Ray agents sit in other groups of the same
+    session and would outlive it.
+    """
+    session = process.pid
+    _signal_session(session, signal.SIGTERM)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 9)
+        _signal_session(session, signal.SIGKILL)
         process.wait(timeout=timeout_s)
+    _wait_session_empty(session, timeout_s)
+    _signal_session(session, signal.SIGKILL)
+    _wait_session_empty(session, timeout_s)
+
+
+def _wait_session_empty(session: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while session_members(session) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def session_members(session: int) -> list[int]:
+    """PIDs of the live processes in session ``session`` (Linux ``/proc``)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) < 4:  # the process vanished while being read
+            continue
+        # After the name: state, ppid, pgrp, session, ...; zombies are already gone.
+        if fields[0] != "Z" and int(fields[3]) == session:
+            members.append(int(entry.name))
+    return members
+
+
+def _signal_session(session: int, sig: signal.Signals) -> None:
+    for pid in session_members(session):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 def flwr_run_command(
