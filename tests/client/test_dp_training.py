@@ -47,6 +47,31 @@ def test_per_sample_gradients_match_per_example_autograd(name, shape):
             torch.testing.assert_close(g[i], e, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("in_channels", [1, 6])  # im2col path / grouped-conv path
+def test_per_sample_gradients_of_strided_dilated_unbiased_convolutions(in_channels):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(in_channels, 5, 3, stride=2, padding=(1, 2), dilation=2, bias=False),
+        nn.GroupNorm(1, 5, affine=False),
+        nn.Tanh(),
+        nn.Conv2d(5, 4, (2, 3), stride=(1, 2)),
+        nn.Flatten(),
+        nn.LazyLinear(3, bias=False),
+    )
+    x = torch.randn(5, in_channels, 9, 11)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    model(x)  # materialise the lazy layer
+    expected = per_example_grads(model, x, y)
+    with ClippedGradients(model) as clipper:
+        got = clipper.per_sample_gradients(x, y)
+        clipped, _, _ = clipper.clipped_sum(x, y, max_grad_norm=1e9)
+    for i in range(len(x)):
+        for g, e in zip(got, expected[i], strict=True):
+            torch.testing.assert_close(g[i], e, atol=1e-6, rtol=1e-5)
+    for c, g in zip(clipped, got, strict=True):  # huge bound: no clipping
+        torch.testing.assert_close(c, g.sum(0), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(("name", "shape"), MODELS)
 def test_each_example_gradient_is_clipped_to_max_grad_norm(name, shape):
     model, x, y = model_and_data(name, shape, n=8)
