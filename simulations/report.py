@@ -353,7 +353,11 @@ def _privacy_section(run: RunRecord) -> list[str]:
     if target is not None and mode not in (None, "none"):
         lines.append(f"- budget (target ε per client): {target}")
     for key, value in sorted(run.model.get("privacy", {}).items()):
-        if key != "dp-mode" and not isinstance(value, dict | list):
+        if (
+            key != "dp-mode"
+            and value is not None
+            and not isinstance(value, dict | list)
+        ):
             lines.append(f"- model metadata `{key}`: {value}")
     return [*lines, ""]
 
