@@ -17,6 +17,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # name -> module; each is independent, so one failing does not hide the others.
 BENCHMARKS = {
     "simulation_round": "benchmarks.simulation_round",
+    "coordinator": "benchmarks.coordinator",
     "edge": "edge_export.bench",
 }
 
