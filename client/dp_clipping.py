@@ -69,6 +69,14 @@ class ClippedGradients:
         Made of the layers :func:`unsupported_layers` accepts. Forward hooks are
         added; call :meth:`close` (or use ``with``) to remove them.
 
+    Attributes
+    ----------
+    params : list of Parameter
+        The trainable parameters, in ``model.parameters()`` order.
+    flat_grad : Tensor
+        One buffer holding every result of :meth:`clipped_sum` back to back,
+        so noise is added in one call; overwritten by each call.
+
     Raises
     ------
     ModelError
@@ -85,6 +93,12 @@ class ClippedGradients:
             )
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        sizes = [p.numel() for p in self.params]
+        self.flat_grad = torch.zeros(sum(sizes))
+        self._grads = [
+            g.view_as(p)
+            for g, p in zip(self.flat_grad.split(sizes), self.params, strict=True)
+        ]
         index = {id(p): i for i, p in enumerate(self.params)}
         self._layers: dict[nn.Module, _Layer] = {}
         self._handles = []
@@ -122,15 +136,15 @@ class ClippedGradients:
             tape = self._tape
         finally:
             self._tape = []
-        seen = {id(layer) for layer, _, _ in tape}
-        if len(seen) != len(tape):
+        if len({id(layer) for layer, _, _ in tape}) != len(tape):
             raise ModelError(
                 "A layer ran more than once in one forward pass (shared weights); "
                 "the fast DP-SGD path needs each layer once. Use "
                 "grad_sample_mode='hooks'."
             )
-        outputs = [out for _, _, out in tape]
-        backprops = torch.autograd.grad(loss, outputs, allow_unused=True)
+        backprops = torch.autograd.grad(
+            loss, [out for _, _, out in tape], allow_unused=True
+        )
         entries = [
             (layer, a, torch.zeros_like(out) if b is None else b)
             for (layer, a, out), b in zip(tape, backprops, strict=True)
@@ -150,7 +164,7 @@ class ClippedGradients:
         Parameters
         ----------
         x, y : Tensor
-            A non-empty batch of inputs and integer labels.
+            A batch of inputs and integer labels (may be empty: zeros).
         max_grad_norm : float
             Clipping bound C on each example's gradient (all parameters).
         scale : float, default 1
@@ -159,12 +173,16 @@ class ClippedGradients:
         Returns
         -------
         grads : list of Tensor
-            One per trainable parameter, in ``model.parameters()`` order.
+            One per trainable parameter, in ``model.parameters()`` order; views
+            of :attr:`flat_grad`, overwritten by the next call.
         loss_sum : Tensor
             Sum of the per-example cross-entropy losses (scalar).
         norms : Tensor
             Each example's gradient norm before clipping, shape ``(B,)``.
         """
+        if len(x) == 0:
+            self.flat_grad.zero_()
+            return self._grads, torch.zeros(()), torch.zeros(0)
         loss_sum, entries = self._backward(x, y)
         finishers = []
         squared = None
@@ -176,14 +194,14 @@ class ClippedGradients:
         factors = (max_grad_norm / (norms + _NORM_EPS)).clamp(max=1.0)
         if scale != 1.0:
             factors = factors * scale
-        grads: list[torch.Tensor | None] = [None] * len(self.params)
+        written = 0
         for finish in finishers:
-            for i, grad in finish(factors):
-                grads[i] = grad
-        for i, grad in enumerate(grads):
-            if grad is None:  # parameter never reached by this forward
-                grads[i] = torch.zeros_like(self.params[i])
-        return grads, loss_sum, norms
+            written += finish(factors, self._grads)
+        if written != len(self.params):  # some layer did not run: no gradient
+            self.flat_grad.zero_()
+            for finish in finishers:
+                finish(factors, self._grads)
+        return self._grads, loss_sum, norms
 
     def per_sample_gradients(
         self, x: torch.Tensor, y: torch.Tensor
@@ -194,37 +212,45 @@ class ClippedGradients:
         Linear layers.
         """
         _, entries = self._backward(x, y)
-        out: list[torch.Tensor | None] = [None] * len(self.params)
+        out = [torch.zeros(len(x), *p.shape) for p in self.params]
         for layer, a, b in entries:
             for i, g in layer.per_sample(a, b):
-                out[i] = g
-        batch = len(x)
-        return [
-            torch.zeros(batch, *p.shape) if g is None else g
-            for p, g in zip(self.params, out, strict=True)
-        ]
+                out[i] = g.reshape(len(x), *self.params[i].shape)
+        return out
 
 
 # ----------------------------------------------------------------- layer rules
 # Each rule turns (a = layer input, b = dLoss/dOutput) into per-sample squared
-# norms plus a function of the clip factors that yields (param index, clipped
-# sum) pairs.
-Finisher = Callable[[torch.Tensor], list[tuple[int, torch.Tensor]]]
+# norms plus a finisher: given the clip factors, it writes each of its
+# parameters' clipped sums into the output list and returns how many it wrote.
+Finisher = Callable[[torch.Tensor, list[torch.Tensor]], int]
 
 
 class _Layer:
     def __init__(self, module: nn.Module, weight: int | None, bias: int | None):
         self.module = module
-        self.weight = weight  # index into the trainable parameter list, or None
+        # Indices into the trainable parameter list (None: frozen or absent).
+        self.slots = [i for i in (weight, bias) if i is not None]
+        self.weight = weight
         self.bias = bias
-
-    def norms(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, Finisher]:
-        raise NotImplementedError
 
     def per_sample(
         self, a: torch.Tensor, b: torch.Tensor
     ) -> list[tuple[int, torch.Tensor]]:
+        """``(param index, per-sample gradients flattened to (B, numel))``."""
         raise NotImplementedError
+
+    def norms(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, Finisher]:
+        """Dense default: form the per-sample gradients, then weight and sum."""
+        flat = self.per_sample(a, b)
+        sq = sum(_squared_norms(g) for _, g in flat)
+
+        def finish(factors: torch.Tensor, out: list[torch.Tensor]) -> int:
+            for i, g in flat:
+                torch.mv(g.t(), factors, out=out[i].view(-1))
+            return len(flat)
+
+        return sq, finish
 
 
 def _make_layer(module: nn.Module, index: dict[int, int]) -> _Layer:
@@ -238,9 +264,19 @@ def _make_layer(module: nn.Module, index: dict[int, int]) -> _Layer:
 class _Linear(_Layer):
     """Ghost norm: g_i = b_i a_i^T, so ||g_i||^2 = ||a_i||^2 ||b_i||^2."""
 
+    def per_sample(self, a, b):
+        a3 = a.reshape(len(a), -1, a.shape[-1])
+        b3 = b.reshape(len(b), -1, b.shape[-1])
+        out = []
+        if self.weight is not None:
+            out.append((self.weight, torch.bmm(b3.transpose(1, 2), a3).flatten(1)))
+        if self.bias is not None:
+            out.append((self.bias, b3.sum(1)))
+        return out
+
     def norms(self, a, b):
         if a.dim() > 2:  # (B, ..., d): a sum over positions; form g_i instead
-            return _dense_norms(self, a, b)
+            return super().norms(a, b)
         b_sq = _squared_norms(b)
         if self.weight is None:
             sq = b_sq
@@ -249,26 +285,15 @@ class _Linear(_Layer):
         else:
             sq = (_squared_norms(a) + 1) * b_sq
 
-        def finish(factors):
+        def finish(factors: torch.Tensor, out: list[torch.Tensor]) -> int:
             scaled = b * factors[:, None]
-            out = []
             if self.weight is not None:
-                out.append((self.weight, scaled.t().mm(a)))
+                torch.mm(scaled.t(), a, out=out[self.weight])
             if self.bias is not None:
-                out.append((self.bias, scaled.sum(0)))
-            return out
+                torch.sum(scaled, 0, out=out[self.bias])
+            return len(self.slots)
 
         return sq, finish
-
-    def per_sample(self, a, b):
-        a3 = a.reshape(len(a), -1, a.shape[-1])
-        b3 = b.reshape(len(b), -1, b.shape[-1])
-        out = []
-        if self.weight is not None:
-            out.append((self.weight, torch.bmm(b3.transpose(1, 2), a3)))
-        if self.bias is not None:
-            out.append((self.bias, b3.sum(1)))
-        return out
 
 
 class _Conv2d(_Layer):
@@ -277,12 +302,12 @@ class _Conv2d(_Layer):
     Layers with several input channels use the grouped-convolution trick: fold
     the batch into the channels, and the weight gradient of a convolution with
     ``groups=B`` is every example's own weight gradient (PyTorch's public
-    ``torch.nn.grad.conv2d_weight``). For one or two input channels that kernel
-    is slow, and an im2col ``bmm`` (strided view of the padded input, copied
-    once; ``F.unfold`` is slower) is faster.
+    ``torch.nn.grad.conv2d_weight``). For one to three input channels that
+    kernel is slow, and an im2col ``bmm`` (strided view of the padded input,
+    copied once; ``F.unfold`` is slower) is faster.
     """
 
-    _GROUPED_MIN_CHANNELS = 4  # measured crossover on a CPU: see benchmarks
+    _GROUPED_MIN_CHANNELS = 4  # crossover measured on a CPU, one thread
 
     def _weight_per_sample(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per-sample weight gradients, ``(B, C_out * C_in * kh * kw)``."""
@@ -311,27 +336,13 @@ class _Conv2d(_Layer):
         ).reshape(batch, channels * kh * kw, out_h * out_w)
         return torch.bmm(b.flatten(2), cols.transpose(1, 2)).view(batch, -1)
 
-    def _flat(self, a: torch.Tensor, b: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-        flat = []
-        if self.weight is not None:
-            flat.append((self.weight, self._weight_per_sample(a, b)))
-        if self.bias is not None:
-            flat.append((self.bias, b.flatten(2).sum(2)))
-        return flat
-
     def per_sample(self, a, b):
-        shapes = {self.weight: self.module.weight.shape, self.bias: (-1,)}
-        return [(i, g.view(len(a), *shapes[i])) for i, g in self._flat(a, b)]
-
-    def norms(self, a, b):
-        flat = self._flat(a, b)
-        sq = sum(_squared_norms(g) for _, g in flat)
-        shapes = {self.weight: self.module.weight.shape, self.bias: (-1,)}
-
-        def finish(factors):
-            return [(i, (factors @ g).view(shapes[i])) for i, g in flat]
-
-        return sq, finish
+        out = []
+        if self.weight is not None:
+            out.append((self.weight, self._weight_per_sample(a, b)))
+        if self.bias is not None:
+            out.append((self.bias, b.flatten(2).sum(2)))
+        return out
 
 
 class _GroupNorm(_Layer):
@@ -346,22 +357,6 @@ class _GroupNorm(_Layer):
         if self.bias is not None:
             out.append((self.bias, b.flatten(2).sum(2)))
         return out
-
-    def norms(self, a, b):
-        return _dense_norms(self, a, b)
-
-
-def _dense_norms(layer: _Layer, a: torch.Tensor, b: torch.Tensor):
-    """Norms and clipped sums from materialised per-sample gradients."""
-    grads = layer.per_sample(a, b)
-    flat = [(i, g.flatten(1)) for i, g in grads]
-    sq = sum(_squared_norms(g) for _, g in flat)
-
-    def finish(factors):
-        shapes = {i: g.shape[1:] for i, g in grads}
-        return [(i, (factors @ g).view(shapes[i])) for i, g in flat]
-
-    return sq, finish
 
 
 def _squared_norms(rows: torch.Tensor) -> torch.Tensor:

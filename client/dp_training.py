@@ -111,7 +111,27 @@ def poisson_batches(
 class PrivateStep:
     """One DP-SGD optimiser step on a given batch; built by :func:`make_private_step`.
 
-    ``step(x, y)`` returns the batch's summed per-example loss (0 when empty).
+    ``step(x, y)`` updates the model in place and returns the batch's summed
+    per-example loss (0 for an empty batch, which still gets noise).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Its trainable parameters are updated.
+    noise_multiplier : float
+        σ; the noise on the clipped sum has std ``σ * max_grad_norm``.
+    max_grad_norm : float
+        Per-example clipping bound C.
+    expected_batch_size : int
+        Divides the noisy sum (Opacus's ``loss_reduction="mean"``): ``q * n``.
+    learning_rate, momentum : float
+        SGD settings (momentum buffers live as long as this object).
+    generator : torch.Generator
+        Source of the noise.
+    proximal_mu : float, default 0
+        FedProx coefficient.
+    global_params : sequence of Tensor, optional
+        FedProx anchor; defaults to the parameters' values at construction.
     """
 
     def __init__(
@@ -164,26 +184,20 @@ class _FastStep(PrivateStep):
     def __init__(self, model: nn.Module, **kwargs: object) -> None:
         super().__init__(model, **kwargs)  # type: ignore[arg-type]
         self.clipper = ClippedGradients(model)
-        self.sizes = [p.numel() for p in self.params]
+        self.noise = torch.empty_like(self.clipper.flat_grad)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         # Dividing by the expected batch size is folded into the clip factors
-        # and the noise scale, which saves a pass over every gradient.
+        # and the noise scale, which saves a pass over every gradient. An empty
+        # Poisson batch gives zeros: it still releases noise and is a step.
         scale = 1.0 / self.expected_batch_size
-        if len(x):
-            grads, loss_sum, _ = self.clipper.clipped_sum(
-                x, y, max_grad_norm=self.max_grad_norm, scale=scale
-            )
-        else:  # an empty Poisson batch still releases noise and counts as a step
-            grads, loss_sum = [torch.zeros_like(p) for p in self.params], 0.0
+        grads, loss_sum, _ = self.clipper.clipped_sum(
+            x, y, max_grad_norm=self.max_grad_norm, scale=scale
+        )
         if self.noise_std > 0:
-            # One draw for all parameters: fewer calls than one per tensor.
-            noise = torch.randn(sum(self.sizes), generator=self.generator)
-            views = [
-                n.view_as(p)
-                for n, p in zip(noise.split(self.sizes), self.params, strict=True)
-            ]
-            torch._foreach_add_(grads, views, alpha=self.noise_std * scale)
+            # One draw into one buffer for all parameters: two calls in all.
+            torch.randn(self.noise.shape, generator=self.generator, out=self.noise)
+            self.clipper.flat_grad.add_(self.noise, alpha=self.noise_std * scale)
         self._add_proximal(grads)
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g

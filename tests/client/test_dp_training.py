@@ -257,6 +257,47 @@ def test_fedprox_adds_mu_times_drift_after_the_noise(mode):
         torch.testing.assert_close(a - b, lr * mu * o, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["fast", "hooks"])
+def test_an_empty_poisson_batch_still_gets_noise(mode):
+    model, _, _ = model_and_data("mlp", (64,), n=4)
+    empty_x, empty_y = torch.zeros(0, 64), torch.zeros(0, dtype=torch.long)
+    before = [p.detach().clone() for p in model.parameters()]
+    for sigma, changes in ((0.0, False), (1.0, True)):
+        step = make_private_step(
+            model,
+            grad_sample_mode=mode,
+            noise_multiplier=sigma,
+            max_grad_norm=1.0,
+            expected_batch_size=4,
+            learning_rate=0.1,
+            momentum=0.0,
+            generator=torch.Generator().manual_seed(0),
+        )
+        assert step.step(empty_x, empty_y) == 0.0
+        step.close()
+        moved = any(
+            not torch.equal(p, b)
+            for p, b in zip(model.parameters(), before, strict=True)
+        )
+        assert moved == changes
+
+
+def test_global_params_of_another_model_are_refused():
+    model, _, _ = model_and_data("mlp", (64,), n=4)
+    with pytest.raises(ModelError, match="global_params must match"):
+        make_private_step(
+            model,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=4,
+            learning_rate=0.1,
+            momentum=0.0,
+            generator=torch.Generator(),
+            proximal_mu=0.1,
+            global_params=[torch.zeros(3)],
+        )
+
+
 def test_batchnorm_model_is_refused_naming_the_layer():
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2)
