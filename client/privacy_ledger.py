@@ -9,7 +9,8 @@ by Opacus's accountant (:func:`shared.privacy.epsilon_for`), never stored.
 It lives in two places: Flower's ``context.state`` (:meth:`to_config_record` /
 :meth:`from_config_record`) and a JSON file in the node's state directory
 (:meth:`save` / :meth:`load`), written atomically with a format version and a
-SHA-256 checksum. Anything doubtful (corrupt file, bad checksum, unknown format,
+SHA-256 checksum; :func:`restore_ledger` reads both and keeps the copy that
+knows more. Anything doubtful (corrupt file, bad checksum, unknown format,
 a ledger of another run or node) raises :class:`LedgerError`: the node must
 refuse to train rather than restart its count from zero.
 
@@ -35,6 +36,7 @@ from shared.errors import ConfigError, DataError
 from shared.privacy import HistoryEntry, check_history_entry, epsilon_for
 
 FORMAT_VERSION = 1
+STATE_KEY = "privacy-ledger"  # the ConfigRecord's name in context.state
 
 
 class LedgerError(DataError):
@@ -182,6 +184,55 @@ class PrivacyLedger:
         if not isinstance(document, dict):
             raise LedgerError(f"Privacy ledger {path} is not a JSON object.")
         return _from_document(document, run_id, node_key, source=str(path))
+
+
+def restore_ledger(
+    *,
+    path: str | Path | None,
+    state_record: ConfigRecord | None,
+    run_id: str,
+    node_key: str = "",
+) -> PrivacyLedger:
+    """The node's ledger from disk and/or ``context.state``, whichever knows more.
+
+    A copy can lag behind the other (a crash between the two writes, or a
+    state directory added mid-run); one whose rounds extend the other's is
+    taken. Two copies that disagree on a shared round cannot both be right.
+
+    Parameters
+    ----------
+    path : path, optional
+        The ledger file (:func:`ledger_path`); None if the node keeps none.
+    state_record : ConfigRecord, optional
+        ``context.state[STATE_KEY]`` if present.
+    run_id, node_key : str
+        Expected owner, see :class:`PrivacyLedger`.
+
+    Raises
+    ------
+    LedgerError
+        If a copy is untrustworthy or the two copies conflict.
+    """
+    copies = []
+    if path is not None:
+        copies.append(PrivacyLedger.load(path, run_id, node_key=node_key))
+    if state_record is not None:
+        copies.append(
+            PrivacyLedger.from_config_record(
+                state_record, run_id=run_id, node_key=node_key
+            )
+        )
+    if not copies:
+        return PrivacyLedger(run_id=run_id, node_key=node_key)
+    longest = max(copies, key=lambda ledger: len(ledger.entries))
+    for other in copies:
+        if longest.entries[: len(other.entries)] != other.entries:
+            raise LedgerError(
+                f"The privacy ledger on disk ({path}) and in context.state disagree "
+                f"for run {run_id!r}; refusing to train rather than guess which "
+                "spend is true."
+            )
+    return longest
 
 
 def ledger_path(state_dir: str | Path, run_id: str | int) -> Path:

@@ -7,7 +7,13 @@ from flwr.app import RecordDict
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-from client.privacy_ledger import LedgerError, PrivacyLedger, ledger_path
+from client.privacy_ledger import (
+    STATE_KEY,
+    LedgerError,
+    PrivacyLedger,
+    ledger_path,
+    restore_ledger,
+)
 from shared.errors import ConfigError
 
 ORDERS = RDPAccountant.DEFAULT_ALPHAS
@@ -246,3 +252,27 @@ def test_well_signed_but_inconsistent_ledger_is_refused(tmp_path, change, match)
     path.write_text(json.dumps(with_checksum(doc)))
     with pytest.raises(LedgerError, match=match):
         PrivacyLedger.load(path, "run-1", node_key="n0")
+
+
+def test_restore_prefers_the_copy_that_knows_more(tmp_path):
+    path = tmp_path / "ledger.json"
+    ledger_with(2).save(path)  # disk lags: crashed before writing round 3
+    state = RecordDict({STATE_KEY: ledger_with(3).to_config_record()})
+    got = restore_ledger(
+        path=path, state_record=state[STATE_KEY], run_id="run-1", node_key="n0"
+    )
+    assert got == ledger_with(3)
+    # and the other way round: a fresh process has no context.state
+    ledger_with(3).save(path)
+    got = restore_ledger(path=path, state_record=None, run_id="run-1", node_key="n0")
+    assert got == ledger_with(3)
+    empty = restore_ledger(path=None, state_record=None, run_id="run-1")
+    assert empty == PrivacyLedger(run_id="run-1")
+
+
+def test_restore_refuses_copies_that_disagree(tmp_path):
+    path = tmp_path / "ledger.json"
+    ledger_with(2, sigma=1.1).save(path)
+    record = ledger_with(2, sigma=0.9).to_config_record()
+    with pytest.raises(LedgerError, match="disagree for run 'run-1'"):
+        restore_ledger(path=path, state_record=record, run_id="run-1", node_key="n0")
