@@ -363,7 +363,8 @@ def _privacy_section(run: RunRecord) -> list[str]:
 
 
 def _table(metrics: pd.DataFrame) -> list[str]:
-    columns = [c for c in TABLE_COLUMNS if c in metrics.columns]
+    # A column with no value in any round (federated evaluation off, no DP) is noise.
+    columns = [c for c in TABLE_COLUMNS if _has_values(metrics, c)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in metrics.iterrows():
         lines.append("| " + " | ".join(_cell(c, row[c]) for c in columns) + " |")

@@ -219,3 +219,13 @@ def test_fedge_report_on_a_non_run_folder_exits_2_with_one_line(tmp_path, capsys
     (line,) = err.strip().splitlines()
     assert line.startswith("fedge report: error: ")
     assert "has no metrics.csv" in line
+
+
+def test_columns_without_any_value_are_left_out_of_the_table(tmp_path):
+    csv = "round,central-accuracy,epsilon-max,sampled\n0,0.1,,\n1,0.5,,3\n"
+    run_dir = run_folder(tmp_path, csv)
+
+    text = write_report(run_dir).read_text()
+
+    assert "| round | central-accuracy | sampled |" in text
+    assert "epsilon-max" not in text
