@@ -57,7 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         description=(
             "Run the fedge ServerApp and ClientApp on Flower's simulation engine with "
             "N virtual clients. Any run-config key (see pyproject.toml "
-            "[tool.flwr.app.config]) can be set with --set KEY=VALUE or a --scenario file."
+            "[tool.flwr.app.config]) can be set with --set KEY=VALUE or a --scenario file. "
+            "Simulated faults, also by --set or scenario: fault-attack "
+            "(none|sign-flip|scale|nan|wrong-shape), fault-attackers (count), "
+            "fault-scale (k of sign-flip/scale), fault-dropout (probability per "
+            "node and round), fault-seed."
         ),
     )
     p.add_argument(
