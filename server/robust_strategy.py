@@ -282,6 +282,19 @@ class RobustStrategy(Strategy):
         arrays, metrics = self.strategy.aggregate_train(server_round, kept + errors)
         if arrays is not None:
             arrays = _cast_like(arrays, self._reference)
+            problem = _non_finite(arrays)
+            if problem is not None:
+                # Each update was finite, but their aggregate overflowed (e.g. huge
+                # scaled updates under FedAvg): keep the last good global model.
+                logger.warning(
+                    "round %d: the aggregate is not finite (%s); the global model "
+                    "stays as it was",
+                    server_round,
+                    problem,
+                )
+                stats["aggregated"] = 0
+                stats["non-finite-aggregate"] = True
+                return None, metrics
         return arrays, metrics
 
     # -------------------------------------------------------------- evaluation
@@ -368,6 +381,15 @@ def _client_row(
             if not isinstance(value, list):
                 row.setdefault(name, value)
     return row
+
+
+def _non_finite(arrays: ArrayRecord) -> str | None:
+    """Name the first array holding NaN or infinity, or None when all are finite."""
+    for name, array in arrays.items():
+        values = array.numpy()
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            return f"{name!r} has {int((~np.isfinite(values)).sum())} non-finite values"
+    return None
 
 
 def _cast_like(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> ArrayRecord:

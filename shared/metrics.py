@@ -31,19 +31,23 @@ def classification_metrics(
     """
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    y_pred = probabilities.argmax(axis=1)
+    # A diverged model can output NaN/inf: such rows count as wrong predictions
+    # (class -1) rather than crashing the evaluation, and ROC-AUC is undefined.
+    finite = np.isfinite(probabilities).all(axis=1)
+    y_pred = np.where(finite, np.nan_to_num(probabilities).argmax(axis=1), -1)
     # Macro averages run over the classes present in labels or predictions, as in
     # scikit-learn: a non-IID node's test split lacks classes, which should not
     # count as zeros.
+    labels = np.union1d(y_true, y_pred[finite])
     precision, recall, f1, _ = skm.precision_recall_fscore_support(
-        y_true, y_pred, average="macro", zero_division=0
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
     )
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
-        "roc-auc": roc_auc(y_true, probabilities),
+        "roc-auc": roc_auc(y_true, probabilities) if finite.all() else float("nan"),
     }
 
 

@@ -328,3 +328,25 @@ def test_evaluation_replies_without_weights_are_dropped(fakes, caplog):
     assert "node 3: metric 'num-examples' is missing; evaluation dropped" in caplog.text
     assert g.round_stats[1]["eval-dropped"] == 1
     assert g.round_stats[1]["eval-sampled"] == 3
+
+
+def test_a_non_finite_aggregate_keeps_the_global_model(fakes, caplog):
+    class Overflowing(FedAvg):
+        """Aggregates like FedAvg, then overflows as a diverging optimiser would."""
+
+        def aggregate_train(self, server_round, replies):
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            arrays["w"] = type(arrays["w"])(arrays["w"].numpy() * np.inf)
+            return arrays, metrics
+
+    g = guard(Overflowing(fraction_evaluate=0.0))
+    m = configure(g, 1, fakes, [1, 2])
+    replies = [fakes.reply(m[1], global_w(1.0)), fakes.reply(m[2], global_w(2.0))]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        arrays, _ = g.aggregate_train(1, replies)
+    assert arrays is None
+    assert (
+        "round 1: the aggregate is not finite ('w' has 4 non-finite values)"
+        in caplog.text
+    )
+    assert g.round_stats[1]["aggregated"] == 0

@@ -124,3 +124,11 @@ def test_metrics_are_plain_floats():
 
     assert set(m) == {"accuracy", "precision", "recall", "f1", "roc-auc"}
     assert all(type(v) is float for v in m.values())
+
+
+def test_non_finite_outputs_count_as_wrong_and_leave_roc_auc_undefined():
+    y = np.array([0, 1, 1, 0])
+    probabilities = np.array([[0.9, 0.1], [np.nan, np.nan], [0.2, 0.8], [np.inf, 0.0]])
+    m = classification_metrics(y, probabilities)
+    assert m["accuracy"] == pytest.approx(0.5)  # rows 0 and 2 right, 1 and 3 unusable
+    assert np.isnan(m["roc-auc"])
