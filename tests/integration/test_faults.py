@@ -103,14 +103,9 @@ def test_robust_aggregators_survive_two_sign_flip_attackers_of_ten(tmp_path):
     clean_krum = run(
         tmp_path, "clean-krum", {**krum_scenario, "fault-attackers": 0}, clients
     )
-    # 3 rounds: the attacked FedAvg model grows tenfold per round and is
-    # non-finite by round 4, which central evaluation cannot score yet.
-    fedavg = run(
-        tmp_path,
-        "fedavg",
-        {**load_scenario("attack-signflip-fedavg"), "num-server-rounds": 3},
-        clients,
-    )
+    # The attacked FedAvg model grows tenfold per round until its outputs are
+    # no longer finite: the run must still complete and score it (as chance).
+    fedavg = run(tmp_path, "fedavg", load_scenario("attack-signflip-fedavg"), clients)
 
     final = {
         name: float(m["central-accuracy"].iloc[-1])
