@@ -13,6 +13,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.node_data import load_node_data
+from client.private_round import train_private_round
 from client.training import train_plain
 from shared import keys
 from shared.config import RunConfig, from_run_config
@@ -41,28 +42,44 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the global model on this node's data and reply with the new weights."""
+    """Train the global model on this node's data and reply with the new weights.
+
+    With ``dp-mode = "sample"`` the round is DP-SGD with a cumulative privacy
+    ledger; a node whose budget would be exceeded replies ``refused`` and no
+    weights.
+    """
     config, model, data = _setup(msg, context)
-    server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
-    result = train_plain(
-        model,
-        data.train.x,
-        data.train.y,
-        epochs=config.train.local_epochs,
-        batch_size=config.train.batch_size,
-        learning_rate=config.train.learning_rate,
-        momentum=config.train.momentum,
-        seed=config.train.model_seed * 100_003 + server_round,
-        proximal_mu=config.strategy.proximal_mu
-        if config.strategy.name == "fedprox"
-        else 0.0,
-    )
-    metrics = MetricRecord(
-        {
-            keys.NUM_EXAMPLES: result.num_examples,
-            keys.TRAIN_LOSS: result.train_loss,
-        }
-    )
+    server_config = msg.content[keys.CONFIG]
+    server_round = int(server_config[keys.SERVER_ROUND])
+    if config.dp.mode == "sample":
+        figures = train_private_round(
+            model,
+            data.train,
+            config=config,
+            context=context,
+            server_round=server_round,
+            fedge_run_id=str(server_config.get(keys.FEDGE_RUN_ID, context.run_id)),
+        )
+        metrics = MetricRecord(figures)
+        if figures[keys.REFUSED]:
+            return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
+    else:
+        result = train_plain(
+            model,
+            data.train.x,
+            data.train.y,
+            epochs=config.train.local_epochs,
+            batch_size=config.train.batch_size,
+            learning_rate=config.train.learning_rate,
+            momentum=config.train.momentum,
+            seed=config.train.model_seed * 100_003 + server_round,
+            proximal_mu=config.strategy.proximal_mu
+            if config.strategy.name == "fedprox"
+            else 0.0,
+        )
+        metrics = MetricRecord(
+            {keys.NUM_EXAMPLES: result.num_examples, keys.TRAIN_LOSS: result.train_loss}
+        )
     content = RecordDict(
         {keys.ARRAYS: state_dict_to_record(model.state_dict()), keys.METRICS: metrics}
     )

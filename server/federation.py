@@ -38,6 +38,7 @@ from server.round_summary import (
 from server.run_folder import (
     check_resumable,
     resolve_run_dir,
+    run_identity,
     save_final_model,
     start_run_folder,
     write_status,
@@ -177,6 +178,7 @@ def _train(
         {
             keys.MODEL_SPEC: spec.to_json(),
             keys.PREPROCESSING: reference.preprocessing.to_json(),
+            keys.FEDGE_RUN_ID: run_identity(run_dir),
         }
     )
     stop_reason = ""

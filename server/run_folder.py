@@ -11,12 +11,13 @@ from __future__ import annotations
 import io
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from shared.atomic_io import atomic_write_bytes, atomic_write_json
+from shared.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.models import ModelSpec
@@ -28,6 +29,7 @@ CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
 MODEL_WEIGHTS_FILE = "model.pt"
 MODEL_META_FILE = "model.json"
+RUN_ID_FILE = "run-id"
 
 
 def resolve_run_dir(config: RunConfig) -> Path:
@@ -97,6 +99,20 @@ def start_run_folder(
         },
     )
     write_status(run_dir, "running", "resumed from checkpoint" if resuming else "")
+
+
+def run_identity(run_dir: Path) -> str:
+    """The run's own id, made once and kept across resumes (Flower's changes).
+
+    Nodes key their privacy ledgers by it, so a resumed run continues their
+    spend instead of starting a new ledger at zero.
+    """
+    path = run_dir / RUN_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = f"{run_dir.name}-{uuid.uuid4().hex[:12]}"
+    atomic_write_text(path, run_id + "\n")
+    return run_id
 
 
 def write_status(run_dir: Path, state: str, message: str = "", **extra: Any) -> None:

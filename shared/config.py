@@ -119,6 +119,7 @@ class RunControlConfig:
     max_update_norm: float
     export_onnx: bool
     resume: bool
+    node_state_dir: str
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "max-update-norm": "max_update_norm",
         "export-onnx": "export_onnx",
         "resume": "resume",
+        "node-state-dir": "node_state_dir",
     },
 }
 _SECTION_TYPES = {

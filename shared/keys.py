@@ -12,6 +12,7 @@ METRICS = "metrics"
 SERVER_ROUND = "server-round"
 MODEL_SPEC = "model-spec"  # JSON string, see shared.models.ModelSpec
 PREPROCESSING = "preprocessing"  # JSON string, see shared.preprocessing
+FEDGE_RUN_ID = "fedge-run-id"  # the same across resumes, unlike Flower's run id
 
 # MetricRecord entries replied by clients
 NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights replies by this key

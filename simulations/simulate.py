@@ -275,6 +275,9 @@ def simulate(
     overrides.setdefault(
         "min-nodes", min(num_clients, int(default_run_config()["min-nodes"]))
     )
+    # Virtual nodes have no state-dir of their own: keep their privacy ledgers in
+    # the run folder, so a resumed simulation continues every node's spend.
+    overrides.setdefault("node-state-dir", str(run_dir / "node-state"))
     config = from_run_config(overrides, fill_defaults=True)
     faults = fault_config(fault_keys, num_clients=num_clients)
     preflight(config, num_clients)
