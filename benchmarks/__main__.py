@@ -19,6 +19,7 @@ BENCHMARKS = {
     "simulation_round": "benchmarks.simulation_round",
     "coordinator": "benchmarks.coordinator",
     "edge": "edge_export.bench",
+    "dp_overhead": "benchmarks.dp_overhead",
 }
 
 

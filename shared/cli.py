@@ -21,11 +21,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "simulations.simulate",
         "run a federation of virtual clients on this machine",
     ),
+    "privacy": ("shared.cli_privacy", "ε of a DP-SGD plan, or the noise multiplier for a target ε"),
     "report": ("simulations.cli_report", "write plots and report.md for a run folder"),
-    "export": ("edge_export.cli_export", "export a run's model to verified ONNX (+ int8)"),
-    "verify": ("edge_export.cli_verify", "re-check every hash and the metadata of an export"),
-    "predict": ("edge_export.cli_predict", "predict with an exported ONNX model (no torch)"),
-    "bench-edge": ("edge_export.cli_bench_edge", "latency, throughput and size on this device"),
+    "export": (
+        "edge_export.cli_export",
+        "export a run's model to verified ONNX (+ int8)",
+    ),
+    "verify": (
+        "edge_export.cli_verify",
+        "re-check every hash and the metadata of an export",
+    ),
+    "predict": (
+        "edge_export.cli_predict",
+        "predict with an exported ONNX model (no torch)",
+    ),
+    "bench-edge": (
+        "edge_export.cli_bench_edge",
+        "latency, throughput and size on this device",
+    ),
 }
 
 
