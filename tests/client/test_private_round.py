@@ -1,0 +1,146 @@
+"""A node's DP round as the ClientApp runs it: plan, ledger, budget, restart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, RecordDict
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+from client.node_data import load_node_data
+from client.private_round import train_private_round
+from client.privacy_ledger import LedgerError
+from shared import keys
+from shared.config import default_run_config, from_run_config
+from shared.datasets import load_builtin
+from shared.models import build_model, default_spec
+
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+def _setup(tmp_path: Path, **overrides):
+    run_config = {
+        **default_run_config(),
+        "dp-mode": "sample",
+        "noise-multiplier": 1.1,
+        "target-epsilon": 50.0,
+        "target-delta": 1e-4,
+        "local-epochs": 1,
+        "batch-size": 32,
+        **overrides,
+    }
+    config = from_run_config(run_config)
+    node_config = {
+        "partition-id": 0,
+        "num-partitions": 3,
+        "state-dir": str(tmp_path / "state"),
+    }
+    reference = load_builtin("digits", "test")
+    data = load_node_data(node_config, config.data, reference.preprocessing)
+    spec = default_spec("cnn", reference.preprocessing.input_shape, 10)
+    return config, run_config, node_config, data, spec
+
+
+def _fresh_context(run_config, node_config) -> Context:
+    """What a restarted node process has: its config, and no state at all."""
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config=dict(node_config),
+        state=RecordDict(),
+        run_config=run_config,
+    )
+
+
+def _expected_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
+    rdp = compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=ORDERS)
+    return get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)[0]
+
+
+def test_a_restarted_node_continues_its_ledger(tmp_path: Path) -> None:
+    config, run_config, node_config, data, spec = _setup(tmp_path)
+    n = len(data.train)
+    q, steps_per_round = 32 / n, round(n / 32)
+    epsilons = []
+    for server_round in (1, 2, 3):
+        # A new process each round, as flower-supernode runs a ClientApp: only the
+        # state directory carries the ledger over.
+        figures = train_private_round(
+            build_model(spec),
+            data.train,
+            config=config,
+            context=_fresh_context(run_config, node_config),
+            server_round=server_round,
+            fedge_run_id="run-a",
+        )
+        assert figures[keys.REFUSED] == 0
+        epsilons.append(figures[keys.EPSILON])
+    assert epsilons == sorted(epsilons) and epsilons[0] < epsilons[-1]
+    for k, epsilon in enumerate(epsilons, start=1):
+        assert epsilon == pytest.approx(
+            _expected_epsilon(q, 1.1, k * steps_per_round, 1e-4), rel=1e-6
+        )
+
+
+def test_a_round_past_the_budget_is_refused_without_training(tmp_path: Path) -> None:
+    n_rounds_allowed = 2
+    config, run_config, node_config, data, spec = _setup(tmp_path)
+    n = len(data.train)
+    q, steps = 32 / n, round(n / 32)
+    budget = (
+        _expected_epsilon(q, 1.1, 2 * steps, 1e-4)
+        + _expected_epsilon(q, 1.1, 3 * steps, 1e-4)
+    ) / 2
+    config = from_run_config({**run_config, "target-epsilon": budget})
+    for server_round in range(1, n_rounds_allowed + 1):
+        figures = train_private_round(
+            build_model(spec),
+            data.train,
+            config=config,
+            context=_fresh_context(run_config, node_config),
+            server_round=server_round,
+            fedge_run_id="run-b",
+        )
+        assert figures[keys.REFUSED] == 0
+    model = build_model(spec, model_seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    figures = train_private_round(
+        model,
+        data.train,
+        config=config,
+        context=_fresh_context(run_config, node_config),
+        server_round=3,
+        fedge_run_id="run-b",
+    )
+    assert figures[keys.REFUSED] == 1
+    assert figures[keys.EPSILON] == pytest.approx(
+        _expected_epsilon(q, 1.1, 2 * steps, 1e-4), rel=1e-6
+    )
+    assert all((model.state_dict()[k] == v).all() for k, v in before.items())
+
+
+def test_a_corrupt_ledger_is_refused_not_reset(tmp_path: Path) -> None:
+    config, run_config, node_config, data, spec = _setup(tmp_path)
+    train_private_round(
+        build_model(spec),
+        data.train,
+        config=config,
+        context=_fresh_context(run_config, node_config),
+        server_round=1,
+        fedge_run_id="run-c",
+    )
+    ledger_file = next((tmp_path / "state").glob("privacy-ledger-*.json"))
+    document = json.loads(ledger_file.read_text())
+    document["entries"] = []  # someone "resets" the spend by hand
+    ledger_file.write_text(json.dumps(document))
+    with pytest.raises(LedgerError, match="checksum"):
+        train_private_round(
+            build_model(spec),
+            data.train,
+            config=config,
+            context=_fresh_context(run_config, node_config),
+            server_round=2,
+            fedge_run_id="run-c",
+        )
