@@ -1,0 +1,142 @@
+"""DP-SGD federations on the simulation engine: ε columns, refusals, early end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+from client.node_data import load_node_data
+from shared.config import from_run_config
+from shared.datasets import load_builtin
+from simulations.simulate import simulate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+def _epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
+    rdp = compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=ORDERS)
+    return get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)[0]
+
+
+def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> None:
+    target = 8.0
+    run_dir = simulate(
+        {"dp-mode": "sample", "target-epsilon": target, "num-server-rounds": 3},
+        num_clients=10,
+        output_dir=tmp_path,
+        run_name="dp10",
+        echo=lambda *_: None,
+    )
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    trained = metrics[metrics["round"] > 0]
+    assert (
+        trained["central-accuracy"].iloc[-1] > metrics["central-accuracy"].iloc[0] + 0.2
+    )
+    assert trained["epsilon-max"].is_monotonic_increasing
+    assert (trained["epsilon-max"] > 0).all() and (
+        trained["epsilon-max"] <= target + 1e-6
+    ).all()
+    assert (trained["epsilon-mean"] <= trained["epsilon-max"] + 1e-9).all()
+    records = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    last_clients = records[-1]["clients"]
+    assert len(last_clients) == 10
+    assert {"epsilon", "delta", "noise-multiplier", "sample-rate", "dp-steps"} <= set(
+        last_clients[0]
+    )
+    privacy = json.loads((run_dir / "model.json").read_text())["privacy"]
+    assert privacy["dp-mode"] == "sample"
+    assert privacy["max-epsilon"] == pytest.approx(trained["epsilon-max"].max())
+    assert privacy["max-grad-norm"] == 1.0 and privacy["noise-multiplier"] > 0
+
+
+def test_nodes_past_their_budget_refuse_and_the_rest_finish_the_run(
+    tmp_path: Path,
+) -> None:
+    # Label-skewed partitions give nodes different sizes, hence different sampling
+    # rates: at a fixed σ the small nodes spend their budget first.
+    overrides = {
+        "dp-mode": "sample",
+        "noise-multiplier": 1.0,
+        "target-epsilon": 5.0,
+        "target-delta": 1e-4,
+        "local-epochs": 1,
+        "num-server-rounds": 4,
+        "partitioning": "dirichlet",
+        "dirichlet-alpha": 0.3,
+    }
+    config = from_run_config(overrides, fill_defaults=True)
+    reference = load_builtin("digits", "test").preprocessing
+    sizes = [
+        len(
+            load_node_data(
+                {"partition-id": i, "num-partitions": 4}, config.data, reference
+            ).train
+        )
+        for i in range(4)
+    ]
+    # Independently of fedge: which nodes can afford round r (Opacus's RDP analysis).
+    expected_refusals = []
+    for r in range(1, 5):
+        refusing = 0
+        for n in sizes:
+            q, steps = min(1.0, 32 / n), max(1, round(n / 32))
+            trained_rounds = max(
+                k
+                for k in range(0, 5)
+                if k == 0 or _epsilon(q, 1.0, k * steps, 1e-4) <= 5.0
+            )
+            refusing += r > trained_rounds
+        expected_refusals.append(refusing)
+    assert 0 < expected_refusals[-1] < 4, (
+        expected_refusals
+    )  # the scenario is what it claims
+
+    run_dir = simulate(
+        overrides,
+        num_clients=4,
+        output_dir=tmp_path,
+        run_name="budget",
+        echo=lambda *_: None,
+    )
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    trained = metrics[metrics["round"] > 0]
+    assert trained["refused"].tolist() == expected_refusals
+    assert (trained["aggregated"] == 4 - np.array(expected_refusals)).all()
+    assert (trained["epsilon-max"] <= 5.0).all()
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
+    assert json.loads((run_dir / "model.json").read_text())["provenance"]["rounds"] == 4
+    log = (run_dir / "flower.log").read_text()
+    # Logged once per node, not once per round.
+    assert log.count("refused to train") == expected_refusals[-1]
+
+
+def test_the_run_ends_cleanly_when_no_node_can_train(tmp_path: Path) -> None:
+    overrides = {
+        "dp-mode": "sample",
+        "noise-multiplier": 1.0,
+        "target-epsilon": 3.0,
+        "target-delta": 1e-4,
+        "local-epochs": 1,
+        "num-server-rounds": 5,
+    }
+    run_dir = simulate(
+        overrides,
+        num_clients=3,
+        output_dir=tmp_path,
+        run_name="spent",
+        echo=lambda *_: None,
+    )
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "complete"
+    assert "privacy budget" in status["message"]
+    assert status["final_round"] < 5
+    assert (run_dir / "model.json").is_file()
