@@ -30,6 +30,7 @@ from server.reference_data import load_reference_data
 from server.robust_strategy import RobustStrategy
 from server.round_summary import (
     StopRun,
+    central_epsilon,
     check_can_continue,
     initial_row,
     privacy_summary,
@@ -141,6 +142,20 @@ def _train(
     def on_round_end(outcome: RoundOutcome) -> None:
         stats = strategy.round_stats.get(outcome.server_round, {})
         row, details = round_row(outcome, stats)
+        if config.dp.mode == "central":
+            epsilon, delta = central_epsilon(
+                config,
+                server_round=outcome.server_round,
+                sampled=row["sampled"],
+                num_nodes=len(list(grid.get_node_ids())),
+            )
+            row.update(
+                {
+                    "epsilon-max": epsilon,
+                    "epsilon-mean": epsilon,
+                    "central-dp-delta": delta,
+                }
+            )
         history.append(row, details=details)
         last = outcome.server_round == num_rounds
         if outcome.server_round % config.run.checkpoint_interval == 0 or last:

@@ -65,6 +65,30 @@ def round_row(
     return row, details
 
 
+def central_epsilon(
+    config: RunConfig, *, server_round: int, sampled: int, num_nodes: int
+) -> tuple[float, float]:
+    """User-level (ε, δ) of central DP after ``server_round`` rounds.
+
+    Flower's server-side fixed-clipping wrapper adds Gaussian noise of std
+    ``σ·C/m`` to the mean of ``m`` clipped updates each round; with ``m`` of ``N``
+    nodes sampled per round this is the subsampled Gaussian mechanism of
+    DP-FedAvg (McMahan et al., 2018), accounted with Opacus's RDP accountant at
+    sampling rate ``q = m / N``. (Flower samples without replacement; the
+    Poisson analysis is the customary approximation.) δ defaults below 1/N.
+    """
+    from shared.privacy import default_delta, epsilon_for
+
+    delta = config.dp.target_delta or default_delta(num_nodes)
+    sample_rate = min(1.0, sampled / max(num_nodes, 1))
+    epsilon = epsilon_for(
+        history=[(config.dp.noise_multiplier, sample_rate, server_round)],
+        delta=delta,
+        accountant=config.dp.accountant,
+    )
+    return epsilon, delta
+
+
 def _or_nan(value: float | None) -> float:
     return NAN if value is None else float(value)
 
@@ -133,10 +157,15 @@ def privacy_summary(config: RunConfig, records: list[dict[str, Any]]) -> dict[st
         )
     elif config.dp.mode == "central":
         eps = [r.get("epsilon-max") for r in records if _finite(r.get("epsilon-max"))]
+        deltas = [
+            r.get("central-dp-delta")
+            for r in records
+            if _finite(r.get("central-dp-delta"))
+        ]
         summary.update(
             {
                 "max-epsilon": max(eps) if eps else None,
-                "delta": config.dp.target_delta or None,
+                "delta": max(deltas) if deltas else None,
                 "noise-multiplier": config.dp.noise_multiplier,
                 "clipping-norm": config.dp.clipping_norm,
                 "level": "user",

@@ -140,3 +140,31 @@ def test_the_run_ends_cleanly_when_no_node_can_train(tmp_path: Path) -> None:
     assert "privacy budget" in status["message"]
     assert status["final_round"] < 5
     assert (run_dir / "model.json").is_file()
+
+
+def test_central_dp_reports_user_level_epsilon(tmp_path: Path) -> None:
+    sigma, rounds, nodes = 0.8, 2, 4
+    run_dir = simulate(
+        {
+            "dp-mode": "central",
+            "noise-multiplier": sigma,
+            "clipping-norm": 5.0,
+            "num-server-rounds": rounds,
+            "local-epochs": 1,
+        },
+        num_clients=nodes,
+        output_dir=tmp_path,
+        run_name="central",
+        echo=lambda *_: None,
+    )
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    trained = metrics[metrics["round"] > 0]
+    # Every node sampled each round (q = 1), δ below 1/N: DP-FedAvg's accounting.
+    delta = trained["central-dp-delta"].iloc[-1]
+    assert delta < 1 / nodes
+    expected = [_epsilon(1.0, sigma, r, delta) for r in range(1, rounds + 1)]
+    assert trained["epsilon-max"].tolist() == pytest.approx(expected, rel=1e-6)
+    privacy = json.loads((run_dir / "model.json").read_text())["privacy"]
+    assert privacy["dp-mode"] == "central" and privacy["level"] == "user"
+    assert privacy["max-epsilon"] == pytest.approx(expected[-1], rel=1e-6)
+    assert privacy["noise-multiplier"] == sigma and privacy["clipping-norm"] == 5.0
