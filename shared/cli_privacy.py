@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from shared.errors import ConfigError, FedgeError
@@ -35,7 +37,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
             "* epochs * rounds."
         ),
     )
-    goal = p.add_mutually_exclusive_group(required=True)
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a run-config TOML (scenario file): batch size, local epochs, rounds, "
+        "noise multiplier or target ε, δ and accountant come from it and the "
+        "defaults; give --num-examples for this node",
+    )
+    goal = p.add_mutually_exclusive_group()
     goal.add_argument(
         "--noise-multiplier",
         type=float,
@@ -123,9 +132,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def apply_run_config(args: argparse.Namespace) -> None:
+    """Fill the plan from a run config (``--config``), as a node would run it."""
+    from shared.config import from_run_config
+
+    if args.num_examples is None:
+        raise ConfigError(
+            "--config needs --num-examples: this node's training examples."
+        )
+    try:
+        with Path(args.config).open("rb") as f:
+            overrides = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read run config {args.config}: {e}") from e
+    config = from_run_config(overrides, fill_defaults=True)
+    args.batch_size = config.train.batch_size
+    args.epochs = config.train.local_epochs
+    args.rounds = config.run.num_server_rounds
+    args.accountant = config.dp.accountant
+    if args.delta is None and config.dp.target_delta > 0:
+        args.delta = config.dp.target_delta
+    if args.noise_multiplier is None and args.target_epsilon is None:
+        if config.dp.noise_multiplier > 0:
+            args.noise_multiplier = config.dp.noise_multiplier
+        else:
+            args.target_epsilon = config.dp.target_epsilon
+
+
 def compute(args: argparse.Namespace) -> dict[str, Any]:
     """The numbers ``run`` prints, as a dict (the ``--format json`` output)."""
     from shared import privacy  # imports opacus and torch: only when run
+
+    if getattr(args, "config", None):
+        apply_run_config(args)
+    if args.noise_multiplier is None and args.target_epsilon is None:
+        raise ConfigError("give --noise-multiplier or --target-epsilon (or --config).")
 
     sample_rate, steps, delta = _plan(args, privacy)
     if args.target_epsilon is not None:

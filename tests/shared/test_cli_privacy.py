@@ -225,10 +225,41 @@ def test_bad_input_exits_2_with_one_line(capsys, argv, message):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_missing_goal_is_an_argparse_error_with_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["--sample-rate", "0.1", "--steps", "5", "--delta", "1e-5"])
-    assert exc.value.code == 2
-    assert "one of the arguments --noise-multiplier --target-epsilon is required" in (
+def test_missing_goal_exits_2_with_one_line(capsys):
+    assert main(["--sample-rate", "0.1", "--steps", "5", "--delta", "1e-5"]) == 2
+    assert "give --noise-multiplier or --target-epsilon (or --config)" in (
         capsys.readouterr().err
     )
+
+
+def test_a_run_config_gives_the_plan_a_node_would_run(tmp_path, capsys):
+    from opacus.accountants.utils import get_noise_multiplier
+
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        "target-epsilon = 3.0\nnum-server-rounds = 5\nbatch-size = 40\nlocal-epochs = 2\n"
+    )
+    assert (
+        main(["--config", str(plan), "--num-examples", "400", "--format", "json"]) == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    # q = 40/400; 10 steps per epoch, 2 epochs, 5 rounds; δ = 1e-4 <= 1/(10*400).
+    assert result["sample_rate"] == pytest.approx(0.1)
+    assert result["steps"] == 100
+    assert result["delta"] == pytest.approx(1e-4)
+    expected = get_noise_multiplier(
+        target_epsilon=3.0,
+        target_delta=1e-4,
+        sample_rate=0.1,
+        steps=100,
+        accountant="rdp",
+    )
+    assert result["noise_multiplier"] == pytest.approx(expected)
+    assert result["epsilon"] <= 3.0
+
+
+def test_a_run_config_without_num_examples_is_refused(tmp_path, capsys):
+    plan = tmp_path / "plan.toml"
+    plan.write_text("target-epsilon = 3.0\n")
+    assert main(["--config", str(plan)]) == 2
+    assert "--config needs --num-examples" in capsys.readouterr().err
