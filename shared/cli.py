@@ -21,7 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "simulations.simulate",
         "run a federation of virtual clients on this machine",
     ),
-    "privacy": ("shared.cli_privacy", "ε of a DP-SGD plan, or the noise multiplier for a target ε"),
+    "check-data": ("shared.cli_check_data", "check a node's data file before it joins"),
+    "privacy": (
+        "shared.cli_privacy",
+        "ε of a DP-SGD plan, or the noise multiplier for a target ε",
+    ),
     "report": ("simulations.cli_report", "write plots and report.md for a run folder"),
     "export": (
         "edge_export.cli_export",
