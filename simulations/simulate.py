@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.atomic_io import atomic_write_json
+import pandas as pd
+
+from shared.atomic_io import atomic_write_json, atomic_write_text
 from shared.config import RunConfig, default_run_config, from_run_config
 from shared.errors import DataError, FedgeError
 from simulations.fault_injection import FaultConfig, fault_config, split_fault_keys
@@ -30,6 +32,7 @@ from simulations.flower_processes import (
     write_run_config,
 )
 
+PARTITIONS_FILE = "partitions.csv"  # examples and label counts per virtual client
 APP_DIR = Path(__file__).resolve().parent.parent
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 FLOWER_LOG = "flower.log"
@@ -188,11 +191,15 @@ def _parse_toml_value(text: str) -> Any:
         return text  # a bare word is a string, as a user would expect
 
 
-def preflight(config: RunConfig, num_clients: int) -> None:
-    """Refuse bad data or partitions before any process starts or round runs."""
+def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
+    """Refuse bad data or partitions before any process starts or round runs.
+
+    Returns the partition statistics (examples and label counts per client) of a
+    built-in dataset, or None for file datasets, whose nodes bring their own.
+    """
     from server.reference_data import load_reference_data
     from shared.datasets import load_builtin
-    from shared.partition import partition_indices
+    from shared.partition import partition_indices, partition_stats
 
     if num_clients < 1:
         raise FedgeError(f"--clients must be >= 1, got {num_clients}")
@@ -223,6 +230,9 @@ def preflight(config: RunConfig, num_clients: int) -> None:
             f"'min-nodes' = {config.strategy.min_nodes} exceeds --clients {num_clients}; "
             "the run would wait for nodes that never come"
         )
+    if config.data.dataset == "file":
+        return None
+    return partition_stats(train.y, parts, int(train.y.max()) + 1)
 
 
 def simulate(
@@ -280,8 +290,10 @@ def simulate(
     overrides.setdefault("node-state-dir", str(run_dir / "node-state"))
     config = from_run_config(overrides, fill_defaults=True)
     faults = fault_config(fault_keys, num_clients=num_clients)
-    preflight(config, num_clients)
+    partitions = preflight(config, num_clients)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if partitions is not None:
+        atomic_write_text(run_dir / PARTITIONS_FILE, partitions.to_csv(index=False))
     if faults.active:
         atomic_write_json(run_dir / FAULTS_FILE, faults.to_run_config())
     try:

@@ -19,7 +19,7 @@ def test_three_clients_two_rounds_improve_and_fill_the_run_folder(
     tmp_path: Path,
 ) -> None:
     run_dir = simulate(
-        {"num-server-rounds": 2, "local-epochs": 2},
+        {"num-server-rounds": 2, "local-epochs": 2, "fraction-evaluate": 1.0},
         num_clients=3,
         output_dir=tmp_path,
         run_name="sim",
@@ -40,6 +40,12 @@ def test_three_clients_two_rounds_improve_and_fill_the_run_folder(
         metrics["central-accuracy"].iloc[-1] > metrics["central-accuracy"].iloc[0] + 0.2
     )
     assert (metrics.loc[metrics["round"] > 0, "replies"] == 3).all()
+    # Federated evaluation: every node scored the global model on its own test split.
+    assert (
+        metrics.loc[metrics["round"] > 0, "fed-eval-accuracy"].between(0.2, 1.0).all()
+    )
+    partitions = pd.read_csv(run_dir / "partitions.csv")
+    assert len(partitions) == 3 and partitions["num-examples"].sum() == 1347
     config = json.loads((run_dir / "config.json").read_text())
     assert config["run-config"]["num-server-rounds"] == 2
     assert {"flwr", "torch", "opacus"} <= set(config["versions"])
