@@ -10,8 +10,8 @@ from flwr.app import Context, RecordDict
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from client.node_data import load_node_data
-from client.private_round import train_private_round
 from client.privacy_ledger import LedgerError
+from client.private_round import train_private_round
 from shared import keys
 from shared.config import default_run_config, from_run_config
 from shared.datasets import load_builtin
