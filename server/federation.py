@@ -83,10 +83,12 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         final_arrays, stop_reason = _train(
             grid, config, run_dir, spec, reference, checkpoint
         )
+        return _finish(
+            run_dir, config, spec, reference, final_arrays, stop_reason, grid
+        )
     except BaseException as e:
         write_status(run_dir, "failed", f"{type(e).__name__}: {e}")
         raise
-    return _finish(run_dir, config, spec, reference, final_arrays, stop_reason, grid)
 
 
 def _train(
