@@ -315,6 +315,7 @@ def simulate(
             echo(_summary_line(config, faults, num_clients))
             _stream(command, link.env, run_dir / FLOWER_LOG, verbose=verbose, echo=echo)
     finally:
+        _mark_if_abandoned(run_dir)
         _write_report(run_dir, echo)
     status = read_status(run_dir)
     if status.get("state") != "complete":
@@ -323,6 +324,20 @@ def simulate(
             f"{status.get('message') or 'see ' + str(run_dir / FLOWER_LOG)})"
         )
     return run_dir
+
+
+def _mark_if_abandoned(run_dir: Path) -> None:
+    """A run whose coordinator died says so, instead of reading ``running`` forever."""
+    from server.run_folder import write_status
+
+    status = read_status(run_dir)
+    if status.get("state") == "running":
+        write_status(
+            run_dir,
+            "failed",
+            "the coordinator stopped before the run ended (interrupted or killed); "
+            "checkpoints are kept: run again with resume = true to continue",
+        )
 
 
 def _app_to_submit(workdir: Path, faults: FaultConfig) -> Path:

@@ -108,7 +108,8 @@ def test_killed_coordinator_resumes_at_the_next_round(tmp_path: Path) -> None:
     finally:
         stop_process(first)
     killed_status = json.loads((run_dir / "status.json").read_text())
-    assert killed_status["state"] != "complete"
+    assert killed_status["state"] == "failed"
+    assert "resume = true" in killed_status["message"]
     rounds_before = pd.read_csv(run_dir / "metrics.csv")["round"].tolist()
     assert 2 <= max(rounds_before) < 4, rounds_before
 
