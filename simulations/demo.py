@@ -1,9 +1,10 @@
-"""``make demo``: the default federated run on the built-in digits data, to a device.
+"""``make demo``: a private federated run on the built-in digits data, to a device.
 
-10 virtual clients, IID partitions, FedAvg, the defaults in pyproject.toml. The
-finished model is exported to ONNX (and int8), then run by the torch-free device
-runtime on the held-out digits, exactly as a device would get them: raw 0–16
-pixel values, encoded by the preprocessing stored inside the ONNX file.
+10 virtual clients, IID partitions, FedAvg, and DP-SGD on every client with a
+budget of ε = 8 for the whole run (δ below 1/n per client). The finished model is
+exported to ONNX (and int8), then run by the torch-free device runtime on the
+held-out digits, exactly as a device would get them: raw 0–16 pixel values,
+encoded by the preprocessing stored inside the ONNX file.
 """
 
 from __future__ import annotations
@@ -20,27 +21,43 @@ from shared.errors import FedgeError
 from simulations.simulate import read_status, simulate
 
 NUM_CLIENTS = 10
-EXPECTED_ACCURACY = 0.90
+# DP settings for ~120 examples per client, from the privacy–utility study
+# (simulations/privacy_utility.py): tanh keeps per-example gradients small, and
+# 10 rounds of 5 local epochs spread the budget over enough steps to converge.
+DEMO_SETTINGS = {
+    "dp-mode": "sample",
+    "target-epsilon": 8.0,
+    "activation": "tanh",
+    "num-server-rounds": 10,
+    "local-epochs": 5,
+    "learning-rate": 0.05,
+    "export-onnx": True,
+}
+# Measured 0.86-0.91 over runs (the DP noise is not seeded, by design).
+EXPECTED_ACCURACY = 0.85
 
 
 def main() -> int:
     """Run the demo; exit 0 when it completed and met the expected accuracy."""
     try:
         run_dir = simulate(
-            {"export-onnx": True},
-            num_clients=NUM_CLIENTS,
-            output_dir=Path("runs"),
-            run_name="",
+            DEMO_SETTINGS, num_clients=NUM_CLIENTS, output_dir=Path("runs"), run_name=""
         )
     except FedgeError as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
     accuracy = float(read_status(run_dir)["final_accuracy"])
+    privacy = json.loads((run_dir / "model.json").read_text())["privacy"]
     verdict = "meets" if accuracy >= EXPECTED_ACCURACY else "is BELOW"
     print()
     print(
         f"Final central accuracy on the digits test split: {accuracy:.4f} "
-        f"({verdict} the expected {EXPECTED_ACCURACY:.2f})"
+        f"({verdict} the expected {EXPECTED_ACCURACY:.2f} for this privacy budget)"
+    )
+    print(
+        f"Privacy: every client's cumulative ε ≤ {privacy['max-epsilon']:.2f} at "
+        f"δ = {privacy['delta']:.0e} (DP-SGD, noise multiplier "
+        f"{privacy['noise-multiplier']:.2f}, clipping norm {privacy['max-grad-norm']:g})"
     )
     device_accuracy = _run_on_device(run_dir)
     print(f"Run folder: {run_dir.resolve()}")
