@@ -1,0 +1,419 @@
+"""Privacy–utility study on the digits: final accuracy against each client's ε.
+
+For 3 and for 10 IID clients, one federated run per privacy level (ε = 1, 3, 8
+and no DP), each through :func:`simulations.simulate.simulate`, i.e. the real
+ServerApp and ClientApp on Flower's simulation engine. The tuned settings come
+from the packaged scenario ``simulations/scenarios/dp-digits.toml`` (the same
+for both sizes), so one cell of the table is rerun with ``fedge simulate
+--scenario dp-digits --clients 3 --target-epsilon 3``. "No DP" keeps every other
+setting and sets ``dp-mode = "none"``.
+
+Each cell is one run: DP noise is drawn fresh from OS entropy (a seeded noise
+would void the guarantee), so a rerun differs by a few points of accuracy.
+
+Outputs: ``benchmarks/results/privacy_utility.json`` (every figure, each run's
+folder) and, for a full study, the Markdown table
+``simulations/privacy_utility.md``, which the README quotes.
+
+Run: ``python -m simulations.privacy_utility`` (about 10 minutes on 2 cores),
+``--quick`` for a smoke run of 2 rounds of 1 local epoch each (its figures are
+not the study's; the Markdown table is left alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.atomic_io import atomic_write_json, atomic_write_text
+from shared.errors import ConfigError, FedgeError
+from simulations.simulate import load_scenario, read_status, simulate
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_PATH = ROOT / "benchmarks" / "results" / "privacy_utility.json"
+TABLE_PATH = Path(__file__).resolve().parent / "privacy_utility.md"
+RUNS_DIR = Path("runs") / "privacy-utility"
+EPSILONS = (1.0, 3.0, 8.0, math.inf)
+CLIENT_COUNTS = (3, 10)
+STUDY_SCENARIO = "dp-digits"  # simulations/scenarios/dp-digits.toml
+# --quick: every cell, but a run short enough only to prove the study works.
+QUICK_SETTINGS = {"num-server-rounds": 2, "local-epochs": 1}
+# The keys the table's settings line names, in this order.
+SETTING_KEYS = (
+    "num-server-rounds",
+    "local-epochs",
+    "batch-size",
+    "learning-rate",
+    "momentum",
+    "max-grad-norm",
+    "activation",
+    "model",
+    "strategy",
+)
+
+
+def study_settings(*, quick: bool = False) -> dict[str, Any]:
+    """The run-config overrides every cell shares: the tuned scenario's.
+
+    ``quick`` replaces the schedule with :data:`QUICK_SETTINGS`.
+    """
+    return {**load_scenario(STUDY_SCENARIO), **(QUICK_SETTINGS if quick else {})}
+
+
+def cell_overrides(settings: dict[str, Any], target_epsilon: float) -> dict[str, Any]:
+    """One cell's overrides: DP-SGD at ``target_epsilon``, or no DP for ∞.
+
+    Raises
+    ------
+    ConfigError
+        If ``target_epsilon`` is not > 0.
+    """
+    if not target_epsilon > 0:
+        raise ConfigError(f"target ε must be > 0 or inf, got {target_epsilon}.")
+    if math.isinf(target_epsilon):
+        return {**settings, "dp-mode": "none"}
+    return {**settings, "dp-mode": "sample", "target-epsilon": float(target_epsilon)}
+
+
+def parse_epsilon(text: str) -> float:
+    """A privacy level from the command line: a number > 0, or inf / none / ∞.
+
+    Raises
+    ------
+    ConfigError
+        If ``text`` is neither.
+    """
+    word = text.strip().lower()
+    if word in ("inf", "none", "∞"):
+        return math.inf
+    try:
+        value = float(word)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise ConfigError(
+            f"ε must be a number > 0, or inf / none for no DP; got {text!r}."
+        )
+    return value
+
+
+def epsilon_label(target_epsilon: float) -> str:
+    """Column heading: ``ε = 3`` or ``no DP``."""
+    return "no DP" if math.isinf(target_epsilon) else f"ε = {target_epsilon:g}"
+
+
+def read_cell(run_dir: Path) -> dict[str, Any]:
+    """The figures of one finished run: accuracy, and the ε the clients spent.
+
+    ``epsilon`` is the largest cumulative ε any client reported in the last
+    round (``None`` without DP); ``delta``, ``noise_multiplier`` and
+    ``examples_per_client`` are read from the same round's client rows.
+    """
+    status = read_status(run_dir)
+    last = _last_row(run_dir / "metrics.jsonl")
+    clients = last.get("clients") or []
+    examples = [c["num-examples"] for c in clients if "num-examples" in c]
+
+    def largest(key: str) -> float | None:
+        values = [c[key] for c in clients if c.get(key) is not None]
+        return max(values) if values else None
+
+    epsilon = last.get("epsilon-max")
+    return {
+        "state": status.get("state", "unknown"),
+        "accuracy": status.get("final_accuracy"),
+        "rounds": status.get("final_round"),
+        "epsilon": None if epsilon is None or math.isnan(epsilon) else epsilon,
+        "delta": largest("delta"),
+        "noise_multiplier": largest("noise-multiplier"),
+        "examples_per_client": min(examples) if examples else None,
+        "run_dir": str(run_dir),
+    }
+
+
+def _last_row(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def format_cell(cell: dict[str, Any] | None) -> str:
+    """``0.921 (ε 7.99)``; ``0.975`` without DP; ``failed`` or ``—``."""
+    if cell is None:
+        return "—"
+    if cell.get("state") != "complete" or cell.get("accuracy") is None:
+        return "failed"
+    text = f"{cell['accuracy']:.3f}"
+    if cell.get("epsilon") is not None:
+        text += f" (ε {cell['epsilon']:.2f})"
+    return text
+
+
+def build_table(results: dict[str, Any]) -> str:
+    """The Markdown page: the accuracy table, the settings, how to rerun.
+
+    Parameters
+    ----------
+    results : dict
+        As :func:`run_study` returns: ``epsilons``, ``client_counts``,
+        ``settings`` (the shared overrides), ``cells`` (a list of
+        dicts with ``clients``, ``target_epsilon`` and :func:`read_cell`'s
+        figures), ``quick``, ``measured`` and ``wall_time_s``.
+    """
+    epsilons = [_epsilon_from_json(e) for e in results["epsilons"]]
+    cells = {
+        (c["clients"], _epsilon_from_json(c["target_epsilon"])): c
+        for c in results["cells"]
+    }
+    lines = [
+        "# Privacy–utility on the digits",
+        "",
+        "Final central accuracy on the 450 held-out test digits, IID clients, "
+        'DP-SGD on every client (`dp-mode = "sample"`). Examples per client: the '
+        "smallest client's training examples (90%; 10% is its local test split). "
+        "In brackets: the largest ε any client spent over the whole run (δ per "
+        "client ≤ 1/(10 n)). One run per cell: DP noise is fresh in every run, so "
+        "a rerun moves by a few points.",
+        "",
+    ]
+    if results.get("quick"):
+        lines += [
+            "**Quick run** (" + _settings_text(QUICK_SETTINGS) + "): a smoke test of "
+            "the study, not its figures.",
+            "",
+        ]
+    header = ["clients", "examples per client", *map(epsilon_label, epsilons)]
+    lines += [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" for _ in header) + "|",
+    ]
+    for n in results["client_counts"]:
+        row = [cells.get((n, e)) for e in epsilons]
+        examples = next(
+            (
+                c["examples_per_client"]
+                for c in row
+                if c and c.get("examples_per_client")
+            ),
+            None,
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                [str(n), "—" if examples is None else str(examples)]
+                + [format_cell(c) for c in row]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        f"Settings (scenario `{STUDY_SCENARIO}`; other keys at their defaults; "
+        f"FedAvg over every client each round): {_settings_text(results['settings'])}.",
+        "",
+        "Reproduce: `python -m simulations.privacy_utility` "
+        f"({results.get('wall_time_s', 0) / 60:.0f} min on 2 cores, measured "
+        f"{results.get('measured', '?')}); one cell: `fedge simulate --scenario "
+        f"{STUDY_SCENARIO} --clients 3 --target-epsilon 3`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    keys = [k for k in SETTING_KEYS if k in settings]
+    return ", ".join(f"{k} = {settings[k]}" for k in keys)
+
+
+def _epsilon_to_json(value: float) -> float | str:
+    return "inf" if math.isinf(value) else value
+
+
+def _epsilon_from_json(value: float | str) -> float:
+    return math.inf if value == "inf" else float(value)
+
+
+def run_study(
+    *,
+    client_counts: Sequence[int] = CLIENT_COUNTS,
+    epsilons: Sequence[float] = EPSILONS,
+    quick: bool = False,
+    output_dir: Path = RUNS_DIR,
+    simulate_fn: Callable[..., Path] = simulate,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every (clients, ε) cell, one after the other; return all figures.
+
+    A run that fails is recorded as failed and the study goes on.
+
+    Parameters
+    ----------
+    client_counts : sequence of int
+        Federation sizes (virtual clients).
+    epsilons : sequence of float
+        Each client's ε budget for the run; ``inf`` = no DP.
+    quick : bool, default False
+        2 rounds of 1 local epoch instead of the tuned schedule.
+    output_dir : Path
+        Parent of the run folders (``<N>c-eps<ε>``).
+    simulate_fn : callable
+        :func:`simulations.simulate.simulate` (tests pass a stand-in).
+    echo : callable
+        Where progress lines go.
+    """
+    settings = study_settings(quick=quick)
+    cells = []
+    started = time.monotonic()
+    for n in client_counts:
+        for epsilon in epsilons:
+            name = f"{n}c-eps{'inf' if math.isinf(epsilon) else f'{epsilon:g}'}"
+            echo(f"privacy-utility: {n} clients, {epsilon_label(epsilon)} ...")
+            t0 = time.monotonic()
+            cell: dict[str, Any]
+            try:
+                run_dir = simulate_fn(
+                    cell_overrides(settings, epsilon),
+                    num_clients=n,
+                    output_dir=output_dir,
+                    run_name=name,
+                    echo=lambda _line: None,
+                )
+                cell = read_cell(run_dir)
+            except FedgeError as e:
+                cell = {"state": "failed", "accuracy": None, "error": str(e)}
+            cell.update(
+                clients=n,
+                target_epsilon=_epsilon_to_json(epsilon),
+                wall_time_s=round(time.monotonic() - t0, 1),
+            )
+            echo(
+                f"privacy-utility: {n} clients, {epsilon_label(epsilon)}: "
+                f"{format_cell(cell)} in {cell['wall_time_s']:.0f} s"
+                + (f" ({cell['error']})" if "error" in cell else "")
+            )
+            cells.append(cell)
+    return {
+        "name": "privacy_utility",
+        "quick": quick,
+        "measured": time.strftime("%Y-%m-%d"),
+        "wall_time_s": round(time.monotonic() - started, 1),
+        "client_counts": list(client_counts),
+        "epsilons": [_epsilon_to_json(e) for e in epsilons],
+        "settings": settings,
+        "cells": cells,
+    }
+
+
+def _epsilon_argument(text: str) -> float:
+    try:
+        return parse_epsilon(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _clients_argument(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(
+            f"the number of clients must be an integer >= 1, got {text!r}."
+        )
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``python -m simulations.privacy_utility``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations.privacy_utility",
+        description=(
+            "Final central accuracy on the digits at each client ε budget, for 3 "
+            "and 10 IID clients, with the tuned DP-SGD settings. Writes "
+            f"{RESULTS_PATH.relative_to(ROOT)} and, for the full study, "
+            f"{TABLE_PATH.relative_to(ROOT)}."
+        ),
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 rounds of 1 local epoch: checks the study runs (figures not the study's)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=_clients_argument,
+        nargs="+",
+        default=list(CLIENT_COUNTS),
+        help=f"federation sizes (default: {' '.join(map(str, CLIENT_COUNTS))})",
+    )
+    parser.add_argument(
+        "--epsilons",
+        type=_epsilon_argument,
+        nargs="+",
+        default=list(EPSILONS),
+        help="each client's ε budget; inf = no DP (default: 1 3 8 inf)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=RUNS_DIR,
+        help=f"parent of the run folders (default: {RUNS_DIR})",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS_PATH, help="JSON results file"
+    )
+    parser.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        help=(
+            "Markdown file for the table (default: "
+            f"{TABLE_PATH.relative_to(ROOT)}, written only by a full, non-quick study)"
+        ),
+    )
+    return parser
+
+
+def table_path(args: argparse.Namespace) -> Path | None:
+    """Where to write the Markdown: ``--table``, else the README's only for a full study.
+
+    A quick or partial run must not replace the committed table.
+    """
+    if args.table is not None:
+        return args.table
+    full = sorted(args.clients) == sorted(CLIENT_COUNTS) and sorted(
+        args.epsilons
+    ) == sorted(EPSILONS)
+    return TABLE_PATH if full and not args.quick else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study, write its files, print the table; 1 if any run failed."""
+    import torch
+
+    torch.set_num_threads(1)  # the study's own process; clients set theirs
+    args = build_parser().parse_args(argv)
+    results = run_study(
+        client_counts=args.clients,
+        epsilons=args.epsilons,
+        quick=args.quick,
+        output_dir=args.output_dir,
+    )
+    table = build_table(results)
+    atomic_write_json(args.results, results)
+    written = [str(args.results)]
+    markdown = table_path(args)
+    if markdown is not None:
+        atomic_write_text(markdown, table)
+        written.append(str(markdown))
+    print()
+    print(table)
+    print("written: " + ", ".join(written))
+    failed = [c for c in results["cells"] if c.get("state") != "complete"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""The privacy–utility study's plumbing: settings, cells, arguments, the table.
+
+No simulation runs here: :func:`run_study` gets a stand-in for ``simulate`` that
+writes the files a finished run leaves.
+"""
+
+import json
+import math
+
+import pytest
+
+from shared.config import from_run_config
+from shared.errors import ConfigError, DataError
+from simulations import privacy_utility as pu
+from simulations.simulate import preflight
+
+
+# ---------------------------------------------------------------- settings
+@pytest.mark.parametrize("num_clients", pu.CLIENT_COUNTS)
+@pytest.mark.parametrize("epsilon", pu.EPSILONS)
+def test_every_cell_validates_and_fits_its_federation(num_clients, epsilon):
+    overrides = pu.cell_overrides(pu.study_settings(), epsilon)
+
+    config = from_run_config(overrides, fill_defaults=True)
+    preflight(config, num_clients)
+
+
+def test_tuned_scenario_is_sample_level_dp_on_iid_digits_at_8():
+    settings = pu.study_settings()
+
+    assert settings["dp-mode"] == "sample"
+    assert settings["partitioning"] == "iid"
+    assert settings.get("dataset", "digits") == "digits"
+    assert settings["target-epsilon"] == 8.0
+
+
+def test_quick_shortens_the_schedule_and_keeps_the_rest():
+    full = pu.study_settings()
+    quick = pu.study_settings(quick=True)
+
+    assert quick["num-server-rounds"] == 2
+    assert quick["local-epochs"] == 1
+    assert {k: v for k, v in quick.items() if k not in pu.QUICK_SETTINGS} == {
+        k: v for k, v in full.items() if k not in pu.QUICK_SETTINGS
+    }
+
+
+# ---------------------------------------------------------------- cells
+def test_finite_epsilon_is_dp_sgd_at_that_budget():
+    overrides = pu.cell_overrides({"batch-size": 64, "dp-mode": "none"}, 3)
+
+    assert overrides == {"batch-size": 64, "dp-mode": "sample", "target-epsilon": 3.0}
+
+
+def test_infinite_epsilon_is_the_same_run_without_dp():
+    overrides = pu.cell_overrides(
+        {"batch-size": 64, "dp-mode": "sample", "target-epsilon": 8.0}, math.inf
+    )
+
+    assert overrides["dp-mode"] == "none"
+    assert overrides["batch-size"] == 64
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan])
+def test_cell_refuses_a_non_positive_epsilon(bad):
+    with pytest.raises(ConfigError, match=r"target ε must be > 0 or inf, got"):
+        pu.cell_overrides({}, bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", 1.0), ("0.5", 0.5), ("8", 8.0), ("inf", math.inf), ("None", math.inf)],
+)
+def test_parse_epsilon(text, expected):
+    assert pu.parse_epsilon(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "eight", "", "nan"])
+def test_parse_epsilon_refuses(text):
+    with pytest.raises(ConfigError, match=r"ε must be a number > 0, or inf / none"):
+        pu.parse_epsilon(text)
+
+
+def test_epsilon_labels():
+    assert pu.epsilon_label(3.0) == "ε = 3"
+    assert pu.epsilon_label(0.5) == "ε = 0.5"
+    assert pu.epsilon_label(math.inf) == "no DP"
+
+
+# ---------------------------------------------------------------- arguments
+def test_defaults_are_the_full_study():
+    args = pu.build_parser().parse_args([])
+
+    assert args.clients == [3, 10]
+    assert args.epsilons == [1.0, 3.0, 8.0, math.inf]
+    assert not args.quick
+    assert pu.table_path(args) == pu.TABLE_PATH
+
+
+def test_quick_or_partial_runs_leave_the_committed_table_alone(tmp_path):
+    parser = pu.build_parser()
+
+    assert pu.table_path(parser.parse_args(["--quick"])) is None
+    assert pu.table_path(parser.parse_args(["--clients", "3"])) is None
+    assert pu.table_path(parser.parse_args(["--epsilons", "8", "inf"])) is None
+    # Same cells in another order is still the full study.
+    assert (
+        pu.table_path(parser.parse_args(["--epsilons", "inf", "8", "3", "1"]))
+        == pu.TABLE_PATH
+    )
+    explicit = tmp_path / "t.md"
+    assert pu.table_path(parser.parse_args(["--quick", "--table", str(explicit)])) == (
+        explicit
+    )
+
+
+def test_bad_epsilon_argument_exits_2_with_the_reason(capsys):
+    with pytest.raises(SystemExit) as e:
+        pu.build_parser().parse_args(["--epsilons", "8", "-1"])
+
+    assert e.value.code == 2
+    assert "ε must be a number > 0, or inf / none for no DP; got '-1'" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "three", "2.5"])
+def test_bad_client_count_argument_exits_2(capsys, text):
+    with pytest.raises(SystemExit) as e:
+        pu.build_parser().parse_args(["--clients", text])
+
+    assert e.value.code == 2
+    assert f"the number of clients must be an integer >= 1, got {text!r}" in (
+        capsys.readouterr().err
+    )
+
+
+# ---------------------------------------------------------------- one run's figures
+def write_run(run_dir, *, accuracy, epsilons, examples, state="complete"):
+    """The files a finished run leaves: status.json and metrics.jsonl."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(
+        json.dumps({"state": state, "final_accuracy": accuracy, "final_round": 2})
+    )
+    clients = [
+        {"num-examples": n, "epsilon": e, "delta": 1e-3, "noise-multiplier": 1.5}
+        if e is not None
+        else {"num-examples": n}
+        for n, e in zip(examples, epsilons, strict=True)
+    ]
+    finite = [e for e in epsilons if e is not None]
+    rows = [
+        {"round": 0, "central-accuracy": 0.1},
+        {
+            "round": 2,
+            "epsilon-max": max(finite) if finite else math.nan,
+            "clients": clients,
+        },
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_dir
+
+
+def test_read_cell_takes_the_last_rounds_largest_epsilon(tmp_path):
+    run_dir = write_run(
+        tmp_path / "r",
+        accuracy=0.9,
+        epsilons=[2.5, 2.75, 2.25],
+        examples=[121, 120, 122],
+    )
+
+    cell = pu.read_cell(run_dir)
+
+    assert cell["accuracy"] == 0.9
+    assert cell["epsilon"] == 2.75
+    assert cell["delta"] == 1e-3
+    assert cell["noise_multiplier"] == 1.5
+    assert cell["examples_per_client"] == 120
+    assert cell["state"] == "complete"
+
+
+def test_read_cell_without_dp_has_no_epsilon(tmp_path):
+    run_dir = write_run(
+        tmp_path / "r", accuracy=0.97, epsilons=[None, None], examples=[404, 404]
+    )
+
+    cell = pu.read_cell(run_dir)
+
+    assert cell["epsilon"] is None
+    assert cell["delta"] is None
+
+
+@pytest.mark.parametrize(
+    ("cell", "text"),
+    [
+        ({"state": "complete", "accuracy": 0.9213, "epsilon": 7.994}, "0.921 (ε 7.99)"),
+        ({"state": "complete", "accuracy": 0.97, "epsilon": None}, "0.970"),
+        ({"state": "failed", "accuracy": None}, "failed"),
+        (None, "—"),
+    ],
+)
+def test_format_cell(cell, text):
+    assert pu.format_cell(cell) == text
+
+
+# ---------------------------------------------------------------- the study
+def fake_simulate(accuracies, calls):
+    """A stand-in for simulate(): a finished run with a chosen accuracy."""
+
+    def run(overrides, *, num_clients, output_dir, run_name, echo):
+        calls.append((num_clients, dict(overrides), run_name))
+        dp = overrides["dp-mode"] == "sample"
+        key = (num_clients, overrides.get("target-epsilon") if dp else math.inf)
+        if accuracies[key] is None:
+            raise DataError(f"run {run_name} did not complete")
+        budget = overrides.get("target-epsilon")
+        return write_run(
+            output_dir / run_name,
+            accuracy=accuracies[key],
+            epsilons=[budget - 0.01 if dp else None] * num_clients,
+            examples=[1212 // num_clients] * num_clients,
+        )
+
+    return run
+
+
+def test_study_runs_every_cell_in_order_and_the_table_shows_them(tmp_path):
+    accuracies = {
+        (3, 1.0): 0.61,
+        (3, 8.0): 0.94,
+        (3, math.inf): 0.98,
+        (10, 1.0): 0.3,
+        (10, 8.0): None,  # this run fails; the study goes on
+        (10, math.inf): 0.97,
+    }
+    calls = []
+
+    results = pu.run_study(
+        client_counts=[3, 10],
+        epsilons=[1.0, 8.0, math.inf],
+        output_dir=tmp_path,
+        simulate_fn=fake_simulate(accuracies, calls),
+        echo=lambda _: None,
+    )
+    table = pu.build_table(json.loads(json.dumps(results)))  # as read back from disk
+
+    assert [(n, name) for n, _, name in calls] == [
+        (3, "3c-eps1"),
+        (3, "3c-eps8"),
+        (3, "3c-epsinf"),
+        (10, "10c-eps1"),
+        (10, "10c-eps8"),
+        (10, "10c-epsinf"),
+    ]
+    assert calls[0][1]["target-epsilon"] == 1.0
+    assert calls[2][1]["dp-mode"] == "none"
+    assert calls[3][1] == pu.cell_overrides(pu.study_settings(), 1.0)
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| clients | examples per client | ε = 1 | ε = 8 | no DP |"
+    assert rows[1] == "| 3 | 404 | 0.610 (ε 0.99) | 0.940 (ε 7.99) | 0.980 |"
+    assert rows[2] == "| 10 | 121 | 0.300 (ε 0.99) | failed | 0.970 |"
+    assert "Quick run" not in table
+    assert "scenario `dp-digits`" in table
+    assert "learning-rate = 0.2" in table
+
+
+def test_quick_study_says_so_and_runs_the_short_schedule(tmp_path):
+    accuracies = {(3, 8.0): 0.5}
+    calls = []
+
+    results = pu.run_study(
+        client_counts=[3],
+        epsilons=[8.0],
+        quick=True,
+        output_dir=tmp_path,
+        simulate_fn=fake_simulate(accuracies, calls),
+        echo=lambda _: None,
+    )
+
+    assert calls[0][1]["num-server-rounds"] == 2
+    assert calls[0][1]["local-epochs"] == 1
+    assert "**Quick run** (num-server-rounds = 2, local-epochs = 1)" in (
+        pu.build_table(results)
+    )
+
+
+def test_missing_cell_shows_a_dash():
+    results = {
+        "epsilons": [8.0, "inf"],
+        "client_counts": [3],
+        "settings": {},
+        "cells": [
+            {
+                "clients": 3,
+                "target_epsilon": "inf",
+                "state": "complete",
+                "accuracy": 0.975,
+                "epsilon": None,
+                "examples_per_client": 404,
+            }
+        ],
+    }
+
+    rows = [
+        line for line in pu.build_table(results).splitlines() if line.startswith("| ")
+    ]
+
+    assert rows[1] == "| 3 | 404 | — | 0.975 |"
