@@ -2,11 +2,13 @@
 
 For 3 and for 10 IID clients, one federated run per privacy level (ε = 1, 3, 8
 and no DP), each through :func:`simulations.simulate.simulate`, i.e. the real
-ServerApp and ClientApp on Flower's simulation engine. The tuned settings come
-from the packaged scenario ``simulations/scenarios/dp-digits.toml`` (the same
-for both sizes), so one cell of the table is rerun with ``fedge simulate
---scenario dp-digits --clients 3 --target-epsilon 3``. "No DP" keeps every other
-setting and sets ``dp-mode = "none"``.
+ServerApp and ClientApp on Flower's simulation engine. Each federation size has
+its tuned settings in a packaged scenario,
+``simulations/scenarios/dp-digits-<N>-clients.toml`` (a client of 3 holds 404
+training digits, one of 10 holds 121: the best schedule differs), so one cell of
+the table is rerun with ``fedge simulate --scenario dp-digits-3-clients
+--clients 3 --target-epsilon 3``. "No DP" keeps every other setting and sets
+``dp-mode = "none"``.
 
 Each cell is one run: DP noise is drawn fresh from OS entropy (a seeded noise
 would void the guarantee), so a rerun differs by a few points of accuracy.
@@ -41,7 +43,6 @@ TABLE_PATH = Path(__file__).resolve().parent / "privacy_utility.md"
 RUNS_DIR = Path("runs") / "privacy-utility"
 EPSILONS = (1.0, 3.0, 8.0, math.inf)
 CLIENT_COUNTS = (3, 10)
-STUDY_SCENARIO = "dp-digits"  # simulations/scenarios/dp-digits.toml
 # --quick: every cell, but a run short enough only to prove the study works.
 QUICK_SETTINGS = {"num-server-rounds": 2, "local-epochs": 1}
 # The keys the table's settings line names, in this order.
@@ -58,12 +59,29 @@ SETTING_KEYS = (
 )
 
 
-def study_settings(*, quick: bool = False) -> dict[str, Any]:
-    """The run-config overrides every cell shares: the tuned scenario's.
+def scenario_name(num_clients: int) -> str:
+    """The packaged scenario with the tuned settings for ``num_clients``."""
+    return f"dp-digits-{num_clients}-clients"
+
+
+def study_settings(num_clients: int, *, quick: bool = False) -> dict[str, Any]:
+    """The run-config overrides every cell of this federation size shares.
 
     ``quick`` replaces the schedule with :data:`QUICK_SETTINGS`.
+
+    Raises
+    ------
+    FedgeError
+        If no tuned scenario exists for ``num_clients``.
     """
-    return {**load_scenario(STUDY_SCENARIO), **(QUICK_SETTINGS if quick else {})}
+    if num_clients not in CLIENT_COUNTS:
+        raise FedgeError(
+            f"No tuned settings for {num_clients} clients: the study has them for "
+            f"{', '.join(map(str, CLIENT_COUNTS))} (scenarios "
+            f"{', '.join(scenario_name(n) for n in CLIENT_COUNTS)})."
+        )
+    settings = load_scenario(scenario_name(num_clients))
+    return {**settings, **(QUICK_SETTINGS if quick else {})}
 
 
 def cell_overrides(settings: dict[str, Any], target_epsilon: float) -> dict[str, Any]:
@@ -163,7 +181,7 @@ def build_table(results: dict[str, Any]) -> str:
     ----------
     results : dict
         As :func:`run_study` returns: ``epsilons``, ``client_counts``,
-        ``settings`` (the shared overrides), ``cells`` (a list of
+        ``settings`` (per client count, keyed by its string), ``cells`` (a list of
         dicts with ``clients``, ``target_epsilon`` and :func:`read_cell`'s
         figures), ``quick``, ``measured`` and ``wall_time_s``.
     """
@@ -214,13 +232,21 @@ def build_table(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Settings (scenario `{STUDY_SCENARIO}`; other keys at their defaults; "
-        f"FedAvg over every client each round): {_settings_text(results['settings'])}.",
+        "Settings (other keys at their defaults; FedAvg over every client each round):",
+        "",
+    ]
+    for n in results["client_counts"]:
+        settings = results["settings"].get(str(n), {})
+        lines.append(
+            f"- {n} clients, scenario `{scenario_name(n)}`: {_settings_text(settings)}"
+        )
+    first = results["client_counts"][0]
+    lines += [
         "",
         "Reproduce: `python -m simulations.privacy_utility` "
         f"({results.get('wall_time_s', 0) / 60:.0f} min on 2 cores, measured "
         f"{results.get('measured', '?')}); one cell: `fedge simulate --scenario "
-        f"{STUDY_SCENARIO} --clients 3 --target-epsilon 3`.",
+        f"{scenario_name(first)} --clients {first} --target-epsilon 3`.",
         "",
     ]
     return "\n".join(lines)
@@ -255,7 +281,7 @@ def run_study(
     Parameters
     ----------
     client_counts : sequence of int
-        Federation sizes (virtual clients).
+        Federation sizes; each needs a ``dp-digits-<N>-clients`` scenario.
     epsilons : sequence of float
         Each client's ε budget for the run; ``inf`` = no DP.
     quick : bool, default False
@@ -267,7 +293,7 @@ def run_study(
     echo : callable
         Where progress lines go.
     """
-    settings = study_settings(quick=quick)
+    settings = {n: study_settings(n, quick=quick) for n in client_counts}
     cells = []
     started = time.monotonic()
     for n in client_counts:
@@ -278,7 +304,7 @@ def run_study(
             cell: dict[str, Any]
             try:
                 run_dir = simulate_fn(
-                    cell_overrides(settings, epsilon),
+                    cell_overrides(settings[n], epsilon),
                     num_clients=n,
                     output_dir=output_dir,
                     run_name=name,
@@ -305,7 +331,7 @@ def run_study(
         "wall_time_s": round(time.monotonic() - started, 1),
         "client_counts": list(client_counts),
         "epsilons": [_epsilon_to_json(e) for e in epsilons],
-        "settings": settings,
+        "settings": {str(n): s for n, s in settings.items()},
         "cells": cells,
     }
 
@@ -318,9 +344,10 @@ def _epsilon_argument(text: str) -> float:
 
 
 def _clients_argument(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
+    if not text.strip().isdigit() or int(text) not in CLIENT_COUNTS:
         raise argparse.ArgumentTypeError(
-            f"the number of clients must be an integer >= 1, got {text!r}."
+            f"the study has tuned settings for {list(CLIENT_COUNTS)} clients, "
+            f"got {text!r}."
         )
     return int(text)
 

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from shared.config import from_run_config
-from shared.errors import ConfigError, DataError
+from shared.errors import ConfigError, DataError, FedgeError
 from simulations import privacy_utility as pu
 from simulations.simulate import preflight
 
@@ -19,14 +19,15 @@ from simulations.simulate import preflight
 @pytest.mark.parametrize("num_clients", pu.CLIENT_COUNTS)
 @pytest.mark.parametrize("epsilon", pu.EPSILONS)
 def test_every_cell_validates_and_fits_its_federation(num_clients, epsilon):
-    overrides = pu.cell_overrides(pu.study_settings(), epsilon)
+    overrides = pu.cell_overrides(pu.study_settings(num_clients), epsilon)
 
     config = from_run_config(overrides, fill_defaults=True)
     preflight(config, num_clients)
 
 
-def test_tuned_scenario_is_sample_level_dp_on_iid_digits_at_8():
-    settings = pu.study_settings()
+@pytest.mark.parametrize("num_clients", pu.CLIENT_COUNTS)
+def test_tuned_scenarios_are_sample_level_dp_on_iid_digits_at_8(num_clients):
+    settings = pu.study_settings(num_clients)
 
     assert settings["dp-mode"] == "sample"
     assert settings["partitioning"] == "iid"
@@ -35,14 +36,23 @@ def test_tuned_scenario_is_sample_level_dp_on_iid_digits_at_8():
 
 
 def test_quick_shortens_the_schedule_and_keeps_the_rest():
-    full = pu.study_settings()
-    quick = pu.study_settings(quick=True)
+    full = pu.study_settings(3)
+    quick = pu.study_settings(3, quick=True)
 
     assert quick["num-server-rounds"] == 2
     assert quick["local-epochs"] == 1
     assert {k: v for k, v in quick.items() if k not in pu.QUICK_SETTINGS} == {
         k: v for k, v in full.items() if k not in pu.QUICK_SETTINGS
     }
+
+
+def test_settings_for_an_untuned_size_are_refused():
+    with pytest.raises(
+        FedgeError,
+        match=r"No tuned settings for 7 clients: the study has them for 3, 10 "
+        r"\(scenarios dp-digits-3-clients, dp-digits-10-clients\)",
+    ):
+        pu.study_settings(7)
 
 
 # ---------------------------------------------------------------- cells
@@ -124,13 +134,13 @@ def test_bad_epsilon_argument_exits_2_with_the_reason(capsys):
     )
 
 
-@pytest.mark.parametrize("text", ["0", "-3", "three", "2.5"])
-def test_bad_client_count_argument_exits_2(capsys, text):
+@pytest.mark.parametrize("text", ["5", "0", "-3", "three"])
+def test_untuned_client_count_argument_exits_2(capsys, text):
     with pytest.raises(SystemExit) as e:
         pu.build_parser().parse_args(["--clients", text])
 
     assert e.value.code == 2
-    assert f"the number of clients must be an integer >= 1, got {text!r}" in (
+    assert f"tuned settings for [3, 10] clients, got {text!r}" in (
         capsys.readouterr().err
     )
 
@@ -254,14 +264,14 @@ def test_study_runs_every_cell_in_order_and_the_table_shows_them(tmp_path):
     ]
     assert calls[0][1]["target-epsilon"] == 1.0
     assert calls[2][1]["dp-mode"] == "none"
-    assert calls[3][1] == pu.cell_overrides(pu.study_settings(), 1.0)
+    assert calls[3][1] == pu.cell_overrides(pu.study_settings(10), 1.0)
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0] == "| clients | examples per client | ε = 1 | ε = 8 | no DP |"
     assert rows[1] == "| 3 | 404 | 0.610 (ε 0.99) | 0.940 (ε 7.99) | 0.980 |"
     assert rows[2] == "| 10 | 121 | 0.300 (ε 0.99) | failed | 0.970 |"
     assert "Quick run" not in table
-    assert "scenario `dp-digits`" in table
-    assert "learning-rate = 0.2" in table
+    assert "- 3 clients, scenario `dp-digits-3-clients`: num-server-rounds = " in table
+    assert "- 10 clients, scenario `dp-digits-10-clients`: " in table
 
 
 def test_quick_study_says_so_and_runs_the_short_schedule(tmp_path):
@@ -288,7 +298,7 @@ def test_missing_cell_shows_a_dash():
     results = {
         "epsilons": [8.0, "inf"],
         "client_counts": [3],
-        "settings": {},
+        "settings": {"3": {}},
         "cells": [
             {
                 "clients": 3,
