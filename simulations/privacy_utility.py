@@ -4,7 +4,7 @@ For 3 and for 10 IID clients, one federated run per privacy level (ε = 1, 3, 8
 and no DP), each through :func:`simulations.simulate.simulate`, i.e. the real
 ServerApp and ClientApp on Flower's simulation engine. Each federation size has
 its tuned settings in a packaged scenario,
-``simulations/scenarios/dp-digits-<N>-clients.toml`` (a client of 3 holds 404
+``simulations/scenarios/dp-digits-<N>-clients.toml`` (a client of 3 holds 405
 training digits, one of 10 holds 121: the best schedule differs), so one cell of
 the table is rerun with ``fedge simulate --scenario dp-digits-3-clients
 --clients 3 --target-epsilon 3``. "No DP" keeps every other setting and sets
@@ -174,6 +174,14 @@ def format_cell(cell: dict[str, Any] | None) -> str:
     return text
 
 
+def format_sigma(cell: dict[str, Any] | None) -> str:
+    """The largest client noise multiplier, ``3.05``; ``0`` without DP; else ``—``."""
+    if cell is None or cell.get("state") != "complete":
+        return "—"
+    sigma = cell.get("noise_multiplier")
+    return "0" if sigma is None else f"{sigma:.2f}"
+
+
 def build_table(results: dict[str, Any]) -> str:
     """The Markdown page: the accuracy table, the settings, how to rerun.
 
@@ -230,6 +238,17 @@ def build_table(results: dict[str, Any]) -> str:
             )
             + " |"
         )
+    lines += [
+        "",
+        "Noise multiplier σ each client drew with (calibrated once for every "
+        "step of the planned run):",
+        "",
+        "| clients | " + " | ".join(map(epsilon_label, epsilons)) + " |",
+        "|" + "|".join("---:" for _ in range(len(epsilons) + 1)) + "|",
+    ]
+    for n in results["client_counts"]:
+        sigmas = [format_sigma(cells.get((n, e))) for e in epsilons]
+        lines.append("| " + " | ".join([str(n), *sigmas]) + " |")
     lines += [
         "",
         "Settings (other keys at their defaults; FedAvg over every client each round):",

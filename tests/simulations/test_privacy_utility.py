@@ -213,6 +213,19 @@ def test_format_cell(cell, text):
     assert pu.format_cell(cell) == text
 
 
+@pytest.mark.parametrize(
+    ("cell", "text"),
+    [
+        ({"state": "complete", "noise_multiplier": 3.0542}, "3.05"),
+        ({"state": "complete", "noise_multiplier": None}, "0"),
+        ({"state": "failed"}, "—"),
+        (None, "—"),
+    ],
+)
+def test_format_sigma(cell, text):
+    assert pu.format_sigma(cell) == text
+
+
 # ---------------------------------------------------------------- the study
 def fake_simulate(accuracies, calls):
     """A stand-in for simulate(): a finished run with a chosen accuracy."""
@@ -269,6 +282,11 @@ def test_study_runs_every_cell_in_order_and_the_table_shows_them(tmp_path):
     assert rows[0] == "| clients | examples per client | ε = 1 | ε = 8 | no DP |"
     assert rows[1] == "| 3 | 404 | 0.610 (ε 0.99) | 0.940 (ε 7.99) | 0.980 |"
     assert rows[2] == "| 10 | 121 | 0.300 (ε 0.99) | failed | 0.970 |"
+    assert rows[3:] == [
+        "| clients | ε = 1 | ε = 8 | no DP |",
+        "| 3 | 1.50 | 1.50 | 0 |",
+        "| 10 | 1.50 | — | 0 |",
+    ]
     assert "Quick run" not in table
     assert "- 3 clients, scenario `dp-digits-3-clients`: num-server-rounds = " in table
     assert "- 10 clients, scenario `dp-digits-10-clients`: " in table
@@ -316,3 +334,4 @@ def test_missing_cell_shows_a_dash():
     ]
 
     assert rows[1] == "| 3 | 404 | — | 0.975 |"
+    assert rows[3] == "| 3 | — | 0 |"
