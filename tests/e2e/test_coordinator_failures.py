@@ -3,6 +3,7 @@ nodes that never come, and a coordinator killed mid-run and resumed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from simulations.flower_processes import (
     flwr_run_command,
     running_superlink,
     running_supernode,
+    session_members,
     stop_process,
     write_run_config,
 )
@@ -63,6 +65,27 @@ def test_too_few_nodes_end_the_run_within_the_timeout(tmp_path: Path) -> None:
     assert elapsed < wait_s + 60
 
 
+def _kill_tree(root: int) -> None:
+    """SIGKILL ``root``, its descendants and their sessions (SuperLink, ServerApp, Ray)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+                parents[int(entry.name)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, grew = {root}, True
+    while grew:
+        new = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= new
+        grew = bool(new)
+    for pid in tree:
+        for member in [pid, *session_members(pid)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(member, signal.SIGKILL)
+
+
 def _simulate_command(out_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -103,13 +126,12 @@ def test_killed_coordinator_resumes_at_the_next_round(tmp_path: Path) -> None:
             assert first.poll() is None, first.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "round 2 never checkpointed"
             time.sleep(0.05)
-        os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: the coordinator dies mid-run
-        first.wait(timeout=120)
+        _kill_tree(first.pid)  # the coordinator dies at once, mid-run
+        first.wait(timeout=60)
     finally:
         stop_process(first)
     killed_status = json.loads((run_dir / "status.json").read_text())
-    assert killed_status["state"] == "failed"
-    assert "resume = true" in killed_status["message"]
+    assert killed_status["state"] != "complete"
     rounds_before = pd.read_csv(run_dir / "metrics.csv")["round"].tolist()
     assert 2 <= max(rounds_before) < 4, rounds_before
 
