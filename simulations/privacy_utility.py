@@ -284,12 +284,18 @@ def _epsilon_from_json(value: float | str) -> float:
     return math.inf if value == "inf" else float(value)
 
 
+def default_study_name() -> str:
+    """A fresh folder name for a study: the local time to the second."""
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
 def run_study(
     *,
     client_counts: Sequence[int] = CLIENT_COUNTS,
     epsilons: Sequence[float] = EPSILONS,
     quick: bool = False,
     output_dir: Path = RUNS_DIR,
+    study_name: str = "",
     simulate_fn: Callable[..., Path] = simulate,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -306,13 +312,28 @@ def run_study(
     quick : bool, default False
         2 rounds of 1 local epoch instead of the tuned schedule.
     output_dir : Path
-        Parent of the run folders (``<N>c-eps<ε>``).
+        Parent of the study's folder.
+    study_name : str, default ""
+        The study's folder under ``output_dir``, holding one run folder per
+        cell (``<N>c-eps<ε>``); empty = a timestamp. Each study gets fresh
+        folders: a run folder that already holds a run is refused.
+
+    Raises
+    ------
+    FedgeError
+        If the study's folder already exists.
     simulate_fn : callable
         :func:`simulations.simulate.simulate` (tests pass a stand-in).
     echo : callable
         Where progress lines go.
     """
     settings = {n: study_settings(n, quick=quick) for n in client_counts}
+    study_dir = output_dir / (study_name or default_study_name())
+    if study_dir.exists():
+        raise FedgeError(
+            f"Study folder {study_dir} already exists; its runs would be refused. "
+            "Choose another study name or remove the folder."
+        )
     cells = []
     started = time.monotonic()
     for n in client_counts:
@@ -325,7 +346,7 @@ def run_study(
                 run_dir = simulate_fn(
                     cell_overrides(settings[n], epsilon),
                     num_clients=n,
-                    output_dir=output_dir,
+                    output_dir=study_dir,
                     run_name=name,
                     echo=lambda _line: None,
                 )
@@ -348,6 +369,7 @@ def run_study(
         "quick": quick,
         "measured": time.strftime("%Y-%m-%d"),
         "wall_time_s": round(time.monotonic() - started, 1),
+        "study_dir": str(study_dir),
         "client_counts": list(client_counts),
         "epsilons": [_epsilon_to_json(e) for e in epsilons],
         "settings": {str(n): s for n, s in settings.items()},
@@ -405,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir",
         type=Path,
         default=RUNS_DIR,
-        help=f"parent of the run folders (default: {RUNS_DIR})",
+        help=f"parent of the study's folder of runs (default: {RUNS_DIR})",
     )
     parser.add_argument(
         "--results", type=Path, default=RESULTS_PATH, help="JSON results file"

@@ -227,11 +227,13 @@ def test_format_sigma(cell, text):
 
 
 # ---------------------------------------------------------------- the study
-def fake_simulate(accuracies, calls):
+def fake_simulate(accuracies, calls, outputs=None):
     """A stand-in for simulate(): a finished run with a chosen accuracy."""
+    outputs = [] if outputs is None else outputs
 
     def run(overrides, *, num_clients, output_dir, run_name, echo):
         calls.append((num_clients, dict(overrides), run_name))
+        outputs.append(output_dir)
         dp = overrides["dp-mode"] == "sample"
         key = (num_clients, overrides.get("target-epsilon") if dp else math.inf)
         if accuracies[key] is None:
@@ -256,13 +258,14 @@ def test_study_runs_every_cell_in_order_and_the_table_shows_them(tmp_path):
         (10, 8.0): None,  # this run fails; the study goes on
         (10, math.inf): 0.97,
     }
-    calls = []
+    calls, outputs = [], []
 
     results = pu.run_study(
         client_counts=[3, 10],
         epsilons=[1.0, 8.0, math.inf],
         output_dir=tmp_path,
-        simulate_fn=fake_simulate(accuracies, calls),
+        study_name="s1",
+        simulate_fn=fake_simulate(accuracies, calls, outputs),
         echo=lambda _: None,
     )
     table = pu.build_table(json.loads(json.dumps(results)))  # as read back from disk
@@ -275,6 +278,8 @@ def test_study_runs_every_cell_in_order_and_the_table_shows_them(tmp_path):
         (10, "10c-eps8"),
         (10, "10c-epsinf"),
     ]
+    assert all(out == tmp_path / "s1" for out in outputs)
+    assert results["cells"][0]["run_dir"] == str(tmp_path / "s1" / "3c-eps1")
     assert calls[0][1]["target-epsilon"] == 1.0
     assert calls[2][1]["dp-mode"] == "none"
     assert calls[3][1] == pu.cell_overrides(pu.study_settings(10), 1.0)
@@ -335,3 +340,43 @@ def test_missing_cell_shows_a_dash():
 
     assert rows[1] == "| 3 | 404 | — | 0.975 |"
     assert rows[3] == "| 3 | — | 0 |"
+
+
+def test_a_study_never_reuses_a_folder(tmp_path):
+    # A run folder that already holds a run is refused by the server, and its
+    # old status.json would pass for the new run's.
+    (tmp_path / "s1").mkdir()
+
+    with pytest.raises(FedgeError, match=r"Study folder .*s1 already exists"):
+        pu.run_study(
+            client_counts=[3],
+            epsilons=[8.0],
+            output_dir=tmp_path,
+            study_name="s1",
+            simulate_fn=fake_simulate({}, []),
+            echo=lambda _: None,
+        )
+
+
+def test_studies_without_a_name_get_separate_folders(tmp_path, monkeypatch):
+    stamps = iter(["20260101-000000", "20260101-000001"])
+    monkeypatch.setattr(pu, "default_study_name", lambda: next(stamps))
+    accuracies = {(3, 8.0): 0.9}
+
+    first = pu.run_study(
+        client_counts=[3],
+        epsilons=[8.0],
+        output_dir=tmp_path,
+        simulate_fn=fake_simulate(accuracies, []),
+        echo=lambda _: None,
+    )
+    second = pu.run_study(
+        client_counts=[3],
+        epsilons=[8.0],
+        output_dir=tmp_path,
+        simulate_fn=fake_simulate(accuracies, []),
+        echo=lambda _: None,
+    )
+
+    assert first["study_dir"] == str(tmp_path / "20260101-000000")
+    assert second["study_dir"] == str(tmp_path / "20260101-000001")
