@@ -71,6 +71,23 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
         )
 
 
+def check_not_overwriting(run_dir: Path, config: RunConfig) -> None:
+    """Refuse a folder that already holds a run unless the run resumes it.
+
+    Raises
+    ------
+    ConfigError
+        Naming the folder and the two ways out.
+    """
+    if not config.run.resume and (
+        (run_dir / "metrics.csv").exists() or (run_dir / "checkpoints").exists()
+    ):
+        raise ConfigError(
+            f"Run folder {run_dir} already holds a run; set resume = true to continue "
+            "it from its latest checkpoint, or choose another run-name."
+        )
+
+
 def start_run_folder(
     run_dir: Path, config: RunConfig, *, resuming: bool = False
 ) -> None:
@@ -82,13 +99,7 @@ def start_run_folder(
         When the folder already holds a run and ``resume`` is not set: a new
         run must never overwrite an earlier one's results.
     """
-    if not config.run.resume and (
-        (run_dir / "metrics.csv").exists() or (run_dir / "checkpoints").exists()
-    ):
-        raise ConfigError(
-            f"Run folder {run_dir} already holds a run; set resume = true to continue "
-            "it from its latest checkpoint, or choose another run-name."
-        )
+    check_not_overwriting(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         run_dir / CONFIG_FILE,

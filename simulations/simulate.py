@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from server.run_folder import check_not_overwriting
 from shared.atomic_io import atomic_write_json, atomic_write_text
 from shared.config import RunConfig, default_run_config, from_run_config
 from shared.errors import DataError, FedgeError
@@ -291,6 +292,9 @@ def simulate(
     config = from_run_config(overrides, fill_defaults=True)
     faults = fault_config(fault_keys, num_clients=num_clients)
     partitions = preflight(config, num_clients)
+    # The server refuses such a folder too, but its old status.json would then be
+    # read here as this run's result: refuse before anything starts.
+    check_not_overwriting(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     if partitions is not None:
         atomic_write_text(run_dir / PARTITIONS_FILE, partitions.to_csv(index=False))

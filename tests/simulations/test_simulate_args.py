@@ -200,3 +200,24 @@ def test_preflight_refuses_partitions_a_node_cannot_use(overrides, num_clients):
             config(dataset="breast-cancer", **{"min-nodes": 1}, **overrides),
             num_clients=num_clients,
         )
+
+
+def test_simulate_refuses_a_folder_holding_an_earlier_run(tmp_path, monkeypatch):
+    import simulations.simulate as sim
+    from shared.errors import ConfigError
+
+    earlier = tmp_path / "done"
+    earlier.mkdir()
+    (earlier / "metrics.csv").write_text("round\n0\n")
+    (earlier / "status.json").write_text(
+        '{"state": "complete", "final_accuracy": 0.99}'
+    )
+    monkeypatch.setattr(sim, "running_superlink", None)  # must fail before any process
+    with pytest.raises(ConfigError, match="already holds a run"):
+        sim.simulate(
+            {},
+            num_clients=2,
+            output_dir=tmp_path,
+            run_name="done",
+            echo=lambda *_: None,
+        )
