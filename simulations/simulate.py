@@ -1,22 +1,20 @@
-"""``fedge simulate``: many virtual clients on one machine, on Flower's simulation engine.
+"""Many virtual clients on one machine, on Flower's simulation engine.
 
 The very same ServerApp and ClientApp as a deployment run, submitted with
 ``flwr run`` to a private SuperLink in simulation mode that this command starts on
 a free loopback port and stops at the end. Progress lines stream as rounds end;
-everything lands in the run folder.
+everything lands in the run folder. ``fedge simulate`` (:mod:`cli.simulate`)
+is the command line in front of :func:`simulate`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import subprocess
-import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,99 +49,6 @@ _RAY_WRAPPER = re.compile(
     r"^\s*raise \w+\($|Received error in reply from node|"
     r"FutureWarning"
 )
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``fedge simulate``."""
-    p = subparsers.add_parser(
-        "simulate",
-        help="run a federation of virtual clients on this machine",
-        description=(
-            "Run the fedge ServerApp and ClientApp on Flower's simulation engine with "
-            "N virtual clients. Any run-config key (see pyproject.toml "
-            "[tool.flwr.app.config]) can be set with --set KEY=VALUE or a --scenario file. "
-            "Simulated faults, also by --set or scenario: fault-attack "
-            "(none|sign-flip|scale|nan|wrong-shape), fault-attackers (count), "
-            "fault-scale (k of sign-flip/scale), fault-dropout (probability per "
-            "node and round), fault-seed."
-        ),
-    )
-    p.add_argument(
-        "--clients",
-        type=int,
-        default=10,
-        help="number of virtual clients (default: 10)",
-    )
-    p.add_argument(
-        "--rounds", type=int, help="server rounds (default: num-server-rounds)"
-    )
-    p.add_argument("--dataset", help="digits | breast-cancer (default: digits)")
-    p.add_argument("--partitioning", help="iid | dirichlet | shards (default: iid)")
-    p.add_argument(
-        "--alpha", type=float, help="Dirichlet concentration α (default: 0.5)"
-    )
-    p.add_argument("--strategy", help="aggregation strategy (default: fedavg)")
-    p.add_argument("--dp-mode", help="none | sample | central")
-    p.add_argument(
-        "--target-epsilon", type=float, help="each client's ε budget for the run"
-    )
-    p.add_argument(
-        "--scenario",
-        help=(
-            "TOML file of run-config (and fault-*) overrides, or the name of a "
-            f"packaged scenario: {', '.join(scenario_names()) or 'none'}"
-        ),
-    )
-    p.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any run-config key (TOML value), repeatable",
-    )
-    p.add_argument(
-        "--output-dir",
-        type=Path,
-        default=Path("runs"),
-        help="parent of run folders (default: runs)",
-    )
-    p.add_argument(
-        "--run-name", default="", help="run folder name (default: a timestamp)"
-    )
-    p.add_argument(
-        "--cpus-per-client",
-        type=int,
-        default=1,
-        help="CPU cores reserved per virtual client; bounds parallel clients (default: 1)",
-    )
-    p.add_argument(
-        "--verbose", action="store_true", help="show all of Flower's log lines"
-    )
-    p.set_defaults(run=run)
-
-
-def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Scenario file, then named flags, then ``--set``: later ones win."""
-    overrides: dict[str, Any] = {}
-    if args.scenario:
-        overrides.update(load_scenario(args.scenario))
-    named = {
-        "num-server-rounds": args.rounds,
-        "dataset": args.dataset,
-        "partitioning": args.partitioning,
-        "dirichlet-alpha": args.alpha,
-        "strategy": args.strategy,
-        "dp-mode": args.dp_mode,
-        "target-epsilon": args.target_epsilon,
-    }
-    overrides.update({k: v for k, v in named.items() if v is not None})
-    for setting in args.settings:
-        key, sep, value = setting.partition("=")
-        if not sep:
-            raise FedgeError(f"--set expects KEY=VALUE, got {setting!r}")
-        overrides[key.strip()] = _parse_toml_value(value.strip())
-    return overrides
 
 
 def scenario_names() -> list[str]:
@@ -183,13 +88,6 @@ def load_scenario(path: str | Path) -> dict[str, Any]:
         raise FedgeError(f"scenario file not found: {path}") from e
     except tomllib.TOMLDecodeError as e:
         raise FedgeError(f"scenario file {path} is not valid TOML: {e}") from e
-
-
-def _parse_toml_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare word is a string, as a user would expect
 
 
 def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
@@ -428,30 +326,3 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     """The run's ``status.json`` as a dict, or ``{}`` if it has none yet."""
     path = run_dir / "status.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def run(args: argparse.Namespace) -> int:
-    """CLI entry: run, then print the final accuracy and where the results are."""
-    run_dir = simulate(
-        collect_overrides(args),
-        num_clients=args.clients,
-        output_dir=args.output_dir,
-        run_name=args.run_name,
-        cpus_per_client=args.cpus_per_client,
-        verbose=args.verbose,
-    )
-    status = read_status(run_dir)
-    print(f"final central accuracy: {status.get('final_accuracy', float('nan')):.4f}")
-    print(f"run folder: {run_dir}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``fedge simulate`` alone (``python -m simulations.simulate``)."""
-    from shared.cli import main as cli_main
-
-    return cli_main(["simulate", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

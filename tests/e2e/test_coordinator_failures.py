@@ -90,7 +90,8 @@ def _simulate_command(out_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "simulations.simulate",
+        "cli.app",
+        "simulate",
         "--clients",
         "3",
         "--rounds",

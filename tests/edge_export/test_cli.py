@@ -13,7 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edge_export import cli_bench_edge, cli_export, cli_predict, cli_verify
+from cli import bench_edge as cli_bench_edge
+from cli import export as cli_export
+from cli import predict as cli_predict
+from cli import verify as cli_verify
 from edge_export.runtime import EdgeModel
 from shared.datasets import load_builtin
 
@@ -87,7 +90,7 @@ def test_predict_reports_bad_input_in_one_line_with_exit_2(
 def test_predict_never_imports_torch(digits_run, tmp_path):
     np.savez(tmp_path / "x.npz", x=np.zeros((2, 1, 8, 8)))
     script = (
-        "import sys; from edge_export import cli_predict; import argparse\n"
+        "import sys; from cli import predict as cli_predict; import argparse\n"
         "p = argparse.ArgumentParser(); cli_predict.add_parser(p.add_subparsers())\n"
         "a = p.parse_args(['predict', sys.argv[1], sys.argv[2], '-o', sys.argv[3]])\n"
         "assert a.run(a) == 0\n"

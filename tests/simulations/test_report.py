@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from shared.cli import main
+from cli.app import main
 from shared.errors import FedgeError
 from simulations.report import write_report
 

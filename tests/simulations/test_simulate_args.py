@@ -5,10 +5,11 @@ Nothing here starts Flower: only the parsing and checking that come first.
 
 import pytest
 
-from shared.cli import build_parser
+from cli.app import build_parser
+from cli.simulate import collect_overrides
 from shared.config import from_run_config
 from shared.errors import DataError, FedgeError
-from simulations.simulate import collect_overrides, load_scenario, preflight
+from simulations.simulate import load_scenario, preflight
 
 
 def parse(*argv):

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tomllib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError, FedgeError
+from shared.config import ACCOUNTANTS, default_run_config
+from shared.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -96,11 +95,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="D",
         help="δ; default with --num-examples: a power of ten <= 1/(10 N)",
     )
+    accountant = default_run_config()["accountant"]
     p.add_argument(
         "--accountant",
-        choices=("rdp", "prv"),
-        default="rdp",
-        help="Opacus accountant (default: rdp; prv is tighter, slower)",
+        choices=ACCOUNTANTS,
+        default=accountant,
+        help=f"Opacus accountant (default: {accountant}; prv is tighter, slower)",
     )
     p.add_argument(
         "--format",
@@ -231,19 +231,3 @@ def _plan(args: argparse.Namespace, privacy: Any) -> tuple[float, int, float]:
         raise ConfigError("--delta is required with --sample-rate/--steps.")
     privacy.check_delta(args.delta)
     return args.sample_rate, args.steps, args.delta
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``fedge privacy`` on its own (tests, or without the dispatcher)."""
-    parser = argparse.ArgumentParser(prog="fedge")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["privacy", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.run(args)
-    except FedgeError as e:
-        print(f"fedge privacy: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,11 @@ import json
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from shared.cli_privacy import main
+from cli.app import main as fedge
+
+
+def main(argv):
+    return fedge(["privacy", *argv])
 
 
 def run_json(capsys, *argv):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import simulations.simulate as simulate_module
-from shared.cli import main
+from cli.app import COMMANDS, main
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -178,3 +178,36 @@ def test_zero_clients_error_names_the_clients_flag(capsys, tmp_path, no_flower):
     err = capsys.readouterr().err
     assert code == 2
     assert "--clients must be >= 1, got 0" in err
+
+
+# ---------------------------------------------------------------- layering
+def test_no_package_below_imports_the_cli():
+    # The CLI is the top floor: the packages it calls must not import it back.
+    import ast
+
+    repo = PYPROJECT.parent
+    offenders = []
+    for package in ("shared", "client", "server", "edge_export", "simulations"):
+        for path in (repo / package).rglob("*.py"):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                offenders += [
+                    f"{path.relative_to(repo)}: {n}"
+                    for n in names
+                    if n == "cli" or n.startswith("cli.")
+                ]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_has_its_own_help(name, capsys, wide_terminal):
+    with pytest.raises(SystemExit) as excinfo:
+        main([name, "--help"])
+
+    assert excinfo.value.code == 0
+    assert f"usage: fedge {name}" in capsys.readouterr().out

@@ -6,11 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-QUANTIZE_CHOICES = ("auto", "static-qdq", "dynamic", "none")
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``fedge export``."""
+    from edge_export.pipeline import QUANTIZE_CHOICES  # torch: only for export
+
     p = subparsers.add_parser(
         "export",
         help="export a run's model to ONNX (+ int8) with metadata and a manifest",
