@@ -1,6 +1,7 @@
 """``fedge simulate``: many virtual clients on one machine, on Flower's simulation engine.
 
-The flags map onto run-config keys (:func:`collect_overrides`); the run itself is
+The flags map onto run-config and simulation keys, over a scenario file's
+(:func:`resolve_arguments`); the run itself is
 :func:`simulations.simulate.simulate`. Choices and defaults shown in ``--help``
 come from the run config's own module and ``pyproject.toml``.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,13 @@ from shared.config import (
 from shared.datasets import BUILTIN_DATASETS
 from shared.errors import FedgeError
 from simulations import simulate as simulation
+from simulations.scenario_file import (
+    DEFAULT_CLIENTS,
+    SIMULATION_KEYS,
+    format_scenario_list,
+    list_scenarios,
+    read_scenario,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,14 +46,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
             "Simulated faults, also by --set or scenario: fault-attack "
             "(none|sign-flip|scale|nan|wrong-shape), fault-attackers (count), "
             "fault-scale (k of sign-flip/scale), fault-dropout (probability per "
-            "node and round), fault-seed."
+            "node and round), fault-seed. Flags override the scenario file."
         ),
+        # --data must never silently match --dataset.
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list the packaged scenarios with their client counts, then exit",
     )
     p.add_argument(
         "--clients",
         type=int,
-        default=10,
-        help="number of virtual clients (default: 10)",
+        help="number of virtual clients "
+        f"(default: the scenario's, else {DEFAULT_CLIENTS})",
     )
     p.add_argument(
         "--rounds",
@@ -88,8 +104,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--scenario",
         help=(
-            "TOML file of run-config (and fault-*) overrides, or the name of a "
-            f"packaged scenario: {', '.join(simulation.scenario_names()) or 'none'}"
+            "TOML file of run-config, fault-* and simulation keys (clients, "
+            "cpus-per-client, data, ...), or the name of a packaged scenario "
+            "(see --list)"
         ),
     )
     p.add_argument(
@@ -112,8 +129,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--cpus-per-client",
         type=int,
-        default=1,
-        help="CPU cores reserved per virtual client; bounds parallel clients (default: 1)",
+        help="CPU cores reserved per virtual client; bounds parallel clients "
+        "(default: the scenario's, else 1)",
     )
     p.add_argument(
         "--verbose", action="store_true", help="show all of Flower's log lines"
@@ -121,27 +138,62 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.set_defaults(run=run)
 
 
-def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Arguments:
+    """What a ``fedge simulate`` command line asks for, scenario file merged in.
+
+    Attributes
+    ----------
+    overrides : dict
+        Run-config and ``fault-*`` keys.
+    simulation : dict
+        :data:`~simulations.scenario_file.SIMULATION_KEYS` that were set.
+    notes : list of str
+        One note per setting a flag changed from the scenario file's value,
+        e.g. ``"clients 5 from --clients (scenario: 3)"``.
+    """
+
+    overrides: dict[str, Any]
+    simulation: dict[str, Any]
+    notes: list[str]
+
+
+def resolve_arguments(args: argparse.Namespace) -> Arguments:
     """Scenario file, then named flags, then ``--set``: later ones win."""
-    overrides: dict[str, Any] = {}
-    if args.scenario:
-        overrides.update(simulation.load_scenario(args.scenario))
+    scenario = read_scenario(args.scenario) if args.scenario else None
+    overrides = dict(scenario.overrides) if scenario else {}
+    simulation = dict(scenario.simulation) if scenario else {}
     named = {
-        "num-server-rounds": args.rounds,
-        "dataset": args.dataset,
-        "partitioning": args.partitioning,
-        "dirichlet-alpha": args.alpha,
-        "strategy": args.strategy,
-        "dp-mode": args.dp_mode,
-        "target-epsilon": args.target_epsilon,
+        "num-server-rounds": ("--rounds", args.rounds),
+        "dataset": ("--dataset", args.dataset),
+        "partitioning": ("--partitioning", args.partitioning),
+        "dirichlet-alpha": ("--alpha", args.alpha),
+        "strategy": ("--strategy", args.strategy),
+        "dp-mode": ("--dp-mode", args.dp_mode),
+        "target-epsilon": ("--target-epsilon", args.target_epsilon),
+        "clients": ("--clients", args.clients),
+        "cpus-per-client": ("--cpus-per-client", args.cpus_per_client),
     }
-    overrides.update({k: v for k, v in named.items() if v is not None})
+    # key -> (flag, value), in the order they apply
+    flags = {k: fv for k, fv in named.items() if fv[1] is not None}
     for setting in args.settings:
         key, sep, value = setting.partition("=")
         if not sep:
             raise FedgeError(f"--set expects KEY=VALUE, got {setting!r}")
-        overrides[key.strip()] = _parse_toml_value(value.strip())
-    return overrides
+        # `--set clients=3` works as `--clients 3` does.
+        flags[key.strip()] = ("--set", _parse_toml_value(value.strip()))
+    notes = []
+    for key, (flag, value) in flags.items():
+        target = simulation if key in SIMULATION_KEYS else overrides
+        if key in target and target[key] != value:
+            notes.append(f"{key} {value!r} from {flag} (scenario: {target[key]!r})")
+        target[key] = value
+    return Arguments(overrides=overrides, simulation=simulation, notes=notes)
+
+
+def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config and ``fault-*`` keys a command line sets."""
+    return resolve_arguments(args).overrides
 
 
 def _parse_toml_value(text: str) -> Any:
@@ -153,12 +205,18 @@ def _parse_toml_value(text: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry: run, then print the final accuracy and where the results are."""
+    if args.list:
+        print(format_scenario_list(list_scenarios()))
+        return 0
+    arguments = resolve_arguments(args)
+    settings = arguments.simulation
     run_dir = simulation.simulate(
-        collect_overrides(args),
-        num_clients=args.clients,
+        arguments.overrides,
+        num_clients=settings.get("clients", DEFAULT_CLIENTS),
         output_dir=args.output_dir,
         run_name=args.run_name,
-        cpus_per_client=args.cpus_per_client,
+        cpus_per_client=settings.get("cpus-per-client", 1),
+        notes=arguments.notes,
         verbose=args.verbose,
     )
     status = simulation.read_status(run_dir)

@@ -8,8 +8,9 @@ together in one :class:`~shared.errors.ConfigError`, as Opacus's
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -257,7 +258,7 @@ def from_run_config(
     problems: list[str] = []
     unknown = sorted(set(values) - set(CONFIG_KEYS))
     if unknown:
-        problems.append(f"unknown keys {unknown}")
+        problems.append(f"unknown keys {unknown}" + _suggestions(unknown, CONFIG_KEYS))
     missing = [k for k in CONFIG_KEYS if k not in values]
     if missing:
         problems.append(f"missing keys {missing}")
@@ -281,6 +282,27 @@ def from_run_config(
     if problems:
         raise ConfigError("Invalid run config: " + "; ".join(problems) + ".", problems)
     return RunConfig(**{s: _SECTION_TYPES[s](**kw) for s, kw in sections.items()})
+
+
+def closest_key(key: str, valid: Iterable[str]) -> str | None:
+    """The valid key a mistyped ``key`` most likely meant, or None if none is close.
+
+    ``learning_rate`` -> ``learning-rate``, ``rounds`` -> None: a similarity
+    cutoff (difflib's ratio >= 0.6) keeps far-fetched guesses out.
+    """
+    matches = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _suggestions(unknown: Iterable[str], valid: Iterable[str]) -> str:
+    """`` (did you mean 'a' for 'b'?)`` for the unknown keys that have a close match."""
+    valid = list(valid)
+    hints = [
+        f"{match!r} for {key!r}"
+        for key in unknown
+        if (match := closest_key(key, valid)) is not None
+    ]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 def _coerce(key: str, value: Any, type_name: str, problems: list[str]) -> Any:

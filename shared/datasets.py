@@ -1,8 +1,9 @@
 """Datasets: built-in ones that ship with scikit-learn, and users' own files.
 
 Nothing here downloads anything. Built-ins come from data bundled inside the
-installed scikit-learn package, split 75/25 (stratified, seed 0) identically on
-every call. User files are CSV, Parquet or ``.npz``; :func:`read_table` turns
+installed scikit-learn package (``synthetic`` is built by scikit-learn at run
+time, seeded), split 75/25 (stratified, seed 0) identically on every call. User
+files are CSV, Parquet or ``.npz``; :func:`read_table` turns
 each into a DataFrame and :mod:`shared.preprocessing` encodes it.
 
 ``.npz`` layout: arrays ``x`` and ``y`` of equal length. ``x`` of shape
@@ -31,12 +32,20 @@ from shared.preprocessing import (
     fit_preprocessing,
 )
 
-BUILTIN_DATASETS = ("digits", "breast-cancer")
+BUILTIN_DATASETS = ("digits", "breast-cancer", "synthetic")
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".npz")
 BUILTIN_LABEL_COLUMN = "label"
 BUILTIN_TEST_FRACTION = 0.25
 BUILTIN_SPLIT_SEED = 0
 SPLITS = ("train", "test")
+# The synthetic set: large enough that each of 1,000 clients holds >= 20 training
+# examples (24,000 in the train split, 24 per client under iid), small enough
+# (2.6 MB of features) that every virtual client process may build it.
+SYNTHETIC_EXAMPLES = 32_000
+SYNTHETIC_FEATURES = 20
+SYNTHETIC_INFORMATIVE = 10
+SYNTHETIC_CLASSES = 4
+SYNTHETIC_SEED = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,20 +174,43 @@ def _builtin(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Preprocessi
             pixel_scale=16.0,  # digits pixels are counts 0..16
         )
         x = prep.transform_features(raw, source="digits")
-    else:  # breast-cancer
+    elif name == "breast-cancer":
         bunch = skd.load_breast_cancer()
-        y = bunch.target.astype(np.int64)
-        is_train = np.zeros(len(y), dtype=bool)
-        is_train[_split_indices(y, BUILTIN_TEST_FRACTION, BUILTIN_SPLIT_SEED)[0]] = True
         frame = pd.DataFrame(bunch.data, columns=list(bunch.feature_names))
-        frame[BUILTIN_LABEL_COLUMN] = y
-        # Standardise with training statistics only, so test data stays unseen.
-        prep = fit_preprocessing(
-            frame[is_train], label_column=BUILTIN_LABEL_COLUMN, source="breast-cancer"
-        )
         # sklearn's own names, in target order (0 = malignant, 1 = benign).
-        prep = replace(prep, class_names=tuple(str(n) for n in bunch.target_names))
-        x = prep.transform_features(frame, source="breast-cancer")
+        class_names = tuple(str(n) for n in bunch.target_names)
+        return _tabular_builtin(name, frame, bunch.target, class_names)
+    else:  # synthetic
+        features, target = skd.make_classification(
+            n_samples=SYNTHETIC_EXAMPLES,
+            n_features=SYNTHETIC_FEATURES,
+            n_informative=SYNTHETIC_INFORMATIVE,
+            n_classes=SYNTHETIC_CLASSES,
+            random_state=SYNTHETIC_SEED,
+        )
+        frame = pd.DataFrame(
+            features, columns=[f"x{i}" for i in range(SYNTHETIC_FEATURES)]
+        )
+        class_names = tuple(str(c) for c in range(SYNTHETIC_CLASSES))
+        return _tabular_builtin(name, frame, target, class_names)
+    _readonly(x, y, is_train)
+    return x, y, is_train, prep
+
+
+def _tabular_builtin(
+    name: str, frame: pd.DataFrame, target: np.ndarray, class_names: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Preprocessing]:
+    """A numeric table split 75/25 and standardised with train statistics only."""
+    y = target.astype(np.int64)
+    is_train = np.zeros(len(y), dtype=bool)
+    is_train[_split_indices(y, BUILTIN_TEST_FRACTION, BUILTIN_SPLIT_SEED)[0]] = True
+    frame = frame.assign(**{BUILTIN_LABEL_COLUMN: y})
+    # Standardise with training statistics only, so test data stays unseen.
+    prep = fit_preprocessing(
+        frame[is_train], label_column=BUILTIN_LABEL_COLUMN, source=name
+    )
+    prep = replace(prep, class_names=class_names)
+    x = prep.transform_features(frame, source=name)
     _readonly(x, y, is_train)
     return x, y, is_train, prep
 
@@ -188,10 +220,13 @@ def load_builtin(name: str, split: str) -> Dataset:
 
     Parameters
     ----------
-    name : {"digits", "breast-cancer"}
+    name : {"digits", "breast-cancer", "synthetic"}
         ``digits``: 1797 8×8 grey images, 10 classes, pixels scaled by 1/16.
         ``breast-cancer``: 569 rows, 30 numeric features standardised with
         train-split statistics, classes ``("malignant", "benign")``.
+        ``synthetic``: 32,000 rows of scikit-learn's ``make_classification``
+        (seed 0; 20 features of which 10 informative, 4 classes ``"0".."3"``),
+        built at run time, standardised with train-split statistics.
     split : {"train", "test"}
         The stratified 75/25 split with seed 0; identical on every call.
 

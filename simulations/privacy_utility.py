@@ -35,7 +35,8 @@ from typing import Any
 
 from shared.atomic_io import atomic_write_json, atomic_write_text
 from shared.errors import ConfigError, FedgeError
-from simulations.simulate import load_scenario, read_status, simulate
+from simulations.scenario_file import load_scenario
+from simulations.simulate import read_status, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = ROOT / "benchmarks" / "results" / "privacy_utility.json"

@@ -14,7 +14,7 @@ import re
 import subprocess
 import tempfile
 import time
-import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from simulations.flower_processes import (
 
 PARTITIONS_FILE = "partitions.csv"  # examples and label counts per virtual client
 APP_DIR = Path(__file__).resolve().parent.parent
-SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 FLOWER_LOG = "flower.log"
 FAULTS_FILE = "faults.json"
 MIN_NODE_EXAMPLES = 2  # client/node_data.py: one example to train, one to test
@@ -49,45 +48,6 @@ _RAY_WRAPPER = re.compile(
     r"^\s*raise \w+\($|Received error in reply from node|"
     r"FutureWarning"
 )
-
-
-def scenario_names() -> list[str]:
-    """Names of the packaged scenarios (``simulations/scenarios/*.toml``)."""
-    return sorted(p.stem for p in SCENARIOS_DIR.glob("*.toml"))
-
-
-def resolve_scenario(scenario: str | Path) -> Path:
-    """A scenario file path, or a bare name resolved in the packaged scenarios.
-
-    Raises
-    ------
-    FedgeError
-        If neither a file of that path nor a packaged scenario of that name exists.
-    """
-    path = Path(scenario)
-    if path.is_file():
-        return path
-    text = str(scenario)
-    if "/" not in text and "\\" not in text:
-        packaged = SCENARIOS_DIR / (text if text.endswith(".toml") else f"{text}.toml")
-        if packaged.is_file():
-            return packaged
-    raise FedgeError(
-        f"scenario {text!r} is neither a file nor a packaged scenario; "
-        f"packaged: {', '.join(scenario_names()) or 'none'}"
-    )
-
-
-def load_scenario(path: str | Path) -> dict[str, Any]:
-    """Read a scenario: a flat TOML table of run-config and ``fault-*`` keys."""
-    path = resolve_scenario(path)
-    try:
-        with path.open("rb") as f:
-            return dict(tomllib.load(f))
-    except FileNotFoundError as e:
-        raise FedgeError(f"scenario file not found: {path}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise FedgeError(f"scenario file {path} is not valid TOML: {e}") from e
 
 
 def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
@@ -141,6 +101,7 @@ def simulate(
     output_dir: Path,
     run_name: str = "",
     cpus_per_client: int = 1,
+    notes: Sequence[str] = (),
     verbose: bool = False,
     echo: Any = print,
 ) -> Path:
@@ -160,6 +121,9 @@ def simulate(
         Run folder name; empty = a timestamp.
     cpus_per_client : int, default 1
         CPU cores Flower reserves per virtual client.
+    notes : sequence of str, default ()
+        Where settings came from when a flag overrode the scenario file; shown
+        on the summary line printed at start.
     verbose : bool, default False
         Echo every Flower log line, not only fedge's progress and problems.
     echo : callable, default print
@@ -214,7 +178,7 @@ def simulate(
                     "client-resources-num-cpus": cpus_per_client,
                 },
             )
-            echo(_summary_line(config, faults, num_clients))
+            echo(_summary_line(config, faults, num_clients, notes))
             _stream(command, link.env, run_dir / FLOWER_LOG, verbose=verbose, echo=echo)
     finally:
         _mark_if_abandoned(run_dir)
@@ -251,7 +215,9 @@ def _app_to_submit(workdir: Path, faults: FaultConfig) -> Path:
     return write_fault_app(APP_DIR, workdir / "app", faults)
 
 
-def _summary_line(config: RunConfig, faults: FaultConfig, num_clients: int) -> str:
+def _summary_line(
+    config: RunConfig, faults: FaultConfig, num_clients: int, notes: Sequence[str]
+) -> str:
     line = (
         f"fedge simulate: {num_clients} clients, {config.run.num_server_rounds} rounds, "
         f"{config.data.dataset} ({config.data.partitioning}), {config.strategy.name}, "
@@ -261,6 +227,8 @@ def _summary_line(config: RunConfig, faults: FaultConfig, num_clients: int) -> s
         line += f", {faults.attackers} {faults.attack} attackers"
     if faults.dropout > 0:
         line += f", dropout {faults.dropout:g}"
+    if notes:
+        line += f" (overriding the scenario: {'; '.join(notes)})"
     return line
 
 

@@ -68,7 +68,10 @@ def test_simulate_help_shows_the_defaults(capsys, wide_terminal):
     out = one_line(capsys.readouterr().out)
     assert excinfo.value.code == 0
     assert "usage: fedge simulate" in out
-    assert "--clients CLIENTS number of virtual clients (default: 10)" in out
+    assert (
+        "--clients CLIENTS number of virtual clients (default: the scenario's, else 10)"
+        in out
+    )
     assert "(default: runs)" in out
     assert "--set KEY=VALUE" in out
 

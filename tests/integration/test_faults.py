@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from simulations.fault_injection import drops_out
-from simulations.simulate import load_scenario, simulate
+from simulations.scenario_file import load_scenario
+from simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -7,6 +7,7 @@ import pytest
 from shared.config import (
     CONFIG_KEYS,
     RunConfig,
+    closest_key,
     default_run_config,
     from_run_config,
 )
@@ -224,7 +225,23 @@ def test_unknown_keys_are_reported_sorted():
     with pytest.raises(ConfigError) as excinfo:
         from_run_config({"zz-key": 1, "learning_rate": 0.1}, fill_defaults=True)
 
-    assert problems_of(excinfo) == ["unknown keys ['learning_rate', 'zz-key']"]
+    assert problems_of(excinfo) == [
+        "unknown keys ['learning_rate', 'zz-key'] "
+        "(did you mean 'learning-rate' for 'learning_rate'?)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("learning_rate", "learning-rate"),
+        ("num-rounds", "num-server-rounds"),
+        ("dirichlet-alfa", "dirichlet-alpha"),
+        ("zzz", None),
+    ],
+)
+def test_closest_key_names_the_key_a_typo_meant(key, expected):
+    assert closest_key(key, CONFIG_KEYS) == expected
 
 
 # ---------------------------------------------------------------- several at once

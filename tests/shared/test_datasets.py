@@ -1,9 +1,10 @@
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.datasets import load_breast_cancer, load_digits, make_classification
 
 from shared.datasets import (
     BUILTIN_DATASETS,
@@ -15,6 +16,7 @@ from shared.datasets import (
     split_train_test,
 )
 from shared.errors import DataError
+from shared.partition import partition_indices
 
 SQRT_2 = math.sqrt(2.0)
 
@@ -288,7 +290,7 @@ def test_unknown_builtin_lists_valid_names():
     with pytest.raises(
         DataError,
         match=r"unknown built-in dataset 'mnist'; valid names: "
-        r"\['digits', 'breast-cancer'\]",
+        r"\['digits', 'breast-cancer', 'synthetic'\]",
     ):
         load_builtin("mnist", "train")
 
@@ -326,10 +328,28 @@ def test_builtin_train_and_test_partition_the_original(name):
         bunch = load_digits()
         raw = np.concatenate([train.x, test.x]).reshape(-1, 64) * 16.0
     else:
-        bunch = load_breast_cancer()
+        if name == "synthetic":
+            data, target = make_classification(
+                n_samples=32_000,
+                n_features=20,
+                n_informative=10,
+                n_classes=4,
+                random_state=0,
+            )
+            bunch = SimpleNamespace(data=data, target=target)
+        else:
+            bunch = load_breast_cancer()
         p = train.preprocessing
         raw = np.concatenate([train.x, test.x]) * np.array(p.scales) + np.array(p.means)
     y = np.concatenate([train.y, test.y])
+    if name == "synthetic":
+        # 32,000 continuous rows: float32 rounding reorders near-tied rows, so
+        # compare each column and the labels as multisets instead.
+        np.testing.assert_allclose(
+            np.sort(raw, axis=0), np.sort(bunch.data, axis=0), atol=1e-3
+        )
+        assert np.bincount(y).tolist() == np.bincount(bunch.target).tolist()
+        return
     np.testing.assert_allclose(
         sorted_rows(raw, y), sorted_rows(bunch.data, bunch.target), atol=1e-3
     )
@@ -369,6 +389,21 @@ def test_breast_cancer_features_and_train_standardisation():
     np.testing.assert_allclose(train.x.mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(train.x.std(axis=0), 1.0, atol=1e-4)
     assert np.bincount(np.concatenate([train.y, test.y])).tolist() == [212, 357]
+
+
+def test_synthetic_gives_each_of_1000_iid_clients_24_examples():
+    train = load_builtin("synthetic", "train")
+    test = load_builtin("synthetic", "test")
+
+    assert (len(train), len(test)) == (24_000, 8_000)
+    assert train.x.shape[1:] == (20,)
+    assert train.preprocessing.class_names == ("0", "1", "2", "3")
+    # make_classification balances its classes (8,000 each, 6,000 in train),
+    # then relabels 1 % at random (flip_y = 0.01).
+    assert all(abs(n - 6_000) <= 60 for n in np.bincount(train.y))
+    parts = partition_indices(train.y, 1000, "iid", seed=42)
+    assert {len(p) for p in parts} == {24}
+    np.testing.assert_allclose(train.x.mean(axis=0), 0.0, atol=1e-5)
 
 
 # ---------------------------------------------------------------- Dataset

@@ -1,7 +1,8 @@
-"""Every packaged scenario parses, validates and fits the default 10 clients."""
+"""Scenario files: every packaged one parses, validates and runs its own client count."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,16 +10,16 @@ import pytest
 from shared.config import from_run_config
 from shared.errors import FedgeError
 from simulations.fault_injection import fault_config, split_fault_keys
-from simulations.simulate import (
+from simulations.scenario_file import (
     SCENARIOS_DIR,
     load_scenario,
-    preflight,
+    read_scenario,
     resolve_scenario,
     scenario_names,
 )
+from simulations.simulate import preflight
 
 SCENARIOS = sorted(SCENARIOS_DIR.glob("*.toml"))
-DEFAULT_CLIENTS = 10
 
 
 def test_the_promised_scenarios_exist():
@@ -38,12 +39,30 @@ def test_the_promised_scenarios_exist():
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
 def test_scenario_parses_and_validates(path: Path):
-    overrides, faults = split_fault_keys(load_scenario(path))
+    scenario = read_scenario(path)
+    overrides, faults = split_fault_keys(scenario.overrides)
 
     config = from_run_config(overrides, fill_defaults=True)
-    fault_config(faults, num_clients=DEFAULT_CLIENTS)
-    # Data and partitions fit the default client count (what `fedge simulate` checks).
-    preflight(config, DEFAULT_CLIENTS)
+    fault_config(faults, num_clients=scenario.clients)
+    # Data and partitions fit its own client count (what `fedge simulate` checks).
+    partitions = preflight(config, scenario.clients)
+    assert len(partitions) == scenario.clients
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_scenario_sets_the_client_count_its_description_promises(path: Path):
+    scenario = read_scenario(path)
+    promised = re.search(r"([\d,]+) (?:virtual |IID )?clients", scenario.description)
+
+    assert promised, f"{path.name}: the first line names no client count"
+    assert scenario.clients == int(promised.group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_no_comment_asks_the_user_to_retype_a_setting(path: Path):
+    usage = [line for line in path.read_text().splitlines() if "fedge simulate" in line]
+
+    assert not any("--clients" in line or "--rounds" in line for line in usage)
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)

@@ -9,7 +9,8 @@ from cli.app import build_parser
 from cli.simulate import collect_overrides
 from shared.config import from_run_config
 from shared.errors import DataError, FedgeError
-from simulations.simulate import load_scenario, preflight
+from simulations.scenario_file import load_scenario
+from simulations.simulate import preflight
 
 
 def parse(*argv):
