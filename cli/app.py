@@ -61,13 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # A command with actions (`fedge node start`) names itself in full.
+    name = getattr(args, "command_name", args.command)
     try:
         return int(args.run(args))
     except FedgeError as e:
-        print(f"fedge {args.command}: error: {e}", file=sys.stderr)
+        print(f"fedge {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fedge {args.command}: interrupted", file=sys.stderr)
+        print(f"fedge {name}: interrupted", file=sys.stderr)
         return 130
 
 

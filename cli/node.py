@@ -5,17 +5,29 @@ reports what it found, or the first problem with file, column and row. With
 ``--reference`` (the coordinator's held-out file, or a run's ``model.json``) the
 file is encoded with the federation's preprocessing, which also catches missing
 columns and unknown labels.
+
+``fedge node start`` replaces itself with Flower's own ``flower-supernode``,
+connected over TLS to the coordinator and authenticated by the node's key, with
+the node's data file and privacy-ledger folder in its node config. Every flag
+also reads a ``FEDGE_*`` environment variable, which is how
+``deploy/supernode.sh`` and the systemd unit configure it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.config import IMPUTE_MODES, default_run_config
-from shared.errors import DataError
+from shared.errors import DataError, FedgeError
 
 if TYPE_CHECKING:  # the data stack (pandas) loads only when the command runs
     from shared.datasets import Dataset
@@ -30,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     actions = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     _add_check(actions)
+    _add_start(actions)
 
 
 def _add_check(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -61,7 +74,7 @@ def _add_check(actions: argparse._SubParsersAction) -> None:  # type: ignore[typ
         help="missing values: none refuses them, mean imputes them "
         f"(default: {defaults['impute']})",
     )
-    p.set_defaults(run=run_check)
+    p.set_defaults(run=run_check, command_name="node check")
 
 
 def check_node_file(
@@ -122,3 +135,222 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"  note: no examples of {missing} (fine for a non-IID node)")
     print("ok: this node's data can join")
     return 0
+
+
+# ------------------------------------------------------------------ start
+# flag -> (environment variable, default, help); the launcher script and the
+# systemd unit set the variables, a person types the flags.
+START_SETTINGS: dict[str, tuple[str, str, str]] = {
+    "superlink": (
+        "FEDGE_SUPERLINK",
+        "",
+        "the coordinator as HOST:PORT; HOST must be named in its certificate",
+    ),
+    "node-key": (
+        "FEDGE_NODE_KEY",
+        "",
+        "this node's private key (deploy/make-node-key.sh); the coordinator "
+        "registered its .pub",
+    ),
+    "ca-cert": ("FEDGE_CA_CERT", "./certs/ca.crt", "the federation's CA certificate"),
+    "data-path": (
+        "FEDGE_DATA_PATH",
+        "",
+        "this node's CSV / Parquet / .npz file (node config 'data-path')",
+    ),
+    "state-dir": (
+        "FEDGE_STATE_DIR",
+        "./fedge-state",
+        "where the node keeps its privacy ledgers (node config 'state-dir'), so a "
+        "restarted node continues its ε; keep it on persistent storage",
+    ),
+    "node-config": (
+        "FEDGE_NODE_CONFIG",
+        "",
+        "further node config, e.g. 'partition-id=0 num-partitions=2' for a "
+        "built-in data set instead of --data-path",
+    ),
+    "port": (
+        "FEDGE_NODE_PORT",
+        "9094",
+        "local port of the node's ClientApp runtime; differs per node on one host",
+    ),
+}
+SUPERNODE = "flower-supernode"
+
+
+def _add_start(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = actions.add_parser(
+        "start",
+        help="start this node's flower-supernode (TLS, node key, data, ledgers)",
+        description=(
+            "Start Flower's flower-supernode for this node: TLS to the coordinator "
+            "verified with the federation's CA, authenticated by the node's key, "
+            "with the node's data file and ledger folder (absolute paths) in its "
+            "node config. Options after -- go to flower-supernode unchanged. "
+            "Each option also reads the environment variable named in brackets."
+        ),
+    )
+    for flag, (variable, default, text) in START_SETTINGS.items():
+        shown = f"default: {default}" if default else "unset"
+        p.add_argument(
+            f"--{flag}",
+            default=None,
+            metavar=flag.split("-")[-1].upper(),
+            help=f"{text} [{variable}; {shown}]",
+        )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the flower-supernode command line and exit",
+    )
+    p.add_argument(
+        "flower_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- FLOWER_OPTIONS",
+        help="passed on to flower-supernode",
+    )
+    p.set_defaults(run=run_start, command_name="node start")
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """What a node needs to join a secure federation.
+
+    Attributes
+    ----------
+    superlink : str
+        The coordinator as ``HOST:PORT``.
+    node_key : Path
+        The node's private key for SuperNode authentication.
+    ca_cert : Path
+        The federation's CA certificate, to verify the coordinator.
+    state_dir : Path
+        Where the node keeps its privacy ledgers.
+    data_path : Path or None
+        The node's data file; None when ``node_config`` names a partition.
+    node_config : str
+        Further node config in Flower's ``key=value ...`` form.
+    port : int
+        Local port of the node's ClientApp runtime.
+    """
+
+    superlink: str
+    node_key: Path
+    ca_cert: Path
+    state_dir: Path
+    data_path: Path | None = None
+    node_config: str = ""
+    port: int = 9094
+
+
+def node_launch(
+    values: Mapping[str, str | None], environ: Mapping[str, str] = os.environ
+) -> NodeLaunch:
+    """Settings from flags (``values``, by flag name), else environment, else defaults.
+
+    Raises
+    ------
+    FedgeError
+        Listing every missing or unreadable setting, with the flag and
+        variable that set it.
+    """
+    resolved = {
+        flag: values.get(flag) or environ.get(variable) or default
+        for flag, (variable, default, _) in START_SETTINGS.items()
+    }
+    problems = []
+
+    def name(flag: str) -> str:
+        return f"--{flag} ({START_SETTINGS[flag][0]})"
+
+    if not resolved["superlink"]:
+        problems.append(f"set {name('superlink')} to the coordinator's HOST:PORT")
+    if not resolved["node-key"]:
+        problems.append(
+            f"set {name('node-key')} to this node's private key (make-node-key.sh)"
+        )
+    for flag, what, fix in (
+        ("node-key", "node key", ""),
+        ("ca-cert", "CA certificate", "; copy the coordinator's ca.crt"),
+        ("data-path", "data file", ""),
+    ):
+        path = resolved[flag]
+        if path and not os.access(path, os.R_OK):
+            problems.append(f"cannot read {what} {path} given by {name(flag)}{fix}")
+    try:
+        port = int(resolved["port"])
+    except ValueError:
+        problems.append(
+            f"{name('port')} must be a port number, got {resolved['port']!r}"
+        )
+        port = 0
+    if problems:
+        raise FedgeError("; ".join(problems))
+    return NodeLaunch(
+        superlink=resolved["superlink"],
+        node_key=Path(resolved["node-key"]).resolve(),
+        ca_cert=Path(resolved["ca-cert"]).resolve(),
+        # Absolute: the node config must not depend on a working directory.
+        state_dir=Path(resolved["state-dir"]).resolve(),
+        data_path=Path(resolved["data-path"]).resolve()
+        if resolved["data-path"]
+        else None,
+        node_config=resolved["node-config"],
+        port=port,
+    )
+
+
+def supernode_command(
+    launch: NodeLaunch, flower_args: Sequence[str] = (), *, program: str = SUPERNODE
+) -> list[str]:
+    """The ``flower-supernode`` command line that ``launch`` describes."""
+    from client.node_data import DATA_PATH
+    from client.private_round import STATE_DIR
+    from simulations.flower_processes import format_node_config
+
+    node_config = {STATE_DIR: str(launch.state_dir)}
+    if launch.data_path is not None:
+        node_config = {DATA_PATH: str(launch.data_path), **node_config}
+    text = " ".join(filter(None, [format_node_config(node_config), launch.node_config]))
+    return [
+        program,
+        "--root-certificates",
+        str(launch.ca_cert),
+        "--superlink",
+        launch.superlink,
+        "--auth-supernode-private-key",
+        str(launch.node_key),
+        "--port",
+        str(launch.port),
+        "--node-config",
+        text,
+        *flower_args,
+    ]
+
+
+def run_start(args: argparse.Namespace) -> int:
+    """Print the command (``--dry-run``) or become ``flower-supernode``."""
+    launch = node_launch(
+        {flag: getattr(args, flag.replace("-", "_")) for flag in START_SETTINGS}
+    )
+    flower_args = list(args.flower_args)
+    if flower_args[:1] == ["--"]:
+        flower_args = flower_args[1:]
+    # The virtualenv's own flower-supernode first: a service's PATH may lack it.
+    sibling = Path(sys.executable).parent / SUPERNODE
+    program = str(sibling) if sibling.is_file() else shutil.which(SUPERNODE)
+    if args.dry_run:
+        print(shlex.join(supernode_command(launch, flower_args)))
+        return 0
+    if program is None:
+        raise FedgeError(
+            f"{SUPERNODE} not found next to {sys.executable} or on PATH; "
+            "activate the fedge virtualenv (make setup)"
+        )
+    launch.state_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    sys.stdout.flush()
+    # exec: the SuperNode receives a service manager's signals directly.
+    os.execv(program, supernode_command(launch, flower_args, program=program))
+    return 0  # not reached

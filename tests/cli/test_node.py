@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import shlex
+import subprocess
 from pathlib import Path
 
+import pytest
+
 from cli.app import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -42,3 +48,147 @@ def test_an_unknown_label_is_refused_against_the_reference(tmp_path, capsys):
     node = _write(tmp_path / "node.csv", "age,city,label\n30,a,maybe\n")
     assert main(["node", "check", str(node), "--reference", str(reference)]) == 2
     assert "maybe" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- node start
+START_ENV = (
+    "FEDGE_SUPERLINK",
+    "FEDGE_NODE_KEY",
+    "FEDGE_CA_CERT",
+    "FEDGE_DATA_PATH",
+    "FEDGE_STATE_DIR",
+    "FEDGE_NODE_CONFIG",
+    "FEDGE_NODE_PORT",
+)
+
+
+@pytest.fixture
+def node_files(tmp_path, monkeypatch):
+    for variable in START_ENV:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)
+    key = _write(tmp_path / "clinic-a", "private key")
+    ca = _write(tmp_path / "ca.crt", "certificate")
+    data = _write(tmp_path / "clinic a.csv", "x,label\n1,a\n")
+    return key, ca, data
+
+
+def test_start_dry_run_prints_the_flower_supernode_command(node_files, capsys):
+    key, ca, data = node_files
+
+    code = main(
+        [
+            "node",
+            "start",
+            "--dry-run",
+            "--superlink",
+            "coord.example:9100",
+            "--node-key",
+            "clinic-a",  # relative: made absolute
+            "--ca-cert",
+            str(ca),
+            "--data-path",
+            str(data),
+            "--state-dir",
+            "state",
+            "--port",
+            "9201",
+            "--",
+            "--max-retries",
+            "3",
+        ]
+    )
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert shlex.split(out) == [
+        "flower-supernode",
+        "--root-certificates",
+        str(ca),
+        "--superlink",
+        "coord.example:9100",
+        "--auth-supernode-private-key",
+        str(key),
+        "--port",
+        "9201",
+        "--node-config",
+        f'data-path="{data}" state-dir="{key.parent / "state"}"',
+        "--max-retries",
+        "3",
+    ]
+
+
+def test_start_reads_the_environment_and_flags_win(node_files, capsys, monkeypatch):
+    key, ca, _ = node_files
+    monkeypatch.setenv("FEDGE_SUPERLINK", "from-env:1")
+    monkeypatch.setenv("FEDGE_NODE_KEY", str(key))
+    monkeypatch.setenv("FEDGE_CA_CERT", str(ca))
+    monkeypatch.setenv("FEDGE_NODE_CONFIG", "partition-id=0 num-partitions=2")
+
+    code = main(["node", "start", "--dry-run", "--superlink", "from-flag:2"])
+
+    command = shlex.split(capsys.readouterr().out)
+    assert code == 0
+    assert command[command.index("--superlink") + 1] == "from-flag:2"
+    assert command[command.index("--port") + 1] == "9094"  # the default
+    assert command[command.index("--node-config") + 1] == (
+        f'state-dir="{key.parent / "fedge-state"}" partition-id=0 num-partitions=2'
+    )
+
+
+def test_start_names_every_missing_setting_on_one_line(node_files, capsys):
+    code = main(["node", "start", "--data-path", "absent.csv"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line == (
+        "fedge node start: error: "
+        "set --superlink (FEDGE_SUPERLINK) to the coordinator's HOST:PORT; "
+        "set --node-key (FEDGE_NODE_KEY) to this node's private key "
+        "(make-node-key.sh); "
+        "cannot read CA certificate ./certs/ca.crt given by --ca-cert "
+        "(FEDGE_CA_CERT); copy the coordinator's ca.crt; "
+        "cannot read data file absent.csv given by --data-path (FEDGE_DATA_PATH)"
+    )
+
+
+def test_start_refuses_a_port_that_is_not_a_number(node_files):
+    key, ca, _ = node_files
+    from cli.node import node_launch
+    from shared.errors import FedgeError
+
+    with pytest.raises(
+        FedgeError, match=r"--port \(FEDGE_NODE_PORT\) must be a port number, got 'x'"
+    ):
+        node_launch(
+            {"superlink": "h:1", "node-key": str(key), "ca-cert": str(ca), "port": "x"},
+            environ={},
+        )
+
+
+def test_the_deploy_launcher_runs_the_same_command(node_files):
+    # deploy/supernode.sh is a wrapper: the same settings give the same command.
+    key, ca, data = node_files
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "FEDGE_SUPERLINK": "h:1",
+        "FEDGE_NODE_KEY": str(key),
+        "FEDGE_CA_CERT": str(ca),
+        "FEDGE_DATA_PATH": str(data),
+    }
+
+    done = subprocess.run(
+        [str(REPO / "deploy" / "supernode.sh"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    command = shlex.split(done.stdout)
+    assert command[0] == "flower-supernode"
+    assert command[command.index("--node-config") + 1] == (
+        f'data-path="{data}" state-dir="{key.parent / "fedge-state"}"'
+    )

@@ -8,23 +8,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from simulations.flower_processes import (
-    flwr_run_command,
+from simulations.flower_processes import session_members, stop_process
+from tests.e2e.deployment import (
+    APP_DIR,
+    FEDGE,
+    running_keyless_node,
     running_superlink,
-    running_supernode,
-    session_members,
-    stop_process,
-    write_run_config,
+    submit_run,
 )
 
-APP_DIR = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
@@ -38,25 +36,16 @@ def test_too_few_nodes_end_the_run_within_the_timeout(tmp_path: Path) -> None:
         "run-name": "lonely",
     }
     with (
-        running_superlink(tmp_path, simulation=False) as link,
-        running_supernode(
+        running_superlink(tmp_path) as link,
+        running_keyless_node(
             link,
             tmp_path,
-            node_config={"partition-id": 0, "num-partitions": 2},
             name="node0",
+            node_config={"partition-id": 0, "num-partitions": 2},
         ),
     ):
         started = time.monotonic()
-        done = subprocess.run(
-            flwr_run_command(
-                APP_DIR, write_run_config(tmp_path / "run.toml", overrides)
-            ),
-            env=link.env,
-            cwd=APP_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = submit_run(link, tmp_path, overrides, timeout_s=300)
         elapsed = time.monotonic() - started
     status = json.loads((tmp_path / "runs" / "lonely" / "status.json").read_text())
     assert status["state"] == "failed", done.stdout[-2000:]
@@ -88,9 +77,7 @@ def _kill_tree(root: int) -> None:
 
 def _simulate_command(out_dir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "cli.app",
+        *FEDGE,
         "simulate",
         "--clients",
         "3",

@@ -4,7 +4,6 @@ processes each reading its own CSV file, and `flwr run` submitting the app."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from simulations.flower_processes import (
-    flwr_run_command,
-    running_superlink,
-    running_supernode,
-    write_run_config,
-)
+from tests.e2e.deployment import running_keyless_node, running_superlink, submit_run
 
-APP_DIR = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
@@ -53,31 +46,15 @@ def test_two_supernodes_train_on_their_own_csv(tmp_path: Path) -> None:
         "round-timeout-s": 300.0,
     }
     with (
-        running_superlink(tmp_path, simulation=False) as link,
-        running_supernode(
-            link,
-            tmp_path,
-            node_config={"data-path": str(node_files[0])},
-            name="node0",
+        running_superlink(tmp_path) as link,
+        running_keyless_node(
+            link, tmp_path, name="node0", node_config={"data-path": str(node_files[0])}
         ),
-        running_supernode(
-            link,
-            tmp_path,
-            node_config={"data-path": str(node_files[1])},
-            name="node1",
+        running_keyless_node(
+            link, tmp_path, name="node1", node_config={"data-path": str(node_files[1])}
         ),
     ):
-        command = flwr_run_command(
-            APP_DIR, write_run_config(tmp_path / "run.toml", overrides)
-        )
-        done = subprocess.run(
-            command,
-            env=link.env,
-            cwd=APP_DIR,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        done = submit_run(link, tmp_path, overrides, timeout_s=600)
     log = done.stdout + done.stderr
     run_dir = out_dir / "e2e"
     status = json.loads((run_dir / "status.json").read_text())

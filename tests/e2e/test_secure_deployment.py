@@ -17,19 +17,19 @@ import pandas as pd
 import pytest
 from opacus.accountants import RDPAccountant
 
-from simulations.flower_processes import (
-    CONNECTION,
-    SuperLink,
+from tests.e2e.deployment import (
+    DEPLOY,
+    Node,
     TlsFiles,
-    flwr_run_command,
+    make_node_key,
     register_supernode,
+    running_keyless_node,
+    running_node,
     running_superlink,
-    running_supernode,
-    write_run_config,
+    submit_run,
+    supernode_states,
 )
 
-APP_DIR = Path(__file__).resolve().parents[2]
-DEPLOY = APP_DIR / "deploy"
 BATCH_SIZE = 32
 
 
@@ -119,11 +119,11 @@ def test_make_node_key_refuses_a_name_that_is_not_a_file_name(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({}, "set FEDGE_SUPERLINK to the coordinator's HOST:PORT"),
-        ({"FEDGE_SUPERLINK": "h:1"}, "set FEDGE_NODE_KEY"),
+        ({}, "set --superlink (FEDGE_SUPERLINK) to the coordinator's HOST:PORT"),
+        ({"FEDGE_SUPERLINK": "h:1"}, "set --node-key (FEDGE_NODE_KEY)"),
         (
             {"FEDGE_SUPERLINK": "h:1", "FEDGE_NODE_KEY": "/nope"},
-            "cannot read node key /nope",
+            "cannot read node key /nope given by --node-key (FEDGE_NODE_KEY)",
         ),
     ],
 )
@@ -135,7 +135,9 @@ def test_supernode_launcher_names_a_missing_setting(
     done = _run_deploy_script("supernode.sh", env=env)
 
     assert done.returncode == 2
-    assert message in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("fedge node start: error: ")
+    assert message in line
 
 
 def test_superlink_launcher_names_a_missing_certificate(tmp_path: Path) -> None:
@@ -145,33 +147,6 @@ def test_superlink_launcher_names_a_missing_certificate(tmp_path: Path) -> None:
 
     assert done.returncode == 2
     assert f"cannot read {tmp_path}/ca.crt" in done.stderr
-
-
-def test_launchers_refuse_an_insecure_setup(tmp_path: Path) -> None:
-    with (
-        pytest.raises(
-            ValueError, match="always starts a deployment SuperLink with TLS"
-        ),
-        running_superlink(tmp_path, simulation=False, launcher=DEPLOY / "superlink.sh"),
-    ):
-        pass
-    insecure = SuperLink(
-        process=None,  # type: ignore[arg-type]  # never touched: refused first
-        address="127.0.0.1:1",
-        flwr_home=tmp_path,
-        log_path=tmp_path / "x.log",
-    )
-    with (
-        pytest.raises(ValueError, match="always connects with TLS and a node key"),
-        running_supernode(
-            insecure,
-            tmp_path,
-            node_config={},
-            name="n",
-            launcher=DEPLOY / "supernode.sh",
-        ),
-    ):
-        pass
 
 
 def _rdp_epsilon(ledger: dict, delta: float) -> float:
@@ -195,10 +170,9 @@ def test_registered_nodes_train_over_tls_and_strangers_are_refused(
 ) -> None:
     # Prepare: the operator's files, made by the operator's scripts.
     certs, keys = tmp_path / "certs", tmp_path / "keys"
-    made = _deploy_script("make-certs.sh", certs, "127.0.0.1")
-    assert "server.pem" in made
+    tls = TlsFiles.make(certs)
     for name in ("node0", "node1", "stranger"):
-        _deploy_script("make-node-key.sh", keys, name)
+        make_node_key(keys, name)
     state_dirs = [tmp_path / "state0", tmp_path / "state1"]
     out_dir = tmp_path / "runs"
     overrides = {
@@ -215,75 +189,44 @@ def test_registered_nodes_train_over_tls_and_strangers_are_refused(
         "round-timeout-s": 120.0,
     }
 
+    nodes = [
+        Node(
+            name=f"node{i}",
+            key=(keys / f"node{i}").resolve(),
+            state_dir=state_dirs[i],
+            node_config={"partition-id": i, "num-partitions": 2},
+        )
+        for i in range(2)
+    ]
+    stranger = Node(
+        name="stranger",
+        key=(keys / "stranger").resolve(),
+        state_dir=tmp_path / "stranger-state",
+        node_config={"partition-id": 0, "num-partitions": 2},
+    )
+
     # Execute
-    with running_superlink(
-        tmp_path,
-        simulation=False,
-        tls=TlsFiles.from_dir(certs),
-        supernode_auth=True,
-        launcher=DEPLOY / "superlink.sh",
-    ) as link:
-        registered = {register_supernode(link, keys / f"node{i}.pub") for i in range(2)}
+    with running_superlink(tmp_path, tls=tls, launcher=True) as link:
+        registered = {
+            register_supernode(link, n.key.with_suffix(".pub")) for n in nodes
+        }
         with (
-            running_supernode(
-                link,
-                tmp_path,
-                node_config={
-                    "partition-id": 0,
-                    "num-partitions": 2,
-                    "state-dir": str(state_dirs[0]),
-                },
-                name="node0",
-                auth_key=keys / "node0",
-                launcher=DEPLOY / "supernode.sh",
-            ),
-            running_supernode(
-                link,
-                tmp_path,
-                node_config={
-                    "partition-id": 1,
-                    "num-partitions": 2,
-                    "state-dir": str(state_dirs[1]),
-                },
-                name="node1",
-                auth_key=keys / "node1",
-                launcher=DEPLOY / "supernode.sh",
-            ),
+            running_node(link, tmp_path, nodes[0], launcher=True),
+            running_node(link, tmp_path, nodes[1], launcher=True),
             # A key the coordinator never registered, via the same launcher ...
-            running_supernode(
-                link,
-                tmp_path,
-                node_config={"partition-id": 0, "num-partitions": 2},
-                name="stranger",
-                auth_key=keys / "stranger",
-                launcher=DEPLOY / "supernode.sh",
-            ) as stranger,
+            running_node(link, tmp_path, stranger, launcher=True) as refused,
             # ... and a node that brings no key at all.
-            running_supernode(
+            running_keyless_node(
                 link,
                 tmp_path,
-                node_config={"partition-id": 1, "num-partitions": 2},
                 name="keyless",
+                node_config={"partition-id": 1, "num-partitions": 2},
+                tls=True,
             ) as keyless,
         ):
-            done = subprocess.run(
-                flwr_run_command(
-                    APP_DIR, write_run_config(tmp_path / "run.toml", overrides)
-                ),
-                env=link.env,
-                cwd=APP_DIR,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            refused_codes = (stranger.wait(timeout=60), keyless.wait(timeout=60))
-            listed = subprocess.run(
-                ["flwr", "supernode", "list", CONNECTION, "--format", "json"],
-                env=link.env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            done = submit_run(link, tmp_path, overrides, timeout_s=300)
+            refused_codes = (refused.wait(timeout=60), keyless.wait(timeout=60))
+            listed = supernode_states(link)
 
     # Assert: the run completed with both registered nodes in every round.
     log = done.stdout + done.stderr
@@ -300,8 +243,7 @@ def test_registered_nodes_train_over_tls_and_strangers_are_refused(
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     for row in rounds[1:]:
         assert {c["node-id"] for c in row["clients"]} == registered, row["round"]
-    nodes = json.loads(listed.stdout)["nodes"]
-    assert {int(n["node-id"]) for n in nodes} == registered
+    assert set(listed) == registered
 
     # Each node's ledger file on disk holds its two rounds, and Opacus's RDP
     # accountant on those entries gives the ε the node reported after round 2.
