@@ -6,6 +6,7 @@ so a node never spends past its budget even by one round.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from client.privacy_ledger import PrivacyLedger
@@ -44,6 +45,7 @@ def check_budget(
     delta: float,
     budget_epsilon: float,
     accountant: str = "rdp",
+    schedule: Sequence[float] = (),
 ) -> BudgetDecision:
     """Decide whether the node may train the planned round.
 
@@ -58,6 +60,11 @@ def check_budget(
     budget_epsilon : float
         The node's ε budget for the whole run (> 0).
     accountant : {"rdp", "prv"}
+    schedule : sequence of float, optional
+        ε after ``k`` rounds of ``planned`` for ``k = 0, 1, ...``
+        (:func:`shared.privacy.epsilon_schedule`, same δ and accountant). Used
+        when the ledger holds nothing but ``planned`` rounds, which spares a
+        fresh process the accountant; any other history is accounted afresh.
 
     Returns
     -------
@@ -71,12 +78,14 @@ def check_budget(
     if not budget_epsilon > 0:
         raise ConfigError(f"budget ε must be > 0, got {budget_epsilon}.")
     planned = check_history_entry(planned, where="planned round")
-    epsilon_now = epsilon_for(
-        history=ledger.history, delta=delta, accountant=accountant
-    )
-    epsilon_after = epsilon_for(
-        history=[*ledger.history, planned], delta=delta, accountant=accountant
-    )
+    history = ledger.history
+    if len(history) + 1 < len(schedule) and all(e == planned for e in history):
+        epsilon_now, epsilon_after = schedule[len(history)], schedule[len(history) + 1]
+    else:
+        epsilon_now = epsilon_for(history=history, delta=delta, accountant=accountant)
+        epsilon_after = epsilon_for(
+            history=[*history, planned], delta=delta, accountant=accountant
+        )
     allowed = epsilon_after <= budget_epsilon
     verdict = "within" if allowed else "over"
     reason = (

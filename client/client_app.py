@@ -2,6 +2,11 @@
 
 ``flower-supernode`` runs it on each real node; the simulation engine runs it
 for every virtual node. It holds no logic of its own beyond translating.
+
+Its imports are what every message pays in a deployment (a fresh process per
+message): torch and Flower, nothing more. pandas, scikit-learn and Opacus load
+inside the calls that need them, and the config, model and data come from
+:mod:`client.process_cache` and :mod:`client.node_cache`.
 """
 
 from __future__ import annotations
@@ -12,31 +17,36 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.node_data import load_node_data
+from client.node_cache import cached_node_data
+from client.node_data import NodeData
 from client.private_round import train_private_round
+from client.process_cache import model_for, typed_config
 from client.training import train_plain
 from shared import keys
-from shared.config import RunConfig, from_run_config
-from shared.evaluation import evaluate_model
-from shared.models import ModelSpec, build_model
-from shared.preprocessing import Preprocessing
+from shared.config import RunConfig
+from shared.evaluation import evaluate_loss_accuracy
 from shared.records import load_record_into, state_dict_to_record
 
 logger = logging.getLogger(__name__)
 app = ClientApp()
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, object]:
+def _setup(
+    msg: Message, context: Context
+) -> tuple[RunConfig, torch.nn.Module, NodeData]:
     """Typed config, the global model with the sent weights, and the node's data."""
     # Simulation packs several virtual nodes onto each core; more threads only thrash.
     torch.set_num_threads(1)
-    config = from_run_config(context.run_config)
+    config = typed_config(context.run_config)
     server_config = msg.content[keys.CONFIG]
-    spec = ModelSpec.from_json(str(server_config[keys.MODEL_SPEC]))
-    preprocessing = Preprocessing.from_json(str(server_config[keys.PREPROCESSING]))
-    model = build_model(spec)
+    model = model_for(str(server_config[keys.MODEL_SPEC]))
     load_record_into(model, msg.content[keys.ARRAYS])
-    data = load_node_data(context.node_config, config.data, preprocessing)
+    data = cached_node_data(
+        context.node_config,
+        config.data,
+        str(server_config[keys.PREPROCESSING]),
+        run_id=context.run_id,
+    )
     return config, model, data
 
 
@@ -59,6 +69,7 @@ def train(msg: Message, context: Context) -> Message:
             context=context,
             server_round=server_round,
             fedge_run_id=str(server_config.get(keys.FEDGE_RUN_ID, context.run_id)),
+            model_spec=str(server_config[keys.MODEL_SPEC]),
         )
         metrics = MetricRecord(figures)
         if figures[keys.REFUSED]:
@@ -90,7 +101,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this node's local test split."""
     _, model, data = _setup(msg, context)
-    figures = evaluate_model(model, data.test.x, data.test.y)
+    figures = evaluate_loss_accuracy(model, data.test.x, data.test.y)
     metrics = MetricRecord(
         {
             keys.NUM_EXAMPLES: len(data.test),

@@ -4,10 +4,17 @@ The noise multiplier is calibrated once for the whole planned run (every local
 step of every round), not per round; the ledger carries the node's cumulative
 spend across rounds and restarts; a round that would take ε past the budget is
 refused before any training, and the reply says so.
+
+Everything a node can prepare once per run is kept in ``context.state``, which
+survives between messages even when each message runs in a fresh process
+(deployment): the plan with its ε schedule (so the budget check needs no
+accountant after the first message) and the model specs Opacus accepted (so
+the model is validated once, not twice per message).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,12 +30,20 @@ from client.privacy_ledger import STATE_KEY, PrivacyLedger, ledger_path, restore
 from shared import keys
 from shared.config import RunConfig
 from shared.datasets import Dataset
-from shared.privacy import calibrate_noise_multiplier, plan_sampling, resolve_delta
+from shared.privacy import (
+    calibrate_noise_multiplier,
+    epsilon_schedule,
+    plan_sampling,
+    resolve_delta,
+)
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = "state-dir"  # node config: where this node keeps its privacy ledger
 PLAN_KEY = "dp-plan"  # context.state record caching the calibrated plan
+VALIDATED_KEY = "dp-validated-models"  # context.state: specs Opacus accepted
+# Model specs validated in this process (simulation reuses processes).
+_validated_specs: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,13 @@ class PrivacyPlan:
     sample_rate: float
     steps_per_round: int
     delta: float
+    # ε after k planned rounds, k = 0 .. rounds (RDP only; empty for PRV).
+    epsilon_schedule: tuple[float, ...] = ()
+
+    @property
+    def round_entry(self) -> tuple[float, float, int]:
+        """One planned round as an accountant history entry."""
+        return (self.noise_multiplier, self.sample_rate, self.steps_per_round)
 
     def to_record(self, plan_id: str) -> ConfigRecord:
         """Cache in ``context.state`` (calibrating costs about a second)."""
@@ -49,39 +71,70 @@ class PrivacyPlan:
                 "sample-rate": self.sample_rate,
                 "steps-per-round": self.steps_per_round,
                 "delta": self.delta,
+                "epsilon-schedule": list(self.epsilon_schedule),
             }
+        )
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> PrivacyPlan:
+        """Rebuild from :meth:`to_record`."""
+        return cls(
+            float(record["noise-multiplier"]),
+            float(record["sample-rate"]),
+            int(record["steps-per-round"]),
+            float(record["delta"]),
+            tuple(float(e) for e in record.get("epsilon-schedule", [])),
         )
 
 
 def plan_privacy(config: RunConfig, num_examples: int, context: Context) -> PrivacyPlan:
-    """σ, sampling rate, steps and δ for this node; calibrated once per run."""
+    """σ, sampling rate, steps, δ and ε schedule for this node; once per run."""
     dp, train = config.dp, config.train
+    plan_id = f"{num_examples}:{config.to_flat()}"
+    cached = context.state.get(PLAN_KEY)
+    if cached is not None and cached.get("plan-id") == plan_id:
+        return PrivacyPlan.from_record(cached)
     delta = resolve_delta(dp.target_delta, num_examples)
     sample_rate, steps_per_epoch = plan_sampling(
         num_examples=num_examples, batch_size=train.batch_size
     )
     steps_per_round = steps_per_epoch * train.local_epochs
-    if dp.noise_multiplier > 0:
-        return PrivacyPlan(dp.noise_multiplier, sample_rate, steps_per_round, delta)
-    plan_id = f"{num_examples}:{config.to_flat()}"
-    cached = context.state.get(PLAN_KEY)
-    if cached is not None and cached.get("plan-id") == plan_id:
-        return PrivacyPlan(
-            float(cached["noise-multiplier"]),
-            float(cached["sample-rate"]),
-            int(cached["steps-per-round"]),
-            float(cached["delta"]),
+    rounds = config.run.num_server_rounds
+    sigma = dp.noise_multiplier
+    if not sigma > 0:
+        sigma = calibrate_noise_multiplier(
+            target_epsilon=dp.target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps_per_round * rounds,
+            accountant=dp.accountant,
         )
-    sigma = calibrate_noise_multiplier(
-        target_epsilon=dp.target_epsilon,
-        target_delta=delta,
-        sample_rate=sample_rate,
-        steps=steps_per_round * config.run.num_server_rounds,
-        accountant=dp.accountant,
-    )
-    plan = PrivacyPlan(sigma, sample_rate, steps_per_round, delta)
+    schedule: tuple[float, ...] = ()
+    if dp.accountant == "rdp":  # microseconds per round; PRV would cost seconds
+        schedule = epsilon_schedule(
+            entry=(sigma, sample_rate, steps_per_round), rounds=rounds, delta=delta
+        )
+    plan = PrivacyPlan(sigma, sample_rate, steps_per_round, delta, schedule)
     context.state[PLAN_KEY] = plan.to_record(plan_id)
     return plan
+
+
+def check_private_model_once(
+    model: nn.Module, model_spec: str, context: Context
+) -> None:
+    """:func:`validate_private_model` once per model spec for this node.
+
+    The spec (:meth:`shared.models.ModelSpec.to_json`) fully determines the
+    layers Opacus inspects, so one accepted spec stays accepted.
+    """
+    digest = hashlib.sha256(model_spec.encode("utf-8")).hexdigest()[:16]
+    record = context.state.get(VALIDATED_KEY)
+    known = list(record["specs"]) if record is not None else []
+    if digest in _validated_specs or digest in known:
+        return
+    validate_private_model(model)  # raises ModelError; nothing is cached then
+    _validated_specs.add(digest)
+    context.state[VALIDATED_KEY] = ConfigRecord({"specs": [*known, digest]})
 
 
 def node_key(node_config: Mapping[str, Any]) -> str:
@@ -112,8 +165,12 @@ def train_private_round(
     context: Context,
     server_round: int,
     fedge_run_id: str,
+    model_spec: str | None = None,
 ) -> dict[str, float | int]:
     """Train one DP round in place, or refuse; return the reply's metrics.
+
+    ``model_spec`` is the JSON spec ``model`` was built from; it keys the
+    once-per-spec model validation (None: validate this model every time).
 
     Raises
     ------
@@ -122,7 +179,10 @@ def train_private_round(
         refuses to train rather than restart its count at zero.
     """
     dp = config.dp
-    validate_private_model(model)
+    if model_spec is None:
+        validate_private_model(model)
+    else:
+        check_private_model_once(model, model_spec, context)
     plan = plan_privacy(config, len(train), context)
     path = ledger_file(config, context, fedge_run_id)
     ledger = restore_ledger(
@@ -131,13 +191,13 @@ def train_private_round(
         run_id=fedge_run_id,
         node_key=node_key(context.node_config),
     )
-    planned = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
     decision = check_budget(
         ledger=ledger,
-        planned=planned,
+        planned=plan.round_entry,
         delta=plan.delta,
         budget_epsilon=dp.target_epsilon,
         accountant=dp.accountant,
+        schedule=plan.epsilon_schedule,
     )
     figures = {
         keys.DELTA: plan.delta,
@@ -173,6 +233,7 @@ def train_private_round(
         proximal_mu=config.strategy.proximal_mu
         if config.strategy.name == "fedprox"
         else 0.0,
+        check_model=False,  # check_private_model_once did
     )
     model.load_state_dict(result.state_dict)
     # Record before replying: the update is about to be released.
@@ -185,9 +246,16 @@ def train_private_round(
     if path is not None:
         ledger.save(path)
     context.state[STATE_KEY] = ledger.to_config_record()
+    trained = (plan.noise_multiplier, result.sample_rate, result.steps)
+    # The budget check already accounted for exactly this round.
+    epsilon = (
+        decision.epsilon_after
+        if trained == plan.round_entry
+        else ledger.epsilon(plan.delta, dp.accountant)
+    )
     return {
         keys.REFUSED: 0,
-        keys.EPSILON: ledger.epsilon(plan.delta, dp.accountant),
+        keys.EPSILON: epsilon,
         keys.DP_STEPS: ledger.total_steps,
         keys.NUM_EXAMPLES: result.num_examples,
         **figures,

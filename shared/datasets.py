@@ -21,16 +21,23 @@ import hashlib
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from shared.errors import DataError
+from shared.lazy_import import lazy_module
 from shared.preprocessing import (
     IMAGE_SHAPE_ATTR,
     Preprocessing,
     fit_preprocessing,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:
+    # pandas costs ~0.4 s to import; a node reading cached arrays never needs it.
+    pd = lazy_module("pandas")
 
 BUILTIN_DATASETS = ("digits", "breast-cancer", "synthetic")
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".npz")

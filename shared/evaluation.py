@@ -10,10 +10,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.metrics import classification_metrics
+from shared.metrics import accuracy, classification_metrics
 
 
 @torch.inference_mode()
+def _loss_and_probabilities(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int
+) -> tuple[float, np.ndarray]:
+    model.eval()
+    logits = torch.cat(
+        [
+            model(torch.from_numpy(x[i : i + batch_size]))
+            for i in range(0, len(x), batch_size)
+        ]
+    )
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    loss = float(nn.functional.cross_entropy(logits, labels))
+    return loss, torch.softmax(logits, dim=1).numpy()
+
+
 def evaluate_model(
     model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512
 ) -> dict[str, float]:
@@ -28,14 +43,16 @@ def evaluate_model(
     batch_size : int, default 512
         Inference batch size; only bounds memory.
     """
-    model.eval()
-    logits = torch.cat(
-        [
-            model(torch.from_numpy(x[i : i + batch_size]))
-            for i in range(0, len(x), batch_size)
-        ]
-    )
-    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    loss = float(nn.functional.cross_entropy(logits, labels))
-    probabilities = torch.softmax(logits, dim=1).numpy()
+    loss, probabilities = _loss_and_probabilities(model, x, y, batch_size)
     return {"loss": loss, **classification_metrics(y, probabilities)}
+
+
+def evaluate_loss_accuracy(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512
+) -> dict[str, float]:
+    """``loss`` and ``accuracy`` only, as :func:`evaluate_model` computes them.
+
+    What a node's federated evaluation replies; it needs no scikit-learn.
+    """
+    loss, probabilities = _loss_and_probabilities(model, x, y, batch_size)
+    return {"loss": loss, "accuracy": accuracy(y, probabilities)}

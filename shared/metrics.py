@@ -1,13 +1,42 @@
 """Classification metrics from labels and predicted probabilities.
 
 Thin wrappers over scikit-learn's implementations, so every party reports the
-same figures under the same names.
+same figures under the same names. Accuracy alone needs no scikit-learn
+(:func:`accuracy`), so a node's federated evaluation does not pay its ~1 s
+import; scikit-learn loads on the first call that needs it.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from sklearn import metrics as skm
+
+from shared.lazy_import import lazy_module
+
+if TYPE_CHECKING:
+    from sklearn import metrics as skm
+else:
+    skm = lazy_module("sklearn.metrics")
+
+
+def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
+    """Most probable class per row; -1 for a row holding NaN or inf.
+
+    A diverged model can output NaN/inf: such rows count as wrong predictions
+    rather than crashing the evaluation.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    finite = np.isfinite(probabilities).all(axis=1)
+    return np.where(finite, np.nan_to_num(probabilities).argmax(axis=1), -1)
+
+
+def accuracy(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """Share of rows whose most probable class is the label (0 for no rows)."""
+    y_true = np.asarray(y_true)
+    if y_true.size == 0:
+        return 0.0
+    return float(np.mean(predicted_classes(probabilities) == y_true))
 
 
 def classification_metrics(
@@ -31,10 +60,9 @@ def classification_metrics(
     """
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    # A diverged model can output NaN/inf: such rows count as wrong predictions
-    # (class -1) rather than crashing the evaluation, and ROC-AUC is undefined.
+    # Rows with NaN/inf count as wrong (class -1), and ROC-AUC is then undefined.
     finite = np.isfinite(probabilities).all(axis=1)
-    y_pred = np.where(finite, np.nan_to_num(probabilities).argmax(axis=1), -1)
+    y_pred = predicted_classes(probabilities)
     # Macro averages run over the classes present in labels or predictions, as in
     # scikit-learn: a non-IID node's test split lacks classes, which should not
     # count as zeros.
@@ -43,7 +71,7 @@ def classification_metrics(
         y_true, y_pred, labels=labels, average="macro", zero_division=0
     )
     return {
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "accuracy": accuracy(y_true, probabilities),
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),

@@ -20,14 +20,20 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from shared.errors import DataError
+from shared.lazy_import import lazy_module
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:
+    # pandas costs ~0.4 s to import; a node reading cached arrays never needs it.
+    pd = lazy_module("pandas")
 
 KINDS = ("tabular", "image")
 IMPUTE_MODES = ("none", "mean")

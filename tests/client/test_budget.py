@@ -101,3 +101,46 @@ def test_bad_budget_inputs_raise(kwargs, match):
     } | kwargs
     with pytest.raises(ConfigError, match=match):
         check_budget(**args)
+
+
+def test_a_schedule_answers_a_ledger_of_planned_rounds_without_the_accountant(
+    monkeypatch,
+):
+    def no_accountant(**_):
+        raise AssertionError("the accountant was called")
+
+    monkeypatch.setattr("client.budget.epsilon_for", no_accountant)
+    # Planted values: the check must read elements k and k + 1 of the schedule.
+    decision = check_budget(
+        ledger=two_rounds_of_750(),
+        planned=(1.5, 0.04, 750),
+        delta=1e-5,
+        budget_epsilon=3.5,
+        schedule=(0.0, 1.0, 2.5, 4.0),
+    )
+    assert (decision.epsilon_now, decision.epsilon_after) == (2.5, 4.0)
+    assert not decision.allowed
+
+
+def test_a_ledger_the_schedule_does_not_describe_is_accounted_afresh():
+    ledger = two_rounds_of_750()
+    # Another plan than the ledger's rounds, and a schedule too short: both ignored.
+    for planned, schedule in [
+        ((1.5, 0.05, 750), (0.0, 1.0, 2.0, 3.0)),
+        ((1.5, 0.04, 750), (0.0, 1.0, 2.0)),
+    ]:
+        decision = check_budget(
+            ledger=ledger,
+            planned=planned,
+            delta=1e-5,
+            budget_epsilon=100.0,
+            schedule=schedule,
+        )
+        assert decision.epsilon_now > 3.0  # two real rounds, not the planted 2.0
+    assert check_budget(
+        ledger=ledger,
+        planned=(1.5, 0.04, 750),
+        delta=1e-5,
+        budget_epsilon=100.0,
+        schedule=(0.0, 1.0, 2.0),
+    ).epsilon_after == pytest.approx(REFERENCE_EPSILON, abs=1e-9)

@@ -144,3 +144,65 @@ def test_a_corrupt_ledger_is_refused_not_reset(tmp_path: Path) -> None:
             server_round=2,
             fedge_run_id="run-c",
         )
+
+
+def test_later_messages_need_neither_accountant_nor_validation(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # Deployment: each message is a fresh process; only context.state and the
+    # state-dir survive. After the first message, the plan (σ calibrated for the
+    # run, ε schedule) and the validated spec come from context.state.
+    config, run_config, node_config, data, spec = _setup(
+        tmp_path, **{"noise-multiplier": 0.0, "target-epsilon": 8.0}
+    )
+    state = RecordDict()
+
+    def context() -> Context:
+        return Context(
+            run_id=1,
+            node_id=7,
+            node_config=dict(node_config),
+            state=state,
+            run_config=run_config,
+        )
+
+    first = train_private_round(
+        build_model(spec),
+        data.train,
+        config=config,
+        context=context(),
+        server_round=1,
+        fedge_run_id="run-d",
+        model_spec=spec.to_json(),
+    )
+
+    def forbidden(*_, **__):
+        raise AssertionError("recomputed what context.state holds")
+
+    monkeypatch.setattr("client.private_round._validated_specs", set())
+    for name in (
+        "validate_private_model",
+        "calibrate_noise_multiplier",
+        "epsilon_schedule",
+    ):
+        monkeypatch.setattr(f"client.private_round.{name}", forbidden)
+    monkeypatch.setattr("client.budget.epsilon_for", forbidden)
+    second = train_private_round(
+        build_model(spec),
+        data.train,
+        config=config,
+        context=context(),
+        server_round=2,
+        fedge_run_id="run-d",
+        model_spec=spec.to_json(),
+    )
+
+    n = len(data.train)
+    q, steps = 32 / n, round(n / 32)
+    sigma = first[keys.NOISE_MULTIPLIER]
+    assert second[keys.NOISE_MULTIPLIER] == sigma
+    for k, figures in enumerate((first, second), start=1):
+        assert figures[keys.REFUSED] == 0
+        assert figures[keys.EPSILON] == pytest.approx(
+            _expected_epsilon(q, sigma, k * steps, 1e-4), rel=1e-9
+        )

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from shared.evaluation import evaluate_model
+from shared.evaluation import evaluate_loss_accuracy, evaluate_model
 
 LN3 = math.log(3.0)
 
@@ -35,6 +35,14 @@ def test_loss_and_metrics_match_hand_computation(batch_size):
     # positives p1 {3/4, 1/2} vs negatives {1/4, 3/4}: 1 + 1/2 (tie) + 1 + 0.
     assert m["roc-auc"] == pytest.approx(2.5 / 4)
     assert set(m) == {"loss", "accuracy", "precision", "recall", "f1", "roc-auc"}
+
+
+def test_loss_and_accuracy_alone_match_hand_computation():
+    x, y = logits_and_labels()
+
+    m = evaluate_loss_accuracy(nn.Identity(), x, y, batch_size=3)
+
+    assert m == {"loss": pytest.approx(expected_loss(), rel=1e-6), "accuracy": 0.5}
 
 
 def test_model_is_put_in_eval_mode():

@@ -3,7 +3,12 @@ import math
 import numpy as np
 import pytest
 
-from shared.metrics import classification_metrics, roc_auc
+from shared.metrics import (
+    accuracy,
+    classification_metrics,
+    predicted_classes,
+    roc_auc,
+)
 
 
 def binary_case():
@@ -132,3 +137,11 @@ def test_non_finite_outputs_count_as_wrong_and_leave_roc_auc_undefined():
     m = classification_metrics(y, probabilities)
     assert m["accuracy"] == pytest.approx(0.5)  # rows 0 and 2 right, 1 and 3 unusable
     assert np.isnan(m["roc-auc"])
+
+
+def test_accuracy_alone_counts_non_finite_rows_as_wrong():
+    y = np.array([0, 1, 1, 0])
+    probabilities = np.array([[0.9, 0.1], [np.nan, np.nan], [0.2, 0.8], [np.inf, 0.0]])
+    assert accuracy(y, probabilities) == 0.5
+    assert predicted_classes(probabilities).tolist() == [0, -1, 1, -1]
+    assert accuracy(np.array([]), np.zeros((0, 2))) == 0.0

@@ -10,7 +10,9 @@ from shared.privacy import (
     check_delta,
     default_delta,
     epsilon_for,
+    epsilon_schedule,
     plan_sampling,
+    rdp_curve,
     resolve_delta,
 )
 
@@ -189,3 +191,55 @@ def test_plan_sampling_rejects_empty_data():
         plan_sampling(num_examples=0, batch_size=4)
     with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
         plan_sampling(num_examples=4, batch_size=0)
+
+
+# Few (σ, q) pairs, many steps, as a node's ledger holds them; some repeat a pair
+# non-consecutively, so the curve cache is hit with interleaved entries.
+LEDGER_HISTORIES = [
+    [(1.1, 0.25, 4)] * 10,
+    [(0.8, 0.1, 10), (0.8, 0.1, 10), (2.0, 0.05, 20)],
+    [(1.3, 0.02, 50), (0.9, 0.3, 3), (1.3, 0.02, 50), (0.9, 0.3, 3)],
+    [(5.0, 1.0, 1)],
+]
+
+
+@pytest.mark.parametrize("history", LEDGER_HISTORIES)
+@pytest.mark.parametrize("delta", [1e-5, 1e-3])
+def test_cached_rdp_epsilon_equals_opacus_rdp_accountant_stepped(history, delta):
+    # Independent reference: Opacus's accountant fed one step() per DP-SGD step.
+    reference = RDPAccountant()
+    for sigma, rate, steps in history:
+        for _ in range(steps):
+            reference.step(noise_multiplier=sigma, sample_rate=rate)
+    expected = reference.get_epsilon(delta=delta)
+    for _ in range(2):  # the second evaluation is served from the curve cache
+        assert epsilon_for(history=history, delta=delta) == pytest.approx(
+            expected, rel=1e-12
+        )
+
+
+def test_rdp_curve_scaled_by_steps_is_opacus_compute_rdp():
+    curve = rdp_curve(noise_multiplier=1.1, sample_rate=0.25)
+    expected = compute_rdp(q=0.25, noise_multiplier=1.1, steps=37, orders=ORDERS)
+    assert (curve * 37 == expected).all()
+    with pytest.raises(ValueError, match="read-only"):
+        curve[0] = 0.0  # a shared cached array must not be changed by a caller
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_epsilon_schedule_is_epsilon_after_each_round(accountant):
+    entry = (1.1, 0.25, 4)
+    acct = {"rdp": RDPAccountant, "prv": PRVAccountant}[accountant]
+    schedule = epsilon_schedule(
+        entry=entry, rounds=3, delta=1e-5, accountant=accountant
+    )
+    assert schedule[0] == 0.0
+    for k in (1, 2, 3):
+        reference = acct()
+        reference.history = [(1.1, 0.25, 4 * k)]
+        assert schedule[k] == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-9)
+
+
+def test_epsilon_schedule_rejects_a_bad_entry():
+    with pytest.raises(ConfigError, match="planned round: sample_rate"):
+        epsilon_schedule(entry=(1.0, 1.5, 4), rounds=2, delta=1e-5)
