@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from shared.errors import FedgeError
+from shared.errors import FedgeError, RunFailedError
 
 # command name -> (module, one-line help); the module is imported on use.
 # `simulate` stays last: it is the command most often extended.
@@ -50,7 +50,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, dispatch, and turn user errors into one line and exit code 2."""
+    """Parse, dispatch, and end in one line: user errors exit 2, failed runs 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
@@ -65,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = getattr(args, "command_name", args.command)
     try:
         return int(args.run(args))
+    except RunFailedError as e:
+        print(f"fedge {name}: run failed: {e}", file=sys.stderr)
+        return 1
     except FedgeError as e:
         print(f"fedge {name}: error: {e}", file=sys.stderr)
         return 2

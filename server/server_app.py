@@ -9,18 +9,30 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.federation import run_federation
-from shared.config import from_run_config
+from server.run_ending import end_failed_run, quiet_flower_on_run_end
+from shared.config import RunConfig, from_run_config
+from shared.errors import FedgeError
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run a federation as the run config describes and leave a complete run folder."""
+    """Run a federation as the run config describes and leave a complete run folder.
+
+    A run that cannot continue ends with one logged line and ``status.json``
+    (:mod:`server.run_ending`), and Flower records it as failed.
+    """
     _configure_logging()
+    quiet_flower_on_run_end()
     # Central evaluation is small; one thread leaves the cores to co-located clients.
     torch.set_num_threads(1)
-    run_federation(grid, from_run_config(context.run_config))
+    config: RunConfig | None = None
+    try:
+        config = from_run_config(context.run_config)
+        run_federation(grid, config)
+    except FedgeError as e:
+        raise end_failed_run(config, e) from None
 
 
 def _configure_logging() -> None:

@@ -26,3 +26,10 @@ class DataError(FedgeError, ValueError):
 
 class ModelError(FedgeError, ValueError):
     """A model spec or a set of weights does not match what was expected."""
+
+
+class RunFailedError(FedgeError, RuntimeError):
+    """A run started but ended failed; its ``status.json`` says why.
+
+    Not the user's typing: command lines exit with 1 for it, not 2.
+    """

@@ -23,7 +23,7 @@ import pandas as pd
 from server.run_folder import check_not_overwriting
 from shared.atomic_io import atomic_write_json, atomic_write_text
 from shared.config import RunConfig, default_run_config, from_run_config
-from shared.errors import DataError, FedgeError
+from shared.errors import DataError, FedgeError, RunFailedError
 from simulations.fault_injection import FaultConfig, fault_config, split_fault_keys
 from simulations.flower_processes import (
     flwr_run_command,
@@ -185,7 +185,7 @@ def simulate(
         _write_report(run_dir, echo)
     status = read_status(run_dir)
     if status.get("state") != "complete":
-        raise FedgeError(
+        raise RunFailedError(
             f"run did not complete ({status.get('state', 'unknown')}: "
             f"{status.get('message') or 'see ' + str(run_dir / FLOWER_LOG)})"
         )

@@ -214,3 +214,20 @@ def test_every_command_has_its_own_help(name, capsys, wide_terminal):
 
     assert excinfo.value.code == 0
     assert f"usage: fedge {name}" in capsys.readouterr().out
+
+
+def test_a_run_that_failed_exits_1_with_one_line(capsys, monkeypatch, tmp_path):
+    from shared.errors import RunFailedError
+
+    def failed_run(*args, **kwargs):
+        raise RunFailedError("run did not complete (failed: Only 1 of 2 nodes)")
+
+    monkeypatch.setattr(simulate_module, "simulate", failed_run)
+
+    code = main(["simulate", "--output-dir", str(tmp_path)])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "fedge simulate: run failed: run did not complete (failed: Only 1 of 2 nodes)"
+    ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from simulations.flower_processes import session_members, stop_process
+from simulations.flower_processes import CONNECTION, session_members, stop_process
 from tests.e2e.deployment import (
     APP_DIR,
     FEDGE,
@@ -47,9 +47,26 @@ def test_too_few_nodes_end_the_run_within_the_timeout(tmp_path: Path) -> None:
         started = time.monotonic()
         done = submit_run(link, tmp_path, overrides, timeout_s=300)
         elapsed = time.monotonic() - started
+        listed = subprocess.run(
+            ["flwr", "list", CONNECTION, "--format", "json"],
+            env=link.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     status = json.loads((tmp_path / "runs" / "lonely" / "status.json").read_text())
     assert status["state"] == "failed", done.stdout[-2000:]
     assert "Only 1 of 2 nodes connected after 8 s" in status["message"]
+    # The operator sees one line saying why and where, not a traceback ...
+    output = done.stdout + done.stderr
+    (line,) = [s for s in output.splitlines() if "fedge: run failed:" in s]
+    assert "Only 1 of 2 nodes connected after 8 s" in line
+    assert str(tmp_path / "runs" / "lonely" / "status.json") in line
+    assert "Traceback" not in output
+    assert "unhandled exception" not in output.lower()
+    # ... and Flower records the run as failed.
+    (run,) = json.loads(listed.stdout)["runs"]
+    assert run["status"] == "finished:failed", listed.stdout
     # Submitting, app start-up and the wait itself; far from Flower's endless wait.
     assert elapsed < wait_s + 60
 
