@@ -24,6 +24,7 @@ from shared.config import (
 from shared.datasets import BUILTIN_DATASETS
 from shared.errors import FedgeError
 from simulations import simulate as simulation
+from simulations.own_data import HOLDOUT_FRACTION, OwnData
 from simulations.scenario_file import (
     DEFAULT_CLIENTS,
     SIMULATION_KEYS,
@@ -101,6 +102,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="each client's ε budget for the run "
         f"(default: {defaults['target-epsilon']})",
     )
+    data = p.add_argument_group(
+        "your own data",
+        "CSV, Parquet or .npz files, read as a deployment's nodes read theirs "
+        "(`fedge node check` explains any problem)",
+    )
+    data.add_argument(
+        "--data",
+        metavar="FILE",
+        help="one file split among the clients (by --partitioning, or "
+        "--partition-by); without --eval-data a seeded, stratified "
+        f"{HOLDOUT_FRACTION * 100:.0f} %% of it is the central test set no client sees",
+    )
+    data.add_argument(
+        "--node-data",
+        metavar="DIR_OR_GLOB",
+        help="one file per client, as each SuperNode's data-path (needs --eval-data)",
+    )
+    data.add_argument(
+        "--eval-data",
+        metavar="FILE",
+        help="the coordinator's held-out file: central test set; the "
+        "preprocessing is fitted on it alone",
+    )
+    data.add_argument(
+        "--label-column",
+        help=f"label column of the files (default: {defaults['label-column']})",
+    )
+    data.add_argument(
+        "--partition-by",
+        metavar="COLUMN",
+        help="with --data: one client per distinct value of COLUMN (e.g. a site "
+        "id), the column dropped from the features; sets the client count",
+    )
     p.add_argument(
         "--scenario",
         help=(
@@ -173,6 +207,11 @@ def resolve_arguments(args: argparse.Namespace) -> Arguments:
         "target-epsilon": ("--target-epsilon", args.target_epsilon),
         "clients": ("--clients", args.clients),
         "cpus-per-client": ("--cpus-per-client", args.cpus_per_client),
+        "data": ("--data", _absolute(args.data)),
+        "node-data": ("--node-data", _absolute(args.node_data)),
+        "partition-by": ("--partition-by", args.partition_by),
+        "eval-data-path": ("--eval-data", _absolute(args.eval_data)),
+        "label-column": ("--label-column", args.label_column),
     }
     # key -> (flag, value), in the order they apply
     flags = {k: fv for k, fv in named.items() if fv[1] is not None}
@@ -196,6 +235,11 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return resolve_arguments(args).overrides
 
 
+def _absolute(path: str | None) -> str | None:
+    """A path flag made absolute: the apps run in other working directories."""
+    return None if path is None else str(Path(path).expanduser().absolute())
+
+
 def _parse_toml_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -212,8 +256,13 @@ def run(args: argparse.Namespace) -> int:
     settings = arguments.simulation
     run_dir = simulation.simulate(
         arguments.overrides,
-        num_clients=settings.get("clients", DEFAULT_CLIENTS),
+        num_clients=settings.get("clients"),
         output_dir=args.output_dir,
+        own_data=OwnData(
+            data=settings.get("data", ""),
+            node_data=settings.get("node-data", ""),
+            partition_by=settings.get("partition-by", ""),
+        ),
         run_name=args.run_name,
         cpus_per_client=settings.get("cpus-per-client", 1),
         notes=arguments.notes,

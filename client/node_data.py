@@ -1,19 +1,29 @@
 """Find and load a node's own data from its node config.
 
-A real node names its file with ``data-path`` (CSV, Parquet or .npz); a virtual
-node in simulation gets ``partition-id``/``num-partitions`` of a built-in
-dataset, split by the configured partitioner. Either way the node keeps a small
-local test split for federated evaluation.
+A real node names its file with ``data-path`` (CSV, Parquet or .npz). A virtual
+node in simulation gets ``partition-id``/``num-partitions``: of a built-in
+dataset, split by the configured partitioner, or, with ``dataset = "file"``, the
+file ``node-<partition-id>.<csv|parquet|npz>`` in ``node-data-dir`` that
+``fedge simulate`` wrote for it, read exactly as a real node reads its
+``data-path``. Either way the node keeps a small local test split for federated
+evaluation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from shared.config import DATASET_FILE, DataConfig
-from shared.datasets import Dataset, load_builtin, load_file, split_train_test
+from shared.datasets import (
+    SUPPORTED_SUFFIXES,
+    Dataset,
+    load_builtin,
+    load_file,
+    split_train_test,
+)
 from shared.errors import DataError
 from shared.partition import partition_indices
 from shared.preprocessing import Preprocessing
@@ -22,6 +32,8 @@ DATA_PATH = "data-path"
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 LOCAL_TEST_FRACTION = 0.1  # held out on each node for federated evaluation
+NODE_FILE_STEM = "node-{partition_id}"  # a virtual node's file in node-data-dir
+MIN_NODE_EXAMPLES = 2  # one example to train on and one to test
 
 
 @dataclass(frozen=True)
@@ -46,21 +58,25 @@ def load_node_data(
     if node_config.get(DATA_PATH):
         dataset = load_file(str(node_config[DATA_PATH]), preprocessing)
     elif PARTITION_ID in node_config and NUM_PARTITIONS in node_config:
-        if data.dataset == DATASET_FILE:
+        if data.dataset == DATASET_FILE and data.node_data_dir:
+            path = node_data_file(data.node_data_dir, int(node_config[PARTITION_ID]))
+            dataset = load_file(path, preprocessing)
+        elif data.dataset == DATASET_FILE:
             raise DataError(
                 "This run trains on nodes' own files (dataset = 'file'), but this "
                 f"node has no '{DATA_PATH}' in its node config; start it with "
                 f"--node-config '{DATA_PATH}=\"/path/to/data.csv\"'."
             )
-        dataset = _builtin_partition(
-            data, int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
-        )
+        else:
+            dataset = _builtin_partition(
+                data, int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
+            )
     else:
         raise DataError(
             f"Node config {dict(node_config)} names no data: give '{DATA_PATH}' "
             f"(a CSV/Parquet/.npz file) or '{PARTITION_ID}' and '{NUM_PARTITIONS}'."
         )
-    if len(dataset) < 2:
+    if len(dataset) < MIN_NODE_EXAMPLES:
         raise DataError(
             f"{dataset.source} holds {len(dataset)} example(s); a node needs at "
             "least 2 (one to train, one to test)."
@@ -69,6 +85,26 @@ def load_node_data(
         dataset, test_fraction=LOCAL_TEST_FRACTION, seed=data.partition_seed
     )
     return NodeData(train=train, test=test)
+
+
+def node_data_file(node_data_dir: str | Path, partition_id: int) -> Path:
+    """The file of virtual node ``partition_id`` in ``node_data_dir``.
+
+    Raises
+    ------
+    DataError
+        If the folder holds no ``node-<partition_id>`` file of a supported type.
+    """
+    stem = NODE_FILE_STEM.format(partition_id=partition_id)
+    for suffix in SUPPORTED_SUFFIXES:
+        path = Path(node_data_dir) / f"{stem}{suffix}"
+        if path.is_file():
+            return path
+    raise DataError(
+        f"no data file for partition {partition_id} in node-data-dir "
+        f"{node_data_dir}: expected {stem} with one of {list(SUPPORTED_SUFFIXES)}; "
+        "fedge simulate --data / --node-data writes these files"
+    )
 
 
 def _builtin_partition(
@@ -86,6 +122,6 @@ def _builtin_partition(
         seed=data.partition_seed,
         alpha=data.dirichlet_alpha,
         shards_per_client=data.shards_per_client,
-        min_partition_size=2,  # one example to train on and one to test
+        min_partition_size=MIN_NODE_EXAMPLES,
     )
     return full.subset(parts[partition_id])

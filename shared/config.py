@@ -52,6 +52,7 @@ class DataConfig:
     dirichlet_alpha: float
     shards_per_client: int
     partition_seed: int
+    node_data_dir: str
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "dirichlet-alpha": "dirichlet_alpha",
         "shards-per-client": "shards_per_client",
         "partition-seed": "partition_seed",
+        "node-data-dir": "node_data_dir",
     },
     "train": {
         "model": "model",

@@ -112,10 +112,13 @@ class Dataset:
 
 
 # ---------------------------------------------------------------- splitting
-def _split_indices(
+def split_indices(
     labels: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/test indices, stratified when every class has >= 2 examples."""
+    """Seeded train/test indices, stratified when every class has >= 2 examples.
+
+    ``labels`` may be any hashable values (class names or indices).
+    """
     n = len(labels)
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -152,7 +155,7 @@ def split_train_test(
     DataError
         ``test_fraction`` outside (0, 1) or fewer than two examples.
     """
-    train, test = _split_indices(dataset.y, test_fraction, seed)
+    train, test = split_indices(dataset.y, test_fraction, seed)
     return dataset.subset(train), dataset.subset(test)
 
 
@@ -172,7 +175,7 @@ def _builtin(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Preprocessi
         raw = bunch.data.reshape(-1, 1, 8, 8)
         y = bunch.target.astype(np.int64)
         is_train = np.zeros(len(y), dtype=bool)
-        is_train[_split_indices(y, BUILTIN_TEST_FRACTION, BUILTIN_SPLIT_SEED)[0]] = True
+        is_train[split_indices(y, BUILTIN_TEST_FRACTION, BUILTIN_SPLIT_SEED)[0]] = True
         prep = Preprocessing(
             kind="image",
             label_column=BUILTIN_LABEL_COLUMN,
@@ -210,7 +213,7 @@ def _tabular_builtin(
     """A numeric table split 75/25 and standardised with train statistics only."""
     y = target.astype(np.int64)
     is_train = np.zeros(len(y), dtype=bool)
-    is_train[_split_indices(y, BUILTIN_TEST_FRACTION, BUILTIN_SPLIT_SEED)[0]] = True
+    is_train[split_indices(y, BUILTIN_TEST_FRACTION, BUILTIN_SPLIT_SEED)[0]] = True
     frame = frame.assign(**{BUILTIN_LABEL_COLUMN: y})
     # Standardise with training statistics only, so test data stays unseen.
     prep = fit_preprocessing(
@@ -351,7 +354,16 @@ def read_table(path: str | Path, *, label_column: str = "label") -> pd.DataFrame
     )
 
 
-def _encode(frame: pd.DataFrame, prep: Preprocessing, source: str) -> Dataset:
+def encode_table(frame: pd.DataFrame, prep: Preprocessing, source: str) -> Dataset:
+    """Encode a table read from ``source`` with a fitted preprocessing.
+
+    Row numbers in errors count the rows of ``frame``: pass the whole file.
+
+    Raises
+    ------
+    DataError
+        No rows, a missing label or feature column, bad values, unknown labels.
+    """
     if len(frame) == 0:
         raise DataError(f"{source} has no data rows")
     if prep.label_column not in frame.columns:
@@ -374,7 +386,7 @@ def load_file(path: str | Path, preprocessing: Preprocessing) -> Dataset:
         values, unknown labels, or images of the wrong size.
     """
     frame = read_table(path, label_column=preprocessing.label_column)
-    return _encode(frame, preprocessing, str(path))
+    return encode_table(frame, preprocessing, str(path))
 
 
 def fit_file(path: str | Path, *, label_column: str, impute: str = "none") -> Dataset:
@@ -387,4 +399,4 @@ def fit_file(path: str | Path, *, label_column: str, impute: str = "none") -> Da
     prep = fit_preprocessing(
         frame, label_column=label_column, impute=impute, source=str(path)
     )
-    return _encode(frame, prep, str(path))
+    return encode_table(frame, prep, str(path))

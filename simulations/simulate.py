@@ -20,22 +20,35 @@ from typing import Any
 
 import pandas as pd
 
+from client.node_data import MIN_NODE_EXAMPLES
 from server.run_folder import check_not_overwriting
 from shared.atomic_io import atomic_write_json, atomic_write_text
-from shared.config import RunConfig, default_run_config, from_run_config
-from shared.errors import DataError, FedgeError, RunFailedError
+from shared.config import (
+    DATASET_FILE,
+    RunConfig,
+    default_run_config,
+    from_run_config,
+)
+from shared.errors import ConfigError, DataError, FedgeError, RunFailedError
 from simulations.fault_injection import FaultConfig, fault_config, split_fault_keys
 from simulations.flower_processes import (
     flwr_run_command,
     running_superlink,
     write_run_config,
 )
+from simulations.own_data import (
+    OwnData,
+    OwnDataPlan,
+    plan_own_data,
+    run_config_keys,
+    write_own_data,
+)
+from simulations.scenario_file import DEFAULT_CLIENTS
 
 PARTITIONS_FILE = "partitions.csv"  # examples and label counts per virtual client
 APP_DIR = Path(__file__).resolve().parent.parent
 FLOWER_LOG = "flower.log"
 FAULTS_FILE = "faults.json"
-MIN_NODE_EXAMPLES = 2  # client/node_data.py: one example to train, one to test
 # Lines worth showing live: fedge's own progress, and Flower's warnings and errors.
 _SHOW = re.compile(
     r"fedge:|ERROR|Error|Traceback|WARNING.*(fail|dropp|timeout)", re.IGNORECASE
@@ -60,8 +73,7 @@ def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
     from shared.datasets import load_builtin
     from shared.partition import partition_indices, partition_stats
 
-    if num_clients < 1:
-        raise FedgeError(f"--clients must be >= 1, got {num_clients}")
+    check_client_count(config, num_clients)
     load_reference_data(config.data)
     if config.data.dataset != "file":
         train = load_builtin(config.data.dataset, "train")
@@ -84,21 +96,34 @@ def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
                 "examples (a node needs one to train and one to test); use fewer "
                 "clients"
             )
-    if config.strategy.min_nodes > num_clients:
-        raise FedgeError(
-            f"'min-nodes' = {config.strategy.min_nodes} exceeds --clients {num_clients}; "
-            "the run would wait for nodes that never come"
-        )
     if config.data.dataset == "file":
         return None
     return partition_stats(train.y, parts, int(train.y.max()) + 1)
 
 
+def check_client_count(config: RunConfig, num_clients: int) -> None:
+    """Refuse a client count the run cannot start or finish with.
+
+    Raises
+    ------
+    FedgeError
+        Fewer than one client, or more ``min-nodes`` than clients.
+    """
+    if num_clients < 1:
+        raise FedgeError(f"--clients must be >= 1, got {num_clients}")
+    if config.strategy.min_nodes > num_clients:
+        raise FedgeError(
+            f"'min-nodes' = {config.strategy.min_nodes} exceeds --clients {num_clients}; "
+            "the run would wait for nodes that never come"
+        )
+
+
 def simulate(
     overrides: dict[str, Any],
     *,
-    num_clients: int,
+    num_clients: int | None = None,
     output_dir: Path,
+    own_data: OwnData | None = None,
     run_name: str = "",
     cpus_per_client: int = 1,
     notes: Sequence[str] = (),
@@ -113,10 +138,15 @@ def simulate(
         Run-config keys (``[tool.flwr.app.config]``) and optionally ``fault-*``
         keys (:mod:`simulations.fault_injection`); faults make the run submit a
         copy of the app whose clients misbehave as told.
-    num_clients : int
-        Virtual clients (simulated SuperNodes).
+    num_clients : int or None, default None
+        Virtual clients (simulated SuperNodes). None: as many as ``own_data``
+        defines (files, ``partition-by`` values), else 10.
     output_dir : Path
         Parent of the run folder.
+    own_data : OwnData or None, default None
+        Train on the user's files (:mod:`simulations.own_data`): each virtual
+        client's file and the coordinator's hold-out are written to the run
+        folder's ``data/`` and read as a deployment reads them.
     run_name : str, default ""
         Run folder name; empty = a timestamp.
     cpus_per_client : int, default 1
@@ -139,25 +169,36 @@ def simulate(
     FedgeError
         On a bad config or data (before anything runs), or when the run fails.
     """
-    if num_clients < 1:  # before min-nodes is derived from it below
+    if num_clients is not None and num_clients < 1:  # before min-nodes below
         raise FedgeError(f"--clients must be >= 1, got {num_clients}")
     run_name = run_name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = output_dir.expanduser().resolve() / run_name
     overrides, fault_keys = split_fault_keys(overrides)
     overrides = {**overrides, "output-dir": str(run_dir.parent), "run-name": run_name}
-    overrides.setdefault(
-        "min-nodes", min(num_clients, int(default_run_config()["min-nodes"]))
-    )
     # Virtual nodes have no state-dir of their own: keep their privacy ledgers in
     # the run folder, so a resumed simulation continues every node's spend.
     overrides.setdefault("node-state-dir", str(run_dir / "node-state"))
+    plan = _plan_data(overrides, own_data or OwnData(), num_clients)
+    if plan is not None:
+        num_clients = plan.num_clients
+        overrides.update(run_config_keys(plan, run_dir))
+    num_clients = DEFAULT_CLIENTS if num_clients is None else num_clients
+    overrides.setdefault(
+        "min-nodes", min(num_clients, int(default_run_config()["min-nodes"]))
+    )
     config = from_run_config(overrides, fill_defaults=True)
     faults = fault_config(fault_keys, num_clients=num_clients)
-    partitions = preflight(config, num_clients)
+    if plan is None:
+        partitions = preflight(config, num_clients)
+    else:  # the data was read and checked in full by _plan_data
+        check_client_count(config, num_clients)
+        partitions = plan.partitions
     # The server refuses such a folder too, but its old status.json would then be
     # read here as this run's result: refuse before anything starts.
     check_not_overwriting(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if plan is not None:
+        write_own_data(plan, run_dir)
     if partitions is not None:
         atomic_write_text(run_dir / PARTITIONS_FILE, partitions.to_csv(index=False))
     if faults.active:
@@ -178,7 +219,7 @@ def simulate(
                     "client-resources-num-cpus": cpus_per_client,
                 },
             )
-            echo(_summary_line(config, faults, num_clients, notes))
+            echo(_summary_line(config, faults, num_clients, notes, own_data))
             _stream(command, link.env, run_dir / FLOWER_LOG, verbose=verbose, echo=echo)
     finally:
         _mark_if_abandoned(run_dir)
@@ -190,6 +231,37 @@ def simulate(
             f"{status.get('message') or 'see ' + str(run_dir / FLOWER_LOG)})"
         )
     return run_dir
+
+
+def _plan_data(
+    overrides: dict[str, Any], own_data: OwnData, num_clients: int | None
+) -> OwnDataPlan | None:
+    """Read and check the user's data, or None when the run uses a built-in set.
+
+    Raises
+    ------
+    ConfigError
+        A built-in dataset named together with the user's data, or
+        ``dataset = "file"`` with no files for the virtual nodes.
+    """
+    dataset = overrides.get("dataset")
+    if not own_data.active:
+        if dataset == DATASET_FILE and not overrides.get("node-data-dir"):
+            raise ConfigError(
+                f"dataset = '{DATASET_FILE}' in a simulation needs the virtual "
+                "nodes' data: give --data FILE (split among the clients) or "
+                "--node-data DIR (one file per client)"
+            )
+        return None
+    if dataset not in (None, DATASET_FILE):
+        raise ConfigError(
+            f"--data/--node-data train on your files, but dataset = {dataset!r} "
+            "names a built-in set too; drop --dataset (or the scenario's 'dataset')"
+        )
+    base = from_run_config(
+        {k: v for k, v in overrides.items() if k != "dataset"}, fill_defaults=True
+    )
+    return plan_own_data(own_data, base, num_clients=num_clients)
 
 
 def _mark_if_abandoned(run_dir: Path) -> None:
@@ -216,12 +288,26 @@ def _app_to_submit(workdir: Path, faults: FaultConfig) -> Path:
 
 
 def _summary_line(
-    config: RunConfig, faults: FaultConfig, num_clients: int, notes: Sequence[str]
+    config: RunConfig,
+    faults: FaultConfig,
+    num_clients: int,
+    notes: Sequence[str],
+    own_data: OwnData | None,
 ) -> str:
+    if own_data is not None and own_data.node_data:
+        data = f"{own_data.node_data} (one file per client)"
+    elif own_data is not None and own_data.data:
+        split = (
+            f"by {own_data.partition_by}"
+            if own_data.partition_by
+            else config.data.partitioning
+        )
+        data = f"{own_data.data} ({split})"
+    else:
+        data = f"{config.data.dataset} ({config.data.partitioning})"
     line = (
         f"fedge simulate: {num_clients} clients, {config.run.num_server_rounds} rounds, "
-        f"{config.data.dataset} ({config.data.partitioning}), {config.strategy.name}, "
-        f"dp-mode {config.dp.mode}"
+        f"{data}, {config.strategy.name}, dp-mode {config.dp.mode}"
     )
     if faults.attack != "none" and faults.attackers > 0:
         line += f", {faults.attackers} {faults.attack} attackers"

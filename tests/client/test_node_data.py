@@ -219,3 +219,42 @@ def test_file_dataset_node_without_data_path_is_refused(federation):
         DataError, match=r"dataset = 'file'.*no 'data-path' in its node config"
     ):
         load_node_data({"partition-id": 0, "num-partitions": 2}, config, prep)
+
+
+# ---------------------------------------------------------------- virtual nodes' files
+def test_virtual_node_reads_its_own_file_from_node_data_dir(tmp_path, federation):
+    config, prep = federation
+    config = data_config(
+        dataset="file",
+        **{"eval-data-path": config.eval_data_path, "node-data-dir": str(tmp_path)},
+    )
+    # Node 1's file holds ages 30 and 40 only; node 0's the other rows.
+    pd.DataFrame(
+        {"age": [20, 20], "colour": ["red"] * 2, "label": ["sick"] * 2}
+    ).to_csv(tmp_path / "node-0.csv", index=False)
+    pd.DataFrame(
+        {"age": [30, 40], "colour": ["blue", "red"], "label": ["well", "sick"]}
+    ).to_parquet(tmp_path / "node-1.parquet", index=False)
+
+    node = load_node_data({"partition-id": 1, "num-partitions": 2}, config, prep)
+
+    ages = np.sort(
+        np.concatenate([node.train.x[:, 0], node.test.x[:, 0]]) * AGE_STD + 30
+    )
+    np.testing.assert_allclose(ages, [30, 40], atol=1e-4)
+    assert sorted(np.concatenate([node.train.y, node.test.y])) == [0, 1]
+
+
+def test_virtual_node_without_its_file_is_refused(tmp_path, federation):
+    config, prep = federation
+    config = data_config(
+        dataset="file",
+        **{"eval-data-path": config.eval_data_path, "node-data-dir": str(tmp_path)},
+    )
+
+    with pytest.raises(
+        DataError,
+        match=r"no data file for partition 3 in node-data-dir .*: expected node-3 "
+        r"with one of \['.csv', '.parquet', '.npz'\]",
+    ):
+        load_node_data({"partition-id": 3, "num-partitions": 4}, config, prep)
