@@ -21,6 +21,7 @@ from shared.errors import FedgeError, RunFailedError
 # `simulate` stays last: it is the command most often extended.
 COMMANDS: dict[str, tuple[str, str]] = {
     "node": ("cli.node", "a data owner's node: check its data, start it"),
+    "status": ("cli.status", "progress of a run folder, live or finished"),
     "privacy": (
         "cli.privacy",
         "ε of a DP-SGD plan, or the noise multiplier for a target ε",

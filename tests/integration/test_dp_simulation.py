@@ -13,6 +13,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from client.node_data import load_node_data
 from shared.config import from_run_config
 from shared.datasets import load_builtin
+from simulations.run_progress import read_progress
 from simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -56,6 +57,21 @@ def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> N
     assert privacy["dp-mode"] == "sample"
     assert privacy["max-epsilon"] == pytest.approx(trained["epsilon-max"].max())
     assert privacy["max-grad-norm"] == 1.0 and privacy["noise-multiplier"] > 0
+
+    # `fedge status` on the real folder: every node's ε, the rounds, no ETA left.
+    progress = read_progress(run_dir)
+    assert (progress.state, progress.rounds_done, progress.planned_rounds) == (
+        "complete",
+        3,
+        3,
+    )
+    assert progress.epsilon_per_node == {
+        str(c["node-id"]): pytest.approx(c["epsilon"]) for c in last_clients
+    }
+    assert progress.epsilon_max == pytest.approx(trained["epsilon-max"].max())
+    assert [r.replies for r in progress.rounds] == list(trained["replies"])
+    assert progress.last_accuracy == pytest.approx(trained["central-accuracy"].iloc[-1])
+    assert progress.eta_s is None and progress.resume_command is None
 
 
 def test_nodes_past_their_budget_refuse_and_the_rest_finish_the_run(

@@ -1,0 +1,239 @@
+"""Where a run stands, read from its run folder alone: rounds, accuracy, ε, nodes, ETA.
+
+Everything comes from files the coordinator already writes (``config.json``,
+``status.json``, ``metrics.csv``/``metrics.jsonl``, ``checkpoints/``), each
+written atomically or appended line by line, so a run can be read while it is
+live, from any machine that sees the folder, without talking to Flower.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.checkpoint import CHECKPOINT_DIR
+from server.metrics_history import CSV_FILE, MetricsHistory
+from server.run_folder import CONFIG_FILE, read_status
+from shared import keys
+from shared.config import default_run_config
+from shared.errors import FedgeError
+from simulations.flower_processes import format_node_config
+from simulations.simulate import FAULTS_FILE, FLOWER_LOG, PARTITIONS_FILE
+
+# Round times the ETA averages: recent rounds reflect the nodes now connected.
+ETA_WINDOW_ROUNDS = 3
+# Keys `fedge simulate` sets from its own flags rather than from --set.
+_SIMULATE_FLAG_KEYS = {"output-dir": "--output-dir", "run-name": "--run-name"}
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """One finished round as ``metrics.csv`` records it (None: not recorded)."""
+
+    round: int
+    sampled: int | None
+    replies: int | None
+    failures: int | None
+    dropped: int | None
+    refused: int | None
+    accuracy: float | None
+    epsilon_max: float | None
+    round_time_s: float | None
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """A run folder's progress.
+
+    Attributes
+    ----------
+    run_dir : str
+        The folder read.
+    state : str
+        ``running``, ``complete``, ``failed`` or ``unknown`` (no ``status.json``).
+    message : str
+        Why the run ended (or "resumed from checkpoint" while running).
+    planned_rounds : int or None
+        ``num-server-rounds`` from ``config.json``.
+    rounds_done : int
+        The last round in ``metrics.csv`` (0: only the initial model).
+    last_accuracy : float or None
+        Central accuracy after the last round.
+    epsilon_max : float or None
+        The largest cumulative ε any node reached (sample-level DP).
+    epsilon_per_node : dict
+        Node ID (as text) -> that node's latest cumulative ε.
+    rounds : list of RoundProgress
+        Rounds 1 to ``rounds_done``.
+    mean_round_time_s : float or None
+        Mean wall time of the last :data:`ETA_WINDOW_ROUNDS` rounds.
+    eta_s : float or None
+        Rounds left times ``mean_round_time_s``, while running.
+    resume_command : str or None
+        The command that continues a failed run from its latest checkpoint.
+    """
+
+    run_dir: str
+    state: str
+    message: str
+    planned_rounds: int | None
+    rounds_done: int
+    last_accuracy: float | None
+    epsilon_max: float | None
+    epsilon_per_node: dict[str, float] = field(default_factory=dict)
+    rounds: list[RoundProgress] = field(default_factory=list)
+    mean_round_time_s: float | None = None
+    eta_s: float | None = None
+    resume_command: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (``fedge status --format json``)."""
+        return asdict(self)
+
+
+def read_progress(run_dir: str | Path) -> RunProgress:
+    """Read ``run_dir``'s progress; never writes to the folder.
+
+    Raises
+    ------
+    FedgeError
+        If ``run_dir`` is not a run folder (no ``config.json`` nor ``status.json``).
+    """
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    run_config = _run_config(run_dir)
+    if status.get("state") == "unknown" and run_config is None:
+        raise FedgeError(
+            f"{run_dir} is not a fedge run folder: it has neither status.json nor "
+            f"{CONFIG_FILE}. Give the folder output-dir/run-name of a run."
+        )
+    records = (
+        MetricsHistory(run_dir).records() if (run_dir / CSV_FILE).is_file() else []
+    )
+    # Round 0 is the initial model: no nodes took part.
+    rounds = [_round(r) for r in records if (_number(r.get("round"), int) or 0) > 0]
+    planned = _number((run_config or {}).get("num-server-rounds"), int)
+    done = rounds[-1].round if rounds else 0
+    last = records[-1] if records else {}
+    per_node = _epsilon_per_node(records)
+    times = [r.round_time_s for r in rounds if r.round_time_s is not None]
+    mean_time = statistics.fmean(times[-ETA_WINDOW_ROUNDS:]) if times else None
+    state = str(status.get("state", "unknown"))
+    eta = None
+    if state == "running" and planned is not None and mean_time is not None:
+        eta = max(planned - done, 0) * mean_time
+    epsilons = [r.epsilon_max for r in rounds if r.epsilon_max is not None]
+    return RunProgress(
+        run_dir=str(run_dir),
+        state=state,
+        message=str(status.get("message", "")),
+        planned_rounds=planned,
+        rounds_done=done,
+        last_accuracy=_number(last.get("central-accuracy"), float),
+        epsilon_max=max(epsilons) if epsilons else None,
+        epsilon_per_node=per_node,
+        rounds=rounds,
+        mean_round_time_s=mean_time,
+        eta_s=eta,
+        resume_command=resume_command(run_dir, run_config)
+        if state == "failed"
+        else None,
+    )
+
+
+def resume_command(run_dir: Path, run_config: dict[str, Any] | None) -> str | None:
+    """The command that resumes ``run_dir``'s run, or None without a checkpoint.
+
+    A resumed run must be configured as the original one, so the command sets
+    every key whose value differs from the defaults, plus ``resume = true``. A
+    folder ``fedge simulate`` made gets a ``fedge simulate`` command; any other
+    gets ``flwr run`` (the connection name is the operator's).
+    """
+    if run_config is None or not any((run_dir / CHECKPOINT_DIR).glob("round-*.pt")):
+        return None
+    defaults = default_run_config()
+    changed = {
+        k: v for k, v in run_config.items() if k != "resume" and defaults.get(k) != v
+    }
+    if not _made_by_simulate(run_dir):
+        settings = format_node_config({**changed, "resume": True})
+        return f"flwr run . <connection> --stream --run-config {shlex.quote(settings)}"
+    faults = run_dir / FAULTS_FILE
+    if faults.is_file():
+        changed.update(json.loads(faults.read_text()))
+    # fedge simulate keeps the virtual nodes' ledgers in the folder by default.
+    if changed.get("node-state-dir") == str(run_dir.resolve() / "node-state"):
+        del changed["node-state-dir"]
+    words = ["fedge", "simulate"]
+    clients = _simulated_clients(run_dir)
+    if clients is not None:
+        words += ["--clients", str(clients)]
+    for key, flag in _SIMULATE_FLAG_KEYS.items():
+        if key in changed:
+            words += [flag, str(changed.pop(key))]
+    for key, value in {**changed, "resume": True}.items():
+        words += ["--set", format_node_config({key: value})]
+    return shlex.join(words)
+
+
+def _made_by_simulate(run_dir: Path) -> bool:
+    return (run_dir / FLOWER_LOG).is_file() or (run_dir / PARTITIONS_FILE).is_file()
+
+
+def _simulated_clients(run_dir: Path) -> int | None:
+    """Virtual clients of a simulation: the rows of ``partitions.csv``."""
+    path = run_dir / PARTITIONS_FILE
+    if not path.is_file():
+        return None
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return max(len(lines) - 1, 0)
+
+
+def _run_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise FedgeError(f"{path} is not readable JSON ({e})") from e
+    flat = saved.get("run-config")
+    return dict(flat) if isinstance(flat, dict) else None
+
+
+def _epsilon_per_node(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Each node's latest cumulative ε over the run (cumulative: the latest is max)."""
+    latest: dict[str, float] = {}
+    for record in records:
+        for client in record.get("clients") or []:
+            epsilon = _number(client.get(keys.EPSILON), float)
+            if epsilon is not None and "node-id" in client:
+                latest[str(client["node-id"])] = epsilon
+    return latest
+
+
+def _round(record: dict[str, Any]) -> RoundProgress:
+    return RoundProgress(
+        round=int(record["round"]),
+        sampled=_number(record.get("sampled"), int),
+        replies=_number(record.get("replies"), int),
+        failures=_number(record.get("failures"), int),
+        dropped=_number(record.get("dropped"), int),
+        refused=_number(record.get("refused"), int),
+        accuracy=_number(record.get("central-accuracy"), float),
+        epsilon_max=_number(record.get("epsilon-max"), float),
+        round_time_s=_number(record.get("round-time-s"), float),
+    )
+
+
+def _number(value: Any, kind: type) -> Any:
+    """``value`` as ``kind``, or None when missing, not a number, or NaN."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if value != value:  # NaN: not recorded for this round
+        return None
+    return kind(value)
