@@ -20,6 +20,7 @@ BENCHMARKS = {
     "coordinator": "benchmarks.coordinator",
     "edge": "edge_export.bench",
     "dp_overhead": "benchmarks.dp_overhead",
+    "simulation_overhead": "benchmarks.simulation_overhead",
 }
 
 

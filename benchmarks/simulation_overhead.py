@@ -1,0 +1,384 @@
+"""How close a simulated round comes to the cost of its own training (issue 9).
+
+For each case, in one run on this machine:
+
+- **round wall time**: a real ``fedge simulate`` (Flower's simulation engine,
+  the production ServerApp and ClientApp), steady state = rounds after the
+  first, from the run folder's ``metrics.csv``;
+- **pure compute**: the same clients' training (same partitions, same model,
+  same training function as the ClientApp: ``train_plain``, or for DP the
+  DP-SGD loop ``train_private``), timed in this process with one torch thread
+  each (best of two), summed, ÷ the number of clients the engine runs at once
+  (cores ÷ ``cpus-per-client``);
+- their **ratio** (1.0 = a round costs exactly its training);
+- **start-up**: from calling ``simulate`` until the ServerApp logs round 0, plus
+  what the first round costs over a steady one (starting the engine's workers
+  and their first imports);
+- **peak memory** summed over the simulating process tree.
+
+Where the rest goes, per client message (ms of a client slot): fedge's own work
+in the ClientApp (its handler timed in-process with warm caches, minus the
+training inside it), Flower's serialisation of the request and the reply
+(``message_to_proto`` both ways), the server's per-round work (central
+evaluation), and the engine (the remainder: scheduling, Ray, the SuperLink).
+
+``--baseline DIR`` also runs the simulations with the fedge source tree in
+``DIR`` (e.g. a ``git worktree`` of an older commit), for a before/after in one
+run; the pure compute is the same for both.
+
+Run: ``python -m benchmarks simulation_overhead`` (or
+``python -m benchmarks.simulation_overhead [--baseline DIR]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks.clientapp_import import REPO_ROOT, import_seconds
+from benchmarks.process_memory import PeakMemorySampler
+
+ROUNDS = 4  # round 1 pays start-up; rounds 2-4 are the steady state
+CPUS_PER_CLIENT = 1
+# make demo's DP settings (simulations/demo.py), over ROUNDS rounds and no export.
+DP_SETTINGS = {
+    "dp-mode": "sample",
+    "target-epsilon": 8.0,
+    "activation": "tanh",
+    "local-epochs": 5,
+    "learning-rate": 0.05,
+}
+CASES: dict[str, tuple[int, dict[str, Any]]] = {
+    "10x5": (10, {"local-epochs": 5}),
+    "10x5_dp": (10, DP_SETTINGS),
+    "100x5": (100, {"local-epochs": 5}),
+}
+TARGETS = {"ratio_10x5": 1.3, "ratio_10x5_dp": 1.3, "ratio_100x5": 2.0, "startup_s": 6}
+SCALE_SCENARIO = "scale-1000"
+_ROUND_LINE = re.compile(r"round 0/\d+")
+# Run in a fresh interpreter against a given source tree (this one or a baseline).
+_SIMULATE = """
+import json, sys, time
+from pathlib import Path
+from simulations.simulate import simulate
+overrides, clients, out = json.loads(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+def echo(*parts):
+    print(f"{time.monotonic():.3f}", *parts, flush=True)
+run_dir = simulate(overrides, num_clients=clients, output_dir=out, run_name="bench",
+                   verbose=True, echo=echo)
+print("RUN_DIR", run_dir, flush=True)
+"""
+
+
+@dataclass
+class SimulatedRun:
+    """Figures of one ``fedge simulate`` run."""
+
+    round_times_s: list[float]
+    server_ready_s: float  # from start until the ServerApp logged round 0
+    total_s: float
+    peak_memory_mib: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def first_round_s(self) -> float:
+        return self.round_times_s[0]
+
+    @property
+    def steady_round_s(self) -> float:
+        return float(np.mean(self.round_times_s[1:]))
+
+    @property
+    def startup_s(self) -> float:
+        return self.server_ready_s + max(0.0, self.first_round_s - self.steady_round_s)
+
+
+def run_simulation(
+    overrides: dict[str, Any], clients: int, *, app_root: Path = REPO_ROOT
+) -> SimulatedRun:
+    """One ``fedge simulate`` in a subprocess using the fedge tree ``app_root``."""
+    env = {**os.environ, "PYTHONPATH": str(app_root)}
+    with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, "-c", _SIMULATE, json.dumps(overrides), str(clients), tmp],
+            cwd=app_root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        server_ready, run_dir, tail = None, None, []
+        with PeakMemorySampler(root_pid=process.pid) as memory:
+            assert process.stdout is not None
+            for line in process.stdout:
+                tail = [*tail[-30:], line]
+                stamp, _, text = line.partition(" ")
+                if server_ready is None and _ROUND_LINE.search(text):
+                    server_ready = float(stamp) - started
+                if line.startswith("RUN_DIR "):
+                    run_dir = Path(line.split(" ", 1)[1].strip())
+            process.wait()
+        total = time.monotonic() - started
+        if process.returncode != 0 or run_dir is None:
+            raise RuntimeError(
+                f"simulation failed (exit {process.returncode}):\n" + "".join(tail)
+            )
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+    rounds = metrics[metrics["round"] > 0]
+    return SimulatedRun(
+        round_times_s=[float(t) for t in rounds["round-time-s"]],
+        server_ready_s=float(server_ready if server_ready is not None else np.nan),
+        total_s=total,
+        peak_memory_mib=memory.peak_bytes / 2**20,
+        extra={"final_accuracy": float(rounds["central-accuracy"].iloc[-1])},
+    )
+
+
+@dataclass
+class ComputeProfile:
+    """Per-client costs measured in this process, one torch thread."""
+
+    train_s: list[float]  # pure training per client
+    handler_s: list[
+        float
+    ]  # the ClientApp's train handler, warm, per client (best of 2)
+    serialisation_s: float  # request + reply, to protobuf and back, per message
+    central_eval_s: float  # the server's evaluation of one round
+
+
+def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
+    """Time each client's training and the ClientApp handler around it."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.common import MessageType
+    from flwr.common.serde import message_from_proto, message_to_proto
+    from flwr.proto.message_pb2 import Message as ProtoMessage
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client.client_app import train as train_handler
+    from client.node_data import load_node_data
+    from server.reference_data import load_reference_data
+    from shared import keys
+    from shared.config import from_run_config
+    from shared.evaluation import evaluate_model
+    from shared.models import build_model, default_spec
+    from shared.records import state_dict_to_record
+
+    torch.set_num_threads(1)
+    # Messages built here need an identity, as inside a Flower process.
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    with tempfile.TemporaryDirectory(prefix="fedge-bench-state-") as state:
+        flat = from_run_config(
+            {**overrides, "node-state-dir": state}, fill_defaults=True
+        ).to_flat()
+        config = from_run_config(flat)
+        reference = load_reference_data(config.data)
+        spec = default_spec(
+            config.train.model,
+            reference.preprocessing.input_shape,
+            reference.preprocessing.num_classes,
+            activation=config.train.activation,
+        )
+        initial = build_model(spec, model_seed=config.train.model_seed).state_dict()
+
+        def message(server_round: int) -> Message:
+            server_config = {
+                keys.SERVER_ROUND: server_round,
+                keys.MODEL_SPEC: spec.to_json(),
+                keys.PREPROCESSING: reference.preprocessing.to_json(),
+                keys.FEDGE_RUN_ID: "bench",
+            }
+            content = RecordDict(
+                {
+                    keys.ARRAYS: state_dict_to_record(initial),
+                    keys.CONFIG: ConfigRecord(server_config),
+                }
+            )
+            return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+        train_s, handler_s = [], []
+        for client in range(clients):
+            node_config = {"partition-id": client, "num-partitions": clients}
+            data = load_node_data(node_config, config.data, reference.preprocessing)
+            context = Context(
+                run_id=1,
+                node_id=client + 1,
+                node_config=node_config,
+                state=RecordDict(),
+                run_config=flat,
+            )
+            train_handler(message(1), context)  # warm: caches, plan, validation
+            warm = []
+            for server_round in (2, 3):  # best of two: the machine is shared
+                start = time.perf_counter()
+                reply = train_handler(message(server_round), context)
+                warm.append(time.perf_counter() - start)
+            handler_s.append(min(warm))
+            sigma = float(reply.content[keys.METRICS].get(keys.NOISE_MULTIPLIER, 0.0))
+            train_s.append(
+                min(
+                    _time_training(config, spec, initial, data, sigma) for _ in range(2)
+                )
+            )
+        request = message(4)
+        start = time.perf_counter()
+        for sent in (request, reply):
+            message_from_proto(
+                ProtoMessage.FromString(message_to_proto(sent).SerializeToString())
+            )
+        serialisation_s = time.perf_counter() - start
+        model = build_model(spec)
+        start = time.perf_counter()
+        evaluate_model(model, reference.x, reference.y)
+        central_eval_s = time.perf_counter() - start
+    return ComputeProfile(train_s, handler_s, serialisation_s, central_eval_s)
+
+
+def _time_training(
+    config: Any, spec: Any, initial: dict[str, torch.Tensor], data: Any, sigma: float
+) -> float:
+    """Seconds of the ClientApp's own training call for one client, nothing else."""
+    from client.dp_training import train_private
+    from client.training import train_plain
+    from shared.models import build_model
+
+    model = build_model(spec)
+    model.load_state_dict(initial)
+    train = config.train
+    start = time.perf_counter()
+    if config.dp.mode == "sample":
+        train_private(
+            model,
+            data.train.x,
+            data.train.y,
+            epochs=train.local_epochs,
+            batch_size=train.batch_size,
+            learning_rate=train.learning_rate,
+            momentum=train.momentum,
+            noise_multiplier=sigma,
+            max_grad_norm=config.dp.max_grad_norm,
+            check_model=False,
+        )
+    else:
+        train_plain(
+            model,
+            data.train.x,
+            data.train.y,
+            epochs=train.local_epochs,
+            batch_size=train.batch_size,
+            learning_rate=train.learning_rate,
+            momentum=train.momentum,
+            seed=train.model_seed * 100_003 + 2,
+        )
+    return time.perf_counter() - start
+
+
+def concurrent_clients(clients: int) -> int:
+    """How many virtual clients the engine runs at once on this machine."""
+    return max(1, min(clients, (os.cpu_count() or 1) // CPUS_PER_CLIENT))
+
+
+def case_figures(
+    name: str, run: SimulatedRun, profile: ComputeProfile
+) -> dict[str, Any]:
+    """Ratio and the per-message split of one case."""
+    clients = len(profile.train_s)
+    slots = concurrent_clients(clients)
+    compute_round_s = sum(profile.train_s) / slots
+    overhead_round_s = run.steady_round_s - compute_round_s
+    per_message_ms = overhead_round_s * slots / clients * 1e3
+    fedge_ms = float(np.mean(np.subtract(profile.handler_s, profile.train_s))) * 1e3
+    serialisation_ms = profile.serialisation_s * 1e3
+    server_ms = profile.central_eval_s * slots / clients * 1e3
+    return {
+        f"ratio_{name}": round(run.steady_round_s / compute_round_s, 2),
+        f"round_s_{name}": round(run.steady_round_s, 3),
+        f"first_round_s_{name}": round(run.first_round_s, 2),
+        f"compute_round_s_{name}": round(compute_round_s, 3),
+        f"startup_s_{name}": round(run.startup_s, 2),
+        f"peak_memory_mib_{name}": round(run.peak_memory_mib, 1),
+        f"final_accuracy_{name}": round(run.extra["final_accuracy"], 4),
+        f"overhead_per_message_ms_{name}": round(per_message_ms, 1),
+        f"fedge_ms_per_message_{name}": round(fedge_ms, 1),
+        f"serialisation_ms_per_message_{name}": round(serialisation_ms, 2),
+        f"server_ms_per_message_{name}": round(server_ms, 1),
+        f"engine_ms_per_message_{name}": round(
+            per_message_ms - fedge_ms - serialisation_ms - server_ms, 1
+        ),
+    }
+
+
+def scale_figures(app_root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The scale-1000 scenario's steady round time and peak memory, if it exists."""
+    from simulations.scenario_file import read_scenario, scenario_names
+
+    if SCALE_SCENARIO not in scenario_names():
+        return {}
+    scenario = read_scenario(SCALE_SCENARIO)
+    run = run_simulation(
+        scenario.overrides, scenario.clients or 1000, app_root=app_root
+    )
+    return {
+        "scale1000_seconds_per_round": round(run.steady_round_s, 2),
+        "scale1000_first_round_s": round(run.first_round_s, 2),
+        "scale1000_peak_memory_mib": round(run.peak_memory_mib, 1),
+        "scale1000_startup_s": round(run.startup_s, 2),
+    }
+
+
+def main(baseline: Path | None = None) -> dict[str, Any]:
+    """Run every case (and the baseline's, if given) and return the figures."""
+    figures: dict[str, Any] = {
+        "name": "simulation_overhead",
+        "rounds": ROUNDS,
+        "concurrent_clients": concurrent_clients(100),
+        "targets": TARGETS,
+    }
+    seconds, heavy = import_seconds()
+    figures |= {"clientapp_import_s": round(seconds, 3), "clientapp_heavy": heavy}
+    startups = []
+    for name, (clients, settings) in CASES.items():
+        overrides = {**settings, "num-server-rounds": ROUNDS}
+        run = run_simulation(overrides, clients)
+        profile = profile_clients(overrides, clients)
+        figures |= case_figures(name, run, profile)
+        startups.append(run.startup_s)
+        if baseline is not None:
+            before = run_simulation(overrides, clients, app_root=baseline)
+            for key, value in case_figures(name, before, profile).items():
+                figures[f"before_{key}"] = value
+    figures["startup_s"] = round(float(np.median(startups)), 2)
+    figures |= scale_figures()
+    if baseline is not None:
+        seconds, heavy = import_seconds(app_root=baseline)
+        figures |= {"before_clientapp_import_s": round(seconds, 3)}
+    figures["targets_met"] = {
+        key: bool(figures[key] <= target) for key, target in TARGETS.items()
+    }
+    return figures
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--baseline", type=Path, help="fedge source tree to measure as 'before'"
+    )
+    args = parser.parse_args()
+    results = main(args.baseline)
+    out = REPO_ROOT / "benchmarks" / "results" / "simulation_overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))

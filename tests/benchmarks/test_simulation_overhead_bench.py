@@ -1,0 +1,51 @@
+"""The simulation_overhead benchmark's arithmetic, and its in-process profile at a tiny size."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import simulation_overhead as bench  # noqa: E402
+
+
+def test_ratio_startup_and_per_message_split_by_hand(monkeypatch):
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    run = bench.SimulatedRun(
+        round_times_s=[5.0, 2.0, 3.0],  # steady 2.5 s; first round 2.5 s over it
+        server_ready_s=1.5,
+        total_s=20.0,
+        peak_memory_mib=100.0,
+        extra={"final_accuracy": 0.9},
+    )
+    profile = bench.ComputeProfile(
+        train_s=[0.5] * 4,  # 2 s of training on 2 slots: 1 s a round
+        handler_s=[0.52] * 4,  # 20 ms of fedge's own work per message
+        serialisation_s=0.001,
+        central_eval_s=0.2,  # 0.2 s a round = 100 ms per message on 2 slots / 4
+    )
+
+    figures = bench.case_figures("t", run, profile)
+
+    assert figures["ratio_t"] == 2.5
+    assert figures["startup_s_t"] == 4.0
+    # 1.5 s overhead a round x 2 slots / 4 messages = 750 ms per message.
+    assert figures["overhead_per_message_ms_t"] == 750.0
+    assert figures["fedge_ms_per_message_t"] == pytest.approx(20.0)
+    assert figures["server_ms_per_message_t"] == 100.0
+    assert figures["engine_ms_per_message_t"] == pytest.approx(
+        750 - 20 - 1 - 100, abs=0.1
+    )
+
+
+@pytest.mark.slow
+def test_profile_times_each_client_and_the_handler_around_it():
+    profile = bench.profile_clients(
+        {"local-epochs": 1, "num-server-rounds": 4, "dp-mode": "sample"}, 2
+    )
+    assert len(profile.train_s) == len(profile.handler_s) == 2
+    assert all(t > 0 for t in profile.train_s)
+    assert profile.serialisation_s > 0 and profile.central_eval_s > 0
