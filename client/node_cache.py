@@ -7,8 +7,9 @@ result, so:
 
 - **in memory** (simulation: worker processes serve many messages), keyed by
   everything the result depends on: the data config, the node config, the
-  preprocessing JSON and, for a ``data-path``, the file's path, size and
-  modification time;
+  preprocessing JSON and, for a node reading a file (its ``data-path``, or its
+  file in ``node-data-dir`` in a simulation on users' data), the file's path,
+  size and modification time;
 - **on disk** under the node's own ``state-dir`` (deployment: every message is
   a fresh process), as the encoded arrays in one ``.npz``, named by a SHA-256
   of the run id, the same inputs and the file's *contents*. A later message
@@ -33,11 +34,18 @@ from typing import Any
 
 import numpy as np
 
-from client.node_data import DATA_PATH, NodeData, load_node_data
+from client.node_data import (
+    DATA_PATH,
+    PARTITION_ID,
+    NodeData,
+    load_node_data,
+    node_data_file,
+)
 from client.private_round import STATE_DIR
 from shared.atomic_io import atomic_write_bytes
-from shared.config import DataConfig
+from shared.config import DATASET_FILE, DataConfig
 from shared.datasets import Dataset
+from shared.errors import DataError
 from shared.preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -112,12 +120,24 @@ def _inputs(
     ]
 
 
+def _source_file(node_config: Mapping[str, Any], data: DataConfig) -> Path | None:
+    """The file this node's data is read from, if any (as load_node_data finds it)."""
+    if node_config.get(DATA_PATH):
+        return Path(str(node_config[DATA_PATH])).expanduser()
+    if data.dataset == DATASET_FILE and data.node_data_dir:
+        try:
+            return node_data_file(data.node_data_dir, int(node_config[PARTITION_ID]))
+        except (DataError, KeyError, TypeError, ValueError):
+            return None  # load_node_data raises the clear error
+    return None
+
+
 def _memory_key(
     node_config: Mapping[str, Any], data: DataConfig, preprocessing_json: str
 ) -> str:
     identity = None
-    if node_config.get(DATA_PATH):
-        path = Path(str(node_config[DATA_PATH])).expanduser()
+    path = _source_file(node_config, data)
+    if path is not None:
         try:
             stat = path.stat()
             identity = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
@@ -142,9 +162,10 @@ def _disk_path(
             [str(run_id), *_inputs(node_config, data, preprocessing_json)]
         ).encode()
     )
-    if node_config.get(DATA_PATH):
+    path = _source_file(node_config, data)
+    if path is not None:
         try:
-            with Path(str(node_config[DATA_PATH])).expanduser().open("rb") as f:
+            with path.open("rb") as f:
                 digest.update(hashlib.file_digest(f, "sha256").digest())
         except OSError:
             return None  # load_node_data raises the clear error

@@ -152,3 +152,31 @@ def test_an_unreadable_cache_file_is_only_a_miss(federation, tmp_path, monkeypat
     assert len(loads) == 1
     np.testing.assert_array_equal(again.train.x, expected.train.x)
     np.testing.assert_array_equal(np.load(cache_file)["train_x"], expected.train.x)
+
+
+def test_a_virtual_nodes_file_in_node_data_dir_is_keyed_by_its_contents(
+    federation, tmp_path, monkeypatch
+):
+    _, prep, _ = federation
+    folder = tmp_path / "nodes"
+    folder.mkdir()
+    write_node_file(folder / "node-0.csv", ages=[10, 20, 30, 40])
+    config = data_config(
+        dataset="file",
+        **{"eval-data-path": str(tmp_path / "reference.csv")},
+        **{"node-data-dir": str(folder)},
+    )
+    node = {"partition-id": 0, "num-partitions": 1}
+    loads = count_loads(monkeypatch)
+    assert all_ages(cached_node_data(node, config, prep, run_id=1)) == [10, 20, 30, 40]
+    assert all_ages(cached_node_data(node, config, prep, run_id=1)) == [10, 20, 30, 40]
+    assert len(loads) == 1
+    write_node_file(folder / "node-0.csv", ages=[15, 25, 35, 45, 55, 65])
+    assert all_ages(cached_node_data(node, config, prep, run_id=1)) == [
+        15,
+        25,
+        35,
+        45,
+        55,
+        65,
+    ]
