@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ from simulations.flower_processes import (
     format_node_config,
     free_port,
     serving_superlink,
+    session_members,
     start_logged,
     stop_process,
     superlink_command,
@@ -274,3 +278,147 @@ def start_run(
 def read_json(path: Path) -> Any:
     """A JSON file's content."""
     return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------ federation
+DP_ROUND_CONFIG = {
+    # DP-SGD on every node, calibrated to ε = 8 over the run; small, quick rounds.
+    "dp-mode": "sample",
+    "noise-multiplier": 0.0,
+    "target-epsilon": 8.0,
+    "local-epochs": 1,
+    "batch-size": 32,
+}
+
+
+@dataclass
+class Federation:
+    """A TLS SuperLink with SuperNode authentication and its registered nodes."""
+
+    workdir: Path
+    tls: TlsFiles
+    link: SuperLink
+    nodes: list[Node]
+    database: Path
+    port: int
+    _stack: contextlib.ExitStack
+    _running: dict[str, contextlib.ExitStack] = field(default_factory=dict)
+
+    def start(self, node: Node, **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start ``node`` with ``fedge node start`` (kwargs: :func:`running_node`)."""
+        stack = contextlib.ExitStack()
+        process = stack.enter_context(
+            running_node(self.link, self.workdir, node, **kwargs)
+        )
+        self._running[node.name] = stack
+        return process
+
+    def stop(self, node: Node) -> None:
+        """Stop ``node`` and everything it started (its ClientApp processes too)."""
+        self._running.pop(node.name).close()
+
+    def close(self) -> None:
+        """Stop every node still running."""
+        for name in list(self._running):
+            self._running.pop(name).close()
+
+    def kill_superlink(self) -> None:
+        """SIGKILL the SuperLink and its ServerApp: a coordinator crash."""
+        kill_session(self.link.process)
+        self.link.process.wait(timeout=30)
+
+    def restart_superlink(self) -> SuperLink:
+        """A new SuperLink on the same port with the same database."""
+        self.link = self._stack.enter_context(
+            running_superlink(
+                self.workdir, tls=self.tls, database=self.database, port=self.port
+            )
+        )
+        return self.link
+
+    def run_dir(self, overrides: Mapping[str, Any]) -> Path:
+        """The run folder ``overrides`` name."""
+        return Path(overrides["output-dir"]) / overrides["run-name"]
+
+
+@contextlib.contextmanager
+def secure_federation(
+    workdir: Path, num_nodes: int, *, node_config: Mapping[str, Any] | None = None
+) -> Iterator[Federation]:
+    """A TLS + auth SuperLink (with a database) and ``num_nodes`` registered nodes.
+
+    Nodes are not started: call :meth:`Federation.start`. Node ``i`` holds
+    partition ``i`` of ``num_nodes`` of the built-in data unless ``node_config``
+    is given. Everything is stopped when the block ends.
+    """
+    tls = TlsFiles.make(workdir / "certs")
+    nodes = [
+        Node(
+            name=f"node{i}",
+            key=make_node_key(workdir / "keys", f"node{i}"),
+            state_dir=workdir / f"node{i}-state",
+            node_config=dict(
+                node_config or {"partition-id": i, "num-partitions": num_nodes}
+            ),
+        )
+        for i in range(num_nodes)
+    ]
+    database, port = workdir / "superlink-state.db", free_port()
+    with contextlib.ExitStack() as stack:
+        link = stack.enter_context(
+            running_superlink(workdir, tls=tls, database=database, port=port)
+        )
+        for node in nodes:
+            node.node_id = register_supernode(
+                link, node.key.with_name(node.key.name + ".pub")
+            )
+        federation = Federation(workdir, tls, link, nodes, database, port, stack)
+        stack.callback(federation.close)
+        yield federation
+
+
+def kill_session(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every process in ``process``'s session (it was started in its own)."""
+    for pid in session_members(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def wait_for(condition: Any, *, timeout_s: float, what: str, alive: Any = None) -> None:
+    """Poll ``condition()`` until true; fail after ``timeout_s`` or if ``alive`` dies."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if alive is not None:
+            assert alive.poll() is None, f"{what}: the process ended first"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s"
+        time.sleep(0.1)
+
+
+def last_round(run_dir: Path) -> int:
+    """The newest round in ``metrics.csv`` (-1 before round 0 is written)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return -1
+    lines = path.read_text().splitlines()
+    return int(lines[-1].split(",", 1)[0]) if len(lines) > 1 else -1
+
+
+def metrics_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl``, per-client details included."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+
+
+def node_epsilons(run_dir: Path, node_id: int) -> dict[int, float]:
+    """Round -> the cumulative ε ``node_id`` reported in it."""
+    return {
+        record["round"]: client["epsilon"]
+        for record in metrics_records(run_dir)
+        for client in record.get("clients", [])
+        if client["node-id"] == node_id
+    }
+
+
+def ledger(node: Node) -> dict[str, Any]:
+    """The node's one privacy ledger file."""
+    (path,) = node.state_dir.glob("privacy-ledger-*.json")
+    return read_json(path)

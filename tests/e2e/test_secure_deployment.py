@@ -1,7 +1,9 @@
 """The operator's secure deployment, run for real on loopback: certificates and
 node keys from deploy/make-*.sh, a TLS SuperLink with SuperNode authentication
-and two registered SuperNodes started by deploy/superlink.sh and supernode.sh,
-sample-level DP over two rounds, and nodes that were never registered refused.
+(deploy/superlink.sh), nodes on their own CSV files started by
+deploy/supernode.sh (fedge node start), sample-level DP over two rounds, then
+status, export and prediction on the device runtime; and nodes without TLS,
+trusting another CA or never registered, refused.
 
 The deploy scripts' own checks (refusing to overwrite keys, missing settings)
 are fast tests here too; only the full deployment is marked e2e and slow."""
@@ -11,14 +13,20 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from opacus.accountants import RDPAccountant
+from sklearn.datasets import load_digits
 
 from tests.e2e.deployment import (
+    APP_DIR,
     DEPLOY,
+    DP_ROUND_CONFIG,
+    FEDGE,
     Node,
     TlsFiles,
     make_node_key,
@@ -26,8 +34,10 @@ from tests.e2e.deployment import (
     running_keyless_node,
     running_node,
     running_superlink,
+    secure_federation,
     submit_run,
     supernode_states,
+    wait_for,
 )
 
 BATCH_SIZE = 32
@@ -165,23 +175,126 @@ def _rdp_epsilon(ledger: dict, delta: float) -> float:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_registered_nodes_train_over_tls_and_strangers_are_refused(
+def test_nodes_without_tls_another_ca_or_a_registered_key_never_join(
     tmp_path: Path,
 ) -> None:
-    # Prepare: the operator's files, made by the operator's scripts.
+    # (c) No training needed: the SuperLink's own node list tells who joined.
+    with secure_federation(tmp_path, 1) as federation:
+        (node,) = federation.nodes
+        link = federation.link
+        other_ca = TlsFiles.make(tmp_path / "other-ca")  # a CA nobody here uses
+        stranger = Node(
+            name="stranger",
+            key=make_node_key(tmp_path / "keys", "stranger"),
+            state_dir=tmp_path / "stranger-state",
+            node_config={"partition-id": 0, "num-partitions": 1},
+        )
+        plain_config = {"partition-id": 0, "num-partitions": 1}
+        with (
+            # The registered key, but trusting another CA ...
+            running_node(link, tmp_path, node, ca_cert=other_ca.ca_cert),
+            # ... a node dialling without TLS ...
+            running_keyless_node(
+                link, tmp_path, name="plain", node_config=plain_config
+            ),
+            # ... a key the coordinator never registered, and no key at all.
+            running_node(link, tmp_path, stranger) as unregistered,
+            running_keyless_node(
+                link, tmp_path, name="keyless", node_config=plain_config, tls=True
+            ) as keyless,
+        ):
+            refused_codes = (unregistered.wait(timeout=60), keyless.wait(timeout=60))
+            seen = set()
+            deadline = time.monotonic() + 15  # several of Flower's retry periods
+            while time.monotonic() < deadline:
+                seen.add(supernode_states(link)[node.node_id])
+                time.sleep(1)
+        # The same node with the federation's CA joins: the check above could
+        # have seen it online.
+        federation.start(node)
+        wait_for(
+            lambda: supernode_states(link)[node.node_id] == "online",
+            timeout_s=60,
+            what="the well-configured node online",
+        )
+        listed = supernode_states(link)
+
+    assert "online" not in seen, seen
+    assert set(listed) == {node.node_id}  # strangers never made it onto the list
+    assert "certificate verify failed" in (tmp_path / "node0.log").read_text().lower()
+    assert "online" not in (tmp_path / "plain.log").read_text().lower()
+    assert all(code != 0 for code in refused_codes), refused_codes
+    assert "Failed to activate SuperNode" in (tmp_path / "stranger.log").read_text()
+    assert "No SuperNode found with the given public key" in link.log_path.read_text()
+    assert (
+        "SuperNode authentication is enabled. "
+        "All SuperNodes must be registered via the CLI."
+    ) in (tmp_path / "keyless.log").read_text()
+    assert not list(stranger.state_dir.glob("privacy-ledger-*"))
+
+
+def _write_node_csvs(tmp: Path) -> tuple[list[Path], Path]:
+    """Digits as tabular CSVs: two nodes' disjoint training files and a test file."""
+    digits = load_digits()
+    columns = [f"px{i}" for i in range(digits.data.shape[1])]
+    frame = pd.DataFrame(digits.data, columns=columns)
+    frame["digit"] = digits.target
+    order = np.random.default_rng(0).permutation(len(frame))
+    test, node0, node1 = order[:400], order[400:1100], order[1100:]
+    paths = []
+    for name, rows in (("node0.csv", node0), ("node1.csv", node1), ("eval.csv", test)):
+        path = tmp / name
+        frame.iloc[rows].to_csv(path, index=False)
+        paths.append(path)
+    return paths[:2], paths[2]
+
+
+def _fedge(*args: Path | str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FEDGE, *map(str, args)],
+        cwd=APP_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_readme_flow_check_register_start_run_status_export_predict(
+    tmp_path: Path,
+) -> None:
+    # (e) As the README and deploy/README.md tell it: each node checks its own
+    # CSV against the coordinator's held-out file, the operator makes the
+    # certificates and registers the nodes' keys, the nodes start through
+    # deploy/supernode.sh (fedge node start), `flwr run` trains with DP, and then
+    # `fedge status`, `fedge export` and a torch-free `fedge predict`.
+    node_files, eval_file = _write_node_csvs(tmp_path)
+    for path in node_files:
+        checked = _fedge(
+            "node", "check", path, "--label-column", "digit", "--reference", eval_file
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert "ok: this node's data can join" in checked.stdout
     certs, keys = tmp_path / "certs", tmp_path / "keys"
     tls = TlsFiles.make(certs)
-    for name in ("node0", "node1", "stranger"):
-        make_node_key(keys, name)
-    state_dirs = [tmp_path / "state0", tmp_path / "state1"]
+    nodes = [
+        Node(
+            name=f"node{i}",
+            key=make_node_key(keys, f"node{i}"),
+            state_dir=tmp_path / f"state{i}",
+            data_path=path,
+        )
+        for i, path in enumerate(node_files)
+    ]
     out_dir = tmp_path / "runs"
     overrides = {
-        "num-server-rounds": 2,
-        "dp-mode": "sample",
-        "noise-multiplier": 0.0,  # calibrated to target-epsilon over both rounds
-        "target-epsilon": 8.0,
-        "local-epochs": 1,
+        **DP_ROUND_CONFIG,
         "batch-size": BATCH_SIZE,
+        "num-server-rounds": 2,
+        "dataset": "file",
+        "eval-data-path": str(eval_file),
+        "label-column": "digit",
         "min-nodes": 2,
         "output-dir": str(out_dir),
         "run-name": "secure",
@@ -189,46 +302,15 @@ def test_registered_nodes_train_over_tls_and_strangers_are_refused(
         "round-timeout-s": 120.0,
     }
 
-    nodes = [
-        Node(
-            name=f"node{i}",
-            key=(keys / f"node{i}").resolve(),
-            state_dir=state_dirs[i],
-            node_config={"partition-id": i, "num-partitions": 2},
-        )
-        for i in range(2)
-    ]
-    stranger = Node(
-        name="stranger",
-        key=(keys / "stranger").resolve(),
-        state_dir=tmp_path / "stranger-state",
-        node_config={"partition-id": 0, "num-partitions": 2},
-    )
-
-    # Execute
     with running_superlink(tmp_path, tls=tls, launcher=True) as link:
-        registered = {
-            register_supernode(link, n.key.with_suffix(".pub")) for n in nodes
-        }
+        registered = {register_supernode(link, keys / f"{n.name}.pub") for n in nodes}
         with (
             running_node(link, tmp_path, nodes[0], launcher=True),
             running_node(link, tmp_path, nodes[1], launcher=True),
-            # A key the coordinator never registered, via the same launcher ...
-            running_node(link, tmp_path, stranger, launcher=True) as refused,
-            # ... and a node that brings no key at all.
-            running_keyless_node(
-                link,
-                tmp_path,
-                name="keyless",
-                node_config={"partition-id": 1, "num-partitions": 2},
-                tls=True,
-            ) as keyless,
         ):
             done = submit_run(link, tmp_path, overrides, timeout_s=300)
-            refused_codes = (refused.wait(timeout=60), keyless.wait(timeout=60))
-            listed = supernode_states(link)
 
-    # Assert: the run completed with both registered nodes in every round.
+    # The run completed with both registered nodes in every round.
     log = done.stdout + done.stderr
     run_dir = out_dir / "secure"
     status = json.loads((run_dir / "status.json").read_text())
@@ -238,19 +320,16 @@ def test_registered_nodes_train_over_tls_and_strangers_are_refused(
     assert list(metrics["replies"].iloc[1:]) == [2, 2]
     eps_round1, eps_round2 = metrics["epsilon-max"].iloc[1:]
     assert 0 < eps_round1 < eps_round2 <= 8.0 + 1e-6
-
-    # Only registered nodes ever replied, and the SuperLink knows no others.
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     for row in rounds[1:]:
         assert {c["node-id"] for c in row["clients"]} == registered, row["round"]
-    assert set(listed) == registered
 
-    # Each node's ledger file on disk holds its two rounds, and Opacus's RDP
-    # accountant on those entries gives the ε the node reported after round 2.
+    # Each node's ledger file holds its two rounds, and Opacus's RDP accountant
+    # on those entries gives the ε the node reported after round 2.
     reported = rounds[2]["clients"]
     ledger_eps = []
-    for state_dir in state_dirs:
-        (ledger_file,) = state_dir.glob("privacy-ledger-*.json")
+    for node in nodes:
+        (ledger_file,) = node.state_dir.glob("privacy-ledger-*.json")
         ledger = json.loads(ledger_file.read_text())
         assert ledger["server-rounds"] == [1, 2]
         ledger_eps.append(_rdp_epsilon(ledger, reported[0]["delta"]))
@@ -265,14 +344,17 @@ def test_registered_nodes_train_over_tls_and_strangers_are_refused(
     )
     assert max(ledger_eps) == pytest.approx(eps_round2, rel=1e-6)
 
-    # Nodes without a registered key exit at once, saying why.
-    assert all(code != 0 for code in refused_codes), refused_codes
-    stranger_log = (tmp_path / "stranger.log").read_text()
-    assert "Failed to activate SuperNode" in stranger_log
-    assert "No SuperNode found with the given public key" in (link.log_path.read_text())
-    keyless_log = (tmp_path / "keyless.log").read_text()
-    assert (
-        "SuperNode authentication is enabled. "
-        "All SuperNodes must be registered via the CLI."
-    ) in keyless_log
-    assert not list((tmp_path / "stranger-state").glob("privacy-ledger-*"))
+    # status, export, predict on the device runtime.
+    shown = _fedge("status", run_dir)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"{run_dir}: complete, round 2 of 2")
+    exported = _fedge("export", run_dir, "--quantize", "none")
+    assert exported.returncode == 0, exported.stderr
+    predictions = tmp_path / "predictions.csv"
+    predicted = _fedge("predict", run_dir, eval_file, "-o", predictions)
+    assert predicted.returncode == 0, predicted.stderr
+    labels = pd.read_csv(predictions)["label"].astype(int)
+    truth = pd.read_csv(eval_file)["digit"]
+    device_accuracy = float((labels.to_numpy() == truth.to_numpy()).mean())
+    assert device_accuracy == pytest.approx(status["final_accuracy"], abs=0.01)
+    assert device_accuracy > 0.5
