@@ -23,7 +23,7 @@ def test_ratio_startup_and_per_message_split_by_hand(monkeypatch):
     )
     profile = bench.ComputeProfile(
         train_s=[0.5] * 4,  # 2 s of training on 2 slots: 1 s a round
-        handler_s=[0.52] * 4,  # 20 ms of fedge's own work per message
+        fedge_s=[0.02] * 4,  # 20 ms of fedge's own work per message
         serialisation_s=0.001,
         central_eval_s=0.2,  # 0.2 s a round = 100 ms per message on 2 slots / 4
     )
@@ -46,6 +46,7 @@ def test_profile_times_each_client_and_the_handler_around_it():
     profile = bench.profile_clients(
         {"local-epochs": 1, "num-server-rounds": 4, "dp-mode": "sample"}, 2
     )
-    assert len(profile.train_s) == len(profile.handler_s) == 2
+    assert len(profile.train_s) == len(profile.fedge_s) == 2
+    assert all(0 < t < 1 for t in profile.fedge_s)
     assert all(t > 0 for t in profile.train_s)
     assert profile.serialisation_s > 0 and profile.central_eval_s > 0
