@@ -50,6 +50,7 @@ import torch
 
 from benchmarks.clientapp_import import REPO_ROOT, import_seconds
 from benchmarks.process_memory import PeakMemorySampler
+from shared.run_folder import CENTRAL_ACCURACY, METRICS_CSV_FILE, ROUND, ROUND_TIME_S
 
 ROUNDS = 4  # round 1 pays start-up; rounds 2-4 are the steady state
 CPUS_PER_CLIENT = 1
@@ -137,14 +138,14 @@ def run_simulation(
             raise RuntimeError(
                 f"simulation failed (exit {process.returncode}):\n" + "".join(tail)
             )
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-    rounds = metrics[metrics["round"] > 0]
+        metrics = pd.read_csv(run_dir / METRICS_CSV_FILE)
+    rounds = metrics[metrics[ROUND] > 0]
     return SimulatedRun(
-        round_times_s=[float(t) for t in rounds["round-time-s"]],
+        round_times_s=[float(t) for t in rounds[ROUND_TIME_S]],
         server_ready_s=float(server_ready if server_ready is not None else np.nan),
         total_s=total,
         peak_memory_mib=memory.peak_bytes / 2**20,
-        extra={"final_accuracy": float(rounds["central-accuracy"].iloc[-1])},
+        extra={"final_accuracy": float(rounds[CENTRAL_ACCURACY].iloc[-1])},
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.process_memory import PeakMemorySampler
+from shared.run_folder import CENTRAL_ACCURACY, METRICS_CSV_FILE, ROUND, ROUND_TIME_S
 from simulations.simulate import simulate
 
 NUM_CLIENTS = 10
@@ -37,20 +38,20 @@ def main() -> dict[str, Any]:
                 echo=lambda *_: None,
             )
         total_s = time.monotonic() - started
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-    rounds = metrics[metrics["round"] > 0]
-    steady = rounds[rounds["round"] > 1]["round-time-s"]
+        metrics = pd.read_csv(run_dir / METRICS_CSV_FILE)
+    rounds = metrics[metrics[ROUND] > 0]
+    steady = rounds[rounds[ROUND] > 1][ROUND_TIME_S]
     return {
         "name": "simulation_round",
         "clients": NUM_CLIENTS,
         "rounds": NUM_ROUNDS,
         "dataset": "digits",
-        "first_round_s": float(rounds["round-time-s"].iloc[0]),
+        "first_round_s": float(rounds[ROUND_TIME_S].iloc[0]),
         "seconds_per_round": float(steady.mean()),
         "seconds_per_round_max": float(steady.max()),
         "total_wall_s": round(total_s, 2),
         "peak_memory_mib": round(memory.peak_bytes / 2**20, 1),
-        "final_accuracy": float(rounds["central-accuracy"].iloc[-1]),
+        "final_accuracy": float(rounds[CENTRAL_ACCURACY].iloc[-1]),
     }
 
 

@@ -305,13 +305,12 @@ def supernode_command(
     launch: NodeLaunch, flower_args: Sequence[str] = (), *, program: str = SUPERNODE
 ) -> list[str]:
     """The ``flower-supernode`` command line that ``launch`` describes."""
-    from client.node_data import DATA_PATH
-    from client.private_round import STATE_DIR
+    from shared import keys
     from simulations.flower_processes import format_node_config
 
-    node_config = {STATE_DIR: str(launch.state_dir)}
+    node_config = {keys.STATE_DIR: str(launch.state_dir)}
     if launch.data_path is not None:
-        node_config = {DATA_PATH: str(launch.data_path), **node_config}
+        node_config = {keys.DATA_PATH: str(launch.data_path), **node_config}
     text = " ".join(filter(None, [format_node_config(node_config), launch.node_config]))
     return [
         program,

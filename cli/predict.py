@@ -67,8 +67,9 @@ def write_predictions(prediction: object, out: TextIO) -> None:
 def run(args: argparse.Namespace) -> int:
     """Predict; a bad model or input prints one line and returns 2."""
     from edge_export.runtime import EdgeError, EdgeModel
+    from shared.run_folder import ONNX_FP32_FILE
 
-    model_path = args.model / "model.onnx" if args.model.is_dir() else args.model
+    model_path = args.model / ONNX_FP32_FILE if args.model.is_dir() else args.model
     try:
         model = EdgeModel.load(model_path, threads=args.threads)
         prediction = model.predict(args.input)

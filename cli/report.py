@@ -23,9 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry: write the report and print where it is."""
+    from shared.run_folder import PLOTS_DIR
     from simulations.report import write_report
 
     path = write_report(args.run_dir)
     print(f"report: {path}")
-    print(f"plots:  {path.parent / 'plots'}")
+    print(f"plots:  {path.parent / PLOTS_DIR}")
     return 0

@@ -23,6 +23,7 @@ from shared.config import (
 )
 from shared.datasets import BUILTIN_DATASETS
 from shared.errors import FedgeError
+from shared.run_folder import read_status
 from simulations import simulate as simulation
 from simulations.own_data import HOLDOUT_FRACTION, OwnData
 from simulations.scenario_file import (
@@ -268,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
         notes=arguments.notes,
         verbose=args.verbose,
     )
-    status = simulation.read_status(run_dir)
+    status = read_status(run_dir)
     print(f"final central accuracy: {status.get('final_accuracy', float('nan')):.4f}")
     print(f"run folder: {run_dir}")
     return 0

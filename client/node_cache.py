@@ -34,14 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from client.node_data import (
-    DATA_PATH,
-    PARTITION_ID,
-    NodeData,
-    load_node_data,
-    node_data_file,
-)
-from client.private_round import STATE_DIR
+from client.node_data import NodeData, load_node_data, node_data_file
+from shared import keys
 from shared.atomic_io import atomic_write_bytes
 from shared.config import DATASET_FILE, DataConfig
 from shared.datasets import Dataset
@@ -122,11 +116,13 @@ def _inputs(
 
 def _source_file(node_config: Mapping[str, Any], data: DataConfig) -> Path | None:
     """The file this node's data is read from, if any (as load_node_data finds it)."""
-    if node_config.get(DATA_PATH):
-        return Path(str(node_config[DATA_PATH])).expanduser()
+    if node_config.get(keys.DATA_PATH):
+        return Path(str(node_config[keys.DATA_PATH])).expanduser()
     if data.dataset == DATASET_FILE and data.node_data_dir:
         try:
-            return node_data_file(data.node_data_dir, int(node_config[PARTITION_ID]))
+            return node_data_file(
+                data.node_data_dir, int(node_config[keys.PARTITION_ID])
+            )
         except (DataError, KeyError, TypeError, ValueError):
             return None  # load_node_data raises the clear error
     return None
@@ -153,7 +149,7 @@ def _disk_path(
     run_id: str | int,
 ) -> Path | None:
     """Where this node caches its arrays for this run, or None (no state-dir)."""
-    state_dir = node_config.get(STATE_DIR)
+    state_dir = node_config.get(keys.STATE_DIR)
     if not state_dir:
         return None
     digest = hashlib.sha256()

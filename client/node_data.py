@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared import keys
 from shared.config import DATASET_FILE, DataConfig
 from shared.datasets import (
     SUPPORTED_SUFFIXES,
@@ -28,9 +29,6 @@ from shared.errors import DataError
 from shared.partition import partition_indices
 from shared.preprocessing import Preprocessing
 
-DATA_PATH = "data-path"
-PARTITION_ID = "partition-id"
-NUM_PARTITIONS = "num-partitions"
 LOCAL_TEST_FRACTION = 0.1  # held out on each node for federated evaluation
 NODE_FILE_STEM = "node-{partition_id}"  # a virtual node's file in node-data-dir
 MIN_NODE_EXAMPLES = 2  # one example to train on and one to test
@@ -55,26 +53,30 @@ def load_node_data(
         If the node config names neither a file nor a partition, or the data
         cannot be read or does not match the federation's preprocessing.
     """
-    if node_config.get(DATA_PATH):
-        dataset = load_file(str(node_config[DATA_PATH]), preprocessing)
-    elif PARTITION_ID in node_config and NUM_PARTITIONS in node_config:
+    if node_config.get(keys.DATA_PATH):
+        dataset = load_file(str(node_config[keys.DATA_PATH]), preprocessing)
+    elif keys.PARTITION_ID in node_config and keys.NUM_PARTITIONS in node_config:
         if data.dataset == DATASET_FILE and data.node_data_dir:
-            path = node_data_file(data.node_data_dir, int(node_config[PARTITION_ID]))
+            path = node_data_file(
+                data.node_data_dir, int(node_config[keys.PARTITION_ID])
+            )
             dataset = load_file(path, preprocessing)
         elif data.dataset == DATASET_FILE:
             raise DataError(
                 "This run trains on nodes' own files (dataset = 'file'), but this "
-                f"node has no '{DATA_PATH}' in its node config; start it with "
-                f"--node-config '{DATA_PATH}=\"/path/to/data.csv\"'."
+                f"node has no '{keys.DATA_PATH}' in its node config; start it with "
+                f"--node-config '{keys.DATA_PATH}=\"/path/to/data.csv\"'."
             )
         else:
             dataset = _builtin_partition(
-                data, int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
+                data,
+                int(node_config[keys.PARTITION_ID]),
+                int(node_config[keys.NUM_PARTITIONS]),
             )
     else:
         raise DataError(
-            f"Node config {dict(node_config)} names no data: give '{DATA_PATH}' "
-            f"(a CSV/Parquet/.npz file) or '{PARTITION_ID}' and '{NUM_PARTITIONS}'."
+            f"Node config {dict(node_config)} names no data: give '{keys.DATA_PATH}' "
+            f"(a CSV/Parquet/.npz file) or '{keys.PARTITION_ID}' and '{keys.NUM_PARTITIONS}'."
         )
     if len(dataset) < MIN_NODE_EXAMPLES:
         raise DataError(
@@ -112,7 +114,7 @@ def _builtin_partition(
 ) -> Dataset:
     if not 0 <= partition_id < num_partitions:
         raise DataError(
-            f"'{PARTITION_ID}' must be in [0, {num_partitions}), got {partition_id}."
+            f"'{keys.PARTITION_ID}' must be in [0, {num_partitions}), got {partition_id}."
         )
     full = load_builtin(data.dataset, "train")
     parts = partition_indices(

@@ -39,7 +39,6 @@ from shared.privacy import (
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR = "state-dir"  # node config: where this node keeps its privacy ledger
 PLAN_KEY = "dp-plan"  # context.state record caching the calibrated plan
 VALIDATED_KEY = "dp-validated-models"  # context.state: specs Opacus accepted
 # Model specs validated in this process (simulation reuses processes).
@@ -139,18 +138,21 @@ def check_private_model_once(
 
 def node_key(node_config: Mapping[str, Any]) -> str:
     """A name for this node that survives restarts (Flower's node id does not)."""
-    if node_config.get("data-path"):
-        return f"data:{node_config['data-path']}"
-    return f"partition:{node_config.get('partition-id')}/{node_config.get('num-partitions')}"
+    if node_config.get(keys.DATA_PATH):
+        return f"data:{node_config[keys.DATA_PATH]}"
+    return (
+        f"partition:{node_config.get(keys.PARTITION_ID)}"
+        f"/{node_config.get(keys.NUM_PARTITIONS)}"
+    )
 
 
 def ledger_file(config: RunConfig, context: Context, fedge_run_id: str) -> Path | None:
     """The node's ledger file: its own ``state-dir``, else the run's node-state dir."""
-    state_dir = context.node_config.get(STATE_DIR) or config.run.node_state_dir
+    state_dir = context.node_config.get(keys.STATE_DIR) or config.run.node_state_dir
     if not state_dir:
         return None
     folder = Path(str(state_dir)).expanduser()
-    if not context.node_config.get(STATE_DIR):
+    if not context.node_config.get(keys.STATE_DIR):
         # One shared folder for many simulated nodes: a subfolder each.
         safe = node_key(context.node_config).replace("/", "-").replace(":", "-")
         folder = folder / safe

@@ -29,7 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from edge_export.runtime import MANIFEST_FILE, EdgeModel
+from edge_export.runtime import EdgeModel
+from shared.run_folder import (
+    MANIFEST_FILE,
+    MODEL_CARD_FILE,
+    MODEL_WEIGHTS_FILE,
+    ONNX_FP32_FILE,
+    ONNX_INT8_FILE,
+    ModelCard,
+    PrivacySummary,
+    save_run_config,
+    write_model_card,
+)
 
 DEFAULT_OUT = Path("benchmarks/results/edge.json")
 BATCH_LARGE = 256
@@ -54,19 +65,20 @@ def _time_calls(fn: Callable[[], Any], runs: int) -> list[float]:
 def _resolve(target: Path) -> dict[str, Path | None]:
     """The files to benchmark: fp32/int8 ONNX and PyTorch, where present."""
     folder = target if target.is_dir() else target.parent
-    fp32 = folder / "model.onnx"
-    int8 = folder / "model.int8.onnx"
+    fp32 = folder / ONNX_FP32_FILE
+    int8 = folder / ONNX_INT8_FILE
     files: dict[str, Path | None] = {
         "onnx-fp32": fp32 if fp32.is_file() else None,
         "onnx-int8": int8 if int8.is_file() else None,
     }
     if target.is_file() and target not in files.values():
         files["onnx-fp32" if ".int8." not in target.name else "onnx-int8"] = target
-    weights, meta = folder / "model.pt", folder / "model.json"
+    weights, meta = folder / MODEL_WEIGHTS_FILE, folder / MODEL_CARD_FILE
     files["pytorch-eager"] = weights if weights.is_file() and meta.is_file() else None
     if files["onnx-fp32"] is None and files["onnx-int8"] is None:
         raise FileNotFoundError(
-            f"no model.onnx or model.int8.onnx at {target}; run `fedge export` first"
+            f"no {ONNX_FP32_FILE} or {ONNX_INT8_FILE} at {target}; "
+            "run `fedge export` first"
         )
     return files
 
@@ -85,11 +97,11 @@ def _ort_plain_engine(path: Path, x: np.ndarray) -> Callable[[], Any]:
 def _torch_engine(weights: Path, batch: int, x: np.ndarray) -> Callable[[], Any]:
     import torch  # only here: the runtime and ONNX engines never need it
 
-    from shared.models import ModelSpec, build_model
+    from shared.models import build_model
+    from shared.run_folder import read_model_card
 
     torch.set_num_threads(1)
-    meta = json.loads((weights.parent / "model.json").read_text(encoding="utf-8"))
-    model = build_model(ModelSpec.from_dict(meta["spec"]))
+    model = build_model(read_model_card(weights.parent).spec)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.eval()
     tensor = torch.from_numpy(np.ascontiguousarray(x))
@@ -307,7 +319,6 @@ def _build_digits_run(run_dir: Path, *, steps: int = 400) -> None:
     from shared.config import from_run_config
     from shared.datasets import load_builtin
     from shared.models import build_model, default_spec
-    from shared.versions import package_versions
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -323,33 +334,22 @@ def _build_digits_run(run_dir: Path, *, steps: int = 400) -> None:
         nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), run_dir / "model.pt")
-    config = from_run_config({"dataset": "digits"}, fill_defaults=True)
-    versions = package_versions()
-    meta = {
-        "format": "fedge-model/1",
-        "spec": spec.to_dict(),
-        "preprocessing": data.preprocessing.to_dict(),
-        "provenance": {
-            "rounds": 0,
-            "strategy": "centralised (benchmark)",
-            "num-clients": 1,
-            "dataset": "digits",
-            "dataset-fingerprint": data.fingerprint(),
-            "versions": versions,
-        },
-        "privacy": {
-            "dp-mode": "none",
-            "max-epsilon": None,
-            "delta": None,
-            "noise-multiplier": None,
-            "max-grad-norm": None,
-        },
-        "metrics": {},
-    }
-    (run_dir / "model.json").write_text(json.dumps(meta), encoding="utf-8")
-    (run_dir / "config.json").write_text(
-        json.dumps({"config": config.to_dict(), "versions": versions}), encoding="utf-8"
+    torch.save(model.state_dict(), run_dir / MODEL_WEIGHTS_FILE)
+    save_run_config(run_dir, from_run_config({"dataset": "digits"}, fill_defaults=True))
+    write_model_card(
+        run_dir,
+        ModelCard(
+            spec=spec,
+            preprocessing=data.preprocessing,
+            provenance={
+                "rounds": 0,
+                "strategy": "centralised (benchmark)",
+                "num-clients": 1,
+                "dataset": "digits",
+                "dataset-fingerprint": data.fingerprint(),
+            },
+            privacy=PrivacySummary(dp_mode="none"),
+        ),
     )
 
 

@@ -22,24 +22,28 @@ from edge_export.runtime import (
     KEY_PROVENANCE,
     KEY_QUANTIZATION,
     KEY_SPEC,
-    MANIFEST_FILE,
     sha256_file,
 )
 from shared.atomic_io import atomic_write_text
 from shared.errors import ModelError
+from shared.run_folder import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    MODEL_CARD_FILE,
+    MODEL_WEIGHTS_FILE,
+    ONNX_FP32_FILE,
+    ONNX_INT8_FILE,
+    PrivacySummary,
+    read_model_card,
+)
 
 MANIFEST_FORMAT = "fedge-manifest/1"
-ONNX_FP32 = "model.onnx"
-ONNX_INT8 = "model.int8.onnx"
-MODEL_WEIGHTS = "model.pt"
-MODEL_META = "model.json"
-RUN_CONFIG = "config.json"
 ROLES = {
-    ONNX_FP32: "onnx-fp32",
-    ONNX_INT8: "onnx-int8",
-    MODEL_WEIGHTS: "torch-state-dict",
-    MODEL_META: "model-spec-and-provenance",
-    RUN_CONFIG: "run-config",
+    ONNX_FP32_FILE: "onnx-fp32",
+    ONNX_INT8_FILE: "onnx-int8",
+    MODEL_WEIGHTS_FILE: "torch-state-dict",
+    MODEL_CARD_FILE: "model-spec-and-provenance",
+    CONFIG_FILE: "run-config",
 }
 
 
@@ -192,20 +196,24 @@ def _check_files(run_dir: Path, manifest: Manifest, report: VerifyReport) -> Non
 
 def _check_metadata(run_dir: Path, manifest: Manifest, report: VerifyReport) -> None:
     """Cross-check the ONNX files' fedge metadata with model.json and each other."""
-    meta_path = run_dir / MODEL_META
     try:
-        model_json = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        report.problems.append(f"{MODEL_META}: cannot read it to cross-check ({e})")
+        card = read_model_card(run_dir)
+    except (OSError, ModelError) as e:
+        report.problems.append(
+            f"{MODEL_CARD_FILE}: cannot read it to cross-check ({e})"
+        )
         return
+    # Privacy is compared as read, so a model exported before ε's name was
+    # unified still matches its model.json.
+    # JSON round trip: the metadata holds lists where the spec holds tuples.
     expected = {
-        KEY_SPEC: model_json.get("spec"),
-        KEY_PREPROCESSING: model_json.get("preprocessing"),
-        KEY_PROVENANCE: model_json.get("provenance"),
-        KEY_PRIVACY: model_json.get("privacy"),
+        KEY_SPEC: json.loads(json.dumps(card.spec.to_dict())),
+        KEY_PREPROCESSING: json.loads(json.dumps(card.preprocessing.to_dict())),
+        KEY_PROVENANCE: card.provenance,
+        KEY_PRIVACY: card.privacy,
     }
     reference: dict[str, str] | None = None
-    for name in (ONNX_FP32, ONNX_INT8):
+    for name in (ONNX_FP32_FILE, ONNX_INT8_FILE):
         if name not in manifest.artefacts or not (run_dir / name).is_file():
             continue
         try:
@@ -222,19 +230,21 @@ def _check_metadata(run_dir: Path, manifest: Manifest, report: VerifyReport) -> 
                 got = json.loads(props.get(key, "null"))
             except json.JSONDecodeError:
                 got = None
+            if key == KEY_PRIVACY and isinstance(got, dict):
+                got = PrivacySummary.from_dict(got)
             if got != want:
                 report.problems.append(
-                    f"{name}: metadata {key!r} differs from {MODEL_META}"
+                    f"{name}: metadata {key!r} differs from {MODEL_CARD_FILE}"
                 )
                 bad = True
         without_quant = {k: v for k, v in props.items() if k != KEY_QUANTIZATION}
         if reference is None:
             reference = without_quant
         elif without_quant != reference:
-            report.problems.append(f"{name}: metadata differs from {ONNX_FP32}'s")
+            report.problems.append(f"{name}: metadata differs from {ONNX_FP32_FILE}'s")
             bad = True
         if not bad:
-            report.checked.append(f"{name}: metadata matches {MODEL_META}")
+            report.checked.append(f"{name}: metadata matches {MODEL_CARD_FILE}")
 
 
 def verify_run(run_dir: str | Path) -> VerifyReport:
@@ -253,8 +263,8 @@ def verify_run(run_dir: str | Path) -> VerifyReport:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     report = VerifyReport()
-    if ONNX_FP32 not in manifest.artefacts:
-        report.problems.append(f"the manifest does not list {ONNX_FP32}")
+    if ONNX_FP32_FILE not in manifest.artefacts:
+        report.problems.append(f"the manifest does not list {ONNX_FP32_FILE}")
     _check_files(run_dir, manifest, report)
     _check_metadata(run_dir, manifest, report)
     return report

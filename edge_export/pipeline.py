@@ -19,17 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edge_export.manifest import (
-    MODEL_META,
-    MODEL_WEIGHTS,
-    ONNX_FP32,
-    ONNX_INT8,
-    ROLES,
-    RUN_CONFIG,
-    Manifest,
-    describe_artefact,
-    write_manifest,
-)
+from edge_export.manifest import ROLES, Manifest, describe_artefact, write_manifest
 from edge_export.metadata import build_metadata, copy_metadata, write_metadata
 from edge_export.onnx_export import (
     DEFAULT_TOLERANCE,
@@ -44,8 +34,16 @@ from edge_export.onnx_export import (
 )
 from edge_export.quantize import DYNAMIC, QUANT_METHODS, STATIC, quantize_int8
 from edge_export.run_inputs import RunInputs, calibration_data, held_out_data, load_run
-from edge_export.runtime import KEY_QUANTIZATION, MANIFEST_FILE
+from edge_export.runtime import KEY_QUANTIZATION
 from shared.errors import ModelError
+from shared.run_folder import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    MODEL_CARD_FILE,
+    MODEL_WEIGHTS_FILE,
+    ONNX_FP32_FILE,
+    ONNX_INT8_FILE,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +72,14 @@ def _tool_versions() -> dict[str, str]:
 
 
 def _metadata_props(run: RunInputs) -> dict[str, str]:
-    meta = run.model_meta
     return build_metadata(
         spec=run.spec.to_dict(),
         preprocessing=run.preprocessing.to_dict(),
         input_name=INPUT_NAME,
         input_shape=run.input_shape,
         output_name=OUTPUT_NAME,
-        provenance=meta.get("provenance", {}),
-        privacy=meta.get("privacy", {}),
+        provenance=run.card.provenance,
+        privacy=run.card.privacy.to_dict(),
     )
 
 
@@ -214,7 +211,7 @@ def export_run(
         proto = export_onnx(run.model, run.input_shape, opset=opset)
         check_onnx(proto, input_shape=run.input_shape, num_classes=run.spec.num_classes)
         write_metadata(proto, _metadata_props(run))
-        fp32_path = tmp / ONNX_FP32
+        fp32_path = tmp / ONNX_FP32_FILE
         _save(proto, fp32_path)
         parity = check_parity(run.model, fp32_path, test.x, tolerance=tolerance)
         torch_accuracy = _accuracy(torch_logits(run.model, test.x), test.y)
@@ -235,7 +232,7 @@ def export_run(
             _choose(quantize, candidates) if candidates else (None, "quantize='none'")
         )
         if chosen is not None:
-            os.replace(candidates[chosen]["path"], tmp / ONNX_INT8)
+            os.replace(candidates[chosen]["path"], tmp / ONNX_INT8_FILE)
 
         manifest = _build_manifest(
             run,
@@ -273,13 +270,17 @@ def _build_manifest(
     tolerance: float,
     opset: int,
 ) -> Manifest:
-    artefacts = {ONNX_FP32: describe_artefact(tmp / ONNX_FP32, ROLES[ONNX_FP32])}
+    artefacts = {
+        ONNX_FP32_FILE: describe_artefact(tmp / ONNX_FP32_FILE, ROLES[ONNX_FP32_FILE])
+    }
     if chosen is not None:
-        artefacts[ONNX_INT8] = describe_artefact(tmp / ONNX_INT8, ROLES[ONNX_INT8])
-    for name in (MODEL_WEIGHTS, MODEL_META, RUN_CONFIG):
+        artefacts[ONNX_INT8_FILE] = describe_artefact(
+            tmp / ONNX_INT8_FILE, ROLES[ONNX_INT8_FILE]
+        )
+    for name in (MODEL_WEIGHTS_FILE, MODEL_CARD_FILE, CONFIG_FILE):
         if (run.run_dir / name).is_file():
             artefacts[name] = describe_artefact(run.run_dir / name, ROLES[name])
-    fp32_size = artefacts[ONNX_FP32]["size-bytes"]
+    fp32_size = artefacts[ONNX_FP32_FILE]["size-bytes"]
     accuracy: dict[str, Any] = {
         "split": test.source,
         "num-examples": len(test),
@@ -331,9 +332,11 @@ def _publish(run_dir: Path, tmp: Path, has_int8: bool, manifest: Manifest) -> No
     that vouches for files it does not describe (``fedge verify`` then says so).
     """
     (run_dir / MANIFEST_FILE).unlink(missing_ok=True)
-    os.replace(tmp / ONNX_FP32, run_dir / ONNX_FP32)
+    os.replace(tmp / ONNX_FP32_FILE, run_dir / ONNX_FP32_FILE)
     if has_int8:
-        os.replace(tmp / ONNX_INT8, run_dir / ONNX_INT8)
+        os.replace(tmp / ONNX_INT8_FILE, run_dir / ONNX_INT8_FILE)
     else:
-        (run_dir / ONNX_INT8).unlink(missing_ok=True)  # stale from an earlier export
+        (run_dir / ONNX_INT8_FILE).unlink(
+            missing_ok=True
+        )  # stale from an earlier export
     write_manifest(run_dir / MANIFEST_FILE, manifest)

@@ -6,27 +6,30 @@ calibration examples for static quantisation come from the training side.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from edge_export.manifest import MODEL_META, MODEL_WEIGHTS, RUN_CONFIG
-from shared.config import DATASET_FILE
+from shared.config import DATASET_FILE, RunConfig
 from shared.datasets import BUILTIN_DATASETS, Dataset, load_builtin, load_file
 from shared.errors import ModelError
 from shared.models import ModelSpec, build_model
 from shared.preprocessing import Preprocessing
+from shared.run_folder import (
+    CONFIG_FILE,
+    MODEL_CARD_FILE,
+    MODEL_WEIGHTS_FILE,
+    ModelCard,
+    load_run_config,
+    read_model_card,
+)
 
 logger = logging.getLogger(__name__)
-
-MODEL_FORMAT = "fedge-model/1"
 
 
 @dataclass(frozen=True)
@@ -36,22 +39,28 @@ class RunInputs:
     Attributes
     ----------
     run_dir : Path
-    spec : ModelSpec
-    preprocessing : Preprocessing
-    model_meta : dict
-        ``model.json`` as read (provenance, privacy, metrics).
-    config : dict
-        ``config.json``'s ``"config"`` section (``RunConfig.to_dict()``).
+    card : ModelCard
+        ``model.json`` (spec, preprocessing, provenance, privacy, metrics).
+    config : RunConfig
+        The run's config, from ``config.json``.
     model : nn.Module
         Rebuilt with the saved weights, in eval mode.
     """
 
     run_dir: Path
-    spec: ModelSpec
-    preprocessing: Preprocessing
-    model_meta: dict[str, Any]
-    config: dict[str, Any]
+    card: ModelCard
+    config: RunConfig
     model: nn.Module
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's architecture."""
+        return self.card.spec
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How raw inputs are encoded for the model."""
+        return self.card.preprocessing
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -61,22 +70,7 @@ class RunInputs:
     @property
     def dataset(self) -> str:
         """The run's dataset name (a built-in or ``"file"``)."""
-        return str(self.config["data"]["dataset"])
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelError(
-            f"{path} not found; is {path.parent} a finished fedge run folder "
-            f"(it needs {MODEL_META}, {MODEL_WEIGHTS} and {RUN_CONFIG})?"
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ModelError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+        return self.config.data.dataset
 
 
 def load_run(run_dir: str | Path) -> RunInputs:
@@ -88,25 +82,15 @@ def load_run(run_dir: str | Path) -> RunInputs:
         A file is missing or malformed, or the weights do not fit the spec.
     """
     run_dir = Path(run_dir)
-    meta = _read_json(run_dir / MODEL_META)
-    if meta.get("format") != MODEL_FORMAT:
-        raise ModelError(
-            f"{run_dir / MODEL_META}: format {meta.get('format')!r}, expected "
-            f"{MODEL_FORMAT!r}"
-        )
-    config = _read_json(run_dir / RUN_CONFIG).get("config")
-    if not isinstance(config, dict) or "data" not in config:
-        raise ModelError(
-            f"{run_dir / RUN_CONFIG} has no 'config' with a 'data' section"
-        )
-    spec = ModelSpec.from_dict(meta["spec"])
-    preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    card = read_model_card(run_dir)
+    config = load_run_config(run_dir)
+    spec, preprocessing = card.spec, card.preprocessing
     if math.prod(preprocessing.input_shape) != math.prod(spec.input_shape):
         raise ModelError(
-            f"{run_dir / MODEL_META}: the preprocessing produces inputs of shape "
+            f"{run_dir / MODEL_CARD_FILE}: the preprocessing produces inputs of shape "
             f"{preprocessing.input_shape} but the model takes {spec.input_shape}"
         )
-    weights_path = run_dir / MODEL_WEIGHTS
+    weights_path = run_dir / MODEL_WEIGHTS_FILE
     if not weights_path.is_file():
         raise ModelError(f"{weights_path} not found; the run saved no final weights")
     try:
@@ -118,9 +102,9 @@ def load_run(run_dir: str | Path) -> RunInputs:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise ModelError(
-            f"{weights_path} does not fit the spec in {MODEL_META}: {e}"
+            f"{weights_path} does not fit the spec in {MODEL_CARD_FILE}: {e}"
         ) from e
-    return RunInputs(run_dir, spec, preprocessing, meta, config, model.eval())
+    return RunInputs(run_dir, card, config, model.eval())
 
 
 def held_out_data(run: RunInputs) -> Dataset:
@@ -131,15 +115,14 @@ def held_out_data(run: RunInputs) -> Dataset:
     ModelError
         An unknown dataset, or data whose encoding differs from the model's.
     """
-    data_config = run.config["data"]
     if run.dataset in BUILTIN_DATASETS:
         dataset = load_builtin(run.dataset, "test")
         _check_encoding(run, dataset)
         return dataset
     if run.dataset == DATASET_FILE:
-        return load_file(data_config["eval_data_path"], run.preprocessing)
+        return load_file(run.config.data.eval_data_path, run.preprocessing)
     raise ModelError(
-        f"{run.run_dir / RUN_CONFIG}: dataset {run.dataset!r} is neither a built-in "
+        f"{run.run_dir / CONFIG_FILE}: dataset {run.dataset!r} is neither a built-in "
         f"{list(BUILTIN_DATASETS)} nor {DATASET_FILE!r}"
     )
 
@@ -170,7 +153,7 @@ def calibration_data(
 def _check_encoding(run: RunInputs, dataset: Dataset) -> None:
     if dataset.preprocessing.to_dict() != run.preprocessing.to_dict():
         raise ModelError(
-            f"{run.run_dir / MODEL_META}: the model's preprocessing differs from "
+            f"{run.run_dir / MODEL_CARD_FILE}: the model's preprocessing differs from "
             f"the built-in dataset {run.dataset!r}'s; held-out accuracy would be "
             "meaningless. Was the model trained on another version of fedge?"
         )

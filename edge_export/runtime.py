@@ -63,7 +63,13 @@ REQUIRED_KEYS = (
     KEY_PRIVACY,
     KEY_QUANTIZATION,
 )
+# This file is copied alone to devices, so it cannot import shared.run_folder,
+# which owns these names; tests/test_run_folder_contract.py checks they agree.
 MANIFEST_FILE = "manifest.json"
+# The privacy summary's largest per-node ε, and the name models exported before
+# it was unified used for it (read, so those models keep working).
+PRIVACY_EPSILON_MAX = "epsilon-max"
+LEGACY_PRIVACY_EPSILON_MAX = "max-epsilon"
 # Chunk size for hashing: large enough to be fast, small enough for a device.
 _HASH_CHUNK_BYTES = 1 << 20
 
@@ -164,9 +170,19 @@ class EdgeMetadata:
             preprocessing=parsed[KEY_PREPROCESSING],
             class_labels=tuple(parsed[KEY_CLASS_LABELS]),
             provenance=parsed[KEY_PROVENANCE],
-            privacy=parsed[KEY_PRIVACY],
+            privacy=_current_privacy_names(parsed[KEY_PRIVACY]),
             quantization=parsed[KEY_QUANTIZATION],
         )
+
+
+def _current_privacy_names(privacy: dict[str, Any]) -> dict[str, Any]:
+    """The privacy summary with today's names (an old model's ε renamed)."""
+    if LEGACY_PRIVACY_EPSILON_MAX not in privacy:
+        return privacy
+    renamed = dict(privacy)
+    legacy = renamed.pop(LEGACY_PRIVACY_EPSILON_MAX)
+    renamed.setdefault(PRIVACY_EPSILON_MAX, legacy)
+    return renamed
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,10 @@ from flwr.serverapp.strategy import Strategy
 
 from shared.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from shared.errors import ConfigError
+from shared.run_folder import CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
 POINTER_FILE = "latest.json"
 FORMAT = "fedge-checkpoint/1"
 DEFAULT_KEEP_LAST = 3

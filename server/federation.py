@@ -9,40 +9,26 @@ only calls :func:`run_federation`.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from server.checkpoint import (
-    CHECKPOINT_DIR,
-    load_latest_checkpoint,
-    restore_strategy_state,
-    save_checkpoint,
-    strategy_state,
-)
-from server.federation_loop import RoundOutcome, run_rounds
+from server.checkpoint import load_latest_checkpoint, restore_strategy_state
+from server.federation_loop import run_rounds
 from server.metrics_history import MetricsHistory
 from server.node_sampling import wait_for_nodes
 from server.reference_data import load_reference_data
 from server.robust_strategy import RobustStrategy
-from server.round_summary import (
-    StopRun,
-    central_epsilon,
-    check_can_continue,
-    initial_row,
-    privacy_summary,
-    round_row,
-)
+from server.round_end import RoundEnd
+from server.round_summary import StopRun, initial_row, privacy_summary
 from server.run_folder import (
     check_resumable,
     resolve_run_dir,
     run_identity,
     save_final_model,
     start_run_folder,
-    write_status,
 )
 from server.strategy_factory import build_strategy
 from shared import keys
@@ -51,6 +37,17 @@ from shared.datasets import Dataset
 from shared.evaluation import evaluate_model
 from shared.models import ModelSpec, build_model, default_spec
 from shared.records import load_record_into, state_dict_to_record
+from shared.run_folder import (
+    CENTRAL_ACCURACY,
+    CENTRAL_LOSS,
+    CENTRAL_PREFIX,
+    CHECKPOINT_DIR,
+    COMPLETE,
+    FAILED,
+    MANIFEST_FILE,
+    ROUND,
+    write_status,
+)
 
 logger = logging.getLogger("fedge.server")
 
@@ -87,7 +84,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
             run_dir, config, spec, reference, final_arrays, stop_reason, grid
         )
     except BaseException as e:
-        write_status(run_dir, "failed", f"{type(e).__name__}: {e}")
+        write_status(run_dir, FAILED, f"{type(e).__name__}: {e}")
         raise
 
 
@@ -136,61 +133,12 @@ def _train(
         logger.info(
             "round 0/%d  accuracy %.4f  loss %.4f  (initial model)",
             num_rounds,
-            history.rows()[-1]["central-accuracy"],
-            history.rows()[-1]["central-loss"],
+            history.rows()[-1][CENTRAL_ACCURACY],
+            history.rows()[-1][CENTRAL_LOSS],
         )
-    started = time.monotonic()
-
-    def on_round_end(outcome: RoundOutcome) -> None:
-        stats = strategy.round_stats.get(outcome.server_round, {})
-        row, details = round_row(outcome, stats)
-        if config.dp.mode == "central":
-            epsilon, delta = central_epsilon(
-                config,
-                server_round=outcome.server_round,
-                sampled=row["sampled"],
-                num_nodes=len(list(grid.get_node_ids())),
-            )
-            row.update(
-                {
-                    "epsilon-max": epsilon,
-                    "epsilon-mean": epsilon,
-                    "central-dp-delta": delta,
-                }
-            )
-        history.append(row, details=details)
-        last = outcome.server_round == num_rounds
-        if outcome.server_round % config.run.checkpoint_interval == 0 or last:
-            save_checkpoint(
-                run_dir,
-                server_round=outcome.server_round,
-                arrays=outcome.arrays,
-                strategy_state=strategy_state(strategy),
-                metrics_history=history.rows(),
-                config=config.to_dict(),
-                rng_state={
-                    "sampler-seed": config.run.sampler_seed,
-                    "model-seed": config.train.model_seed,
-                },
-            )
-        epsilon = row.get("epsilon-max")
-        logger.info(
-            "round %d/%d  accuracy %.4f  loss %.4f  %sreplies %d/%d  dropped %d  refused %d  %.1fs elapsed",
-            outcome.server_round,
-            num_rounds,
-            outcome.central["accuracy"],
-            outcome.central["loss"],
-            f"ε {epsilon:.2f}  "
-            if isinstance(epsilon, float) and epsilon == epsilon
-            else "",
-            row["replies"],
-            row["sampled"],
-            row["dropped"],
-            row["refused"],
-            time.monotonic() - started,
-        )
-        check_can_continue(strategy, config, outcome, grid)
-
+    on_round_end = RoundEnd(
+        run_dir, config, strategy=strategy, history=history, grid=grid
+    )
     train_config = ConfigRecord(
         {
             keys.MODEL_SPEC: spec.to_json(),
@@ -236,9 +184,9 @@ def _finish(
     rows = history.rows()
     final = rows[-1]
     metrics = {
-        k.removeprefix("central-"): v
+        k.removeprefix(CENTRAL_PREFIX): v
         for k, v in final.items()
-        if k.startswith("central-")
+        if k.startswith(CENTRAL_PREFIX)
     }
     save_final_model(
         run_dir,
@@ -246,7 +194,7 @@ def _finish(
         spec=spec,
         preprocessing=reference.preprocessing,
         provenance={
-            "rounds": int(final["round"]),
+            "rounds": int(final[ROUND]),
             "planned-rounds": config.run.num_server_rounds,
             "strategy": config.strategy.name,
             "num-clients": len(list(grid.get_node_ids())),
@@ -262,15 +210,15 @@ def _finish(
         _export(run_dir)
     write_status(
         run_dir,
-        "complete",
+        COMPLETE,
         stop_reason or f"all {config.run.num_server_rounds} rounds done",
         final_accuracy=metrics["accuracy"],
-        final_round=int(final["round"]),
+        final_round=int(final[ROUND]),
     )
     logger.info(
         "fedge run complete: accuracy %.4f after round %d, folder %s",
         metrics["accuracy"],
-        int(final["round"]),
+        int(final[ROUND]),
         run_dir,
     )
     return run_dir
@@ -282,5 +230,5 @@ def _export(run_dir: Path) -> None:
 
     manifest = export_run(run_dir)
     logger.info(
-        "edge export written: %s", getattr(manifest, "path", run_dir / "manifest.json")
+        "edge export written: %s", getattr(manifest, "path", run_dir / MANIFEST_FILE)
     )

@@ -28,35 +28,15 @@ from typing import Any
 
 from shared.atomic_io import atomic_write_text
 from shared.errors import FedgeError
+from shared.run_folder import (
+    METRIC_COLUMNS,
+    METRICS_CSV_FILE,
+    METRICS_JSONL_FILE,
+    ROUND,
+)
 
 logger = logging.getLogger(__name__)
 
-CSV_FILE = "metrics.csv"
-JSONL_FILE = "metrics.jsonl"
-ROUND = "round"
-# The declared columns, in order; others are appended as they first appear.
-COLUMNS = (
-    ROUND,
-    "central-loss",
-    "central-accuracy",
-    "central-f1",
-    "central-roc-auc",
-    "central-precision",
-    "central-recall",
-    "train-loss",
-    "fed-eval-loss",
-    "fed-eval-accuracy",
-    "sampled",
-    "replies",
-    "failures",
-    "dropped",
-    "refused",
-    "epsilon-max",
-    "epsilon-mean",
-    "round-time-s",
-    "bytes-sent",
-    "bytes-received",
-)
 _INT_RE = re.compile(r"^[+-]?\d+$")
 
 
@@ -72,12 +52,12 @@ class MetricsHistory:
     run_dir : str or Path
         The run folder; ``metrics.csv`` and ``metrics.jsonl`` live there. Existing
         files are loaded (for a resumed run).
-    columns : iterable of str, default :data:`COLUMNS`
+    columns : iterable of str, default :data:`shared.run_folder.METRIC_COLUMNS`
         Declared columns, in CSV order. The first must be ``"round"``.
     """
 
     def __init__(
-        self, run_dir: str | Path, *, columns: Iterable[str] = COLUMNS
+        self, run_dir: str | Path, *, columns: Iterable[str] = METRIC_COLUMNS
     ) -> None:
         self.run_dir = Path(run_dir)
         self._columns = list(columns)
@@ -93,12 +73,12 @@ class MetricsHistory:
     @property
     def csv_path(self) -> Path:
         """``<run_dir>/metrics.csv``."""
-        return self.run_dir / CSV_FILE
+        return self.run_dir / METRICS_CSV_FILE
 
     @property
     def jsonl_path(self) -> Path:
         """``<run_dir>/metrics.jsonl``."""
-        return self.run_dir / JSONL_FILE
+        return self.run_dir / METRICS_JSONL_FILE
 
     @property
     def columns(self) -> list[str]:

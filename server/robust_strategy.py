@@ -52,6 +52,16 @@ from server.update_validation import (
 )
 from shared import keys
 from shared.config import RunConfig
+from shared.run_folder import (
+    AGGREGATED,
+    CLIENTS,
+    DROPPED,
+    FAILURES,
+    REFUSED,
+    REPLIES,
+    SAMPLED,
+    SAMPLED_NODES,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -206,8 +216,8 @@ class RobustStrategy(Strategy):
             lambda g: self.strategy.configure_train(server_round, arrays, config, g),
         )
         stats = self._stats(server_round)
-        stats["sampled"] = len(messages)
-        stats["sampled-nodes"] = [m.metadata.dst_node_id for m in messages]
+        stats[SAMPLED] = len(messages)
+        stats[SAMPLED_NODES] = [m.metadata.dst_node_id for m in messages]
         return messages
 
     def aggregate_train(
@@ -229,7 +239,7 @@ class RobustStrategy(Strategy):
             if is_refusal(msg.content):
                 refused += 1
                 self._log_refusal(node_id)
-                clients.append(_client_row(msg, "refused"))
+                clients.append(_client_row(msg, REFUSED))
                 continue
             problem = validate_reply(
                 msg.content,
@@ -243,29 +253,31 @@ class RobustStrategy(Strategy):
                 continue
             dropped += 1
             logger.warning("node %d: %s; update dropped", node_id, problem)
-            clients.append(_client_row(msg, "dropped", problem))
+            clients.append(_client_row(msg, DROPPED, problem))
         kept: list[Message] = []
         for msg, problem in zip(
             usable, metric_key_problems([m.content for m in usable]), strict=True
         ):
             if problem is None:
                 kept.append(msg)
-                clients.append(_client_row(msg, "aggregated"))
+                clients.append(_client_row(msg, AGGREGATED))
             else:
                 dropped += 1
                 logger.warning(
                     "node %d: %s; update dropped", msg.metadata.src_node_id, problem
                 )
-                clients.append(_client_row(msg, "dropped", problem))
+                clients.append(_client_row(msg, DROPPED, problem))
         stats = self._stats(server_round)
-        sampled = stats.get("sampled", len(replies))
+        sampled = stats.get(SAMPLED, len(replies))
         stats.update(
-            replies=len(replies) - len(errors),
-            failures=len(errors) + max(0, sampled - len(replies)),
-            dropped=dropped,
-            refused=refused,
-            aggregated=len(kept),
-            clients=clients,
+            {
+                REPLIES: len(replies) - len(errors),
+                FAILURES: len(errors) + max(0, sampled - len(replies)),
+                DROPPED: dropped,
+                REFUSED: refused,
+                AGGREGATED: len(kept),
+                CLIENTS: clients,
+            }
         )
         if len(kept) < self.min_replies:
             logger.warning(
@@ -275,7 +287,7 @@ class RobustStrategy(Strategy):
                 len(kept),
                 self.min_replies,
             )
-            stats["aggregated"] = 0
+            stats[AGGREGATED] = 0
             return None, None
         # Error replies go along so the wrapped strategy reacts as Flower does
         # (FedAvg logs and skips them; the central-DP wrapper skips the round).
@@ -292,7 +304,7 @@ class RobustStrategy(Strategy):
                     server_round,
                     problem,
                 )
-                stats["aggregated"] = 0
+                stats[AGGREGATED] = 0
                 stats["non-finite-aggregate"] = True
                 return None, metrics
         return arrays, metrics

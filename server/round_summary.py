@@ -18,6 +18,28 @@ from server.robust_strategy import RobustStrategy
 from shared import keys
 from shared.config import RunConfig
 from shared.errors import FedgeError
+from shared.run_folder import (
+    AGGREGATED,
+    BYTES_RECEIVED,
+    BYTES_SENT,
+    CENTRAL_DP_DELTA,
+    CENTRAL_PREFIX,
+    CLIENTS,
+    DROPPED,
+    EPSILON_MAX,
+    EPSILON_MEAN,
+    FAILURES,
+    FED_EVAL_ACCURACY,
+    FED_EVAL_LOSS,
+    REFUSED,
+    REPLIES,
+    ROUND,
+    ROUND_TIME_S,
+    SAMPLED,
+    SAMPLED_NODES,
+    TRAIN_LOSS,
+    PrivacySummary,
+)
 
 NAN = float("nan")
 
@@ -32,36 +54,36 @@ class StopRun(FedgeError, RuntimeError):
 
 def initial_row(central: dict[str, float]) -> dict[str, Any]:
     """Round 0: the initial global model, evaluated centrally."""
-    return {"round": 0, **{f"central-{k}": v for k, v in central.items()}}
+    return {ROUND: 0, **{CENTRAL_PREFIX + k: v for k, v in central.items()}}
 
 
 def round_row(
     outcome: RoundOutcome, stats: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The metrics row of one round and its per-client details (``metrics.jsonl``)."""
-    clients = stats.get("clients", outcome.client_metrics)
+    clients = stats.get(CLIENTS, outcome.client_metrics)
     epsilon_max, epsilon_mean = summarize_clients(clients, keys.EPSILON)
-    row: dict[str, Any] = {"round": outcome.server_round}
-    row.update({f"central-{k}": v for k, v in outcome.central.items()})
-    row["train-loss"] = outcome.train_metrics.get(keys.TRAIN_LOSS, NAN)
-    row["fed-eval-loss"] = outcome.evaluate_metrics.get(keys.EVAL_LOSS, NAN)
-    row["fed-eval-accuracy"] = outcome.evaluate_metrics.get(keys.EVAL_ACCURACY, NAN)
+    row: dict[str, Any] = {ROUND: outcome.server_round}
+    row.update({CENTRAL_PREFIX + k: v for k, v in outcome.central.items()})
+    row[TRAIN_LOSS] = outcome.train_metrics.get(keys.TRAIN_LOSS, NAN)
+    row[FED_EVAL_LOSS] = outcome.evaluate_metrics.get(keys.EVAL_LOSS, NAN)
+    row[FED_EVAL_ACCURACY] = outcome.evaluate_metrics.get(keys.EVAL_ACCURACY, NAN)
     row.update(
         {
-            "sampled": stats.get("sampled", outcome.sampled),
-            "replies": stats.get("replies", outcome.replies),
-            "failures": stats.get("failures", outcome.failures),
-            "dropped": stats.get("dropped", 0),
-            "refused": stats.get("refused", 0),
-            "aggregated": stats.get("aggregated", outcome.replies),
-            "epsilon-max": _or_nan(epsilon_max),
-            "epsilon-mean": _or_nan(epsilon_mean),
-            "round-time-s": round(outcome.round_time_s, 3),
-            "bytes-sent": outcome.bytes_sent,
-            "bytes-received": outcome.bytes_received,
+            SAMPLED: stats.get(SAMPLED, outcome.sampled),
+            REPLIES: stats.get(REPLIES, outcome.replies),
+            FAILURES: stats.get(FAILURES, outcome.failures),
+            DROPPED: stats.get(DROPPED, 0),
+            REFUSED: stats.get(REFUSED, 0),
+            AGGREGATED: stats.get(AGGREGATED, outcome.replies),
+            EPSILON_MAX: _or_nan(epsilon_max),
+            EPSILON_MEAN: _or_nan(epsilon_mean),
+            ROUND_TIME_S: round(outcome.round_time_s, 3),
+            BYTES_SENT: outcome.bytes_sent,
+            BYTES_RECEIVED: outcome.bytes_received,
         }
     )
-    details = {"clients": clients, "sampled-nodes": stats.get("sampled-nodes", [])}
+    details = {CLIENTS: clients, SAMPLED_NODES: stats.get(SAMPLED_NODES, [])}
     return row, details
 
 
@@ -118,60 +140,47 @@ def check_can_continue(
         )
 
 
-def privacy_summary(config: RunConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+def privacy_summary(config: RunConfig, records: list[dict[str, Any]]) -> PrivacySummary:
     """The privacy figures that travel with the model (``model.json``, ONNX metadata).
 
     Sample-level DP reports the largest cumulative ε any client reached; the
-    noise multiplier and δ come from the clients' replies.
+    noise multiplier and δ come from the clients' replies. Central DP reports
+    the run's user-level ε and δ as the rounds recorded them.
     """
-    summary: dict[str, Any] = {
-        "dp-mode": config.dp.mode,
-        "max-epsilon": None,
-        "delta": None,
-        "noise-multiplier": None,
-        "max-grad-norm": None,
-    }
     if config.dp.mode == "sample":
-        clients = [
-            c for r in records for c in r.get("clients", []) if keys.EPSILON in c
-        ]
+        clients = [c for r in records for c in r.get(CLIENTS, []) if keys.EPSILON in c]
         epsilons = [float(c[keys.EPSILON]) for c in clients if _finite(c[keys.EPSILON])]
-        summary.update(
-            {
-                "max-epsilon": max(epsilons) if epsilons else None,
-                "delta": max(
-                    (float(c[keys.DELTA]) for c in clients if keys.DELTA in c),
-                    default=None,
+        return PrivacySummary(
+            dp_mode=config.dp.mode,
+            epsilon_max=max(epsilons) if epsilons else None,
+            delta=max(
+                (float(c[keys.DELTA]) for c in clients if keys.DELTA in c),
+                default=None,
+            ),
+            noise_multiplier=min(
+                (
+                    float(c[keys.NOISE_MULTIPLIER])
+                    for c in clients
+                    if keys.NOISE_MULTIPLIER in c
                 ),
-                "noise-multiplier": min(
-                    (
-                        float(c[keys.NOISE_MULTIPLIER])
-                        for c in clients
-                        if keys.NOISE_MULTIPLIER in c
-                    ),
-                    default=None,
-                ),
-                "max-grad-norm": config.dp.max_grad_norm,
-                "accountant": config.dp.accountant,
-            }
+                default=None,
+            ),
+            max_grad_norm=config.dp.max_grad_norm,
+            extra={"accountant": config.dp.accountant},
         )
-    elif config.dp.mode == "central":
-        eps = [r.get("epsilon-max") for r in records if _finite(r.get("epsilon-max"))]
+    if config.dp.mode == "central":
+        eps = [r.get(EPSILON_MAX) for r in records if _finite(r.get(EPSILON_MAX))]
         deltas = [
-            r.get("central-dp-delta")
-            for r in records
-            if _finite(r.get("central-dp-delta"))
+            r.get(CENTRAL_DP_DELTA) for r in records if _finite(r.get(CENTRAL_DP_DELTA))
         ]
-        summary.update(
-            {
-                "max-epsilon": max(eps) if eps else None,
-                "delta": max(deltas) if deltas else None,
-                "noise-multiplier": config.dp.noise_multiplier,
-                "clipping-norm": config.dp.clipping_norm,
-                "level": "user",
-            }
+        return PrivacySummary(
+            dp_mode=config.dp.mode,
+            epsilon_max=max(eps) if eps else None,
+            delta=max(deltas) if deltas else None,
+            noise_multiplier=config.dp.noise_multiplier,
+            extra={"clipping-norm": config.dp.clipping_norm, "level": "user"},
         )
-    return summary
+    return PrivacySummary(dp_mode=config.dp.mode)
 
 
 def _finite(value: Any) -> bool:

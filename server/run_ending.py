@@ -21,10 +21,16 @@ from flwr.app.exception import AppExitException
 from flwr.common.logger import LOGGER_NAME
 from flwr.supercore.exit.exit_code import ExitCode
 
-from server.checkpoint import CHECKPOINT_DIR
-from server.run_folder import STATUS_FILE, read_status, resolve_run_dir, write_status
+from server.run_folder import resolve_run_dir
 from shared.config import RunConfig
 from shared.errors import FedgeError
+from shared.run_folder import (
+    CHECKPOINT_DIR,
+    FAILED,
+    STATUS_FILE,
+    read_status,
+    write_status,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +55,7 @@ def end_failed_run(config: RunConfig | None, error: FedgeError) -> RunEnded:
         run_dir = resolve_run_dir(config)
         if not (run_dir / STATUS_FILE).is_file():
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_status(run_dir, "failed", f"{type(error).__name__}: {error}")
+            write_status(run_dir, FAILED, f"{type(error).__name__}: {error}")
         line = f"run failed: {error} (status: {run_dir / STATUS_FILE})"
         if _can_resume(run_dir):
             line += "; checkpoints are kept: submit it again with resume = true"
@@ -58,7 +64,7 @@ def end_failed_run(config: RunConfig | None, error: FedgeError) -> RunEnded:
 
 
 def _can_resume(run_dir: Path) -> bool:
-    return read_status(run_dir).get("state") == "failed" and any(
+    return read_status(run_dir).get("state") == FAILED and any(
         (run_dir / CHECKPOINT_DIR).glob("round-*.pt")
     )
 

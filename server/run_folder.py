@@ -1,15 +1,16 @@
-"""The run folder: one directory per run holding everything a person opens later.
+"""The coordinator's side of the run folder: where it goes, when it may be reused.
 
-``status.json`` says at any moment whether the folder is complete: it reads
-``running`` while rounds go on, ``complete`` at the end and ``failed`` (with the
-reason) if the run stopped early, so a half-done folder never passes for a
-finished one.
+The folder's files and formats are :mod:`shared.run_folder`'s; this module
+decides which folder a run writes to, refuses to overwrite an earlier run or
+to resume one configured differently, keeps the run's identity across resumes,
+and saves the final model. ``status.json`` reads ``running`` while rounds go
+on, ``complete`` at the end and ``failed`` (with the reason) if the run stopped
+early, so a half-done folder never passes for a finished one.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import time
 import uuid
 from pathlib import Path
@@ -17,19 +18,24 @@ from typing import Any
 
 import torch
 
-from shared.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from shared.atomic_io import atomic_write_bytes, atomic_write_text
 from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.models import ModelSpec
 from shared.preprocessing import Preprocessing
-from shared.versions import package_versions
-
-MODEL_FORMAT = "fedge-model/1"
-CONFIG_FILE = "config.json"
-STATUS_FILE = "status.json"
-MODEL_WEIGHTS_FILE = "model.pt"
-MODEL_META_FILE = "model.json"
-RUN_ID_FILE = "run-id"
+from shared.run_folder import (
+    CHECKPOINT_DIR,
+    METRICS_CSV_FILE,
+    MODEL_WEIGHTS_FILE,
+    RUN_ID_FILE,
+    RUNNING,
+    ModelCard,
+    PrivacySummary,
+    load_flat_run_config,
+    save_run_config,
+    write_model_card,
+    write_status,
+)
 
 
 def resolve_run_dir(config: RunConfig) -> Path:
@@ -53,10 +59,7 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
     ConfigError
         Listing every key whose value differs from the saved ``config.json``.
     """
-    saved_path = run_dir / CONFIG_FILE
-    if not saved_path.is_file():
-        return
-    saved = json.loads(saved_path.read_text()).get("run-config", {})
+    saved = load_flat_run_config(run_dir)
     current = config.to_flat()
     changed = sorted(
         k
@@ -80,7 +83,7 @@ def check_not_overwriting(run_dir: Path, config: RunConfig) -> None:
         Naming the folder and the two ways out.
     """
     if not config.run.resume and (
-        (run_dir / "metrics.csv").exists() or (run_dir / "checkpoints").exists()
+        (run_dir / METRICS_CSV_FILE).exists() or (run_dir / CHECKPOINT_DIR).exists()
     ):
         raise ConfigError(
             f"Run folder {run_dir} already holds a run; set resume = true to continue "
@@ -101,15 +104,8 @@ def start_run_folder(
     """
     check_not_overwriting(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        run_dir / CONFIG_FILE,
-        {
-            "config": config.to_dict(),
-            "run-config": config.to_flat(),
-            "versions": package_versions(),
-        },
-    )
-    write_status(run_dir, "running", "resumed from checkpoint" if resuming else "")
+    save_run_config(run_dir, config)
+    write_status(run_dir, RUNNING, "resumed from checkpoint" if resuming else "")
 
 
 def run_identity(run_dir: Path) -> str:
@@ -126,27 +122,6 @@ def run_identity(run_dir: Path) -> str:
     return run_id
 
 
-def write_status(run_dir: Path, state: str, message: str = "", **extra: Any) -> None:
-    """Record the run's state (``running``, ``complete`` or ``failed``) and why."""
-    atomic_write_json(
-        run_dir / STATUS_FILE,
-        {
-            "state": state,
-            "message": message,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **extra,
-        },
-    )
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """The last status written, or ``{"state": "unknown"}`` if there is none."""
-    path = run_dir / STATUS_FILE
-    if not path.is_file():
-        return {"state": "unknown"}
-    return dict(json.loads(path.read_text()))
-
-
 def save_final_model(
     run_dir: Path,
     *,
@@ -154,7 +129,7 @@ def save_final_model(
     spec: ModelSpec,
     preprocessing: Preprocessing,
     provenance: dict[str, Any],
-    privacy: dict[str, Any],
+    privacy: PrivacySummary,
     metrics: dict[str, float],
 ) -> None:
     """Write ``model.pt`` and ``model.json`` (the spec that rebuilds the model).
@@ -164,14 +139,13 @@ def save_final_model(
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
     atomic_write_bytes(run_dir / MODEL_WEIGHTS_FILE, buffer.getvalue())
-    atomic_write_json(
-        run_dir / MODEL_META_FILE,
-        {
-            "format": MODEL_FORMAT,
-            "spec": spec.to_dict(),
-            "preprocessing": preprocessing.to_dict(),
-            "provenance": {**provenance, "versions": package_versions()},
-            "privacy": privacy,
-            "metrics": metrics,
-        },
+    write_model_card(
+        run_dir,
+        ModelCard(
+            spec=spec,
+            preprocessing=preprocessing,
+            provenance=provenance,
+            privacy=privacy,
+            metrics=metrics,
+        ),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -134,12 +134,12 @@ class RunConfig:
     strategy: StrategyConfig
     run: RunControlConfig
 
-    def to_dict(self) -> dict[str, Any]:
-        """Nested plain dict, for ``config.json`` and checkpoints."""
-        return asdict(self)
-
     def to_flat(self) -> dict[str, Any]:
-        """The kebab-case run-config mapping this config was built from."""
+        """The kebab-case run-config mapping this config was built from.
+
+        The one shape a config is saved in (``config.json``, checkpoints);
+        :func:`from_run_config` turns it back into an equal ``RunConfig``.
+        """
         flat: dict[str, Any] = {}
         for section, field_map in _SECTIONS.items():
             part = getattr(self, section)
@@ -217,6 +217,23 @@ _SECTION_TYPES = {
 }
 _INVALID = object()  # a value that failed its type check
 CONFIG_KEYS = tuple(k for m in _SECTIONS.values() for k in m)
+
+
+def flat_from_nested(nested: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat run config from the nested shape older run folders saved.
+
+    ``config.json`` and checkpoints written before the flat shape became the
+    only one hold ``{"data": {"dataset": ...}, "dp": {"mode": ...}, ...}``
+    (each section's fields by attribute name). Fields a section lacks are left
+    out, for :func:`from_run_config` to fill or report.
+    """
+    flat: dict[str, Any] = {}
+    for section, field_map in _SECTIONS.items():
+        part = nested.get(section) or {}
+        for key, attr in field_map.items():
+            if attr in part:
+                flat[key] = part[attr]
+    return flat
 
 
 def default_run_config() -> dict[str, Any]:

@@ -27,3 +27,10 @@ NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
 DP_STEPS = "dp-steps"  # DP-SGD steps this node has taken in the run so far
 REFUSED = "refused"  # 1 when a client declined to train (budget spent); no arrays
+
+# Node config entries (``flower-supernode --node-config``, or set per virtual
+# node by the simulation engine): where a node's data and state live
+DATA_PATH = "data-path"  # the node's own CSV/Parquet/.npz file
+PARTITION_ID = "partition-id"  # simulation: this node's share of a built-in set
+NUM_PARTITIONS = "num-partitions"
+STATE_DIR = "state-dir"  # where this node keeps its privacy ledger

@@ -18,7 +18,15 @@ import numpy as np
 from edge_export.runtime import EdgeModel
 from shared.datasets import load_builtin
 from shared.errors import FedgeError
-from simulations.simulate import read_status, simulate
+from shared.run_folder import (
+    EPSILON_MAX,
+    MANIFEST_FILE,
+    ONNX_FP32_FILE,
+    ONNX_INT8_FILE,
+    read_model_card,
+    read_status,
+)
+from simulations.simulate import simulate
 
 NUM_CLIENTS = 10
 # DP settings for ~120 examples per client, chosen in the tuning sweeps behind
@@ -48,7 +56,7 @@ def main() -> int:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
     accuracy = float(read_status(run_dir)["final_accuracy"])
-    privacy = json.loads((run_dir / "model.json").read_text())["privacy"]
+    privacy = read_model_card(run_dir).privacy
     verdict = "meets" if accuracy >= EXPECTED_ACCURACY else "is BELOW"
     print()
     print(
@@ -56,9 +64,9 @@ def main() -> int:
         f"({verdict} the expected {EXPECTED_ACCURACY:.2f} for this privacy budget)"
     )
     print(
-        f"Privacy: every client's cumulative ε ≤ {privacy['max-epsilon']:.2f} at "
-        f"δ = {privacy['delta']:.0e} (DP-SGD, noise multiplier "
-        f"{privacy['noise-multiplier']:.2f}, clipping norm {privacy['max-grad-norm']:g})"
+        f"Privacy: every client's cumulative ε ≤ {privacy.epsilon_max:.2f} at "
+        f"δ = {privacy.delta:.0e} (DP-SGD, noise multiplier "
+        f"{privacy.noise_multiplier:.2f}, clipping norm {privacy.max_grad_norm:g})"
     )
     device_accuracy = _run_on_device(run_dir)
     print(f"Run folder: {run_dir.resolve()}")
@@ -68,8 +76,8 @@ def main() -> int:
 
 def _run_on_device(run_dir: Path) -> float:
     """Predict the test digits with the exported model through the device runtime."""
-    int8 = run_dir / "model.int8.onnx"
-    model_path = int8 if int8.is_file() else run_dir / "model.onnx"
+    int8 = run_dir / ONNX_INT8_FILE
+    model_path = int8 if int8.is_file() else run_dir / ONNX_FP32_FILE
     model = EdgeModel.load(model_path)
     test = load_builtin("digits", "test")
     # What a device holds: raw 8x8 images with pixel values 0..16.
@@ -77,13 +85,13 @@ def _run_on_device(run_dir: Path) -> float:
     prediction = model.predict(raw_pixels.reshape(len(test), -1))
     device_accuracy = float(np.mean(prediction.indices == test.y))
     privacy = model.metadata.privacy
-    epsilon = privacy.get("max-epsilon")
+    epsilon = privacy.get(EPSILON_MAX)
     guarantee = (
         f"(ε = {epsilon:.2f}, δ = {privacy.get('delta'):.1e}, {privacy['dp-mode']}-level DP)"
         if epsilon is not None
         else f"(dp-mode {privacy['dp-mode']}: no privacy guarantee)"
     )
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
     print(
         f"On device (onnxruntime + NumPy, no torch): {model_path.name}, "
         f"{model_path.stat().st_size / 1024:.1f} KiB, accuracy {device_accuracy:.4f} on "

@@ -282,7 +282,7 @@ def strip_faults(context: Context) -> tuple[Context, FaultConfig]:
 
 def _partition(context: Context) -> tuple[int, int]:
     config = context.node_config
-    return int(config["partition-id"]), int(config["num-partitions"])
+    return int(config[keys.PARTITION_ID]), int(config[keys.NUM_PARTITIONS])
 
 
 def _delegate(msg: Message, context: Context) -> tuple[Message, FaultConfig, int]:

@@ -33,10 +33,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared import keys
 from shared.atomic_io import atomic_write_json, atomic_write_text
 from shared.errors import ConfigError, FedgeError
+from shared.run_folder import (
+    CLIENTS,
+    COMPLETE,
+    EPSILON_MAX,
+    METRICS_JSONL_FILE,
+    UNKNOWN,
+    read_status,
+)
 from simulations.scenario_file import load_scenario
-from simulations.simulate import read_status, simulate
+from simulations.simulate import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = ROOT / "benchmarks" / "results" / "privacy_utility.json"
@@ -135,22 +144,22 @@ def read_cell(run_dir: Path) -> dict[str, Any]:
     ``examples_per_client`` are read from the same round's client rows.
     """
     status = read_status(run_dir)
-    last = _last_row(run_dir / "metrics.jsonl")
-    clients = last.get("clients") or []
-    examples = [c["num-examples"] for c in clients if "num-examples" in c]
+    last = _last_row(run_dir / METRICS_JSONL_FILE)
+    clients = last.get(CLIENTS) or []
+    examples = [c[keys.NUM_EXAMPLES] for c in clients if keys.NUM_EXAMPLES in c]
 
     def largest(key: str) -> float | None:
         values = [c[key] for c in clients if c.get(key) is not None]
         return max(values) if values else None
 
-    epsilon = last.get("epsilon-max")
+    epsilon = last.get(EPSILON_MAX)
     return {
-        "state": status.get("state", "unknown"),
+        "state": status.get("state", UNKNOWN),
         "accuracy": status.get("final_accuracy"),
         "rounds": status.get("final_round"),
         "epsilon": None if epsilon is None or math.isnan(epsilon) else epsilon,
-        "delta": largest("delta"),
-        "noise_multiplier": largest("noise-multiplier"),
+        "delta": largest(keys.DELTA),
+        "noise_multiplier": largest(keys.NOISE_MULTIPLIER),
         "examples_per_client": min(examples) if examples else None,
         "run_dir": str(run_dir),
     }
@@ -167,7 +176,7 @@ def format_cell(cell: dict[str, Any] | None) -> str:
     """``0.921 (ε 7.99)``; ``0.975`` without DP; ``failed`` or ``—``."""
     if cell is None:
         return "—"
-    if cell.get("state") != "complete" or cell.get("accuracy") is None:
+    if cell.get("state") != COMPLETE or cell.get("accuracy") is None:
         return "failed"
     text = f"{cell['accuracy']:.3f}"
     if cell.get("epsilon") is not None:
@@ -177,7 +186,7 @@ def format_cell(cell: dict[str, Any] | None) -> str:
 
 def format_sigma(cell: dict[str, Any] | None) -> str:
     """The largest client noise multiplier, ``3.05``; ``0`` without DP; else ``—``."""
-    if cell is None or cell.get("state") != "complete":
+    if cell is None or cell.get("state") != COMPLETE:
         return "—"
     sigma = cell.get("noise_multiplier")
     return "0" if sigma is None else f"{sigma:.2f}"
@@ -480,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table)
     print("written: " + ", ".join(written))
-    failed = [c for c in results["cells"] if c.get("state") != "complete"]
+    failed = [c for c in results["cells"] if c.get("state") != COMPLETE]
     return 1 if failed else 0
 
 

@@ -19,34 +19,58 @@ from typing import Any
 import pandas as pd
 
 from shared.atomic_io import atomic_write_text
-from shared.errors import FedgeError
+from shared.errors import FedgeError, ModelError
+from shared.run_folder import (
+    CENTRAL_ACCURACY,
+    CENTRAL_F1,
+    CENTRAL_LOSS,
+    CLIENTS,
+    CONFIG_FILE,
+    DROPPED,
+    EPSILON_MAX,
+    EPSILON_MEAN,
+    FAILURES,
+    FAULTS_FILE,
+    FED_EVAL_ACCURACY,
+    FED_EVAL_LOSS,
+    METRICS_CSV_FILE,
+    METRICS_JSONL_FILE,
+    MODEL_CARD_FILE,
+    PLOTS_DIR,
+    REFUSED,
+    REPLIES,
+    REPORT_FILE,
+    ROUND,
+    ROUND_TIME_S,
+    SAMPLED,
+    TRAIN_LOSS,
+    PrivacySummary,
+    load_flat_run_config,
+    read_status,
+)
 
-METRICS_FILE = "metrics.csv"
-DETAILS_FILE = "metrics.jsonl"
-REPORT_FILE = "report.md"
-PLOTS_DIR = "plots"
-PARTICIPATION_COLUMNS = ("sampled", "replies", "failures", "dropped", "refused")
+PARTICIPATION_COLUMNS = (SAMPLED, REPLIES, FAILURES, DROPPED, REFUSED)
 PARTICIPATION_LABELS = {
-    "sampled": "sampled",
-    "replies": "replied",
-    "failures": "failed / no reply",
-    "dropped": "dropped (invalid update)",
-    "refused": "refused (privacy budget)",
+    SAMPLED: SAMPLED,
+    REPLIES: "replied",
+    FAILURES: "failed / no reply",
+    DROPPED: "dropped (invalid update)",
+    REFUSED: "refused (privacy budget)",
 }
 # Per-round table columns, in order, when present.
 TABLE_COLUMNS = (
-    "round",
-    "central-accuracy",
-    "central-loss",
-    "central-f1",
-    "fed-eval-accuracy",
-    "train-loss",
+    ROUND,
+    CENTRAL_ACCURACY,
+    CENTRAL_LOSS,
+    CENTRAL_F1,
+    FED_EVAL_ACCURACY,
+    TRAIN_LOSS,
     *PARTICIPATION_COLUMNS,
-    "epsilon-max",
-    "epsilon-mean",
-    "round-time-s",
+    EPSILON_MAX,
+    EPSILON_MEAN,
+    ROUND_TIME_S,
 )
-_COUNT_COLUMNS = (*PARTICIPATION_COLUMNS, "round")
+_COUNT_COLUMNS = (*PARTICIPATION_COLUMNS, ROUND)
 
 
 @dataclass
@@ -55,16 +79,19 @@ class RunRecord:
 
     run_dir: Path
     metrics: pd.DataFrame
-    config: dict[str, Any] = field(default_factory=dict)
+    run_config: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     faults: dict[str, Any] = field(default_factory=dict)
     details: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def run_config(self) -> dict[str, Any]:
-        """The flat kebab-case run config the run used (empty if unknown)."""
-        return dict(self.config.get("run-config", {}))
+    def privacy(self) -> dict[str, Any]:
+        """``model.json``'s privacy summary under today's names (empty if none)."""
+        privacy = self.model.get("privacy")
+        if not isinstance(privacy, dict):
+            return {}
+        return PrivacySummary.from_dict(privacy).to_dict()
 
 
 def load_run(run_dir: Path) -> RunRecord:
@@ -76,29 +103,29 @@ def load_run(run_dir: Path) -> RunRecord:
         If ``run_dir`` has no ``metrics.csv`` or it holds no rounds.
     """
     run_dir = Path(run_dir)
-    path = run_dir / METRICS_FILE
+    path = run_dir / METRICS_CSV_FILE
     if not path.is_file():
         raise FedgeError(
-            f"{run_dir} has no {METRICS_FILE}: not a fedge run folder, or the run "
+            f"{run_dir} has no {METRICS_CSV_FILE}: not a fedge run folder, or the run "
             "stopped before its first evaluation; pass the folder `fedge simulate` printed"
         )
     try:
         metrics = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         metrics = pd.DataFrame()
-    if metrics.empty or "round" not in metrics.columns:
+    if metrics.empty or ROUND not in metrics.columns:
         raise FedgeError(
             f"{path} holds no rounds (expected a header with 'round' and one row "
             "per round); nothing to report"
         )
     return RunRecord(
         run_dir=run_dir,
-        metrics=metrics.sort_values("round").reset_index(drop=True),
-        config=_read_json(run_dir / "config.json"),
-        status=_read_json(run_dir / "status.json"),
-        model=_read_json(run_dir / "model.json"),
-        faults=_read_json(run_dir / "faults.json"),
-        details=_read_jsonl(run_dir / DETAILS_FILE),
+        metrics=metrics.sort_values(ROUND).reset_index(drop=True),
+        run_config=_read_run_config(run_dir),
+        status=read_status(run_dir),
+        model=_read_json(run_dir / MODEL_CARD_FILE),
+        faults=_read_json(run_dir / FAULTS_FILE),
+        details=_read_jsonl(run_dir / METRICS_JSONL_FILE),
     )
 
 
@@ -128,8 +155,8 @@ def write_plots(metrics: pd.DataFrame, plots_dir: Path) -> list[Path]:
             "Accuracy per round",
             "accuracy",
             {
-                "central-accuracy": "central (server test set)",
-                "fed-eval-accuracy": "federated (clients' test splits)",
+                CENTRAL_ACCURACY: "central (server test set)",
+                FED_EVAL_ACCURACY: "federated (clients' test splits)",
             },
         ),
         (
@@ -137,16 +164,16 @@ def write_plots(metrics: pd.DataFrame, plots_dir: Path) -> list[Path]:
             "Loss per round",
             "cross-entropy loss",
             {
-                "central-loss": "central (server test set)",
-                "train-loss": "clients' training loss (mean)",
-                "fed-eval-loss": "federated (clients' test splits)",
+                CENTRAL_LOSS: "central (server test set)",
+                TRAIN_LOSS: "clients' training loss (mean)",
+                FED_EVAL_LOSS: "federated (clients' test splits)",
             },
         ),
         (
             "epsilon.png",
             "Privacy spent per round",
             "ε (cumulative)",
-            {"epsilon-max": "largest client ε", "epsilon-mean": "mean client ε"},
+            {EPSILON_MAX: "largest client ε", EPSILON_MEAN: "mean client ε"},
         ),
     ]
     for name, title, ylabel, series in specs:
@@ -178,9 +205,9 @@ def _line_plot(
     fig = _figure()
     ax = fig.add_subplot()
     for column, label in series.items():
-        rows = metrics[["round", column]].dropna()
-        ax.plot(rows["round"], rows[column], marker="o", label=label)
-    ax.set(title=title, xlabel="round", ylabel=ylabel)
+        rows = metrics[[ROUND, column]].dropna()
+        ax.plot(rows[ROUND], rows[column], marker="o", label=label)
+    ax.set(title=title, xlabel=ROUND, ylabel=ylabel)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -190,19 +217,19 @@ def _line_plot(
 
 
 def _participation_plot(metrics: pd.DataFrame, columns: list[str], path: Path) -> Path:
-    rows = metrics[metrics["round"] > 0] if (metrics["round"] > 0).any() else metrics
+    rows = metrics[metrics[ROUND] > 0] if (metrics[ROUND] > 0).any() else metrics
     fig = _figure()
     ax = fig.add_subplot()
     width = 0.8 / len(columns)
     for i, column in enumerate(columns):
         offset = (i - (len(columns) - 1) / 2) * width
         ax.bar(
-            rows["round"] + offset,
+            rows[ROUND] + offset,
             rows[column].fillna(0),
             width=width,
             label=PARTICIPATION_LABELS[column],
         )
-    ax.set(title="Clients per round", xlabel="round", ylabel="clients")
+    ax.set(title="Clients per round", xlabel=ROUND, ylabel="clients")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3, axis="y")
@@ -239,7 +266,7 @@ def render_markdown(run: RunRecord, plots: list[Path]) -> str:
 def _config_section(run: RunRecord) -> list[str]:
     rc = run.run_config
     if not rc:
-        return ["## Configuration", "", "No config.json in the run folder.", ""]
+        return ["## Configuration", "", f"No {CONFIG_FILE} in the run folder.", ""]
     data = str(rc.get("dataset", "?"))
     partitioning = str(rc.get("partitioning", "?"))
     if partitioning == "dirichlet":
@@ -247,8 +274,8 @@ def _config_section(run: RunRecord) -> list[str]:
     elif partitioning == "shards":
         partitioning += f" ({rc.get('shards-per-client')} per client)"
     clients = run.model.get("provenance", {}).get("num-clients")
-    if clients is None and _has_values(run.metrics, "sampled"):
-        clients = int(run.metrics["sampled"].max())
+    if clients is None and _has_values(run.metrics, SAMPLED):
+        clients = int(run.metrics[SAMPLED].max())
     dp = str(rc.get("dp-mode", "none"))
     if dp != "none":
         dp += f", target ε = {rc.get('target-epsilon')}"
@@ -272,7 +299,7 @@ def _config_section(run: RunRecord) -> list[str]:
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in rows),
         "",
-        "The full resolved config is in `config.json`.",
+        f"The full resolved config is in `{CONFIG_FILE}`.",
         "",
     ]
 
@@ -303,37 +330,37 @@ def _faults_section(run: RunRecord) -> list[str]:
 def _final_section(run: RunRecord) -> list[str]:
     m = run.metrics
     last = m.iloc[-1]
-    lines = ["## Final figures", "", f"After round {int(last['round'])}:", ""]
+    lines = ["## Final figures", "", f"After round {int(last[ROUND])}:", ""]
     for column, label in (
-        ("central-accuracy", "central accuracy"),
-        ("central-loss", "central loss"),
-        ("central-f1", "central F1 (macro)"),
-        ("fed-eval-accuracy", "federated accuracy"),
+        (CENTRAL_ACCURACY, "central accuracy"),
+        (CENTRAL_LOSS, "central loss"),
+        (CENTRAL_F1, "central F1 (macro)"),
+        (FED_EVAL_ACCURACY, "federated accuracy"),
     ):
         if column in m.columns and not _missing(last[column]):
             lines.append(f"- {label}: **{last[column]:.4f}**")
-    if _has_values(m, "central-accuracy"):
-        best = m.loc[m["central-accuracy"].idxmax()]
+    if _has_values(m, CENTRAL_ACCURACY):
+        best = m.loc[m[CENTRAL_ACCURACY].idxmax()]
         lines.append(
-            f"- best central accuracy: {best['central-accuracy']:.4f} "
-            f"(round {int(best['round'])})"
+            f"- best central accuracy: {best[CENTRAL_ACCURACY]:.4f} "
+            f"(round {int(best[ROUND])})"
         )
     for column, label in (
-        ("failures", "failed replies"),
-        ("dropped", "dropped updates"),
-        ("refused", "refusals"),
+        (FAILURES, "failed replies"),
+        (DROPPED, "dropped updates"),
+        (REFUSED, "refusals"),
     ):
         if _has_values(m, column):
             lines.append(f"- {label}, all rounds: {int(m[column].fillna(0).sum())}")
-    if _has_values(m, "round-time-s"):
-        lines.append(f"- time in rounds: {m['round-time-s'].sum():.1f} s")
+    if _has_values(m, ROUND_TIME_S):
+        lines.append(f"- time in rounds: {m[ROUND_TIME_S].sum():.1f} s")
     return [*lines, ""]
 
 
 def _privacy_section(run: RunRecord) -> list[str]:
     m = run.metrics
-    mode = run.run_config.get("dp-mode") or run.model.get("privacy", {}).get("dp-mode")
-    has_eps = _has_values(m, "epsilon-max")
+    mode = run.run_config.get("dp-mode") or run.privacy.get("dp-mode")
+    has_eps = _has_values(m, EPSILON_MAX)
     if not has_eps and mode in (None, "none"):
         return [
             "## Privacy",
@@ -343,16 +370,16 @@ def _privacy_section(run: RunRecord) -> list[str]:
         ]
     lines = ["## Privacy", "", f"- dp-mode: {mode or 'unknown'}"]
     if has_eps:
-        row = m.dropna(subset=["epsilon-max"]).iloc[-1]
+        row = m.dropna(subset=[EPSILON_MAX]).iloc[-1]
         lines.append(
-            f"- largest client ε after round {int(row['round'])}: **{row['epsilon-max']:.3f}**"
+            f"- largest client ε after round {int(row[ROUND])}: **{row[EPSILON_MAX]:.3f}**"
         )
-        if not _missing(row.get("epsilon-mean")):
-            lines.append(f"- mean client ε: {row['epsilon-mean']:.3f}")
+        if not _missing(row.get(EPSILON_MEAN)):
+            lines.append(f"- mean client ε: {row[EPSILON_MEAN]:.3f}")
     target = run.run_config.get("target-epsilon")
     if target is not None and mode not in (None, "none"):
         lines.append(f"- budget (target ε per client): {target}")
-    for key, value in sorted(run.model.get("privacy", {}).items()):
+    for key, value in sorted(run.privacy.items()):
         if (
             key != "dp-mode"
             and value is not None
@@ -375,7 +402,7 @@ def _clients_section(run: RunRecord) -> list[str]:
     """Per-client outcomes over all rounds, from ``metrics.jsonl`` when it has them."""
     tally: dict[Any, dict[str, Any]] = {}
     for record in run.details:
-        clients = record.get("clients")
+        clients = record.get(CLIENTS)
         if not isinstance(clients, list):
             continue
         for client in clients:
@@ -410,7 +437,7 @@ def _cell(column: str, value: Any) -> str:
         return "–"
     if column in _COUNT_COLUMNS:
         return str(int(value))
-    if column == "round-time-s":
+    if column == ROUND_TIME_S:
         return f"{value:.2f}"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -421,6 +448,14 @@ def _missing(value: Any) -> bool:
 
 def _has_values(metrics: pd.DataFrame, column: str) -> bool:
     return column in metrics.columns and bool(metrics[column].notna().any())
+
+
+def _read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The flat run config, or ``{}``: a bad side file must not cost the report."""
+    try:
+        return load_flat_run_config(run_dir)
+    except ModelError:
+        return {}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -15,14 +15,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.checkpoint import CHECKPOINT_DIR
-from server.metrics_history import CSV_FILE, MetricsHistory
-from server.run_folder import CONFIG_FILE, read_status
+from server.metrics_history import MetricsHistory
 from shared import keys
 from shared.config import default_run_config
 from shared.errors import FedgeError
+from shared.run_folder import (
+    CENTRAL_ACCURACY,
+    CHECKPOINT_DIR,
+    CLIENTS,
+    CONFIG_FILE,
+    DROPPED,
+    EPSILON_MAX,
+    FAILED,
+    FAILURES,
+    FAULTS_FILE,
+    FLOWER_LOG_FILE,
+    METRICS_CSV_FILE,
+    NODE_STATE_DIR,
+    PARTITIONS_FILE,
+    REFUSED,
+    REPLIES,
+    ROUND,
+    ROUND_TIME_S,
+    RUNNING,
+    SAMPLED,
+    STATUS_FILE,
+    UNKNOWN,
+    load_flat_run_config,
+    read_status,
+)
 from simulations.flower_processes import format_node_config
-from simulations.simulate import FAULTS_FILE, FLOWER_LOG, PARTITIONS_FILE
 
 # Round times the ETA averages: recent rounds reflect the nodes now connected.
 ETA_WINDOW_ROUNDS = 3
@@ -106,25 +128,27 @@ def read_progress(run_dir: str | Path) -> RunProgress:
     run_dir = Path(run_dir)
     status = read_status(run_dir)
     run_config = _run_config(run_dir)
-    if status.get("state") == "unknown" and run_config is None:
+    if status.get("state") == UNKNOWN and run_config is None:
         raise FedgeError(
-            f"{run_dir} is not a fedge run folder: it has neither status.json nor "
+            f"{run_dir} is not a fedge run folder: it has neither {STATUS_FILE} nor "
             f"{CONFIG_FILE}. Give the folder output-dir/run-name of a run."
         )
     records = (
-        MetricsHistory(run_dir).records() if (run_dir / CSV_FILE).is_file() else []
+        MetricsHistory(run_dir).records()
+        if (run_dir / METRICS_CSV_FILE).is_file()
+        else []
     )
     # Round 0 is the initial model: no nodes took part.
-    rounds = [_round(r) for r in records if (_number(r.get("round"), int) or 0) > 0]
+    rounds = [_round(r) for r in records if (_number(r.get(ROUND), int) or 0) > 0]
     planned = _number((run_config or {}).get("num-server-rounds"), int)
     done = rounds[-1].round if rounds else 0
     last = records[-1] if records else {}
     per_node = _epsilon_per_node(records)
     times = [r.round_time_s for r in rounds if r.round_time_s is not None]
     mean_time = statistics.fmean(times[-ETA_WINDOW_ROUNDS:]) if times else None
-    state = str(status.get("state", "unknown"))
+    state = str(status.get("state", UNKNOWN))
     eta = None
-    if state == "running" and planned is not None and mean_time is not None:
+    if state == RUNNING and planned is not None and mean_time is not None:
         eta = max(planned - done, 0) * mean_time
     epsilons = [r.epsilon_max for r in rounds if r.epsilon_max is not None]
     return RunProgress(
@@ -133,15 +157,13 @@ def read_progress(run_dir: str | Path) -> RunProgress:
         message=str(status.get("message", "")),
         planned_rounds=planned,
         rounds_done=done,
-        last_accuracy=_number(last.get("central-accuracy"), float),
+        last_accuracy=_number(last.get(CENTRAL_ACCURACY), float),
         epsilon_max=max(epsilons) if epsilons else None,
         epsilon_per_node=per_node,
         rounds=rounds,
         mean_round_time_s=mean_time,
         eta_s=eta,
-        resume_command=resume_command(run_dir, run_config)
-        if state == "failed"
-        else None,
+        resume_command=resume_command(run_dir, run_config) if state == FAILED else None,
     )
 
 
@@ -166,7 +188,7 @@ def resume_command(run_dir: Path, run_config: dict[str, Any] | None) -> str | No
     if faults.is_file():
         changed.update(json.loads(faults.read_text()))
     # fedge simulate keeps the virtual nodes' ledgers in the folder by default.
-    if changed.get("node-state-dir") == str(run_dir.resolve() / "node-state"):
+    if changed.get("node-state-dir") == str(run_dir.resolve() / NODE_STATE_DIR):
         del changed["node-state-dir"]
     words = ["fedge", "simulate"]
     clients = _simulated_clients(run_dir)
@@ -181,7 +203,9 @@ def resume_command(run_dir: Path, run_config: dict[str, Any] | None) -> str | No
 
 
 def _made_by_simulate(run_dir: Path) -> bool:
-    return (run_dir / FLOWER_LOG).is_file() or (run_dir / PARTITIONS_FILE).is_file()
+    return (run_dir / FLOWER_LOG_FILE).is_file() or (
+        run_dir / PARTITIONS_FILE
+    ).is_file()
 
 
 def _simulated_clients(run_dir: Path) -> int | None:
@@ -194,22 +218,15 @@ def _simulated_clients(run_dir: Path) -> int | None:
 
 
 def _run_config(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise FedgeError(f"{path} is not readable JSON ({e})") from e
-    flat = saved.get("run-config")
-    return dict(flat) if isinstance(flat, dict) else None
+    """The flat run config, or None when the folder has no ``config.json``."""
+    return load_flat_run_config(run_dir) or None
 
 
 def _epsilon_per_node(records: list[dict[str, Any]]) -> dict[str, float]:
     """Each node's latest cumulative ε over the run (cumulative: the latest is max)."""
     latest: dict[str, float] = {}
     for record in records:
-        for client in record.get("clients") or []:
+        for client in record.get(CLIENTS) or []:
             epsilon = _number(client.get(keys.EPSILON), float)
             if epsilon is not None and "node-id" in client:
                 latest[str(client["node-id"])] = epsilon
@@ -218,15 +235,15 @@ def _epsilon_per_node(records: list[dict[str, Any]]) -> dict[str, float]:
 
 def _round(record: dict[str, Any]) -> RoundProgress:
     return RoundProgress(
-        round=int(record["round"]),
-        sampled=_number(record.get("sampled"), int),
-        replies=_number(record.get("replies"), int),
-        failures=_number(record.get("failures"), int),
-        dropped=_number(record.get("dropped"), int),
-        refused=_number(record.get("refused"), int),
-        accuracy=_number(record.get("central-accuracy"), float),
-        epsilon_max=_number(record.get("epsilon-max"), float),
-        round_time_s=_number(record.get("round-time-s"), float),
+        round=int(record[ROUND]),
+        sampled=_number(record.get(SAMPLED), int),
+        replies=_number(record.get(REPLIES), int),
+        failures=_number(record.get(FAILURES), int),
+        dropped=_number(record.get(DROPPED), int),
+        refused=_number(record.get(REFUSED), int),
+        accuracy=_number(record.get(CENTRAL_ACCURACY), float),
+        epsilon_max=_number(record.get(EPSILON_MAX), float),
+        round_time_s=_number(record.get(ROUND_TIME_S), float),
     )
 
 

@@ -9,7 +9,6 @@ is the command line in front of :func:`simulate`.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import tempfile
@@ -30,6 +29,19 @@ from shared.config import (
     from_run_config,
 )
 from shared.errors import ConfigError, DataError, FedgeError, RunFailedError
+from shared.run_folder import (
+    COMPLETE,
+    FAILED,
+    FAULTS_FILE,
+    FLOWER_LOG_FILE,
+    METRICS_CSV_FILE,
+    NODE_STATE_DIR,
+    PARTITIONS_FILE,
+    RUNNING,
+    UNKNOWN,
+    read_status,
+    write_status,
+)
 from simulations.fault_injection import FaultConfig, fault_config, split_fault_keys
 from simulations.flower_processes import (
     flwr_run_command,
@@ -45,10 +57,7 @@ from simulations.own_data import (
 )
 from simulations.scenario_file import DEFAULT_CLIENTS
 
-PARTITIONS_FILE = "partitions.csv"  # examples and label counts per virtual client
 APP_DIR = Path(__file__).resolve().parent.parent
-FLOWER_LOG = "flower.log"
-FAULTS_FILE = "faults.json"
 # Lines worth showing live: fedge's own progress, and Flower's warnings and errors.
 _SHOW = re.compile(
     r"fedge:|ERROR|Error|Traceback|WARNING.*(fail|dropp|timeout)", re.IGNORECASE
@@ -177,7 +186,7 @@ def simulate(
     overrides = {**overrides, "output-dir": str(run_dir.parent), "run-name": run_name}
     # Virtual nodes have no state-dir of their own: keep their privacy ledgers in
     # the run folder, so a resumed simulation continues every node's spend.
-    overrides.setdefault("node-state-dir", str(run_dir / "node-state"))
+    overrides.setdefault("node-state-dir", str(run_dir / NODE_STATE_DIR))
     plan = _plan_data(overrides, own_data or OwnData(), num_clients)
     if plan is not None:
         num_clients = plan.num_clients
@@ -220,15 +229,17 @@ def simulate(
                 },
             )
             echo(_summary_line(config, faults, num_clients, notes, own_data))
-            _stream(command, link.env, run_dir / FLOWER_LOG, verbose=verbose, echo=echo)
+            _stream(
+                command, link.env, run_dir / FLOWER_LOG_FILE, verbose=verbose, echo=echo
+            )
     finally:
         _mark_if_abandoned(run_dir)
         _write_report(run_dir, echo)
     status = read_status(run_dir)
-    if status.get("state") != "complete":
+    if status.get("state") != COMPLETE:
         raise RunFailedError(
-            f"run did not complete ({status.get('state', 'unknown')}: "
-            f"{status.get('message') or 'see ' + str(run_dir / FLOWER_LOG)})"
+            f"run did not complete ({status.get('state', UNKNOWN)}: "
+            f"{status.get('message') or 'see ' + str(run_dir / FLOWER_LOG_FILE)})"
         )
     return run_dir
 
@@ -266,13 +277,11 @@ def _plan_data(
 
 def _mark_if_abandoned(run_dir: Path) -> None:
     """A run whose coordinator died says so, instead of reading ``running`` forever."""
-    from server.run_folder import write_status
-
     status = read_status(run_dir)
-    if status.get("state") == "running":
+    if status.get("state") == RUNNING:
         write_status(
             run_dir,
-            "failed",
+            FAILED,
             "the coordinator stopped before the run ended (interrupted or killed); "
             "checkpoints are kept: run again with resume = true to continue",
         )
@@ -322,7 +331,7 @@ def _write_report(run_dir: Path, echo: Any) -> None:
     """Plots and report.md for whatever rounds the run recorded."""
     from simulations.report import write_report
 
-    if not (run_dir / "metrics.csv").is_file():
+    if not (run_dir / METRICS_CSV_FILE).is_file():
         return
     try:
         path = write_report(run_dir)
@@ -374,9 +383,3 @@ def _line_to_show(line: str, dropouts_seen: set[str]) -> str | None:
     if _RAY_WRAPPER.search(line):
         return None  # the wrapped error's own line follows and is shown
     return line if _SHOW.search(line) else None
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """The run's ``status.json`` as a dict, or ``{}`` if it has none yet."""
-    path = run_dir / "status.json"
-    return json.loads(path.read_text()) if path.is_file() else {}

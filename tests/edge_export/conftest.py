@@ -6,6 +6,7 @@ modify a run folder work on a copy (``copy_run``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +21,12 @@ from edge_export.pipeline import export_run
 from shared.config import from_run_config
 from shared.datasets import Dataset, fit_file, load_builtin, load_file
 from shared.models import build_model, default_spec
+from shared.run_folder import (
+    ModelCard,
+    PrivacySummary,
+    save_run_config,
+    write_model_card,
+)
 
 
 def train(
@@ -50,47 +57,67 @@ def _sgd(model: nn.Module, data: Dataset, *, steps: int, lr: float, seed: int) -
         opt.step()
 
 
+PRIVACY = PrivacySummary(
+    dp_mode="sample",
+    epsilon_max=3.25,
+    delta=1e-5,
+    noise_multiplier=1.1,
+    max_grad_norm=1.0,
+)
+
+
 def write_run(
     run_dir: Path,
     model: nn.Module,
     spec,
     data: Dataset,
     overrides: dict,
+    *,
+    legacy: bool = False,
 ) -> Path:
-    """Write model.pt, model.json and config.json as the lead's server does."""
+    """Write model.pt, model.json and config.json as the server does.
+
+    ``legacy=True`` writes them as fedge did before the run folder's contract
+    was unified (nested ``config``, ε named ``max-epsilon``): folders on disk
+    from then must still export and verify.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), run_dir / "model.pt")
     config = from_run_config(overrides, fill_defaults=True)
-    versions = {
-        "fedge": "0.1.0",
-        "flwr": "1.42.0",
-        "torch": torch.__version__,
-        "opacus": "1.6.0",
-    }
-    meta = {
-        "format": "fedge-model/1",
-        "spec": spec.to_dict(),
-        "preprocessing": data.preprocessing.to_dict(),
-        "provenance": {
+    card = ModelCard(
+        spec=spec,
+        preprocessing=data.preprocessing,
+        provenance={
             "rounds": 3,
             "strategy": config.strategy.name,
             "num-clients": 2,
             "dataset": config.data.dataset,
             "dataset-fingerprint": data.fingerprint(),
-            "versions": versions,
         },
-        "privacy": {
-            "dp-mode": "sample",
-            "max-epsilon": 3.25,
-            "delta": 1e-5,
-            "noise-multiplier": 1.1,
-            "max-grad-norm": 1.0,
-        },
-        "metrics": {"accuracy": 0.9},
+        privacy=PRIVACY,
+        metrics={"accuracy": 0.9},
+    )
+    if not legacy:
+        save_run_config(run_dir, config)
+        write_model_card(run_dir, card)
+        return run_dir
+    versions = {"fedge": "0.1.0", "flwr": "1.42.0", "torch": torch.__version__}
+    meta = card.to_dict()
+    meta["provenance"]["versions"] = versions
+    meta["privacy"] = {
+        "dp-mode": "sample",
+        "max-epsilon": 3.25,
+        "delta": 1e-5,
+        "noise-multiplier": 1.1,
+        "max-grad-norm": 1.0,
     }
     (run_dir / "model.json").write_text(json.dumps(meta))
+    nested = {
+        section: dataclasses.asdict(getattr(config, section))
+        for section in ("data", "train", "dp", "strategy", "run")
+    }
     (run_dir / "config.json").write_text(
-        json.dumps({"config": config.to_dict(), "versions": versions})
+        json.dumps({"config": nested, "versions": versions})
     )
     return run_dir
 
@@ -128,7 +155,11 @@ def digits_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tabular_run(tmp_path_factory) -> Path:
-    """An MLP on a CSV 'file' dataset with a categorical column, exported."""
+    """An MLP on a CSV 'file' dataset with a categorical column, exported.
+
+    Written in the legacy format (see :func:`write_run`), so every test on it
+    also shows that folders from before the contract still export.
+    """
     root = tmp_path_factory.mktemp("tabular")
     eval_path, train_path = root / "eval.csv", root / "train.csv"
     make_tabular_frame(300, seed=1).to_csv(eval_path, index=False)
@@ -144,6 +175,7 @@ def tabular_run(tmp_path_factory) -> Path:
         spec,
         data,
         {"dataset": "file", "eval-data-path": str(eval_path), "model": "mlp"},
+        legacy=True,
     )
     export_run(run_dir)
     return run_dir

@@ -17,6 +17,7 @@ from shared.datasets import load_builtin, load_file
 from shared.errors import ModelError
 from shared.models import ModelSpec, build_model
 from shared.preprocessing import Preprocessing
+from shared.run_folder import load_run_config
 
 EXPORT_FILES = {"model.onnx", "model.int8.onnx", "manifest.json"}
 
@@ -30,11 +31,11 @@ def reference_model(run_dir):
 
 
 def held_out(run_dir, meta):
-    config = json.loads((run_dir / "config.json").read_text())["config"]["data"]
-    if config["dataset"] == "file":
+    data = load_run_config(run_dir).data
+    if data.dataset == "file":
         prep = Preprocessing.from_dict(meta["preprocessing"])
-        return load_file(config["eval_data_path"], prep)
-    return load_builtin(config["dataset"], "test")
+        return load_file(data.eval_data_path, prep)
+    return load_builtin(data.dataset, "test")
 
 
 @pytest.mark.parametrize("fixture", ["digits_run", "tabular_run"])

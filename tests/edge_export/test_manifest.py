@@ -72,7 +72,7 @@ def test_metadata_changed_with_a_recomputed_hash_is_still_found(digits_run, copy
     model = onnx.load(str(path))
     for prop in model.metadata_props:
         if prop.key == "fedge.privacy":
-            prop.value = json.dumps({"dp-mode": "sample", "max-epsilon": 0.1})
+            prop.value = json.dumps({"dp-mode": "sample", "epsilon-max": 0.1})
     onnx.save(model, str(path))
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["artefacts"]["model.onnx"]["sha256"] = hashlib.sha256(

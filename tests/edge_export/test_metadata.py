@@ -41,7 +41,7 @@ PROVENANCE = {
 }
 PRIVACY = {
     "dp-mode": "sample",
-    "max-epsilon": 2.5,
+    "epsilon-max": 2.5,
     "delta": 1e-5,
     "noise-multiplier": 1.3,
     "max-grad-norm": 0.7,
@@ -106,7 +106,7 @@ def test_exported_models_carry_model_json_and_survive_quantisation(digits_run):
         assert meta.provenance == model_json["provenance"]
         assert meta.privacy == {
             "dp-mode": "sample",
-            "max-epsilon": 3.25,
+            "epsilon-max": 3.25,
             "delta": 1e-5,
             "noise-multiplier": 1.1,
             "max-grad-norm": 1.0,

@@ -55,7 +55,7 @@ def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> N
     )
     privacy = json.loads((run_dir / "model.json").read_text())["privacy"]
     assert privacy["dp-mode"] == "sample"
-    assert privacy["max-epsilon"] == pytest.approx(trained["epsilon-max"].max())
+    assert privacy["epsilon-max"] == pytest.approx(trained["epsilon-max"].max())
     assert privacy["max-grad-norm"] == 1.0 and privacy["noise-multiplier"] > 0
 
     # `fedge status` on the real folder: every node's ε, the rounds, no ETA left.
@@ -182,5 +182,5 @@ def test_central_dp_reports_user_level_epsilon(tmp_path: Path) -> None:
     assert trained["epsilon-max"].tolist() == pytest.approx(expected, rel=1e-6)
     privacy = json.loads((run_dir / "model.json").read_text())["privacy"]
     assert privacy["dp-mode"] == "central" and privacy["level"] == "user"
-    assert privacy["max-epsilon"] == pytest.approx(expected[-1], rel=1e-6)
+    assert privacy["epsilon-max"] == pytest.approx(expected[-1], rel=1e-6)
     assert privacy["noise-multiplier"] == sigma and privacy["clipping-norm"] == 5.0

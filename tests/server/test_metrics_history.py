@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 from server.metrics_history import (
-    COLUMNS,
     HistoryError,
     MetricsHistory,
     summarize_clients,
 )
+from shared.run_folder import METRIC_COLUMNS as COLUMNS
 
 
 def row(r, **extra):

@@ -5,17 +5,12 @@ from importlib import metadata
 import pytest
 import torch
 
-from server.run_folder import (
-    read_status,
-    resolve_run_dir,
-    save_final_model,
-    start_run_folder,
-    write_status,
-)
+from server.run_folder import resolve_run_dir, save_final_model, start_run_folder
 from shared.config import from_run_config
 from shared.datasets import load_builtin
 from shared.models import ModelSpec, build_model, default_spec
 from shared.preprocessing import Preprocessing
+from shared.run_folder import PrivacySummary, load_run_config, read_status
 
 
 @pytest.fixture
@@ -52,33 +47,12 @@ def test_start_writes_config_with_versions_and_marks_running(config, tmp_path):
     for package in ("flwr", "torch", "opacus", "numpy"):
         assert saved["versions"][package] == metadata.version(package)
     assert saved["versions"]["fedge"] == metadata.version("fedge")
-    assert saved["config"]["strategy"]["proximal_mu"] == 0.3
+    # One shape: the flat kebab-case run config, which alone rebuilds the config.
+    assert set(saved) == {"run-config", "versions"}
     assert saved["run-config"]["proximal-mu"] == 0.3
-    # The saved run config alone rebuilds the same config.
     assert from_run_config(saved["run-config"]) == config
+    assert load_run_config(run_dir) == config
     assert read_status(run_dir)["state"] == "running"
-
-
-# ---------------------------------------------------------------- status
-def test_failed_status_keeps_the_message_and_extras(tmp_path):
-    write_status(tmp_path, "running")
-
-    write_status(
-        tmp_path,
-        "failed",
-        "round 3: only 0 of 2 nodes replied; run stopped",
-        last_round=2,
-    )
-
-    status = read_status(tmp_path)
-    assert status["state"] == "failed"
-    assert status["message"] == "round 3: only 0 of 2 nodes replied; run stopped"
-    assert status["last_round"] == 2
-    assert status["updated"]
-
-
-def test_status_of_a_folder_without_one_is_unknown(tmp_path):
-    assert read_status(tmp_path) == {"state": "unknown"}
 
 
 # ---------------------------------------------------------------- final model
@@ -99,7 +73,7 @@ def test_saved_model_rebuilds_from_its_spec_and_loads_the_weights(
         spec=spec,
         preprocessing=prep,
         provenance={"rounds": 4},
-        privacy={"epsilon-max": 1.5},
+        privacy=PrivacySummary(dp_mode="sample", epsilon_max=1.5, delta=1e-5),
         metrics={"accuracy": 0.9},
     )
 
@@ -118,5 +92,11 @@ def test_saved_model_rebuilds_from_its_spec_and_loads_the_weights(
     assert meta["format"] == "fedge-model/1"
     assert meta["provenance"]["rounds"] == 4
     assert meta["provenance"]["versions"]["torch"] == metadata.version("torch")
-    assert meta["privacy"] == {"epsilon-max": 1.5}
+    assert meta["privacy"] == {
+        "dp-mode": "sample",
+        "epsilon-max": 1.5,
+        "delta": 1e-5,
+        "noise-multiplier": None,
+        "max-grad-norm": None,
+    }
     assert meta["metrics"] == {"accuracy": 0.9}

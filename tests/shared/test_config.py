@@ -9,6 +9,7 @@ from shared.config import (
     RunConfig,
     closest_key,
     default_run_config,
+    flat_from_nested,
     from_run_config,
 )
 from shared.errors import ConfigError
@@ -368,12 +369,28 @@ def test_to_flat_round_trips_to_an_equal_config():
     assert isinstance(rebuilt, RunConfig)
 
 
-def test_to_dict_is_nested_by_section():
+def test_the_nested_shape_old_run_folders_saved_reads_back_as_flat():
     config = from_run_config({"proximal-mu": 0.25}, fill_defaults=True)
+    # The shape config.json and checkpoints held before the flat one: each
+    # section's fields by attribute name.
+    nested = {
+        "data": {"dataset": "digits", "partition_seed": 7},
+        "strategy": {"proximal_mu": 0.25, "name": "fedprox"},
+        "dp": {"mode": "sample"},
+    }
 
-    d = config.to_dict()
+    flat = flat_from_nested(nested)
 
-    assert set(d) == {"data", "train", "dp", "strategy", "run"}
-    assert d["strategy"]["proximal_mu"] == 0.25
-    assert d["dp"]["mode"] == "none"
-    assert d["run"]["num_server_rounds"] == pyproject_defaults()["num-server-rounds"]
+    assert flat == {
+        "dataset": "digits",
+        "partition-seed": 7,
+        "proximal-mu": 0.25,
+        "strategy": "fedprox",
+        "dp-mode": "sample",
+    }
+    # A whole config's nested form rebuilds the same config.
+    whole = {
+        section: dict(vars(getattr(config, section)))
+        for section in ("data", "train", "dp", "strategy", "run")
+    }
+    assert from_run_config(flat_from_nested(whole)) == config

@@ -1,0 +1,145 @@
+"""What the coordinator does when a round ends: record it, checkpoint it, go on or stop.
+
+:class:`RoundEnd` is the one implementation of this work: the ServerApp's run
+hands its :meth:`RoundEnd.__call__` to the round loop, and the coordinator
+benchmark calls the very same object, so what it times is production code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.serverapp import Grid
+
+from server.checkpoint import save_checkpoint, strategy_state
+from server.federation_loop import RoundOutcome
+from server.metrics_history import MetricsHistory
+from server.robust_strategy import RobustStrategy
+from server.round_summary import central_epsilon, check_can_continue, round_row
+from shared.config import RunConfig
+from shared.run_folder import (
+    CENTRAL_DP_DELTA,
+    DROPPED,
+    EPSILON_MAX,
+    EPSILON_MEAN,
+    REFUSED,
+    REPLIES,
+    SAMPLED,
+)
+
+logger = logging.getLogger("fedge.server")
+
+
+class RoundEnd:
+    """The end-of-round work of one run, called once per round by the round loop.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder (checkpoints go to its ``checkpoints/``).
+    config : RunConfig
+        The run's config (checkpoint interval, number of rounds, DP mode).
+    strategy : RobustStrategy
+        The guarded strategy whose ``round_stats`` fill the metrics row.
+    history : MetricsHistory
+        The run's metrics history; one row is appended per round.
+    grid : Grid
+        The nodes (their number enters central DP's sampling rate).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: RunConfig,
+        *,
+        strategy: RobustStrategy,
+        history: MetricsHistory,
+        grid: Grid,
+    ) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.strategy = strategy
+        self.history = history
+        self.grid = grid
+        self._started = time.monotonic()
+
+    def __call__(self, outcome: RoundOutcome) -> None:
+        """Record the round, checkpoint it when due, log it, stop if needed.
+
+        Raises
+        ------
+        StopRun
+            When too few nodes can still train within their privacy budget.
+        """
+        row = self.record(outcome)
+        self.checkpoint(outcome)
+        self._log(outcome, row)
+        check_can_continue(self.strategy, self.config, outcome, self.grid)
+
+    def record(self, outcome: RoundOutcome) -> dict[str, Any]:
+        """Append the round's metrics row (and per-client details); return the row."""
+        stats = self.strategy.round_stats.get(outcome.server_round, {})
+        row, details = round_row(outcome, stats)
+        if self.config.dp.mode == "central":
+            epsilon, delta = central_epsilon(
+                self.config,
+                server_round=outcome.server_round,
+                sampled=row[SAMPLED],
+                num_nodes=len(list(self.grid.get_node_ids())),
+            )
+            # One user-level ε holds for every node: it is both the max and the mean.
+            row.update(
+                {EPSILON_MAX: epsilon, EPSILON_MEAN: epsilon, CENTRAL_DP_DELTA: delta}
+            )
+        self.history.append(row, details=details)
+        return row
+
+    def checkpoint(self, outcome: RoundOutcome) -> Path | None:
+        """Write the round's checkpoint every ``checkpoint-interval`` rounds and last.
+
+        Returns
+        -------
+        Path or None
+            The checkpoint written, or None when none was due.
+        """
+        server_round = outcome.server_round
+        last = server_round == self.config.run.num_server_rounds
+        if server_round % self.config.run.checkpoint_interval != 0 and not last:
+            return None
+        return save_checkpoint(
+            self.run_dir,
+            server_round=server_round,
+            arrays=outcome.arrays,
+            strategy_state=strategy_state(self.strategy),
+            metrics_history=self.history.rows(),
+            config=self.config.to_flat(),
+            rng_state={
+                "sampler-seed": self.config.run.sampler_seed,
+                "model-seed": self.config.train.model_seed,
+            },
+        )
+
+    def _log(self, outcome: RoundOutcome, row: dict[str, Any]) -> None:
+        epsilon = row.get(EPSILON_MAX)
+        shown_epsilon = (
+            f"ε {epsilon:.2f}  "
+            if isinstance(epsilon, float) and math.isfinite(epsilon)
+            else ""
+        )
+        logger.info(
+            "round %d/%d  accuracy %.4f  loss %.4f  %sreplies %d/%d  dropped %d  refused %d  %.1fs elapsed",
+            outcome.server_round,
+            self.config.run.num_server_rounds,
+            outcome.central["accuracy"],
+            outcome.central["loss"],
+            shown_epsilon,
+            row[REPLIES],
+            row[SAMPLED],
+            row[DROPPED],
+            row[REFUSED],
+            time.monotonic() - self._started,
+        )
