@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from shared import keys
 from shared.errors import DataError
 from shared.lazy_import import lazy_module
 
@@ -248,10 +249,10 @@ def partition_stats(
         counts = np.bincount(
             labels[np.asarray(idx, dtype=np.int64)], minlength=num_classes
         )
-        row = {"partition-id": pid, "num-examples": len(idx)}
+        row = {keys.PARTITION_ID: pid, keys.NUM_EXAMPLES: len(idx)}
         row.update({f"label-{k}": int(counts[k]) for k in range(num_classes)})
         rows.append(row)
-    columns = ["partition-id", "num-examples"] + [
+    columns = [keys.PARTITION_ID, keys.NUM_EXAMPLES] + [
         f"label-{k}" for k in range(num_classes)
     ]
     return pd.DataFrame(rows, columns=columns)
