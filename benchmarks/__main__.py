@@ -21,6 +21,7 @@ BENCHMARKS = {
     "edge": "edge_export.bench",
     "dp_overhead": "benchmarks.dp_overhead",
     "simulation_overhead": "benchmarks.simulation_overhead",
+    "deployment_round": "benchmarks.deployment_round",
 }
 
 

@@ -218,19 +218,23 @@ def running_node(
 
 
 @contextlib.contextmanager
-def running_keyless_node(
+def running_flower_node(
     link: SuperLink,
     workdir: Path,
     *,
     name: str,
     node_config: Mapping[str, Any],
     tls: bool = False,
+    key: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A plain ``flower-supernode`` without a key: insecure, or TLS with ``tls``."""
+    """``flower-supernode`` called directly: insecure unless ``tls``, keyless
+    unless ``key``; what `fedge node start` would never build."""
     security = ["--insecure"]
     if tls:
         assert link.ca_cert is not None
         security = ["--root-certificates", str(link.ca_cert)]
+    if key is not None:
+        security += ["--auth-supernode-private-key", str(key)]
     command = [
         "flower-supernode",
         *security,

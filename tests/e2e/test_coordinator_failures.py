@@ -18,7 +18,7 @@ from simulations.flower_processes import CONNECTION, session_members, stop_proce
 from tests.e2e.deployment import (
     APP_DIR,
     FEDGE,
-    running_keyless_node,
+    running_flower_node,
     running_superlink,
     submit_run,
 )
@@ -37,7 +37,7 @@ def test_too_few_nodes_end_the_run_within_the_timeout(tmp_path: Path) -> None:
     }
     with (
         running_superlink(tmp_path) as link,
-        running_keyless_node(
+        running_flower_node(
             link,
             tmp_path,
             name="node0",

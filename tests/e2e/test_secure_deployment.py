@@ -31,7 +31,7 @@ from tests.e2e.deployment import (
     TlsFiles,
     make_node_key,
     register_supernode,
-    running_keyless_node,
+    running_flower_node,
     running_node,
     running_superlink,
     secure_federation,
@@ -193,17 +193,21 @@ def test_nodes_without_tls_another_ca_or_a_registered_key_never_join(
         with (
             # The registered key, but trusting another CA ...
             running_node(link, tmp_path, node, ca_cert=other_ca.ca_cert),
-            # ... a node dialling without TLS ...
-            running_keyless_node(
-                link, tmp_path, name="plain", node_config=plain_config
-            ),
+            # ... the registered key, dialling without TLS ...
+            running_flower_node(
+                link, tmp_path, name="plain", node_config=plain_config, key=node.key
+            ) as plain,
             # ... a key the coordinator never registered, and no key at all.
             running_node(link, tmp_path, stranger) as unregistered,
-            running_keyless_node(
+            running_flower_node(
                 link, tmp_path, name="keyless", node_config=plain_config, tls=True
             ) as keyless,
         ):
-            refused_codes = (unregistered.wait(timeout=60), keyless.wait(timeout=60))
+            refused_codes = (
+                plain.wait(timeout=60),
+                unregistered.wait(timeout=60),
+                keyless.wait(timeout=60),
+            )
             seen = set()
             deadline = time.monotonic() + 15  # several of Flower's retry periods
             while time.monotonic() < deadline:
@@ -222,7 +226,8 @@ def test_nodes_without_tls_another_ca_or_a_registered_key_never_join(
     assert "online" not in seen, seen
     assert set(listed) == {node.node_id}  # strangers never made it onto the list
     assert "certificate verify failed" in (tmp_path / "node0.log").read_text().lower()
-    assert "online" not in (tmp_path / "plain.log").read_text().lower()
+    # Flower's own refusal: node authentication needs TLS.
+    assert "TLS is not enabled" in (tmp_path / "plain.log").read_text()
     assert all(code != 0 for code in refused_codes), refused_codes
     assert "Failed to activate SuperNode" in (tmp_path / "stranger.log").read_text()
     assert "No SuperNode found with the given public key" in link.log_path.read_text()
