@@ -10,15 +10,17 @@ DP-SGD at ε = 8 over the run, 1 local epoch, batch 32):
   wall time from the run's ``metrics.csv``, steady state = rounds after the first;
 - **simulation**: ``fedge simulate`` with the same settings and 3 virtual clients;
 - **pure training** of each node: the ClientApp's own training call on that
-  node's data, timed in this process (``benchmarks.simulation_overhead``);
+  node's data, timed in this process, and fedge's own work around it in the
+  warm ClientApp handler (``benchmarks.simulation_overhead.profile_clients``);
 - **overhead per round** = deployment round wall − the slowest node's training
   (the nodes train in parallel, so the slowest one bounds a perfect round);
 - **ClientApp import** in a fresh interpreter (``benchmarks.clientapp_import``):
   what every node pays per message, since Flower starts a new ``flwr-clientapp``
   process for each;
 - **bytes per client per round**: the serialised Flower ``Message`` (protobuf,
-  as sent over gRPC, before TLS framing) of a real train request and of the
-  ClientApp's real reply, against the model's own size (float32 arrays).
+  as sent over gRPC, before TLS framing) of a train request as the ServerApp
+  builds it and of the ClientApp's real reply, the larger of the two, against
+  the model's own size (float32 arrays).
 
 Targets (issue 10): overhead ≤ 2.5 s per round, ClientApp import ≤ 2.0 s, bytes
 per client per round ≤ 1.05 × the model size (each direction).
@@ -84,84 +86,15 @@ def deployment_round_times() -> list[float]:
     return [float(t) for t in rounds["round-time-s"]]
 
 
-def wire_bytes() -> dict[str, int]:
-    """Serialised sizes of one real train request and reply, and the model's.
-
-    The request carries what the ServerApp sends each round (global arrays plus
-    the round config: model spec, preprocessing, run id); the reply is the
-    production ClientApp's answer to it, with DP on.
-    """
-    from flwr.app import ConfigRecord, Context, Message, RecordDict
-    from flwr.common import MessageType
-    from flwr.common.serde import message_to_proto
-    from flwr.supercore.task_identity import TaskIdentity
-
-    from client.client_app import train as train_handler
-    from server.reference_data import load_reference_data
-    from shared import keys
-    from shared.config import from_run_config
-    from shared.models import build_model, default_spec
-    from shared.records import state_dict_to_record
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    with tempfile.TemporaryDirectory(prefix="fedge-bench-state-") as state:
-        flat = from_run_config(
-            {**SETTINGS, "node-state-dir": state}, fill_defaults=True
-        ).to_flat()
-        config = from_run_config(flat)
-        reference = load_reference_data(config.data)
-        spec = default_spec(
-            config.train.model,
-            reference.preprocessing.input_shape,
-            reference.preprocessing.num_classes,
-            activation=config.train.activation,
-        )
-        arrays = state_dict_to_record(
-            build_model(spec, model_seed=config.train.model_seed).state_dict()
-        )
-        request = Message(
-            RecordDict(
-                {
-                    keys.ARRAYS: arrays,
-                    keys.CONFIG: ConfigRecord(
-                        {
-                            keys.SERVER_ROUND: 1,
-                            keys.MODEL_SPEC: spec.to_json(),
-                            keys.PREPROCESSING: reference.preprocessing.to_json(),
-                            keys.FEDGE_RUN_ID: "bench",
-                        }
-                    ),
-                }
-            ),
-            dst_node_id=1,
-            message_type=MessageType.TRAIN,
-        )
-        node_config = {"partition-id": 0, "num-partitions": NUM_NODES}
-        context = Context(
-            run_id=1,
-            node_id=1,
-            node_config=node_config,
-            state=RecordDict(),
-            run_config=flat,
-        )
-        reply = train_handler(request, context)
-    return {
-        "model_bytes": int(arrays.count_bytes()),
-        "request_bytes": message_to_proto(request).ByteSize(),
-        "reply_bytes": message_to_proto(reply).ByteSize(),
-    }
-
-
 def main() -> dict[str, Any]:
     """Run the deployment and the simulation, profile the nodes, return figures."""
     deployment = deployment_round_times()
     simulation = run_simulation(SETTINGS, NUM_NODES)
     profile = profile_clients(SETTINGS, NUM_NODES)
     import_s, heavy = import_seconds()
-    sizes = wire_bytes()
     deployment_round_s = sum(deployment[1:]) / len(deployment[1:])
     slowest_training_s = max(profile.train_s)
-    bytes_per_client = max(sizes["request_bytes"], sizes["reply_bytes"])
+    bytes_per_client = max(profile.request_bytes, profile.reply_bytes)
     figures: dict[str, Any] = {
         "name": "deployment_round",
         "nodes": NUM_NODES,
@@ -173,16 +106,16 @@ def main() -> dict[str, Any]:
         "simulation_round_s": round(simulation.steady_round_s, 3),
         "simulation_first_round_s": round(simulation.first_round_s, 3),
         "node_training_s": [round(t, 4) for t in profile.train_s],
-        "node_clientapp_handler_warm_s": [round(t, 4) for t in profile.handler_s],
+        "node_fedge_work_s": [round(t, 4) for t in profile.fedge_s],
         "overhead_per_round_s": round(deployment_round_s - slowest_training_s, 3),
         "clientapp_import_s": round(import_s, 3),
         "clientapp_heavy_modules": heavy,
-        "model_bytes": sizes["model_bytes"],
-        "request_bytes_per_client_per_round": sizes["request_bytes"],
-        "reply_bytes_per_client_per_round": sizes["reply_bytes"],
+        "model_bytes": profile.model_bytes,
+        "request_bytes_per_client_per_round": profile.request_bytes,
+        "reply_bytes_per_client_per_round": profile.reply_bytes,
         # The larger direction: each client receives one request and sends one reply.
         "bytes_per_client_per_round": bytes_per_client,
-        "bytes_ratio_to_model": round(bytes_per_client / sizes["model_bytes"], 4),
+        "bytes_ratio_to_model": round(bytes_per_client / profile.model_bytes, 4),
         "targets": TARGETS,
     }
     figures["targets_met"] = {

@@ -157,6 +157,9 @@ class ComputeProfile:
     fedge_s: list[float]  # warm ClientApp handler minus the training in it
     serialisation_s: float  # request + reply, to protobuf and back, per message
     central_eval_s: float  # the server's evaluation of one round
+    request_bytes: int = 0  # one train request, serialised as sent over gRPC
+    reply_bytes: int = 0  # the ClientApp's reply to it, serialised
+    model_bytes: int = 0  # the model's arrays alone
 
 
 def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
@@ -236,16 +239,25 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
             )
         request = message(4)
         start = time.perf_counter()
+        sizes = []
         for sent in (request, reply):
-            message_from_proto(
-                ProtoMessage.FromString(message_to_proto(sent).SerializeToString())
-            )
+            wire = message_to_proto(sent).SerializeToString()
+            message_from_proto(ProtoMessage.FromString(wire))
+            sizes.append(len(wire))
         serialisation_s = time.perf_counter() - start
         model = build_model(spec)
         start = time.perf_counter()
         evaluate_model(model, reference.x, reference.y)
         central_eval_s = time.perf_counter() - start
-    return ComputeProfile(train_s, fedge_s, serialisation_s, central_eval_s)
+    return ComputeProfile(
+        train_s,
+        fedge_s,
+        serialisation_s,
+        central_eval_s,
+        request_bytes=sizes[0],
+        reply_bytes=sizes[1],
+        model_bytes=int(request.content[keys.ARRAYS].count_bytes()),
+    )
 
 
 def _time_calls(durations: list[float]) -> None:
