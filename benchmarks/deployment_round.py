@@ -39,6 +39,13 @@ import pandas as pd
 
 from benchmarks.clientapp_import import import_seconds
 from benchmarks.simulation_overhead import profile_clients, run_simulation
+from shared.run_folder import (
+    COMPLETE,
+    METRICS_CSV_FILE,
+    ROUND,
+    ROUND_TIME_S,
+    read_status,
+)
 
 NUM_NODES = 3
 NUM_ROUNDS = 4  # the first pays for start-up; three steady rounds
@@ -76,14 +83,14 @@ def deployment_round_times() -> list[float]:
                 federation.start(node)
             done = submit_run(federation.link, workdir, overrides, timeout_s=900)
             run_dir = federation.run_dir(overrides)
-            status = json.loads((run_dir / "status.json").read_text())
-            if status.get("state") != "complete":
+            status = read_status(run_dir)
+            if status.get("state") != COMPLETE:
                 raise RuntimeError(
                     f"deployment run did not complete: {status}\n{done.stdout[-2000:]}"
                 )
-            metrics = pd.read_csv(run_dir / "metrics.csv")
-    rounds = metrics[metrics["round"] > 0]
-    return [float(t) for t in rounds["round-time-s"]]
+            metrics = pd.read_csv(run_dir / METRICS_CSV_FILE)
+    rounds = metrics[metrics[ROUND] > 0]
+    return [float(t) for t in rounds[ROUND_TIME_S]]
 
 
 def main() -> dict[str, Any]:
