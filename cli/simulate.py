@@ -168,6 +168,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "(default: the scenario's, else 1)",
     )
     p.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the virtual clients on this existing Ray cluster (its head's "
+        "GCS address, as `ray start --head` prints it); default: a private Ray "
+        "head on this machine, started and stopped with the run",
+    )
+    p.add_argument(
         "--verbose", action="store_true", help="show all of Flower's log lines"
     )
     p.set_defaults(run=run)
@@ -213,6 +220,7 @@ def resolve_arguments(args: argparse.Namespace) -> Arguments:
         "partition-by": ("--partition-by", args.partition_by),
         "eval-data-path": ("--eval-data", _absolute(args.eval_data)),
         "label-column": ("--label-column", args.label_column),
+        "ray-address": ("--ray-address", args.ray_address),
     }
     # key -> (flag, value), in the order they apply
     flags = {k: fv for k, fv in named.items() if fv[1] is not None}
@@ -267,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
         run_name=args.run_name,
         cpus_per_client=settings.get("cpus-per-client", 1),
         notes=arguments.notes,
+        ray_address=settings.get("ray-address", ""),
         verbose=args.verbose,
     )
     status = read_status(run_dir)

@@ -82,7 +82,9 @@ class SuperLink:
 
 
 @contextlib.contextmanager
-def running_superlink(workdir: Path, *, simulation: bool) -> Iterator[SuperLink]:
+def running_superlink(
+    workdir: Path, *, simulation: bool, env: Mapping[str, str] | None = None
+) -> Iterator[SuperLink]:
     """Start an insecure SuperLink on free 127.0.0.1 ports; stop it at block end.
 
     Writes ``workdir/flwr-home/config.toml`` with a connection named
@@ -94,10 +96,15 @@ def running_superlink(workdir: Path, *, simulation: bool) -> Iterator[SuperLink]
         Holds the private ``FLWR_HOME`` and ``superlink.log``.
     simulation : bool
         Run the simulation runtime instead of waiting for SuperNodes.
+    env : mapping or None, default None
+        Extra environment (e.g. ``RAY_ADDRESS`` for the simulation engine).
     """
     port = free_port()
     with serving_superlink(
-        superlink_command(port, simulation=simulation), workdir=workdir, port=port
+        superlink_command(port, simulation=simulation),
+        workdir=workdir,
+        port=port,
+        env=env,
     ) as link:
         yield link
 

@@ -55,6 +55,7 @@ from simulations.own_data import (
     run_config_keys,
     write_own_data,
 )
+from simulations.ray_head import engine_env
 from simulations.scenario_file import DEFAULT_CLIENTS
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -68,7 +69,9 @@ _DROPOUT = re.compile(r"simulated dropout: .*?\)")
 _RAY_WRAPPER = re.compile(
     r"RayBackend|ray::ClientAppActor|RayTaskError|Traceback \(most recent|"
     r"^\s*raise \w+\($|Received error in reply from node|"
-    r"FutureWarning"
+    r"FutureWarning|"
+    # Ray's own processes, relayed to the driver: nothing reads Ray's metrics.
+    r"metrics exporter agent"
 )
 
 
@@ -136,6 +139,7 @@ def simulate(
     run_name: str = "",
     cpus_per_client: int = 1,
     notes: Sequence[str] = (),
+    ray_address: str = "",
     verbose: bool = False,
     echo: Any = print,
 ) -> Path:
@@ -163,6 +167,10 @@ def simulate(
     notes : sequence of str, default ()
         Where settings came from when a flag overrode the scenario file; shown
         on the summary line printed at start.
+    ray_address : str, default ""
+        Run the virtual clients on this existing Ray cluster (``HOST:PORT``);
+        empty = the engine starts a Ray cluster of its own on this machine
+        (:mod:`simulations.ray_head`).
     verbose : bool, default False
         Echo every Flower log line, not only fedge's progress and problems.
     echo : callable, default print
@@ -215,7 +223,9 @@ def simulate(
     try:
         with (
             tempfile.TemporaryDirectory(prefix="fedge-sim-") as tmp,
-            running_superlink(Path(tmp), simulation=True) as link,
+            running_superlink(
+                Path(tmp), simulation=True, env=engine_env(ray_address)
+            ) as link,
         ):
             command = flwr_run_command(
                 _app_to_submit(Path(tmp), faults),

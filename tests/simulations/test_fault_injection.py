@@ -462,7 +462,7 @@ def captured_submission(monkeypatch):
     seen = {}
 
     @contextlib.contextmanager
-    def fake_superlink(workdir, *, simulation):
+    def fake_superlink(workdir, *, simulation, env=None):
         yield SimpleNamespace(env={})
 
     def fake_stream(command, env, log_path, *, verbose, echo):

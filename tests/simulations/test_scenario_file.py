@@ -170,7 +170,7 @@ def submission(monkeypatch):
         pass
 
     @contextlib.contextmanager
-    def fake_superlink(workdir, *, simulation):
+    def fake_superlink(workdir, *, simulation, env=None):
         yield SimpleNamespace(env={})
 
     def fake_stream(command, env, log_path, *, verbose, echo):
@@ -239,3 +239,33 @@ def test_the_summary_line_says_which_flag_overrode_the_scenario(
         "clients 4 from --clients (scenario: 3))"
     ) in out
     assert "num-supernodes=4 " in submission["federation"] + " "
+
+
+def test_scenario_data_and_cluster_keys_reach_the_run(tmp_path, monkeypatch):
+    import cli.simulate as cli_simulate
+    from simulations.own_data import OwnData
+
+    seen = {}
+
+    def fake_simulate(overrides, **kwargs):
+        seen.update(kwargs, overrides=overrides)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli_simulate.simulation, "simulate", fake_simulate)
+    path = write(
+        tmp_path,
+        'data = "all.csv"\npartition-by = "site"\nlabel-column = "y"\n'
+        'ray-address = "10.0.0.5:6379"\ncpus-per-client = 2\n',
+    )
+
+    with pytest.raises(SystemExit):
+        cli_main(["simulate", "--scenario", str(path), "--label-column", "z"])
+
+    assert seen["own_data"] == OwnData(
+        data=str(tmp_path / "all.csv"), partition_by="site"
+    )
+    assert seen["ray_address"] == "10.0.0.5:6379"
+    assert seen["cpus_per_client"] == 2
+    assert seen["num_clients"] is None  # the data decides
+    assert seen["overrides"]["label-column"] == "z"
+    assert seen["notes"] == ["label-column 'z' from --label-column (scenario: 'y')"]

@@ -1,0 +1,106 @@
+"""The Ray cluster a simulation runs on: the engine's own, or the user's.
+
+Flower's Ray backend calls ``ray.init()`` when the first round's messages are
+queued. With no address that starts a single-node cluster inside the run (GCS,
+raylet, a minimal dashboard head, the dashboard and runtime-env agents, the log
+monitor, the autoscaler monitor); Flower 1.42 already leaves the dashboard UI
+out (``include_dashboard=False``). Its ``--federation-config`` passes only
+``num-cpus``, ``num-gpus``, ``logging-level`` and ``log-to-driver`` on to
+``ray.init``; what else the engine skips is set through the environment the
+SuperLink passes to it (:data:`ENGINE_ENV`).
+
+A private head started by ``ray start --head`` with fewer services
+(:func:`ray_head_command`: no autoscaler monitor, no dashboard, free ports) in
+the background while the SuperLink and ServerApp start was tried as the default
+and measured against Flower's own start, 6 alternating pairs, 4 clients × 2
+rounds on this 2-core machine under load 4-10 from other work: the first round
+ended a median 37 s (24-53) after the command, against 33 s (26-63) with
+Flower's own start. The head's start competes for the same 2 cores with the
+SuperLink and ServerApp, delaying round 0 by up to 18 s. Not a win here, so
+the engine starts its own cluster, and :func:`ray_head_command` serves tests
+that need a cluster of their own.
+
+``ray.init()`` reads ``RAY_ADDRESS``: with ``--ray-address`` the SuperLink
+passes the user's cluster to the engine, which joins it instead of starting one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from simulations.flower_processes import free_port
+
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+# No usage-stats reporting and no metrics collection: nothing reads either, and
+# each is a thread or an exporter connection the engine would otherwise set up.
+ENGINE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_enable_metrics_collection": "0"}
+# Every port a head opens on a fixed default; free ones keep heads of parallel
+# runs (and other users' clusters) apart.
+_PORT_FLAGS = (
+    "--port",
+    "--ray-client-server-port",
+    "--dashboard-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
+)
+
+
+def engine_env(ray_address: str = "") -> dict[str, str]:
+    """Environment for the SuperLink that runs the simulation engine.
+
+    Parameters
+    ----------
+    ray_address : str, default ""
+        An existing cluster's ``HOST:PORT`` for the engine to join; empty =
+        the engine starts a cluster of its own.
+    """
+    env = dict(ENGINE_ENV)
+    if ray_address:
+        env[RAY_ADDRESS_ENV] = ray_address
+    return env
+
+
+def ray_head_command(temp_dir: Path, *, num_cpus: int) -> tuple[list[str], str]:
+    """A ``ray start`` command for a lean single-node head, and its address.
+
+    The head blocks in the foreground (``--block``): started in a session of its
+    own (:func:`simulations.flower_processes.start_logged`), it and every process
+    it starts end with :func:`simulations.flower_processes.stop_process`, never
+    with ``ray stop``, which ends every Ray cluster on the machine.
+
+    Parameters
+    ----------
+    temp_dir : Path
+        The head's private temp dir (sessions, sockets, logs). Unix socket paths
+        live under it: keep it short (under ~40 characters).
+    num_cpus : int
+        CPUs the head offers.
+    """
+    ports = {flag: free_port() for flag in _PORT_FLAGS}
+    command = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        str(num_cpus),
+        "--num-gpus",
+        "0",
+        "--temp-dir",
+        str(temp_dir),
+        "--include-dashboard",
+        "false",
+        "--disable-usage-stats",
+        # The autoscaler's monitor: nothing to scale on one fixed machine.
+        "--no-monitor",
+    ]
+    for flag, port in ports.items():
+        command += [flag, str(port)]
+    return command, f"127.0.0.1:{ports['--port']}"

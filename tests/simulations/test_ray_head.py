@@ -1,0 +1,83 @@
+"""The Ray cluster a simulation runs on: a lean head's command, and the wiring.
+
+Nothing here starts Ray (tests/integration/test_ray_cluster.py does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+
+import pytest
+
+import simulations.simulate as simulate_module
+from simulations.ray_head import RAY_ADDRESS_ENV, ray_head_command
+
+
+def test_lean_head_leaves_out_what_one_machine_does_not_need(tmp_path):
+    command, address = ray_head_command(tmp_path / "ray", num_cpus=3)
+
+    assert command[1:3] == ["start", "--head"]
+    assert "--block" in command  # the head's processes stay in this run's tree
+    for flag in ("--no-monitor", "--disable-usage-stats"):
+        assert flag in command
+    assert command[command.index("--include-dashboard") + 1] == "false"
+    assert command[command.index("--num-cpus") + 1] == "3"
+    assert command[command.index("--temp-dir") + 1] == str(tmp_path / "ray")
+    assert address == f"127.0.0.1:{command[command.index('--port') + 1]}"
+
+
+def test_every_port_of_the_head_is_a_distinct_free_one(tmp_path):
+    command, _ = ray_head_command(tmp_path, num_cpus=1)
+
+    ports = [int(command[i + 1]) for i, a in enumerate(command) if a.endswith("port")]
+    assert len(ports) == 9
+    assert len(set(ports)) == 9
+    assert all(1024 < p < 65536 for p in ports)
+
+
+@pytest.fixture
+def engine_env(monkeypatch):
+    """Run simulate() to its `flwr run`; capture the SuperLink's extra environment."""
+    seen = {}
+
+    class Submitted(Exception):
+        pass
+
+    @contextlib.contextmanager
+    def fake_superlink(workdir, *, simulation, env=None):
+        seen["env"] = dict(env or {})
+        yield SimpleNamespace(env={})
+
+    def fake_stream(*args, **kwargs):
+        raise Submitted
+
+    monkeypatch.setattr(simulate_module, "running_superlink", fake_superlink)
+    monkeypatch.setattr(simulate_module, "_stream", fake_stream)
+    seen["stopped"] = Submitted
+    return seen
+
+
+def test_by_default_the_engine_starts_its_own_cluster_lean(tmp_path, engine_env):
+    with pytest.raises(engine_env["stopped"]):
+        simulate_module.simulate(
+            {}, num_clients=2, output_dir=tmp_path, run_name="r", echo=lambda *_: None
+        )
+
+    assert RAY_ADDRESS_ENV not in engine_env["env"]
+    assert engine_env["env"]["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert engine_env["env"]["RAY_enable_metrics_collection"] == "0"
+
+
+def test_with_a_ray_address_the_engine_joins_that_cluster(tmp_path, engine_env):
+    with pytest.raises(engine_env["stopped"]):
+        simulate_module.simulate(
+            {},
+            num_clients=2,
+            output_dir=tmp_path,
+            run_name="r",
+            ray_address="10.0.0.5:6379",
+            echo=lambda *_: None,
+        )
+
+    assert engine_env["env"][RAY_ADDRESS_ENV] == "10.0.0.5:6379"
