@@ -129,10 +129,12 @@ def check_private_model_once(
     digest = hashlib.sha256(model_spec.encode("utf-8")).hexdigest()[:16]
     record = context.state.get(VALIDATED_KEY)
     known = list(record["specs"]) if record is not None else []
-    if digest in _validated_specs or digest in known:
+    if digest in known:
         return
-    validate_private_model(model)  # raises ModelError; nothing is cached then
-    _validated_specs.add(digest)
+    if digest not in _validated_specs:
+        validate_private_model(model)  # raises ModelError; nothing is cached then
+        _validated_specs.add(digest)
+    # Also when this process knew it: the node's next process may not.
     context.state[VALIDATED_KEY] = ConfigRecord({"specs": [*known, digest]})
 
 
