@@ -234,7 +234,28 @@ def _plan_one_file(
         ),
         str(path),
     )
-    if eval_data_path:
+    held_out = (
+        read_table(eval_data_path, label_column=data.label_column)
+        if (eval_data_path and partition_by)
+        else None
+    )
+    if held_out is not None and partition_by in held_out.columns:
+        # The coordinator's file has the clients' columns, the site among them:
+        # the run uses a copy without it, written beside the clients' files.
+        holdout = held_out.drop(columns=[partition_by])
+        reference = encode_table(
+            holdout,
+            fit_preprocessing(
+                holdout,
+                label_column=data.label_column,
+                impute=data.impute,
+                source=eval_data_path,
+            ),
+            eval_data_path,
+        )
+        client_rows = np.arange(len(frame))
+        eval_data_path = ""
+    elif eval_data_path:
         holdout = None
         reference = fit_file(
             eval_data_path, label_column=data.label_column, impute=data.impute

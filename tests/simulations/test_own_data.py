@@ -420,3 +420,24 @@ def test_own_data_with_a_builtin_dataset_is_refused(tmp_path, no_flower):
             own_data=OwnData(data="x.csv"),
             echo=lambda *_: None,
         )
+
+
+def test_an_eval_file_with_the_partition_column_is_used_without_it(tmp_path):
+    path = write_csv(tmp_path / "all.csv", clinics())
+    held = write_csv(tmp_path / "held.csv", clinics((4, 4, 4), seed=1))
+
+    plan = plan_own_data(
+        OwnData(data=str(path), partition_by="site"),
+        config(**{"label-column": "y", "eval-data-path": str(held)}),
+        num_clients=None,
+    )
+    write_own_data(plan, tmp_path / "run")
+
+    # Every row of all.csv goes to a client; the run's copy of held.csv has 12
+    # rows and no site column.
+    assert [len(f) for f in plan.node_frames] == [10, 20, 30]
+    keys = run_config_keys(plan, tmp_path / "run")
+    central = read_table(keys["eval-data-path"])
+    assert keys["eval-data-path"] == str(tmp_path / "run" / "data" / "central-test.csv")
+    assert len(central) == 12
+    assert "site" not in central.columns
