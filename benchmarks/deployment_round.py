@@ -14,6 +14,10 @@ DP-SGD at ε = 8 over the run, 1 local epoch, batch 32):
   warm ClientApp handler (``benchmarks.simulation_overhead.profile_clients``);
 - **overhead per round** = deployment round wall − the slowest node's training
   (the nodes train in parallel, so the slowest one bounds a perfect round);
+- **Flower's floor**: the same deployment (same nodes, TLS, auth) running a
+  minimal app whose ClientApp only echoes arrays of the model's size, so its
+  round is what Flower itself costs (message polling, one new ``flwr-clientapp``
+  process per message, transfer); deployment − floor is fedge's share;
 - **ClientApp import** in a fresh interpreter (``benchmarks.clientapp_import``):
   what every node pays per message, since Flower starts a new ``flwr-clientapp``
   process for each;
@@ -31,6 +35,7 @@ Run: ``python -m benchmarks deployment_round``.
 from __future__ import annotations
 
 import json
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -65,8 +70,100 @@ TARGETS = {
 }
 
 
-def deployment_round_times() -> list[float]:
-    """Round wall times of a 3-node TLS + auth + DP deployment on loopback."""
+# Flower's own cost per round: the same deployment running a minimal app whose
+# ClientApp only echoes the arrays it receives (the size of fedge's model), so
+# every second of its round is Flower's (polling, process start, transfer).
+_FLOOR_PYPROJECT = """
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "floor"
+version = "1.0.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "fedge-bench"
+
+[tool.flwr.app.components]
+serverapp = "floor_app:server"
+clientapp = "floor_app:client"
+
+[tool.flwr.app.config]
+num-server-rounds = 4
+num-floats = 1
+times-file = ""
+"""
+_FLOOR_APP = """
+import json, time
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+client = ClientApp()
+server = ServerApp()
+
+
+@client.train()
+def train(msg, context):
+    content = RecordDict({"arrays": msg.content["arrays"],
+                          "metrics": MetricRecord({"num-examples": 1})})
+    return Message(content=content, reply_to=msg)
+
+
+@server.main()
+def main(grid: Grid, context) -> None:
+    config = context.run_config
+    arrays = ArrayRecord([np.zeros(int(config["num-floats"]), dtype=np.float32)])
+    times = []
+    for server_round in range(1, int(config["num-server-rounds"]) + 1):
+        started = time.monotonic()
+        nodes = list(grid.get_node_ids())
+        messages = [Message(RecordDict({"arrays": arrays}), dst_node_id=n,
+                            message_type="train", group_id=str(server_round))
+                    for n in nodes]
+        replies = list(grid.send_and_receive(messages, timeout=300))
+        assert all(not r.has_error() for r in replies), replies
+        times.append(time.monotonic() - started)
+    with open(config["times-file"], "w") as f:
+        json.dump(times, f)
+"""
+
+
+def flower_floor_round_times(
+    federation: Any, workdir: Path, model_bytes: int
+) -> list[float]:
+    """Round times of the minimal echo app on ``federation``'s nodes."""
+    from simulations.flower_processes import flwr_run_command, write_run_config
+
+    app = workdir / "floor"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(_FLOOR_PYPROJECT)
+    (app / "floor_app.py").write_text(_FLOOR_APP)
+    times_file = workdir / "floor-times.json"
+    settings = {
+        "num-server-rounds": NUM_ROUNDS,
+        "num-floats": model_bytes // 4,
+        "times-file": str(times_file),
+    }
+    done = subprocess.run(
+        flwr_run_command(app, write_run_config(workdir / "floor.toml", settings)),
+        env=federation.link.env,
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if not times_file.is_file():
+        raise RuntimeError(f"the echo app did not finish:\n{done.stdout[-2000:]}")
+    return [float(t) for t in json.loads(times_file.read_text())]
+
+
+def deployment_round_times(model_bytes: int) -> tuple[list[float], list[float]]:
+    """Round wall times of a 3-node TLS + auth + DP deployment on loopback,
+    fedge's app and then the minimal echo app on the same nodes."""
     from tests.e2e.deployment import secure_federation, submit_run
 
     with tempfile.TemporaryDirectory(prefix="fedge-bench-deploy-") as tmp:
@@ -89,17 +186,19 @@ def deployment_round_times() -> list[float]:
                     f"deployment run did not complete: {status}\n{done.stdout[-2000:]}"
                 )
             metrics = pd.read_csv(run_dir / METRICS_CSV_FILE)
+            floor = flower_floor_round_times(federation, workdir, model_bytes)
     rounds = metrics[metrics[ROUND] > 0]
-    return [float(t) for t in rounds[ROUND_TIME_S]]
+    return [float(t) for t in rounds[ROUND_TIME_S]], floor
 
 
 def main() -> dict[str, Any]:
     """Run the deployment and the simulation, profile the nodes, return figures."""
-    deployment = deployment_round_times()
-    simulation = run_simulation(SETTINGS, NUM_NODES)
     profile = profile_clients(SETTINGS, NUM_NODES)
+    deployment, floor = deployment_round_times(profile.model_bytes)
+    simulation = run_simulation(SETTINGS, NUM_NODES)
     import_s, heavy = import_seconds()
     deployment_round_s = sum(deployment[1:]) / len(deployment[1:])
+    floor_round_s = sum(floor[1:]) / len(floor[1:])
     slowest_training_s = max(profile.train_s)
     bytes_per_client = max(profile.request_bytes, profile.reply_bytes)
     figures: dict[str, Any] = {
@@ -110,6 +209,9 @@ def main() -> dict[str, Any]:
         "deployment_round_s": round(deployment_round_s, 3),
         "deployment_first_round_s": round(deployment[0], 3),
         "deployment_round_times_s": [round(t, 3) for t in deployment],
+        "flower_floor_round_s": round(floor_round_s, 3),
+        "flower_floor_round_times_s": [round(t, 3) for t in floor],
+        "fedge_over_floor_per_round_s": round(deployment_round_s - floor_round_s, 3),
         "simulation_round_s": round(simulation.steady_round_s, 3),
         "simulation_first_round_s": round(simulation.first_round_s, 3),
         "node_training_s": [round(t, 4) for t in profile.train_s],
