@@ -171,8 +171,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "--ray-address",
         metavar="HOST:PORT",
         help="run the virtual clients on this existing Ray cluster (its head's "
-        "GCS address, as `ray start --head` prints it); default: a private Ray "
-        "head on this machine, started and stopped with the run",
+        "address, as `ray start --head` prints it); default: the engine starts "
+        "a Ray cluster of its own on this machine for the run",
     )
     p.add_argument(
         "--verbose", action="store_true", help="show all of Flower's log lines"
