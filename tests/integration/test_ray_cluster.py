@@ -45,20 +45,26 @@ def _env():
     return env
 
 
-def test_a_run_completes_on_an_existing_ray_cluster(tmp_path: Path, ray_cluster):
+def test_a_scenario_runs_its_own_clients_on_an_existing_ray_cluster(
+    tmp_path: Path, ray_cluster, capsys
+) -> None:
+    """dp-digits-3-clients, cut to 1 round, on the test's own Ray head.
+
+    Also the end-to-end case of issue 15: the scenario named for 3 clients
+    runs 3 (it ran the default 10 before), and the start line says which
+    setting a flag overrode.
+    """
     address, temp_dir = ray_cluster
 
     code = cli_main(
         [
             "simulate",
-            "--ray-address",
-            address,
-            "--clients",
-            "2",
+            "--scenario",
+            "dp-digits-3-clients",
             "--rounds",
             "1",
-            "--set",
-            "local-epochs=1",
+            "--ray-address",
+            address,
             "--output-dir",
             str(tmp_path),
             "--run-name",
@@ -67,8 +73,12 @@ def test_a_run_completes_on_an_existing_ray_cluster(tmp_path: Path, ray_cluster)
     )
 
     assert code == 0
+    out = capsys.readouterr().out
+    assert "fedge simulate: 3 clients, 1 rounds," in out
+    assert "num-server-rounds 1 from --rounds (scenario: 15)" in out
     run_dir = tmp_path / "r"
-    assert pd.read_csv(run_dir / "metrics.csv")["replies"].iloc[-1] == 2
+    assert len(pd.read_csv(run_dir / "partitions.csv")) == 3
+    assert pd.read_csv(run_dir / "metrics.csv")["replies"].iloc[-1] == 3
     # The virtual clients ran as actors of this cluster: their workers log there.
     worker_logs = list(temp_dir.glob("session_*/logs/worker-*.out"))
     assert any("ClientAppActor" in p.read_text(errors="replace") for p in worker_logs)
