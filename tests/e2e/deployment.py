@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -372,10 +373,16 @@ def secure_federation(
         link = stack.enter_context(
             running_superlink(workdir, tls=tls, database=database, port=port)
         )
-        for node in nodes:
-            node.node_id = register_supernode(
-                link, node.key.with_name(node.key.name + ".pub")
+        # In parallel: each `flwr` call pays its own start-up.
+        with ThreadPoolExecutor(max_workers=num_nodes) as pool:
+            ids = pool.map(
+                lambda n: register_supernode(
+                    link, n.key.with_name(n.key.name + ".pub")
+                ),
+                nodes,
             )
+            for node, node_id in zip(nodes, ids, strict=True):
+                node.node_id = node_id
         federation = Federation(workdir, tls, link, nodes, database, port, stack)
         stack.callback(federation.close)
         yield federation

@@ -100,11 +100,11 @@ def test_a_killed_node_is_missed_then_rejoins_with_its_ledger(tmp_path: Path) ->
 def test_the_superlink_killed_mid_run_restarts_and_the_run_resumes(
     tmp_path: Path,
 ) -> None:
-    # (b) Two nodes, 4 rounds; the SuperLink (and its ServerApp) is killed once
-    # round 2 is checkpointed, restarted with the same database, and the run is
+    # (b) Two nodes, 3 rounds; the SuperLink (and its ServerApp) is killed once
+    # round 1 is checkpointed, restarted with the same database, and the run is
     # submitted again with resume = true.
     overrides = _overrides(
-        tmp_path, "link-killed", **{"num-server-rounds": 4, "min-nodes": 2}
+        tmp_path, "link-killed", **{"num-server-rounds": 3, "min-nodes": 2}
     )
     with secure_federation(tmp_path, 2) as federation:
         run_dir = federation.run_dir(overrides)
@@ -112,8 +112,8 @@ def test_the_superlink_killed_mid_run_restarts_and_the_run_resumes(
             federation.start(node)
         first = start_run(federation.link, tmp_path, overrides, name="first")
         try:
-            checkpoint = run_dir / "checkpoints" / "round-0002.pt"
-            wait_for(checkpoint.exists, timeout_s=300, what="round 2's checkpoint")
+            checkpoint = run_dir / "checkpoints" / "round-0001.pt"
+            wait_for(checkpoint.exists, timeout_s=300, what="round 1's checkpoint")
             federation.kill_superlink()
         finally:
             stop_process(first)
@@ -127,21 +127,20 @@ def test_the_superlink_killed_mid_run_restarts_and_the_run_resumes(
             link, tmp_path, {**overrides, "resume": True}, timeout_s=400
         )
 
-    assert 2 <= rounds_before < 4
+    assert 1 <= rounds_before < 3
     status = read_json(run_dir / "status.json")
     assert status["state"] == "complete", resumed.stdout[-3000:]
-    assert status["final_round"] == 4
+    assert status["final_round"] == 3
     metrics = pd.read_csv(run_dir / "metrics.csv")
-    assert list(metrics["round"]) == [0, 1, 2, 3, 4]  # none missing, none twice
-    assert [r["round"] for r in metrics_records(run_dir)] == [0, 1, 2, 3, 4]
+    assert list(metrics["round"]) == [0, 1, 2, 3]  # none missing, none twice
+    assert [r["round"] for r in metrics_records(run_dir)] == [0, 1, 2, 3]
     assert "resuming after round" in resumed.stdout + resumed.stderr
     for node in federation.nodes:
         epsilons = node_epsilons(run_dir, node.node_id)
-        assert sorted(epsilons) == [1, 2, 3, 4]
-        # The ledger continues: round 4's ε is above what it was at the kill.
-        assert epsilons[4] > epsilon_before[node.name]
-        rounds = ledger(node)["server-rounds"]
-        assert rounds[:2] == [1, 2] and rounds[-2:] == [3, 4], rounds
+        assert sorted(epsilons) == [1, 2, 3]
+        # The ledger continues: round 3's ε is above what it was at the kill.
+        assert epsilons[3] > epsilon_before[node.name]
+        assert ledger(node)["server-rounds"] == [1, 2, 3]
 
 
 def _freeze_clientapps(session: int, frozen: list[int], stop: threading.Event) -> None:
@@ -161,7 +160,7 @@ def test_a_node_that_never_replies_is_cut_off_after_the_round_timeout(
     tmp_path: Path,
 ) -> None:
     # (d) Three nodes, one round; node2's ClientApp hangs on its message.
-    timeout_s = 20.0
+    timeout_s = 30.0  # well above a healthy first round on a loaded machine
     overrides = _overrides(
         tmp_path,
         "hung-node",
@@ -193,4 +192,4 @@ def test_a_node_that_never_replies_is_cut_off_after_the_round_timeout(
     replied = {c["node-id"] for c in row["clients"]}
     assert replied == {n.node_id for n in federation.nodes[:2]}
     # Cut off at the timeout, not earlier (a heartbeat loss) nor much later.
-    assert timeout_s <= row["round-time-s"] < timeout_s + 15
+    assert timeout_s <= row["round-time-s"] < timeout_s + 20

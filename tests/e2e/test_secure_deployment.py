@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +33,8 @@ from tests.e2e.deployment import (
     running_flower_node,
     running_node,
     running_superlink,
-    secure_federation,
     submit_run,
     supernode_states,
-    wait_for,
 )
 
 BATCH_SIZE = 32
@@ -173,71 +170,6 @@ def _rdp_epsilon(ledger: dict, delta: float) -> float:
     return accountant.get_epsilon(delta)
 
 
-@pytest.mark.e2e
-@pytest.mark.slow
-def test_nodes_without_tls_another_ca_or_a_registered_key_never_join(
-    tmp_path: Path,
-) -> None:
-    # (c) No training needed: the SuperLink's own node list tells who joined.
-    with secure_federation(tmp_path, 1) as federation:
-        (node,) = federation.nodes
-        link = federation.link
-        other_ca = TlsFiles.make(tmp_path / "other-ca")  # a CA nobody here uses
-        stranger = Node(
-            name="stranger",
-            key=make_node_key(tmp_path / "keys", "stranger"),
-            state_dir=tmp_path / "stranger-state",
-            node_config={"partition-id": 0, "num-partitions": 1},
-        )
-        plain_config = {"partition-id": 0, "num-partitions": 1}
-        with (
-            # The registered key, but trusting another CA ...
-            running_node(link, tmp_path, node, ca_cert=other_ca.ca_cert),
-            # ... the registered key, dialling without TLS ...
-            running_flower_node(
-                link, tmp_path, name="plain", node_config=plain_config, key=node.key
-            ) as plain,
-            # ... a key the coordinator never registered, and no key at all.
-            running_node(link, tmp_path, stranger) as unregistered,
-            running_flower_node(
-                link, tmp_path, name="keyless", node_config=plain_config, tls=True
-            ) as keyless,
-        ):
-            refused_codes = (
-                plain.wait(timeout=60),
-                unregistered.wait(timeout=60),
-                keyless.wait(timeout=60),
-            )
-            seen = set()
-            deadline = time.monotonic() + 15  # several of Flower's retry periods
-            while time.monotonic() < deadline:
-                seen.add(supernode_states(link)[node.node_id])
-                time.sleep(1)
-        # The same node with the federation's CA joins: the check above could
-        # have seen it online.
-        federation.start(node)
-        wait_for(
-            lambda: supernode_states(link)[node.node_id] == "online",
-            timeout_s=60,
-            what="the well-configured node online",
-        )
-        listed = supernode_states(link)
-
-    assert "online" not in seen, seen
-    assert set(listed) == {node.node_id}  # strangers never made it onto the list
-    assert "certificate verify failed" in (tmp_path / "node0.log").read_text().lower()
-    # Flower's own refusal: node authentication needs TLS.
-    assert "TLS is not enabled" in (tmp_path / "plain.log").read_text()
-    assert all(code != 0 for code in refused_codes), refused_codes
-    assert "Failed to activate SuperNode" in (tmp_path / "stranger.log").read_text()
-    assert "No SuperNode found with the given public key" in link.log_path.read_text()
-    assert (
-        "SuperNode authentication is enabled. "
-        "All SuperNodes must be registered via the CLI."
-    ) in (tmp_path / "keyless.log").read_text()
-    assert not list(stranger.state_dir.glob("privacy-ledger-*"))
-
-
 def _write_node_csvs(tmp: Path) -> tuple[list[Path], Path]:
     """Digits as tabular CSVs: two nodes' disjoint training files and a test file."""
     digits = load_digits()
@@ -266,7 +198,7 @@ def _fedge(*args: Path | str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_the_readme_flow_check_register_start_run_status_export_predict(
+def test_the_readme_flow_while_nodes_without_tls_another_ca_or_a_key_are_refused(
     tmp_path: Path,
 ) -> None:
     # (e) As the README and deploy/README.md tell it: each node checks its own
@@ -307,13 +239,46 @@ def test_the_readme_flow_check_register_start_run_status_export_predict(
         "round-timeout-s": 120.0,
     }
 
+    # (c) Alongside, nodes that must never join: a registered key trusting
+    # another CA, the same key dialling without TLS, a key never registered, and
+    # no key at all.
+    other_ca = TlsFiles.make(tmp_path / "other-ca")
+    outsider = Node(
+        name="wrong-ca",
+        key=make_node_key(keys, "outsider"),
+        state_dir=tmp_path / "outsider-state",
+        node_config={"partition-id": 0, "num-partitions": 1},
+    )
+    stranger = Node(
+        name="stranger",
+        key=make_node_key(keys, "stranger"),
+        state_dir=tmp_path / "stranger-state",
+        node_config={"partition-id": 0, "num-partitions": 1},
+    )
+    plain_config = {"partition-id": 0, "num-partitions": 1}
+
     with running_superlink(tmp_path, tls=tls, launcher=True) as link:
         registered = {register_supernode(link, keys / f"{n.name}.pub") for n in nodes}
+        outsider_id = register_supernode(link, keys / "outsider.pub")
         with (
             running_node(link, tmp_path, nodes[0], launcher=True),
             running_node(link, tmp_path, nodes[1], launcher=True),
+            running_node(link, tmp_path, outsider, ca_cert=other_ca.ca_cert),
+            running_flower_node(
+                link, tmp_path, name="plain", node_config=plain_config, key=outsider.key
+            ) as plain,
+            running_node(link, tmp_path, stranger) as unregistered,
+            running_flower_node(
+                link, tmp_path, name="keyless", node_config=plain_config, tls=True
+            ) as keyless,
         ):
             done = submit_run(link, tmp_path, overrides, timeout_s=300)
+            refused_codes = (
+                plain.wait(timeout=60),
+                unregistered.wait(timeout=60),
+                keyless.wait(timeout=60),
+            )
+            listed = supernode_states(link)
 
     # The run completed with both registered nodes in every round.
     log = done.stdout + done.stderr
@@ -348,6 +313,25 @@ def test_the_readme_flow_check_register_start_run_status_export_predict(
         sorted(c["epsilon"] for c in reported), rel=1e-6
     )
     assert max(ledger_eps) == pytest.approx(eps_round2, rel=1e-6)
+
+    # (c) The outsider's key is registered, yet it never connected ("registered",
+    # not "online" or "offline"); the others never made it onto the list.
+    assert listed[outsider_id] == "registered", listed
+    assert set(listed) == registered | {outsider_id}
+    assert (
+        "certificate verify failed" in (tmp_path / "wrong-ca.log").read_text().lower()
+    )
+    assert all(code != 0 for code in refused_codes), refused_codes
+    # Flower's own refusal: node authentication needs TLS.
+    assert "TLS is not enabled" in (tmp_path / "plain.log").read_text()
+    assert "Failed to activate SuperNode" in (tmp_path / "stranger.log").read_text()
+    assert "No SuperNode found with the given public key" in link.log_path.read_text()
+    assert (
+        "SuperNode authentication is enabled. "
+        "All SuperNodes must be registered via the CLI."
+    ) in (tmp_path / "keyless.log").read_text()
+    for never in (outsider, stranger):
+        assert not list(never.state_dir.glob("privacy-ledger-*"))
 
     # status, export, predict on the device runtime.
     shown = _fedge("status", run_dir)
