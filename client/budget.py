@@ -62,9 +62,11 @@ def check_budget(
     accountant : {"rdp", "prv"}
     schedule : sequence of float, optional
         ε after ``k`` rounds of ``planned`` for ``k = 0, 1, ...``
-        (:func:`shared.privacy.epsilon_schedule`, same δ and accountant). Used
-        when the ledger holds nothing but ``planned`` rounds, which spares a
-        fresh process the accountant; any other history is accounted afresh.
+        (:func:`shared.privacy.epsilon_schedule`, same δ and accountant), or
+        its first elements. When the ledger holds nothing but ``planned``
+        rounds, each ε the schedule holds is read from it (a fresh process then
+        needs no accountant); what it lacks, and any other history, is
+        accounted afresh.
 
     Returns
     -------
@@ -79,13 +81,20 @@ def check_budget(
         raise ConfigError(f"budget ε must be > 0, got {budget_epsilon}.")
     planned = check_history_entry(planned, where="planned round")
     history = ledger.history
-    if len(history) + 1 < len(schedule) and all(e == planned for e in history):
-        epsilon_now, epsilon_after = schedule[len(history)], schedule[len(history) + 1]
-    else:
-        epsilon_now = epsilon_for(history=history, delta=delta, accountant=accountant)
-        epsilon_after = epsilon_for(
+    k = len(history)
+    known = schedule if all(e == planned for e in history) else ()
+    epsilon_now = (
+        known[k]
+        if k < len(known)
+        else epsilon_for(history=history, delta=delta, accountant=accountant)
+    )
+    epsilon_after = (
+        known[k + 1]
+        if k + 1 < len(known)
+        else epsilon_for(
             history=[*history, planned], delta=delta, accountant=accountant
         )
+    )
     allowed = epsilon_after <= budget_epsilon
     verdict = "within" if allowed else "over"
     reason = (

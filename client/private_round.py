@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +108,37 @@ def plan_privacy(config: RunConfig, num_examples: int, context: Context) -> Priv
             steps=steps_per_round * rounds,
             accountant=dp.accountant,
         )
-    schedule: tuple[float, ...] = ()
-    if dp.accountant == "rdp":  # microseconds per round; PRV would cost seconds
+    # RDP: the whole run in microseconds. PRV costs a fraction of a second per
+    # round, so its schedule starts at ε = 0 and grows by the ε each budget
+    # check computes (extend_schedule): one PRV evaluation per round.
+    schedule: tuple[float, ...] = (0.0,)
+    if dp.accountant == "rdp":
         schedule = epsilon_schedule(
             entry=(sigma, sample_rate, steps_per_round), rounds=rounds, delta=delta
         )
     plan = PrivacyPlan(sigma, sample_rate, steps_per_round, delta, schedule)
     context.state[PLAN_KEY] = plan.to_record(plan_id)
     return plan
+
+
+def extend_schedule(
+    plan: PrivacyPlan, *, ledger: PrivacyLedger, epsilon_after: float, context: Context
+) -> None:
+    """Keep ``epsilon_after`` (ε after one more planned round) in the cached plan.
+
+    Only when the ledger holds nothing but planned rounds and the schedule ends
+    exactly where the ledger does, so element ``k`` stays ε after ``k`` rounds.
+    """
+    k = len(ledger.entries)
+    record = context.state.get(PLAN_KEY)
+    if (
+        record is None
+        or len(plan.epsilon_schedule) != k + 1
+        or any(e != plan.round_entry for e in ledger.history)
+    ):
+        return
+    grown = replace(plan, epsilon_schedule=(*plan.epsilon_schedule, epsilon_after))
+    context.state[PLAN_KEY] = grown.to_record(str(record["plan-id"]))
 
 
 def check_private_model_once(
@@ -202,6 +225,9 @@ def train_private_round(
         budget_epsilon=dp.target_epsilon,
         accountant=dp.accountant,
         schedule=plan.epsilon_schedule,
+    )
+    extend_schedule(
+        plan, ledger=ledger, epsilon_after=decision.epsilon_after, context=context
     )
     figures = {
         keys.DELTA: plan.delta,

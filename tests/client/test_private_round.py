@@ -206,3 +206,49 @@ def test_later_messages_need_neither_accountant_nor_validation(
         assert figures[keys.EPSILON] == pytest.approx(
             _expected_epsilon(q, sigma, k * steps, 1e-4), rel=1e-9
         )
+
+
+@pytest.mark.slow  # PRV evaluations take a fraction of a second each
+def test_prv_accounts_once_per_round_and_reports_opacus_epsilon(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from opacus.accountants import PRVAccountant
+
+    import client.budget
+
+    config, run_config, node_config, data, spec = _setup(
+        tmp_path, accountant="prv", **{"num-server-rounds": 3}
+    )
+    calls = []
+    exact = client.budget.epsilon_for
+
+    def counting(**kwargs):
+        calls.append(kwargs["history"])
+        return exact(**kwargs)
+
+    monkeypatch.setattr(client.budget, "epsilon_for", counting)
+    state = RecordDict()
+    n = len(data.train)
+    q, steps = 32 / n, round(n / 32)
+    for server_round in (1, 2, 3):
+        figures = train_private_round(
+            build_model(spec),
+            data.train,
+            config=config,
+            context=Context(
+                run_id=1,
+                node_id=7,
+                node_config=dict(node_config),
+                state=state,
+                run_config=run_config,
+            ),
+            server_round=server_round,
+            fedge_run_id="run-prv",
+            model_spec=spec.to_json(),
+        )
+        assert len(calls) == server_round  # ε after this round only
+        reference = PRVAccountant()
+        reference.history = [(1.1, q, server_round * steps)]
+        assert figures[keys.EPSILON] == pytest.approx(
+            reference.get_epsilon(delta=1e-4), rel=1e-9
+        )
