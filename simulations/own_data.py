@@ -182,7 +182,9 @@ def write_own_data(plan: OwnDataPlan, run_dir: Path) -> None:
     for partition_id, source in enumerate(plan.linked_files):
         # The node holds the user's own file, untouched, as a SuperNode would.
         stem = NODE_FILE_STEM.format(partition_id=partition_id)
-        (data_dir / f"{stem}{source.suffix.lower()}").symlink_to(source.resolve())
+        link = data_dir / f"{stem}{source.suffix.lower()}"
+        link.unlink(missing_ok=True)  # a resumed run lays its folder out again
+        link.symlink_to(source.resolve())
     if plan.holdout is not None:
         _write_table(
             plan.holdout,

@@ -163,6 +163,7 @@ def test_node_data_folder_gives_one_client_per_file_linked_as_is(tmp_path):
         num_clients=None,
     )
     write_own_data(plan, tmp_path / "run")
+    write_own_data(plan, tmp_path / "run")  # as a resumed run does
 
     assert plan.node_sources == [str(nodes / "a.csv"), str(nodes / "b.parquet")]
     assert list(plan.partitions["num-examples"]) == [25, 35]
