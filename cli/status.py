@@ -2,8 +2,8 @@
 
 Works while the run is live (and from any machine that sees the folder); the
 figures come from :func:`simulations.run_progress.read_progress`. Exit code: 0
-for a running or complete run, 1 for a failed one, 2 for a folder that is not
-a run.
+for a running or complete run, 1 for a failed or stalled one, 2 for a folder
+that is not a run.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
             "central accuracy, ε (maximum and each node's), nodes sampled / "
             "replied / failed / dropped / refused and wall time per round, the "
             "ETA, and for a failed run the command that resumes it. Reads only "
-            "the folder, so it works while the run is live. Exit 0 running or "
-            "complete, 1 failed."
+            "the folder, so it works while the run is live. A run still marked "
+            "running whose coordinator has written nothing for longer than it "
+            "ever waits is reported stalled, with the resume command. Exit 0 "
+            "running or complete, 1 failed or stalled."
         ),
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder")
@@ -68,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
             if args.watch and sys.stdout.isatty():
                 print("\033[H\033[J", end="")  # clear the screen: one live view
             print(format_progress(progress), flush=True)
-        if not args.watch or progress.state != "running":
-            return 1 if progress.state == "failed" else 0
+        ended = progress.state != "running" or progress.stalled
+        if not args.watch or ended:
+            return 1 if progress.state == "failed" or progress.stalled else 0
         time.sleep(args.interval)
 
 
@@ -107,6 +110,11 @@ def format_progress(progress: RunProgress) -> str:
         if progress.eta_s is not None:
             timing += f"; about {_duration(progress.eta_s)} left"
         lines.append(timing)
+    if progress.stalled and progress.silent_s is not None:
+        lines.append(
+            f"  stalled: nothing written for {_duration(progress.silent_s)}, longer "
+            "than the coordinator ever waits; it was stopped or lost"
+        )
     if progress.resume_command:
         lines.append(f"  resume: {progress.resume_command}")
     return "\n".join(lines)

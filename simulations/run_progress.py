@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,14 @@ class RunProgress:
     eta_s : float or None
         Rounds left times ``mean_round_time_s``, while running.
     resume_command : str or None
-        The command that continues a failed run from its latest checkpoint.
+        The command that continues a failed (or stalled) run from its latest
+        checkpoint.
+    silent_s : float or None
+        Seconds since the coordinator last wrote to the folder.
+    stalled : bool
+        Still ``running`` on disk, but silent for longer than a live coordinator
+        ever is (:func:`stall_after_s`): it was killed or lost, and nothing will
+        mark the folder failed.
     """
 
     run_dir: str
@@ -111,14 +119,19 @@ class RunProgress:
     mean_round_time_s: float | None = None
     eta_s: float | None = None
     resume_command: str | None = None
+    silent_s: float | None = None
+    stalled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (``fedge status --format json``)."""
         return asdict(self)
 
 
-def read_progress(run_dir: str | Path) -> RunProgress:
+def read_progress(run_dir: str | Path, *, now: float | None = None) -> RunProgress:
     """Read ``run_dir``'s progress; never writes to the folder.
+
+    ``now`` (seconds since the epoch, default the current time) dates the
+    folder's last write, to tell a stalled run from a slow one.
 
     Raises
     ------
@@ -151,6 +164,12 @@ def read_progress(run_dir: str | Path) -> RunProgress:
     if state == RUNNING and planned is not None and mean_time is not None:
         eta = max(planned - done, 0) * mean_time
     epsilons = [r.epsilon_max for r in rounds if r.epsilon_max is not None]
+    silent_s = _silent_s(run_dir, time.time() if now is None else now)
+    stalled = (
+        state == RUNNING
+        and silent_s is not None
+        and silent_s > stall_after_s(run_config or {}, mean_time)
+    )
     return RunProgress(
         run_dir=str(run_dir),
         state=state,
@@ -163,8 +182,37 @@ def read_progress(run_dir: str | Path) -> RunProgress:
         rounds=rounds,
         mean_round_time_s=mean_time,
         eta_s=eta,
-        resume_command=resume_command(run_dir, run_config) if state == FAILED else None,
+        resume_command=resume_command(run_dir, run_config)
+        if state == FAILED or stalled
+        else None,
+        silent_s=silent_s,
+        stalled=stalled,
     )
+
+
+def stall_after_s(run_config: dict[str, Any], mean_round_time_s: float | None) -> float:
+    """The longest a live coordinator goes without writing to its run folder.
+
+    It waits at most ``node-wait-timeout-s`` for nodes and ``round-timeout-s``
+    for replies before it writes a round (or ends the run); twice the recent
+    round time (at least a minute) covers evaluation, checkpoints and start-up.
+    """
+    defaults = default_run_config()
+
+    def seconds(key: str) -> float:
+        value = _number(run_config.get(key), float)
+        return float(defaults[key]) if value is None else value
+
+    margin = max(60.0, 2 * (mean_round_time_s or 0.0))
+    return seconds("node-wait-timeout-s") + seconds("round-timeout-s") + margin
+
+
+def _silent_s(run_dir: Path, now: float) -> float | None:
+    """Seconds since the newest write to the files a live coordinator updates."""
+    paths = [run_dir / STATUS_FILE, run_dir / METRICS_CSV_FILE]
+    paths += list((run_dir / CHECKPOINT_DIR).glob("*"))
+    stamps = [p.stat().st_mtime for p in paths if p.exists()]
+    return max(0.0, now - max(stamps)) if stamps else None
 
 
 def resume_command(run_dir: Path, run_config: dict[str, Any] | None) -> str | None:

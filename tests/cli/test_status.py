@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,49 @@ def test_a_folder_that_is_not_a_run_exits_2_with_one_line(tmp_path, capsys):
         f"fedge status: error: {tmp_path} is not a fedge run folder: it has neither "
         "status.json nor config.json. Give the folder output-dir/run-name of a run."
     ]
+
+
+def _age(run_dir: Path, seconds: float) -> float:
+    """Date every file of the folder ``seconds`` back; the new mtime."""
+    stamp = time.time() - seconds
+    for path in run_dir.rglob("*"):
+        os.utime(path, (stamp, stamp))
+    return stamp
+
+
+def test_a_run_whose_coordinator_went_silent_is_stalled_and_resumable(tmp_path):
+    run_dir = write_run(
+        tmp_path / "killed",
+        state="running",
+        rows=ROWS,
+        run_config={"round-timeout-s": 60.0, "node-wait-timeout-s": 120.0},
+    )
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "round-0003.pt").write_bytes(b"")
+    written = _age(run_dir, 0)
+    # A live coordinator writes within node wait + round timeout + max(60 s, two
+    # recent rounds): 120 + 60 + max(60, 2 × 20) = 240 s.
+    before = read_progress(run_dir, now=written + 239)
+    after = read_progress(run_dir, now=written + 241)
+
+    assert (before.stalled, before.resume_command) == (False, None)
+    assert after.stalled
+    assert after.silent_s == pytest.approx(241)
+    assert "resume=true" in after.resume_command
+
+
+def test_status_reports_a_stalled_run_and_exits_1(tmp_path, capsys):
+    run_dir = write_run(tmp_path / "killed", state="running", rows=ROWS)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "round-0003.pt").write_bytes(b"")
+    _age(run_dir, 3600)  # defaults: 120 + 600 + 60 s at most
+
+    code = main(["status", str(run_dir), "--watch"])  # returns: nothing will change
+
+    out = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert out[-2].startswith("  stalled: nothing written for 60 min ")
+    assert out[-2].endswith(
+        "longer than the coordinator ever waits; it was stopped or lost"
+    )
+    assert out[-1].startswith("  resume: flwr run . <connection> --stream")

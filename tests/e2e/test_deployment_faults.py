@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,8 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from simulations.flower_processes import session_members, stop_process
+from simulations.flower_processes import CONNECTION, session_members, stop_process
+from simulations.run_progress import read_progress
 from tests.e2e.deployment import (
+    APP_DIR,
     DP_ROUND_CONFIG,
     kill_session,
     last_round,
@@ -122,9 +126,20 @@ def test_the_superlink_killed_mid_run_restarts_and_the_run_resumes(
             n.name: max(node_epsilons(run_dir, n.node_id).values())
             for n in federation.nodes
         }
+        # Nothing marks the folder failed: `fedge status` tells a stalled run
+        # (here: as if read long after) and gives the command that resumes it.
+        progress = read_progress(run_dir, now=time.time() + 3600)
+        assert progress.state == "running" and progress.stalled
+        command = shlex.split(progress.resume_command)
+        assert command[:4] == ["flwr", "run", ".", "<connection>"]
         link = federation.restart_superlink()  # the nodes reconnect by themselves
-        resumed = submit_run(
-            link, tmp_path, {**overrides, "resume": True}, timeout_s=400
+        resumed = subprocess.run(
+            [*command[:3], CONNECTION, *command[4:]],
+            env=link.env,
+            cwd=APP_DIR,
+            capture_output=True,
+            text=True,
+            timeout=400,
         )
 
     assert 1 <= rounds_before < 3
