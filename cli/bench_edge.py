@@ -10,6 +10,8 @@ from pathlib import Path
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``fedge bench-edge``."""
+    from edge_export.bench import BATCH1_RUNS, DEFAULT_OUT, LARGE_RUNS
+
     p = subparsers.add_parser(
         "bench-edge",
         help="latency, throughput and size of the exported models vs PyTorch",
@@ -29,20 +31,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("benchmarks/results/edge.json"),
-        help="JSON results file (default: benchmarks/results/edge.json)",
+        default=DEFAULT_OUT,
+        help=f"JSON results file (default: {DEFAULT_OUT})",
     )
     p.add_argument(
         "--runs",
         type=int,
-        default=3000,
-        help="timed batch-1 calls per engine (default: 3000)",
+        default=BATCH1_RUNS,
+        help=f"timed batch-1 calls per engine (default: {BATCH1_RUNS})",
     )
     p.add_argument(
         "--large-runs",
         type=int,
-        default=60,
-        help="timed batch-256 calls per engine (default: 60)",
+        default=LARGE_RUNS,
+        help=f"timed batch-256 calls per engine (default: {LARGE_RUNS})",
     )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(run=run)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``fedge export``."""
-    from edge_export.pipeline import QUANTIZE_CHOICES  # torch: only for export
+    # torch: imported only for `fedge export`, which needs it anyway.
+    from edge_export.pipeline import DEFAULT_TOLERANCE, QUANTIZE_CHOICES
 
     p = subparsers.add_parser(
         "export",
@@ -35,8 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--tolerance",
         type=float,
-        default=1e-4,
-        help="largest allowed |logit difference| ONNX vs PyTorch (default: 1e-4)",
+        default=DEFAULT_TOLERANCE,
+        help="largest allowed |logit difference| ONNX vs PyTorch "
+        f"(default: {DEFAULT_TOLERANCE:g})",
     )
     p.add_argument(
         "--format",

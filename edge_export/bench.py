@@ -44,6 +44,8 @@ from shared.run_folder import (
 
 DEFAULT_OUT = Path("benchmarks/results/edge.json")
 BATCH_LARGE = 256
+BATCH1_RUNS = 3000  # timed batch-1 calls per engine
+LARGE_RUNS = 60  # timed batch-256 calls per engine
 # Targets from issue 6, checked on the digits CNN.
 TARGET_ORT_TO_EAGER_B1 = 0.2
 TARGET_INT8_SIZE_RATIO = 0.3
@@ -116,8 +118,8 @@ def _torch_engine(weights: Path, batch: int, x: np.ndarray) -> Callable[[], Any]
 def bench_edge(
     target: str | Path,
     *,
-    batch1_runs: int = 3000,
-    large_runs: int = 60,
+    batch1_runs: int = BATCH1_RUNS,
+    large_runs: int = LARGE_RUNS,
     rounds: int = 3,
     seed: int = 0,
 ) -> dict[str, Any]:
