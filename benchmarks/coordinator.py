@@ -36,9 +36,10 @@ import logging
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import numpy as np
 import torch
@@ -96,19 +97,26 @@ class ReplyingGrid:
         self._rng = np.random.default_rng(seed)
         self._std = perturbation_std
         self.client_s = 0.0
+        self._replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
         """The ids of all nodes, 1..N."""
         return list(self._node_ids)
 
-    def send_and_receive(
-        self, messages: list[Message], *, timeout: float | None = None
-    ) -> list[Message]:
-        """One reply per message, built here, timed as client time."""
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Build one reply per message now, timed as client time; return ids."""
         started = time.perf_counter()
-        replies = [self._reply(m) for m in messages]
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            ids.append(message.metadata.message_id)
+            self._replies[message.metadata.message_id] = self._reply(message)
         self.client_s += time.perf_counter() - started
-        return replies
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """The replies to ``message_ids``, each handed out once."""
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def _reply(self, message: Message) -> Message:
         received = message.content[keys.ARRAYS]

@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.reply_collection import send_and_collect
 from shared import keys
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def run_rounds(
         )
         outcome.sampled = len(messages)
         outcome.bytes_sent = sum(_message_bytes(m) for m in messages)
-        replies = list(grid.send_and_receive(messages, timeout=reply_timeout_s))
+        replies = send_and_collect(grid, messages, timeout_s=reply_timeout_s)
         outcome.bytes_received = sum(
             _message_bytes(m) for m in replies if not m.has_error()
         )
@@ -99,8 +100,8 @@ def run_rounds(
                     server_round, arrays, ConfigRecord(dict(evaluate_config)), grid
                 )
             )
-            eval_replies = list(
-                grid.send_and_receive(eval_messages, timeout=reply_timeout_s)
+            eval_replies = send_and_collect(
+                grid, eval_messages, timeout_s=reply_timeout_s
             )
             outcome.evaluate_metrics = dict(
                 strategy.aggregate_evaluate(server_round, eval_replies) or {}

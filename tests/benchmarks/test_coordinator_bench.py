@@ -67,7 +67,7 @@ def test_replies_are_the_global_arrays_plus_small_float32_noise():
 
     with coordinator.task_identity():
         messages = strategy.configure_train(1, arrays, ConfigRecord(), grid)
-        replies = grid.send_and_receive(messages)
+        replies = grid.pull_messages(grid.push_messages(messages))
 
     assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3, 4]
     assert [r.metadata.src_node_id for r in replies] == [

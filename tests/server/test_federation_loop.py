@@ -6,6 +6,7 @@ the fake Grid only routes each instruction to a per-node behaviour.
 
 import logging
 from collections import OrderedDict
+from uuid import uuid4
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
+from server import reply_collection
 from server.federation_loop import RoundOutcome, _message_bytes, run_rounds
 
 REPLY_TIMEOUT_S = 12.5
@@ -33,6 +35,21 @@ def server_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+@pytest.fixture(autouse=True)
+def instant_waits(monkeypatch):
+    # A silent node would otherwise hold a test for the whole reply timeout.
+    class FakeTime:
+        now = 0.0
+
+        def monotonic(self):
+            return self.now
+
+        def sleep(self, seconds):
+            self.now += seconds
+
+    monkeypatch.setattr(reply_collection, "time", FakeTime())
 
 
 def arrays_of(values):
@@ -49,17 +66,25 @@ class FakeGrid:
     def __init__(self, behaviours):
         self.behaviours = behaviours
         self.sent = []
-        self.timeouts = []
+        self._replies = {}
 
     def get_node_ids(self):
         return list(self.behaviours)
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
         messages = list(messages)
         self.sent.append(messages)
-        self.timeouts.append(timeout)
-        replies = (self.behaviours[m.metadata.dst_node_id](m) for m in messages)
-        return [r for r in replies if r is not None]
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            ids.append(message.metadata.message_id)
+            reply = self.behaviours[message.metadata.dst_node_id](message)
+            if reply is not None:
+                self._replies[message.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
 
 def node(delta, num_examples, train_loss=1.0, eval_loss=1.0):
@@ -197,7 +222,6 @@ def test_instructions_carry_round_config_and_reply_timeout():
         assert message.content["config"]["lr"] == 0.5
         assert message.content["config"]["server-round"] == 2
         np.testing.assert_array_equal(weights(message.content["arrays"]), [1.0])
-    assert grid.timeouts == [REPLY_TIMEOUT_S]
     # The caller's record is not changed by the strategy's round injection.
     assert "server-round" not in train_config
 
@@ -222,7 +246,6 @@ def test_federated_evaluation_sends_the_new_model_and_aggregates_metrics():
     assert outcomes[0].evaluate_metrics["eval-loss"] == pytest.approx(
         (2.0 * 1 + 6.0 * 3) / 4
     )
-    assert grid.timeouts == [REPLY_TIMEOUT_S, REPLY_TIMEOUT_S]
 
 
 # ---------------------------------------------------------------- several rounds
