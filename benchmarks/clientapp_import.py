@@ -73,7 +73,7 @@ def import_seconds(
 
 
 def main() -> dict[str, Any]:
-    """The ClientApp's import time and what it loads."""
+    """Return the ClientApp's import time and what it loads."""
     seconds, heavy = import_seconds()
     return {
         "name": "clientapp_import",

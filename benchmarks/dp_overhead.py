@@ -71,7 +71,7 @@ def _plain_step(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], None
     return step
 
 
-def _fast_step(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def _fast_step(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], float]:
     stepper = make_private_step(
         model,
         grad_sample_mode="fast",
@@ -116,13 +116,16 @@ def _opacus_step(
 
 
 def _time_ms(
-    steps_by_mode: dict[str, Callable[[torch.Tensor, torch.Tensor], None]],
+    steps_by_mode: dict[str, Callable[[torch.Tensor, torch.Tensor], object]],
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     steps: int,
     repeats: int,
 ) -> dict[str, float]:
-    """Best ms/step of each mode; modes take turns within every repeat, so a
-    burst of load from other processes hits all of them alike."""
+    """Return the best ms/step of each mode.
+
+    Modes take turns within every repeat, so a burst of load from other
+    processes hits all of them alike.
+    """
     for step in steps_by_mode.values():
         for xb, yb in batches[:10]:  # warm-up: allocator, autograd caches
             step(xb, yb)
@@ -146,7 +149,10 @@ def measure(
     for name in names:
         x, y, index_batches = _data(name)
         batches = [(x[idx], y[idx]) for idx in index_batches]
-        steps_by_mode = {"plain": _plain_step(_model(name))}
+        # A step's result (the fast path returns its loss) is not used.
+        steps_by_mode: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = {
+            "plain": _plain_step(_model(name))
+        }
         for mode in modes:
             model = _model(name)
             steps_by_mode[mode] = (

@@ -10,7 +10,7 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def tree_rss_bytes(root_pid: int) -> int:
-    """Summed RSS of ``root_pid`` and all its descendants right now."""
+    """Return the summed RSS of ``root_pid`` and all its descendants right now."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -50,9 +50,11 @@ class PeakMemorySampler:
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> PeakMemorySampler:
+        """Start sampling in the background."""
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop sampling; ``peak_bytes`` holds the largest sample."""
         self._stop.set()
         self._thread.join()

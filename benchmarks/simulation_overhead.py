@@ -101,16 +101,19 @@ class SimulatedRun:
 
     @property
     def first_round_s(self) -> float:
+        """Wall time of round 1 (start-up costs included)."""
         return self.round_times_s[0]
 
     @property
     def steady_round_s(self) -> float:
+        """Median wall time of the rounds after the first."""
         # Median: one round slowed by another process on a shared machine is
         # not the engine's cost.
         return float(np.median(self.round_times_s[1:]))
 
     @property
     def startup_s(self) -> float:
+        """Seconds until the server was ready, plus round 1's excess over steady."""
         return self.server_ready_s + max(0.0, self.first_round_s - self.steady_round_s)
 
 
@@ -129,7 +132,8 @@ def run_simulation(
             stderr=subprocess.STDOUT,
             text=True,
         )
-        server_ready, run_dir, tail = None, None, []
+        server_ready, run_dir = None, None
+        tail: list[str] = []
         with PeakMemorySampler(root_pid=process.pid) as memory:
             assert process.stdout is not None
             for line in process.stdout:
@@ -172,6 +176,7 @@ class ComputeProfile:
 def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
     """Time each client's training and the ClientApp handler around it."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.app.typing import ConfigRecordValues
     from flwr.common import MessageType
     from flwr.common.serde import message_from_proto, message_to_proto
     from flwr.proto.message_pb2 import Message as ProtoMessage
@@ -184,7 +189,7 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
     from shared.config import from_run_config
     from shared.evaluation import evaluate_model
     from shared.models import build_model, default_spec
-    from shared.records import state_dict_to_record
+    from shared.records import record_scalar, state_dict_to_record
 
     torch.set_num_threads(1)
     # Messages built here need an identity, as inside a Flower process.
@@ -204,7 +209,7 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
         initial = build_model(spec, model_seed=config.train.model_seed).state_dict()
 
         def message(server_round: int) -> Message:
-            server_config = {
+            server_config: dict[str, ConfigRecordValues] = {
                 keys.SERVER_ROUND: server_round,
                 keys.MODEL_SPEC: spec.to_json(),
                 keys.PREPROCESSING: reference.preprocessing.to_json(),
@@ -222,7 +227,10 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
         _time_calls(inner_s)
         train_s, fedge_s = [], []
         for client in range(clients):
-            node_config = {"partition-id": client, "num-partitions": clients}
+            node_config: dict[str, bool | float | int | str] = {
+                keys.PARTITION_ID: client,
+                keys.NUM_PARTITIONS: clients,
+            }
             data = load_node_data(node_config, config.data, reference.preprocessing)
             context = Context(
                 run_id=1,
@@ -238,7 +246,12 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
                 reply = train_handler(message(server_round), context)
                 own_work.append(_clock() - start - inner_s[-1])
             fedge_s.append(min(own_work))
-            sigma = float(reply.content[keys.METRICS].get(keys.NOISE_MULTIPLIER, 0.0))
+            figures = reply.content.metric_records[keys.METRICS]
+            sigma = (
+                float(record_scalar(figures, keys.NOISE_MULTIPLIER))
+                if keys.NOISE_MULTIPLIER in figures
+                else 0.0
+            )
             train_s.append(
                 min(
                     _time_training(config, spec, initial, data, sigma) for _ in range(2)
@@ -367,7 +380,7 @@ def case_figures(
 
 
 def scale_figures(app_root: Path = REPO_ROOT) -> dict[str, Any]:
-    """The scale-1000 scenario's steady round time and peak memory, if it exists."""
+    """Return the scale-1000 scenario's steady round time and peak memory, if it exists."""
     from simulations.scenario_file import read_scenario, scenario_names
 
     if SCALE_SCENARIO not in scenario_names():

@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
-    """The top-level parser; only ``command``'s module is imported."""
+    """Return the top-level parser; only ``command``'s module is imported."""
     parser = argparse.ArgumentParser(
         prog="fedge",
         description="Federated and edge learning: private federated training, verified edge models.",

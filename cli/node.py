@@ -247,7 +247,7 @@ class NodeLaunch:
 def node_launch(
     values: Mapping[str, str | None], environ: Mapping[str, str] = os.environ
 ) -> NodeLaunch:
-    """Settings from flags (``values``, by flag name), else environment, else defaults.
+    """Return the settings from flags (``values``, by flag name), else environment, else defaults.
 
     Raises
     ------
@@ -304,7 +304,7 @@ def node_launch(
 def supernode_command(
     launch: NodeLaunch, flower_args: Sequence[str] = (), *, program: str = SUPERNODE
 ) -> list[str]:
-    """The ``flower-supernode`` command line that ``launch`` describes."""
+    """Return the ``flower-supernode`` command line that ``launch`` describes."""
     from shared import keys
     from simulations.flower_processes import format_node_config
 

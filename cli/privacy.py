@@ -160,7 +160,7 @@ def apply_run_config(args: argparse.Namespace) -> None:
 
 
 def compute(args: argparse.Namespace) -> dict[str, Any]:
-    """The numbers ``run`` prints, as a dict (the ``--format json`` output)."""
+    """Return the numbers ``run`` prints, as a dict (the ``--format json`` output)."""
     from shared import privacy  # imports opacus and torch: only when run
 
     if getattr(args, "config", None):

@@ -240,12 +240,12 @@ def resolve_arguments(args: argparse.Namespace) -> Arguments:
 
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The run-config and ``fault-*`` keys a command line sets."""
+    """Return the run-config and ``fault-*`` keys a command line sets."""
     return resolve_arguments(args).overrides
 
 
 def _absolute(path: str | None) -> str | None:
-    """A path flag made absolute: the apps run in other working directories."""
+    """Return a path flag made absolute: the apps run in other working directories."""
     return None if path is None else str(Path(path).expanduser().absolute())
 
 

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_progress(progress: RunProgress) -> str:
-    """The text view: a headline, ε per node, a table of rounds, ETA, resume."""
+    """Return the text view: a headline, ε per node, a table of rounds, ETA, resume."""
     planned = "?" if progress.planned_rounds is None else progress.planned_rounds
     head = f"{progress.run_dir}: {progress.state}, round {progress.rounds_done} of {planned}"
     if progress.last_accuracy is not None:

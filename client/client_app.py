@@ -25,7 +25,7 @@ from client.training import train_plain
 from shared import keys
 from shared.config import RunConfig
 from shared.evaluation import evaluate_loss_accuracy
-from shared.records import load_record_into, state_dict_to_record
+from shared.records import load_record_into, record_scalar, state_dict_to_record
 
 logger = logging.getLogger(__name__)
 app = ClientApp()
@@ -38,9 +38,9 @@ def _setup(
     # Simulation packs several virtual nodes onto each core; more threads only thrash.
     torch.set_num_threads(1)
     config = typed_config(context.run_config)
-    server_config = msg.content[keys.CONFIG]
+    server_config = msg.content.config_records[keys.CONFIG]
     model = model_for(str(server_config[keys.MODEL_SPEC]))
-    load_record_into(model, msg.content[keys.ARRAYS])
+    load_record_into(model, msg.content.array_records[keys.ARRAYS])
     data = cached_node_data(
         context.node_config,
         config.data,
@@ -59,8 +59,8 @@ def train(msg: Message, context: Context) -> Message:
     weights.
     """
     config, model, data = _setup(msg, context)
-    server_config = msg.content[keys.CONFIG]
-    server_round = int(server_config[keys.SERVER_ROUND])
+    server_config = msg.content.config_records[keys.CONFIG]
+    server_round = int(record_scalar(server_config, keys.SERVER_ROUND))
     if config.dp.mode == "sample":
         figures = train_private_round(
             model,
@@ -71,7 +71,7 @@ def train(msg: Message, context: Context) -> Message:
             fedge_run_id=str(server_config.get(keys.FEDGE_RUN_ID, context.run_id)),
             model_spec=str(server_config[keys.MODEL_SPEC]),
         )
-        metrics = MetricRecord(figures)
+        metrics = MetricRecord({**figures})
         if figures[keys.REFUSED]:
             return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
     else:

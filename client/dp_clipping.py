@@ -121,9 +121,11 @@ class ClippedGradients:
         self._handles = []
 
     def __enter__(self) -> ClippedGradients:
+        """Use as a context manager: the hooks are removed on exit."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Remove the hooks (:meth:`close`)."""
         self.close()
 
     def _backward(
@@ -185,10 +187,10 @@ class ClippedGradients:
             return self._grads, torch.zeros(()), torch.zeros(0)
         loss_sum, entries = self._backward(x, y)
         finishers = []
-        squared = None
+        squared = torch.zeros(len(x), dtype=loss_sum.dtype, device=loss_sum.device)
         for layer, a, b in entries:
             sq, finish = layer.norms(a, b)
-            squared = sq if squared is None else squared + sq
+            squared = squared + sq
             finishers.append(finish)
         norms = squared.sqrt()
         factors = (max_grad_norm / (norms + _NORM_EPS)).clamp(max=1.0)
@@ -264,7 +266,9 @@ def _make_layer(module: nn.Module, index: dict[int, int]) -> _Layer:
 class _Linear(_Layer):
     """Ghost norm: g_i = b_i a_i^T, so ||g_i||^2 = ||a_i||^2 ||b_i||^2."""
 
-    def per_sample(self, a, b):
+    def per_sample(
+        self, a: torch.Tensor, b: torch.Tensor
+    ) -> list[tuple[int, torch.Tensor]]:
         a3 = a.reshape(len(a), -1, a.shape[-1])
         b3 = b.reshape(len(b), -1, b.shape[-1])
         out = []
@@ -274,7 +278,7 @@ class _Linear(_Layer):
             out.append((self.bias, b3.sum(1)))
         return out
 
-    def norms(self, a, b):
+    def norms(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, Finisher]:
         if a.dim() > 2:  # (B, ..., d): a sum over positions; form g_i instead
             return super().norms(a, b)
         b_sq = _squared_norms(b)
@@ -338,7 +342,9 @@ class _Conv2d(_Layer):
         ).reshape(batch, channels * kh * kw, out_h * out_w)
         return torch.bmm(b.flatten(2), cols.transpose(1, 2)).view(batch, -1)
 
-    def per_sample(self, a, b):
+    def per_sample(
+        self, a: torch.Tensor, b: torch.Tensor
+    ) -> list[tuple[int, torch.Tensor]]:
         out = []
         if self.weight is not None:
             out.append((self.weight, self._weight_per_sample(a, b)))
@@ -350,7 +356,9 @@ class _Conv2d(_Layer):
 class _GroupNorm(_Layer):
     """g_i(weight) = sum over positions of b_i * x̂_i; g_i(bias) = sum of b_i."""
 
-    def per_sample(self, a, b):
+    def per_sample(
+        self, a: torch.Tensor, b: torch.Tensor
+    ) -> list[tuple[int, torch.Tensor]]:
         m = self.module
         out = []
         if self.weight is not None:

@@ -177,6 +177,7 @@ class PrivateStep:
             torch._foreach_add_(grads, drift, alpha=self.proximal_mu)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Take one DP-SGD step on ``(x, y)``; return the summed per-example loss."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -115,7 +115,7 @@ def _inputs(
 
 
 def _source_file(node_config: Mapping[str, Any], data: DataConfig) -> Path | None:
-    """The file this node's data is read from, if any (as load_node_data finds it)."""
+    """Return the file this node's data is read from, if any (as load_node_data finds it)."""
     if node_config.get(keys.DATA_PATH):
         return Path(str(node_config[keys.DATA_PATH])).expanduser()
     if data.dataset == DATASET_FILE and data.node_data_dir:

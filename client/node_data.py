@@ -90,7 +90,7 @@ def load_node_data(
 
 
 def node_data_file(node_data_dir: str | Path, partition_id: int) -> Path:
-    """The file of virtual node ``partition_id`` in ``node_data_dir``.
+    """Return the file of virtual node ``partition_id`` in ``node_data_dir``.
 
     Raises
     ------

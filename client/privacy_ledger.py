@@ -134,7 +134,7 @@ class PrivacyLedger:
         }
 
     def to_config_record(self) -> ConfigRecord:
-        """The ledger as a ConfigRecord for ``context.state`` (with checksum)."""
+        """Return the ledger as a ConfigRecord for ``context.state`` (with checksum)."""
         payload = self._payload()
         return ConfigRecord({**payload, "sha256": _checksum(payload)})
 
@@ -193,7 +193,7 @@ def restore_ledger(
     run_id: str,
     node_key: str = "",
 ) -> PrivacyLedger:
-    """The node's ledger from disk and/or ``context.state``, whichever knows more.
+    """Return the node's ledger from disk and/or ``context.state``, whichever knows more.
 
     A copy can lag behind the other (a crash between the two writes, or a
     state directory added mid-run); one whose rounds extend the other's is

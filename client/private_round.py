@@ -36,6 +36,7 @@ from shared.privacy import (
     plan_sampling,
     resolve_delta,
 )
+from shared.records import record_list, record_scalar
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +79,11 @@ class PrivacyPlan:
     def from_record(cls, record: ConfigRecord) -> PrivacyPlan:
         """Rebuild from :meth:`to_record`."""
         return cls(
-            float(record["noise-multiplier"]),
-            float(record["sample-rate"]),
-            int(record["steps-per-round"]),
-            float(record["delta"]),
-            tuple(float(e) for e in record.get("epsilon-schedule", [])),
+            float(record_scalar(record, "noise-multiplier")),
+            float(record_scalar(record, "sample-rate")),
+            int(record_scalar(record, "steps-per-round")),
+            float(record_scalar(record, "delta")),
+            tuple(float(e) for e in record_list(record, "epsilon-schedule")),
         )
 
 
@@ -90,7 +91,7 @@ def plan_privacy(config: RunConfig, num_examples: int, context: Context) -> Priv
     """σ, sampling rate, steps, δ and ε schedule for this node; once per run."""
     dp, train = config.dp, config.train
     plan_id = f"{num_examples}:{config.to_flat()}"
-    cached = context.state.get(PLAN_KEY)
+    cached = context.state.config_records.get(PLAN_KEY)
     if cached is not None and cached.get("plan-id") == plan_id:
         return PrivacyPlan.from_record(cached)
     delta = resolve_delta(dp.target_delta, num_examples)
@@ -150,8 +151,8 @@ def check_private_model_once(
     layers Opacus inspects, so one accepted spec stays accepted.
     """
     digest = hashlib.sha256(model_spec.encode("utf-8")).hexdigest()[:16]
-    record = context.state.get(VALIDATED_KEY)
-    known = list(record["specs"]) if record is not None else []
+    record = context.state.config_records.get(VALIDATED_KEY)
+    known = [str(s) for s in record_list(record, "specs")] if record is not None else []
     if digest in known:
         return
     if digest not in _validated_specs:
@@ -162,7 +163,7 @@ def check_private_model_once(
 
 
 def node_key(node_config: Mapping[str, Any]) -> str:
-    """A name for this node that survives restarts (Flower's node id does not)."""
+    """Return a name for this node that survives restarts (Flower's node id does not)."""
     if node_config.get(keys.DATA_PATH):
         return f"data:{node_config[keys.DATA_PATH]}"
     return (
@@ -172,7 +173,7 @@ def node_key(node_config: Mapping[str, Any]) -> str:
 
 
 def ledger_file(config: RunConfig, context: Context, fedge_run_id: str) -> Path | None:
-    """The node's ledger file: its own ``state-dir``, else the run's node-state dir."""
+    """Return the node's ledger file: its own ``state-dir``, else the run's node-state dir."""
     state_dir = context.node_config.get(keys.STATE_DIR) or config.run.node_state_dir
     if not state_dir:
         return None
@@ -214,7 +215,7 @@ def train_private_round(
     path = ledger_file(config, context, fedge_run_id)
     ledger = restore_ledger(
         path=path,
-        state_record=context.state.get(STATE_KEY),
+        state_record=context.state.config_records.get(STATE_KEY),
         run_id=fedge_run_id,
         node_key=node_key(context.node_config),
     )

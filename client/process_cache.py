@@ -48,7 +48,7 @@ def typed_config(run_config: Mapping[str, Any]) -> RunConfig:
 
 
 def model_for(model_spec: str) -> nn.Module:
-    """The network ``model_spec`` (:meth:`ModelSpec.to_json`) describes, built once.
+    """Return the network ``model_spec`` (:meth:`ModelSpec.to_json`) describes, built once.
 
     The caller loads the message's weights into it (every parameter and buffer
     is overwritten, see :func:`shared.records.load_record_into`); gradients left

@@ -65,7 +65,7 @@ def _time_calls(fn: Callable[[], Any], runs: int) -> list[float]:
 
 
 def _resolve(target: Path) -> dict[str, Path | None]:
-    """The files to benchmark: fp32/int8 ONNX and PyTorch, where present."""
+    """Return the files to benchmark: fp32/int8 ONNX and PyTorch, where present."""
     folder = target if target.is_dir() else target.parent
     fp32 = folder / ONNX_FP32_FILE
     int8 = folder / ONNX_INT8_FILE
@@ -220,7 +220,10 @@ def _targets(
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None or b == 0 else a / b
 
-    get = lambda engine, key: results.get(engine, {}).get(key)  # noqa: E731
+    def get(engine: str, key: str) -> float | None:
+        value: float | None = results.get(engine, {}).get(key)
+        return value
+
     ratios = {
         "ort-fp32-to-eager-batch1-p50": ratio(
             get("onnx-fp32", "batch1-p50-us"), get("pytorch-eager", "batch1-p50-us")
@@ -287,7 +290,7 @@ def _machine() -> dict[str, Any]:
 
 
 def format_table(figures: dict[str, Any]) -> str:
-    """The figures as a plain-text table, then the targets."""
+    """Return the figures as a plain-text table, then the targets."""
     large = f"batch{BATCH_LARGE}-throughput-per-s"
     lines = [
         f"{'engine':<26}{'size KiB':>10}{'b1 p50 µs':>12}{'b1 p95 µs':>12}"

@@ -119,7 +119,7 @@ class Manifest:
 
 
 def describe_artefact(path: Path, role: str) -> dict[str, Any]:
-    """The manifest entry for one file: role, SHA-256 and size."""
+    """Return the manifest entry for one file: role, SHA-256 and size."""
     return {
         "role": role,
         "sha256": sha256_file(path),

@@ -99,7 +99,7 @@ def export_onnx(
         exporter_log.setLevel(level)
     if program is None:  # only the legacy exporter returns None
         raise ModelError("torch.onnx.export returned no program")
-    proto = program.model_proto
+    proto: onnx.ModelProto = program.model_proto
     strip_exporter_metadata(proto)
     return proto
 

@@ -218,16 +218,14 @@ def export_run(
         fp32_accuracy = _accuracy(onnx_logits(fp32_path, test.x), test.y)
 
         methods = QUANT_METHODS if quantize in ("auto", *QUANT_METHODS) else ()
-        calibration, calibration_note = (
-            calibration_data(run, size=calibration_size) if methods else (None, "")
-        )
-        candidates = (
-            _quantize_candidates(
+        calibration: np.ndarray | None = None
+        calibration_note = ""
+        candidates: dict[str, dict[str, Any]] = {}
+        if methods:
+            calibration, calibration_note = calibration_data(run, size=calibration_size)
+            candidates = _quantize_candidates(
                 methods, fp32_path, tmp, run, fp32_accuracy, test.x, test.y, calibration
             )
-            if methods
-            else {}
-        )
         chosen, reason = (
             _choose(quantize, candidates) if candidates else (None, "quantize='none'")
         )

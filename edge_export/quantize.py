@@ -50,7 +50,7 @@ CALIBRATION_BATCH = 32
 STATIC_OP_TYPES = ("Conv", "Gemm", "Relu", "MaxPool")
 
 
-class ArrayCalibrationReader(CalibrationDataReader):
+class ArrayCalibrationReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type information
     """Feed calibration batches from an in-memory array of encoded inputs."""
 
     def __init__(
@@ -81,7 +81,7 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> dict[str, Any]:
 def quantize_static_int8(
     src: Path, dst: Path, calibration: np.ndarray, *, input_name: str
 ) -> dict[str, Any]:
-    """Static int8 in QDQ form, calibrated on ``calibration`` (encoded inputs).
+    """Quantize to static int8 in QDQ form, calibrated on ``calibration`` (encoded inputs).
 
     The float model is first run through ORT's ``quant_pre_process`` (shape
     inference and graph clean-up) as its documentation recommends.

@@ -108,7 +108,7 @@ def load_run(run_dir: str | Path) -> RunInputs:
 
 
 def held_out_data(run: RunInputs) -> Dataset:
-    """The run's test split: a built-in's test part, or the eval file.
+    """Return the run's test split: a built-in's test part, or the eval file.
 
     Raises
     ------
@@ -130,7 +130,7 @@ def held_out_data(run: RunInputs) -> Dataset:
 def calibration_data(
     run: RunInputs, *, size: int, seed: int = 0
 ) -> tuple[np.ndarray, str]:
-    """A seeded sample of training-side examples, and a note on where from.
+    """Return a seeded sample of training-side examples, and a note on where from.
 
     A built-in's train split; for ``dataset = "file"`` the coordinator holds
     no training data, so the eval file is sampled (the int8 accuracy measured

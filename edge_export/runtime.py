@@ -176,7 +176,7 @@ class EdgeMetadata:
 
 
 def _current_privacy_names(privacy: dict[str, Any]) -> dict[str, Any]:
-    """The privacy summary with today's names (an old model's ε renamed)."""
+    """Return the privacy summary with today's names (an old model's ε renamed)."""
     if LEGACY_PRIVACY_EPSILON_MAX not in privacy:
         return privacy
     renamed = dict(privacy)
@@ -248,7 +248,7 @@ def _row(position: int) -> str:
 
 
 def _value_str(value: Any) -> str:
-    """String form used to match categories (``3``, ``3.0`` and ``"3"`` agree)."""
+    """Return the string form used to match categories (``3``, ``3.0`` and ``"3"`` agree)."""
     if isinstance(value, bool | np.bool_):
         return str(bool(value))
     if isinstance(value, float | np.floating) and math.isfinite(value):
@@ -271,7 +271,8 @@ def _is_missing_value(value: Any) -> bool:
 
 def _missing_mask(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "f":
-        return np.isnan(values)
+        missing: np.ndarray = np.isnan(values)
+        return missing
     if values.dtype.kind == "O":
         return np.fromiter(
             (_is_missing_value(v) for v in values), dtype=bool, count=len(values)
@@ -594,7 +595,10 @@ def _read_csv_columns(path: Path) -> dict[str, np.ndarray]:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    probabilities: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(
+        np.float32
+    )
+    return probabilities
 
 
 def session_options(threads: int | None = 1) -> ort.SessionOptions:
@@ -710,7 +714,7 @@ class EdgeModel:
         return Prediction(labels, indices, probabilities, self.class_labels)
 
     def runner(self, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
-        """A low-overhead callable for a fixed batch size (encoded inputs).
+        """Return a low-overhead callable for a fixed batch size (encoded inputs).
 
         Input and output buffers are allocated once and bound to the session
         (``run_with_iobinding``), so a call only copies the input in and runs

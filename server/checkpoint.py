@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class Checkpoint:
     path: Path
 
     def array_record(self) -> ArrayRecord:
-        """The global arrays as Flower's ArrayRecord (for ``configure_train``)."""
+        """Return the global arrays as Flower's ArrayRecord (for ``configure_train``)."""
         return ArrayRecord(OrderedDict(self.arrays))
 
 
@@ -184,14 +184,14 @@ def load_latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     pointer = _read_pointer(folder, has_files=bool(files))
     if pointer is not None:
         top, name, digest = pointer
-        candidates = [(top, folder / name, digest)]
+        candidates: list[tuple[int, Path, str | None]] = [(top, folder / name, digest)]
         candidates += [
             (r, p, None) for r, p in sorted(files.items(), reverse=True) if r < top
         ]
     else:
         candidates = [(r, p, None) for r, p in sorted(files.items(), reverse=True)]
-    for i, (server_round, path, digest) in enumerate(candidates):
-        checkpoint = _try_load(path, server_round, digest)
+    for i, (server_round, path, expected_digest) in enumerate(candidates):
+        checkpoint = _try_load(path, server_round, expected_digest)
         if checkpoint is not None:
             if i > 0:
                 logger.warning(
@@ -211,7 +211,7 @@ def load_latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
 
 # ----------------------------------------------------------- strategy state
 def strategy_state(strategy: Strategy) -> dict[str, Any]:
-    """What a strategy (and the wrappers around it) must carry across a resume.
+    """Return what a strategy (and the wrappers around it) must carry across a resume.
 
     FedAdam, FedYogi and FedAdagrad keep first and second moments ``m_t`` and
     ``v_t`` between rounds (their ``current_arrays`` is reset by every
@@ -224,9 +224,20 @@ def strategy_state(strategy: Strategy) -> dict[str, Any]:
         if hasattr(s, "m_t") and hasattr(s, "v_t"):
             state["m_t"] = _copy_arrays(s.m_t)
             state["v_t"] = _copy_arrays(s.v_t)
-        if s is not chain[-1] and callable(getattr(s, "state_dict", None)):
+        if s is not chain[-1] and isinstance(s, _StatefulWrapper):
             state["wrappers"][type(s).__name__] = s.state_dict()
     return state
+
+
+@runtime_checkable
+class _StatefulWrapper(Protocol):
+    """A strategy wrapper with state of its own (ours; Flower's keep none)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the wrapper's state, plain Python and arrays."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put :meth:`state_dict` output back."""
 
 
 def restore_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
@@ -251,12 +262,12 @@ def restore_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
             s.m_t = _copy_arrays(state.get("m_t"))
             s.v_t = _copy_arrays(state.get("v_t"))
         name = type(s).__name__
-        if s is not chain[-1] and name in wrappers:
+        if s is not chain[-1] and name in wrappers and isinstance(s, _StatefulWrapper):
             s.load_state_dict(wrappers[name])
 
 
 def _strategy_chain(strategy: Strategy) -> Iterator[Strategy]:
-    """The strategy, then what it wraps (Flower's DP wrappers and ours use ``.strategy``)."""
+    """Return the strategy, then what it wraps (Flower's DP wrappers and ours use ``.strategy``)."""
     current: Any = strategy
     yield current
     while isinstance(getattr(current, "strategy", None), Strategy):

@@ -93,7 +93,7 @@ def run_rounds(
                 "Round %d: no update was aggregated; the global model is unchanged.",
                 server_round,
             )
-        outcome.train_metrics = dict(train_metrics or {})
+        outcome.train_metrics = _scalars(train_metrics)
         if federated_evaluation:
             eval_messages = list(
                 strategy.configure_evaluate(
@@ -103,14 +103,25 @@ def run_rounds(
             eval_replies = send_and_collect(
                 grid, eval_messages, timeout_s=reply_timeout_s
             )
-            outcome.evaluate_metrics = dict(
-                strategy.aggregate_evaluate(server_round, eval_replies) or {}
+            outcome.evaluate_metrics = _scalars(
+                strategy.aggregate_evaluate(server_round, eval_replies)
             )
         outcome.arrays = arrays
         outcome.central = central_eval(server_round, arrays)
         outcome.round_time_s = time.monotonic() - started
         on_round_end(outcome)
     return arrays
+
+
+def _scalars(record: MetricRecord | None) -> dict[str, float]:
+    """Return the aggregated metrics that are numbers (what a metrics row can hold)."""
+    if record is None:
+        return {}
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 def _message_bytes(message: Message) -> int:

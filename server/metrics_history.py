@@ -86,15 +86,15 @@ class MetricsHistory:
         return list(self._columns)
 
     def rows(self) -> list[dict[str, Any]]:
-        """Copies of the rows, oldest first."""
+        """Return copies of the rows, oldest first."""
         return [dict(r) for r in self._rows]
 
     def records(self) -> list[dict[str, Any]]:
-        """Copies of the JSONL objects (row fields plus details), oldest first."""
+        """Return copies of the JSONL objects (row fields plus details), oldest first."""
         return [dict(r) for r in self._records]
 
     def last_round(self) -> int | None:
-        """The newest round recorded, or None when empty."""
+        """Return the newest round recorded, or None when empty."""
         return self._rows[-1][ROUND] if self._rows else None
 
     def append(
@@ -297,7 +297,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _parse_cell(text: str) -> Any:
-    """A CSV cell back to int, float, bool or str (None for empty)."""
+    """Return a CSV cell back to int, float, bool or str (None for empty)."""
     if _INT_RE.match(text):
         return int(text)
     if text in ("True", "False"):

@@ -34,7 +34,7 @@ class RoundAbort(FedgeError, RuntimeError):
 
 
 def round_seed(sampler_seed: int, server_round: int, stage: str = "train") -> int:
-    """A 64-bit seed that depends only on ``(sampler_seed, server_round, stage)``.
+    """Return a 64-bit seed that depends only on ``(sampler_seed, server_round, stage)``.
 
     A hash rather than ``seed + round`` so that nearby seeds and rounds give
     unrelated streams; independent of Python's per-process ``hash`` salt.
@@ -48,7 +48,7 @@ def round_seed(sampler_seed: int, server_round: int, stage: str = "train") -> in
 def sampling_rng(
     sampler_seed: int, server_round: int, stage: str = "train"
 ) -> random.Random:
-    """A fresh ``random.Random`` for this round and stage (see :func:`round_seed`)."""
+    """Return a fresh ``random.Random`` for this round and stage (see :func:`round_seed`)."""
     return random.Random(round_seed(sampler_seed, server_round, stage))
 
 
@@ -82,10 +82,11 @@ class NodeSnapshot:
         self._node_ids = sorted(node_ids)
 
     def get_node_ids(self) -> list[int]:
-        """The snapshot's node ids, sorted."""
+        """Return the snapshot's node ids, sorted."""
         return list(self._node_ids)
 
     def __getattr__(self, name: str) -> Any:
+        """Everything else is the wrapped grid's."""
         return getattr(self._grid, name)
 
 

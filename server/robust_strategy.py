@@ -151,8 +151,8 @@ class RobustStrategy(Strategy):
     def base(self) -> Strategy:
         """The innermost strategy (the one that samples), under any DP wrapper."""
         inner = self.strategy
-        while isinstance(getattr(inner, "strategy", None), Strategy):
-            inner = inner.strategy
+        while isinstance(wrapped := getattr(inner, "strategy", None), Strategy):
+            inner = wrapped
         return inner
 
     def _stats(self, server_round: int) -> dict[str, Any]:
@@ -372,7 +372,7 @@ class RobustStrategy(Strategy):
         return frozenset(self._refusals_logged)
 
     def state_dict(self) -> dict[str, Any]:
-        """What this wrapper must remember across a resume."""
+        """Return what this wrapper must remember across a resume."""
         return {"refusals-logged": sorted(self._refusals_logged)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

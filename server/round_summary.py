@@ -60,7 +60,7 @@ def initial_row(central: dict[str, float]) -> dict[str, Any]:
 def round_row(
     outcome: RoundOutcome, stats: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The metrics row of one round and its per-client details (``metrics.jsonl``)."""
+    """Return the metrics row of one round and its per-client details (``metrics.jsonl``)."""
     clients = stats.get(CLIENTS, outcome.client_metrics)
     epsilon_max, epsilon_mean = summarize_clients(clients, keys.EPSILON)
     row: dict[str, Any] = {ROUND: outcome.server_round}
@@ -141,7 +141,7 @@ def check_can_continue(
 
 
 def privacy_summary(config: RunConfig, records: list[dict[str, Any]]) -> PrivacySummary:
-    """The privacy figures that travel with the model (``model.json``, ONNX metadata).
+    """Return the privacy figures that travel with the model (``model.json``, ONNX metadata).
 
     Sample-level DP reports the largest cumulative ε any client reached; the
     noise multiplier and δ come from the clients' replies. Central DP reports
@@ -169,9 +169,11 @@ def privacy_summary(config: RunConfig, records: list[dict[str, Any]]) -> Privacy
             extra={"accountant": config.dp.accountant},
         )
     if config.dp.mode == "central":
-        eps = [r.get(EPSILON_MAX) for r in records if _finite(r.get(EPSILON_MAX))]
+        eps = [float(r[EPSILON_MAX]) for r in records if _finite(r.get(EPSILON_MAX))]
         deltas = [
-            r.get(CENTRAL_DP_DELTA) for r in records if _finite(r.get(CENTRAL_DP_DELTA))
+            float(r[CENTRAL_DP_DELTA])
+            for r in records
+            if _finite(r.get(CENTRAL_DP_DELTA))
         ]
         return PrivacySummary(
             dp_mode=config.dp.mode,

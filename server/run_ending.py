@@ -83,7 +83,7 @@ class QuietRunEnded(logging.Filter):
         self.ended = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """False for the records that only repeat a :class:`RunEnded`."""
+        """Return False for the records that only repeat a :class:`RunEnded`."""
         if record.exc_info and isinstance(record.exc_info[1], RunEnded):
             self.ended = True
             return False

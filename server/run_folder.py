@@ -109,7 +109,7 @@ def start_run_folder(
 
 
 def run_identity(run_dir: Path) -> str:
-    """The run's own id, made once and kept across resumes (Flower's changes).
+    """Return the run's own id, made once and kept across resumes (Flower's changes).
 
     Nodes key their privacy ledgers by it, so a resumed run continues their
     spend instead of starting a new ledger at zero.

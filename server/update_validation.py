@@ -101,7 +101,7 @@ def validate_update(
 
 
 def is_refusal(content: RecordDict) -> bool:
-    """True when a reply says the client refused to train (privacy budget spent)."""
+    """Return True when a reply says the client refused to train (privacy budget spent)."""
     return any(r.get(REFUSED) == 1 for r in content.metric_records.values())
 
 
@@ -161,7 +161,7 @@ def validate_reply(
 
 
 def _few(names: list[str], limit: int = 3) -> str:
-    """``['a', 'b', 'c'] and 2 more``: enough names to act on, not a wall of text."""
+    """Return ``['a', 'b', 'c'] and 2 more``: enough names to act on, not a wall of text."""
     shown = repr(names[:limit])
     return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
 

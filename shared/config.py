@@ -135,7 +135,7 @@ class RunConfig:
     run: RunControlConfig
 
     def to_flat(self) -> dict[str, Any]:
-        """The kebab-case run-config mapping this config was built from.
+        """Return the kebab-case run-config mapping this config was built from.
 
         The one shape a config is saved in (``config.json``, checkpoints);
         :func:`from_run_config` turns it back into an equal ``RunConfig``.
@@ -220,7 +220,7 @@ CONFIG_KEYS = tuple(k for m in _SECTIONS.values() for k in m)
 
 
 def flat_from_nested(nested: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat run config from the nested shape older run folders saved.
+    """Return the flat run config from the nested shape older run folders saved.
 
     ``config.json`` and checkpoints written before the flat shape became the
     only one hold ``{"data": {"dataset": ...}, "dp": {"mode": ...}, ...}``
@@ -237,7 +237,7 @@ def flat_from_nested(nested: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def default_run_config() -> dict[str, Any]:
-    """The defaults from ``[tool.flwr.app.config]`` in the project's pyproject.
+    """Return the defaults from ``[tool.flwr.app.config]`` in the project's pyproject.
 
     Looked up next to the installed packages (an editable install or a FAB
     unpacked by Flower both keep ``pyproject.toml`` one level above ``shared``).
@@ -284,7 +284,8 @@ def from_run_config(
     sections: dict[str, Any] = {}
     for section, field_map in _SECTIONS.items():
         cls = _SECTION_TYPES[section]
-        types = {f.name: f.type for f in fields(cls)}
+        # Annotations are strings here (from __future__ import annotations).
+        types = {f.name: str(f.type) for f in fields(cls)}
         kwargs = {}
         for key, attr in field_map.items():
             if key not in values:
@@ -304,7 +305,7 @@ def from_run_config(
 
 
 def closest_key(key: str, valid: Iterable[str]) -> str | None:
-    """The valid key a mistyped ``key`` most likely meant, or None if none is close.
+    """Return the valid key a mistyped ``key`` most likely meant, or None if none is close.
 
     ``learning_rate`` -> ``learning-rate``, ``rounds`` -> None: a similarity
     cutoff (difflib's ratio >= 0.6) keeps far-fetched guesses out.

@@ -75,6 +75,7 @@ class Dataset:
     source: str
 
     def __post_init__(self) -> None:
+        """Check that features and labels have the same length."""
         if len(self.x) != len(self.y):
             raise DataError(
                 f"{self.source}: {len(self.x)} examples but {len(self.y)} labels"
@@ -210,7 +211,7 @@ def _builtin(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Preprocessi
 def _tabular_builtin(
     name: str, frame: pd.DataFrame, target: np.ndarray, class_names: tuple[str, ...]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Preprocessing]:
-    """A numeric table split 75/25 and standardised with train statistics only."""
+    """Return a numeric table split 75/25 and standardised with train statistics only."""
     y = target.astype(np.int64)
     is_train = np.zeros(len(y), dtype=bool)
     is_train[split_indices(y, BUILTIN_TEST_FRACTION, BUILTIN_SPLIT_SEED)[0]] = True

@@ -13,20 +13,20 @@ from torch import nn
 from shared.metrics import accuracy, classification_metrics
 
 
-@torch.inference_mode()
 def _loss_and_probabilities(
     model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int
 ) -> tuple[float, np.ndarray]:
     model.eval()
-    logits = torch.cat(
-        [
-            model(torch.from_numpy(x[i : i + batch_size]))
-            for i in range(0, len(x), batch_size)
-        ]
-    )
-    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    loss = float(nn.functional.cross_entropy(logits, labels))
-    return loss, torch.softmax(logits, dim=1).numpy()
+    with torch.inference_mode():
+        logits = torch.cat(
+            [
+                model(torch.from_numpy(x[i : i + batch_size]))
+                for i in range(0, len(x), batch_size)
+            ]
+        )
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        loss = float(nn.functional.cross_entropy(logits, labels))
+        return loss, torch.softmax(logits, dim=1).numpy()
 
 
 def evaluate_model(

@@ -29,16 +29,18 @@ class LazyModule:
         self._module: ModuleType | None = None
 
     def __getattr__(self, attribute: str) -> Any:
+        """Import the module on first use, then read ``attribute`` from it."""
         # Only called for attributes this proxy lacks, i.e. the module's own.
         if self._module is None:
             self._module = importlib.import_module(self._name)
         return getattr(self._module, attribute)
 
     def __repr__(self) -> str:
+        """Name the module and whether it was imported yet."""
         state = "loaded" if self._module is not None else "not loaded yet"
         return f"<lazy module {self._name!r} ({state})>"
 
 
 def lazy_module(name: str) -> Any:
-    """A stand-in for module ``name`` that imports it on first attribute access."""
+    """Return a stand-in for module ``name`` that imports it on first attribute access."""
     return LazyModule(name)

@@ -53,6 +53,7 @@ class ModelSpec:
     groups: int = 4
 
     def __post_init__(self) -> None:
+        """Validate every field; report all problems at once."""
         problems = []
         if self.name not in MODEL_NAMES:
             problems.append(f"name must be one of {MODEL_NAMES}, got {self.name!r}")
@@ -125,7 +126,7 @@ def default_spec(
     )
 
 
-class MLP(nn.Module):
+class MLP(nn.Module):  # type: ignore[misc]  # nn.Module is Any: mypy skips torch (pyproject)
     """Fully connected network for tabular data: Linear-act blocks, then logits."""
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -139,10 +140,11 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits for the batch ``x``."""
         return self.net(x)
 
 
-class CNN(nn.Module):
+class CNN(nn.Module):  # type: ignore[misc]  # nn.Module is Any: mypy skips torch (pyproject)
     """Small image CNN: conv–GroupNorm–conv–pool–fc–fc (no BatchNorm, for DP)."""
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -165,6 +167,7 @@ class CNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits for the batch ``x``."""
         return self.classifier(self.features(x))
 
 

@@ -67,7 +67,7 @@ def _value_str(value: Any) -> str:
 
 
 def _is_missing(series: pd.Series) -> np.ndarray:
-    return series.isna().to_numpy()
+    return np.asarray(series.isna(), dtype=bool)
 
 
 def _parse_numeric(series: pd.Series) -> tuple[np.ndarray, int | None]:
@@ -156,6 +156,7 @@ class Preprocessing:
     pixel_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        """Validate every field; report all problems at once."""
         problems = []
         if self.kind not in KINDS:
             problems.append(f"kind must be one of {KINDS}, got {self.kind!r}")
@@ -276,7 +277,8 @@ class Preprocessing:
                 f"missing or non-finite pixel value in image {first + 1} "
                 f"(source {source}); images cannot be imputed"
             )
-        return (array / self.pixel_scale).astype(np.float32)
+        scaled: np.ndarray = (array / self.pixel_scale).astype(np.float32)
+        return scaled
 
     def _transform_frame(self, frame: pd.DataFrame, source: str) -> np.ndarray:
         frame = frame.rename(columns=str)
@@ -305,14 +307,16 @@ class Preprocessing:
                 f"non-numeric value {series.iloc[first_bad]!r} in numeric column "
                 f"{series.name!r} (file {source}, {_row(first_bad)})"
             )
-        values = self._fill_missing(values, np.isnan(values), series.name, source)
-        if not np.all(np.isfinite(values)):
-            first = int(np.flatnonzero(~np.isfinite(values))[0])
+        filled: np.ndarray = self._fill_missing(
+            values, np.isnan(values), series.name, source
+        )
+        if not np.all(np.isfinite(filled)):
+            first = int(np.flatnonzero(~np.isfinite(filled))[0])
             raise DataError(
                 f"infinite value in numeric column {series.name!r} "
                 f"(file {source}, {_row(first)})"
             )
-        return values
+        return filled
 
     def _fill_missing(
         self, values: Any, missing: np.ndarray, column: Any, source: str

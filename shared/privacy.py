@@ -75,7 +75,7 @@ def plan_sampling(*, num_examples: int, batch_size: int) -> tuple[float, int]:
 
 
 def default_delta(num_examples: int) -> float:
-    """The δ fedge uses when none is configured: a power of ten ≤ 1/(10·n).
+    """Return the δ fedge uses when none is configured: a power of ten ≤ 1/(10·n).
 
     δ bounds the probability that the guarantee fails outright; a mechanism
     that publishes one random record whole is (0, 1/n)-DP, so δ must sit well
@@ -206,7 +206,7 @@ def rdp_curve(*, noise_multiplier: float, sample_rate: float) -> np.ndarray:
     from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis.rdp import compute_rdp
 
-    curve = compute_rdp(
+    curve: np.ndarray = compute_rdp(
         q=sample_rate,
         noise_multiplier=noise_multiplier,
         steps=1,
@@ -239,7 +239,7 @@ def calibrate_noise_multiplier(
     steps: int,
     accountant: str = "rdp",
 ) -> float:
-    """The noise multiplier that spends at most ``target_epsilon`` in ``steps``.
+    """Return the noise multiplier that spends at most ``target_epsilon`` in ``steps``.
 
     Opacus's ``get_noise_multiplier`` binary search (ε tolerance 0.01, from
     below: the returned σ never overshoots the target).
@@ -294,7 +294,7 @@ def _calibrate(
 
 
 def _canonical_history(history: Iterable[HistoryEntry]) -> list[HistoryEntry]:
-    """Validated entries, consecutive equal (σ, q) merged, as Opacus's step() does.
+    """Return validated entries, consecutive equal (σ, q) merged, as Opacus's step() does.
 
     Merging makes R rounds of one plan the same single entry that
     :func:`calibrate_noise_multiplier` was given, so the PRV accountant's

@@ -1,11 +1,11 @@
-"""Conversion between PyTorch state dicts and Flower's ArrayRecord."""
+"""Conversion between PyTorch state dicts and Flower's records, and typed reads of entries."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from torch import nn
 
 from shared.errors import ModelError
@@ -47,3 +47,37 @@ def load_record_into(model: nn.Module, record: ArrayRecord) -> None:
                 f"{tuple(tensor.shape)}, expected {tuple(own[name].shape)}."
             )
     model.load_state_dict(incoming)
+
+
+# One value of a ConfigRecord or MetricRecord entry that is not a list.
+Scalar = int | float | str | bytes | bool
+
+
+def record_scalar(record: ConfigRecord | MetricRecord, key: str) -> Scalar:
+    """Return the single value under ``key`` (Flower's record values may also be lists).
+
+    Raises
+    ------
+    KeyError
+        Without ``key``.
+    ModelError
+        When ``key`` holds a list.
+    """
+    value = record[key]
+    if isinstance(value, list):
+        raise ModelError(f"record entry {key!r} holds a list, expected one value")
+    return value
+
+
+def record_list(record: ConfigRecord | MetricRecord, key: str) -> list[Scalar]:
+    """Return the list under ``key``, or an empty list without it.
+
+    Raises
+    ------
+    ModelError
+        When ``key`` holds a single value.
+    """
+    value = record.get(key, [])
+    if not isinstance(value, list):
+        raise ModelError(f"record entry {key!r} holds {value!r}, expected a list")
+    return list(value)

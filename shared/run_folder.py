@@ -154,7 +154,7 @@ def write_status(run_dir: Path, state: str, message: str = "", **extra: Any) -> 
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
-    """The last status written, or ``{"state": "unknown"}`` if there is none."""
+    """Return the last status written, or ``{"state": "unknown"}`` if there is none."""
     path = Path(run_dir) / STATUS_FILE
     if not path.is_file():
         return {"state": UNKNOWN}
@@ -175,7 +175,7 @@ def save_run_config(run_dir: Path, config: RunConfig) -> None:
 
 
 def load_flat_run_config(run_dir: Path) -> dict[str, Any]:
-    """The flat run config a folder's ``config.json`` holds (``{}`` without one).
+    """Return the flat run config a folder's ``config.json`` holds (``{}`` without one).
 
     Reads both the current shape (``"run-config"``) and the nested ``"config"``
     section of folders written before it (``RunConfig`` sections by field name).
@@ -200,7 +200,7 @@ def load_flat_run_config(run_dir: Path) -> dict[str, Any]:
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
-    """The typed run config of a run folder.
+    """Return the typed run config of a run folder.
 
     Keys a folder lacks (added to fedge after the run) take today's defaults;
     keys fedge no longer knows are ignored, so old folders stay readable.
@@ -247,7 +247,7 @@ class PrivacySummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object written to ``model.json`` and the ONNX metadata."""
+        """Return the JSON object written to ``model.json`` and the ONNX metadata."""
         return {
             "dp-mode": self.dp_mode,
             EPSILON_MAX: self.epsilon_max,
@@ -299,7 +299,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of ``model.json``, format tag first."""
+        """Return the JSON object of ``model.json``, format tag first."""
         return {
             "format": MODEL_FORMAT,
             "spec": self.spec.to_dict(),
@@ -363,7 +363,7 @@ def read_model_card(run_dir: Path) -> ModelCard:
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON file holding an object.
+    """Read a JSON file that must hold an object.
 
     Raises
     ------

@@ -14,6 +14,7 @@ import fnmatch
 import shutil
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
@@ -73,7 +74,7 @@ def write_fault_app(app_dir: Path, dest: Path, faults: FaultConfig) -> Path:
     return dest
 
 
-def _package_dirs(app_dir: Path, pyproject: dict) -> list[Path]:
+def _package_dirs(app_dir: Path, pyproject: dict[str, Any]) -> list[Path]:
     """Top-level package folders matching setuptools' ``packages.find.include``."""
     find = (
         pyproject.get("tool", {})

@@ -42,6 +42,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from shared import keys
 from shared.errors import ConfigError
+from shared.records import record_scalar
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class FaultConfig:
         return (self.attack != "none" and self.attackers > 0) or self.dropout > 0
 
     def to_run_config(self) -> dict[str, Any]:
-        """The ``fault-*`` run-config keys for this config."""
+        """Return the ``fault-*`` run-config keys for this config."""
         return {
             "fault-attack": self.attack,
             "fault-attackers": self.attackers,
@@ -171,7 +172,7 @@ def fault_config(
 
 # ------------------------------------------------------------ who misbehaves
 def choose_attackers(num_partitions: int, count: int, *, seed: int) -> frozenset[int]:
-    """The partition ids that attack: the first ``count`` of a seeded permutation.
+    """Return the partition ids that attack: the first ``count`` of a seeded permutation.
 
     Raises
     ------
@@ -275,7 +276,7 @@ server_app = ServerApp()
 
 
 def strip_faults(context: Context) -> tuple[Context, FaultConfig]:
-    """A copy of ``context`` without ``fault-*`` keys, and the faults they set."""
+    """Return a copy of ``context`` without ``fault-*`` keys, and the faults they set."""
     rest, faults = split_fault_keys(context.run_config)
     return dataclasses.replace(context, run_config=rest), fault_config(faults)
 
@@ -291,7 +292,12 @@ def _delegate(msg: Message, context: Context) -> tuple[Message, FaultConfig, int
 
     inner, faults = strip_faults(context)
     partition_id, _ = _partition(context)
-    server_round = int(msg.content[keys.CONFIG].get(keys.SERVER_ROUND, 0))
+    server_config = msg.content.config_records[keys.CONFIG]
+    server_round = (
+        int(record_scalar(server_config, keys.SERVER_ROUND))
+        if keys.SERVER_ROUND in server_config
+        else 0
+    )
     if drops_out(
         seed=faults.seed,
         server_round=server_round,
@@ -320,8 +326,8 @@ def train(msg: Message, context: Context) -> Message:
         or keys.ARRAYS not in reply.content
     ):
         return reply
-    global_arrays = _numpy(msg.content[keys.ARRAYS])
-    local_arrays = _numpy(reply.content[keys.ARRAYS])
+    global_arrays = _numpy(msg.content.array_records[keys.ARRAYS])
+    local_arrays = _numpy(reply.content.array_records[keys.ARRAYS])
     bad = corrupt(faults.attack, global_arrays, local_arrays, scale=faults.scale)
     content = RecordDict(dict(reply.content.items()))
     content[keys.ARRAYS] = ArrayRecord({n: Array(a) for n, a in bad.items()})
@@ -338,7 +344,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
-    """The production ServerApp, blind to the ``fault-*`` keys."""
+    """Return the production ServerApp, blind to the ``fault-*`` keys."""
     from server.server_app import app as production_server
 
     inner, _ = strip_faults(context)

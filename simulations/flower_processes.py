@@ -33,7 +33,7 @@ STARTUP_TIMEOUT_S = 60.0
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -308,7 +308,7 @@ def flwr_run_command(
     *,
     federation_config: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """The ``flwr run`` command line that submits ``app_dir`` and streams its logs."""
+    """Return the ``flwr run`` command line that submits ``app_dir`` and streams its logs."""
     command = [
         "flwr",
         "run",

@@ -161,7 +161,7 @@ def plan_own_data(
 
 
 def run_config_keys(plan: OwnDataPlan, run_dir: Path) -> dict[str, Any]:
-    """The run-config keys that point the apps at the files :func:`write_own_data` writes."""
+    """Return the run-config keys that point the apps at the files :func:`write_own_data` writes."""
     data_dir = run_dir / DATA_DIR
     eval_path = plan.eval_data_path or str(data_dir / f"{HOLDOUT_STEM}{plan.suffix}")
     return {
@@ -374,7 +374,7 @@ def _plan_node_files(
 
 
 def _node_files(pattern: str, *, exclude: Path) -> list[Path]:
-    """The files a folder or glob names, sorted, the coordinator's file left out."""
+    """Return the files a folder or glob names, sorted, the coordinator's file left out."""
     root = Path(pattern)
     if root.is_dir():
         candidates = sorted(p for p in root.iterdir() if p.is_file())

@@ -70,12 +70,12 @@ SETTING_KEYS = (
 
 
 def scenario_name(num_clients: int) -> str:
-    """The packaged scenario with the tuned settings for ``num_clients``."""
+    """Return the packaged scenario with the tuned settings for ``num_clients``."""
     return f"dp-digits-{num_clients}-clients"
 
 
 def study_settings(num_clients: int, *, quick: bool = False) -> dict[str, Any]:
-    """The run-config overrides every cell of this federation size shares.
+    """Return the run-config overrides every cell of this federation size shares.
 
     ``quick`` replaces the schedule with :data:`QUICK_SETTINGS`.
 
@@ -110,7 +110,7 @@ def cell_overrides(settings: dict[str, Any], target_epsilon: float) -> dict[str,
 
 
 def parse_epsilon(text: str) -> float:
-    """A privacy level from the command line: a number > 0, or inf / none / ∞.
+    """Return a privacy level from the command line: a number > 0, or inf / none / ∞.
 
     Raises
     ------
@@ -137,7 +137,7 @@ def epsilon_label(target_epsilon: float) -> str:
 
 
 def read_cell(run_dir: Path) -> dict[str, Any]:
-    """The figures of one finished run: accuracy, and the ε the clients spent.
+    """Return the figures of one finished run: accuracy, and the ε the clients spent.
 
     ``epsilon`` is the largest cumulative ε any client reported in the last
     round (``None`` without DP); ``delta``, ``noise_multiplier`` and
@@ -185,7 +185,7 @@ def format_cell(cell: dict[str, Any] | None) -> str:
 
 
 def format_sigma(cell: dict[str, Any] | None) -> str:
-    """The largest client noise multiplier, ``3.05``; ``0`` without DP; else ``—``."""
+    """Return the largest client noise multiplier, ``3.05``; ``0`` without DP; else ``—``."""
     if cell is None or cell.get("state") != COMPLETE:
         return "—"
     sigma = cell.get("noise_multiplier")
@@ -193,7 +193,7 @@ def format_sigma(cell: dict[str, Any] | None) -> str:
 
 
 def build_table(results: dict[str, Any]) -> str:
-    """The Markdown page: the accuracy table, the settings, how to rerun.
+    """Return the Markdown page: the accuracy table, the settings, how to rerun.
 
     Parameters
     ----------
@@ -295,7 +295,7 @@ def _epsilon_from_json(value: float | str) -> float:
 
 
 def default_study_name() -> str:
-    """A fresh folder name for a study: the local time to the second."""
+    """Return a fresh folder name for a study: the local time to the second."""
     return time.strftime("%Y%m%d-%H%M%S")
 
 
@@ -460,7 +460,8 @@ def table_path(args: argparse.Namespace) -> Path | None:
     A quick or partial run must not replace the committed table.
     """
     if args.table is not None:
-        return args.table
+        table: Path = args.table
+        return table
     full = sorted(args.clients) == sorted(CLIENT_COUNTS) and sorted(
         args.epsilons
     ) == sorted(EPSILONS)

@@ -67,7 +67,7 @@ def engine_env(ray_address: str = "") -> dict[str, str]:
 
 
 def ray_head_command(temp_dir: Path, *, num_cpus: int) -> tuple[list[str], str]:
-    """A ``ray start`` command for a lean single-node head, and its address.
+    """Return a ``ray start`` command for a lean single-node head, and its address.
 
     The head blocks in the foreground (``--block``): started in a session of its
     own (:func:`simulations.flower_processes.start_logged`), it and every process

@@ -244,7 +244,7 @@ def _participation_plot(metrics: pd.DataFrame, columns: list[str], path: Path) -
 
 # ------------------------------------------------------------------ markdown
 def render_markdown(run: RunRecord, plots: list[Path]) -> str:
-    """The text of ``report.md``."""
+    """Return the text of ``report.md``."""
     parts = [f"# fedge run `{run.run_dir.name}`", ""]
     state = run.status.get("state", "unknown")
     message = run.status.get("message") or ""
@@ -451,7 +451,7 @@ def _has_values(metrics: pd.DataFrame, column: str) -> bool:
 
 
 def _read_run_config(run_dir: Path) -> dict[str, Any]:
-    """The flat run config, or ``{}``: a bad side file must not cost the report."""
+    """Return the flat run config, or ``{}``: a bad side file must not cost the report."""
     try:
         return load_flat_run_config(run_dir)
     except ModelError:

@@ -216,7 +216,7 @@ def _silent_s(run_dir: Path, now: float) -> float | None:
 
 
 def resume_command(run_dir: Path, run_config: dict[str, Any] | None) -> str | None:
-    """The command that resumes ``run_dir``'s run, or None without a checkpoint.
+    """Return the command that resumes ``run_dir``'s run, or None without a checkpoint.
 
     A resumed run must be configured as the original one, so the command sets
     every key whose value differs from the defaults, plus ``resume = true``. A
@@ -266,7 +266,7 @@ def _simulated_clients(run_dir: Path) -> int | None:
 
 
 def _run_config(run_dir: Path) -> dict[str, Any] | None:
-    """The flat run config, or None when the folder has no ``config.json``."""
+    """Return the flat run config, or None when the folder has no ``config.json``."""
     return load_flat_run_config(run_dir) or None
 
 

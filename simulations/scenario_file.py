@@ -79,7 +79,7 @@ def scenario_names() -> list[str]:
 
 
 def resolve_scenario(scenario: str | Path) -> Path:
-    """A scenario file path, or a bare name resolved in the packaged scenarios.
+    """Return a scenario file path, or a bare name resolved in the packaged scenarios.
 
     Raises
     ------
@@ -136,7 +136,7 @@ def read_scenario(scenario: str | Path) -> Scenario:
 
 
 def load_scenario(scenario: str | Path) -> dict[str, Any]:
-    """The run-config and ``fault-*`` keys of a scenario (no simulation keys)."""
+    """Return the run-config and ``fault-*`` keys of a scenario (no simulation keys)."""
     return read_scenario(scenario).overrides
 
 
@@ -159,7 +159,7 @@ def _check_keys(path: Path, table: dict[str, Any]) -> None:
             continue  # run-config and fault keys are checked where they are used
         if not isinstance(value, kind) or isinstance(value, bool):
             problems.append(f"{key!r} must be {kind.__name__}, got {value!r}")
-        elif kind is int and value < 1:
+        elif isinstance(value, int) and value < 1:
             problems.append(f"{key!r} must be >= 1, got {value}")
     if problems:
         raise ConfigError(f"scenario {path}: " + "; ".join(problems) + ".", problems)

@@ -286,7 +286,7 @@ def _plan_data(
 
 
 def _mark_if_abandoned(run_dir: Path) -> None:
-    """A run whose coordinator died says so, instead of reading ``running`` forever."""
+    """Mark a run whose coordinator died as failed, so it never reads ``running`` forever."""
     status = read_status(run_dir)
     if status.get("state") == RUNNING:
         write_status(
@@ -298,7 +298,7 @@ def _mark_if_abandoned(run_dir: Path) -> None:
 
 
 def _app_to_submit(workdir: Path, faults: FaultConfig) -> Path:
-    """The production app, or for faults a copy whose components inject them."""
+    """Return the production app, or for faults a copy whose components inject them."""
     if not faults.active:
         return APP_DIR
     from simulations.fault_app import write_fault_app
@@ -338,7 +338,7 @@ def _summary_line(
 
 
 def _write_report(run_dir: Path, echo: Any) -> None:
-    """Plots and report.md for whatever rounds the run recorded."""
+    """Write plots and report.md for whatever rounds the run recorded."""
     from simulations.report import write_report
 
     if not (run_dir / METRICS_CSV_FILE).is_file():
@@ -383,7 +383,7 @@ def _stream(
 
 
 def _line_to_show(line: str, dropouts_seen: set[str]) -> str | None:
-    """What to echo of one Flower log line when not verbose, or None."""
+    """Return what to echo of one Flower log line when not verbose, or None."""
     dropout = _DROPOUT.search(line)
     if dropout:
         if dropout.group(0) in dropouts_seen:

@@ -343,7 +343,7 @@ class Federation:
 
     def run_dir(self, overrides: Mapping[str, Any]) -> Path:
         """The run folder ``overrides`` name."""
-        return Path(overrides["output-dir"]) / overrides["run-name"]
+        return Path(overrides["output-dir"]) / str(overrides["run-name"])
 
 
 @contextlib.contextmanager
@@ -432,4 +432,5 @@ def node_epsilons(run_dir: Path, node_id: int) -> dict[int, float]:
 def ledger(node: Node) -> dict[str, Any]:
     """The node's one privacy ledger file."""
     (path,) = node.state_dir.glob("privacy-ledger-*.json")
-    return read_json(path)
+    content: dict[str, Any] = read_json(path)
+    return content

@@ -3,11 +3,17 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from torch import nn
 
 from shared.errors import ModelError
-from shared.records import load_record_into, record_to_state_dict, state_dict_to_record
+from shared.records import (
+    load_record_into,
+    record_list,
+    record_scalar,
+    record_to_state_dict,
+    state_dict_to_record,
+)
 
 
 def mixed_state_dict():
@@ -87,3 +93,32 @@ def test_load_record_into_refuses_missing_and_unexpected_names():
 
     with pytest.raises(ModelError, match=r"missing \['bias'\], unexpected \['extra'\]"):
         load_record_into(model, record)
+
+
+# ---------------------------------------------------------------- entries
+def test_record_scalar_reads_one_value_of_either_record_kind():
+    config = ConfigRecord({"server-round": 3, "spec": "{}"})
+    metrics = MetricRecord({"train-loss": 0.25})
+
+    assert record_scalar(config, "server-round") == 3
+    assert record_scalar(config, "spec") == "{}"
+    assert record_scalar(metrics, "train-loss") == 0.25
+
+
+def test_record_scalar_refuses_a_list():
+    with pytest.raises(
+        ModelError, match=r"entry 'xs' holds a list, expected one value"
+    ):
+        record_scalar(ConfigRecord({"xs": [1, 2]}), "xs")
+
+
+def test_record_list_reads_a_list_and_defaults_to_empty():
+    record = ConfigRecord({"specs": ["a", "b"]})
+
+    assert record_list(record, "specs") == ["a", "b"]
+    assert record_list(record, "absent") == []
+
+
+def test_record_list_refuses_a_single_value():
+    with pytest.raises(ModelError, match=r"entry 'n' holds 3, expected a list"):
+        record_list(ConfigRecord({"n": 3}), "n")
