@@ -172,6 +172,30 @@ def test_faults_and_per_client_details_are_summarised(tmp_path):
     assert "| 9 | 0 | 2 | 'w' is not finite |" in text
 
 
+def test_a_folder_from_before_the_contract_reports_its_config_and_epsilon(tmp_path):
+    # config.json with only the nested "config" section, and model.json naming
+    # the largest ε "max-epsilon", as fedge wrote them before.
+    run_dir = run_folder(
+        tmp_path,
+        BASIC_CSV,
+        config_json={
+            "config": {
+                "data": {"dataset": "digits", "partitioning": "shards"},
+                "strategy": {"name": "krum"},
+                "dp": {"mode": "sample", "target_epsilon": 4.0},
+            }
+        },
+        model_json={"privacy": {"dp-mode": "sample", "max-epsilon": 3.5}},
+    )
+
+    text = write_report(run_dir).read_text()
+
+    assert "| strategy | krum |" in text
+    assert "| differential privacy | sample, target ε = 4.0 |" in text
+    assert "- model metadata `epsilon-max`: 3.5" in text
+    assert "max-epsilon" not in text
+
+
 def test_report_without_side_files_still_works(tmp_path):
     run_dir = run_folder(tmp_path, "round,central-accuracy,central-loss\n0,0.1,2.3\n")
 
