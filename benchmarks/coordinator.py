@@ -269,11 +269,10 @@ def measure_rounds(
     clock = PhaseClock()
     # Instance attributes shadow the methods: the strategy chain the checkpoint
     # walks stays as in a real run.
-    # (mypy: assigning to a method is what timing it takes; same signatures.)
     inner = strategy.strategy
-    inner.aggregate_train = clock.timed("aggregate", inner.aggregate_train)  # type: ignore[method-assign]
-    strategy.configure_train = clock.timed("configure", strategy.configure_train)  # type: ignore[method-assign]
-    strategy.aggregate_train = clock.timed("aggregate_train", strategy.aggregate_train)  # type: ignore[method-assign]
+    inner.aggregate_train = clock.timed("aggregate", inner.aggregate_train)  # type: ignore[method-assign]  # timed, same signature
+    strategy.configure_train = clock.timed("configure", strategy.configure_train)  # type: ignore[method-assign]  # timed, same signature
+    strategy.aggregate_train = clock.timed("aggregate_train", strategy.aggregate_train)  # type: ignore[method-assign]  # timed, same signature
     model = build_model(spec, model_seed=config.train.model_seed)
     history = MetricsHistory(run_dir)
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``fedge bench-edge``."""
     from edge_export.bench import BATCH1_RUNS, DEFAULT_OUT, LARGE_RUNS
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``fedge export``."""
     # torch: imported only for `fedge export`, which needs it anyway.
     from edge_export.pipeline import DEFAULT_TOLERANCE, QUANTIZE_CHOICES

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the data stack (pandas) loads only when the command runs
     from shared.datasets import Dataset
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``fedge node`` and its subcommands."""
     node = subparsers.add_parser(
         "node",
@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     _add_start(actions)
 
 
-def _add_check(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_check(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     defaults = default_run_config()
     p = actions.add_parser(
         "check",
@@ -179,7 +179,7 @@ START_SETTINGS: dict[str, tuple[str, str, str]] = {
 SUPERNODE = "flower-supernode"
 
 
-def _add_start(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_start(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = actions.add_parser(
         "start",
         help="start this node's flower-supernode (TLS, node key, data, ledgers)",

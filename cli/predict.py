@@ -10,10 +10,13 @@ import argparse
 import csv
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:  # the runtime is imported only when a command runs
+    from edge_export.runtime import Prediction
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``fedge predict``."""
     p = subparsers.add_parser(
         "predict",
@@ -52,11 +55,11 @@ def probability_column(label: str) -> str:
     return f"probability_{label}"
 
 
-def write_predictions(prediction: object, out: TextIO) -> None:
+def write_predictions(prediction: Prediction, out: TextIO) -> None:
     """Write ``label`` then one ``probability_<class>`` column per class."""
-    labels = prediction.labels  # type: ignore[attr-defined]
-    probabilities = prediction.probabilities  # type: ignore[attr-defined]
-    classes = prediction.class_labels  # type: ignore[attr-defined]
+    labels = prediction.labels
+    probabilities = prediction.probabilities
+    classes = prediction.class_labels
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["label", *(probability_column(c) for c in classes)])
     for label, row in zip(labels, probabilities, strict=True):

@@ -22,7 +22,7 @@ from shared.config import ACCOUNTANTS, default_run_config
 from shared.errors import ConfigError
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``fedge privacy``."""
     p = subparsers.add_parser(
         "privacy",

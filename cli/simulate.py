@@ -35,7 +35,7 @@ from simulations.scenario_file import (
 )
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``fedge simulate``."""
     defaults = default_run_config()
     p = subparsers.add_parser(

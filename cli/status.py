@@ -21,7 +21,7 @@ DEFAULT_INTERVAL_S = 5.0
 SHOWN_ROUNDS = 10
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``fedge status``."""
     p = subparsers.add_parser(
         "status",

@@ -37,6 +37,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,8 +186,8 @@ class PrivateStep:
 
 
 class _FastStep(PrivateStep):
-    def __init__(self, model: nn.Module, **kwargs: object) -> None:
-        super().__init__(model, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
         self.clipper = ClippedGradients(model)
         self.noise = torch.empty_like(self.clipper.flat_grad)
 
@@ -213,11 +214,11 @@ class _FastStep(PrivateStep):
 
 
 class _OpacusStep(PrivateStep):
-    def __init__(self, model: nn.Module, *, mode: str, **kwargs: object) -> None:
+    def __init__(self, model: nn.Module, *, mode: str, **kwargs: Any) -> None:
         from opacus.grad_sample.utils import prepare_module
         from opacus.optimizers import DPOptimizer
 
-        super().__init__(model, **kwargs)  # type: ignore[arg-type]
+        super().__init__(model, **kwargs)
         self.module = prepare_module(
             model, mode, batch_first=True, loss_reduction="mean"
         )
