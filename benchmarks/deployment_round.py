@@ -162,8 +162,10 @@ def flower_floor_round_times(
 
 
 def deployment_round_times(model_bytes: int) -> tuple[list[float], list[float]]:
-    """Round wall times of a 3-node TLS + auth + DP deployment on loopback,
-    fedge's app and then the minimal echo app on the same nodes."""
+    """Return round wall times of a 3-node TLS + auth + DP deployment on loopback.
+
+    fedge's app first, then the minimal echo app on the same nodes.
+    """
     from tests.e2e.deployment import secure_federation, submit_run
 
     with tempfile.TemporaryDirectory(prefix="fedge-bench-deploy-") as tmp:
