@@ -191,7 +191,7 @@ def read_progress(run_dir: str | Path, *, now: float | None = None) -> RunProgre
 
 
 def stall_after_s(run_config: dict[str, Any], mean_round_time_s: float | None) -> float:
-    """The longest a live coordinator goes without writing to its run folder.
+    """Return the longest a live coordinator goes without writing to its run folder.
 
     It waits at most ``node-wait-timeout-s`` for nodes and ``round-timeout-s``
     for replies before it writes a round (or ends the run); twice the recent
