@@ -115,7 +115,7 @@ class ReplyingGrid:
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        """The replies to ``message_ids``, each handed out once."""
+        """Return the replies to ``message_ids``, each handed out once."""
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def _reply(self, message: Message) -> Message:
