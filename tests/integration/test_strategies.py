@@ -1,4 +1,12 @@
-"""Every strategy fedge offers runs on the simulation engine and moves the model."""
+"""Strategies of each kind run on the simulation engine and move the model.
+
+One per kind: a client-side change to the loss (FedProx), a server-side
+optimiser with state across rounds (FedAdam), a coordinate-wise robust
+aggregate (FedMedian) and a selection rule (MultiKrum). Every strategy fedge
+offers, including these, aggregates real updates through Flower's own code in
+``tests/server/test_strategy_factory.py``; a simulation each (about 30 s of
+engine start-up apiece) would add minutes to the suite and no new code path.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,6 @@ import pandas as pd
 import pytest
 import torch
 
-from shared.config import STRATEGIES
 from shared.models import ModelSpec, build_model
 from simulations.simulate import simulate
 
@@ -19,13 +26,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # and n >= 4f + 3; with f = 0 they still run Flower's own selection code).
 EXTRA = {
     "fedadam": {"server-learning-rate": 0.05},
-    "fedyogi": {"server-learning-rate": 0.05},
-    "fedadagrad": {"server-learning-rate": 0.05},
     "multikrum": {"num-nodes-to-select": 2},
 }
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", ["fedprox", "fedadam", "fedmedian", "multikrum"])
 def test_strategy_trains_two_rounds_and_changes_the_model(
     strategy: str, tmp_path: Path
 ) -> None:
