@@ -14,10 +14,13 @@ knows more. Anything doubtful (corrupt file, bad checksum, unknown format,
 a ledger of another run or node) raises :class:`LedgerError`: the node must
 refuse to train rather than restart its count from zero.
 
-A server round is recorded at most once; recording it again is refused. The
-first attempt's update may already have been released, so replacing its entry
-could undercount ε, and adding a second entry would double count an attempt
-that never replied. The caller records after training, before replying.
+Entries are only ever added, never replaced or removed: replacing an entry
+could undercount ε. The caller records after training, before replying, so
+every entry is an update that may have been released. A server round asked for
+again (the coordinator lost the reply and resumed from an earlier checkpoint)
+is trained again and recorded as a second entry of the same round, only when
+the caller says so (``again=True``): both updates may have been released, so ε
+counts both. Recording a round twice by accident is refused.
 """
 
 from __future__ import annotations
@@ -94,23 +97,36 @@ class PrivacyLedger:
         noise_multiplier: float,
         sample_rate: float,
         steps: int,
+        again: bool = False,
     ) -> None:
         """Add the steps trained in ``server_round``.
+
+        Parameters
+        ----------
+        server_round : int
+        noise_multiplier, sample_rate : float
+        steps : int
+            The DP-SGD steps released with this round's update.
+        again : bool, default False
+            ``server_round`` was released before and is released once more:
+            add a second entry for it (ε counts both releases).
 
         Raises
         ------
         LedgerError
-            If ``server_round`` is already recorded (see module docstring).
+            If ``server_round`` is already recorded and ``again`` is False
+            (see module docstring).
         ConfigError
             If the entry is invalid.
         """
         if isinstance(server_round, bool) or not isinstance(server_round, int):
             raise ConfigError(f"server_round must be an int, got {server_round!r}.")
-        if self.has_round(server_round):
+        if self.has_round(server_round) and not again:
             raise LedgerError(
                 f"Privacy ledger of run {self.run_id}: round {server_round} is "
-                "already recorded; refusing to train it again, since its first "
-                "update may have been released and ε would be undercounted."
+                "already recorded; a second release of it must be recorded as "
+                "one more entry (again=True), never in place of the first, "
+                "since ε would be undercounted."
             )
         sigma, rate, count = check_history_entry(
             (noise_multiplier, sample_rate, steps), where=f"round {server_round}"
@@ -283,6 +299,7 @@ def _from_document(
                 noise_multiplier=sigma,
                 sample_rate=rate,
                 steps=steps,
+                again=True,  # a saved ledger may hold a round released twice
             )
     except (KeyError, TypeError, ValueError) as e:
         raise LedgerError(

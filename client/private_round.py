@@ -3,7 +3,8 @@
 The noise multiplier is calibrated once for the whole planned run (every local
 step of every round), not per round; the ledger carries the node's cumulative
 spend across rounds and restarts; a round that would take ε past the budget is
-refused before any training, and the reply says so.
+refused before any training, and the reply says so. A round asked for again
+(its reply was lost) is trained again and counted again: every release counts.
 
 Everything a node can prepare once per run is kept in ``context.state``, which
 survives between messages even when each message runs in a fresh process
@@ -235,13 +236,8 @@ def train_private_round(
         keys.NOISE_MULTIPLIER: plan.noise_multiplier,
         keys.SAMPLE_RATE: plan.sample_rate,
     }
-    if ledger.has_round(server_round) or not decision.allowed:
-        reason = (
-            f"round {server_round} already trained in this run"
-            if ledger.has_round(server_round)
-            else decision.reason
-        )
-        logger.warning("not training round %d: %s", server_round, reason)
+    if not decision.allowed:
+        logger.warning("not training round %d: %s", server_round, decision.reason)
         return {
             keys.REFUSED: 1,
             keys.EPSILON: decision.epsilon_now,
@@ -267,12 +263,24 @@ def train_private_round(
         check_model=False,  # check_private_model_once did
     )
     model.load_state_dict(result.state_dict)
+    # Asked again for a round it already released: the coordinator lost the
+    # reply (e.g. it was killed before its checkpoint and resumed). The first
+    # update may have been seen, so this release is one more entry: ε counts
+    # both, never only the latest.
+    released_before = ledger.has_round(server_round)
+    if released_before:
+        logger.warning(
+            "round %d was already released in this run (the coordinator lost the "
+            "reply); trained it again, and the ledger counts both releases",
+            server_round,
+        )
     # Record before replying: the update is about to be released.
     ledger.record(
         server_round=server_round,
         noise_multiplier=plan.noise_multiplier,
         sample_rate=result.sample_rate,
         steps=result.steps,
+        again=released_before,
     )
     if path is not None:
         ledger.save(path)

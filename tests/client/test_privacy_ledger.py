@@ -61,13 +61,39 @@ def test_epsilon_grows_strictly_with_every_round():
     assert all(b > a for a, b in itertools.pairwise(values))
 
 
-def test_recording_a_round_twice_is_refused_and_changes_nothing():
+def test_recording_a_round_twice_by_accident_is_refused_and_changes_nothing():
     ledger = ledger_with(2)
     before = ledger.epsilon(1e-5)
-    with pytest.raises(LedgerError, match="round 2 is already recorded; refusing"):
+    with pytest.raises(
+        LedgerError, match="round 2 is already recorded; a second release of it"
+    ):
         ledger.record(server_round=2, noise_multiplier=1.1, sample_rate=0.2, steps=10)
     assert len(ledger.entries) == 2
     assert ledger.epsilon(1e-5) == before
+
+
+def test_a_round_released_again_is_one_more_entry_and_counts_in_epsilon(tmp_path):
+    # Rounds 1, 2, then 2 again (the coordinator lost its reply): three releases
+    # of 10 steps each, so ε is Opacus's for 30 steps, not 20.
+    ledger = ledger_with(2, sigma=1.1, q=0.2, steps=10)
+    ledger.record(
+        server_round=2, noise_multiplier=1.1, sample_rate=0.2, steps=10, again=True
+    )
+    assert [e.server_round for e in ledger.entries] == [1, 2, 2]
+    assert ledger.total_steps == 30
+    assert ledger.epsilon(1e-5) == pytest.approx(
+        direct_rdp_epsilon(0.2, 1.1, 30, 1e-5), rel=1e-12
+    )
+    # The repeat survives a save and a load, in both copies.
+    path = tmp_path / "ledger.json"
+    ledger.save(path)
+    loaded = PrivacyLedger.load(path, "run-1", node_key="n0")
+    assert loaded.entries == ledger.entries
+    state = RecordDict({STATE_KEY: ledger.to_config_record()})
+    restored = restore_ledger(
+        path=path, state_record=state[STATE_KEY], run_id="run-1", node_key="n0"
+    )
+    assert restored.entries == ledger.entries
 
 
 @pytest.mark.parametrize(
@@ -242,7 +268,7 @@ def with_checksum(doc):
     ("change", "match"),
     [
         ({"steps": [10]}, r"malformed .*zip\(\)"),  # columns of unequal length
-        ({"server-rounds": [1, 1]}, r"malformed .*round 1 is already recorded"),
+        ({"server-rounds": [1, "1"]}, r"malformed .*server_round must be an int"),
         ({"noise-multipliers": [1.1, -1.0]}, r"malformed .*noise_multiplier must be"),
     ],
 )

@@ -54,6 +54,28 @@ def _fresh_context(run_config, node_config) -> Context:
     )
 
 
+def _train_in_a_fresh_process(
+    config, run_config, node_config, data, spec, server_round, run_id
+):
+    return train_private_round(
+        build_model(spec),
+        data.train,
+        config=config,
+        context=_fresh_context(run_config, node_config),
+        server_round=server_round,
+        fedge_run_id=run_id,
+    )
+
+
+def _budget_for(run_config, q, steps, *, releases):
+    """The config with a budget between ε of ``releases`` rounds and one more."""
+    budget = (
+        _expected_epsilon(q, 1.1, releases * steps, 1e-4)
+        + _expected_epsilon(q, 1.1, (releases + 1) * steps, 1e-4)
+    ) / 2
+    return from_run_config({**run_config, "target-epsilon": budget})
+
+
 def _expected_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
     rdp = compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=ORDERS)
     return get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)[0]
@@ -89,19 +111,10 @@ def test_a_round_past_the_budget_is_refused_without_training(tmp_path: Path) -> 
     config, run_config, node_config, data, spec = _setup(tmp_path)
     n = len(data.train)
     q, steps = 32 / n, round(n / 32)
-    budget = (
-        _expected_epsilon(q, 1.1, 2 * steps, 1e-4)
-        + _expected_epsilon(q, 1.1, 3 * steps, 1e-4)
-    ) / 2
-    config = from_run_config({**run_config, "target-epsilon": budget})
+    config = _budget_for(run_config, q, steps, releases=2)
     for server_round in range(1, n_rounds_allowed + 1):
-        figures = train_private_round(
-            build_model(spec),
-            data.train,
-            config=config,
-            context=_fresh_context(run_config, node_config),
-            server_round=server_round,
-            fedge_run_id="run-b",
+        figures = _train_in_a_fresh_process(
+            config, run_config, node_config, data, spec, server_round, "run-b"
         )
         assert figures[keys.REFUSED] == 0
     model = build_model(spec, model_seed=0)
@@ -119,6 +132,32 @@ def test_a_round_past_the_budget_is_refused_without_training(tmp_path: Path) -> 
         _expected_epsilon(q, 1.1, 2 * steps, 1e-4), rel=1e-6
     )
     assert all((model.state_dict()[k] == v).all() for k, v in before.items())
+
+
+def test_a_round_asked_again_is_trained_again_and_both_releases_count(
+    tmp_path: Path,
+) -> None:
+    # The coordinator was killed after the node released round 2 but before it
+    # checkpointed round 2; resumed, it asks for round 2 again. The budget allows
+    # exactly three releases, so round 3 (a fourth) is refused.
+    _, run_config, node_config, data, spec = _setup(tmp_path)
+    n = len(data.train)
+    q, steps = 32 / n, round(n / 32)
+    config = _budget_for(run_config, q, steps, releases=3)
+    replies = [
+        _train_in_a_fresh_process(
+            config, run_config, node_config, data, spec, server_round, "run-again"
+        )
+        for server_round in (1, 2, 2, 3)
+    ]
+    assert [r[keys.REFUSED] for r in replies] == [0, 0, 0, 1]
+    for releases, reply in zip((1, 2, 3, 3), replies, strict=True):
+        assert reply[keys.DP_STEPS] == releases * steps
+        assert reply[keys.EPSILON] == pytest.approx(
+            _expected_epsilon(q, 1.1, releases * steps, 1e-4), rel=1e-6
+        )
+    ledger_file = next((tmp_path / "state").glob("privacy-ledger-*.json"))
+    assert json.loads(ledger_file.read_text())["server-rounds"] == [1, 2, 2]
 
 
 def test_a_corrupt_ledger_is_refused_not_reset(tmp_path: Path) -> None:

@@ -429,6 +429,29 @@ def node_epsilons(run_dir: Path, node_id: int) -> dict[int, float]:
     }
 
 
+def ledger_rounds(node: Node) -> list[int]:
+    """The rounds in the node's ledger file so far (none before its first round)."""
+    paths = list(node.state_dir.glob("privacy-ledger-*.json"))  # written atomically
+    rounds: list[int] = read_json(paths[0])["server-rounds"] if paths else []
+    return rounds
+
+
+def ledger_epsilon(document: Mapping[str, Any], delta: float) -> float:
+    """ε of a ledger file's entries, from Opacus's RDP accountant directly."""
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = list(
+        zip(
+            document["noise-multipliers"],
+            document["sample-rates"],
+            document["steps"],
+            strict=True,
+        )
+    )
+    return float(accountant.get_epsilon(delta))
+
+
 def ledger(node: Node) -> dict[str, Any]:
     """The node's one privacy ledger file."""
     (path,) = node.state_dir.glob("privacy-ledger-*.json")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from tests.e2e.deployment import (
     kill_session,
     last_round,
     ledger,
+    ledger_epsilon,
+    ledger_rounds,
     metrics_records,
     node_epsilons,
     read_json,
@@ -105,8 +108,12 @@ def test_the_superlink_killed_mid_run_restarts_and_the_run_resumes(
     tmp_path: Path,
 ) -> None:
     # (b) Two nodes, 3 rounds; the SuperLink (and its ServerApp) is killed once
-    # round 1 is checkpointed, restarted with the same database, and the run is
-    # submitted again with resume = true.
+    # round 1 is checkpointed and both nodes have released round 2, restarted
+    # with the same database, and the run is submitted again with resume = true.
+    # Killed then, the coordinator has mostly not checkpointed round 2 yet (its
+    # replies were in flight): resumed, it asks for round 2 again, and each node
+    # trains it again and counts both releases. If the coordinator was quicker,
+    # it resumes after round 2. Either way the same must hold.
     overrides = _overrides(
         tmp_path, "link-killed", **{"num-server-rounds": 3, "min-nodes": 2}
     )
@@ -118,6 +125,11 @@ def test_the_superlink_killed_mid_run_restarts_and_the_run_resumes(
         try:
             checkpoint = run_dir / "checkpoints" / "round-0001.pt"
             wait_for(checkpoint.exists, timeout_s=300, what="round 1's checkpoint")
+            wait_for(
+                lambda: all(2 in ledger_rounds(n) for n in federation.nodes),
+                timeout_s=300,
+                what="round 2 released by both nodes",
+            )
             federation.kill_superlink()
         finally:
             stop_process(first)
@@ -149,13 +161,28 @@ def test_the_superlink_killed_mid_run_restarts_and_the_run_resumes(
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert list(metrics["round"]) == [0, 1, 2, 3]  # none missing, none twice
     assert [r["round"] for r in metrics_records(run_dir)] == [0, 1, 2, 3]
-    assert "resuming after round" in resumed.stdout + resumed.stderr
+    resumed_after = re.search(
+        r"resuming after round (\d+)", resumed.stderr + resumed.stdout
+    )
+    assert resumed_after, resumed.stdout[-3000:]
+    asked_again = int(resumed_after.group(1)) == 1  # round 2 asked for twice
+    (last,) = (r for r in metrics_records(run_dir) if r["round"] == 3)
     for node in federation.nodes:
         epsilons = node_epsilons(run_dir, node.node_id)
         assert sorted(epsilons) == [1, 2, 3]
         # The ledger continues: round 3's ε is above what it was at the kill.
         assert epsilons[3] > epsilon_before[node.name]
-        assert ledger(node)["server-rounds"] == [1, 2, 3]
+        spent = ledger(node)
+        rounds = spent["server-rounds"]
+        # Every release is an entry: round 2 twice if it was asked again after
+        # the resume (round 3 then possibly refused, the budget being spent).
+        assert rounds[:2] == [1, 2] and rounds == sorted(rounds)
+        assert rounds.count(2) == (2 if asked_again else 1)
+        # What the node reported last is Opacus's ε over ALL its releases.
+        (reply,) = (c for c in last["clients"] if c["node-id"] == node.node_id)
+        assert reply["epsilon"] == pytest.approx(
+            ledger_epsilon(spent, reply["delta"]), rel=1e-9
+        )
 
 
 def _freeze_clientapps(session: int, frozen: list[int], stop: threading.Event) -> None:

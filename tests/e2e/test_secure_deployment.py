@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from opacus.accountants import RDPAccountant
 from sklearn.datasets import load_digits
 
 from tests.e2e.deployment import (
@@ -28,6 +27,7 @@ from tests.e2e.deployment import (
     FEDGE,
     Node,
     TlsFiles,
+    ledger_epsilon,
     make_node_key,
     register_supernode,
     running_flower_node,
@@ -154,20 +154,6 @@ def test_superlink_launcher_names_a_missing_certificate(tmp_path: Path) -> None:
 
     assert done.returncode == 2
     assert f"cannot read {tmp_path}/ca.crt" in done.stderr
-
-
-def _rdp_epsilon(ledger: dict, delta: float) -> float:
-    """ε of a ledger's rounds, from Opacus's RDP accountant directly."""
-    accountant = RDPAccountant()
-    accountant.history = list(
-        zip(
-            ledger["noise-multipliers"],
-            ledger["sample-rates"],
-            ledger["steps"],
-            strict=True,
-        )
-    )
-    return accountant.get_epsilon(delta)
 
 
 def _write_node_csvs(tmp: Path) -> tuple[list[Path], Path]:
@@ -302,7 +288,7 @@ def test_the_readme_flow_while_nodes_without_tls_another_ca_or_a_key_are_refused
         (ledger_file,) = node.state_dir.glob("privacy-ledger-*.json")
         ledger = json.loads(ledger_file.read_text())
         assert ledger["server-rounds"] == [1, 2]
-        ledger_eps.append(_rdp_epsilon(ledger, reported[0]["delta"]))
+        ledger_eps.append(ledger_epsilon(ledger, reported[0]["delta"]))
     for client in reported:
         n = client["num-examples"]
         # Poisson sampling at batch/n, ⌈n/batch⌉ steps per epoch, δ = 10^k ≤ 1/(10 n).
