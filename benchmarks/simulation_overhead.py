@@ -312,21 +312,38 @@ def _time_training(
     from client.dp_training import train_private
     from client.training import train_plain
     from shared.models import build_model
+    from shared.privacy_plan import plan_privacy
 
     model = build_model(spec)
     model.load_state_dict(initial)
     train = config.train
+    sample_dp = config.dp.mode == "sample"
+    # The node's plan with the σ it reported (no calibration: σ > 0).
+    plan = (
+        plan_privacy(
+            num_examples=len(data.train),
+            batch_size=train.batch_size,
+            local_epochs=train.local_epochs,
+            rounds=config.run.num_server_rounds,
+            noise_multiplier=sigma,
+            target_epsilon=config.dp.target_epsilon,
+            target_delta=config.dp.target_delta,
+            accountant=config.dp.accountant,
+        )
+        if sample_dp
+        else None
+    )
     start = _clock()
-    if config.dp.mode == "sample":
+    if plan is not None:
         train_private(
             model,
             data.train.x,
             data.train.y,
-            epochs=train.local_epochs,
-            batch_size=train.batch_size,
+            noise_multiplier=sigma,
+            sample_rate=plan.sample_rate,
+            steps=plan.steps_per_round,
             learning_rate=train.learning_rate,
             momentum=train.momentum,
-            noise_multiplier=sigma,
             max_grad_norm=config.dp.max_grad_norm,
             check_model=False,
         )

@@ -2,8 +2,9 @@
 
 Describe the plan either directly (``--sample-rate Q --steps T``) or as a
 training schedule (``--num-examples N --batch-size B --epochs E --rounds R``),
-which gives ``Q = min(1, B / N)`` and ``T = round(1 / Q) * E * R``, the same
-count DP training and the privacy ledger use (:func:`shared.privacy.plan_sampling`).
+which gives ``Q = min(1, B / N)`` and ``T = round(1 / Q) * E * R`` by the
+very function a node trains, checks its budget and keeps its ledger with
+(:func:`shared.privacy_plan.plan_privacy`).
 Then ``--noise-multiplier S`` prints ε; ``--target-epsilon E`` prints the σ
 that reaches it. The accounting is Opacus's (RDP or PRV accountant).
 
@@ -168,6 +169,12 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
     if args.noise_multiplier is None and args.target_epsilon is None:
         raise ConfigError("give --noise-multiplier or --target-epsilon (or --config).")
 
+    node_plan = _node_plan(args)
+    if node_plan is not None:
+        # The very function a node's training, budget check and ledger use.
+        sample_rate, steps = node_plan.sample_rate, node_plan.total_steps
+        delta, sigma = node_plan.delta, node_plan.noise_multiplier
+        return _result(args, privacy, sigma, sample_rate, steps, delta)
     sample_rate, steps, delta = _plan(args, privacy)
     if args.target_epsilon is not None:
         sigma = privacy.calibrate_noise_multiplier(
@@ -181,6 +188,17 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
         sigma = args.noise_multiplier
         if not sigma >= 0:
             raise ConfigError(f"--noise-multiplier must be >= 0, got {sigma}.")
+    return _result(args, privacy, sigma, sample_rate, steps, delta)
+
+
+def _result(
+    args: argparse.Namespace,
+    privacy: Any,
+    sigma: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+) -> dict[str, Any]:
     epsilon = privacy.epsilon_for(
         history=[(sigma, sample_rate, steps)], delta=delta, accountant=args.accountant
     )
@@ -193,6 +211,35 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
         "accountant": args.accountant,
         "target_epsilon": args.target_epsilon,
     }
+
+
+def _node_plan(args: argparse.Namespace) -> Any:
+    """Return the node's plan (:func:`shared.privacy_plan.plan_privacy`) for a schedule.
+
+    None when the plan is given as --sample-rate/--steps, or with an explicit
+    --noise-multiplier 0 (no noise: ε is infinite, nothing to plan).
+    """
+    from shared.privacy_plan import plan_privacy
+
+    if args.num_examples is None or args.batch_size is None:
+        return None
+    if args.sample_rate is not None or args.steps is not None:
+        return None  # _plan refuses the mix
+    if args.noise_multiplier is not None and not args.noise_multiplier > 0:
+        return None
+    for name, value in (("--epochs", args.epochs), ("--rounds", args.rounds)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}.")
+    return plan_privacy(
+        num_examples=args.num_examples,
+        batch_size=args.batch_size,
+        local_epochs=args.epochs,
+        rounds=args.rounds,
+        noise_multiplier=args.noise_multiplier or 0.0,
+        target_epsilon=args.target_epsilon or 0.0,
+        target_delta=args.delta if args.delta is not None else 0.0,
+        accountant=args.accountant,
+    )
 
 
 def _plan(args: argparse.Namespace, privacy: Any) -> tuple[float, int, float]:

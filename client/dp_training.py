@@ -46,7 +46,6 @@ from torch import nn
 
 from client.dp_clipping import ClippedGradients, unsupported_layers
 from shared.errors import ConfigError, DataError, ModelError
-from shared.privacy import plan_sampling
 
 logger = logging.getLogger(__name__)
 
@@ -288,11 +287,11 @@ def train_private(
     x: np.ndarray,
     y: np.ndarray,
     *,
-    epochs: int,
-    batch_size: int,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
     learning_rate: float,
     momentum: float,
-    noise_multiplier: float,
     max_grad_norm: float,
     seed: int | None = None,
     proximal_mu: float = 0.0,
@@ -300,7 +299,11 @@ def train_private(
     grad_sample_mode: str = "auto",
     check_model: bool = True,
 ) -> PrivateTrainResult:
-    """Train ``model`` in place with DP-SGD for ``epochs`` local epochs.
+    """Train ``model`` in place with ``steps`` DP-SGD steps of rate ``sample_rate``.
+
+    The privacy numbers come from the node's plan
+    (:func:`shared.privacy_plan.plan_privacy`), so what is trained is exactly
+    what the budget check approved and the ledger records.
 
     Parameters
     ----------
@@ -308,16 +311,16 @@ def train_private(
         Holds the global weights on entry; trained in place.
     x, y : ndarray
         Preprocessed inputs (float) and integer labels, n examples.
-    epochs : int
-        Local epochs; each is ``round(n / batch_size)`` Poisson steps
-        (:func:`shared.privacy.plan_sampling`).
-    batch_size : int
-        Expected Poisson batch size; ``sample_rate = batch_size / n`` (≤ 1).
-    learning_rate, momentum : float
-        SGD settings.
     noise_multiplier : float
         σ, calibrated once for the whole planned run (not per round); 0 = no
         noise, which gives no privacy (ε = ∞).
+    sample_rate : float
+        Poisson sampling rate q in (0, 1]; the expected batch size q·n divides
+        the noisy sum.
+    steps : int
+        DP-SGD steps (>= 1), e.g. ``round(1 / q) * local_epochs``.
+    learning_rate, momentum : float
+        SGD settings.
     max_grad_norm : float
         Per-example clipping bound C; the noise has std σ·C on the clipped sum.
     seed : int, optional
@@ -351,7 +354,9 @@ def train_private(
     ModelError
         If Opacus cannot make the model private.
     """
-    _check_settings(epochs, learning_rate, momentum, noise_multiplier, max_grad_norm)
+    _check_settings(
+        sample_rate, steps, learning_rate, momentum, noise_multiplier, max_grad_norm
+    )
     inputs = torch.as_tensor(np.asarray(x, dtype=np.float32))
     labels = torch.as_tensor(np.asarray(y).astype(np.int64))
     if len(inputs) != len(labels) or len(inputs) == 0:
@@ -362,7 +367,6 @@ def train_private(
     if check_model:
         validate_private_model(model)
     n = len(inputs)
-    sample_rate, steps_per_epoch = plan_sampling(num_examples=n, batch_size=batch_size)
     sampling_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
     sampler = torch.Generator().manual_seed(int(sampling_seed))
     mode = resolve_grad_sample_mode(model, grad_sample_mode)
@@ -379,30 +383,31 @@ def train_private(
         proximal_mu=proximal_mu,
         global_params=global_params,
     )
+    # The loss reported is over the last epoch's worth of steps (round(1/q)).
+    last_epoch = steps - max(1, round(1 / sample_rate))
     loss_sum, seen = 0.0, 0
     try:
-        for _ in range(epochs):
-            loss_sum, seen = 0.0, 0  # report the last epoch only
-            for idx in poisson_batches(
-                num_examples=n,
-                sample_rate=sample_rate,
-                steps=steps_per_epoch,
-                generator=sampler,
-            ):
-                loss_sum += stepper.step(inputs[idx], labels[idx])
+        for step, idx in enumerate(
+            poisson_batches(
+                num_examples=n, sample_rate=sample_rate, steps=steps, generator=sampler
+            )
+        ):
+            loss = stepper.step(inputs[idx], labels[idx])
+            if step >= last_epoch:
+                loss_sum += loss
                 seen += len(idx)
     finally:
         stepper.close()
     logger.debug(
         "DP-SGD: %s steps, q=%.4g, σ=%.4g, mode=%s",
-        steps_per_epoch * epochs,
+        steps,
         sample_rate,
         noise_multiplier,
         mode,
     )
     return PrivateTrainResult(
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-        steps=steps_per_epoch * epochs,
+        steps=steps,
         sample_rate=sample_rate,
         noise_multiplier=noise_multiplier,
         train_loss=loss_sum / seen if seen else math.nan,
@@ -412,15 +417,18 @@ def train_private(
 
 
 def _check_settings(
-    epochs: int,
+    sample_rate: float,
+    steps: int,
     learning_rate: float,
     momentum: float,
     noise_multiplier: float,
     max_grad_norm: float,
 ) -> None:
     problems = []
-    if epochs < 1:
-        problems.append(f"epochs must be >= 1, got {epochs}")
+    if not 0 < sample_rate <= 1:
+        problems.append(f"sample_rate must be in (0, 1], got {sample_rate}")
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        problems.append(f"steps must be an integer >= 1, got {steps!r}")
     if not learning_rate > 0:
         problems.append(f"learning_rate must be > 0, got {learning_rate}")
     if not 0 <= momentum < 1:

@@ -31,12 +31,8 @@ from client.privacy_ledger import STATE_KEY, PrivacyLedger, ledger_path, restore
 from shared import keys
 from shared.config import RunConfig
 from shared.datasets import Dataset
-from shared.privacy import (
-    calibrate_noise_multiplier,
-    epsilon_schedule,
-    plan_sampling,
-    resolve_delta,
-)
+from shared.privacy import epsilon_schedule
+from shared.privacy_plan import PrivacyPlan, plan_for_config
 from shared.records import record_list, record_scalar
 
 logger = logging.getLogger(__name__)
@@ -48,83 +44,73 @@ _validated_specs: set[str] = set()
 
 
 @dataclass(frozen=True)
-class PrivacyPlan:
-    """The DP-SGD schedule of this node for the whole run."""
+class CachedPlan:
+    """The node's plan (:func:`shared.privacy_plan.plan_privacy`) and its ε schedule.
 
-    noise_multiplier: float
-    sample_rate: float
-    steps_per_round: int
-    delta: float
-    # ε after k planned rounds, k = 0 .. rounds (RDP only; empty for PRV).
+    ``epsilon_schedule[k]`` is ε after ``k`` planned rounds (the whole run for
+    RDP; for PRV it grows by one element per round, see :func:`extend_schedule`).
+    """
+
+    plan: PrivacyPlan
     epsilon_schedule: tuple[float, ...] = ()
-
-    @property
-    def round_entry(self) -> tuple[float, float, int]:
-        """One planned round as an accountant history entry."""
-        return (self.noise_multiplier, self.sample_rate, self.steps_per_round)
 
     def to_record(self, plan_id: str) -> ConfigRecord:
         """Cache in ``context.state`` (calibrating costs about a second)."""
+        plan = self.plan
         return ConfigRecord(
             {
                 "plan-id": plan_id,
-                "noise-multiplier": self.noise_multiplier,
-                "sample-rate": self.sample_rate,
-                "steps-per-round": self.steps_per_round,
-                "delta": self.delta,
+                "noise-multiplier": plan.noise_multiplier,
+                "sample-rate": plan.sample_rate,
+                "steps-per-round": plan.steps_per_round,
+                "rounds": plan.rounds,
+                "delta": plan.delta,
+                "accountant": plan.accountant,
                 "epsilon-schedule": list(self.epsilon_schedule),
             }
         )
 
     @classmethod
-    def from_record(cls, record: ConfigRecord) -> PrivacyPlan:
+    def from_record(cls, record: ConfigRecord) -> CachedPlan:
         """Rebuild from :meth:`to_record`."""
-        return cls(
-            float(record_scalar(record, "noise-multiplier")),
-            float(record_scalar(record, "sample-rate")),
-            int(record_scalar(record, "steps-per-round")),
-            float(record_scalar(record, "delta")),
-            tuple(float(e) for e in record_list(record, "epsilon-schedule")),
+        plan = PrivacyPlan(
+            noise_multiplier=float(record_scalar(record, "noise-multiplier")),
+            sample_rate=float(record_scalar(record, "sample-rate")),
+            steps_per_round=int(record_scalar(record, "steps-per-round")),
+            rounds=int(record_scalar(record, "rounds")),
+            delta=float(record_scalar(record, "delta")),
+            accountant=str(record["accountant"]),
         )
+        schedule = tuple(float(e) for e in record_list(record, "epsilon-schedule"))
+        return cls(plan, schedule)
 
 
-def plan_privacy(config: RunConfig, num_examples: int, context: Context) -> PrivacyPlan:
-    """σ, sampling rate, steps, δ and ε schedule for this node; once per run."""
-    dp, train = config.dp, config.train
-    plan_id = f"{num_examples}:{config.to_flat()}"
+def cached_plan(config: RunConfig, num_examples: int, context: Context) -> CachedPlan:
+    """Return the node's plan and ε schedule; computed on the first message only."""
+    plan_id = f"v2:{num_examples}:{config.to_flat()}"  # v2: with rounds, accountant
     cached = context.state.config_records.get(PLAN_KEY)
     if cached is not None and cached.get("plan-id") == plan_id:
-        return PrivacyPlan.from_record(cached)
-    delta = resolve_delta(dp.target_delta, num_examples)
-    sample_rate, steps_per_epoch = plan_sampling(
-        num_examples=num_examples, batch_size=train.batch_size
-    )
-    steps_per_round = steps_per_epoch * train.local_epochs
-    rounds = config.run.num_server_rounds
-    sigma = dp.noise_multiplier
-    if not sigma > 0:
-        sigma = calibrate_noise_multiplier(
-            target_epsilon=dp.target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps_per_round * rounds,
-            accountant=dp.accountant,
-        )
+        return CachedPlan.from_record(cached)
+    plan = plan_for_config(config=config, num_examples=num_examples)
     # RDP: the whole run in microseconds. PRV costs a fraction of a second per
     # round, so its schedule starts at ε = 0 and grows by the ε each budget
     # check computes (extend_schedule): one PRV evaluation per round.
     schedule: tuple[float, ...] = (0.0,)
-    if dp.accountant == "rdp":
+    if plan.accountant == "rdp":
         schedule = epsilon_schedule(
-            entry=(sigma, sample_rate, steps_per_round), rounds=rounds, delta=delta
+            entry=plan.round_entry, rounds=plan.rounds, delta=plan.delta
         )
-    plan = PrivacyPlan(sigma, sample_rate, steps_per_round, delta, schedule)
-    context.state[PLAN_KEY] = plan.to_record(plan_id)
-    return plan
+    cached_run = CachedPlan(plan, schedule)
+    context.state[PLAN_KEY] = cached_run.to_record(plan_id)
+    return cached_run
 
 
 def extend_schedule(
-    plan: PrivacyPlan, *, ledger: PrivacyLedger, epsilon_after: float, context: Context
+    cached: CachedPlan,
+    *,
+    ledger: PrivacyLedger,
+    epsilon_after: float,
+    context: Context,
 ) -> None:
     """Keep ``epsilon_after`` (ε after one more planned round) in the cached plan.
 
@@ -135,11 +121,11 @@ def extend_schedule(
     record = context.state.get(PLAN_KEY)
     if (
         record is None
-        or len(plan.epsilon_schedule) != k + 1
-        or any(e != plan.round_entry for e in ledger.history)
+        or len(cached.epsilon_schedule) != k + 1
+        or any(e != cached.plan.round_entry for e in ledger.history)
     ):
         return
-    grown = replace(plan, epsilon_schedule=(*plan.epsilon_schedule, epsilon_after))
+    grown = replace(cached, epsilon_schedule=(*cached.epsilon_schedule, epsilon_after))
     context.state[PLAN_KEY] = grown.to_record(str(record["plan-id"]))
 
 
@@ -212,7 +198,8 @@ def train_private_round(
         validate_private_model(model)
     else:
         check_private_model_once(model, model_spec, context)
-    plan = plan_privacy(config, len(train), context)
+    cached = cached_plan(config, len(train), context)
+    plan = cached.plan
     path = ledger_file(config, context, fedge_run_id)
     ledger = restore_ledger(
         path=path,
@@ -225,11 +212,11 @@ def train_private_round(
         planned=plan.round_entry,
         delta=plan.delta,
         budget_epsilon=dp.target_epsilon,
-        accountant=dp.accountant,
-        schedule=plan.epsilon_schedule,
+        accountant=plan.accountant,
+        schedule=cached.epsilon_schedule,
     )
     extend_schedule(
-        plan, ledger=ledger, epsilon_after=decision.epsilon_after, context=context
+        cached, ledger=ledger, epsilon_after=decision.epsilon_after, context=context
     )
     figures = {
         keys.DELTA: plan.delta,
@@ -249,11 +236,11 @@ def train_private_round(
         model,
         train.x,
         train.y,
-        epochs=config.train.local_epochs,
-        batch_size=config.train.batch_size,
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        steps=plan.steps_per_round,
         learning_rate=config.train.learning_rate,
         momentum=config.train.momentum,
-        noise_multiplier=plan.noise_multiplier,
         max_grad_norm=dp.max_grad_norm,
         # No seed: noise the server could reproduce would void the guarantee.
         seed=None,
@@ -274,24 +261,21 @@ def train_private_round(
             "reply); trained it again, and the ledger counts both releases",
             server_round,
         )
-    # Record before replying: the update is about to be released.
+    # Record before replying: the update is about to be released. What is
+    # recorded is exactly the entry the budget check approved.
+    sigma, sample_rate, steps = plan.round_entry
     ledger.record(
         server_round=server_round,
-        noise_multiplier=plan.noise_multiplier,
-        sample_rate=result.sample_rate,
-        steps=result.steps,
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=steps,
         again=released_before,
     )
     if path is not None:
         ledger.save(path)
     context.state[STATE_KEY] = ledger.to_config_record()
-    trained = (plan.noise_multiplier, result.sample_rate, result.steps)
     # The budget check already accounted for exactly this round.
-    epsilon = (
-        decision.epsilon_after
-        if trained == plan.round_entry
-        else ledger.epsilon(plan.delta, dp.accountant)
-    )
+    epsilon = decision.epsilon_after
     return {
         keys.REFUSED: 0,
         keys.EPSILON: epsilon,

@@ -148,8 +148,9 @@ def test_train_private_fast_path_equals_opacus_hooks_path(name, shape):
             model,
             x,
             y,
-            epochs=2,
-            batch_size=8,
+            # n = 30, batch 8: q = 8/30; 30/8 = 3.75 → 4 steps per epoch, 2 epochs.
+            sample_rate=8 / 30,
+            steps=8,
             learning_rate=0.1,
             momentum=0.9,
             noise_multiplier=0.0,
@@ -166,7 +167,6 @@ def test_train_private_fast_path_equals_opacus_hooks_path(name, shape):
         torch.testing.assert_close(
             fast.state_dict[k], hooks.state_dict[k], atol=1e-5, rtol=0
         )
-    # n = 30, batch 8: q = 8/30; 30/8 = 3.75 → 4 steps per epoch, 2 epochs.
     assert fast.steps == 8 and fast.sample_rate == pytest.approx(8 / 30)
     assert fast.num_examples == 30
     assert fast.train_loss == pytest.approx(hooks.train_loss, rel=1e-5)
@@ -208,8 +208,8 @@ def test_noise_is_added_and_sigma_zero_is_deterministic():
             model,
             x,
             y,
-            epochs=1,
-            batch_size=5,
+            sample_rate=0.25,
+            steps=4,
             learning_rate=0.1,
             momentum=0.0,
             noise_multiplier=sigma,
@@ -310,8 +310,8 @@ def test_batchnorm_model_is_refused_naming_the_layer():
             model,
             x,
             np.zeros(4, int),
-            epochs=1,
-            batch_size=2,
+            sample_rate=0.5,
+            steps=2,
             learning_rate=0.1,
             momentum=0.0,
             noise_multiplier=1.0,
@@ -325,8 +325,8 @@ def test_unsupported_layer_falls_back_to_opacus_hooks():
     x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
     y = np.arange(10) % 2
     args = {
-        "epochs": 1,
-        "batch_size": 4,
+        "sample_rate": 0.4,
+        "steps": 3,
         "learning_rate": 0.1,
         "momentum": 0.0,
         "noise_multiplier": 1.0,
@@ -353,8 +353,8 @@ def test_a_layer_used_twice_is_refused_by_the_fast_path():
             Twice(),
             x,
             np.zeros(4, int),
-            epochs=1,
-            batch_size=4,
+            sample_rate=1.0,
+            steps=1,
             learning_rate=0.1,
             momentum=0.0,
             noise_multiplier=1.0,
@@ -372,8 +372,8 @@ def test_model_in_eval_mode_trains_and_is_left_without_hooks(mode):
         model,
         x,
         y,
-        epochs=1,
-        batch_size=4,
+        sample_rate=0.4,
+        steps=3,
         learning_rate=0.1,
         momentum=0.0,
         noise_multiplier=1.0,
@@ -389,7 +389,7 @@ def test_model_in_eval_mode_trains_and_is_left_without_hooks(mode):
     ("kwargs", "error", "match"),
     [
         ({"y": np.zeros(3, int)}, DataError, "got 10 inputs and 3 labels"),
-        ({"epochs": 0}, ConfigError, "epochs must be >= 1, got 0"),
+        ({"steps": 0}, ConfigError, "steps must be an integer >= 1, got 0"),
         ({"learning_rate": 0.0}, ConfigError, "learning_rate must be > 0, got 0.0"),
         ({"momentum": 1.0}, ConfigError, r"momentum must be in \[0, 1\), got 1.0"),
         (
@@ -399,7 +399,11 @@ def test_model_in_eval_mode_trains_and_is_left_without_hooks(mode):
         ),
         ({"max_grad_norm": 0.0}, ConfigError, "max_grad_norm must be finite and > 0"),
         ({"grad_sample_mode": "ghost"}, ConfigError, "grad_sample_mode must be one of"),
-        ({"batch_size": 0}, ConfigError, "batch_size must be >= 1, got 0"),
+        (
+            {"sample_rate": 1.5},
+            ConfigError,
+            r"sample_rate must be in \(0, 1\], got 1.5",
+        ),
     ],
 )
 def test_bad_inputs_raise_clear_errors(kwargs, error, match):
@@ -407,8 +411,8 @@ def test_bad_inputs_raise_clear_errors(kwargs, error, match):
     args = {
         "x": x,
         "y": y,
-        "epochs": 1,
-        "batch_size": 4,
+        "sample_rate": 0.4,
+        "steps": 3,
         "learning_rate": 0.1,
         "momentum": 0.0,
         "noise_multiplier": 1.0,

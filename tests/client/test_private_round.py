@@ -16,6 +16,7 @@ from shared import keys
 from shared.config import default_run_config, from_run_config
 from shared.datasets import load_builtin
 from shared.models import build_model, default_spec
+from shared.privacy_plan import plan_for_config
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 
@@ -157,7 +158,18 @@ def test_a_round_asked_again_is_trained_again_and_both_releases_count(
             _expected_epsilon(q, 1.1, releases * steps, 1e-4), rel=1e-6
         )
     ledger_file = next((tmp_path / "state").glob("privacy-ledger-*.json"))
-    assert json.loads(ledger_file.read_text())["server-rounds"] == [1, 2, 2]
+    document = json.loads(ledger_file.read_text())
+    assert document["server-rounds"] == [1, 2, 2]
+    # Each entry is exactly the plan the budget check approved.
+    plan = plan_for_config(config=config, num_examples=n)
+    assert plan.round_entry == (1.1, q, steps)
+    entries = zip(
+        document["noise-multipliers"],
+        document["sample-rates"],
+        document["steps"],
+        strict=True,
+    )
+    assert list(entries) == [plan.round_entry] * 3
 
 
 def test_a_corrupt_ledger_is_refused_not_reset(tmp_path: Path) -> None:
@@ -221,7 +233,7 @@ def test_later_messages_need_neither_accountant_nor_validation(
     monkeypatch.setattr("client.private_round._validated_specs", set())
     for name in (
         "validate_private_model",
-        "calibrate_noise_multiplier",
+        "plan_for_config",
         "epsilon_schedule",
     ):
         monkeypatch.setattr(f"client.private_round.{name}", forbidden)

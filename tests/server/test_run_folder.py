@@ -5,9 +5,16 @@ from importlib import metadata
 import pytest
 import torch
 
-from server.run_folder import resolve_run_dir, save_final_model, start_run_folder
+from server.run_folder import (
+    check_resumable,
+    resolve_run_dir,
+    run_identity,
+    save_final_model,
+    start_run_folder,
+)
 from shared.config import from_run_config
 from shared.datasets import load_builtin
+from shared.errors import ConfigError
 from shared.models import ModelSpec, build_model, default_spec
 from shared.preprocessing import Preprocessing
 from shared.run_folder import PrivacySummary, load_run_config, read_status
@@ -100,3 +107,30 @@ def test_saved_model_rebuilds_from_its_spec_and_loads_the_weights(
         "max-grad-norm": None,
     }
     assert meta["metrics"] == {"accuracy": 0.9}
+
+
+# ---------------------------------------------------------------- resume
+def test_run_identity_is_made_once_and_kept_across_resumes(tmp_path):
+    run_dir = tmp_path / "r1"
+    run_dir.mkdir()
+    first = run_identity(run_dir)
+    assert re.fullmatch(r"r1-[0-9a-f]{12}", first)
+    assert run_identity(run_dir) == first  # a resumed coordinator reads it back
+    assert run_identity(tmp_path) != first  # another folder, another run
+
+
+def test_resume_with_different_settings_is_refused(config, tmp_path):
+    run_dir = resolve_run_dir(config)
+    start_run_folder(run_dir, config)
+    flat = config.to_flat()
+    changed = from_run_config(flat | {"proximal-mu": 0.5, "resume": True})
+    with pytest.raises(
+        ConfigError,
+        match=r"Cannot resume .*r1: its run was configured differently "
+        r"\('proximal-mu': 0.3 -> 0.5\)",
+    ):
+        check_resumable(run_dir, changed)
+    # What only steers waiting and writing may change.
+    check_resumable(
+        run_dir, from_run_config(flat | {"resume": True, "round-timeout-s": 5.0})
+    )
