@@ -9,10 +9,12 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 .PHONY: setup demo test test-fast bench lint clean
 
 # Install is redone only when the project's dependency files change.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements-series.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,series]"
+	# aeon's declared pins are older than ours (see the series extra): no-deps.
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt -r requirements-series.txt
 	touch $(STAMP)
 
 setup: $(STAMP)

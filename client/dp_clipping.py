@@ -4,7 +4,9 @@ DP-SGD needs, for each batch, ``sum_i g_i * min(1, C / ||g_i||)`` where ``g_i``
 is example i's gradient over all parameters. Opacus's default (``hooks``) mode
 materialises every ``g_i`` for every parameter, then clips and sums them in
 Python loops over parameters. For the small Linear/Conv2d/GroupNorm networks in
-the model registry that costs 3-4x a plain step on a CPU. Book-keeping (Bu et
+the model registry that costs 3-4x a plain step on a CPU (Conv1d is the 2-D
+case with maps of height 1; a Linear layer that runs once per step of a
+recurrent layer, as in Opacus's DPGRU, sums its calls). Book-keeping (Bu et
 al., 2022, "Differentially Private Optimization on Large Model at Small Cost")
 does it in one forward and one backward:
 
@@ -38,26 +40,49 @@ _NORM_EPS = 1e-6
 def unsupported_layers(model: nn.Module) -> list[str]:
     """Layers with trainable parameters this module cannot handle (empty = fine).
 
-    Supported: ``nn.Linear``; ``nn.Conv2d`` with ``groups=1``, zero padding given
-    as integers; ``nn.GroupNorm``. Any other module owning a trainable parameter
-    is listed as ``"name (Type)"``.
+    Supported: ``nn.Linear`` and Opacus's ``RNNLinear`` (the per-step layers of
+    its DP recurrent layers, which run once per step: their per-sample gradients
+    sum over the calls); ``nn.Conv1d`` and ``nn.Conv2d`` with ``groups=1``, zero
+    padding given as integers; ``nn.GroupNorm``. Any other module owning a
+    trainable parameter is listed as ``"name (Type)"``.
     """
     problems = []
     for name, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        if not own:
+        if not _own_trainable(module):
             continue
         label = f"{name or '<root>'} ({type(module).__name__})"
-        if type(module) is nn.Conv2d:
+        if type(module) in (nn.Conv1d, nn.Conv2d):
             if (
                 module.groups != 1
                 or module.padding_mode != "zeros"
                 or isinstance(module.padding, str)
             ):
                 problems.append(label + ": needs groups=1 and integer zero padding")
-        elif type(module) not in (nn.Linear, nn.GroupNorm):
+        elif type(module) is not nn.GroupNorm and not _is_linear(module):
             problems.append(label)
     return problems
+
+
+def _own_trainable(module: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters a module holds itself, not through a submodule.
+
+    Opacus's DP recurrent layers register their cells' parameters again under
+    ``nn.GRU``'s names (``weight_ih_l0`` …); those aliases belong to the cells.
+    """
+    inner = {id(p) for child in module.children() for p in child.parameters()}
+    return [
+        p
+        for p in module.parameters(recurse=False)
+        if p.requires_grad and id(p) not in inner
+    ]
+
+
+def _is_linear(module: nn.Module) -> bool:
+    """``nn.Linear``, or Opacus's ``RNNLinear`` (a subclass adding nothing)."""
+    return type(module) is nn.Linear or (
+        type(module).__name__ == "RNNLinear"
+        and type(module).__module__.startswith("opacus.")
+    )
 
 
 class ClippedGradients:
@@ -103,8 +128,7 @@ class ClippedGradients:
         self._layers: dict[nn.Module, _Layer] = {}
         self._handles = []
         for module in model.modules():
-            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            if own:
+            if _own_trainable(module):
                 self._layers[module] = _make_layer(module, index)
                 self._handles.append(module.register_forward_hook(self._record))
         self._tape: list[tuple[_Layer, torch.Tensor, torch.Tensor]] = []
@@ -138,18 +162,24 @@ class ClippedGradients:
             tape = self._tape
         finally:
             self._tape = []
-        if len({id(layer) for layer, _, _ in tape}) != len(tape):
+        repeated = {id(layer) for layer, _, _ in tape if not isinstance(layer, _Linear)}
+        if len(repeated) != sum(not isinstance(layer, _Linear) for layer, _, _ in tape):
             raise ModelError(
-                "A layer ran more than once in one forward pass (shared weights); "
-                "the fast DP-SGD path needs each layer once. Use "
-                "grad_sample_mode='hooks'."
+                "A convolution or normalisation layer ran more than once in one "
+                "forward pass (shared weights); the fast DP-SGD path needs each "
+                "such layer once. Use grad_sample_mode='hooks'."
             )
         backprops = torch.autograd.grad(
             loss, [out for _, _, out in tape], allow_unused=True
         )
+        calls: dict[int, list[tuple[_Layer, torch.Tensor, torch.Tensor]]] = {}
+        for (layer, a, out), b in zip(tape, backprops, strict=True):
+            calls.setdefault(id(layer), []).append(
+                (layer, a, torch.zeros_like(out) if b is None else b)
+            )
         entries = [
-            (layer, a, torch.zeros_like(out) if b is None else b)
-            for (layer, a, out), b in zip(tape, backprops, strict=True)
+            group[0] if len(group) == 1 else _stack_calls(group)
+            for group in calls.values()
         ]
         return loss.detach(), entries
 
@@ -221,6 +251,20 @@ class ClippedGradients:
         return out
 
 
+def _stack_calls(
+    group: list[tuple[_Layer, torch.Tensor, torch.Tensor]],
+) -> tuple[_Layer, torch.Tensor, torch.Tensor]:
+    """Merge a Linear layer's several calls (a recurrent step) into one.
+
+    Its gradient is the sum over calls of ``b a^T``, which is what one call on
+    the inputs concatenated along a position axis gives.
+    """
+    layer = group[0][0]
+    a = torch.cat([a.reshape(len(a), -1, a.shape[-1]) for _, a, _ in group], dim=1)
+    b = torch.cat([b.reshape(len(b), -1, b.shape[-1]) for _, _, b in group], dim=1)
+    return layer, a, b
+
+
 # ----------------------------------------------------------------- layer rules
 # Each rule turns (a = layer input, b = dLoss/dOutput) into per-sample squared
 # norms plus a finisher: given the clip factors, it writes each of its
@@ -259,7 +303,9 @@ def _make_layer(module: nn.Module, index: dict[int, int]) -> _Layer:
     def idx(p: torch.Tensor | None) -> int | None:
         return index.get(id(p)) if p is not None else None
 
-    kind = {nn.Linear: _Linear, nn.Conv2d: _Conv2d, nn.GroupNorm: _GroupNorm}
+    if _is_linear(module):
+        return _Linear(module, idx(module.weight), idx(module.bias))
+    kind = {nn.Conv1d: _Conv1d, nn.Conv2d: _Conv2d, nn.GroupNorm: _GroupNorm}
     return kind[type(module)](module, idx(module.weight), idx(module.bias))
 
 
@@ -315,23 +361,31 @@ class _Conv2d(_Layer):
     # from 8 (batch 64, 8x8 maps).
     _GROUPED_MIN_CHANNELS = 6
 
+    def _geometry(
+        self,
+    ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """Kernel size, stride, padding and dilation, each (height, width)."""
+        m = self.module
+        return m.kernel_size, m.stride, m.padding, m.dilation
+
     def _weight_per_sample(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per-sample weight gradients, ``(B, C_out * C_in * kh * kw)``."""
         m = self.module
+        kernel, stride, padding, dilation = self._geometry()
         batch, channels = a.shape[:2]
         if channels >= self._GROUPED_MIN_CHANNELS:
             grad = torch.nn.grad.conv2d_weight(
                 a.reshape(1, batch * channels, *a.shape[2:]),
-                (batch * m.out_channels, channels, *m.kernel_size),
+                (batch * m.out_channels, channels, *kernel),
                 b.reshape(1, batch * m.out_channels, *b.shape[2:]),
-                stride=m.stride,
-                padding=m.padding,
-                dilation=m.dilation,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
                 groups=batch,
             )
             return grad.view(batch, -1)
-        (ph, pw), (sh, sw), (dh, dw) = m.padding, m.stride, m.dilation
-        kh, kw = m.kernel_size
+        (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
+        kh, kw = kernel
         if ph or pw:
             a = F.pad(a, (pw, pw, ph, ph))
         out_h, out_w = b.shape[2:]
@@ -351,6 +405,26 @@ class _Conv2d(_Layer):
         if self.bias is not None:
             out.append((self.bias, b.flatten(2).sum(2)))
         return out
+
+
+class _Conv1d(_Conv2d):
+    """A 1-D convolution is a 2-D one over maps of height 1 with a 1 x k kernel."""
+
+    def _geometry(
+        self,
+    ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+        m = self.module
+        return (
+            (1, m.kernel_size[0]),
+            (1, m.stride[0]),
+            (0, m.padding[0]),
+            (1, m.dilation[0]),
+        )
+
+    def per_sample(
+        self, a: torch.Tensor, b: torch.Tensor
+    ) -> list[tuple[int, torch.Tensor]]:
+        return super().per_sample(a.unsqueeze(2), b.unsqueeze(2))
 
 
 class _GroupNorm(_Layer):

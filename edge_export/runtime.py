@@ -485,6 +485,76 @@ def _transform_images(prep: Mapping[str, Any], data: Any, source: str) -> np.nda
     return (array / float(prep["pixel_scale"])).astype(np.float32)
 
 
+def _series_array(
+    data: Any, channels: int, source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Port of ``shared.preprocessing.series_array``: stack, find each length."""
+    if isinstance(data, list | tuple):
+        if not data:
+            raise InputError(f"{source}: no time series given; expected at least one")
+        parts = [np.asarray(s) for s in data]
+        if any(p.ndim != 2 or p.shape[0] != channels for p in parts):
+            shapes = sorted({tuple(p.shape) for p in parts})[:3]
+            raise InputError(
+                f"{source}: each series must have shape ({channels}, steps), got "
+                f"shapes {shapes}"
+            )
+        array = np.full((len(parts), channels, max(p.shape[1] for p in parts)), np.nan)
+        for i, p in enumerate(parts):
+            array[i, :, : p.shape[1]] = p
+    else:
+        array = np.asarray(data)
+    if array.ndim != 3 or array.shape[1] != channels:
+        raise InputError(
+            f"{source}: expected time series of shape (n, {channels}, steps), got "
+            f"an array of shape {tuple(array.shape)}"
+        )
+    if not np.issubdtype(array.dtype, np.number):
+        raise InputError(
+            f"{source}: time series values must be numeric, got dtype {array.dtype}"
+        )
+    array = array.astype(np.float64)
+    recorded = ~np.isnan(array).all(axis=1)
+    lengths = np.where(
+        recorded.any(axis=1), array.shape[2] - np.argmax(recorded[:, ::-1], axis=1), 0
+    )
+    inside = np.arange(array.shape[2])[None, :] < lengths[:, None]
+    bad = (inside & ~np.isfinite(array).all(axis=1)) | (lengths == 0)[:, None]
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise InputError(
+            f"{source}: series {row + 1} has a missing or non-finite value inside "
+            "it, or no recorded step; expected finite numbers (only trailing "
+            "all-NaN steps count as padding)"
+        )
+    return array, lengths
+
+
+def _transform_series(prep: Mapping[str, Any], data: Any, source: str) -> np.ndarray:
+    channels, steps = (int(s) for s in prep["series_shape"])
+    if _is_dataframe(data) or isinstance(data, Mapping):
+        columns = _frame_columns(data) if _is_dataframe(data) else dict(data)
+        columns.pop(prep["label_column"], None)
+        flat = np.column_stack(
+            [np.asarray(v, dtype=np.float64) for v in columns.values()]
+        )
+        if flat.shape[1] % channels:
+            raise InputError(
+                f"{source}: {flat.shape[1]} values per row do not split into "
+                f"{channels} channels of equal length"
+            )
+        data = flat.reshape(len(flat), channels, -1)
+    array, lengths = _series_array(data, channels, source)
+    means = np.asarray(prep["channel_means"], dtype=np.float64)[:, None]
+    scales = np.asarray(prep["channel_scales"], dtype=np.float64)[:, None]
+    array = (array - means) / scales
+    out = np.zeros((len(array), channels, steps), dtype=np.float32)
+    keep = min(array.shape[2], steps)
+    inside = np.arange(keep)[None, None, :] < lengths[:, None, None]
+    out[:, :, :keep] = np.where(inside, array[:, :, :keep], 0.0)
+    return out
+
+
 def transform_features(
     preprocessing: Mapping[str, Any], data: Any, *, source: str = "input"
 ) -> np.ndarray:
@@ -499,6 +569,9 @@ def transform_features(
         ignored, order free), or an ``(n, n_features)`` numeric array in
         ``feature_columns`` order. Images: ``(n, C*H*W)``, ``(n, C, H, W)``, or
         ``(n, H, W)`` when ``C == 1``; a frame is flat pixel rows (label dropped).
+        Time series: ``(n, C, steps)`` (trailing all-NaN steps pad shorter
+        ones) or a list of ``(C, steps_i)`` arrays; cut or zero-padded to the
+        model's length after per-channel standardisation.
     source : str
         Named in error messages.
 
@@ -513,6 +586,8 @@ def transform_features(
     """
     if preprocessing["kind"] == "image":
         return _transform_images(preprocessing, data, source)
+    if preprocessing["kind"] == "series":
+        return _transform_series(preprocessing, data, source)
     return _transform_tabular(preprocessing, data, source)
 
 

@@ -368,7 +368,7 @@ def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
             f"'dataset' = '{DATASET_FILE}' needs 'eval-data-path': the "
             "coordinator's held-out file for central evaluation"
         )
-    _choice(p, "model", t["model"], ("auto", "mlp", "cnn"))
+    _choice(p, "model", t["model"], ("auto", "mlp", "cnn", "cnn1d", "gru"))
     _choice(p, "activation", t["activation"], ("relu", "tanh"))
     for key, attr in (("local-epochs", "local_epochs"), ("batch-size", "batch_size")):
         if t[attr] < 1:

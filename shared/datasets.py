@@ -1,17 +1,23 @@
-"""Datasets: built-in ones that ship with scikit-learn, and users' own files.
+"""Datasets: built-in ones that ship inside installed packages, and users' own files.
 
-Nothing here downloads anything. Built-ins come from data bundled inside the
-installed scikit-learn package (``synthetic`` is built by scikit-learn at run
-time, seeded), split 75/25 (stratified, seed 0) identically on every call. User
-files are CSV, Parquet or ``.npz``; :func:`read_table` turns
-each into a DataFrame and :mod:`shared.preprocessing` encodes it.
+Nothing here downloads anything. Tables and images come from data bundled
+inside the installed scikit-learn package (``synthetic`` is built by
+scikit-learn at run time, seeded), split 75/25 (stratified, seed 0) identically
+on every call. Sensor time series (``basic-motions``, ``pickup-gesture``) are
+UEA/UCR archive files bundled inside aeon's wheel, read with aeon's own ``.ts``
+reader and kept in the archive's own train/test split; aeon is the optional
+``series`` extra. User files are CSV, Parquet or ``.npz``; :func:`read_table`
+turns each into a DataFrame and :mod:`shared.preprocessing` encodes it.
 
 ``.npz`` layout: arrays ``x`` and ``y`` of equal length. ``x`` of shape
 ``(n, d)`` becomes a table with columns ``x0 .. x{d-1}``; ``x`` of shape
-``(n, H, W)`` or ``(n, C, H, W)`` becomes flat pixel columns ``x0 ..`` with
+``(n, C, H, W)`` becomes flat pixel columns ``x0 ..`` with
 ``frame.attrs[IMAGE_SHAPE_ATTR] = (C, H, W)``, from which
-:func:`~shared.preprocessing.fit_preprocessing` fits an image encoding. ``y``
-goes into the label column (``"label"`` unless the caller names another).
+:func:`~shared.preprocessing.fit_preprocessing` fits an image encoding; ``x`` of
+shape ``(n, channels, steps)`` is a set of time series (flat channel-major
+columns, ``frame.attrs[SERIES_SHAPE_ATTR] = (channels, steps)``; a shorter series
+ends in all-NaN steps). ``y`` goes into the label column (``"label"`` unless the
+caller names another).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import hashlib
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,8 +35,10 @@ from shared.errors import DataError
 from shared.lazy_import import lazy_module
 from shared.preprocessing import (
     IMAGE_SHAPE_ATTR,
+    SERIES_SHAPE_ATTR,
     Preprocessing,
     fit_preprocessing,
+    fit_series,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +47,13 @@ else:
     # pandas costs ~0.4 s to import; a node reading cached arrays never needs it.
     pd = lazy_module("pandas")
 
-BUILTIN_DATASETS = ("digits", "breast-cancer", "synthetic")
+# Built-in time series: fedge name -> the archive problem aeon's wheel bundles.
+AEON_PROBLEMS = {
+    "basic-motions": "BasicMotions",  # 6 channels (accelerometer, gyroscope) x 100
+    "pickup-gesture": "PickupGestureWiimoteZ",  # 1 channel, 29-361 steps, 10 classes
+}
+AEON_PIN = "aeon==1.6.0"
+BUILTIN_DATASETS = ("digits", "breast-cancer", "synthetic", *AEON_PROBLEMS)
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".npz")
 BUILTIN_LABEL_COLUMN = "label"
 BUILTIN_TEST_FRACTION = 0.25
@@ -171,6 +185,8 @@ def _builtin(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Preprocessi
     """Load a built-in once per process: features, labels, train mask, encoding."""
     from sklearn import datasets as skd  # heavy import; only when needed
 
+    if name in AEON_PROBLEMS:
+        return _aeon_builtin(name)
     if name == "digits":
         bunch = skd.load_digits()
         raw = bunch.data.reshape(-1, 1, 8, 8)
@@ -226,20 +242,76 @@ def _tabular_builtin(
     return x, y, is_train, prep
 
 
+def _aeon_file(problem: str, split: str) -> tuple[np.ndarray | list[np.ndarray], Any]:
+    """Read one bundled ``.ts`` file with aeon's reader; never downloads."""
+    try:
+        import aeon.datasets as aeon_datasets
+    except ImportError as e:
+        raise DataError(
+            f"the built-in time series need aeon, which is not installed ({e}). "
+            f"Install it with `make setup`, or `pip install 'fedge[series]'` then "
+            f"`pip install --no-deps {AEON_PIN}`"
+        ) from e
+    path = (
+        Path(aeon_datasets.__file__).parent / "data" / problem / f"{problem}_{split}.ts"
+    )
+    if not path.is_file():
+        raise DataError(
+            f"{path} is not in the installed aeon; fedge reads the copy bundled "
+            f"in aeon's wheel and never downloads. Reinstall {AEON_PIN}"
+        )
+    return aeon_datasets.load_from_ts_file(str(path))  # type: ignore[no-any-return]
+
+
+def _aeon_builtin(
+    name: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Preprocessing]:
+    """Load a bundled archive problem in its own split, encoded with train stats."""
+    problem = AEON_PROBLEMS[name]
+    train_x, train_y = _aeon_file(problem, "TRAIN")
+    test_x, test_y = _aeon_file(problem, "TEST")
+    labels = np.concatenate([np.asarray(train_y), np.asarray(test_y)]).astype(str)
+    names = sorted(set(labels.tolist()))
+    if all(n.lstrip("-").isdigit() for n in names):
+        names.sort(key=int)
+    class_names = tuple(names)
+    prep = fit_series(
+        list(train_x),
+        class_names=class_names,
+        label_column=BUILTIN_LABEL_COLUMN,
+        source=f"{name}[train]",
+    )
+    x = np.concatenate(
+        [prep.transform_features(list(part), source=name) for part in (train_x, test_x)]
+    )
+    index = {c: i for i, c in enumerate(class_names)}
+    y = np.array([index[label] for label in labels], dtype=np.int64)
+    is_train = np.arange(len(y)) < len(train_y)
+    _readonly(x, y, is_train)
+    return x, y, is_train, prep
+
+
 def load_builtin(name: str, split: str) -> Dataset:
     """Load a built-in dataset's fixed train or test split.
 
     Parameters
     ----------
-    name : {"digits", "breast-cancer", "synthetic"}
+    name : {"digits", "breast-cancer", "synthetic", "basic-motions", "pickup-gesture"}
         ``digits``: 1797 8×8 grey images, 10 classes, pixels scaled by 1/16.
         ``breast-cancer``: 569 rows, 30 numeric features standardised with
         train-split statistics, classes ``("malignant", "benign")``.
         ``synthetic``: 32,000 rows of scikit-learn's ``make_classification``
         (seed 0; 20 features of which 10 informative, 4 classes ``"0".."3"``),
         built at run time, standardised with train-split statistics.
+        ``basic-motions``: 80 recordings (40 train, 40 test) of a smartwatch's
+        accelerometer and gyroscope, 6 channels × 100 steps, 4 activities.
+        ``pickup-gesture``: 100 recordings (50/50) of a Wiimote's Z-axis
+        accelerometer, 1 channel of 29 to 361 steps (padded to the longest
+        training one), 10 gestures. Both standardised per channel with train
+        statistics; they need aeon (the ``series`` extra).
     split : {"train", "test"}
-        The stratified 75/25 split with seed 0; identical on every call.
+        The stratified 75/25 split with seed 0 (the time series: the archive's
+        own split); identical on every call.
 
     Returns
     -------
@@ -304,16 +376,16 @@ def _read_npz(path: Path, label_column: str) -> pd.DataFrame:
         )
     if x.ndim not in (2, 3, 4):
         raise DataError(
-            f"{path}: 'x' must have shape (n, d), (n, H, W) or (n, C, H, W), "
-            f"got {x.shape}"
+            f"{path}: 'x' must have shape (n, d) for a table, (n, channels, steps) "
+            f"for time series or (n, C, H, W) for images, got {x.shape}"
         )
     flat = x.reshape(len(x), -1)
     frame = pd.DataFrame(flat, columns=[f"x{i}" for i in range(flat.shape[1])])
     frame[label_column] = y
-    if x.ndim >= 3:
-        frame.attrs[IMAGE_SHAPE_ATTR] = (
-            (1, *x.shape[1:]) if x.ndim == 3 else x.shape[1:]
-        )
+    if x.ndim == 3:
+        frame.attrs[SERIES_SHAPE_ATTR] = x.shape[1:]
+    elif x.ndim == 4:
+        frame.attrs[IMAGE_SHAPE_ATTR] = x.shape[1:]
     return frame
 
 

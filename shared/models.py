@@ -19,7 +19,9 @@ from torch import nn
 
 from shared.errors import ModelError
 
-MODEL_NAMES = ("mlp", "cnn")
+MODEL_NAMES = ("mlp", "cnn", "cnn1d", "gru")
+# Registry models per input rank: what "auto" picks, and what each accepts.
+SERIES_MODELS = ("cnn1d", "gru")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -29,20 +31,22 @@ class ModelSpec:
 
     Parameters
     ----------
-    name : {"mlp", "cnn"}
+    name : {"mlp", "cnn", "cnn1d", "gru"}
         Architecture. ``mlp`` takes flat feature vectors, ``cnn`` takes
-        ``(channels, height, width)`` images.
+        ``(channels, height, width)`` images, ``cnn1d`` and ``gru`` take
+        ``(channels, steps)`` time series.
     input_shape : tuple of int
         Shape of one example, without the batch axis.
     num_classes : int
         Number of output logits.
     hidden : tuple of int
         MLP: widths of the hidden layers. CNN: ``(conv1, conv2, fc)`` widths.
+        CNN1D: ``(conv1, conv2)`` channels. GRU: ``(hidden size,)``.
     activation : {"relu", "tanh"}
         Tanh often trains better under DP-SGD (bounded activations keep
         per-sample gradient norms small; Papernot et al., 2021).
     groups : int
-        GroupNorm groups after the first convolution (CNN only).
+        GroupNorm groups after each convolution (CNN, CNN1D).
     """
 
     name: str
@@ -73,6 +77,16 @@ class ModelSpec:
             )
         if self.name == "cnn" and self.hidden and len(self.hidden) != 3:
             problems.append(f"cnn hidden must be (conv1, conv2, fc), got {self.hidden}")
+        if self.name in SERIES_MODELS and len(self.input_shape) != 2:
+            problems.append(
+                f"{self.name} needs input_shape (channels, steps), "
+                f"got {self.input_shape}"
+            )
+        expected = {"cnn1d": 2, "gru": 1}.get(self.name)
+        if expected and self.hidden and len(self.hidden) != expected:
+            problems.append(
+                f"{self.name} hidden must have {expected} width(s), got {self.hidden}"
+            )
         if problems:
             raise ModelError("Invalid model spec: " + "; ".join(problems) + ".")
 
@@ -110,11 +124,17 @@ def default_spec(
 ) -> ModelSpec:
     """Return the registry's default spec for ``name`` on data of this shape.
 
-    ``name="auto"`` picks ``cnn`` for images and ``mlp`` for feature vectors.
+    ``name="auto"`` picks ``cnn`` for images, ``cnn1d`` for time series
+    ``(channels, steps)`` and ``mlp`` for feature vectors.
     """
     if name == "auto":
-        name = "cnn" if len(input_shape) == 3 else "mlp"
-    hidden = {"mlp": (128, 64), "cnn": (16, 32, 64)}.get(name, ())
+        name = {3: "cnn", 2: "cnn1d"}.get(len(input_shape), "mlp")
+    hidden = {
+        "mlp": (128, 64),
+        "cnn": (16, 32, 64),
+        "cnn1d": (16, 32),
+        "gru": (32,),
+    }.get(name, ())
     if name == "mlp" and len(input_shape) != 1:
         input_shape = (math.prod(input_shape),)
     return ModelSpec(
@@ -171,6 +191,86 @@ class CNN(nn.Module):  # type: ignore[misc]  # nn.Module is Any: mypy skips torc
         return self.classifier(self.features(x))
 
 
+class CNN1D(nn.Module):  # type: ignore[misc]  # nn.Module is Any: mypy skips torch (pyproject)
+    """1-D CNN for sensor series: two conv–GroupNorm–act blocks, global average pool.
+
+    The second convolution is dilated (a small temporal convolutional network):
+    two layers of kernel 5 see 13 steps. Global pooling makes the classifier
+    independent of the series length, and GroupNorm keeps it DP-compatible.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        channels, _ = spec.input_shape
+        conv1, conv2 = spec.hidden or (16, 32)
+        act = ACTIVATIONS[spec.activation]
+        self.features = nn.Sequential(
+            nn.Conv1d(channels, conv1, kernel_size=5, padding=2),
+            nn.GroupNorm(math.gcd(spec.groups, conv1), conv1),
+            act(),
+            nn.Conv1d(conv1, conv2, kernel_size=5, padding=4, dilation=2),
+            nn.GroupNorm(math.gcd(spec.groups, conv2), conv2),
+            act(),
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(conv2, spec.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits for the batch ``x`` of shape ``(B, channels, steps)``."""
+        return self.classifier(self.features(x))
+
+
+class GRU(nn.Module):  # type: ignore[misc]  # nn.Module is Any: mypy skips torch (pyproject)
+    """One-layer GRU over the steps, logits from its last hidden state.
+
+    The recurrent layer is Opacus's ``DPGRU`` (per-step linear layers whose
+    per-sample gradients Opacus and the fast DP path can compute); its weights
+    have ``nn.GRU``'s names and layout, so :meth:`for_export` swaps in an
+    ``nn.GRU`` that exports as one ONNX ``GRU`` operator.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        from opacus.layers import DPGRU  # Opacus loads only for this model
+
+        channels, _ = spec.input_shape
+        (hidden,) = spec.hidden or (32,)
+        self.rnn = DPGRU(channels, hidden, batch_first=True)
+        self.classifier = nn.Linear(hidden, spec.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits for the batch ``x`` of shape ``(B, channels, steps)``."""
+        _, last = self.rnn(x.transpose(1, 2))
+        return self.classifier(last[-1])
+
+    def for_export(self) -> nn.Module:
+        """Return a copy computing the same function with ``nn.GRU``, in eval mode."""
+        clone = _ExportGRU(self.rnn.input_size, self.rnn.hidden_size, self.classifier)
+        clone.rnn.load_state_dict(self.rnn.state_dict())
+        return clone.eval()
+
+
+class _ExportGRU(nn.Module):  # type: ignore[misc]  # nn.Module is Any: mypy skips torch (pyproject)
+    """:class:`GRU` with PyTorch's fused ``nn.GRU`` (ONNX: a single ``GRU`` op)."""
+
+    def __init__(self, channels: int, hidden: int, classifier: nn.Module) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(channels, hidden, batch_first=True)
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits for the batch ``x`` of shape ``(B, channels, steps)``."""
+        _, last = self.rnn(x.transpose(1, 2))
+        return self.classifier(last[-1])
+
+
+def for_export(model: nn.Module) -> nn.Module:
+    """Return the module to hand an exporter: the same function, exportable layers."""
+    swap = getattr(model, "for_export", None)
+    return swap() if callable(swap) else model
+
+
 def build_model(spec: ModelSpec, *, model_seed: int | None = None) -> nn.Module:
     """Instantiate the network ``spec`` describes.
 
@@ -183,6 +283,10 @@ def build_model(spec: ModelSpec, *, model_seed: int | None = None) -> nn.Module:
     """
     if model_seed is not None:
         torch.manual_seed(model_seed)
-    if spec.name == "mlp":
-        return MLP(spec)
-    return CNN(spec)
+    kinds: dict[str, type[nn.Module]] = {
+        "mlp": MLP,
+        "cnn": CNN,
+        "cnn1d": CNN1D,
+        "gru": GRU,
+    }
+    return kinds[spec.name](spec)

@@ -8,7 +8,11 @@ device encodes its inputs exactly as training did. It is pure NumPy/pandas.
 Tabular encoding is numeric columns first, standardised with the reference
 mean and standard deviation, then one one-hot block per categorical column in
 ``categories`` order. Images are scaled by ``pixel_scale`` and reshaped to
-``image_shape`` (channels, height, width).
+``image_shape`` (channels, height, width). Time series ``(channels, steps)``
+are standardised per channel and brought to ``series_shape``'s length: longer
+ones are cut at the end, shorter ones padded at the end with zeros (the
+channel's mean once standardised). A shorter series in a fixed-size array ends
+in all-NaN time steps.
 
 Row numbers in messages are 1-based data rows: row 1 is the first row after
 a CSV header (file line 2).
@@ -35,13 +39,16 @@ else:
     # pandas costs ~0.4 s to import; a node reading cached arrays never needs it.
     pd = lazy_module("pandas")
 
-KINDS = ("tabular", "image")
+KINDS = ("tabular", "image", "series")
 IMPUTE_MODES = ("none", "mean")
 # An object column counts as numeric with typos, rather than categorical, when at
 # least this share of its non-missing values parse as numbers.
 NUMERIC_SHARE = 0.9
 # ``DataFrame.attrs`` key read_table uses to mark pixel columns as one image.
 IMAGE_SHAPE_ATTR = "fedge_image_shape"
+# ``DataFrame.attrs`` key read_table uses to mark flat columns as (channels, steps)
+# time series; trailing all-NaN steps pad a shorter series.
+SERIES_SHAPE_ATTR = "fedge_series_shape"
 
 
 def _row(position: int) -> str:
@@ -140,6 +147,11 @@ class Preprocessing:
         ``(C, H, W)`` for images.
     pixel_scale : float
         Raw image values are divided by this.
+    series_shape : tuple of int or None
+        ``(channels, steps)`` the model takes, for time series.
+    channel_means, channel_scales : tuple of float
+        Per channel of a time series: the reference mean and population
+        standard deviation (1.0 where it is 0) over every recorded step.
     """
 
     kind: str
@@ -154,6 +166,9 @@ class Preprocessing:
     fill_values: dict[str, float | str] = field(default_factory=dict)
     image_shape: tuple[int, ...] | None = None
     pixel_scale: float = 1.0
+    series_shape: tuple[int, ...] | None = None
+    channel_means: tuple[float, ...] = ()
+    channel_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         """Validate every field; report all problems at once."""
@@ -180,6 +195,23 @@ class Preprocessing:
                 )
             if not self.pixel_scale > 0:
                 problems.append(f"pixel_scale must be > 0, got {self.pixel_scale}")
+        elif self.kind == "series":
+            shape = self.series_shape
+            if shape is None or len(shape) != 2 or min(shape) < 1:
+                problems.append(
+                    f"series_shape must be (channels, steps) of positive ints, "
+                    f"got {shape!r}"
+                )
+            elif not len(self.channel_means) == len(self.channel_scales) == shape[0]:
+                problems.append(
+                    f"channel_means ({len(self.channel_means)}) and channel_scales "
+                    f"({len(self.channel_scales)}) need one entry per channel "
+                    f"({shape[0]})"
+                )
+            elif min(self.channel_scales) <= 0:
+                problems.append(
+                    f"channel_scales must be > 0, got {self.channel_scales}"
+                )
         else:
             expected = set(self.numeric_columns) | set(self.categories)
             if set(self.feature_columns) != expected or len(expected) != len(
@@ -199,6 +231,9 @@ class Preprocessing:
         if self.kind == "image":
             assert self.image_shape is not None
             return tuple(self.image_shape)
+        if self.kind == "series":
+            assert self.series_shape is not None
+            return tuple(self.series_shape)
         n = len(self.numeric_columns) + sum(len(c) for c in self.categories.values())
         return (n,)
 
@@ -221,6 +256,9 @@ class Preprocessing:
             numeric array in ``feature_columns`` order (only when every feature
             is numeric). Images: ``(n, C*H*W)``, ``(n, C, H, W)``, or ``(n, H, W)``
             when ``C == 1``; a frame is read as flat pixel rows (label dropped).
+            Time series: ``(n, C, steps)`` with any number of steps (trailing
+            all-NaN steps pad shorter ones), a list of ``(C, steps_i)`` arrays,
+            or a frame of flat channel-major rows (label dropped).
         source : str
             File or description named in error messages.
 
@@ -236,6 +274,8 @@ class Preprocessing:
         """
         if self.kind == "image":
             return self._transform_images(data, source)
+        if self.kind == "series":
+            return self._transform_series(data, source)
         if isinstance(data, pd.DataFrame):
             return self._transform_frame(data, source)
         return self._transform_array(np.asarray(data), source)
@@ -279,6 +319,25 @@ class Preprocessing:
             )
         scaled: np.ndarray = (array / self.pixel_scale).astype(np.float32)
         return scaled
+
+    def _transform_series(
+        self, data: pd.DataFrame | np.ndarray | list[np.ndarray], source: str
+    ) -> np.ndarray:
+        assert self.series_shape is not None
+        channels, steps = self.series_shape
+        if isinstance(data, pd.DataFrame):
+            data = data.drop(columns=[self.label_column], errors="ignore")
+            flat = data.to_numpy(dtype=np.float64)
+            if flat.shape[1] % channels:
+                raise DataError(
+                    f"{source}: {flat.shape[1]} values per row do not split into "
+                    f"{channels} channels of equal length"
+                )
+            data = flat.reshape(len(flat), channels, -1)
+        array, lengths = series_array(data, channels=channels, source=source)
+        means = np.asarray(self.channel_means)[:, None]
+        scales = np.asarray(self.channel_scales)[:, None]
+        return fix_length((array - means) / scales, lengths, steps)
 
     def _transform_frame(self, frame: pd.DataFrame, source: str) -> np.ndarray:
         frame = frame.rename(columns=str)
@@ -419,8 +478,12 @@ class Preprocessing:
 
     # ------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        """Return a plain-JSON dict (lists, str, float, int, None)."""
-        return {
+        """Return a plain-JSON dict (lists, str, float, int, None).
+
+        The time-series keys appear only for ``kind="series"``, so tables' and
+        images' metadata stay as they were before time series existed.
+        """
+        out = {
             "kind": self.kind,
             "label_column": self.label_column,
             "class_names": list(self.class_names),
@@ -437,6 +500,12 @@ class Preprocessing:
             "image_shape": None if self.image_shape is None else list(self.image_shape),
             "pixel_scale": float(self.pixel_scale),
         }
+        if self.kind == "series":
+            assert self.series_shape is not None
+            out["series_shape"] = list(self.series_shape)
+            out["channel_means"] = [float(m) for m in self.channel_means]
+            out["channel_scales"] = [float(s) for s in self.channel_scales]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
@@ -465,6 +534,13 @@ class Preprocessing:
                     else tuple(int(s) for s in d["image_shape"])
                 ),
                 pixel_scale=float(d.get("pixel_scale", 1.0)),
+                series_shape=(
+                    None
+                    if d.get("series_shape") is None
+                    else tuple(int(s) for s in d["series_shape"])
+                ),
+                channel_means=tuple(float(m) for m in d.get("channel_means", ())),
+                channel_scales=tuple(float(s) for s in d.get("channel_scales", ())),
             )
         except KeyError as e:
             raise DataError(f"preprocessing dict lacks required key {e}") from e
@@ -485,6 +561,109 @@ class Preprocessing:
                 f"preprocessing JSON must be an object, got {type(d).__name__}"
             )
         return cls.from_dict(d)
+
+
+def series_array(
+    data: np.ndarray | list[np.ndarray], *, channels: int, source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stack time series into ``(n, channels, steps)`` float64 and their lengths.
+
+    A series' length is its steps up to the last one with any recorded value:
+    trailing all-NaN steps are padding. A NaN or infinity inside a series is
+    refused (series are not imputed).
+
+    Raises
+    ------
+    DataError
+        Wrong dimensions or channel count, non-numeric or missing values.
+    """
+    if isinstance(data, list | tuple):
+        if not data:
+            raise DataError(f"{source}: no time series given")
+        parts = [np.asarray(s) for s in data]
+        bad = next((i for i, p in enumerate(parts) if p.ndim != 2), None)
+        if bad is not None:
+            raise DataError(
+                f"{source}: series {bad + 1} has shape {parts[bad].shape}; "
+                "expected (channels, steps)"
+            )
+        longest = max(p.shape[1] for p in parts)
+        array = np.full((len(parts), parts[0].shape[0], longest), np.nan)
+        for i, p in enumerate(parts):
+            if p.shape[0] != array.shape[1]:
+                raise DataError(
+                    f"{source}: series {i + 1} has {p.shape[0]} channels, series 1 "
+                    f"has {array.shape[1]}; every series needs the same channels"
+                )
+            array[i, :, : p.shape[1]] = p
+    else:
+        array = np.asarray(data)
+    if array.ndim != 3 or array.shape[1] != channels:
+        raise DataError(
+            f"{source}: expected time series of shape (n, {channels}, steps), got "
+            f"{tuple(array.shape)}"
+        )
+    if not np.issubdtype(array.dtype, np.number):
+        raise DataError(
+            f"{source}: time series values must be numeric, got dtype {array.dtype}"
+        )
+    array = array.astype(np.float64)
+    recorded = ~np.isnan(array).all(axis=1)  # (n, steps): any channel has a value
+    lengths = np.where(
+        recorded.any(axis=1), array.shape[2] - np.argmax(recorded[:, ::-1], axis=1), 0
+    )
+    inside = np.arange(array.shape[2])[None, :] < lengths[:, None]
+    bad_steps = inside & ~np.isfinite(array).all(axis=1)
+    if bad_steps.any():
+        row, step = (int(i) for i in np.argwhere(bad_steps)[0])
+        raise DataError(
+            f"{source}: missing or non-finite value in series {row + 1} at step "
+            f"{step + 1} (only trailing steps missing on every channel count as "
+            "padding); time series cannot be imputed"
+        )
+    if (lengths == 0).any():
+        row = int(np.flatnonzero(lengths == 0)[0])
+        raise DataError(f"{source}: series {row + 1} has no recorded step")
+    return array, lengths
+
+
+def fix_length(array: np.ndarray, lengths: np.ndarray, steps: int) -> np.ndarray:
+    """Zero every step past each series' length, then cut or zero-pad to ``steps``."""
+    n, channels, have = array.shape
+    out = np.zeros((n, channels, steps), dtype=np.float32)
+    keep = min(have, steps)
+    inside = np.arange(keep)[None, None, :] < lengths[:, None, None]
+    out[:, :, :keep] = np.where(inside, array[:, :, :keep], 0.0)
+    return out
+
+
+def fit_series(
+    data: np.ndarray | list[np.ndarray],
+    *,
+    class_names: tuple[str, ...],
+    label_column: str,
+    source: str,
+) -> Preprocessing:
+    """Fit a time-series encoding: per-channel mean and scale, the longest length.
+
+    Statistics use every recorded step of every series (padding excluded);
+    ``steps`` is the longest reference series, so nothing recorded there is cut.
+    """
+    first = data[0] if isinstance(data, list | tuple) else np.asarray(data)[0]
+    channels = int(np.asarray(first).shape[0])
+    array, lengths = series_array(data, channels=channels, source=source)
+    inside = np.arange(array.shape[2])[None, :] < lengths[:, None]
+    values = array.transpose(1, 0, 2)[:, inside]  # (channels, recorded steps)
+    means = values.mean(axis=1)
+    stds = values.std(axis=1)
+    return Preprocessing(
+        kind="series",
+        label_column=label_column,
+        class_names=class_names,
+        series_shape=(channels, int(lengths.max())),
+        channel_means=tuple(float(m) for m in means),
+        channel_scales=tuple(float(s) if s > 0 else 1.0 for s in stds),
+    )
 
 
 def _looks_numeric(s: str) -> bool:
@@ -531,7 +710,9 @@ def fit_preprocessing(
     rejected, naming the first bad value and its row. If ``frame.attrs`` holds
     ``IMAGE_SHAPE_ATTR`` (set by ``read_table`` for image ``.npz`` files), the
     non-label columns are flat pixels and an image encoding is fitted, with
-    ``pixel_scale = max|x|`` (1.0 if that is 0).
+    ``pixel_scale = max|x|`` (1.0 if that is 0). With ``SERIES_SHAPE_ATTR``
+    (``(channels, steps)``, 3-D ``.npz`` files) a time-series encoding is fitted
+    (:func:`fit_series`).
 
     Parameters
     ----------
@@ -569,6 +750,15 @@ def fit_preprocessing(
     class_names = _class_names(frame[label_column], label_column, source)
     features = frame.drop(columns=[label_column])
 
+    series_shape = frame.attrs.get(SERIES_SHAPE_ATTR)
+    if series_shape is not None:
+        flat = features.to_numpy(dtype=np.float64)
+        return fit_series(
+            flat.reshape(len(flat), *series_shape),
+            class_names=class_names,
+            label_column=label_column,
+            source=source,
+        )
     image_shape = frame.attrs.get(IMAGE_SHAPE_ATTR)
     if image_shape is not None:
         pixels = features.to_numpy(dtype=np.float64)

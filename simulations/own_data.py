@@ -43,7 +43,7 @@ from shared.datasets import (
 )
 from shared.errors import ConfigError, DataError
 from shared.partition import partition_indices, partition_stats
-from shared.preprocessing import IMAGE_SHAPE_ATTR, fit_preprocessing
+from shared.preprocessing import IMAGE_SHAPE_ATTR, SERIES_SHAPE_ATTR, fit_preprocessing
 from simulations.scenario_file import DEFAULT_CLIENTS
 
 HOLDOUT_FRACTION = 0.2  # of --data, the coordinator's central test set
@@ -425,9 +425,9 @@ def _write_table(frame: pd.DataFrame, path: Path, label_column: str) -> None:
         frame.to_csv(path, index=False)
     elif suffix == ".parquet":
         frame.to_parquet(path, index=False)
-    else:  # .npz: x (flat features or images) and y, as read_table expects
+    else:  # .npz: x (flat features, series or images) and y, as read_table expects
         x = frame.drop(columns=[label_column]).to_numpy()
-        shape = frame.attrs.get(IMAGE_SHAPE_ATTR)
+        shape = frame.attrs.get(IMAGE_SHAPE_ATTR) or frame.attrs.get(SERIES_SHAPE_ATTR)
         if shape is not None:
             x = x.reshape(len(frame), *shape)
         np.savez(path, x=x, y=frame[label_column].to_numpy())

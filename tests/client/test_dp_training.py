@@ -13,7 +13,9 @@ from client.dp_training import make_private_step, train_private
 from shared.errors import ConfigError, DataError, ModelError
 from shared.models import build_model, default_spec
 
-MODELS = [("cnn", (1, 8, 8)), ("mlp", (64,))]
+# cnn1d: Conv1d + GroupNorm; gru: Opacus's DPGRU, whose per-step Linear layers run
+# once per step (the fast path sums their calls).
+MODELS = [("cnn", (1, 8, 8)), ("mlp", (64,)), ("cnn1d", (3, 20)), ("gru", (3, 12))]
 
 
 def model_and_data(name, shape, n=24, seed=0):
@@ -338,16 +340,37 @@ def test_unsupported_layer_falls_back_to_opacus_hooks():
         train_private(model, x, y, grad_sample_mode="fast", **args)
 
 
-def test_a_layer_used_twice_is_refused_by_the_fast_path():
+def test_a_linear_layer_used_twice_gets_the_sum_of_its_calls_gradients():
+    # A recurrent layer's step runs its Linear layers once per step, like this.
     class Twice(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 4)
 
         def forward(self, x):
-            return self.fc(self.fc(x))
+            return self.fc(torch.tanh(self.fc(x)))
 
-    x = np.zeros((4, 4), np.float32)
+    torch.manual_seed(0)
+    model = Twice()
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    expected = per_example_grads(model, x, y)
+    with ClippedGradients(model) as clipper:
+        got = clipper.per_sample_gradients(x, y)
+    for i in range(len(x)):
+        for g, e in zip(got, expected[i], strict=True):
+            torch.testing.assert_close(g[i], e, atol=1e-6, rtol=1e-5)
+
+
+def test_a_convolution_used_twice_is_refused_by_the_fast_path():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(self.conv(x)).mean(2)
+
+    x = np.zeros((4, 2, 5), np.float32)
     with pytest.raises(ModelError, match="ran more than once"):
         train_private(
             Twice(),

@@ -4,7 +4,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from shared.errors import ModelError
-from shared.models import ModelSpec, build_model, default_spec
+from shared.models import ModelSpec, build_model, default_spec, for_export
 
 
 def shapes(model):
@@ -42,6 +42,47 @@ def test_auto_picks_cnn_for_images_and_mlp_for_vectors():
     assert default_spec("auto", (30,), 2).name == "mlp"
 
 
+def test_auto_picks_the_1d_cnn_for_time_series():
+    assert default_spec("auto", (6, 100), 4).name == "cnn1d"
+
+
+@pytest.mark.parametrize("name", ["cnn1d", "gru"])
+@pytest.mark.parametrize("steps", [100, 37])
+def test_series_models_give_one_logit_per_class_for_any_length(name, steps):
+    model = build_model(default_spec(name, (6, 100), 4), model_seed=0)
+
+    assert model(torch.randn(3, 6, steps)).shape == (3, 4)
+
+
+def test_gru_exports_as_pytorchs_gru_computing_the_same_function():
+    model = build_model(default_spec("gru", (3, 20), 5), model_seed=0)
+    x = torch.randn(4, 3, 20)
+
+    exported = for_export(model)
+
+    assert any(type(m) is nn.GRU for m in exported.modules())
+    # nn.GRU's own equations, written out: an independent reference.
+    gru = next(m for m in exported.modules() if type(m) is nn.GRU)
+    w_ih, w_hh = gru.weight_ih_l0.detach(), gru.weight_hh_l0.detach()
+    b_ih, b_hh = gru.bias_ih_l0.detach(), gru.bias_hh_l0.detach()
+    h = torch.zeros(4, gru.hidden_size)
+    for t in range(20):
+        gi, gh = x[:, :, t] @ w_ih.T + b_ih, h @ w_hh.T + b_hh
+        r = torch.sigmoid(gi[:, :32] + gh[:, :32])
+        z = torch.sigmoid(gi[:, 32:64] + gh[:, 32:64])
+        n = torch.tanh(gi[:, 64:] + r * gh[:, 64:])
+        h = (1 - z) * n + z * h
+    reference = model.classifier(h)
+    torch.testing.assert_close(exported(x), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_models_without_a_swap_export_as_they_are():
+    model = build_model(default_spec("cnn1d", (2, 9), 3))
+
+    assert for_export(model) is model
+
+
 def test_mlp_on_image_shape_flattens_the_input():
     spec = default_spec("mlp", (1, 8, 8), 10)
 
@@ -76,6 +117,8 @@ def test_cnn_channels_not_divisible_by_groups_still_build():
     [
         default_spec("mlp", (30,), 2),
         default_spec("cnn", (1, 8, 8), 10, activation="tanh"),
+        default_spec("cnn1d", (6, 100), 4),
+        default_spec("gru", (1, 361), 10),
         ModelSpec(
             name="cnn",
             input_shape=(3, 10, 6),
@@ -100,7 +143,10 @@ def test_from_dict_ignores_unknown_keys():
 
 # ---------------------------------------------------------------- seeding
 @pytest.mark.parametrize("seed", [0, 1, 123])
-@pytest.mark.parametrize("name,shape", [("mlp", (30,)), ("cnn", (1, 8, 8))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [("mlp", (30,)), ("cnn", (1, 8, 8)), ("cnn1d", (6, 100)), ("gru", (6, 100))],
+)
 def test_seeded_init_is_identical(seed, name, shape):
     spec = default_spec(name, shape, 3)
 
@@ -151,6 +197,14 @@ def test_seeded_init_is_identical(seed, name, shape):
             },
             r"cnn hidden must be \(conv1, conv2, fc\), got \(16, 32\)",
         ),
+        (
+            {"name": "gru", "input_shape": (1, 8, 8), "num_classes": 2},
+            r"gru needs input_shape \(channels, steps\), got \(1, 8, 8\)",
+        ),
+        (
+            {"name": "cnn1d", "input_shape": (2, 8), "num_classes": 2, "hidden": (4,)},
+            r"cnn1d hidden must have 2 width\(s\), got \(4,\)",
+        ),
     ],
 )
 def test_bad_spec_raises_model_error_naming_the_problem(kwargs, message):
@@ -188,6 +242,8 @@ def test_malformed_spec_dict_raises_model_error(data):
         default_spec("mlp", (30,), 2),
         default_spec("cnn", (1, 8, 8), 10),
         default_spec("cnn", (3, 10, 6), 4, activation="tanh"),
+        default_spec("cnn1d", (6, 100), 4),
+        default_spec("gru", (6, 100), 4),
     ],
 )
 def test_no_batchnorm_and_opacus_accepts_the_model(spec):

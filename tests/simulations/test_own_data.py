@@ -129,9 +129,13 @@ def test_with_eval_data_every_row_goes_to_the_clients(tmp_path):
     assert run_config_keys(plan, tmp_path)["eval-data-path"] == str(held)
 
 
-def test_npz_images_are_written_back_as_npz_of_the_same_shape(tmp_path):
+# (n, C, H, W) images and (n, channels, steps) time series.
+@pytest.mark.parametrize("shape", [(1, 4, 4), (3, 5)])
+def test_npz_images_and_series_are_written_back_as_npz_of_the_same_shape(
+    tmp_path, shape
+):
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 16, size=(40, 4, 4)).astype(np.float32)
+    x = rng.integers(0, 16, size=(40, *shape)).astype(np.float32)
     y = np.arange(40) % 2
     np.savez(tmp_path / "all.npz", x=x, y=y)
     plan = plan_own_data(
@@ -141,7 +145,7 @@ def test_npz_images_are_written_back_as_npz_of_the_same_shape(tmp_path):
     write_own_data(plan, tmp_path / "run")
 
     node = np.load(tmp_path / "run" / "data" / "node-0.npz")
-    assert node["x"].shape[1:] == (1, 4, 4)  # (H, W) images read as 1 channel
+    assert node["x"].shape[1:] == shape
     assert len(node["x"]) == plan.partitions["num-examples"][0] == 16
     held = np.load(tmp_path / "run" / "data" / "central-test.npz")
     assert len(held["y"]) == 8  # 20 % of 20 per class
