@@ -42,6 +42,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         f"(default: {DEFAULT_TOLERANCE:g})",
     )
     p.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="KEY",
+        help="elliptic-curve private key (PEM, e.g. from `fedge keygen`): sign "
+        "manifest.json, which hashes every artefact, into manifest.sig",
+    )
+    p.add_argument(
         "--format",
         choices=("text", "json"),
         default="text",
@@ -55,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from edge_export.pipeline import export_run  # imports torch: only when used
 
     manifest = export_run(
-        args.run_dir, quantize=args.quantize, tolerance=args.tolerance
+        args.run_dir,
+        quantize=args.quantize,
+        tolerance=args.tolerance,
+        sign_key=args.sign_key,
     )
     if args.format == "json":
         print(json.dumps(manifest.to_dict(), indent=2))
@@ -82,4 +92,9 @@ def run(args: argparse.Namespace) -> int:
             f"{c['size-ratio']:.2f}× fp32 size"
         )
     print(f"  int8 kept: {quant.get('chosen') or 'none'} ({quant.get('reason')})")
+    print(
+        f"  signed with {args.sign_key} (manifest.sig)"
+        if args.sign_key
+        else "  unsigned (give --sign-key KEY to sign the manifest)"
+    )
     return 0

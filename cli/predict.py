@@ -47,6 +47,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime threads (default: 1)"
     )
+    p.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="KEY",
+        help="the exporter's public key (PEM): refuse the model unless the "
+        "manifest beside it is validly signed by KEY and lists the model's hash",
+    )
     p.set_defaults(run=run)
 
 
@@ -74,11 +81,21 @@ def run(args: argparse.Namespace) -> int:
 
     model_path = args.model / ONNX_FP32_FILE if args.model.is_dir() else args.model
     try:
-        model = EdgeModel.load(model_path, threads=args.threads)
+        model = EdgeModel.load(
+            model_path, threads=args.threads, public_key=args.public_key
+        )
         prediction = model.predict(args.input)
     except EdgeError as e:
         print(f"fedge predict: error: {e}", file=sys.stderr)
         return 2
+    if model.signature == "unsigned":
+        print(
+            f"model {model_path}: unsigned (signature not checked; give "
+            "--public-key KEY to require one)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"model {model_path}: signature {model.signature}", file=sys.stderr)
     if args.output is None:
         write_predictions(prediction, sys.stdout)
     else:

@@ -1,4 +1,4 @@
-"""``fedge verify RUN_DIR``: re-check every hash in the manifest and the metadata."""
+"""``fedge verify RUN_DIR [--public-key KEY]``: hashes, metadata and signature."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "run_dir", type=Path, metavar="RUN_DIR", help="an exported run folder"
     )
+    p.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="KEY",
+        help="the exporter's public key (PEM): also require manifest.sig to be its "
+        "valid signature (hashes detect corruption; the signature, tampering). "
+        "Without it the signature is not checked and the export counts as unsigned",
+    )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(run=run)
 
@@ -31,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     """Verify; 0 intact, 1 tampered. A missing manifest raises (exit 2)."""
     from edge_export.manifest import verify_run
 
-    report = verify_run(args.run_dir)
+    report = verify_run(args.run_dir, public_key=args.public_key)
     if args.format == "json":
         print(
             json.dumps(
                 {
                     "ok": report.ok,
+                    "signature": report.signature,
                     "checked": report.checked,
                     "problems": report.problems,
                 },
@@ -48,8 +57,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"ok       {line}")
         for line in report.problems:
             print(f"PROBLEM  {line}", file=sys.stderr)
-        if report.ok:
-            print(f"{args.run_dir}: intact ({len(report.checked)} checks passed)")
+        if report.ok and report.signature == "unsigned":
+            print(
+                f"{args.run_dir}: intact ({len(report.checked)} checks passed); "
+                "unsigned: signature not checked (give --public-key KEY), so the "
+                "hashes rule out corruption but not a rewrite of files and manifest"
+            )
+        elif report.ok:
+            print(
+                f"{args.run_dir}: intact and signed ({len(report.checked)} checks "
+                "passed)"
+            )
         else:
             print(
                 f"{args.run_dir}: REFUSED, {len(report.problems)} problem(s); do not "

@@ -2,9 +2,10 @@
 
 :func:`verify_run` re-hashes every listed file and cross-checks the metadata
 inside the ONNX files against ``model.json``. It detects changed, truncated and
-missing files. The manifest itself is not signed: someone who can rewrite both
-a model and the manifest can pass verification; signing is the answer to that
-threat and is out of scope here.
+missing files: corruption. Someone who can rewrite both a model and the
+manifest passes those checks; a signature over the manifest
+(:mod:`edge_export.signing`, checked here when a public key is given) detects
+that tampering.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from edge_export.runtime import (
     KEY_PROVENANCE,
     KEY_QUANTIZATION,
     KEY_SPEC,
+    SignatureError,
     sha256_file,
+    verify_signature,
 )
 from shared.atomic_io import atomic_write_text
 from shared.errors import ModelError
@@ -33,6 +36,7 @@ from shared.run_folder import (
     MODEL_WEIGHTS_FILE,
     ONNX_FP32_FILE,
     ONNX_INT8_FILE,
+    SIGNATURE_FILE,
     PrivacySummary,
     read_model_card,
 )
@@ -147,8 +151,8 @@ def read_manifest(run_dir: Path) -> Manifest:
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path} is not valid JSON (corrupted?): {e}") from e
     return Manifest.from_dict(data, source=str(path))
 
 
@@ -162,10 +166,14 @@ class VerifyReport:
         What was checked and found correct.
     problems : list of str
         Every mismatch found (empty when the run folder is intact).
+    signature : str
+        ``"verified"`` when a public key was given and the signature holds;
+        ``"unsigned"`` when no key was given (the signature is not checked).
     """
 
     checked: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    signature: str = "unsigned"
 
     @property
     def ok(self) -> bool:
@@ -247,8 +255,13 @@ def _check_metadata(run_dir: Path, manifest: Manifest, report: VerifyReport) -> 
             report.checked.append(f"{name}: metadata matches {MODEL_CARD_FILE}")
 
 
-def verify_run(run_dir: str | Path) -> VerifyReport:
+def verify_run(
+    run_dir: str | Path, *, public_key: str | Path | None = None
+) -> VerifyReport:
     """Re-check every hash in the manifest and the metadata in the ONNX files.
+
+    With ``public_key``, the manifest's signature must verify too (a missing
+    or wrong signature is a problem); without it the signature is not checked.
 
     Returns
     -------
@@ -263,6 +276,15 @@ def verify_run(run_dir: str | Path) -> VerifyReport:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     report = VerifyReport()
+    if public_key is not None:
+        try:
+            verify_signature(run_dir / MANIFEST_FILE, public_key)
+        except SignatureError as e:
+            report.problems.append(str(e))
+            report.signature = "invalid"
+        else:
+            report.signature = "verified"
+            report.checked.append(f"{SIGNATURE_FILE}: signed by {public_key}")
     if ONNX_FP32_FILE not in manifest.artefacts:
         report.problems.append(f"the manifest does not list {ONNX_FP32_FILE}")
     _check_files(run_dir, manifest, report)

@@ -104,12 +104,22 @@ def write_metadata(model: onnx.ModelProto, props: Mapping[str, str]) -> None:
 
 def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, str]:
     """Return ``metadata_props`` as a dict (loads the file without weights)."""
+    source = "the ONNX model" if isinstance(model, onnx.ModelProto) else str(model)
     if not isinstance(model, onnx.ModelProto):
         try:
             model = onnx.load(str(model), load_external_data=False)
         except Exception as e:  # protobuf's DecodeError is not a stable type
             raise ModelError(f"{model} is not an ONNX file: {e}") from e
-    return {p.key: p.value for p in model.metadata_props}
+    props: dict[str, str] = {}
+    for entry in model.metadata_props:
+        # protobuf hands over bytes, not str, for a value that is not UTF-8.
+        if not isinstance(entry.key, str) or not isinstance(entry.value, str):
+            raise ModelError(
+                f"{source}: metadata entry {entry.key!r} is not UTF-8 text: its bytes "
+                "are corrupted; re-export the model or restore the file"
+            )
+        props[entry.key] = entry.value
+    return props
 
 
 def fedge_metadata(props: Mapping[str, str]) -> dict[str, str]:

@@ -35,7 +35,8 @@ from edge_export.onnx_export import (
 from edge_export.quantize import DYNAMIC, QUANT_METHODS, STATIC, quantize_int8
 from edge_export.run_inputs import RunInputs, calibration_data, held_out_data, load_run
 from edge_export.runtime import KEY_QUANTIZATION
-from shared.errors import ModelError
+from edge_export.signing import sign_manifest
+from shared.errors import ConfigError, ModelError
 from shared.run_folder import (
     CONFIG_FILE,
     MANIFEST_FILE,
@@ -43,6 +44,7 @@ from shared.run_folder import (
     MODEL_WEIGHTS_FILE,
     ONNX_FP32_FILE,
     ONNX_INT8_FILE,
+    SIGNATURE_FILE,
 )
 
 logger = logging.getLogger(__name__)
@@ -165,6 +167,7 @@ def export_run(
     tolerance: float = DEFAULT_TOLERANCE,
     calibration_size: int = CALIBRATION_SIZE,
     opset: int = OPSET,
+    sign_key: str | Path | None = None,
 ) -> Manifest:
     """Export a finished run's model for devices and write ``manifest.json``.
 
@@ -186,6 +189,10 @@ def export_run(
     calibration_size : int, default 256
         Training-side examples used to calibrate static quantisation.
     opset : int, default :data:`~edge_export.onnx_export.OPSET`
+    sign_key : path-like, optional
+        An elliptic-curve private key (PEM): sign the manifest, which hashes
+        every artefact, into ``manifest.sig``
+        (:func:`edge_export.signing.sign_manifest`). None leaves it unsigned.
 
     Returns
     -------
@@ -204,6 +211,8 @@ def export_run(
     if not tolerance > 0:
         raise ModelError(f"tolerance must be > 0, got {tolerance}")
     run_dir = Path(run_dir)
+    if sign_key is not None and not Path(sign_key).is_file():
+        raise ConfigError(f"signing key {sign_key} not found; nothing was exported")
     run = load_run(run_dir)
     test = held_out_data(run)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".export-"))
@@ -250,6 +259,8 @@ def export_run(
         _publish(run_dir, tmp, chosen is not None, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if sign_key is not None:
+        sign_manifest(run_dir, sign_key)
     return manifest
 
 
@@ -330,6 +341,7 @@ def _publish(run_dir: Path, tmp: Path, has_int8: bool, manifest: Manifest) -> No
     that vouches for files it does not describe (``fedge verify`` then says so).
     """
     (run_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    (run_dir / SIGNATURE_FILE).unlink(missing_ok=True)  # signed the old manifest
     os.replace(tmp / ONNX_FP32_FILE, run_dir / ONNX_FP32_FILE)
     if has_int8:
         os.replace(tmp / ONNX_INT8_FILE, run_dir / ONNX_INT8_FILE)

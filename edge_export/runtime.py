@@ -66,6 +66,7 @@ REQUIRED_KEYS = (
 # This file is copied alone to devices, so it cannot import shared.run_folder,
 # which owns these names; tests/test_run_folder_contract.py checks they agree.
 MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"  # the manifest's signature (a Sigstore bundle)
 # The privacy summary's largest per-node ε, and the name models exported before
 # it was unified used for it (read, so those models keep working).
 PRIVACY_EPSILON_MAX = "epsilon-max"
@@ -88,6 +89,10 @@ class ModelFileError(EdgeError):
 
 class InputError(EdgeError):
     """Input data does not match what the model expects."""
+
+
+class SignatureError(ModelFileError):
+    """The manifest's signature is missing, unreadable or not the trusted key's."""
 
 
 @dataclass(frozen=True)
@@ -216,10 +221,68 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _check_manifest_hash(path: Path) -> None:
-    """Refuse a model whose bytes differ from the manifest beside it, if any."""
-    manifest_path = path.parent / MANIFEST_FILE
+def verify_signature(
+    manifest_path: str | os.PathLike[str], public_key: str | os.PathLike[str]
+) -> None:
+    """Check ``manifest.sig`` beside the manifest against a trusted public key.
+
+    The signature covers the manifest's bytes, and the manifest holds the
+    SHA-256 of every exported file: a file that still matches a manifest whose
+    signature verifies is the file the key's holder exported. Hashes alone only
+    detect corruption (whoever rewrites a file can rewrite its hash too); the
+    signature detects tampering. OpenSSF's ``model-signing`` library verifies
+    (elliptic-curve key mode, offline); it is imported only here, so a device
+    that checks no signature needs neither it nor its dependencies.
+
+    Raises
+    ------
+    SignatureError
+        No signature, an unreadable key, or a signature that does not verify.
+    """
+    manifest_path, public_key = Path(manifest_path), Path(public_key)
+    signature = manifest_path.with_name(SIGNATURE_FILE)
     if not manifest_path.is_file():
+        raise SignatureError(
+            f"{manifest_path} not found: a signed export has one beside the model"
+        )
+    if not signature.is_file():
+        raise SignatureError(
+            f"{manifest_path.parent}: no {SIGNATURE_FILE}, the export is unsigned; "
+            f"refusing it because a public key ({public_key}) was given"
+        )
+    if not public_key.is_file():
+        raise SignatureError(f"public key {public_key} not found")
+    try:
+        from model_signing import verifying
+    except ImportError as e:
+        raise SignatureError(
+            "checking a signature needs the model-signing package "
+            "(pip install -r requirements-edge.txt)"
+        ) from e
+    try:
+        config = verifying.Config()  # type: ignore[no-untyped-call]
+        config.use_elliptic_key_verifier(public_key=public_key).verify(
+            manifest_path, signature
+        )
+    except Exception as e:  # model-signing raises ValueError and its own types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = (
+            "the manifest was changed after it was signed"
+            if first.startswith("Signature mismatch")
+            else f"not signed by {public_key} ({first[:200]})"
+        )
+        raise SignatureError(
+            f"{signature} does not verify: {reason}; refusing this export"
+        ) from e
+
+
+def _check_manifest_hash(path: Path, *, required: bool = False) -> None:
+    """Refuse a model whose bytes differ from the manifest beside it, if any.
+
+    ``required``: the manifest (signature checked) must exist and list the model.
+    """
+    manifest_path = path.parent / MANIFEST_FILE
+    if not manifest_path.is_file() and not required:
         return
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -230,6 +293,11 @@ def _check_manifest_hash(path: Path) -> None:
             "`fedge export RUN_DIR` or load with verify=False"
         ) from e
     if entry is None:
+        if required:
+            raise SignatureError(
+                f"{manifest_path} does not list {path.name}: the signature does "
+                "not cover this file; refusing it"
+            )
         return
     actual = sha256_file(path)
     if actual != entry.get("sha256"):
@@ -704,6 +772,8 @@ class EdgeModel:
         self.session = session
         self.metadata = metadata
         self.path = path
+        # "unsigned" unless load() checked the signature with a public key.
+        self.signature = "unsigned"
 
     @classmethod
     def load(
@@ -712,6 +782,7 @@ class EdgeModel:
         *,
         threads: int | None = 1,
         verify: bool = True,
+        public_key: str | os.PathLike[str] | None = None,
     ) -> EdgeModel:
         """Open an ONNX file written by ``fedge export``.
 
@@ -724,16 +795,28 @@ class EdgeModel:
         verify : bool, default True
             If a ``manifest.json`` lies beside the model and lists it, refuse
             the model unless its SHA-256 matches.
+        public_key : path-like, optional
+            The exporter's public key (PEM). Then the manifest beside the
+            model must carry a valid signature by that key and list the
+            model with its hash (:func:`verify_signature`). Without it the
+            signature is not checked: ``signature`` says ``"unsigned"``.
 
         Raises
         ------
         ModelFileError
             Missing file, not ONNX, no fedge metadata, or a hash mismatch.
+        SignatureError
+            ``public_key`` given and the signature missing or wrong.
         """
         path = Path(path)
         if not path.is_file():
             raise ModelFileError(f"model file not found: {path}")
-        if verify:
+        signature = "unsigned"
+        if public_key is not None:
+            verify_signature(path.parent / MANIFEST_FILE, public_key)
+            _check_manifest_hash(path, required=True)
+            signature = f"verified with {public_key}"
+        elif verify:
             _check_manifest_hash(path)
         try:
             session = ort.InferenceSession(
@@ -744,7 +827,13 @@ class EdgeModel:
                 f"{path} is not a valid ONNX model that ONNX Runtime can load: "
                 f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
             ) from e
-        props = session.get_modelmeta().custom_metadata_map
+        try:
+            props = session.get_modelmeta().custom_metadata_map
+        except UnicodeDecodeError as e:
+            raise ModelFileError(
+                f"{path}: its metadata is not UTF-8 text (corrupted bytes: {e}); "
+                "re-export the model or restore the file"
+            ) from e
         metadata = EdgeMetadata.from_props(props, source=str(path))
         inputs = [i.name for i in session.get_inputs()]
         if metadata.input_name not in inputs:
@@ -752,7 +841,9 @@ class EdgeModel:
                 f"{path}: metadata names input {metadata.input_name!r} but the "
                 f"graph's inputs are {inputs}"
             )
-        return cls(session, metadata, path)
+        model = cls(session, metadata, path)
+        model.signature = signature
+        return model
 
     @property
     def class_labels(self) -> tuple[str, ...]:

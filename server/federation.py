@@ -34,6 +34,7 @@ from server.strategy_factory import build_strategy
 from shared import keys
 from shared.config import RunConfig
 from shared.datasets import Dataset
+from shared.errors import ConfigError
 from shared.evaluation import evaluate_model
 from shared.models import ModelSpec, build_model, default_spec
 from shared.records import load_record_into, state_dict_to_record
@@ -62,6 +63,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         nodes after ``node-wait-timeout-s``); ``status.json`` then says why and
         every checkpoint written so far is kept.
     """
+    check_sign_key(config)
     reference = load_reference_data(config.data)
     spec = default_spec(
         config.train.model,
@@ -207,7 +209,7 @@ def _finish(
         metrics=metrics,
     )
     if config.run.export_onnx:
-        _export(run_dir)
+        _export(run_dir, sign_key=config.run.sign_key or None)
     write_status(
         run_dir,
         COMPLETE,
@@ -224,11 +226,32 @@ def _finish(
     return run_dir
 
 
-def _export(run_dir: Path) -> None:
-    """Hand the finished model to the edge exporter; a failed export fails loudly."""
+def check_sign_key(config: RunConfig) -> None:
+    """Refuse, before round 1, a ``sign-key`` the coordinator cannot read.
+
+    Raises
+    ------
+    ConfigError
+        ``sign-key`` names no file.
+    """
+    key = config.run.sign_key
+    if key and not Path(key).expanduser().is_file():
+        raise ConfigError(
+            f"sign-key {key} not found on the coordinator; give the path of its "
+            'private key (fedge keygen KEY), or sign-key = "" to export unsigned'
+        )
+
+
+def _export(run_dir: Path, *, sign_key: str | None) -> None:
+    """Hand the finished model to the edge exporter; a failed export fails loudly.
+
+    With ``sign_key`` the manifest (hashing every artefact) is signed too.
+    """
     from edge_export.pipeline import export_run
 
-    manifest = export_run(run_dir)
+    manifest = export_run(
+        run_dir, sign_key=Path(sign_key).expanduser() if sign_key else None
+    )
     logger.info(
         "edge export written: %s", getattr(manifest, "path", run_dir / MANIFEST_FILE)
     )

@@ -47,7 +47,14 @@ def resolve_run_dir(config: RunConfig) -> Path:
 # Keys that may differ between a run and its resumption: they steer how the
 # coordinator waits and what it writes, not what is learned.
 RESUMABLE_CHANGES = frozenset(
-    {"resume", "node-wait-timeout-s", "round-timeout-s", "export-onnx", "output-dir"}
+    {
+        "resume",
+        "node-wait-timeout-s",
+        "round-timeout-s",
+        "export-onnx",
+        "sign-key",
+        "output-dir",
+    }
 )
 
 

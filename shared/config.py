@@ -120,6 +120,7 @@ class RunControlConfig:
     min_replies: int
     max_update_norm: float
     export_onnx: bool
+    sign_key: str
     resume: bool
     node_state_dir: str
 
@@ -204,6 +205,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "min-replies": "min_replies",
         "max-update-norm": "max_update_norm",
         "export-onnx": "export_onnx",
+        "sign-key": "sign_key",
         "resume": "resume",
         "node-state-dir": "node_state_dir",
     },

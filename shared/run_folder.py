@@ -53,6 +53,7 @@ MODEL_CARD_FILE = "model.json"
 ONNX_FP32_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"  # the manifest's signature (Sigstore bundle)
 FAULTS_FILE = "faults.json"
 PARTITIONS_FILE = "partitions.csv"
 FLOWER_LOG_FILE = "flower.log"

@@ -18,6 +18,7 @@ from cli import export as cli_export
 from cli import predict as cli_predict
 from cli import verify as cli_verify
 from edge_export.runtime import EdgeModel
+from edge_export.signing import generate_key_pair
 from shared.datasets import load_builtin
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,11 +132,25 @@ def test_verify_exit_codes(digits_run, copy_run, capsys):
     assert "REFUSED, 3 problem(s)" in err
 
 
-def test_export_command_prints_the_manifest(digits_run, copy_run, capsys):
+def test_export_command_prints_the_manifest_and_signs_it(
+    digits_run, copy_run, capsys, tmp_path
+):
     run_dir = copy_run(digits_run)
+    key = tmp_path / "keys" / "exporter"
+    public_key = generate_key_pair(key)
 
     code = invoke(
-        cli_export, ["export", str(run_dir), "--quantize", "none", "--format", "json"]
+        cli_export,
+        [
+            "export",
+            str(run_dir),
+            "--quantize",
+            "none",
+            "--format",
+            "json",
+            "--sign-key",
+            str(key),
+        ],
     )
 
     manifest = json.loads(capsys.readouterr().out)
@@ -143,6 +158,16 @@ def test_export_command_prints_the_manifest(digits_run, copy_run, capsys):
     assert manifest["quantization"]["chosen"] is None
     assert "model.int8.onnx" not in manifest["artefacts"]
     assert not (run_dir / "model.int8.onnx").exists()  # the earlier int8 is gone
+    assert (run_dir / "manifest.sig").is_file()
+    assert (
+        invoke(cli_verify, ["verify", str(run_dir), "--public-key", str(public_key)])
+        == 0
+    )
+    assert "intact and signed" in capsys.readouterr().out
+    # Re-exported unsigned: the old signature (of the old manifest) is gone.
+    assert invoke(cli_export, ["export", str(run_dir), "--quantize", "none"]) == 0
+    assert "unsigned (give --sign-key" in capsys.readouterr().out
+    assert not (run_dir / "manifest.sig").exists()
 
 
 def test_bench_edge_measures_all_three_engines_and_writes_json(

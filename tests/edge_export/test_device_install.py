@@ -1,7 +1,9 @@
 """The device install: a fresh virtualenv with only requirements-edge.txt, no torch.
 
-Only ``edge_export/runtime.py`` and the model file are copied to the "device";
-the prediction there must equal the one made here.
+Only ``edge_export/runtime.py``, the model file, the signed manifest and the
+exporter's public key are copied to the "device"; the model loads only with
+its signature checked, and the prediction there must equal the one made here.
+A failed install fails the test: a device that cannot install is a bug.
 """
 
 from __future__ import annotations
@@ -17,19 +19,25 @@ import numpy as np
 import pytest
 
 from edge_export.runtime import EdgeModel
+from edge_export.signing import generate_key_pair, sign_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-# This machine's local package index (offline); elsewhere pip's own config applies.
-LOCAL_INDEX = Path("/opt/pypi/simple")
 
 DEVICE_SCRIPT = """
 import importlib.util, json, sys
 import numpy as np
 import runtime
-model = runtime.EdgeModel.load("model.int8.onnx")
+model = runtime.EdgeModel.load("model.int8.onnx", public_key="exporter.pub")
+try:
+    runtime.EdgeModel.load("model.int8.onnx", public_key="stranger.pub")
+    refused = ""
+except runtime.SignatureError as e:
+    refused = str(e)
 x = np.load("inputs.npy")
 p = model.predict(x)
 print(json.dumps({
+    "signature": model.signature,
+    "refused": refused,
     "labels": [str(v) for v in p.labels],
     "probabilities": p.probabilities.tolist(),
     "torch_installed": importlib.util.find_spec("torch") is not None,
@@ -39,13 +47,12 @@ print(json.dumps({
 
 
 @pytest.mark.slow
-def test_runtime_alone_predicts_in_a_venv_without_torch(digits_run, tmp_path):
+def test_runtime_alone_predicts_in_a_venv_without_torch(digits_run, copy_run, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # pip's own configuration, as on a device (this machine's names its local
+    # mirrors; model-signing is not on them, so the package index serves it).
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    if LOCAL_INDEX.is_dir():
-        env["PIP_INDEX_URL"] = LOCAL_INDEX.as_uri()
-        env.pop("PIP_EXTRA_INDEX_URL", None)
     install = subprocess.run(
         [
             str(venv / "bin" / "pip"),
@@ -59,15 +66,21 @@ def test_runtime_alone_predicts_in_a_venv_without_torch(digits_run, tmp_path):
         env=env,
         timeout=300,
     )
-    if install.returncode != 0:
-        pytest.skip(
-            "pip could not install requirements-edge.txt offline here: "
-            + install.stderr.strip().splitlines()[-1]
-        )
+    assert install.returncode == 0, (
+        "pip could not install requirements-edge.txt: " + install.stderr[-2000:]
+    )
+    run_dir = copy_run(digits_run)
+    key = tmp_path / "keys" / "exporter"
+    generate_key_pair(key)
+    generate_key_pair(tmp_path / "keys" / "stranger")
+    sign_manifest(run_dir, key)
     device = tmp_path / "device"
     device.mkdir()
     shutil.copy(REPO / "edge_export" / "runtime.py", device / "runtime.py")
-    shutil.copy(digits_run / "model.int8.onnx", device / "model.int8.onnx")
+    for name in ("model.int8.onnx", "manifest.json", "manifest.sig"):
+        shutil.copy(run_dir / name, device / name)
+    for name in ("exporter.pub", "stranger.pub"):
+        shutil.copy(tmp_path / "keys" / name, device / name)
     x = np.random.default_rng(0).integers(0, 17, (4, 1, 8, 8)).astype(np.float64)
     np.save(device / "inputs.npy", x)
 
@@ -81,6 +94,8 @@ def test_runtime_alone_predicts_in_a_venv_without_torch(digits_run, tmp_path):
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
 
+    assert result["signature"] == "verified with exporter.pub"
+    assert "not signed by stranger.pub" in result["refused"]
     assert result["torch_installed"] is False
     assert result["pandas_installed"] is False
     here = EdgeModel.load(digits_run / "model.int8.onnx").predict(x)

@@ -134,3 +134,14 @@ def test_resume_with_different_settings_is_refused(config, tmp_path):
     check_resumable(
         run_dir, from_run_config(flat | {"resume": True, "round-timeout-s": 5.0})
     )
+
+
+def test_a_sign_key_the_coordinator_cannot_read_is_refused_before_round_1(tmp_path):
+    from server.federation import check_sign_key
+
+    flat = from_run_config({}, fill_defaults=True).to_flat()
+    check_sign_key(from_run_config(flat))  # "" = unsigned: fine
+    (tmp_path / "key").write_text("a key")
+    check_sign_key(from_run_config(flat | {"sign-key": str(tmp_path / "key")}))
+    with pytest.raises(ConfigError, match=r"sign-key .*nowhere not found on the"):
+        check_sign_key(from_run_config(flat | {"sign-key": str(tmp_path / "nowhere")}))

@@ -110,6 +110,7 @@ def test_each_run_folder_name_is_spelled_in_one_module():
     ("runtime_name", "contract_name"),
     [
         ("MANIFEST_FILE", "MANIFEST_FILE"),
+        ("SIGNATURE_FILE", "SIGNATURE_FILE"),
         ("PRIVACY_EPSILON_MAX", "EPSILON_MAX"),
         ("LEGACY_PRIVACY_EPSILON_MAX", "LEGACY_EPSILON_MAX"),
     ],
