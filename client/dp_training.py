@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from client.dp_clipping import ClippedGradients, unsupported_layers
+from client.sgd import MomentumSGD
 from shared.errors import ConfigError, DataError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -165,9 +166,8 @@ class PrivateStep:
                     "global_params must match the model's trainable parameters in "
                     "order and shape."
                 )
-        self.sgd = torch.optim.SGD(
-            self.params, lr=learning_rate, momentum=momentum, fused=True
-        )
+        self.learning_rate = learning_rate
+        self.momentum = momentum
 
     def _add_proximal(self, grads: list[torch.Tensor]) -> None:
         if self.proximal_mu > 0:
@@ -187,6 +187,11 @@ class PrivateStep:
 class _FastStep(PrivateStep):
     def __init__(self, model: nn.Module, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        # Not torch.optim: it imports torch._dynamo, seconds a deployed node
+        # would pay on every message (client/sgd.py).
+        self.sgd = MomentumSGD(
+            self.params, lr=self.learning_rate, momentum=self.momentum
+        )
         self.clipper = ClippedGradients(model)
         self.noise = torch.empty_like(self.clipper.flat_grad)
 
@@ -218,6 +223,9 @@ class _OpacusStep(PrivateStep):
         from opacus.optimizers import DPOptimizer
 
         super().__init__(model, **kwargs)
+        self.sgd = torch.optim.SGD(
+            self.params, lr=self.learning_rate, momentum=self.momentum, fused=True
+        )
         self.module = prepare_module(
             model, mode, batch_first=True, loss_reduction="mean"
         )

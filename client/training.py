@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from client.sgd import MomentumSGD
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -66,7 +68,8 @@ def train_plain(
     inputs = torch.from_numpy(x)
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
     global_params = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
+    # Not torch.optim, which imports torch._dynamo (seconds per deployed message).
+    optimizer = MomentumSGD(model.parameters(), lr=learning_rate, momentum=momentum)
     model.train()
     steps = 0
     epoch_loss = 0.0

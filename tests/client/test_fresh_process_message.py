@@ -48,7 +48,8 @@ model = build_model(ModelSpec.from_json(setup["model-spec"]), model_seed=0)
 content = RecordDict({"arrays": state_dict_to_record(model.state_dict()),
                       "config": ConfigRecord({**setup, "server-round": 2})})
 reply = train(Message(content, dst_node_id=1, message_type=MessageType.TRAIN), context)
-heavy = [m for m in ("opacus", "sklearn", "pandas", "scipy") if m in sys.modules]
+heavy = [m for m in ("opacus", "sklearn", "pandas", "scipy", "torch._dynamo")
+         if m in sys.modules]
 print(json.dumps({"heavy": heavy, **dict(reply.content["metrics"])}))
 """
 
