@@ -24,8 +24,12 @@ demo: $(STAMP)
 
 # Two workers: most slow tests wait on Flower's polling and process start-up,
 # not on the CPU, so two at a time on two cores nearly halves the wall time.
+# worksteal: xdist's default `load` hands each worker contiguous chunks of the
+# collection, which put every simulation test (tests/integration, next to each
+# other) on one worker while the other ran out of work; an idle worker now takes
+# half of the busy one's queue.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not e2e and not integration"
