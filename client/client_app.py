@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -75,6 +76,12 @@ def train(msg: Message, context: Context) -> Message:
         if figures[keys.REFUSED]:
             return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
     else:
+        global_model_loss = (
+            # q-FedAvg weighs each update by the loss of the model it started from.
+            evaluate_loss_accuracy(model, data.train.x, data.train.y)["loss"]
+            if config.strategy.name == "qfedavg"
+            else None
+        )
         result = train_plain(
             model,
             data.train.x,
@@ -91,6 +98,8 @@ def train(msg: Message, context: Context) -> Message:
         metrics = MetricRecord(
             {keys.NUM_EXAMPLES: result.num_examples, keys.TRAIN_LOSS: result.train_loss}
         )
+        if global_model_loss is not None:
+            metrics[keys.GLOBAL_MODEL_LOSS] = global_model_loss
     content = RecordDict(
         {keys.ARRAYS: state_dict_to_record(model.state_dict()), keys.METRICS: metrics}
     )
@@ -102,13 +111,18 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this node's local test split."""
     _, model, data = _setup(msg, context)
     figures = evaluate_loss_accuracy(model, data.test.x, data.test.y)
+    num_classes = data.test.preprocessing.num_classes
     metrics = MetricRecord(
         {
             keys.NUM_EXAMPLES: len(data.test),
             keys.EVAL_LOSS: figures["loss"],
             keys.EVAL_ACCURACY: figures["accuracy"],
+            # What the per-client fairness report shows beside the accuracy.
+            keys.LABEL_COUNTS: np.bincount(data.test.y, minlength=num_classes).tolist(),
         }
     )
+    if keys.PARTITION_ID in context.node_config:
+        metrics[keys.PARTITION_ID] = int(context.node_config[keys.PARTITION_ID])
     return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
 
 

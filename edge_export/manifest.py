@@ -33,6 +33,8 @@ from shared.run_folder import (
     CONFIG_FILE,
     MANIFEST_FILE,
     MODEL_CARD_FILE,
+    MODEL_CARD_JSON_FILE,
+    MODEL_CARD_MARKDOWN_FILE,
     MODEL_WEIGHTS_FILE,
     ONNX_FP32_FILE,
     ONNX_INT8_FILE,
@@ -48,6 +50,8 @@ ROLES = {
     MODEL_WEIGHTS_FILE: "torch-state-dict",
     MODEL_CARD_FILE: "model-spec-and-provenance",
     CONFIG_FILE: "run-config",
+    MODEL_CARD_JSON_FILE: "model-card",
+    MODEL_CARD_MARKDOWN_FILE: "model-card-text",
 }
 
 

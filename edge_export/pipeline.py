@@ -256,6 +256,7 @@ def export_run(
             tolerance,
             opset,
         )
+        _add_model_card(run_dir, manifest, tmp / ONNX_FP32_FILE)
         _publish(run_dir, tmp, chosen is not None, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -332,6 +333,18 @@ def _build_manifest(
             "calibration-examples": 0 if calibration is None else len(calibration),
         },
     )
+
+
+def _add_model_card(run_dir: Path, manifest: Manifest, onnx_path: Path) -> None:
+    """Write the model card with this export's figures and list it in the manifest.
+
+    The card explains the checked ONNX model before it is published; its own
+    hash then goes into the manifest, so ``fedge verify`` covers it.
+    """
+    from edge_export.model_card import write_run_card  # matplotlib: only here
+
+    for path in write_run_card(run_dir, manifest=manifest, onnx_path=onnx_path):
+        manifest.artefacts[path.name] = describe_artefact(path, ROLES[path.name])
 
 
 def _publish(run_dir: Path, tmp: Path, has_int8: bool, manifest: Manifest) -> None:

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from server.checkpoint import load_latest_checkpoint, restore_strategy_state
+from server.client_evaluation import evaluate_every_node, evaluation_due
 from server.federation_loop import run_rounds
 from server.metrics_history import MetricsHistory
 from server.node_sampling import wait_for_nodes
@@ -78,6 +79,12 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         checkpoint = load_latest_checkpoint(run_dir)
     start_run_folder(run_dir, config, resuming=checkpoint is not None)
     logger.info("fedge run folder: %s", run_dir)
+    if config.dp.mode != "none" and config.report.fairness_report:
+        logger.warning(
+            "per-client evaluation figures (accuracy, loss, label counts of each "
+            "node's test split) are released outside the DP guarantee; set "
+            "fairness-report = false where they must not leave the nodes"
+        )
     try:
         final_arrays, stop_reason = _train(
             grid, config, run_dir, spec, reference, checkpoint
@@ -148,6 +155,23 @@ def _train(
             keys.FEDGE_RUN_ID: run_identity(run_dir),
         }
     )
+    evaluate_config = ConfigRecord(dict(train_config))
+
+    def client_eval(
+        server_round: int, arrays: ArrayRecord
+    ) -> list[dict[str, Any]] | None:
+        if not evaluation_due(
+            server_round, last_round=num_rounds, report=config.report
+        ):
+            return None
+        return evaluate_every_node(
+            grid,
+            arrays,
+            evaluate_config,
+            server_round=server_round,
+            timeout_s=config.run.round_timeout_s,
+        )
+
     stop_reason = ""
     if first_round <= num_rounds:
         try:
@@ -158,11 +182,12 @@ def _train(
                 first_round=first_round,
                 last_round=num_rounds,
                 train_config=train_config,
-                evaluate_config=ConfigRecord(dict(train_config)),
+                evaluate_config=evaluate_config,
                 reply_timeout_s=config.run.round_timeout_s,
                 central_eval=central_eval,
                 on_round_end=on_round_end,
                 federated_evaluation=config.strategy.fraction_evaluate > 0,
+                client_eval=client_eval,
             )
         except StopRun as stop:
             stop_reason = str(stop)
@@ -209,7 +234,10 @@ def _finish(
         metrics=metrics,
     )
     if config.run.export_onnx:
+        # writes the model card too, listed in the manifest
         _export(run_dir, sign_key=config.run.sign_key or None)
+    else:
+        _write_card(run_dir)
     write_status(
         run_dir,
         COMPLETE,
@@ -255,3 +283,11 @@ def _export(run_dir: Path, *, sign_key: str | None) -> None:
     logger.info(
         "edge export written: %s", getattr(manifest, "path", run_dir / MANIFEST_FILE)
     )
+
+
+def _write_card(run_dir: Path) -> None:
+    """Write the model card of a run without an edge export."""
+    from edge_export.model_card import write_run_card
+
+    paths = write_run_card(run_dir)
+    logger.info("model card written: %s", paths[-1])

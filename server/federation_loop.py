@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 CentralEval = Callable[[int, ArrayRecord], dict[str, float]]
 RoundEnd = Callable[["RoundOutcome"], None]
+# Per-client evaluation of a round's global model; None when the round is not due.
+ClientEval = Callable[[int, ArrayRecord], list[dict[str, Any]] | None]
 
 
 @dataclass
@@ -43,6 +45,7 @@ class RoundOutcome:
     bytes_received: int = 0
     round_time_s: float = 0.0
     client_metrics: list[dict[str, Any]] = field(default_factory=list)
+    client_evaluation: list[dict[str, Any]] | None = None
 
 
 def run_rounds(
@@ -58,11 +61,14 @@ def run_rounds(
     central_eval: CentralEval,
     on_round_end: RoundEnd,
     federated_evaluation: bool,
+    client_eval: ClientEval | None = None,
 ) -> ArrayRecord:
     """Run rounds ``first_round..last_round`` and return the final global arrays.
 
     ``on_round_end`` is called after every round with its :class:`RoundOutcome`
     (after central evaluation), which is where metrics and checkpoints are written.
+    ``client_eval``, when given, scores the round's global model on every node
+    (:mod:`server.client_evaluation`) on the rounds it says are due.
     """
     for server_round in range(first_round, last_round + 1):
         started = time.monotonic()
@@ -107,6 +113,8 @@ def run_rounds(
                 strategy.aggregate_evaluate(server_round, eval_replies)
             )
         outcome.arrays = arrays
+        if client_eval is not None:
+            outcome.client_evaluation = client_eval(server_round, arrays)
         outcome.central = central_eval(server_round, arrays)
         outcome.round_time_s = time.monotonic() - started
         on_round_end(outcome)

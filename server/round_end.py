@@ -83,7 +83,9 @@ class RoundEnd:
     def record(self, outcome: RoundOutcome) -> dict[str, Any]:
         """Append the round's metrics row (and per-client details); return the row."""
         stats = self.strategy.round_stats.get(outcome.server_round, {})
-        row, details = round_row(outcome, stats)
+        row, details = round_row(
+            outcome, stats, fairness_threshold=self.config.report.fairness_threshold
+        )
         if self.config.dp.mode == "central":
             epsilon, delta = central_epsilon(
                 self.config,

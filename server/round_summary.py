@@ -18,12 +18,14 @@ from server.robust_strategy import RobustStrategy
 from shared import keys
 from shared.config import RunConfig
 from shared.errors import FedgeError
+from shared.fairness import fairness_summary
 from shared.run_folder import (
     AGGREGATED,
     BYTES_RECEIVED,
     BYTES_SENT,
     CENTRAL_DP_DELTA,
     CENTRAL_PREFIX,
+    CLIENT_EVALUATION,
     CLIENTS,
     DROPPED,
     EPSILON_MAX,
@@ -58,9 +60,17 @@ def initial_row(central: dict[str, float]) -> dict[str, Any]:
 
 
 def round_row(
-    outcome: RoundOutcome, stats: dict[str, Any]
+    outcome: RoundOutcome,
+    stats: dict[str, Any],
+    *,
+    fairness_threshold: float,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return the metrics row of one round and its per-client details (``metrics.jsonl``)."""
+    """Return the metrics row of one round and its per-client details (``metrics.jsonl``).
+
+    A round whose global model was scored on every node adds the fairness
+    summary (:func:`shared.fairness.fairness_summary` at ``fairness_threshold``)
+    to the row and each node's figures to the details.
+    """
     clients = stats.get(CLIENTS, outcome.client_metrics)
     epsilon_max, epsilon_mean = summarize_clients(clients, keys.EPSILON)
     row: dict[str, Any] = {ROUND: outcome.server_round}
@@ -84,6 +94,14 @@ def round_row(
         }
     )
     details = {CLIENTS: clients, SAMPLED_NODES: stats.get(SAMPLED_NODES, [])}
+    if outcome.client_evaluation is not None:
+        row.update(
+            fairness_summary(
+                [c["accuracy"] for c in outcome.client_evaluation],
+                threshold=fairness_threshold,
+            )
+        )
+        details[CLIENT_EVALUATION] = outcome.client_evaluation
     return row, details
 
 

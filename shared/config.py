@@ -34,6 +34,7 @@ STRATEGIES = (
     "krum",
     "multikrum",
     "bulyan",
+    "qfedavg",
 )
 # Aggregators whose output is not a (weighted) mean of the updates: the central
 # DP wrappers calibrate noise to the sensitivity of a mean, so they do not compose.
@@ -104,6 +105,7 @@ class StrategyConfig:
     trim_beta: float
     num_malicious_nodes: int
     num_nodes_to_select: int
+    qffl_q: float
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,22 @@ class RunControlConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """What a run reports beyond the central metrics: per-client figures, the card.
+
+    ``evaluate_interval`` > 0 evaluates the global model on every node's local
+    test split every that many rounds; the last round is evaluated whenever
+    ``fairness_report`` is on. ``fairness_threshold`` is the accuracy below
+    which a client counts as poorly served.
+    """
+
+    evaluate_interval: int
+    fairness_report: bool
+    fairness_threshold: float
+    model_description: str
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole resolved run configuration."""
 
@@ -134,6 +152,7 @@ class RunConfig:
     dp: DPConfig
     strategy: StrategyConfig
     run: RunControlConfig
+    report: ReportConfig
 
     def to_flat(self) -> dict[str, Any]:
         """Return the kebab-case run-config mapping this config was built from.
@@ -193,6 +212,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "trim-beta": "trim_beta",
         "num-malicious-nodes": "num_malicious_nodes",
         "num-nodes-to-select": "num_nodes_to_select",
+        "qffl-q": "qffl_q",
     },
     "run": {
         "num-server-rounds": "num_server_rounds",
@@ -209,6 +229,12 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "resume": "resume",
         "node-state-dir": "node_state_dir",
     },
+    "report": {
+        "evaluate-interval": "evaluate_interval",
+        "fairness-report": "fairness_report",
+        "fairness-threshold": "fairness_threshold",
+        "model-description": "model_description",
+    },
 }
 _SECTION_TYPES = {
     "data": DataConfig,
@@ -216,6 +242,7 @@ _SECTION_TYPES = {
     "dp": DPConfig,
     "strategy": StrategyConfig,
     "run": RunControlConfig,
+    "report": ReportConfig,
 }
 _INVALID = object()  # a value that failed its type check
 CONFIG_KEYS = tuple(k for m in _SECTIONS.values() for k in m)
@@ -359,6 +386,7 @@ def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
     """Every range and cross-field rule; returns the problems found."""
     p: list[str] = []
     d, t, dp, st, r = s["data"], s["train"], s["dp"], s["strategy"], s["run"]
+    rep = s["report"]
     _choice(p, "partitioning", d["partitioning"], PARTITIONINGS)
     _choice(p, "impute", d["impute"], IMPUTE_MODES)
     if d["dirichlet_alpha"] <= 0:
@@ -432,6 +460,25 @@ def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
             p.append(f"'{key}' must be > 0 seconds, got {r[attr]}")
     if r["min_replies"] < 1:
         p.append(f"'min-replies' must be >= 1, got {r['min_replies']}")
+    if st["qffl_q"] < 0:
+        p.append(f"'qffl-q' must be >= 0, got {st['qffl_q']}")
+    if st["name"] == "qfedavg" and dp["mode"] != "none":
+        p.append(
+            f"'strategy' = 'qfedavg' does not compose with 'dp-mode' = "
+            f"'{dp['mode']}': q-FedAvg weights each update by the node's loss, which "
+            "DP-SGD does not protect, and its step is not a mean of clipped updates; "
+            "use dp-mode 'none' or another strategy"
+        )
+    if rep["evaluate_interval"] < 0:
+        p.append(
+            "'evaluate-interval' must be >= 0 (0 = last round only), "
+            f"got {rep['evaluate_interval']}"
+        )
+    if not 0 <= rep["fairness_threshold"] <= 1:
+        p.append(
+            "'fairness-threshold' must be an accuracy in [0, 1], "
+            f"got {rep['fairness_threshold']}"
+        )
     if r["max_update_norm"] < 0:
         p.append(
             f"'max-update-norm' must be >= 0 (0 = no bound), got {r['max_update_norm']}"

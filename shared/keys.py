@@ -19,6 +19,12 @@ NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights replies by this key
 TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
+# Evaluation replies also carry the local test split's examples per class,
+# in class-index order (a list: Flower's MetricRecord holds lists of numbers)
+LABEL_COUNTS = "label-counts"
+# q-FedAvg: the received global model's loss on the node's training split,
+# before local training (F_k(w^t) of Li et al. 2020)
+GLOBAL_MODEL_LOSS = "global-model-loss"
 
 # Privacy figures every DP client reply carries (cumulative over the run)
 EPSILON = "epsilon"

@@ -92,3 +92,38 @@ def roc_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float:
         return float(skm.roc_auc_score(y_true, probabilities[:, 1]))
     scores = [skm.roc_auc_score(y_true == c, probabilities[:, c]) for c in present]
     return float(np.mean(scores))
+
+
+def per_class_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int
+) -> tuple[list[dict[str, float]], np.ndarray]:
+    """Return each class's precision, recall and support, and the confusion matrix.
+
+    Parameters
+    ----------
+    y_true, y_pred : ndarray of shape (n,)
+        Integer class labels and predictions.
+    num_classes : int
+        Classes ``0 .. num_classes - 1``; a class never predicted has precision 0,
+        one never present has recall 0 and support 0.
+
+    Returns
+    -------
+    per_class : list of dict
+        ``precision``, ``recall``, ``support`` per class, in class order.
+    confusion : ndarray of int, shape (num_classes, num_classes)
+        Rows are true classes, columns predicted ones.
+    """
+    labels = list(range(num_classes))
+    precision, recall, _, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    per_class = [
+        {
+            "precision": float(precision[k]),
+            "recall": float(recall[k]),
+            "support": int(support[k]),
+        }
+        for k in labels
+    ]
+    return per_class, skm.confusion_matrix(y_true, y_pred, labels=labels)

@@ -60,6 +60,15 @@ FLOWER_LOG_FILE = "flower.log"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 NODE_STATE_DIR = "node-state"
+# The model card (``model.json`` above is the model's spec and provenance) and
+# the figures it shows, written at the end of a run and by ``fedge export``
+MODEL_CARD_MARKDOWN_FILE = "model_card.md"
+MODEL_CARD_JSON_FILE = "model_card.json"
+CARD_DIR = "card"  # the card's figures and explanation tables
+CONFUSION_MATRIX_FILE = "confusion-matrix.png"
+FEATURE_IMPORTANCE_CSV = "feature-importance.csv"
+FEATURE_IMPORTANCE_PNG = "feature-importance.png"
+SALIENCY_PNG = "saliency-class-{class_index}.png"
 
 MODEL_FORMAT = "fedge-model/1"
 
@@ -98,6 +107,24 @@ BYTES_RECEIVED = "bytes-received"
 # metrics.jsonl only: per-client figures and the nodes sampled
 CLIENTS = "clients"
 SAMPLED_NODES = "sampled-nodes"
+# Per-client evaluation of the global model on every node's local test split
+# (rounds due by ``evaluate-interval``, and the last): one entry per node in
+# metrics.jsonl, and its summary over the nodes in metrics.csv
+CLIENT_EVALUATION = "client-evaluation"
+CLIENTS_EVALUATED = "clients-evaluated"
+CLIENT_ACCURACY_MEAN = "client-accuracy-mean"
+CLIENT_ACCURACY_WORST = "client-accuracy-worst"
+CLIENT_ACCURACY_P10 = "client-accuracy-p10"
+CLIENT_ACCURACY_SPREAD = "client-accuracy-spread"
+CLIENT_SHARE_BELOW = "client-share-below-threshold"
+FAIRNESS_COLUMNS = (
+    CLIENTS_EVALUATED,
+    CLIENT_ACCURACY_MEAN,
+    CLIENT_ACCURACY_WORST,
+    CLIENT_ACCURACY_P10,
+    CLIENT_ACCURACY_SPREAD,
+    CLIENT_SHARE_BELOW,
+)
 
 # The declared columns of metrics.csv, in order; others follow as they appear.
 METRIC_COLUMNS = (
@@ -121,6 +148,7 @@ METRIC_COLUMNS = (
     ROUND_TIME_S,
     BYTES_SENT,
     BYTES_RECEIVED,
+    *FAIRNESS_COLUMNS,
 )
 
 # The name model.json and the ONNX metadata used for EPSILON_MAX before it was

@@ -24,6 +24,12 @@ from shared.run_folder import (
     CENTRAL_ACCURACY,
     CENTRAL_F1,
     CENTRAL_LOSS,
+    CLIENT_ACCURACY_MEAN,
+    CLIENT_ACCURACY_P10,
+    CLIENT_ACCURACY_SPREAD,
+    CLIENT_ACCURACY_WORST,
+    CLIENT_EVALUATION,
+    CLIENT_SHARE_BELOW,
     CLIENTS,
     CONFIG_FILE,
     DROPPED,
@@ -68,6 +74,8 @@ TABLE_COLUMNS = (
     *PARTICIPATION_COLUMNS,
     EPSILON_MAX,
     EPSILON_MEAN,
+    CLIENT_ACCURACY_MEAN,
+    CLIENT_ACCURACY_WORST,
     ROUND_TIME_S,
 )
 _COUNT_COLUMNS = (*PARTICIPATION_COLUMNS, ROUND)
@@ -170,6 +178,16 @@ def write_plots(metrics: pd.DataFrame, plots_dir: Path) -> list[Path]:
             },
         ),
         (
+            "client-accuracy.png",
+            "Accuracy on each client's own test split",
+            "accuracy",
+            {
+                CLIENT_ACCURACY_MEAN: "mean over clients",
+                CLIENT_ACCURACY_P10: "10th percentile",
+                CLIENT_ACCURACY_WORST: "worst client",
+            },
+        ),
+        (
             "epsilon.png",
             "Privacy spent per round",
             "ε (cumulative)",
@@ -253,6 +271,7 @@ def render_markdown(run: RunRecord, plots: list[Path]) -> str:
     parts += _faults_section(run)
     parts += _final_section(run)
     parts += _privacy_section(run)
+    parts += _fairness_section(run)
     if plots:
         parts += ["## Plots", ""]
         for plot in plots:
@@ -386,6 +405,49 @@ def _privacy_section(run: RunRecord) -> list[str]:
             and not isinstance(value, dict | list)
         ):
             lines.append(f"- model metadata `{key}`: {value}")
+    return [*lines, ""]
+
+
+def _fairness_section(run: RunRecord) -> list[str]:
+    """Per-client accuracy of the last evaluated round (``metrics.jsonl``)."""
+    evaluated = [r for r in run.details if isinstance(r.get(CLIENT_EVALUATION), list)]
+    if not evaluated:
+        return []
+    last = evaluated[-1]
+    threshold = run.run_config.get("fairness-threshold")
+    lines = [
+        "## Per-client accuracy",
+        "",
+        f"The round {last.get(ROUND)} model on each client's own test split "
+        "(every client counts once).",
+        "",
+    ]
+    summary = {
+        "mean": last.get(CLIENT_ACCURACY_MEAN),
+        "worst client": last.get(CLIENT_ACCURACY_WORST),
+        "10th percentile": last.get(CLIENT_ACCURACY_P10),
+        "spread (max - min)": last.get(CLIENT_ACCURACY_SPREAD),
+    }
+    lines += [f"- {k}: {v:.4f}" for k, v in summary.items() if not _missing(v)]
+    share = last.get(CLIENT_SHARE_BELOW)
+    if not _missing(share):
+        lines.append(f"- share of clients below accuracy {threshold}: {share:.0%}")
+    if run.run_config.get("dp-mode") not in (None, "none"):
+        lines.append(
+            "- these figures are released outside the DP guarantee: set "
+            "fairness-report = false where they must not leave the nodes"
+        )
+    lines += [
+        "",
+        "| node | partition | examples | accuracy | loss |",
+        "|---|---|---|---|---|",
+    ]
+    for c in last[CLIENT_EVALUATION]:
+        lines.append(
+            f"| {c.get('node-id')} | {c.get('partition-id', '')} | "
+            f"{c.get('num-examples')} | {c.get('accuracy', float('nan')):.4f} | "
+            f"{c.get('loss', float('nan')):.4f} |"
+        )
     return [*lines, ""]
 
 

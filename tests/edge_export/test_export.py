@@ -71,6 +71,10 @@ def test_export_is_one_checked_file_with_dynamic_batch_at_opset_18(fixture, requ
         "model.json",
         "config.json",
         *EXPORT_FILES,
+        # the model card export writes, and its figures
+        "model_card.json",
+        "model_card.md",
+        "card",
     }
     assert [(o.domain, o.version) for o in proto.opset_import] == [("", 18)]
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]

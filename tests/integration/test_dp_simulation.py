@@ -72,6 +72,9 @@ def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> N
     assert [r.replies for r in progress.rounds] == list(trained["replies"])
     assert progress.last_accuracy == pytest.approx(trained["central-accuracy"].iloc[-1])
     assert progress.eta_s is None and progress.resume_command is None
+    # Per-client figures are on by default, and said to be outside the guarantee.
+    assert len(records[-1]["client-evaluation"]) == 10
+    assert "released outside the DP guarantee" in (run_dir / "report.md").read_text()
 
 
 def test_nodes_past_their_budget_refuse_and_the_rest_finish_the_run(
@@ -167,6 +170,8 @@ def test_central_dp_reports_user_level_epsilon(tmp_path: Path) -> None:
             "clipping-norm": 5.0,
             "num-server-rounds": rounds,
             "local-epochs": 1,
+            # A deployment that must not release per-client figures.
+            "fairness-report": False,
         },
         num_clients=nodes,
         output_dir=tmp_path,
@@ -184,3 +189,8 @@ def test_central_dp_reports_user_level_epsilon(tmp_path: Path) -> None:
     assert privacy["dp-mode"] == "central" and privacy["level"] == "user"
     assert privacy["epsilon-max"] == pytest.approx(expected[-1], rel=1e-6)
     assert privacy["noise-multiplier"] == sigma and privacy["clipping-norm"] == 5.0
+    # fairness-report = false: no node's figures left it.
+    jsonl = (run_dir / "metrics.jsonl").read_text()
+    assert "client-evaluation" not in jsonl and "label-counts" not in jsonl
+    assert metrics["clients-evaluated"].isna().all()
+    assert "Per-client accuracy" not in (run_dir / "report.md").read_text()

@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
+from client.node_data import load_node_data
+from shared.config import from_run_config
+from shared.evaluation import evaluate_loss_accuracy
+from shared.fairness import fairness_summary
 from shared.models import ModelSpec, build_model
+from shared.preprocessing import Preprocessing
 from simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -56,3 +61,37 @@ def test_three_clients_two_rounds_improve_and_fill_the_run_folder(
         metrics["central-accuracy"].iloc[-1]
     )
     assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
+
+    # Per-client evaluation (on by default, last round only): each node's figures
+    # equal the final model evaluated directly on that node's own test split.
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [("client-evaluation" in r) for r in records] == [False, False, True]
+    per_client = records[-1]["client-evaluation"]
+    assert sorted(c["partition-id"] for c in per_client) == [0, 1, 2]
+    data_config = from_run_config(config["run-config"]).data
+    preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    for client in per_client:
+        node = {"partition-id": client["partition-id"], "num-partitions": 3}
+        test = load_node_data(node, data_config, preprocessing).test
+        direct = evaluate_loss_accuracy(model, test.x, test.y)
+        assert client["accuracy"] == pytest.approx(direct["accuracy"])
+        assert client["loss"] == pytest.approx(direct["loss"], rel=1e-5)
+        assert client["num-examples"] == len(test)
+        assert client["label-counts"] == [int((test.y == k).sum()) for k in range(10)]
+    summary = fairness_summary([c["accuracy"] for c in per_client], threshold=0.8)
+    for column, value in summary.items():
+        assert metrics[column].iloc[-1] == pytest.approx(value)
+    assert metrics["client-accuracy-worst"].iloc[:-1].isna().all()
+    assert "## Per-client accuracy" in (run_dir / "report.md").read_text()
+
+    # The model card every run writes: its figures are the folder's own.
+    card = json.loads((run_dir / "model_card.json").read_text())
+    per_client_card = card["performance"]["per-client"]
+    for column in summary:
+        assert per_client_card[column] == pytest.approx(metrics[column].iloc[-1])
+    nodes = card["training-data"]["per-node"]
+    assert [n["num-examples"] for n in nodes] == list(partitions["num-examples"])
+    assert card["performance"]["central"] == meta["metrics"]
+    assert sorted(card["explanations"]["saliency"]) == [str(k) for k in range(10)]
+    assert all((run_dir / path).is_file() for path in card["files"])
+    assert "Per client (round 2 model" in (run_dir / "model_card.md").read_text()

@@ -1,7 +1,8 @@
 """Strategies of each kind run on the simulation engine and move the model.
 
 One per kind: a client-side change to the loss (FedProx), a server-side
-optimiser with state across rounds (FedAdam) and a selection rule (MultiKrum);
+optimiser with state across rounds (FedAdam), a selection rule (MultiKrum) and
+a loss-weighted step (q-FedAvg, whose weights come from the clients' replies);
 FedMedian (a coordinate-wise robust aggregate) and Krum run end to end in
 ``test_faults.py``. Every strategy fedge
 offers, including these, aggregates real updates through Flower's own code in
@@ -28,10 +29,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXTRA = {
     "fedadam": {"server-learning-rate": 0.05},
     "multikrum": {"num-nodes-to-select": 2},
+    "qfedavg": {"qffl-q": 0.5},
 }
 
 
-@pytest.mark.parametrize("strategy", ["fedprox", "fedadam", "multikrum"])
+@pytest.mark.parametrize("strategy", ["fedprox", "fedadam", "multikrum", "qfedavg"])
 def test_strategy_trains_two_rounds_and_changes_the_model(
     strategy: str, tmp_path: Path
 ) -> None:

@@ -17,11 +17,13 @@ from flwr.serverapp.strategy import (
     FedYogi,
     Krum,
     MultiKrum,
+    QFedAvg,
 )
 
 from server.strategy_factory import build_strategy, planned_sample_size
 from shared.config import STRATEGIES, from_run_config
 from shared.errors import ConfigError
+from shared.keys import GLOBAL_MODEL_LOSS as GML
 
 EXPECTED_CLASS = {
     "fedavg": FedAvg,
@@ -34,6 +36,7 @@ EXPECTED_CLASS = {
     "krum": Krum,
     "multikrum": MultiKrum,
     "bulyan": Bulyan,
+    "qfedavg": QFedAvg,
 }
 
 
@@ -53,8 +56,9 @@ def run_round(strategy, server_round, arrays, grid, fakes, values, num_examples=
     )
     assert len(messages) == len(values)
     num_examples = num_examples or [10] * len(values)
+    # Every reply carries what q-FedAvg weighs it by (other strategies ignore it).
     replies = [
-        fakes.reply(m, {"w": np.full((2, 2), v, np.float32)}, n)
+        fakes.reply(m, {"w": np.full((2, 2), v, np.float32)}, n, **{GML: 1.0})
         for m, v, n in zip(messages, values, num_examples, strict=True)
     ]
     new_arrays, _ = strategy.aggregate_train(server_round, replies)
@@ -84,6 +88,66 @@ def test_each_strategy_builds_and_aggregates_two_rounds(name, fakes):
         # RobustStrategy wrapper casts back, see test_robust_strategy.py)
         assert after.shape == (2, 2)
         assert np.all(after > before), f"{name} did not move towards the updates"
+
+
+def test_qfedavg_steps_towards_the_worse_served_node_where_fedavg_does_not(fakes):
+    # Prepare: two nodes of equal size pull w = 0 to +1 and -1; the second one's
+    # data has 20 times the loss. Client learning rate 0.05, so Flower's
+    # Lipschitz estimate is L = 1 / 0.05 = 20.
+    arrays = fakes.record({"w": np.zeros(1, np.float32)})
+    grid = fakes.FakeGrid([1, 2])
+    updates, losses = {1: 1.0, 2: -1.0}, {1: 0.1, 2: 2.0}
+
+    def aggregate(name):
+        strategy = build_strategy(
+            make_config(
+                **{
+                    "strategy": name,
+                    "qffl-q": 1.0,
+                    "learning-rate": 0.05,
+                    "momentum": 0.0,
+                }
+            )
+        )
+        messages = strategy.configure_train(1, arrays, ConfigRecord(), grid)
+        replies = [
+            fakes.reply(
+                m,
+                {"w": np.full(1, updates[m.metadata.dst_node_id], np.float32)},
+                **{GML: losses[m.metadata.dst_node_id]},
+            )
+            for m in messages
+        ]
+        new_arrays, _ = strategy.aggregate_train(1, replies)
+        return float(new_arrays["w"].numpy()[0])
+
+    # Execute
+    fedavg, qfedavg = aggregate("fedavg"), aggregate("qfedavg")
+
+    # Assert: q-FFL (Li et al. 2020, q = 1) by hand. Node k's gradient estimate
+    # is g_k = L (w - w_k), so delta_k = F_k g_k and
+    # h_k = q F_k^(q-1) ||g_k||^2 + L F_k = 400 + 20 F_k:
+    # delta = (-20 * 0.1, 20 * 2.0) = (-2, 40), h = (402, 440),
+    # w' = 0 - (-2 + 40) / (402 + 440).
+    assert fedavg == pytest.approx(0.0)
+    assert qfedavg == pytest.approx(-38 / 842, rel=1e-6)
+
+
+def test_qfedavg_takes_q_and_the_clients_step_size_from_the_config():
+    strategy = build_strategy(
+        make_config(
+            **{
+                "strategy": "qfedavg",
+                "qffl-q": 2.5,
+                "learning-rate": 0.1,
+                "momentum": 0.75,
+            }
+        )
+    )
+    # SGD with momentum 0.75 steps 0.1 / (1 - 0.75) = 0.4 per gradient.
+    assert strategy.q == 2.5
+    assert strategy.client_learning_rate == pytest.approx(0.4)
+    assert strategy.train_loss_key == GML
 
 
 def test_fedprox_sends_mu_to_clients(fakes):

@@ -175,6 +175,19 @@ def test_missing_keys_without_defaults_are_reported():
             {"max-update-norm": -1.0},
             "'max-update-norm' must be >= 0 (0 = no bound), got -1.0",
         ),
+        ({"qffl-q": -1.0}, "'qffl-q' must be >= 0, got -1.0"),
+        (
+            {"strategy": "qfedavg", "dp-mode": "sample"},
+            "'strategy' = 'qfedavg' does not compose with 'dp-mode' = 'sample'",
+        ),
+        (
+            {"evaluate-interval": -1},
+            "'evaluate-interval' must be >= 0 (0 = last round only), got -1",
+        ),
+        (
+            {"fairness-threshold": 1.5},
+            "'fairness-threshold' must be an accuracy in [0, 1], got 1.5",
+        ),
     ],
 )
 def test_each_invalid_value_is_reported(overrides, message):
@@ -189,7 +202,7 @@ def test_each_invalid_value_is_reported(overrides, message):
 def test_unknown_strategy_lists_the_valid_ones():
     with pytest.raises(
         ConfigError,
-        match=r"'strategy' must be one of \[.*'fedavg'.*'bulyan'\], got 'fedfoo'",
+        match=r"'strategy' must be one of \[.*'fedavg'.*'qfedavg'\], got 'fedfoo'",
     ):
         from_run_config({"strategy": "fedfoo"}, fill_defaults=True)
 
@@ -391,6 +404,6 @@ def test_the_nested_shape_old_run_folders_saved_reads_back_as_flat():
     # A whole config's nested form rebuilds the same config.
     whole = {
         section: dict(vars(getattr(config, section)))
-        for section in ("data", "train", "dp", "strategy", "run")
+        for section in ("data", "train", "dp", "strategy", "run", "report")
     }
     assert from_run_config(flat_from_nested(whole)) == config

@@ -1,0 +1,599 @@
+"""The model card of a run: ``model_card.json`` and ``model_card.md``.
+
+Who the model serves and under what guarantee, in the sections of the
+model-card literature (Mitchell et al. 2019): intended use, training data,
+privacy, performance (overall, per class and per client), explanations, edge
+figures and versions. Every figure is read from the run folder (``model.json``,
+``config.json``, ``metrics.csv``/``.jsonl``, ``partitions.csv``,
+``manifest.json``) or computed here on the coordinator's held-out data, so the
+card never disagrees with the files beside it. A section with nothing to say is
+left out, not filled with placeholders.
+
+Written at the end of every run and again by ``fedge export``, which lists the
+card in the export manifest. Its figures go to ``card/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from edge_export.card_figures import (
+    plot_confusion_matrix,
+    plot_importance,
+    plot_saliency,
+)
+from edge_export.explanations import (
+    OCCLUSION_BASELINE,
+    PERMUTATION_REPEATS,
+    Predict,
+    column_groups,
+    examples_per_class,
+    occlusion_saliency,
+    onnx_predictor,
+    permutation_importance,
+)
+from edge_export.manifest import Manifest, read_manifest
+from edge_export.onnx_export import torch_logits
+from edge_export.run_inputs import RunInputs, held_out_data, load_run
+from shared import keys
+from shared.atomic_io import atomic_write_json, atomic_write_text
+from shared.datasets import Dataset
+from shared.metrics import per_class_metrics
+from shared.run_folder import (
+    CARD_DIR,
+    CLIENT_EVALUATION,
+    CLIENTS,
+    CONFIG_FILE,
+    CONFUSION_MATRIX_FILE,
+    EPSILON_MAX,
+    FAIRNESS_COLUMNS,
+    FEATURE_IMPORTANCE_CSV,
+    FEATURE_IMPORTANCE_PNG,
+    MANIFEST_FILE,
+    METRICS_JSONL_FILE,
+    MODEL_CARD_JSON_FILE,
+    MODEL_CARD_MARKDOWN_FILE,
+    ONNX_FP32_FILE,
+    PARTITIONS_FILE,
+    ROUND,
+    SALIENCY_PNG,
+)
+
+CARD_FORMAT = "fedge-model-card/1"
+
+
+def write_run_card(
+    run_dir: str | Path,
+    *,
+    manifest: Manifest | None = None,
+    onnx_path: Path | None = None,
+) -> list[Path]:
+    """Compute the card's figures and write the card files into ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        A finished run folder (``model.pt``, ``model.json``, ``config.json``).
+    manifest : Manifest, optional
+        The export's manifest; read from ``manifest.json`` when absent and the
+        folder has one.
+    onnx_path : Path, optional
+        The ONNX model to explain; ``model.onnx`` of an exported folder when
+        absent, else the PyTorch model is explained.
+
+    Returns
+    -------
+    list of Path
+        ``model_card.json`` and ``model_card.md`` (the card's figures under
+        ``card/`` are listed inside the JSON).
+
+    Raises
+    ------
+    ModelError
+        When the run folder cannot be read (see :func:`load_run`).
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    if manifest is None and (run_dir / MANIFEST_FILE).is_file():
+        manifest = read_manifest(run_dir)
+    if onnx_path is None and manifest is not None:
+        candidate = run_dir / ONNX_FP32_FILE
+        onnx_path = candidate if candidate.is_file() else None
+    card = build_card(run, held_out_data(run), manifest=manifest, onnx_path=onnx_path)
+    json_path = run_dir / MODEL_CARD_JSON_FILE
+    markdown_path = run_dir / MODEL_CARD_MARKDOWN_FILE
+    atomic_write_json(json_path, card)
+    # Rendered from the file as written, so the text shows exactly its figures.
+    written = json.loads(json_path.read_text(encoding="utf-8"))
+    atomic_write_text(markdown_path, render_markdown(written))
+    return [json_path, markdown_path]
+
+
+def build_card(
+    run: RunInputs,
+    test: Dataset,
+    *,
+    manifest: Manifest | None,
+    onnx_path: Path | None,
+) -> dict[str, Any]:
+    """Return the card as a JSON object; its figures are written to ``card/``."""
+    run_dir = run.run_dir
+    figures_dir = run_dir / CARD_DIR
+    figures_dir.mkdir(exist_ok=True)
+    if onnx_path is not None:
+        predict, engine = onnx_predictor(onnx_path), f"ONNX Runtime ({ONNX_FP32_FILE})"
+    else:
+        model = run.model
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            return torch_logits(model, x)
+
+        engine = "PyTorch (no ONNX export in this folder)"
+    records = _read_jsonl(run_dir / METRICS_JSONL_FILE)
+    config = run.config
+    card: dict[str, Any] = {
+        "format": CARD_FORMAT,
+        "model": {
+            "run": run_dir.name,
+            "architecture": run.spec.to_dict(),
+            "input-kind": run.preprocessing.kind,
+            "classes": list(run.preprocessing.class_names),
+        },
+    }
+    if config.report.model_description:
+        card["intended-use"] = {"description": config.report.model_description}
+    card["training-data"] = _training_data(run, records)
+    card["privacy"] = _privacy(run, records)
+    card["performance"] = _performance(run, test, predict, records, figures_dir)
+    card["explanations"] = {
+        "model": engine,
+        "data": f"{test.source} ({len(test)} held-out examples)",
+        **_explanations(run, test, predict, figures_dir),
+    }
+    if manifest is not None:
+        card["edge"] = _edge(manifest)
+    card["versions"] = _versions(run_dir, manifest)
+    card["files"] = sorted(
+        p.relative_to(run_dir).as_posix() for p in figures_dir.iterdir()
+    )
+    safe: dict[str, Any] = _json_safe(card)
+    return safe
+
+
+# ------------------------------------------------------------------ sections
+def _training_data(run: RunInputs, records: list[dict[str, Any]]) -> dict[str, Any]:
+    provenance = run.card.provenance
+    prep = run.preprocessing
+    section: dict[str, Any] = {
+        "dataset": provenance.get("dataset"),
+        "dataset-fingerprint": provenance.get("dataset-fingerprint"),
+        "nodes": provenance.get("num-clients"),
+        "rounds": provenance.get("rounds"),
+        "strategy": provenance.get("strategy"),
+        "preprocessing": _preprocessing_summary(prep.to_dict()),
+    }
+    nodes = _nodes_from_partitions(run.run_dir / PARTITIONS_FILE)
+    if nodes:
+        section["per-node"] = nodes
+        section["per-node-source"] = f"{PARTITIONS_FILE} (each node's whole share)"
+    else:
+        nodes = _nodes_from_replies(records)
+        if nodes:
+            section["per-node"] = nodes
+            section["per-node-source"] = (
+                "the nodes' replies: training examples, and the labels of each "
+                "node's local test split"
+            )
+    return section
+
+
+def _preprocessing_summary(prep: dict[str, Any]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"kind": prep.get("kind")}
+    if prep.get("kind") == "tabular":
+        summary.update(
+            {
+                "standardised-numeric-columns": list(prep.get("numeric_columns", [])),
+                "one-hot-columns": {
+                    k: len(v) for k, v in (prep.get("categories") or {}).items()
+                },
+                "impute": prep.get("impute"),
+            }
+        )
+    else:
+        summary.update(
+            {
+                k: v
+                for k, v in prep.items()
+                if k not in ("class_names", "kind") and v not in ([], {}, None, "")
+            }
+        )
+    return summary
+
+
+def _nodes_from_partitions(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    labels = [c for c in frame.columns if c.startswith("label-")]
+    return [
+        {
+            keys.PARTITION_ID: int(row[keys.PARTITION_ID]),
+            keys.NUM_EXAMPLES: int(row[keys.NUM_EXAMPLES]),
+            keys.LABEL_COUNTS: [int(row[c]) for c in labels],
+        }
+        for _, row in frame.iterrows()
+    ]
+
+
+def _nodes_from_replies(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    nodes: dict[Any, dict[str, Any]] = {}
+    for record in records:
+        for client in record.get(CLIENTS) or []:
+            if keys.NUM_EXAMPLES in client and "node-id" in client:
+                nodes.setdefault(client["node-id"], {})["train-examples"] = client[
+                    keys.NUM_EXAMPLES
+                ]
+    for client in _last_client_evaluation(records)[1]:
+        entry = nodes.setdefault(client["node-id"], {})
+        entry["test-examples"] = client.get(keys.NUM_EXAMPLES)
+        entry["test-" + keys.LABEL_COUNTS] = client.get(keys.LABEL_COUNTS)
+    return [{"node-id": node, **figures} for node, figures in nodes.items()]
+
+
+def _privacy(run: RunInputs, records: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = run.card.privacy.to_dict()
+    mode = summary.get("dp-mode", "none")
+    section: dict[str, Any] = dict(summary)
+    if mode == "sample":
+        per_node: dict[str, float] = {}
+        for record in records:
+            for client in record.get(CLIENTS) or []:
+                epsilon = client.get(keys.EPSILON)
+                if isinstance(epsilon, int | float) and math.isfinite(epsilon):
+                    node = str(client.get("node-id"))
+                    per_node[node] = max(per_node.get(node, 0.0), float(epsilon))
+        section["epsilon-per-node"] = per_node
+        section["covered"] = (
+            "each training example of each node (sample-level DP-SGD, Opacus): "
+            "the model weights and every update a node sent"
+        )
+    elif mode == "central":
+        section["covered"] = (
+            "each node's whole contribution (user-level DP, Flower's server-side "
+            "clipping and noise): the aggregated model weights"
+        )
+    else:
+        section["covered"] = "nothing: this run used no differential privacy"
+    not_covered = [
+        "the central metrics on the coordinator's own held-out data",
+    ]
+    if mode != "none" and _last_client_evaluation(records)[1]:
+        not_covered.append(
+            "the per-client evaluation figures (accuracy, loss, label counts of "
+            "each node's test split): released outside the DP guarantee; "
+            "fairness-report = false turns them off"
+        )
+    if mode == "sample":
+        not_covered.append("the number of examples each node reports")
+    section["not-covered"] = not_covered
+    return section
+
+
+def _performance(
+    run: RunInputs,
+    test: Dataset,
+    predict: Predict,
+    records: list[dict[str, Any]],
+    figures_dir: Path,
+) -> dict[str, Any]:
+    names = list(run.preprocessing.class_names)
+    predicted = np.argmax(predict(test.x), axis=1)
+    per_class, confusion = per_class_metrics(test.y, predicted, len(names))
+    plot_confusion_matrix(confusion, names, figures_dir / CONFUSION_MATRIX_FILE)
+    section: dict[str, Any] = {
+        "central": dict(run.card.metrics),
+        "held-out": f"{test.source} ({len(test)} examples)",
+        "per-class": dict(zip(names, per_class, strict=True)),
+        "confusion-matrix": f"{CARD_DIR}/{CONFUSION_MATRIX_FILE}",
+    }
+    evaluated_round, clients = _last_client_evaluation(records)
+    if clients:
+        row = next(r for r in records if r.get(ROUND) == evaluated_round)
+        section["per-client"] = {
+            ROUND: evaluated_round,
+            "threshold": run.config.report.fairness_threshold,
+            **{c: row.get(c) for c in FAIRNESS_COLUMNS},
+        }
+    return section
+
+
+def _explanations(
+    run: RunInputs, test: Dataset, predict: Predict, figures_dir: Path
+) -> dict[str, Any]:
+    if run.preprocessing.kind == "tabular":
+        importances = permutation_importance(
+            predict, test.x, test.y, column_groups(run.preprocessing)
+        )
+        frame = pd.DataFrame(
+            [
+                {
+                    "column": c.column,
+                    "importance": c.importance,
+                    "std": c.std,
+                    "encoded-positions": c.encoded_positions,
+                }
+                for c in importances
+            ]
+        )
+        atomic_write_text(
+            figures_dir / FEATURE_IMPORTANCE_CSV, frame.to_csv(index=False)
+        )
+        plot_importance(importances, figures_dir / FEATURE_IMPORTANCE_PNG)
+        return {
+            "method": (
+                f"permutation importance: held-out accuracy lost when a column is "
+                f"shuffled, mean of {PERMUTATION_REPEATS} shuffles; a categorical "
+                "column's one-hot block is shuffled as one"
+            ),
+            "feature-importance": [
+                {"column": c.column, "importance": c.importance, "std": c.std}
+                for c in importances
+            ],
+            "table": f"{CARD_DIR}/{FEATURE_IMPORTANCE_CSV}",
+            "figure": f"{CARD_DIR}/{FEATURE_IMPORTANCE_PNG}",
+        }
+    names = run.preprocessing.class_names
+    chosen = examples_per_class(test.y, len(names))
+    figures: dict[str, str] = {}
+    patch: tuple[int, ...] = ()
+    for k, indices in chosen.items():
+        saliency, patch = occlusion_saliency(predict, test.x[indices], test.y[indices])
+        name = SALIENCY_PNG.format(class_index=k)
+        plot_saliency(
+            test.x[indices],
+            saliency,
+            f"class {names[k]}: probability lost when a patch is occluded",
+            figures_dir / name,
+        )
+        figures[names[k]] = f"{CARD_DIR}/{name}"
+    return {
+        "method": (
+            f"occlusion saliency: drop in the true class's probability when a "
+            f"patch of {'x'.join(map(str, patch))} positions (all channels) is set "
+            f"to {OCCLUSION_BASELINE:g}"
+        ),
+        "examples-per-class": max((len(v) for v in chosen.values()), default=0),
+        "saliency": figures,
+    }
+
+
+def _edge(manifest: Manifest) -> dict[str, Any]:
+    accuracy = manifest.accuracy
+    fp32, int8 = accuracy.get("onnx-fp32"), accuracy.get("onnx-int8")
+    section: dict[str, Any] = {
+        "artefacts": {
+            name: entry.get("size-bytes")
+            for name, entry in manifest.artefacts.items()
+            if name.endswith(".onnx")
+        },
+        "accuracy": accuracy,
+        "parity": {
+            k: manifest.parity.get(k)
+            for k in ("max-abs-diff", "tolerance", "top1-agreement")
+            if k in manifest.parity
+        },
+        "int8-kept": manifest.quantization.get("chosen"),
+    }
+    if isinstance(fp32, int | float) and isinstance(int8, int | float):
+        section["int8-accuracy-change-points"] = 100.0 * (int8 - fp32)
+    latency = manifest.to_dict().get("latency")
+    if latency:  # only when the export measured it
+        section["latency"] = latency
+    return section
+
+
+def _versions(run_dir: Path, manifest: Manifest | None) -> dict[str, Any]:
+    versions: dict[str, Any] = {}
+    config_path = run_dir / CONFIG_FILE
+    if config_path.is_file():
+        versions.update(json.loads(config_path.read_text()).get("versions") or {})
+    if manifest is not None:
+        versions.update(manifest.export.get("versions") or {})
+    return dict(sorted(versions.items()))
+
+
+# ------------------------------------------------------------------ markdown
+def render_markdown(card: dict[str, Any]) -> str:
+    """Return ``model_card.md`` for a card from :func:`build_card`."""
+    model = card["model"]
+    lines = [
+        f"# Model card: run `{model['run']}`",
+        "",
+        f"A `{model['architecture'].get('name')}` classifier of "
+        f"{model['input-kind']} inputs into {len(model['classes'])} classes, "
+        "trained by federated learning with fedge.",
+        "",
+    ]
+    if "intended-use" in card:
+        lines += ["## Intended use", "", card["intended-use"]["description"], ""]
+    lines += _data_markdown(card["training-data"])
+    lines += _privacy_markdown(card["privacy"])
+    lines += _performance_markdown(card["performance"])
+    lines += _explanations_markdown(card["explanations"])
+    if "edge" in card:
+        lines += _edge_markdown(card["edge"])
+    if card.get("versions"):
+        lines += ["## Versions", ""]
+        lines += [f"- {k}: {v}" for k, v in card["versions"].items()]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _data_markdown(data: dict[str, Any]) -> list[str]:
+    lines = ["## Training data", ""]
+    for key in ("dataset", "dataset-fingerprint", "nodes", "rounds", "strategy"):
+        if data.get(key) is not None:
+            lines.append(f"- {key}: {data[key]}")
+    prep = data.get("preprocessing") or {}
+    lines.append(
+        "- preprocessing: "
+        + ", ".join(f"{k} = {v}" for k, v in prep.items() if v not in ([], {}))
+    )
+    nodes = data.get("per-node") or []
+    if nodes:
+        lines += ["", f"Per node (from {data.get('per-node-source')}):", ""]
+        columns = list(nodes[0])
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for node in nodes:
+            lines.append("| " + " | ".join(_cell(node.get(c)) for c in columns) + " |")
+    return [*lines, ""]
+
+
+def _privacy_markdown(privacy: dict[str, Any]) -> list[str]:
+    lines = ["## Privacy", "", f"- dp-mode: {privacy.get('dp-mode')}"]
+    for key in (
+        EPSILON_MAX,
+        "delta",
+        "accountant",
+        "noise-multiplier",
+        "max-grad-norm",
+        "clipping-norm",
+        "level",
+    ):
+        if privacy.get(key) is not None:
+            lines.append(f"- {key}: {_cell(privacy[key])}")
+    per_node = privacy.get("epsilon-per-node") or {}
+    if per_node:
+        lines.append(
+            "- ε per node: " + ", ".join(f"{k}: {v:.3f}" for k, v in per_node.items())
+        )
+    lines.append(f"- covered: {privacy.get('covered')}")
+    lines += [f"- not covered: {item}" for item in privacy.get("not-covered", [])]
+    return [*lines, ""]
+
+
+def _performance_markdown(performance: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Performance",
+        "",
+        f"Central metrics on {performance['held-out']}:",
+        "",
+    ]
+    lines += [f"- {k}: {_cell(v)}" for k, v in performance["central"].items()]
+    lines += ["", "| class | precision | recall | support |", "|---|---|---|---|"]
+    for name, figures in performance["per-class"].items():
+        lines.append(
+            f"| {name} | {figures['precision']:.3f} | {figures['recall']:.3f} | "
+            f"{figures['support']} |"
+        )
+    lines += ["", f"![confusion matrix]({performance['confusion-matrix']})", ""]
+    per_client = performance.get("per-client")
+    if per_client:
+        lines += [
+            f"Per client (round {per_client[ROUND]} model on each node's own test "
+            "split, every node counted once):",
+            "",
+        ]
+        lines += [
+            f"- {k}: {_cell(v)}"
+            for k, v in per_client.items()
+            if k != ROUND and v is not None
+        ]
+        lines.append("")
+    return lines
+
+
+def _explanations_markdown(explanations: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Explanations",
+        "",
+        f"Computed with {explanations['model']} on {explanations['data']}: "
+        f"{explanations['method']}.",
+        "",
+    ]
+    importance = explanations.get("feature-importance")
+    if importance:
+        lines += ["| column | accuracy lost | std |", "|---|---|---|"]
+        lines += [
+            f"| {c['column']} | {c['importance']:.4f} | {c['std']:.4f} |"
+            for c in importance
+        ]
+        lines += ["", f"![feature importance]({explanations['figure']})", ""]
+    for name, path in (explanations.get("saliency") or {}).items():
+        lines += [f"![saliency, class {name}]({path})", ""]
+    return lines
+
+
+def _edge_markdown(edge: dict[str, Any]) -> list[str]:
+    lines = ["## On the device", ""]
+    for name, size in edge["artefacts"].items():
+        lines.append(f"- {name}: {size} bytes")
+    accuracy = edge.get("accuracy") or {}
+    for key in ("pytorch", "onnx-fp32", "onnx-int8"):
+        if accuracy.get(key) is not None:
+            lines.append(f"- accuracy ({key}): {accuracy[key]:.4f}")
+    if "int8-accuracy-change-points" in edge:
+        lines.append(
+            f"- int8 accuracy change: {edge['int8-accuracy-change-points']:+.2f} points"
+        )
+    parity = edge.get("parity") or {}
+    if parity:
+        lines.append(
+            "- parity ONNX vs PyTorch: "
+            + ", ".join(f"{k} {_cell(v)}" for k, v in parity.items())
+        )
+    if edge.get("latency"):
+        lines.append(f"- latency: {edge['latency']}")
+    return [*lines, ""]
+
+
+# ------------------------------------------------------------------ helpers
+def _last_client_evaluation(
+    records: list[dict[str, Any]],
+) -> tuple[int | None, list[dict[str, Any]]]:
+    for record in reversed(records):
+        clients = record.get(CLIENT_EVALUATION)
+        if isinstance(clients, list) and clients:
+            return record.get(ROUND), clients
+    return None, []
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # MetricsHistory drops such a line too
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _json_safe(obj: Any) -> Any:
+    """Strict JSON: NaN and infinities become null, NumPy scalars plain numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,133 @@
+"""Per-client evaluation: the global model scored on every node's local test split.
+
+Flower's strategies evaluate on a sampled fraction of nodes and reply with one
+weighted mean (``fraction-evaluate``); whether the model serves *every* site
+needs each node's own figures. So on the rounds that are due (every
+``evaluate-interval`` rounds, and the last), the coordinator sends the global
+model to every connected node as an ordinary Flower ``evaluate`` message (the
+ClientApp's ``@app.evaluate`` handler answers it) and keeps each reply.
+
+The figures leave the nodes unprotected: under DP they are released outside the
+guarantee, which is why ``fairness-report = false`` turns them off.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from server.reply_collection import send_and_collect
+from shared import keys
+from shared.config import ReportConfig
+from shared.errors import FedgeError
+from shared.records import record_list, record_scalar
+
+logger = logging.getLogger(__name__)
+
+
+def evaluation_due(server_round: int, *, last_round: int, report: ReportConfig) -> bool:
+    """Whether ``server_round`` evaluates every client.
+
+    The last round always does (when ``fairness-report`` is on); others do
+    every ``evaluate-interval`` rounds (0: none).
+    """
+    if not report.fairness_report:
+        return False
+    if server_round == last_round:
+        return True
+    interval = report.evaluate_interval
+    return interval > 0 and server_round % interval == 0
+
+
+def evaluate_every_node(
+    grid: Grid,
+    arrays: ArrayRecord,
+    config: ConfigRecord,
+    *,
+    server_round: int,
+    timeout_s: float,
+) -> list[dict[str, Any]]:
+    """Send ``arrays`` to every connected node for evaluation; return their figures.
+
+    Parameters
+    ----------
+    grid : Grid
+        The ServerApp's grid.
+    arrays : ArrayRecord
+        The global model to evaluate.
+    config : ConfigRecord
+        What the ClientApp needs to rebuild the model (spec, preprocessing).
+    server_round : int
+        The round whose model this is (sent as ``server-round``).
+    timeout_s : float
+        Longest wait for the replies.
+
+    Returns
+    -------
+    list of dict
+        One :func:`client_entry` per node that answered, by node id; a node
+        that failed or did not answer in time is logged and left out.
+    """
+    node_ids = sorted(grid.get_node_ids())
+    record = RecordDict(
+        {
+            keys.ARRAYS: arrays,
+            keys.CONFIG: ConfigRecord({**config, keys.SERVER_ROUND: server_round}),
+        }
+    )
+    messages = [
+        Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=node)
+        for node in node_ids
+    ]
+    replies = send_and_collect(grid, messages, timeout_s=timeout_s)
+    entries = [
+        entry
+        for entry in (client_entry(m) for m in replies if not m.has_error())
+        if entry is not None
+    ]
+    missing = len(node_ids) - len(entries)
+    if missing:
+        logger.warning(
+            "Round %d per-client evaluation: %d of %d nodes did not answer; "
+            "their figures are missing from the fairness summary.",
+            server_round,
+            missing,
+            len(node_ids),
+        )
+    return sorted(entries, key=lambda e: int(e["node-id"]))
+
+
+def client_entry(reply: Message) -> dict[str, Any] | None:
+    """One node's evaluation reply as its ``metrics.jsonl`` entry, or None.
+
+    Keys: ``node-id``, ``accuracy``, ``loss``, ``num-examples``,
+    ``label-counts`` (examples of each class in the node's test split) and,
+    for a simulated node, its ``partition-id``. A reply without these figures
+    is logged with its node id and gives None.
+    """
+    node_id = int(reply.metadata.src_node_id)
+    try:
+        metrics = reply.content.metric_records[keys.METRICS]
+        entry: dict[str, Any] = {
+            "node-id": node_id,
+            "accuracy": float(record_scalar(metrics, keys.EVAL_ACCURACY)),
+            "loss": float(record_scalar(metrics, keys.EVAL_LOSS)),
+            keys.NUM_EXAMPLES: int(record_scalar(metrics, keys.NUM_EXAMPLES)),
+            keys.LABEL_COUNTS: [
+                int(c) for c in record_list(metrics, keys.LABEL_COUNTS)
+            ],
+        }
+        if keys.PARTITION_ID in metrics:
+            entry[keys.PARTITION_ID] = int(record_scalar(metrics, keys.PARTITION_ID))
+    except (KeyError, TypeError, ValueError, FedgeError) as e:
+        logger.warning(
+            "Evaluation reply from node %d lacks its figures (%s); left out of "
+            "the fairness summary.",
+            node_id,
+            e,
+        )
+        return None
+    return entry

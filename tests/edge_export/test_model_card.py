@@ -1,0 +1,110 @@
+"""The model card: every figure equals the run folder's own files."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from edge_export.manifest import verify_run
+from edge_export.model_card import render_markdown, write_run_card
+from edge_export.run_inputs import held_out_data, load_run
+
+
+def card_of(run_dir):
+    return json.loads((run_dir / "model_card.json").read_text())
+
+
+def test_export_writes_the_card_lists_it_in_the_manifest_and_it_verifies(digits_run):
+    manifest = json.loads((digits_run / "manifest.json").read_text())
+
+    assert manifest["artefacts"]["model_card.json"]["role"] == "model-card"
+    assert manifest["artefacts"]["model_card.md"]["role"] == "model-card-text"
+    assert verify_run(digits_run).ok
+
+
+def test_the_cards_figures_equal_the_run_folders_files(digits_run):
+    card = card_of(digits_run)
+    model = json.loads((digits_run / "model.json").read_text())
+    manifest = json.loads((digits_run / "manifest.json").read_text())
+
+    assert card["performance"]["central"] == model["metrics"]
+    assert card["privacy"]["epsilon-max"] == model["privacy"]["epsilon-max"] == 3.25
+    assert (
+        card["training-data"]["dataset-fingerprint"]
+        == (model["provenance"]["dataset-fingerprint"])
+    )
+    for name, size in card["edge"]["artefacts"].items():
+        assert size == manifest["artefacts"][name]["size-bytes"]
+        assert size == (digits_run / name).stat().st_size
+    assert card["edge"]["accuracy"] == manifest["accuracy"]
+    int8, fp32 = manifest["accuracy"]["onnx-int8"], manifest["accuracy"]["onnx-fp32"]
+    assert card["edge"]["int8-accuracy-change-points"] == pytest.approx(
+        100 * (int8 - fp32)
+    )
+    assert card["edge"]["parity"]["max-abs-diff"] == manifest["parity"]["max-abs-diff"]
+    for path in card["files"]:
+        assert (digits_run / path).is_file()
+    assert card["explanations"]["model"].startswith("ONNX Runtime")
+
+
+def test_per_class_figures_are_those_of_the_onnx_model_on_the_held_out_split(
+    digits_run,
+):
+    import onnxruntime as ort
+
+    card = card_of(digits_run)
+    test = held_out_data(load_run(digits_run))
+    session = ort.InferenceSession(str(digits_run / "model.onnx"))
+    name = session.get_inputs()[0].name
+    predicted = session.run(None, {name: test.x})[0].argmax(axis=1)
+
+    per_class = card["performance"]["per-class"]
+    for k, figures in enumerate(per_class.values()):
+        true_k, said_k = test.y == k, predicted == k
+        assert figures["support"] == int(true_k.sum())
+        assert figures["recall"] == pytest.approx(
+            (said_k & true_k).sum() / true_k.sum()
+        )
+        assert figures["precision"] == pytest.approx(
+            (said_k & true_k).sum() / max(said_k.sum(), 1)
+        )
+    # One saliency figure per class, each of the first two held-out examples.
+    assert sorted(card["explanations"]["saliency"]) == [str(k) for k in range(10)]
+
+
+def test_sections_with_nothing_to_say_are_left_out(digits_run):
+    card = card_of(digits_run)
+    text = (digits_run / "model_card.md").read_text()
+
+    # No model-description, no per-client evaluation (no metrics.jsonl here).
+    assert "intended-use" not in card and "## Intended use" not in text
+    assert "per-client" not in card["performance"] and "Per client" not in text
+    assert "## On the device" in text and "## Explanations" in text
+
+
+def test_a_tabular_card_ranks_the_original_columns(tabular_run):
+    card = card_of(tabular_run)
+    table = pd.read_csv(tabular_run / card["explanations"]["table"])
+
+    ranking = card["explanations"]["feature-importance"]
+    # Per original column: "colour"'s three one-hot inputs count as one.
+    assert sorted(c["column"] for c in ranking) == ["age", "colour", "income"]
+    assert [c["column"] for c in ranking] == list(table["column"])
+    assert np.allclose([c["importance"] for c in ranking], table["importance"])
+    importances = [c["importance"] for c in ranking]
+    assert importances == sorted(importances, reverse=True)
+    assert ranking[0]["importance"] > 0  # the label depends on every column
+
+
+def test_the_card_without_an_export_explains_the_pytorch_model(copy_run, digits_run):
+    run_dir = copy_run(digits_run)
+    for name in ("manifest.json", "model.onnx", "model.int8.onnx"):
+        (run_dir / name).unlink()
+
+    write_run_card(run_dir)
+
+    card = card_of(run_dir)
+    assert "edge" not in card
+    assert card["explanations"]["model"].startswith("PyTorch")
+    assert (run_dir / "model_card.md").read_text() == render_markdown(card)
