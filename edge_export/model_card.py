@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,9 @@ def build_card(
     """Return the card as a JSON object; its figures are written to ``card/``."""
     run_dir = run.run_dir
     figures_dir = run_dir / CARD_DIR
-    figures_dir.mkdir(exist_ok=True)
+    # The folder is the card's alone: figures of an earlier card must not linger.
+    shutil.rmtree(figures_dir, ignore_errors=True)
+    figures_dir.mkdir()
     if onnx_path is not None:
         predict, engine = onnx_predictor(onnx_path), f"ONNX Runtime ({ONNX_FP32_FILE})"
     else:

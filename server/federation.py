@@ -35,7 +35,7 @@ from server.strategy_factory import build_strategy
 from shared import keys
 from shared.config import RunConfig
 from shared.datasets import Dataset
-from shared.errors import ConfigError
+from shared.errors import ConfigError, FedgeError
 from shared.evaluation import evaluate_model
 from shared.models import ModelSpec, build_model, default_spec
 from shared.records import load_record_into, state_dict_to_record
@@ -286,8 +286,20 @@ def _export(run_dir: Path, *, sign_key: str | None) -> None:
 
 
 def _write_card(run_dir: Path) -> None:
-    """Write the model card of a run without an edge export."""
+    """Write the model card of a run without an edge export.
+
+    The model is saved by then: a card that cannot be written (its held-out
+    data gone, say) is logged, and the run still completes.
+    """
     from edge_export.model_card import write_run_card
 
-    paths = write_run_card(run_dir)
+    try:
+        paths = write_run_card(run_dir)
+    except FedgeError as e:
+        logger.error(
+            "model card not written: %s; write it later with `fedge export %s`",
+            e,
+            run_dir,
+        )
+        return
     logger.info("model card written: %s", paths[-1])

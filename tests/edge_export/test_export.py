@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import onnx
@@ -107,8 +108,9 @@ def test_manifest_accuracy_figures_match_an_independent_computation(digits_run):
 
 def test_failed_parity_writes_nothing(digits_run, copy_run):
     run_dir = copy_run(digits_run)
-    for name in EXPORT_FILES:
+    for name in (*EXPORT_FILES, "model_card.json", "model_card.md"):
         (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "card")
 
     with pytest.raises(
         ModelError, match=r"parity failed: max \|logit difference\|.*tolerance 1e-12"

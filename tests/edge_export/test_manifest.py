@@ -21,6 +21,8 @@ def test_manifest_lists_every_artefact_with_its_sha256_and_size(digits_run):
         "model.pt",
         "model.json",
         "config.json",
+        "model_card.json",
+        "model_card.md",
     }
     for name, entry in manifest.artefacts.items():
         data = (digits_run / name).read_bytes()
