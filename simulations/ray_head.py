@@ -20,6 +20,14 @@ SuperLink and ServerApp, delaying round 0 by up to 18 s. Not a win here, so
 the engine starts its own cluster, and :func:`ray_head_command` serves tests
 that need a cluster of their own.
 
+One head shared by every simulation test of a pytest worker (started once,
+``RAY_ADDRESS`` pointing at it) was tried for the test suite too, and lost: the
+3 runs of ``tests/integration/test_strategies.py`` used 162 s of CPU against
+117 s with each run's own cluster (load ~8). A long-lived head costs CPU while
+idle, its workers prestarted for the default job are never used (Flower's
+driver asks for a ``runtime_env`` of its own), and each run still starts its
+own actor processes and imports.
+
 ``ray.init()`` reads ``RAY_ADDRESS``: with ``--ray-address`` the SuperLink
 passes the user's cluster to the engine, which joins it instead of starting one.
 """
