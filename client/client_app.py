@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 
 from client.node_cache import cached_node_data
 from client.node_data import NodeData
-from client.private_round import train_private_round
+from client.private_round import coordinator_record_from, train_private_round
 from client.process_cache import model_for, typed_config
 from client.training import train_plain
 from shared import keys
@@ -71,6 +71,7 @@ def train(msg: Message, context: Context) -> Message:
             server_round=server_round,
             fedge_run_id=str(server_config.get(keys.FEDGE_RUN_ID, context.run_id)),
             model_spec=str(server_config[keys.MODEL_SPEC]),
+            coordinator_record=coordinator_record_from(server_config),
         )
         metrics = MetricRecord({**figures})
         if figures[keys.REFUSED]:

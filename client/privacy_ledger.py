@@ -251,6 +251,32 @@ def restore_ledger(
     return longest
 
 
+def adopt_larger(
+    ledger: PrivacyLedger, coordinator: list[LedgerEntry]
+) -> PrivacyLedger:
+    """Return the ledger that takes, round by round, the larger of two records.
+
+    ``coordinator`` is the coordinator's record of this node's releases (sent
+    with each round's message). For every server round, the copy holding more
+    releases of it wins (the node's own on a tie), so a wiped or edited
+    ``state-dir`` cannot lower ε below what the coordinator saw released, and
+    a release the coordinator missed (a lost reply) still counts.
+    """
+    if not coordinator:
+        return ledger
+    own: dict[int, list[LedgerEntry]] = {}
+    for entry in ledger.entries:
+        own.setdefault(entry.server_round, []).append(entry)
+    theirs: dict[int, list[LedgerEntry]] = {}
+    for entry in coordinator:
+        theirs.setdefault(entry.server_round, []).append(entry)
+    merged = PrivacyLedger(run_id=ledger.run_id, node_key=ledger.node_key)
+    for server_round in sorted(own.keys() | theirs.keys()):
+        mine, recorded = own.get(server_round, []), theirs.get(server_round, [])
+        merged.entries.extend(mine if len(mine) >= len(recorded) else recorded)
+    return merged
+
+
 def ledger_path(state_dir: str | Path, run_id: str | int) -> Path:
     """Where a node keeps its ledger for ``run_id`` inside ``state_dir``."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(run_id))

@@ -27,7 +27,14 @@ from torch import nn
 
 from client.budget import check_budget
 from client.dp_training import train_private, validate_private_model
-from client.privacy_ledger import STATE_KEY, PrivacyLedger, ledger_path, restore_ledger
+from client.privacy_ledger import (
+    STATE_KEY,
+    LedgerEntry,
+    PrivacyLedger,
+    adopt_larger,
+    ledger_path,
+    restore_ledger,
+)
 from shared import keys
 from shared.config import RunConfig
 from shared.datasets import Dataset
@@ -159,6 +166,25 @@ def node_key(node_config: Mapping[str, Any]) -> str:
     )
 
 
+def coordinator_record_from(server_config: ConfigRecord) -> list[LedgerEntry]:
+    """Return the coordinator's record of this node's releases sent with the round."""
+    if keys.RECORD_ROUNDS not in server_config:
+        return []
+    columns = [
+        record_list(server_config, key)
+        for key in (
+            keys.RECORD_ROUNDS,
+            keys.RECORD_NOISE_MULTIPLIERS,
+            keys.RECORD_SAMPLE_RATES,
+            keys.RECORD_STEPS,
+        )
+    ]
+    return [
+        LedgerEntry(int(r), float(s), float(q), int(n))
+        for r, s, q, n in zip(*columns, strict=True)
+    ]
+
+
 def ledger_file(config: RunConfig, context: Context, fedge_run_id: str) -> Path | None:
     """Return the node's ledger file: its own ``state-dir``, else the run's node-state dir."""
     state_dir = context.node_config.get(keys.STATE_DIR) or config.run.node_state_dir
@@ -181,11 +207,15 @@ def train_private_round(
     server_round: int,
     fedge_run_id: str,
     model_spec: str | None = None,
+    coordinator_record: list[LedgerEntry] | None = None,
 ) -> dict[str, float | int]:
     """Train one DP round in place, or refuse; return the reply's metrics.
 
     ``model_spec`` is the JSON spec ``model`` was built from; it keys the
     once-per-spec model validation (None: validate this model every time).
+    ``coordinator_record`` is the coordinator's record of this node's releases
+    (:func:`coordinator_record_from`); the node continues from the larger of
+    it and its own ledger, round by round (:func:`adopt_larger`).
 
     Raises
     ------
@@ -207,6 +237,16 @@ def train_private_round(
         run_id=fedge_run_id,
         node_key=node_key(context.node_config),
     )
+    merged = adopt_larger(ledger, coordinator_record or [])
+    if merged.entries != ledger.entries:
+        logger.warning(
+            "the coordinator's record of this node's privacy spend holds more than "
+            "its own ledger (%d releases, own %d; state-dir lost or reset?): "
+            "continuing from the larger",
+            len(merged.entries),
+            len(ledger.entries),
+        )
+        ledger = merged
     decision = check_budget(
         ledger=ledger,
         planned=plan.round_entry,
@@ -280,6 +320,7 @@ def train_private_round(
         keys.REFUSED: 0,
         keys.EPSILON: epsilon,
         keys.DP_STEPS: ledger.total_steps,
+        keys.DP_ROUND_STEPS: steps,
         keys.NUM_EXAMPLES: result.num_examples,
         **figures,
     }

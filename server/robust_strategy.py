@@ -44,6 +44,11 @@ from server.node_sampling import (
     seeded_sampling,
     wait_for_nodes,
 )
+from server.privacy_record import (
+    PrivacyRecord,
+    check_privacy_report,
+    reported_release,
+)
 from server.update_validation import (
     as_numpy_arrays,
     is_refusal,
@@ -52,10 +57,13 @@ from server.update_validation import (
 )
 from shared import keys
 from shared.config import RunConfig
+from shared.privacy_plan import PrivacyPlan, plan_for_config
 from shared.run_folder import (
     AGGREGATED,
     CLIENTS,
     DROPPED,
+    EPSILON_COORDINATOR,
+    EPSILON_REPORTED,
     FAILURES,
     REFUSED,
     REPLIES,
@@ -88,6 +96,14 @@ class RobustStrategy(Strategy):
         Seconds between checks for connected nodes.
     clock, sleep : callable
         Injected for tests.
+    privacy_plan : callable, optional
+        Sample-level DP: a node's plan from its number of examples
+        (:func:`shared.privacy_plan.plan_for_config`). Then the wrapper keeps
+        :attr:`privacy_record`, sends each node its record, drops a reply that
+        contradicts it (:func:`server.privacy_record.check_privacy_report`) and
+        reports the ε it computes.
+    accountant : {"rdp", "prv"}, default "rdp"
+        Opacus accountant of that ε.
 
     Attributes
     ----------
@@ -112,6 +128,8 @@ class RobustStrategy(Strategy):
         poll_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        privacy_plan: Callable[[int], PrivacyPlan] | None = None,
+        accountant: str = "rdp",
     ) -> None:
         # Named `strategy` like Flower's DP wrappers, so code that unwraps
         # strategies (checkpoint.strategy_state) follows one attribute.
@@ -127,6 +145,11 @@ class RobustStrategy(Strategy):
         self.round_stats: dict[int, dict[str, Any]] = {}
         self._reference: dict[str, np.ndarray] | None = None
         self._refusals_logged: set[int] = set()
+        # Sample-level DP: the coordinator's own record of every node's
+        # releases, checked against each node's plan (num-examples -> plan).
+        self.privacy_plan = privacy_plan
+        self.accountant = accountant
+        self.privacy_record = PrivacyRecord() if privacy_plan is not None else None
 
     @classmethod
     def from_config(
@@ -137,6 +160,10 @@ class RobustStrategy(Strategy):
         checkpoint_dir: str | Path | None = None,
     ) -> RobustStrategy:
         """Wrap ``strategy`` with the run-control settings of ``config``."""
+
+        def plan(num_examples: int) -> PrivacyPlan:
+            return plan_for_config(config=config, num_examples=num_examples)
+
         return cls(
             strategy,
             sampler_seed=config.run.sampler_seed,
@@ -144,6 +171,8 @@ class RobustStrategy(Strategy):
             max_update_norm=config.run.max_update_norm,
             min_replies=config.run.min_replies,
             checkpoint_dir=checkpoint_dir,
+            privacy_plan=plan if config.dp.mode == "sample" else None,
+            accountant=config.dp.accountant,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -218,7 +247,51 @@ class RobustStrategy(Strategy):
         stats = self._stats(server_round)
         stats[SAMPLED] = len(messages)
         stats[SAMPLED_NODES] = [m.metadata.dst_node_id for m in messages]
+        if self.privacy_record is not None:
+            for msg in messages:
+                recorded = self.privacy_record.to_message_config(
+                    msg.metadata.dst_node_id
+                )
+                if recorded and keys.CONFIG in msg.content.config_records:
+                    # Flower's strategies give every message the same RecordDict:
+                    # each gets its own, sharing the arrays, with its own config.
+                    content = RecordDict(dict(msg.content.items()))
+                    shared_config = msg.content.config_records[keys.CONFIG]
+                    content[keys.CONFIG] = ConfigRecord({**shared_config, **recorded})
+                    msg.content = content
         return messages
+
+    def _check_privacy(self, server_round: int, msg: Message) -> str | None:
+        """Check a DP reply against the coordinator's record, then record it."""
+        if self.privacy_record is None or self.privacy_plan is None:
+            return None
+        node_id = msg.metadata.src_node_id
+        metrics = _scalar_metrics(msg.content)
+        release = reported_release(metrics)
+        try:
+            plan = self.privacy_plan(int(metrics.get(keys.NUM_EXAMPLES, 0)))
+        except ValueError as e:  # ConfigError: no plan for what it reports
+            return f"its privacy plan cannot be checked ({e})"
+        problem = check_privacy_report(self.privacy_record, node_id, metrics, plan=plan)
+        if release is not None:
+            # Released either way: the coordinator received it.
+            self.privacy_record.add(node_id, server_round, release, plan.delta)
+        return problem
+
+    def _privacy_figures(self, row: dict[str, Any]) -> None:
+        """Put the coordinator's ε in a client row (the node's stays beside it).
+
+        The larger of the two is reported: the node may know of a release
+        whose reply the coordinator lost, and ε is never undercounted.
+        """
+        record = self.privacy_record
+        node_id = int(row["node-id"])
+        if record is None or keys.EPSILON not in row or node_id not in record.deltas:
+            return
+        own = record.epsilon(node_id, accountant=self.accountant)
+        row[EPSILON_REPORTED] = row[keys.EPSILON]
+        row[EPSILON_COORDINATOR] = own
+        row[keys.EPSILON] = max(own, float(row[keys.EPSILON]))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -241,7 +314,7 @@ class RobustStrategy(Strategy):
                 self._log_refusal(node_id)
                 clients.append(_client_row(msg, REFUSED))
                 continue
-            problem = validate_reply(
+            problem = self._check_privacy(server_round, msg) or validate_reply(
                 msg.content,
                 self._reference,
                 weighted_by_key=self._weighted_by_key(),
@@ -267,6 +340,8 @@ class RobustStrategy(Strategy):
                     "node %d: %s; update dropped", msg.metadata.src_node_id, problem
                 )
                 clients.append(_client_row(msg, DROPPED, problem))
+        for row in clients:
+            self._privacy_figures(row)
         stats = self._stats(server_round)
         sampled = stats.get(SAMPLED, len(replies))
         stats.update(
@@ -373,11 +448,16 @@ class RobustStrategy(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         """Return what this wrapper must remember across a resume."""
-        return {"refusals-logged": sorted(self._refusals_logged)}
+        state: dict[str, Any] = {"refusals-logged": sorted(self._refusals_logged)}
+        if self.privacy_record is not None:
+            state["privacy-record"] = self.privacy_record.to_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
         self._refusals_logged = set(state.get("refusals-logged", []))
+        if self.privacy_record is not None and "privacy-record" in state:
+            self.privacy_record = PrivacyRecord.from_dict(state["privacy-record"])
 
 
 def _client_row(
@@ -387,12 +467,19 @@ def _client_row(
     row: dict[str, Any] = {"node-id": msg.metadata.src_node_id, "status": status}
     if problem is not None:
         row["problem"] = problem
-    content: RecordDict = msg.content
+    for name, value in _scalar_metrics(msg.content).items():
+        row.setdefault(name, value)
+    return row
+
+
+def _scalar_metrics(content: RecordDict) -> dict[str, Any]:
+    """Return the reply's scalar metrics, all MetricRecords merged (first wins)."""
+    metrics: dict[str, Any] = {}
     for record in content.metric_records.values():
         for name, value in record.items():
             if not isinstance(value, list):
-                row.setdefault(name, value)
-    return row
+                metrics.setdefault(name, value)
+    return metrics
 
 
 def _non_finite(arrays: ArrayRecord) -> str | None:

@@ -20,12 +20,14 @@ from server.federation_loop import RoundOutcome
 from server.metrics_history import MetricsHistory
 from server.robust_strategy import RobustStrategy
 from server.round_summary import central_epsilon, check_can_continue, round_row
+from shared.atomic_io import atomic_write_json
 from shared.config import RunConfig
 from shared.run_folder import (
     CENTRAL_DP_DELTA,
     DROPPED,
     EPSILON_MAX,
     EPSILON_MEAN,
+    PRIVACY_RECORD_FILE,
     REFUSED,
     REPLIES,
     SAMPLED,
@@ -98,6 +100,10 @@ class RoundEnd:
                 {EPSILON_MAX: epsilon, EPSILON_MEAN: epsilon, CENTRAL_DP_DELTA: delta}
             )
         self.history.append(row, details=details)
+        record = self.strategy.privacy_record
+        if record is not None:
+            # Beside the checkpoints (which carry it too), for people and tools.
+            atomic_write_json(self.run_dir / PRIVACY_RECORD_FILE, record.to_dict())
         return row
 
     def checkpoint(self, outcome: RoundOutcome) -> Path | None:

@@ -13,6 +13,11 @@ SERVER_ROUND = "server-round"
 MODEL_SPEC = "model-spec"  # JSON string, see shared.models.ModelSpec
 PREPROCESSING = "preprocessing"  # JSON string, see shared.preprocessing
 FEDGE_RUN_ID = "fedge-run-id"  # the same across resumes, unlike Flower's run id
+# The coordinator's record of this node's DP-SGD releases (server/privacy_record.py)
+RECORD_ROUNDS = "privacy-record-rounds"
+RECORD_NOISE_MULTIPLIERS = "privacy-record-noise-multipliers"
+RECORD_SAMPLE_RATES = "privacy-record-sample-rates"
+RECORD_STEPS = "privacy-record-steps"
 
 # MetricRecord entries replied by clients
 NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights replies by this key
@@ -32,6 +37,7 @@ DELTA = "delta"
 NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
 DP_STEPS = "dp-steps"  # DP-SGD steps this node has taken in the run so far
+DP_ROUND_STEPS = "dp-round-steps"  # DP-SGD steps released with this reply
 REFUSED = "refused"  # 1 when a client declined to train (budget spent); no arrays
 
 # Node config entries (``flower-supernode --node-config``, or set per virtual

@@ -53,6 +53,7 @@ MODEL_CARD_FILE = "model.json"
 ONNX_FP32_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 MANIFEST_FILE = "manifest.json"
+PRIVACY_RECORD_FILE = "privacy-record.json"  # the coordinator's per-node DP record
 SIGNATURE_FILE = "manifest.sig"  # the manifest's signature (Sigstore bundle)
 FAULTS_FILE = "faults.json"
 PARTITIONS_FILE = "partitions.csv"
@@ -100,6 +101,10 @@ REFUSED = keys.REFUSED
 AGGREGATED = "aggregated"
 EPSILON_MAX = "epsilon-max"
 EPSILON_MEAN = "epsilon-mean"
+# Per client row (metrics.jsonl): the coordinator's own ε of the node, from its
+# record, and the ε the node reported; "epsilon" is the larger of the two.
+EPSILON_COORDINATOR = "epsilon-coordinator"
+EPSILON_REPORTED = "epsilon-reported"
 CENTRAL_DP_DELTA = "central-dp-delta"
 ROUND_TIME_S = "round-time-s"
 BYTES_SENT = "bytes-sent"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from flwr.app import Context, RecordDict
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from client.node_data import load_node_data
-from client.privacy_ledger import LedgerError
+from client.privacy_ledger import LedgerEntry, LedgerError, PrivacyLedger, adopt_larger
 from client.private_round import train_private_round
 from shared import keys
 from shared.config import default_run_config, from_run_config
@@ -170,6 +171,49 @@ def test_a_round_asked_again_is_trained_again_and_both_releases_count(
         strict=True,
     )
     assert list(entries) == [plan.round_entry] * 3
+
+
+def test_a_wiped_state_dir_continues_from_the_coordinators_record(
+    tmp_path: Path,
+) -> None:
+    config, run_config, node_config, data, spec = _setup(tmp_path)
+    n = len(data.train)
+    q, steps = 32 / n, round(n / 32)
+    for server_round in (1, 2):
+        _train_in_a_fresh_process(
+            config, run_config, node_config, data, spec, server_round, "run-w"
+        )
+    shutil.rmtree(tmp_path / "state")  # the node's disk is wiped
+    # The coordinator sends what it received: rounds 1 and 2.
+    record = [LedgerEntry(r, 1.1, q, steps) for r in (1, 2)]
+    figures = train_private_round(
+        build_model(spec),
+        data.train,
+        config=config,
+        context=_fresh_context(run_config, node_config),
+        server_round=3,
+        fedge_run_id="run-w",
+        coordinator_record=record,
+    )
+    assert figures[keys.REFUSED] == 0
+    assert figures[keys.DP_STEPS] == 3 * steps
+    assert figures[keys.EPSILON] == pytest.approx(
+        _expected_epsilon(q, 1.1, 3 * steps, 1e-4), rel=1e-6
+    )
+    ledger_file = next((tmp_path / "state").glob("privacy-ledger-*.json"))
+    assert json.loads(ledger_file.read_text())["server-rounds"] == [1, 2, 3]
+
+
+def test_the_larger_record_wins_round_by_round() -> None:
+    own = PrivacyLedger(run_id="r", node_key="n")
+    for r in (1, 2, 2, 4):  # round 2 released twice; round 3's reply lost
+        own.record(
+            server_round=r, noise_multiplier=1.0, sample_rate=0.1, steps=5, again=True
+        )
+    coordinator = [LedgerEntry(r, 1.0, 0.1, 5) for r in (1, 2, 3)]
+    merged = adopt_larger(own, coordinator)
+    assert [e.server_round for e in merged.entries] == [1, 2, 2, 3, 4]
+    assert adopt_larger(own, []) is own
 
 
 def test_a_corrupt_ledger_is_refused_not_reset(tmp_path: Path) -> None:

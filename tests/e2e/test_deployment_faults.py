@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -51,7 +52,8 @@ def _overrides(tmp_path: Path, name: str, **settings: object) -> dict[str, objec
 
 def test_a_killed_node_is_missed_then_rejoins_with_its_ledger(tmp_path: Path) -> None:
     # (a) Three nodes, min-nodes 2: node2 dies after round 2 of 5 and is back
-    # before round 4.
+    # before round 4, its state-dir (and ledger) wiped meanwhile: its ε continues
+    # from the coordinator's record of what it released.
     overrides = _overrides(
         tmp_path,
         "node-killed",
@@ -66,6 +68,8 @@ def test_a_killed_node_is_missed_then_rejoins_with_its_ledger(tmp_path: Path) ->
             wait_for(lambda: last_round(run_dir) >= 2, timeout_s=300, what="round 2")
             kill_session(processes[2])  # the node crashes: SIGKILL, no goodbye
             federation.stop(victim)
+            shutil.rmtree(victim.state_dir)  # the node's disk is lost
+            victim.state_dir.mkdir()
             wait_for(lambda: last_round(run_dir) >= 3, timeout_s=300, what="round 3")
             federation.start(victim)
             wait_for(
@@ -98,10 +102,26 @@ def test_a_killed_node_is_missed_then_rejoins_with_its_ledger(tmp_path: Path) ->
     spent = [epsilons[r] for r in sorted(epsilons)]
     assert spent == sorted(spent) and spent[0] > 0
     assert epsilons[rejoined[0]] > epsilons[2]
-    # The ledger holds every round it reported (and maybe round 3, if it was
-    # killed after training it), each once.
+    # Its new ledger starts from the coordinator's record (rounds 1 and 2), then
+    # holds every round it reported since, each once.
     rounds = ledger(victim)["server-rounds"]
+    assert rounds[:2] == [1, 2]
     assert rounds == sorted(set(rounds)) and set(epsilons) <= set(rounds)
+    # The coordinator's ε for it is Opacus's over its own record.
+    record = read_json(run_dir / "privacy-record.json")["releases"][str(victim_id)]
+    (last,) = (
+        c
+        for c in metrics_records(run_dir)[rejoined[-1]]["clients"]
+        if c["node-id"] == victim_id
+    )
+    released = {
+        "noise-multipliers": [s for _, s, _, _ in record],
+        "sample-rates": [q for _, _, q, _ in record],
+        "steps": [n for *_, n in record],
+    }
+    assert last["epsilon-coordinator"] == pytest.approx(
+        ledger_epsilon(released, last["delta"]), rel=1e-9
+    )
 
 
 def test_the_superlink_killed_mid_run_restarts_and_the_run_resumes(

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from client.node_data import load_node_data
@@ -53,6 +54,19 @@ def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> N
     assert {"epsilon", "delta", "noise-multiplier", "sample-rate", "dp-steps"} <= set(
         last_clients[0]
     )
+    # The coordinator's own record: every release of every node, ε from it equal
+    # to Opacus's accountant, and no honest reply contradicted it.
+    assert (trained["dropped"] == 0).all()
+    record = json.loads((run_dir / "privacy-record.json").read_text())
+    assert sorted(len(v) for v in record["releases"].values()) == [3] * 10
+    for client in last_clients:
+        releases = record["releases"][str(client["node-id"])]
+        accountant = RDPAccountant()
+        accountant.history = [(s, q, n) for _, s, q, n in releases]
+        assert client["epsilon-coordinator"] == pytest.approx(
+            accountant.get_epsilon(delta=client["delta"]), rel=1e-9
+        )
+        assert client["epsilon"] == pytest.approx(client["epsilon-reported"])
     privacy = json.loads((run_dir / "model.json").read_text())["privacy"]
     assert privacy["dp-mode"] == "sample"
     assert privacy["epsilon-max"] == pytest.approx(trained["epsilon-max"].max())

@@ -1,0 +1,176 @@
+"""The coordinator's own privacy ledger: every DP-SGD release each node reported.
+
+A node's ledger lives on the node; a wiped ``state-dir`` would restart its ε at
+zero and an edited one could lower it. So the coordinator keeps a second
+record, per node, of every ``(noise_multiplier, sample_rate, steps)`` it
+received in the run, computes each node's ε from it with Opacus's accountant
+(:func:`shared.privacy.epsilon_for`), sends each node its record with the
+round's message (the node takes, round by round, the larger of its own ledger
+and this record), and drops an update whose report contradicts the record or
+the node's plan (:func:`check_privacy_report`). The ε in ``metrics.csv``,
+``model.json`` and the ONNX metadata is this record's.
+
+Kept in the run folder (``privacy-record.json``) and in every checkpoint, so a
+resumed coordinator continues it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import keys
+from shared.privacy import HistoryEntry, check_history_entry, epsilon_for
+from shared.privacy_plan import PrivacyPlan
+
+# Relative slack for comparing the node's floats with the coordinator's.
+_TOLERANCE = 1e-9
+
+# One recorded release: (server_round, noise_multiplier, sample_rate, steps).
+Release = tuple[int, float, float, int]
+
+
+@dataclass
+class PrivacyRecord:
+    """Per node: δ and every release reported in this run.
+
+    Attributes
+    ----------
+    releases : dict of int to list of Release
+        Flower node id -> releases in the order they were received.
+    deltas : dict of int to float
+        Flower node id -> the δ the node states its ε at.
+    """
+
+    releases: dict[int, list[Release]] = field(default_factory=dict)
+    deltas: dict[int, float] = field(default_factory=dict)
+
+    def history(self, node_id: int) -> list[HistoryEntry]:
+        """Return the node's recorded releases as an Opacus accountant history."""
+        return [(s, q, n) for _, s, q, n in self.releases.get(node_id, [])]
+
+    def total_steps(self, node_id: int) -> int:
+        """DP-SGD steps recorded for the node."""
+        return sum(n for *_, n in self.releases.get(node_id, []))
+
+    def epsilon(
+        self,
+        node_id: int,
+        *,
+        accountant: str,
+        delta: float | None = None,
+        extra: HistoryEntry | None = None,
+    ) -> float:
+        """ε of the node's record (plus ``extra``), by Opacus's ``accountant``."""
+        history = self.history(node_id) + ([extra] if extra else [])
+        return epsilon_for(
+            history=history,
+            delta=delta if delta is not None else self.deltas[node_id],
+            accountant=accountant,
+        )
+
+    def add(
+        self, node_id: int, server_round: int, entry: HistoryEntry, delta: float
+    ) -> None:
+        """Record one release of ``node_id`` in ``server_round``."""
+        sigma, rate, steps = check_history_entry(entry, where=f"node {node_id}")
+        self.releases.setdefault(node_id, []).append((server_round, sigma, rate, steps))
+        self.deltas[node_id] = delta
+
+    def to_message_config(self, node_id: int) -> dict[str, list[int] | list[float]]:
+        """Return the node's record as ConfigRecord entries (empty if none)."""
+        releases = self.releases.get(node_id, [])
+        if not releases:
+            return {}
+        return {
+            keys.RECORD_ROUNDS: [r for r, *_ in releases],
+            keys.RECORD_NOISE_MULTIPLIERS: [s for _, s, _, _ in releases],
+            keys.RECORD_SAMPLE_RATES: [q for _, _, q, _ in releases],
+            keys.RECORD_STEPS: [n for *_, n in releases],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (node ids as strings)."""
+        return {
+            "releases": {
+                str(k): [list(r) for r in v] for k, v in self.releases.items()
+            },
+            "deltas": {str(k): v for k, v in self.deltas.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PrivacyRecord:
+        """Rebuild from :meth:`to_dict`."""
+        return cls(
+            releases={
+                int(k): [(int(r), float(s), float(q), int(n)) for r, s, q, n in v]
+                for k, v in data.get("releases", {}).items()
+            },
+            deltas={int(k): float(v) for k, v in data.get("deltas", {}).items()},
+        )
+
+
+def reported_release(metrics: Mapping[str, Any]) -> HistoryEntry | None:
+    """Return the ``(σ, q, steps)`` a training reply says it released, or None."""
+    if keys.DP_ROUND_STEPS not in metrics:
+        return None
+    return (
+        float(metrics[keys.NOISE_MULTIPLIER]),
+        float(metrics[keys.SAMPLE_RATE]),
+        int(metrics[keys.DP_ROUND_STEPS]),
+    )
+
+
+def check_privacy_report(
+    record: PrivacyRecord,
+    node_id: int,
+    metrics: Mapping[str, Any],
+    *,
+    plan: PrivacyPlan,
+) -> str | None:
+    """Return why a DP training reply contradicts the record or the plan, else None.
+
+    A reply contradicts when it reports a noise multiplier below the plan's,
+    fewer steps in this round than planned, fewer steps in the run than the
+    record holds plus this round, or an ε below the record's (plus this round).
+
+    Parameters
+    ----------
+    record : PrivacyRecord
+        The coordinator's record before this reply.
+    node_id : int
+        The replying node.
+    metrics : mapping
+        The reply's metrics (``keys.EPSILON``, ``keys.DP_STEPS``, ...).
+    plan : PrivacyPlan
+        The node's plan (:func:`shared.privacy_plan.plan_for_config` of its
+        ``num-examples``).
+    """
+    release = reported_release(metrics)
+    if release is None:
+        return f"reports no {keys.DP_ROUND_STEPS!r}: its DP-SGD release is unknown"
+    sigma, _, steps = release
+    if sigma < plan.noise_multiplier * (1 - _TOLERANCE):
+        return (
+            f"reports noise multiplier {sigma:.6g}, below the planned "
+            f"{plan.noise_multiplier:.6g}"
+        )
+    if steps < plan.steps_per_round:
+        return f"reports {steps} DP-SGD steps this round, the plan has {plan.steps_per_round}"
+    recorded = record.total_steps(node_id) + steps
+    total = int(metrics.get(keys.DP_STEPS, 0))
+    if total < recorded:
+        return (
+            f"reports {total} DP-SGD steps in the run, the coordinator's record "
+            f"holds {recorded}"
+        )
+    epsilon = float(metrics.get(keys.EPSILON, 0.0))
+    expected = record.epsilon(
+        node_id, accountant=plan.accountant, delta=plan.delta, extra=release
+    )
+    if epsilon < expected * (1 - 1e-6):
+        return (
+            f"reports ε = {epsilon:.6g}, below the coordinator's record {expected:.6g}"
+        )
+    return None

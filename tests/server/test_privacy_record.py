@@ -1,0 +1,166 @@
+import logging
+import re
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import FedAvg
+from opacus.accountants import RDPAccountant
+
+from server.privacy_record import PrivacyRecord, check_privacy_report
+from server.robust_strategy import RobustStrategy
+from shared import keys
+from shared.privacy_plan import PrivacyPlan
+
+LOGGER = "server.robust_strategy"
+# A node of 150 examples, batch 32, 2 local epochs, σ = 1.1: q = 32/150, 10 steps.
+PLAN = PrivacyPlan(
+    noise_multiplier=1.1,
+    sample_rate=32 / 150,
+    steps_per_round=10,
+    rounds=3,
+    delta=1e-4,
+    accountant="rdp",
+)
+
+
+def opacus_epsilon(history, delta=1e-4):
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    return accountant.get_epsilon(delta=delta)
+
+
+def honest_report(record, node_id, **changes):
+    """What an honest node reports after one more planned round."""
+    entry = PLAN.round_entry
+    history = [*record.history(node_id), entry]
+    metrics = {
+        keys.NUM_EXAMPLES: 150,
+        keys.NOISE_MULTIPLIER: entry[0],
+        keys.SAMPLE_RATE: entry[1],
+        keys.DP_ROUND_STEPS: entry[2],
+        keys.DP_STEPS: sum(s for *_, s in history),
+        keys.EPSILON: opacus_epsilon(history),
+        keys.DELTA: 1e-4,
+    }
+    return metrics | changes
+
+
+def record_of(rounds, node_id=7):
+    record = PrivacyRecord()
+    for r in range(1, rounds + 1):
+        record.add(node_id, r, PLAN.round_entry, 1e-4)
+    return record
+
+
+def test_the_coordinators_epsilon_equals_opacus_over_every_release():
+    record = record_of(2)
+    record.add(7, 2, PLAN.round_entry, 1e-4)  # round 2 released twice
+    record.add(8, 1, (0.8, 0.1, 30), 1e-5)
+    assert record.epsilon(7, accountant="rdp") == pytest.approx(
+        opacus_epsilon([PLAN.round_entry] * 3), rel=1e-9
+    )
+    assert record.epsilon(8, accountant="rdp") == pytest.approx(
+        opacus_epsilon([(0.8, 0.1, 30)], delta=1e-5), rel=1e-9
+    )
+    again = PrivacyRecord.from_dict(record.to_dict())
+    assert again == record
+    sent = record.to_message_config(7)
+    assert sent[keys.RECORD_ROUNDS] == [1, 2, 2]
+    assert sent[keys.RECORD_STEPS] == [10, 10, 10]
+    assert record.to_message_config(99) == {}
+
+
+def test_an_honest_report_passes():
+    record = record_of(2)
+    assert check_privacy_report(record, 7, honest_report(record, 7), plan=PLAN) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({keys.NOISE_MULTIPLIER: 0.9}, r"noise multiplier 0.9, below the planned 1.1"),
+        (
+            {keys.DP_ROUND_STEPS: 5},
+            r"reports 5 DP-SGD steps this round, the plan has 10",
+        ),
+        (
+            {keys.DP_STEPS: 10},  # a wiped ledger: only this round's steps
+            r"reports 10 DP-SGD steps in the run, the coordinator's record holds 30",
+        ),
+        ({keys.EPSILON: 0.5}, r"reports ε = 0.5, below the coordinator's record"),
+    ],
+)
+def test_a_report_below_the_record_or_the_plan_is_named(change, match):
+    record = record_of(2)
+    problem = check_privacy_report(
+        record, 7, honest_report(record, 7, **change), plan=PLAN
+    )
+    assert problem is not None
+    assert re.search(match, problem), problem
+
+
+def test_an_under_reporting_node_is_dropped_and_still_recorded(fakes, caplog):
+    strategy = RobustStrategy(
+        FedAvg(fraction_evaluate=0.0),
+        sampler_seed=0,
+        node_wait_timeout_s=30.0,
+        privacy_plan=lambda n: PLAN,
+        accountant="rdp",
+    )
+    w = {"w": np.zeros((2, 2), np.float32)}
+
+    def play(server_round, under_report):
+        msgs = {
+            m.metadata.dst_node_id: m
+            for m in strategy.configure_train(
+                server_round, fakes.record(w), ConfigRecord(), fakes.FakeGrid([7, 8])
+            )
+        }
+        record = strategy.privacy_record
+        replies = [
+            fakes.reply(msgs[7], w, **honest_report(record, 7)),
+            fakes.reply(
+                msgs[8],
+                w,
+                **honest_report(
+                    record, 8, **({keys.EPSILON: 0.01} if under_report else {})
+                ),
+            ),
+        ]
+        return msgs, strategy.aggregate_train(server_round, replies)
+
+    play(1, under_report=False)
+    strategy.privacy_record.add(7, 1, PLAN.round_entry, 1e-4)  # node 7 released twice
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        msgs, _ = play(2, under_report=True)
+    # Round 2's messages carried each node its own record (Flower's strategy
+    # gives all messages one RecordDict: it must not be shared).
+    assert msgs[7].content["config"][keys.RECORD_ROUNDS] == [1, 1]
+    assert msgs[8].content["config"][keys.RECORD_ROUNDS] == [1]
+    assert msgs[7].content["arrays"] is msgs[8].content["arrays"]
+    lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert lines == [
+        "node 8: reports ε = 0.01, below the coordinator's record "
+        f"{opacus_epsilon([PLAN.round_entry] * 2):.6g}; update dropped"
+    ]
+    stats = strategy.round_stats[2]
+    assert stats["aggregated"] == 1 and stats["dropped"] == 1
+    rows = {row["node-id"]: row for row in stats["clients"]}
+    # Its release counts anyway, and the ε reported for it is the coordinator's.
+    expected = opacus_epsilon([PLAN.round_entry] * 2)
+    assert strategy.privacy_record.total_steps(8) == 20
+    assert rows[8]["epsilon"] == pytest.approx(expected, rel=1e-9)
+    assert rows[8]["epsilon-reported"] == 0.01
+    assert rows[7]["epsilon-coordinator"] == pytest.approx(
+        opacus_epsilon([PLAN.round_entry] * 3), rel=1e-9
+    )
+    # A resumed coordinator continues the record from the checkpointed state.
+    resumed = RobustStrategy(
+        FedAvg(),
+        sampler_seed=0,
+        node_wait_timeout_s=30.0,
+        privacy_plan=lambda n: PLAN,
+    )
+    resumed.load_state_dict(strategy.state_dict())
+    assert resumed.privacy_record == strategy.privacy_record
