@@ -451,7 +451,10 @@ def _data_markdown(data: dict[str, Any]) -> list[str]:
     nodes = data.get("per-node") or []
     if nodes:
         lines += ["", f"Per node (from {data.get('per-node-source')}):", ""]
-        columns = list(nodes[0])
+        # Who first, then how much: JSON keeps the keys sorted.
+        first = (keys.PARTITION_ID, "node-id", keys.NUM_EXAMPLES, "train-examples")
+        columns = [c for c in first if c in nodes[0]]
+        columns += [c for c in nodes[0] if c not in columns]
         lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for node in nodes:
             lines.append("| " + " | ".join(_cell(node.get(c)) for c in columns) + " |")
