@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -20,8 +21,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "Rebuild RUN_DIR's final model from model.json + model.pt, export it to "
             "model.onnx (opset 18, dynamic batch, metadata inside), check it with "
             "the ONNX checker and against PyTorch on the held-out split, quantise "
-            "it to model.int8.onnx and write manifest.json. Nothing is written if "
-            "a check fails."
+            "it to model.int8.onnx, build the embedded artefacts (model.ort with "
+            "required_operators.config, the batch-1 static model.fixed.onnx, the "
+            "offline-optimised model.optimized.onnx when faster), check each "
+            "against model.onnx and write manifest.json. Nothing is written if "
+            "a check or a budget fails."
         ),
     )
     p.add_argument(
@@ -49,6 +53,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "manifest.json, which hashes every artefact, into manifest.sig",
     )
     p.add_argument(
+        "--max-size-kib",
+        type=float,
+        default=None,
+        metavar="KIB",
+        help="budget: some model file must be at most this large, else nothing "
+        "is written",
+    )
+    p.add_argument(
+        "--max-latency-us",
+        type=float,
+        default=None,
+        metavar="US",
+        help="budget: some model file must answer one example within this many "
+        "µs (p50, one thread, measured here), else nothing is written",
+    )
+    p.add_argument(
         "--format",
         choices=("text", "json"),
         default="text",
@@ -60,12 +80,25 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Export; print a summary. User errors raise FedgeError (exit 2)."""
     from edge_export.pipeline import export_run  # imports torch: only when used
+    from shared.run_folder import ONNX_FP32_FILE, ONNX_OPTIMIZED_FILE
 
+    for flag, value in (
+        ("--max-size-kib", args.max_size_kib),
+        ("--max-latency-us", args.max_latency_us),
+    ):
+        if value is not None and not value > 0:
+            print(
+                f"fedge export: error: {flag} must be > 0, got {value:g}",
+                file=sys.stderr,
+            )
+            return 2
     manifest = export_run(
         args.run_dir,
         quantize=args.quantize,
         tolerance=args.tolerance,
         sign_key=args.sign_key,
+        max_size_kib=args.max_size_kib,
+        max_latency_us=args.max_latency_us,
     )
     if args.format == "json":
         print(json.dumps(manifest.to_dict(), indent=2))
@@ -74,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported {args.run_dir}")
     for name, entry in manifest.artefacts.items():
         print(
-            f"  {name:<18} {entry['size-bytes']:>10} bytes  sha256 {entry['sha256'][:16]}…"
+            f"  {name:<26} {entry['size-bytes']:>10} bytes  sha256 {entry['sha256'][:16]}…"
         )
     print(
         f"  parity: max |diff| {parity['max-abs-diff']:.3g} (tolerance "
@@ -97,4 +130,13 @@ def run(args: argparse.Namespace) -> int:
         if args.sign_key
         else "  unsigned (give --sign-key KEY to sign the manifest)"
     )
+    embedded = manifest.embedded
+    for name, figures in embedded.get("batch1-one-thread", {}).items():
+        print(
+            f"  batch 1, one thread: {name:<22} p50 {figures['p50-us']:8.1f} µs, "
+            f"p95 {figures['p95-us']:8.1f} µs, {figures['size-kib']:7.1f} KiB"
+        )
+    optimized = embedded.get("checks", {}).get(ONNX_OPTIMIZED_FILE, {})
+    if optimized and not optimized.get("kept"):
+        print(f"  {ONNX_OPTIMIZED_FILE} not kept: no faster than {ONNX_FP32_FILE} here")
     return 0

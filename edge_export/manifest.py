@@ -36,8 +36,12 @@ from shared.run_folder import (
     MODEL_CARD_JSON_FILE,
     MODEL_CARD_MARKDOWN_FILE,
     MODEL_WEIGHTS_FILE,
+    ONNX_FIXED_FILE,
     ONNX_FP32_FILE,
     ONNX_INT8_FILE,
+    ONNX_OPTIMIZED_FILE,
+    ORT_FILE,
+    ORT_OPERATORS_FILE,
     SIGNATURE_FILE,
     PrivacySummary,
     read_model_card,
@@ -52,6 +56,10 @@ ROLES = {
     CONFIG_FILE: "run-config",
     MODEL_CARD_JSON_FILE: "model-card",
     MODEL_CARD_MARKDOWN_FILE: "model-card-text",
+    ORT_FILE: "ort-format",
+    ORT_OPERATORS_FILE: "ort-required-operators",
+    ONNX_FIXED_FILE: "onnx-fp32-batch1-static",
+    ONNX_OPTIMIZED_FILE: "onnx-fp32-optimized",
 }
 
 
@@ -73,6 +81,9 @@ class Manifest:
         Both int8 candidates' accuracy and size, and which one was kept.
     data : dict
         Where the held-out and calibration examples came from.
+    embedded : dict
+        The embedded artefacts' checks against ``model.onnx``, every model
+        file's size and batch-1 latency, and the budgets asked for.
     """
 
     artefacts: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -81,6 +92,7 @@ class Manifest:
     accuracy: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    embedded: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     format: str = MANIFEST_FORMAT
 
@@ -95,6 +107,7 @@ class Manifest:
             "accuracy": self.accuracy,
             "quantization": self.quantization,
             "data": self.data,
+            "embedded": self.embedded,
         }
 
     @classmethod
@@ -122,6 +135,7 @@ class Manifest:
             accuracy=d.get("accuracy", {}),
             quantization=d.get("quantization", {}),
             data=d.get("data", {}),
+            embedded=d.get("embedded", {}),
             created=d.get("created", ""),
         )
 

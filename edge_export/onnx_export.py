@@ -80,6 +80,11 @@ def export_onnx(
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             # torch's own FutureWarnings about its internals, nothing to act on.
             warnings.simplefilter("ignore", FutureWarning)
+            # nn.GRU re-assigns its flat weight list while being traced; the
+            # weights are parameters all the same, and export embeds them.
+            warnings.filterwarnings(
+                "ignore", message=r"The tensor attributes self\.rnn"
+            )
             program = torch.onnx.export(
                 model,
                 (example,),

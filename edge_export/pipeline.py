@@ -19,6 +19,14 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edge_export.embedded import (
+    batch1_latency_us,
+    check_budgets,
+    compare,
+    fixed_batch_one,
+    optimize_offline,
+    to_ort_format,
+)
 from edge_export.manifest import ROLES, Manifest, describe_artefact, write_manifest
 from edge_export.metadata import build_metadata, copy_metadata, write_metadata
 from edge_export.onnx_export import (
@@ -42,8 +50,12 @@ from shared.run_folder import (
     MANIFEST_FILE,
     MODEL_CARD_FILE,
     MODEL_WEIGHTS_FILE,
+    ONNX_FIXED_FILE,
     ONNX_FP32_FILE,
     ONNX_INT8_FILE,
+    ONNX_OPTIMIZED_FILE,
+    ORT_FILE,
+    ORT_OPERATORS_FILE,
     SIGNATURE_FILE,
 )
 
@@ -160,6 +172,64 @@ def _choose(
     return None, f"no method within {MAX_INT8_DROP_POINTS} accuracy point of fp32"
 
 
+# Files the embedded step may write, in publishing order.
+EMBEDDED_FILES = (ORT_FILE, ORT_OPERATORS_FILE, ONNX_FIXED_FILE, ONNX_OPTIMIZED_FILE)
+# Model files a device may run, for the latency and size figures and budgets.
+MODEL_FILES = (
+    ONNX_FP32_FILE,
+    ONNX_INT8_FILE,
+    ORT_FILE,
+    ONNX_FIXED_FILE,
+    ONNX_OPTIMIZED_FILE,
+)
+
+
+def _embedded_artefacts(
+    tmp: Path, reference: np.ndarray, x: np.ndarray, tolerance: float
+) -> dict[str, Any]:
+    """Build and check the ORT-format, fixed-shape and optimised artefacts in ``tmp``."""
+    fp32 = tmp / ONNX_FP32_FILE
+    checks: dict[str, Any] = {}
+    converted, operators = to_ort_format(fp32, tmp)
+    os.replace(converted, tmp / ORT_FILE)
+    os.replace(operators, tmp / ORT_OPERATORS_FILE)
+    shutil.rmtree(converted.parent, ignore_errors=True)
+    checks[ORT_FILE] = compare(
+        tmp / ORT_FILE, reference, x, tolerance=tolerance
+    ).to_dict()
+    checks[ORT_OPERATORS_FILE] = {
+        "operators": [
+            line
+            for line in (tmp / ORT_OPERATORS_FILE).read_text().splitlines()
+            if line and not line.startswith("#")
+        ]
+    }
+    usability = fixed_batch_one(fp32, tmp / ONNX_FIXED_FILE, INPUT_NAME)
+    checks[ONNX_FIXED_FILE] = {
+        **compare(
+            tmp / ONNX_FIXED_FILE, reference, x, tolerance=tolerance, batch=1
+        ).to_dict(),
+        "mobile-usability": usability,
+    }
+    optimize_offline(fp32, tmp / ONNX_OPTIMIZED_FILE)
+    optimized = compare(tmp / ONNX_OPTIMIZED_FILE, reference, x, tolerance=tolerance)
+    checks[ONNX_OPTIMIZED_FILE] = optimized.to_dict()
+    return checks
+
+
+def _measure(tmp: Path, example: np.ndarray) -> dict[str, dict[str, float]]:
+    """Size and batch-1 one-thread latency of every model file in ``tmp``."""
+    figures = {}
+    for name in MODEL_FILES:
+        path = tmp / name
+        if path.is_file():
+            figures[name] = {
+                "size-kib": path.stat().st_size / 1024,
+                **batch1_latency_us(path, example),
+            }
+    return figures
+
+
 def export_run(
     run_dir: str | Path,
     *,
@@ -168,6 +238,8 @@ def export_run(
     calibration_size: int = CALIBRATION_SIZE,
     opset: int = OPSET,
     sign_key: str | Path | None = None,
+    max_size_kib: float | None = None,
+    max_latency_us: float | None = None,
 ) -> Manifest:
     """Export a finished run's model for devices and write ``manifest.json``.
 
@@ -193,6 +265,10 @@ def export_run(
         An elliptic-curve private key (PEM): sign the manifest, which hashes
         every artefact, into ``manifest.sig``
         (:func:`edge_export.signing.sign_manifest`). None leaves it unsigned.
+    max_size_kib, max_latency_us : float, optional
+        Budgets: at least one model file must be this small and this fast
+        (batch-1 p50 on one thread, measured on this machine), else nothing is
+        written and the error says by how much and which file came closest.
 
     Returns
     -------
@@ -201,8 +277,8 @@ def export_run(
     Raises
     ------
     ModelError
-        Bad run folder, export or checker failure, or parity above tolerance.
-        Nothing is written in that case.
+        Bad run folder, export or checker failure, parity above tolerance, or
+        no model file within the budgets. Nothing is written in that case.
     """
     if quantize not in QUANTIZE_CHOICES:
         raise ModelError(
@@ -241,6 +317,20 @@ def export_run(
         if chosen is not None:
             os.replace(candidates[chosen]["path"], tmp / ONNX_INT8_FILE)
 
+        reference = onnx_logits(fp32_path, test.x)
+        embedded = _embedded_artefacts(tmp, reference, test.x, tolerance)
+        figures = _measure(tmp, test.x[0])
+        faster = (
+            figures[ONNX_OPTIMIZED_FILE]["p50-us"] < figures[ONNX_FP32_FILE]["p50-us"]
+        )
+        embedded[ONNX_OPTIMIZED_FILE]["kept"] = faster
+        if not faster:  # ONNX Runtime optimises model.onnx as well when loading it
+            (tmp / ONNX_OPTIMIZED_FILE).unlink()
+            del figures[ONNX_OPTIMIZED_FILE]
+        within = check_budgets(
+            figures, max_size_kib=max_size_kib, max_latency_us=max_latency_us
+        )
+
         manifest = _build_manifest(
             run,
             tmp,
@@ -256,6 +346,18 @@ def export_run(
             tolerance,
             opset,
         )
+        manifest.embedded = {
+            "checks": embedded,
+            "batch1-one-thread": figures,
+            "budgets": {
+                "max-size-kib": max_size_kib,
+                "max-latency-us": max_latency_us,
+                "within": within,
+            },
+        }
+        for name in EMBEDDED_FILES:
+            if (tmp / name).is_file():
+                manifest.artefacts[name] = describe_artefact(tmp / name, ROLES[name])
         _add_model_card(run_dir, manifest, tmp / ONNX_FP32_FILE)
         _publish(run_dir, tmp, chosen is not None, manifest)
     finally:
@@ -356,6 +458,11 @@ def _publish(run_dir: Path, tmp: Path, has_int8: bool, manifest: Manifest) -> No
     (run_dir / MANIFEST_FILE).unlink(missing_ok=True)
     (run_dir / SIGNATURE_FILE).unlink(missing_ok=True)  # signed the old manifest
     os.replace(tmp / ONNX_FP32_FILE, run_dir / ONNX_FP32_FILE)
+    for name in EMBEDDED_FILES:
+        if (tmp / name).is_file():
+            os.replace(tmp / name, run_dir / name)
+        else:  # stale from an earlier export
+            (run_dir / name).unlink(missing_ok=True)
     if has_int8:
         os.replace(tmp / ONNX_INT8_FILE, run_dir / ONNX_INT8_FILE)
     else:

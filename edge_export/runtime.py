@@ -211,6 +211,25 @@ class Prediction:
     class_labels: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class StreamPrediction:
+    """One prediction per window of a long recording.
+
+    Attributes
+    ----------
+    starts : ndarray of int64, shape (n,)
+        Index of each window's first step in the recording.
+    timestamps : ndarray or None, shape (n,)
+        The recording's timestamp at each window's first step, when it had any.
+    prediction : Prediction
+        Labels and probabilities, one row per window.
+    """
+
+    starts: np.ndarray
+    timestamps: np.ndarray | None
+    prediction: Prediction
+
+
 # ------------------------------------------------------------------ hashing
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file, read in chunks."""
@@ -677,18 +696,7 @@ def read_input(path: str | os.PathLike[str]) -> Any:
         raise InputError(f"input file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                if "x" not in archive.files:
-                    raise InputError(
-                        f"{path} must hold an array 'x' of inputs; arrays found: "
-                        f"{sorted(archive.files)}"
-                    )
-                return archive["x"]
-        except (OSError, ValueError, EOFError) as e:
-            if isinstance(e, InputError):
-                raise
-            raise InputError(f"cannot read .npz file {path}: {e}") from e
+        return _npz_arrays(path, "of inputs")["x"]
     if suffix == ".csv":
         try:
             import pandas as pd
@@ -712,6 +720,83 @@ def read_input(path: str | os.PathLike[str]) -> Any:
         f"unsupported input file type {path.suffix!r} for {path}; expected "
         ".csv, .npz or .parquet"
     )
+
+
+# Column names a recording CSV's time column may have; every other column is a channel.
+TIMESTAMP_COLUMNS = ("timestamp", "time")
+
+
+def read_recording(
+    path: str | os.PathLike[str],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read one long sensor recording for :meth:`EdgeModel.stream`.
+
+    ``.npz``: an array ``x`` of shape ``(channels, steps)`` and optionally ``t``,
+    the timestamps. ``.csv``: a header row, one row per step, an optional
+    ``timestamp`` (or ``time``) column, every other column a channel in file
+    order. Read without pandas.
+
+    Returns
+    -------
+    recording : ndarray of float64, shape (channels, steps)
+    timestamps : ndarray or None, shape (steps,)
+
+    Raises
+    ------
+    InputError
+        Missing file, another suffix, no ``x``, a non-numeric channel value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"recording file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        arrays = _npz_arrays(path, "of shape (channels, steps)")
+        x, t = arrays["x"], arrays.get("t")
+        if x.ndim != 2:
+            raise InputError(
+                f"{path}: a recording 'x' has shape (channels, steps), got {x.shape}"
+            )
+        return x.astype(np.float64), t
+    if suffix != ".csv":
+        raise InputError(
+            f"unsupported recording file type {path.suffix!r} for {path}; expected "
+            ".csv (a column per channel) or .npz (x of shape (channels, steps))"
+        )
+    columns = _read_csv_columns(path)
+    time_column = next((c for c in columns if c.lower() in TIMESTAMP_COLUMNS), None)
+    timestamps = columns.pop(time_column) if time_column else None
+    channels = []
+    for name, values in columns.items():
+        parsed = np.array(
+            [np.nan if v is None else _parse_number(v) for v in values], dtype=object
+        )
+        bad = next((i for i, v in enumerate(parsed) if v is None), None)
+        if bad is not None:
+            raise InputError(
+                f"{path}: non-numeric value {values[bad]!r} in channel {name!r} "
+                f"({_row(bad)}); expected a number"
+            )
+        channels.append(parsed.astype(np.float64))
+    if not channels:
+        raise InputError(f"{path}: no channel columns besides the time column")
+    return np.stack(channels), timestamps
+
+
+def _npz_arrays(path: Path, what_x_is: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, which must hold ``x``."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive.files:
+                raise InputError(
+                    f"{path} must hold an array 'x' {what_x_is}; arrays found: "
+                    f"{sorted(archive.files)}"
+                )
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"cannot read .npz file {path}: {e}") from e
 
 
 def _read_csv_columns(path: Path) -> dict[str, np.ndarray]:
@@ -855,12 +940,31 @@ class EdgeModel:
         return transform_features(self.metadata.preprocessing, data, source=source)
 
     def logits(self, encoded: np.ndarray) -> np.ndarray:
-        """Run the graph on already-encoded inputs; returns ``(n, k)`` logits."""
+        """Run the graph on already-encoded inputs; returns ``(n, k)`` logits.
+
+        A graph with a fixed batch size (``model.fixed.onnx``) is fed that many
+        examples per call.
+        """
         encoded = self._check_encoded(encoded)
-        (out,) = self.session.run(
-            [self.metadata.output_name], {self.metadata.input_name: encoded}
-        )
-        return np.asarray(out)
+        names = [self.metadata.output_name]
+        batch = self.session.get_inputs()[0].shape[0]
+        if not isinstance(batch, int) or batch < 1 or len(encoded) == batch:
+            (out,) = self.session.run(names, {self.metadata.input_name: encoded})
+            return np.asarray(out)
+        if len(encoded) % batch:
+            raise InputError(
+                f"{self.path.name} takes batches of exactly {batch}; got "
+                f"{len(encoded)} examples, not a multiple of {batch}"
+            )
+        outputs = [
+            self.session.run(names, {self.metadata.input_name: encoded[i : i + batch]})[
+                0
+            ]
+            for i in range(0, len(encoded), batch)
+        ]
+        if not outputs:
+            return np.zeros((0, len(self.class_labels)), dtype=np.float32)
+        return np.concatenate(outputs)
 
     def predict(self, data: Any, *, source: str = "input") -> Prediction:
         """Encode raw inputs, run the model, return labels and probabilities.
@@ -878,6 +982,73 @@ class EdgeModel:
         indices = probabilities.argmax(axis=1).astype(np.int64)
         labels = np.asarray(self.class_labels, dtype=object)[indices]
         return Prediction(labels, indices, probabilities, self.class_labels)
+
+    def stream(
+        self,
+        recording: Any,
+        *,
+        window: int | None = None,
+        stride: int | None = None,
+        timestamps: np.ndarray | None = None,
+    ) -> StreamPrediction:
+        """Predict each sliding window of one long recording.
+
+        Each window is encoded exactly as a separate example would be (per-
+        channel standardisation, cut or padded to the model's length), so the
+        result equals predicting every window on its own.
+
+        Parameters
+        ----------
+        recording : ndarray of shape (channels, steps), or a path
+            A ``.csv`` or ``.npz`` file (see :func:`read_recording`).
+        window : int, optional
+            Steps per window; default the model's own length.
+        stride : int, optional
+            Steps between window starts; default ``window`` (no overlap).
+        timestamps : ndarray, optional
+            One per step; the result reports each window's first.
+
+        Raises
+        ------
+        InputError
+            Not a time-series model, bad window or stride, a recording shorter
+            than one window or with other channels.
+        """
+        source = "recording"
+        if isinstance(recording, str | os.PathLike):
+            source = str(recording)
+            recording, timestamps = read_recording(recording)
+        prep = self.metadata.preprocessing
+        if prep["kind"] != "series":
+            raise InputError(
+                f"{self.path.name} takes {prep['kind']} inputs, not time series; "
+                "predict without --window"
+            )
+        channels, steps = (int(s) for s in prep["series_shape"])
+        window = steps if window is None else window
+        stride = window if stride is None else stride
+        if window < 1 or stride < 1:
+            raise InputError(
+                f"window and stride must be >= 1 step, got window {window}, "
+                f"stride {stride}"
+            )
+        recording = np.asarray(recording)
+        if recording.ndim != 2 or recording.shape[0] != channels:
+            raise InputError(
+                f"{source}: this model reads {channels} channel(s); expected a "
+                f"recording of shape ({channels}, steps), got {recording.shape}"
+            )
+        if recording.shape[1] < window:
+            raise InputError(
+                f"{source} has {recording.shape[1]} steps, fewer than one window "
+                f"of {window}; use a smaller --window"
+            )
+        views = np.lib.stride_tricks.sliding_window_view(recording, window, axis=1)
+        windows = views[:, ::stride].transpose(1, 0, 2)  # (n, channels, window)
+        starts = np.arange(len(windows), dtype=np.int64) * stride
+        prediction = self.predict(np.ascontiguousarray(windows), source=source)
+        stamps = None if timestamps is None else np.asarray(timestamps)[starts]
+        return StreamPrediction(starts, stamps, prediction)
 
     def runner(self, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
         """Return a low-overhead callable for a fixed batch size (encoded inputs).

@@ -52,6 +52,13 @@ MODEL_WEIGHTS_FILE = "model.pt"
 MODEL_CARD_FILE = "model.json"
 ONNX_FP32_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
+# Embedded artefacts (edge_export/embedded.py): ONNX Runtime's ORT format with
+# the operator list for a minimal build, a batch-1 static-shape graph, and the
+# graph with ONNX Runtime's optimisations applied offline.
+ORT_FILE = "model.ort"
+ORT_OPERATORS_FILE = "required_operators.config"
+ONNX_FIXED_FILE = "model.fixed.onnx"
+ONNX_OPTIMIZED_FILE = "model.optimized.onnx"
 MANIFEST_FILE = "manifest.json"
 PRIVACY_RECORD_FILE = "privacy-record.json"  # the coordinator's per-node DP record
 SIGNATURE_FILE = "manifest.sig"  # the manifest's signature (Sigstore bundle)

@@ -189,3 +189,25 @@ def copy_run(tmp_path):
         return Path(shutil.copytree(run_dir, tmp_path / run_dir.name))
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def series_run(tmp_path_factory) -> Path:
+    """A GRU (Opacus's DPGRU) trained briefly on basic-motions, exported.
+
+    The GRU, not the 1-D CNN: its export swaps in nn.GRU, the path most likely
+    to break, and every embedded artefact is built from it.
+    """
+    data = load_builtin("basic-motions", "train")
+    spec = default_spec("gru", data.preprocessing.input_shape, 4)
+    model = build_model(spec, model_seed=0)
+    train(model, data, steps=60, lr=0.05)
+    run_dir = write_run(
+        tmp_path_factory.mktemp("series") / "basic-motions",
+        model,
+        spec,
+        data,
+        {"dataset": "basic-motions", "model": "gru"},
+    )
+    export_run(run_dir)
+    return run_dir
