@@ -123,14 +123,14 @@ def test_over_budget_says_by_how_much_and_which_artefact_came_closest():
 
 def test_an_export_over_budget_writes_nothing(digits_run, copy_run):
     run_dir = copy_run(digits_run)
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
 
     with pytest.raises(
         ModelError, match=r"--max-size-kib 0\.5: closest is .* KiB over"
     ):
         export_run(run_dir, quantize="none", max_size_kib=0.5)
 
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_export_refuses_a_non_positive_budget_in_one_line(tmp_path, capsys):
