@@ -49,6 +49,7 @@ def evaluate_every_node(
     *,
     server_round: int,
     timeout_s: float,
+    skip: frozenset[int] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Send ``arrays`` to every connected node for evaluation; return their figures.
 
@@ -64,6 +65,9 @@ def evaluate_every_node(
         The round whose model this is (sent as ``server-round``).
     timeout_s : float
         Longest wait for the replies.
+    skip : frozenset of int, default empty
+        Nodes not to ask: those that did not answer this round's training
+        (a hung node would otherwise cost the round a second full timeout).
 
     Returns
     -------
@@ -71,7 +75,16 @@ def evaluate_every_node(
         One :func:`client_entry` per node that answered, by node id; a node
         that failed or did not answer in time is logged and left out.
     """
-    node_ids = sorted(grid.get_node_ids())
+    connected = sorted(grid.get_node_ids())
+    node_ids = [node for node in connected if node not in skip]
+    if len(node_ids) < len(connected):
+        logger.warning(
+            "Round %d per-client evaluation: %d node(s) that did not answer this "
+            "round's training are not asked (%s).",
+            server_round,
+            len(connected) - len(node_ids),
+            ", ".join(str(n) for n in connected if n in skip),
+        )
     record = RecordDict(
         {
             keys.ARRAYS: arrays,

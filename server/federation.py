@@ -158,7 +158,7 @@ def _train(
     evaluate_config = ConfigRecord(dict(train_config))
 
     def client_eval(
-        server_round: int, arrays: ArrayRecord
+        server_round: int, arrays: ArrayRecord, unanswered: frozenset[int]
     ) -> list[dict[str, Any]] | None:
         if not evaluation_due(
             server_round, last_round=num_rounds, report=config.report
@@ -170,6 +170,7 @@ def _train(
             evaluate_config,
             server_round=server_round,
             timeout_s=config.run.round_timeout_s,
+            skip=unanswered,
         )
 
     stop_reason = ""

@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 CentralEval = Callable[[int, ArrayRecord], dict[str, float]]
 RoundEnd = Callable[["RoundOutcome"], None]
 # Per-client evaluation of a round's global model; None when the round is not due.
-ClientEval = Callable[[int, ArrayRecord], list[dict[str, Any]] | None]
+# (round, global arrays, nodes that did not answer the round's training)
+ClientEval = Callable[[int, ArrayRecord, frozenset[int]], list[dict[str, Any]] | None]
 
 
 @dataclass
@@ -114,11 +115,19 @@ def run_rounds(
             )
         outcome.arrays = arrays
         if client_eval is not None:
-            outcome.client_evaluation = client_eval(server_round, arrays)
+            outcome.client_evaluation = client_eval(
+                server_round, arrays, _unanswered(messages, replies)
+            )
         outcome.central = central_eval(server_round, arrays)
         outcome.round_time_s = time.monotonic() - started
         on_round_end(outcome)
     return arrays
+
+
+def _unanswered(sent: list[Message], replies: list[Message]) -> frozenset[int]:
+    """Return the nodes sent a message that gave no reply or an error."""
+    answered = {int(m.metadata.src_node_id) for m in replies if not m.has_error()}
+    return frozenset(int(m.metadata.dst_node_id) for m in sent) - answered
 
 
 def _scalars(record: MetricRecord | None) -> dict[str, float]:

@@ -445,8 +445,8 @@ def _fairness_section(run: RunRecord) -> list[str]:
     for c in last[CLIENT_EVALUATION]:
         lines.append(
             f"| {c.get('node-id')} | {c.get('partition-id', '')} | "
-            f"{c.get('num-examples')} | {c.get('accuracy', float('nan')):.4f} | "
-            f"{c.get('loss', float('nan')):.4f} |"
+            f"{c.get('num-examples')} | {_four_places(c.get('accuracy'))} | "
+            f"{_four_places(c.get('loss'))} |"
         )
     return [*lines, ""]
 
@@ -502,6 +502,11 @@ def _cell(column: str, value: Any) -> str:
     if column == ROUND_TIME_S:
         return f"{value:.2f}"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _four_places(value: Any) -> str:
+    """Return ``value`` to 4 decimals; a missing (non-finite) figure as 'n/a'."""
+    return "n/a" if _missing(value) else f"{value:.4f}"
 
 
 def _missing(value: Any) -> bool:

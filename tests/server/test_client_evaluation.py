@@ -108,3 +108,29 @@ def test_every_node_is_evaluated_and_its_figures_kept(fakes, caplog):
     ]
     assert "Evaluation reply from node 3 lacks its figures" in caplog.text
     assert "1 of 3 nodes did not answer" in caplog.text
+
+
+def test_nodes_that_did_not_answer_the_round_are_not_asked_again(fakes, caplog):
+    # A hung node would cost the round a second full reply timeout.
+    figures = {
+        "num-examples": 2,
+        "eval-loss": 1.0,
+        "eval-accuracy": 0.5,
+        "label-counts": [1, 1],
+    }
+    grid = AnsweringGrid({1: figures, 2: figures, 3: figures})
+    arrays = fakes.record({"w": np.zeros(2, np.float32)})
+
+    with caplog.at_level(logging.WARNING):
+        entries = evaluate_every_node(
+            grid,
+            arrays,
+            ConfigRecord(),
+            server_round=2,
+            timeout_s=5.0,
+            skip=frozenset({3}),
+        )
+
+    assert sorted(m.metadata.dst_node_id for m in grid.sent) == [1, 2]
+    assert [e["node-id"] for e in entries] == [1, 2]
+    assert "1 node(s) that did not answer this round's training" in caplog.text

@@ -253,3 +253,22 @@ def test_columns_without_any_value_are_left_out_of_the_table(tmp_path):
 
     assert "| round | central-accuracy | sampled |" in text
     assert "epsilon-max" not in text
+
+
+def test_a_client_whose_loss_is_not_finite_is_reported_as_not_available(tmp_path):
+    # An attacked model's loss overflows; metrics.jsonl stores it as null.
+    evaluation = {
+        "round": 3,
+        "client-evaluation": [
+            {"node-id": 4, "accuracy": 0.5, "loss": 0.25, "num-examples": 8},
+            {"node-id": 5, "accuracy": 0.0, "loss": None, "num-examples": 13},
+        ],
+    }
+    run_dir = run_folder(
+        tmp_path, BASIC_CSV, metrics_jsonl=json.dumps(evaluation) + "\n"
+    )
+
+    text = write_report(run_dir).read_text()
+
+    assert "| 4 |  | 8 | 0.5000 | 0.2500 |" in text
+    assert "| 5 |  | 13 | 0.0000 | n/a |" in text
