@@ -18,8 +18,8 @@ def test_help_describes_the_study_and_runs_nothing(monkeypatch, capsys):
         series_accuracy.main(["--help"])
 
     assert exit_info.value.code == 0
-    out = " ".join(capsys.readouterr().out.split())
-    assert "basic-motions, pickup-gesture" in out
+    out = "".join(capsys.readouterr().out.split())  # argparse wraps at hyphens
+    assert "basic-motions,pickup-gesture" in out
     assert "--output-dir" in out
 
 
