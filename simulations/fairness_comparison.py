@@ -34,7 +34,7 @@ from shared.run_folder import (
     METRICS_CSV_FILE,
 )
 from simulations.scenario_file import read_scenario
-from simulations.simulate import simulate
+from simulations.study_cell import cell_summary, completed, run_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = ROOT / "benchmarks" / "results" / "fairness_comparison.json"
@@ -78,14 +78,19 @@ def build_table(results: dict[str, list[dict[str, float]]], settings: str) -> st
 
 
 def run_comparison(seeds: Sequence[int], runs_dir: Path) -> dict[str, Any]:
-    """Run every strategy for every seed; return the figures and run folders."""
+    """Run every strategy for every seed; return the figures and run folders.
+
+    A run that fails is listed under ``failed`` and left out of the figures.
+    """
     scenario = read_scenario(SCENARIO)
     results: dict[str, list[dict[str, float]]] = {}
     folders: dict[str, list[str]] = {}
+    failed: list[dict[str, Any]] = []
     for strategy in STRATEGIES:
         for seed in seeds:
             name = f"{strategy}-seed{seed}"
-            run_dir = simulate(
+            print(f"{name} ...", flush=True)
+            cell = run_cell(
                 {
                     **scenario.overrides,
                     "strategy": strategy,
@@ -94,8 +99,13 @@ def run_comparison(seeds: Sequence[int], runs_dir: Path) -> dict[str, Any]:
                 },
                 num_clients=scenario.clients,
                 output_dir=runs_dir,
-                run_name=name,
+                name=name,
             )
+            print(f"{name}: {cell_summary(cell)}", flush=True)
+            if not completed(cell):
+                failed.append({"run": name, **cell})
+                continue
+            run_dir = Path(cell["run_dir"])
             results.setdefault(strategy, []).append(final_figures(run_dir))
             folders.setdefault(strategy, []).append(str(run_dir))
     return {
@@ -103,14 +113,27 @@ def run_comparison(seeds: Sequence[int], runs_dir: Path) -> dict[str, Any]:
         "settings": scenario.overrides,
         "results": results,
         "runs": folders,
+        "failed": failed,
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison and write the results and the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="one run per strategy and seed; a seed sets the model initialisation "
+        "and the node sampling (default: 0)",
+    )
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=RUNS_DIR,
+        help=f"parent of the run folders (default: {RUNS_DIR})",
+    )
     args = parser.parse_args(argv)
     outcome = run_comparison(args.seeds, args.runs_dir)
     settings = ", ".join(
@@ -122,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write_json(RESULTS_PATH, outcome)
     atomic_write_text(TABLE_PATH, table)
     print(table)
-    return 0
+    return 1 if outcome["failed"] else 0
 
 
 if __name__ == "__main__":

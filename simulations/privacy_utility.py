@@ -25,7 +25,6 @@ not the study's; the Markdown table is left alone).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -33,19 +32,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared import keys
 from shared.atomic_io import atomic_write_json, atomic_write_text
 from shared.errors import ConfigError, FedgeError
-from shared.run_folder import (
-    CLIENTS,
-    COMPLETE,
-    EPSILON_MAX,
-    METRICS_JSONL_FILE,
-    UNKNOWN,
-    read_status,
-)
+from shared.run_folder import COMPLETE
 from simulations.scenario_file import load_scenario
 from simulations.simulate import simulate
+from simulations.study_cell import (
+    cell_summary,
+    epsilon_label,
+    epsilon_slug,
+    format_cell,
+    run_cell,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = ROOT / "benchmarks" / "results" / "privacy_utility.json"
@@ -129,59 +127,6 @@ def parse_epsilon(text: str) -> float:
             f"ε must be a number > 0, or inf / none for no DP; got {text!r}."
         )
     return value
-
-
-def epsilon_label(target_epsilon: float) -> str:
-    """Column heading: ``ε = 3`` or ``no DP``."""
-    return "no DP" if math.isinf(target_epsilon) else f"ε = {target_epsilon:g}"
-
-
-def read_cell(run_dir: Path) -> dict[str, Any]:
-    """Return the figures of one finished run: accuracy, and the ε the clients spent.
-
-    ``epsilon`` is the largest cumulative ε any client reported in the last
-    round (``None`` without DP); ``delta``, ``noise_multiplier`` and
-    ``examples_per_client`` are read from the same round's client rows.
-    """
-    status = read_status(run_dir)
-    last = _last_row(run_dir / METRICS_JSONL_FILE)
-    clients = last.get(CLIENTS) or []
-    examples = [c[keys.NUM_EXAMPLES] for c in clients if keys.NUM_EXAMPLES in c]
-
-    def largest(key: str) -> float | None:
-        values = [c[key] for c in clients if c.get(key) is not None]
-        return max(values) if values else None
-
-    epsilon = last.get(EPSILON_MAX)
-    return {
-        "state": status.get("state", UNKNOWN),
-        "accuracy": status.get("final_accuracy"),
-        "rounds": status.get("final_round"),
-        "epsilon": None if epsilon is None or math.isnan(epsilon) else epsilon,
-        "delta": largest(keys.DELTA),
-        "noise_multiplier": largest(keys.NOISE_MULTIPLIER),
-        "examples_per_client": min(examples) if examples else None,
-        "run_dir": str(run_dir),
-    }
-
-
-def _last_row(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {}
-
-
-def format_cell(cell: dict[str, Any] | None) -> str:
-    """``0.921 (ε 7.99)``; ``0.975`` without DP; ``failed`` or ``—``."""
-    if cell is None:
-        return "—"
-    if cell.get("state") != COMPLETE or cell.get("accuracy") is None:
-        return "failed"
-    text = f"{cell['accuracy']:.3f}"
-    if cell.get("epsilon") is not None:
-        text += f" (ε {cell['epsilon']:.2f})"
-    return text
 
 
 def format_sigma(cell: dict[str, Any] | None) -> str:
@@ -348,30 +293,19 @@ def run_study(
     started = time.monotonic()
     for n in client_counts:
         for epsilon in epsilons:
-            name = f"{n}c-eps{'inf' if math.isinf(epsilon) else f'{epsilon:g}'}"
+            name = f"{n}c-{epsilon_slug(epsilon)}"
             echo(f"privacy-utility: {n} clients, {epsilon_label(epsilon)} ...")
-            t0 = time.monotonic()
-            cell: dict[str, Any]
-            try:
-                run_dir = simulate_fn(
-                    cell_overrides(settings[n], epsilon),
-                    num_clients=n,
-                    output_dir=study_dir,
-                    run_name=name,
-                    echo=lambda _line: None,
-                )
-                cell = read_cell(run_dir)
-            except FedgeError as e:
-                cell = {"state": "failed", "accuracy": None, "error": str(e)}
-            cell.update(
-                clients=n,
-                target_epsilon=_epsilon_to_json(epsilon),
-                wall_time_s=round(time.monotonic() - t0, 1),
+            cell = run_cell(
+                cell_overrides(settings[n], epsilon),
+                num_clients=n,
+                output_dir=study_dir,
+                name=name,
+                simulate_fn=simulate_fn,
             )
+            cell.update(clients=n, target_epsilon=_epsilon_to_json(epsilon))
             echo(
                 f"privacy-utility: {n} clients, {epsilon_label(epsilon)}: "
-                f"{format_cell(cell)} in {cell['wall_time_s']:.0f} s"
-                + (f" ({cell['error']})" if "error" in cell else "")
+                + cell_summary(cell)
             )
             cells.append(cell)
     return {

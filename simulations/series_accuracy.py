@@ -24,9 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.errors import FedgeError
-from simulations.privacy_utility import epsilon_label, format_cell, read_cell
-from simulations.simulate import simulate
+from simulations.study_cell import (
+    cell_summary,
+    epsilon_label,
+    epsilon_slug,
+    format_cell,
+    run_cell,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = ROOT / "benchmarks" / "results" / "series_accuracy.json"
@@ -58,26 +62,18 @@ def run_study(output_dir: Path) -> dict[str, Any]:
     cells = []
     for dataset in DATASETS:
         for epsilon in EPSILONS:
-            name = f"{dataset}-eps{'inf' if math.isinf(epsilon) else f'{epsilon:g}'}"
-            started = time.monotonic()
-            try:
-                run_dir = simulate(
-                    cell_overrides(dataset, epsilon),
-                    num_clients=NUM_CLIENTS,
-                    output_dir=output_dir,
-                    run_name=name,
-                    echo=lambda _line: None,
-                )
-                cell = read_cell(run_dir)
-            except FedgeError as e:
-                cell = {"state": "failed", "accuracy": None, "error": str(e)}
+            cell = run_cell(
+                cell_overrides(dataset, epsilon),
+                num_clients=NUM_CLIENTS,
+                output_dir=output_dir,
+                name=f"{dataset}-{epsilon_slug(epsilon)}",
+            )
             cell.update(
                 dataset=dataset,
                 target_epsilon=None if math.isinf(epsilon) else epsilon,
-                wall_time_s=round(time.monotonic() - started, 1),
             )
             print(
-                f"{dataset}, {epsilon_label(epsilon)}: {format_cell(cell)}", flush=True
+                f"{dataset}, {epsilon_label(epsilon)}: {cell_summary(cell)}", flush=True
             )
             cells.append(cell)
     return {

@@ -13,6 +13,7 @@ from shared.config import from_run_config
 from shared.errors import ConfigError, DataError, FedgeError
 from simulations import privacy_utility as pu
 from simulations.simulate import preflight
+from tests.simulations.finished_run import write_run
 
 
 # ---------------------------------------------------------------- settings
@@ -91,12 +92,6 @@ def test_parse_epsilon_refuses(text):
         pu.parse_epsilon(text)
 
 
-def test_epsilon_labels():
-    assert pu.epsilon_label(3.0) == "ε = 3"
-    assert pu.epsilon_label(0.5) == "ε = 0.5"
-    assert pu.epsilon_label(math.inf) == "no DP"
-
-
 # ---------------------------------------------------------------- arguments
 def test_defaults_are_the_full_study():
     args = pu.build_parser().parse_args([])
@@ -143,74 +138,6 @@ def test_untuned_client_count_argument_exits_2(capsys, text):
     assert f"tuned settings for [3, 10] clients, got {text!r}" in (
         capsys.readouterr().err
     )
-
-
-# ---------------------------------------------------------------- one run's figures
-def write_run(run_dir, *, accuracy, epsilons, examples, state="complete"):
-    """The files a finished run leaves: status.json and metrics.jsonl."""
-    run_dir.mkdir(parents=True)
-    (run_dir / "status.json").write_text(
-        json.dumps({"state": state, "final_accuracy": accuracy, "final_round": 2})
-    )
-    clients = [
-        {"num-examples": n, "epsilon": e, "delta": 1e-3, "noise-multiplier": 1.5}
-        if e is not None
-        else {"num-examples": n}
-        for n, e in zip(examples, epsilons, strict=True)
-    ]
-    finite = [e for e in epsilons if e is not None]
-    rows = [
-        {"round": 0, "central-accuracy": 0.1},
-        {
-            "round": 2,
-            "epsilon-max": max(finite) if finite else math.nan,
-            "clients": clients,
-        },
-    ]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return run_dir
-
-
-def test_read_cell_takes_the_last_rounds_largest_epsilon(tmp_path):
-    run_dir = write_run(
-        tmp_path / "r",
-        accuracy=0.9,
-        epsilons=[2.5, 2.75, 2.25],
-        examples=[121, 120, 122],
-    )
-
-    cell = pu.read_cell(run_dir)
-
-    assert cell["accuracy"] == 0.9
-    assert cell["epsilon"] == 2.75
-    assert cell["delta"] == 1e-3
-    assert cell["noise_multiplier"] == 1.5
-    assert cell["examples_per_client"] == 120
-    assert cell["state"] == "complete"
-
-
-def test_read_cell_without_dp_has_no_epsilon(tmp_path):
-    run_dir = write_run(
-        tmp_path / "r", accuracy=0.97, epsilons=[None, None], examples=[404, 404]
-    )
-
-    cell = pu.read_cell(run_dir)
-
-    assert cell["epsilon"] is None
-    assert cell["delta"] is None
-
-
-@pytest.mark.parametrize(
-    ("cell", "text"),
-    [
-        ({"state": "complete", "accuracy": 0.9213, "epsilon": 7.994}, "0.921 (ε 7.99)"),
-        ({"state": "complete", "accuracy": 0.97, "epsilon": None}, "0.970"),
-        ({"state": "failed", "accuracy": None}, "failed"),
-        (None, "—"),
-    ],
-)
-def test_format_cell(cell, text):
-    assert pu.format_cell(cell) == text
 
 
 @pytest.mark.parametrize(
