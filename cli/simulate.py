@@ -48,7 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "Simulated faults, also by --set or scenario: fault-attack "
             "(none|sign-flip|scale|nan|wrong-shape), fault-attackers (count), "
             "fault-scale (k of sign-flip/scale), fault-dropout (probability per "
-            "node and round), fault-seed. Flags override the scenario file."
+            "node and round), fault-seed, fault-wipe-state (PARTITION@ROUND[,...]: "
+            "that node's privacy state is wiped before that round's training, as "
+            "a lost disk). Flags override the scenario file."
         ),
         # --data must never silently match --dataset.
         allow_abbrev=False,

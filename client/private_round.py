@@ -185,8 +185,12 @@ def coordinator_record_from(server_config: ConfigRecord) -> list[LedgerEntry]:
     ]
 
 
-def ledger_file(config: RunConfig, context: Context, fedge_run_id: str) -> Path | None:
-    """Return the node's ledger file: its own ``state-dir``, else the run's node-state dir."""
+def node_state_folder(config: RunConfig, context: Context) -> Path | None:
+    """Return the folder this node keeps its privacy state in, or None if it has none.
+
+    Its own ``state-dir`` (node config), else its subfolder of the run's
+    ``node-state-dir`` (simulated nodes share one).
+    """
     state_dir = context.node_config.get(keys.STATE_DIR) or config.run.node_state_dir
     if not state_dir:
         return None
@@ -195,7 +199,13 @@ def ledger_file(config: RunConfig, context: Context, fedge_run_id: str) -> Path 
         # One shared folder for many simulated nodes: a subfolder each.
         safe = node_key(context.node_config).replace("/", "-").replace(":", "-")
         folder = folder / safe
-    return ledger_path(folder, fedge_run_id)
+    return folder
+
+
+def ledger_file(config: RunConfig, context: Context, fedge_run_id: str) -> Path | None:
+    """Return the node's ledger file in :func:`node_state_folder`, or None."""
+    folder = node_state_folder(config, context)
+    return None if folder is None else ledger_path(folder, fedge_run_id)
 
 
 def train_private_round(

@@ -1,4 +1,4 @@
-"""Misbehaving virtual clients for simulation scenarios: attacks and dropouts.
+"""Misbehaving virtual clients for simulation scenarios: attacks, dropouts, lost disks.
 
 Fault injection is a scenario option and never part of the production path:
 ``fedge simulate`` submits a copy of the app whose components are this module's
@@ -7,14 +7,20 @@ Fault injection is a scenario option and never part of the production path:
 apps (``client.client_app.app``, ``server.server_app.app``) unchanged; the
 client wrapper then corrupts the replies of the chosen attackers, or raises for a
 node that drops out this round, which the simulation engine turns into an error
-reply the server counts under ``failures``.
+reply the server counts under ``failures``, or wipes a node's privacy state.
 
 Who misbehaves is seeded, so a scenario replays exactly:
 
 - attackers: the first ``fault-attackers`` partition ids of a permutation of all
   partition ids drawn from ``fault-seed`` (:func:`choose_attackers`);
 - dropouts: one uniform draw per ``(fault-seed, round, partition-id)``
-  (:func:`drops_out`), so a node's fate in a round does not depend on the others.
+  (:func:`drops_out`), so a node's fate in a round does not depend on the others;
+- wiped state: ``fault-wipe-state = "P@R"`` (comma-separated for several) wipes
+  partition ``P``'s state before it handles round ``R``'s training message, as a
+  node whose disk is lost: its state folder (privacy ledger and whatever else
+  it keeps there) and everything in its ``context.state``
+  (:func:`wipe_node_state`). Its ε must then continue from the coordinator's
+  record of its releases.
 
 Attacks on a trained update ``local`` against the round's global arrays ``global``
 (``k`` = ``fault-scale``):
@@ -31,12 +37,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
@@ -55,6 +63,7 @@ FAULT_DEFAULTS: dict[str, Any] = {
     "fault-scale": 10.0,
     "fault-dropout": 0.0,
     "fault-seed": 0,
+    "fault-wipe-state": "",
 }
 # Separate the random streams of the two decisions drawn from one fault seed.
 _ATTACKER_STREAM = 1
@@ -79,6 +88,9 @@ class FaultConfig:
         Probability in [0, 1) that a node fails in a given round.
     seed : int
         Seed of the attacker choice and the dropout draws.
+    wipe_state : tuple of (int, int)
+        ``(partition_id, server_round)`` pairs: that partition's state is wiped
+        before it handles that round's training message.
     """
 
     attack: str = "none"
@@ -86,11 +98,20 @@ class FaultConfig:
     scale: float = 10.0
     dropout: float = 0.0
     seed: int = 0
+    wipe_state: tuple[tuple[int, int], ...] = ()
 
     @property
     def active(self) -> bool:
         """Whether any client misbehaves at all."""
-        return (self.attack != "none" and self.attackers > 0) or self.dropout > 0
+        return (
+            (self.attack != "none" and self.attackers > 0)
+            or self.dropout > 0
+            or bool(self.wipe_state)
+        )
+
+    def wipes(self, partition_id: int, server_round: int) -> bool:
+        """Whether ``partition_id`` loses its state before ``server_round``'s training."""
+        return (partition_id, server_round) in self.wipe_state
 
     def to_run_config(self) -> dict[str, Any]:
         """Return the ``fault-*`` run-config keys for this config."""
@@ -100,6 +121,7 @@ class FaultConfig:
             "fault-scale": self.scale,
             "fault-dropout": self.dropout,
             "fault-seed": self.seed,
+            "fault-wipe-state": ",".join(f"{p}@{r}" for p, r in self.wipe_state),
         }
 
 
@@ -134,7 +156,12 @@ def fault_config(
     unknown = sorted(set(merged) - set(FAULT_DEFAULTS))
     if unknown:
         problems.append(f"unknown fault keys {unknown}; known: {list(FAULT_DEFAULTS)}")
-    kinds = {"fault-attack": str, "fault-attackers": int, "fault-seed": int}
+    kinds = {
+        "fault-attack": str,
+        "fault-attackers": int,
+        "fault-seed": int,
+        "fault-wipe-state": str,
+    }
     for key, default in FAULT_DEFAULTS.items():
         value = merged[key]
         kind = kinds.get(key, float)
@@ -165,9 +192,57 @@ def fault_config(
         problems.append(f"'fault-dropout' must be in [0, 1), got {dropout}")
     if merged["fault-seed"] < 0:
         problems.append(f"'fault-seed' must be >= 0, got {merged['fault-seed']}")
+    wipe_state, wipe_problems = parse_wipe_state(
+        merged["fault-wipe-state"], num_clients=num_clients
+    )
+    problems.extend(wipe_problems)
     if problems:
         raise ConfigError("Invalid fault config:\n  - " + "\n  - ".join(problems))
-    return FaultConfig(attack, attackers, scale, dropout, merged["fault-seed"])
+    return FaultConfig(
+        attack, attackers, scale, dropout, merged["fault-seed"], wipe_state
+    )
+
+
+def parse_wipe_state(
+    text: str, *, num_clients: int | None = None
+) -> tuple[tuple[tuple[int, int], ...], list[str]]:
+    """Parse ``fault-wipe-state``: ``"P@R"`` pairs separated by commas ("" = none).
+
+    Parameters
+    ----------
+    text : str
+        E.g. ``"3@2"`` (partition 3 before round 2) or ``"0@2,5@3"``.
+    num_clients : int, optional
+        When given, every partition must be below it.
+
+    Returns
+    -------
+    tuple
+        The ``(partition_id, server_round)`` pairs, sorted, and the problems
+        found (empty when the text is valid).
+    """
+    pairs: set[tuple[int, int]] = set()
+    problems: list[str] = []
+    for item in (part.strip() for part in text.split(",") if text.strip()):
+        partition, at, server_round = item.partition("@")
+        if not (at and partition.isdigit() and server_round.isdigit()):
+            problems.append(
+                f"'fault-wipe-state' item {item!r} must be PARTITION@ROUND "
+                "(e.g. '3@2': partition 3 before round 2)"
+            )
+            continue
+        pair = (int(partition), int(server_round))
+        if pair[1] < 1:
+            problems.append(
+                f"'fault-wipe-state' item {item!r}: rounds start at 1, got {pair[1]}"
+            )
+        if num_clients is not None and pair[0] >= num_clients:
+            problems.append(
+                f"'fault-wipe-state' item {item!r}: partition {pair[0]} does not "
+                f"exist with {num_clients} clients (0 to {num_clients - 1})"
+            )
+        pairs.add(pair)
+    return tuple(sorted(pairs)), problems
 
 
 # ------------------------------------------------------------ who misbehaves
@@ -286,8 +361,25 @@ def _partition(context: Context) -> tuple[int, int]:
     return int(config[keys.PARTITION_ID]), int(config[keys.NUM_PARTITIONS])
 
 
+def wipe_node_state(context: Context) -> Path | None:
+    """Wipe what a node keeps, as if its disk were lost: its state folder and ``context.state``.
+
+    ``context`` is the node's context without ``fault-*`` keys. Returns the
+    folder removed (None when the node keeps none).
+    """
+    from client.private_round import node_state_folder
+    from client.process_cache import typed_config
+
+    folder = node_state_folder(typed_config(context.run_config), context)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+    for name in list(context.state.keys()):
+        del context.state[name]
+    return folder
+
+
 def _delegate(msg: Message, context: Context) -> tuple[Message, FaultConfig, int]:
-    """Drop out (raise) or run the production ClientApp; returns its reply."""
+    """Drop out (raise), wipe the node's state, and run the production ClientApp."""
     from client.client_app import app as production_app
 
     inner, faults = strip_faults(context)
@@ -298,6 +390,17 @@ def _delegate(msg: Message, context: Context) -> tuple[Message, FaultConfig, int
         if keys.SERVER_ROUND in server_config
         else 0
     )
+    if msg.metadata.message_type == MessageType.TRAIN and faults.wipes(
+        partition_id, server_round
+    ):
+        folder = wipe_node_state(inner)
+        logger.warning(
+            "simulated lost disk: partition %d's state (%s and context.state) "
+            "wiped before round %d (fault-wipe-state)",
+            partition_id,
+            folder,
+            server_round,
+        )
     if drops_out(
         seed=faults.seed,
         server_round=server_round,

@@ -332,6 +332,8 @@ def _summary_line(
         line += f", {faults.attackers} {faults.attack} attackers"
     if faults.dropout > 0:
         line += f", dropout {faults.dropout:g}"
+    for partition_id, server_round in faults.wipe_state:
+        line += f", partition {partition_id}'s state wiped before round {server_round}"
     if notes:
         line += f" (overriding the scenario: {'; '.join(notes)})"
     return line

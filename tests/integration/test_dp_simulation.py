@@ -14,6 +14,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from client.node_data import load_node_data
 from shared.config import from_run_config
 from shared.datasets import load_builtin
+from shared.run_folder import NODE_STATE_DIR
 from simulations.run_progress import read_progress
 from simulations.simulate import simulate
 
@@ -26,10 +27,23 @@ def _epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
     return get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)[0]
 
 
+def _opacus_epsilon(releases: list[list[float]], delta: float) -> float:
+    """Opacus's RDP accountant over ``[round, σ, q, steps]`` releases."""
+    accountant = RDPAccountant()
+    accountant.history = [(s, q, n) for _, s, q, n in releases]
+    return float(accountant.get_epsilon(delta=delta))
+
+
 def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> None:
-    target = 8.0
+    target, wiped = 8.0, 3
     run_dir = simulate(
-        {"dp-mode": "sample", "target-epsilon": target, "num-server-rounds": 3},
+        {
+            "dp-mode": "sample",
+            "target-epsilon": target,
+            "num-server-rounds": 3,
+            # Partition 3 loses its disk (ledger and context.state) mid-run.
+            "fault-wipe-state": f"{wiped}@2",
+        },
         num_clients=10,
         output_dir=tmp_path,
         run_name="dp10",
@@ -61,12 +75,39 @@ def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> N
     assert sorted(len(v) for v in record["releases"].values()) == [3] * 10
     for client in last_clients:
         releases = record["releases"][str(client["node-id"])]
-        accountant = RDPAccountant()
-        accountant.history = [(s, q, n) for _, s, q, n in releases]
         assert client["epsilon-coordinator"] == pytest.approx(
-            accountant.get_epsilon(delta=client["delta"]), rel=1e-9
+            _opacus_epsilon(releases, client["delta"]), rel=1e-9
         )
         assert client["epsilon"] == pytest.approx(client["epsilon-reported"])
+    # The wiped node started round 2 with no ledger: it continued from the
+    # coordinator's record, so each ε it reported is Opacus's over the record up
+    # to that round (never reset, never lower than before the wipe).
+    node_of = {
+        e["partition-id"]: e["node-id"] for e in records[-1]["client-evaluation"]
+    }
+    victim = node_of[wiped]
+    reported = {
+        r["round"]: c["epsilon-reported"]
+        for r in records
+        for c in r.get("clients", [])
+        if c["node-id"] == victim
+    }
+    releases = record["releases"][str(victim)]
+    assert sorted(reported) == [r for r, *_ in releases] == [1, 2, 3]
+    (delta,) = (c["delta"] for c in last_clients if c["node-id"] == victim)
+    for server_round, epsilon in reported.items():
+        so_far = [r for r in releases if r[0] <= server_round]
+        assert epsilon == pytest.approx(_opacus_epsilon(so_far, delta), rel=1e-9)
+    assert reported[1] < reported[2] < reported[3]
+    # It was wiped (once), and found its ledger empty against the record's one
+    # release; its ledger was rebuilt on disk from the record, then continued.
+    log = (run_dir / "flower.log").read_text()
+    assert log.count(f"simulated lost disk: partition {wiped}'s state") == 1
+    assert log.count("holds more than its own ledger (1 releases, own 0;") == 1
+    (ledger,) = (run_dir / NODE_STATE_DIR).glob(
+        f"partition-{wiped}-10/privacy-ledger-*.json"
+    )
+    assert json.loads(ledger.read_text())["server-rounds"] == [1, 2, 3]
     privacy = json.loads((run_dir / "model.json").read_text())["privacy"]
     assert privacy["dp-mode"] == "sample"
     assert privacy["epsilon-max"] == pytest.approx(trained["epsilon-max"].max())

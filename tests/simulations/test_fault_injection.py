@@ -197,6 +197,7 @@ def test_fault_config_defaults_are_inactive():
         ({"fault-attack": "nan", "fault-attackers": 0}, False),
         ({"fault-attack": "none", "fault-attackers": 3}, False),
         ({"fault-dropout": 0.2}, True),
+        ({"fault-wipe-state": "0@2"}, True),
     ],
 )
 def test_fault_config_is_active_only_when_someone_misbehaves(values, active):
@@ -210,6 +211,7 @@ def test_fault_config_round_trips_through_run_config_keys():
         "fault-scale": 4.0,
         "fault-dropout": 0.25,
         "fault-seed": 9,
+        "fault-wipe-state": "1@2,3@4",
     }
 
     assert fi.fault_config(values).to_run_config() == values
@@ -230,6 +232,23 @@ def test_fault_config_round_trips_through_run_config_keys():
         ({"fault-dropout": -0.1}, r"'fault-dropout' must be in \[0, 1\), got -0\.1"),
         ({"fault-seed": -2}, r"'fault-seed' must be >= 0, got -2"),
         ({"fault-atack": "nan"}, r"unknown fault keys \['fault-atack'\]"),
+        ({"fault-wipe-state": 3}, r"'fault-wipe-state' must be str, got 3"),
+        (
+            {"fault-wipe-state": "3"},
+            r"'fault-wipe-state' item '3' must be PARTITION@ROUND \(e\.g\. '3@2'",
+        ),
+        (
+            {"fault-wipe-state": "1@2,x@3"},
+            r"'fault-wipe-state' item 'x@3' must be PARTITION@ROUND",
+        ),
+        (
+            {"fault-wipe-state": "-1@2"},
+            r"'fault-wipe-state' item '-1@2' must be PARTITION@ROUND",
+        ),
+        (
+            {"fault-wipe-state": "2@0"},
+            r"'fault-wipe-state' item '2@0': rounds start at 1, got 0",
+        ),
     ],
 )
 def test_fault_config_reports_each_problem(values, message):
@@ -242,6 +261,24 @@ def test_fault_config_refuses_more_attackers_than_clients():
         ConfigError, match=r"'fault-attackers' = 4 exceeds the 3 clients"
     ):
         fi.fault_config({"fault-attack": "nan", "fault-attackers": 4}, num_clients=3)
+
+
+def test_wipe_state_lists_every_pair_once_in_order():
+    faults = fi.fault_config({"fault-wipe-state": " 5@3, 0@2,5@3 "})
+
+    assert faults.wipe_state == ((0, 2), (5, 3))
+    assert faults.wipes(5, 3) and faults.wipes(0, 2)
+    assert not faults.wipes(5, 2) and not faults.wipes(3, 5)
+    assert fi.fault_config({"fault-wipe-state": ""}).wipe_state == ()
+
+
+def test_wipe_state_of_a_partition_that_does_not_exist_is_refused():
+    with pytest.raises(
+        ConfigError,
+        match=r"'fault-wipe-state' item '3@2': partition 3 does not exist with 3 "
+        r"clients \(0 to 2\)",
+    ):
+        fi.fault_config({"fault-wipe-state": "0@1,3@2"}, num_clients=3)
 
 
 def test_fault_config_reports_all_problems_at_once():
@@ -297,14 +334,14 @@ def production(monkeypatch):
     return fake
 
 
-def train_message(server_round=1):
+def train_message(server_round=1, message_type="train"):
     content = RecordDict(
         {
             "arrays": ArrayRecord({"w": Array(np.zeros((2, 2), dtype=np.float32))}),
             "config": ConfigRecord({"server-round": server_round}),
         }
     )
-    return Message(content, dst_node_id=11, message_type="train")
+    return Message(content, dst_node_id=11, message_type=message_type)
 
 
 def node_context(partition_id, faults, num_partitions=4):
@@ -360,6 +397,70 @@ def test_dropped_node_raises_before_training(task_identity, production):
     ):
         fi.train(train_message(server_round=3), node_context(dropped, faults))
     assert production.run_configs == []
+
+
+class StateReadingApp(FakeProductionApp):
+    """Records what state the node still had when the message reached it."""
+
+    def __init__(self, state_dir: Path):
+        super().__init__()
+        self.state_dir = state_dir
+        self.seen: list[tuple[list[str], list[str]]] = []
+
+    def __call__(self, msg, context):
+        files = sorted(p.name for p in self.state_dir.rglob("*") if p.is_file())
+        self.seen.append((sorted(context.state.keys()), files))
+        return super().__call__(msg, context)
+
+
+def test_a_wiped_node_loses_its_state_folder_and_context_state_before_training(
+    task_identity, monkeypatch, tmp_path
+):
+    import client.client_app
+
+    state_dir = tmp_path / "node-state"
+    production = StateReadingApp(state_dir)
+    monkeypatch.setattr(client.client_app, "app", production)
+    run_config = {
+        **from_run_config(
+            {"node-state-dir": str(state_dir)}, fill_defaults=True
+        ).to_flat(),
+        **fi.FAULT_DEFAULTS,
+        "fault-wipe-state": "2@3",
+    }
+
+    def context(partition_id: int) -> Context:
+        return Context(
+            run_id=1,
+            node_id=11,
+            node_config={"partition-id": partition_id, "num-partitions": 4},
+            state=RecordDict(),
+            run_config=run_config,
+        )
+
+    victim, other = context(2), context(1)
+    for node, partition_id in ((victim, 2), (other, 1)):
+        folder = state_dir / f"partition-{partition_id}-4"
+        folder.mkdir(parents=True)
+        (folder / "privacy-ledger-r.json").write_text("{}")
+        node.state["privacy-ledger"] = ConfigRecord({"server-rounds": [1, 2]})
+
+    fi.train(train_message(server_round=2), victim)  # not yet
+    fi.evaluate(train_message(3, "evaluate"), victim)  # evaluation: never
+    fi.train(train_message(server_round=3), other)  # another partition
+    fi.train(train_message(server_round=3), victim)
+
+    assert production.seen[:3] == [
+        (["privacy-ledger"], ["privacy-ledger-r.json"] * 2),
+        (["privacy-ledger", "seen"], ["privacy-ledger-r.json"] * 2),
+        (["privacy-ledger"], ["privacy-ledger-r.json"] * 2),
+    ]
+    # Round 3's training found the victim with nothing: no file, no state.
+    assert production.seen[3] == ([], ["privacy-ledger-r.json"])
+    assert not (state_dir / "partition-2-4").exists()
+    assert (state_dir / "partition-1-4" / "privacy-ledger-r.json").is_file()
+    assert sorted(other.state.keys()) == ["privacy-ledger", "seen"]
+    assert sorted(victim.state.keys()) == ["seen"]  # what the app wrote since
 
 
 # ---------------------------------------------------------- the app copy
