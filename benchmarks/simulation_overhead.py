@@ -4,7 +4,10 @@ For each case, in one run on this machine:
 
 - **round wall time**: a real ``fedge simulate`` (Flower's simulation engine,
   the production ServerApp and ClientApp), steady state = median of the rounds
-  after the first, from the run folder's ``metrics.csv``;
+  after the first, from the run folder's ``metrics.csv``, without the per-client
+  evaluation that ends a run (``client-evaluation-s``, the model scored on every
+  node), which is reported on its own line: ``client_evaluation_s_*`` and, at
+  1,000 clients, ``scale1000_client_evaluation_s`` and its ratio to a round;
 - **pure compute**: the same clients' training (same partitions, same model,
   same training function as the ClientApp: ``train_plain``, or for DP the
   DP-SGD loop ``train_private``), timed in this process with one torch thread
@@ -51,7 +54,14 @@ import torch
 
 from benchmarks.clientapp_import import REPO_ROOT, import_seconds
 from benchmarks.process_memory import PeakMemorySampler
-from shared.run_folder import CENTRAL_ACCURACY, METRICS_CSV_FILE, ROUND, ROUND_TIME_S
+from shared.run_folder import (
+    CENTRAL_ACCURACY,
+    CLIENT_EVALUATION_S,
+    CLIENTS_EVALUATED,
+    METRICS_CSV_FILE,
+    ROUND,
+    ROUND_TIME_S,
+)
 
 ROUNDS = 4  # round 1 pays start-up; rounds 2-4 are the steady state
 CPUS_PER_CLIENT = 1
@@ -93,7 +103,7 @@ print("RUN_DIR", run_dir, flush=True)
 class SimulatedRun:
     """Figures of one ``fedge simulate`` run."""
 
-    round_times_s: list[float]
+    round_times_s: list[float]  # without the per-client evaluation in them
     server_ready_s: float  # from start until the ServerApp logged round 0
     total_s: float
     peak_memory_mib: float
@@ -150,14 +160,37 @@ def run_simulation(
                 f"simulation failed (exit {process.returncode}):\n" + "".join(tail)
             )
         metrics = pd.read_csv(run_dir / METRICS_CSV_FILE)
-    rounds = metrics[metrics[ROUND] > 0]
+    round_times_s, extra = round_figures(metrics)
     return SimulatedRun(
-        round_times_s=[float(t) for t in rounds[ROUND_TIME_S]],
+        round_times_s=round_times_s,
         server_ready_s=float(server_ready if server_ready is not None else np.nan),
         total_s=total,
         peak_memory_mib=memory.peak_bytes / 2**20,
-        extra={"final_accuracy": float(rounds[CENTRAL_ACCURACY].iloc[-1])},
+        extra=extra,
     )
+
+
+def round_figures(metrics: pd.DataFrame) -> tuple[list[float], dict[str, Any]]:
+    """Each round's time without its per-client evaluation, and the run's figures.
+
+    The end-of-run evaluation of every node is not a round's training cost: it
+    is timed apart (in a 3-round run it would otherwise be half the median).
+    """
+    rounds = metrics[metrics[ROUND] > 0]
+    evaluation_s = _column(rounds, CLIENT_EVALUATION_S)
+    times = rounds[ROUND_TIME_S].to_numpy(dtype=float) - evaluation_s
+    return [float(t) for t in times], {
+        "final_accuracy": float(rounds[CENTRAL_ACCURACY].iloc[-1]),
+        "client_evaluation_s": float(evaluation_s[-1]),
+        "clients_evaluated": int(_column(rounds, CLIENTS_EVALUATED)[-1]),
+    }
+
+
+def _column(rounds: pd.DataFrame, name: str) -> np.ndarray:
+    """Return a metrics column as floats, 0 where a round has none."""
+    if name not in rounds:
+        return np.zeros(len(rounds))
+    return np.asarray(rounds[name].fillna(0.0), dtype=float)
 
 
 @dataclass
@@ -386,6 +419,7 @@ def case_figures(
         f"startup_s_{name}": round(run.startup_s, 2),
         f"peak_memory_mib_{name}": round(run.peak_memory_mib, 1),
         f"final_accuracy_{name}": round(run.extra["final_accuracy"], 4),
+        f"client_evaluation_s_{name}": round(run.extra["client_evaluation_s"], 2),
         f"overhead_per_message_ms_{name}": round(per_message_ms, 1),
         f"fedge_ms_per_message_{name}": round(fedge_ms, 1),
         f"serialisation_ms_per_message_{name}": round(serialisation_ms, 2),
@@ -411,6 +445,17 @@ def scale_figures(app_root: Path = REPO_ROOT) -> dict[str, Any]:
         "scale1000_first_round_s": round(run.first_round_s, 2),
         "scale1000_peak_memory_mib": round(run.peak_memory_mib, 1),
         "scale1000_startup_s": round(run.startup_s, 2),
+        **evaluation_figures("scale1000", run),
+    }
+
+
+def evaluation_figures(name: str, run: SimulatedRun) -> dict[str, Any]:
+    """Return the end-of-run per-client evaluation's cost, alone and per round."""
+    seconds = run.extra["client_evaluation_s"]
+    return {
+        f"{name}_clients_evaluated": run.extra["clients_evaluated"],
+        f"{name}_client_evaluation_s": round(seconds, 2),
+        f"{name}_client_evaluation_to_round": round(seconds / run.steady_round_s, 2),
     }
 
 

@@ -80,7 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Export; print a summary. User errors raise FedgeError (exit 2)."""
     from edge_export.pipeline import export_run  # imports torch: only when used
-    from shared.run_folder import ONNX_FP32_FILE, ONNX_OPTIMIZED_FILE
+    from shared.run_folder import BATCH1_LATENCY, ONNX_FP32_FILE, ONNX_OPTIMIZED_FILE
 
     for flag, value in (
         ("--max-size-kib", args.max_size_kib),
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         else "  unsigned (give --sign-key KEY to sign the manifest)"
     )
     embedded = manifest.embedded
-    for name, figures in embedded.get("batch1-one-thread", {}).items():
+    for name, figures in embedded.get(BATCH1_LATENCY, {}).items():
         print(
             f"  batch 1, one thread: {name:<22} p50 {figures['p50-us']:8.1f} µs, "
             f"p95 {figures['p95-us']:8.1f} µs, {figures['size-kib']:7.1f} KiB"

@@ -231,6 +231,29 @@ def batch1_latency_us(path: Path, example: np.ndarray) -> dict[str, float]:
     return {"p50-us": float(p50), "p95-us": float(p95)}
 
 
+def latency_conditions() -> dict[str, Any]:
+    """How :func:`batch1_latency_us` measures, and on which machine.
+
+    The figures are this machine's: a device's own differ, so the manifest and
+    the model card say where they were taken.
+    """
+    import os
+    import platform
+
+    return {
+        "engine": f"onnxruntime {ort.__version__} (CPUExecutionProvider)",
+        "threads": 1,
+        "batch": 1,
+        "warm-up-runs": LATENCY_WARMUP,
+        "timed-runs": LATENCY_RUNS,
+        "statistic": "p50 (and p95) of the timed runs, in microseconds",
+        "measured-on": (
+            f"the exporting machine ({platform.machine() or 'unknown CPU'}, "
+            f"{os.cpu_count()} logical CPUs, {platform.system()})"
+        ),
+    }
+
+
 def check_budgets(
     measured: dict[str, dict[str, float]],
     *,

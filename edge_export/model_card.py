@@ -47,6 +47,8 @@ from shared.atomic_io import atomic_write_json, atomic_write_text
 from shared.datasets import Dataset
 from shared.metrics import per_class_metrics
 from shared.run_folder import (
+    BATCH1_LATENCY,
+    BATCH1_TIMING,
     CARD_DIR,
     CLIENT_EVALUATION,
     CLIENTS,
@@ -395,9 +397,15 @@ def _edge(manifest: Manifest) -> dict[str, Any]:
     }
     if isinstance(fp32, int | float) and isinstance(int8, int | float):
         section["int8-accuracy-change-points"] = 100.0 * (int8 - fp32)
-    latency = manifest.to_dict().get("latency")
-    if latency:  # only when the export measured it
-        section["latency"] = latency
+    latency = manifest.embedded.get(BATCH1_LATENCY) or {}
+    if latency:  # an export before fedge measured it has none
+        section["batch1-latency-p50-us"] = {
+            name: figures["p50-us"] for name, figures in latency.items()
+        }
+        timing = manifest.embedded.get(BATCH1_TIMING)
+        section["batch1-latency-measured"] = timing or {
+            "measured-on": "the exporting machine (no details recorded)"
+        }
     return section
 
 
@@ -554,9 +562,34 @@ def _edge_markdown(edge: dict[str, Any]) -> list[str]:
             "- parity ONNX vs PyTorch: "
             + ", ".join(f"{k} {_cell(v)}" for k, v in parity.items())
         )
-    if edge.get("latency"):
-        lines.append(f"- latency: {edge['latency']}")
+    latency = edge.get("batch1-latency-p50-us") or {}
+    if latency:
+        lines.append(
+            "- batch-1 latency, p50: "
+            + ", ".join(f"{name} {us:.1f} µs" for name, us in latency.items())
+        )
+        lines.append(f"  ({_timing_sentence(edge.get('batch1-latency-measured'))})")
     return [*lines, ""]
+
+
+def _timing_sentence(timing: dict[str, Any] | None) -> str:
+    """Say how and where the batch-1 latency was measured: not on the device."""
+    timing = timing or {}
+    how = ", ".join(
+        text
+        for key, text in (
+            ("engine", f"{timing.get('engine')}"),
+            ("threads", f"{timing.get('threads')} thread"),
+            ("warm-up-runs", f"{timing.get('warm-up-runs')} warm-up calls"),
+            ("timed-runs", f"{timing.get('timed-runs')} timed calls"),
+        )
+        if key in timing
+    )
+    where = timing.get("measured-on", "the exporting machine")
+    return (
+        f"one example per call{', ' + how if how else ''}; measured on {where}, "
+        "not on the device"
+    )
 
 
 # ------------------------------------------------------------------ helpers

@@ -24,6 +24,7 @@ from edge_export.embedded import (
     check_budgets,
     compare,
     fixed_batch_one,
+    latency_conditions,
     optimize_offline,
     to_ort_format,
 )
@@ -46,6 +47,8 @@ from edge_export.runtime import KEY_QUANTIZATION
 from edge_export.signing import sign_manifest
 from shared.errors import ConfigError, ModelError
 from shared.run_folder import (
+    BATCH1_LATENCY,
+    BATCH1_TIMING,
     CONFIG_FILE,
     MANIFEST_FILE,
     MODEL_CARD_FILE,
@@ -348,7 +351,8 @@ def export_run(
         )
         manifest.embedded = {
             "checks": embedded,
-            "batch1-one-thread": figures,
+            BATCH1_LATENCY: figures,
+            BATCH1_TIMING: latency_conditions(),
             "budgets": {
                 "max-size-kib": max_size_kib,
                 "max-latency-us": max_latency_us,

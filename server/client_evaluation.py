@@ -28,15 +28,17 @@ from shared.records import record_list, record_scalar
 logger = logging.getLogger(__name__)
 
 
-def evaluation_due(server_round: int, *, last_round: int, report: ReportConfig) -> bool:
+def evaluation_due(server_round: int, *, ends_run: bool, report: ReportConfig) -> bool:
     """Whether ``server_round`` evaluates every client.
 
-    The last round always does (when ``fairness-report`` is on); others do
-    every ``evaluate-interval`` rounds (0: none).
+    The round that ends the run always does (when ``fairness-report`` is on):
+    the last planned round, or the round after which the run stops early, so
+    every model a run ends with is scored on every node. Others do every
+    ``evaluate-interval`` rounds (0: none).
     """
     if not report.fairness_report:
         return False
-    if server_round == last_round:
+    if ends_run:
         return True
     interval = report.evaluate_interval
     return interval > 0 and server_round % interval == 0

@@ -17,13 +17,13 @@ from flwr.serverapp import Grid
 
 from server.checkpoint import load_latest_checkpoint, restore_strategy_state
 from server.client_evaluation import evaluate_every_node, evaluation_due
-from server.federation_loop import run_rounds
+from server.federation_loop import StopRun, run_rounds
 from server.metrics_history import MetricsHistory
 from server.node_sampling import wait_for_nodes
 from server.reference_data import load_reference_data
 from server.robust_strategy import RobustStrategy
 from server.round_end import RoundEnd
-from server.round_summary import StopRun, initial_row, privacy_summary
+from server.round_summary import initial_row, privacy_summary
 from server.run_folder import (
     check_resumable,
     resolve_run_dir,
@@ -158,11 +158,12 @@ def _train(
     evaluate_config = ConfigRecord(dict(train_config))
 
     def client_eval(
-        server_round: int, arrays: ArrayRecord, unanswered: frozenset[int]
+        server_round: int,
+        arrays: ArrayRecord,
+        unanswered: frozenset[int],
+        ends_run: bool,
     ) -> list[dict[str, Any]] | None:
-        if not evaluation_due(
-            server_round, last_round=num_rounds, report=config.report
-        ):
+        if not evaluation_due(server_round, ends_run=ends_run, report=config.report):
             return None
         return evaluate_every_node(
             grid,
@@ -189,6 +190,7 @@ def _train(
                 on_round_end=on_round_end,
                 federated_evaluation=config.strategy.fraction_evaluate > 0,
                 client_eval=client_eval,
+                stop_check=on_round_end.stop_reason,
             )
         except StopRun as stop:
             stop_reason = str(stop)

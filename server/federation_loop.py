@@ -4,6 +4,11 @@ Flower's ``Strategy.start`` always begins at round 1 and keeps its history in
 memory; fedge drives the same strategy hooks (``configure_train``,
 ``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate``) itself so
 that each round is recorded and checkpointed as it ends and a run can resume.
+
+The loop also decides, before a round's per-client evaluation, whether that
+round ends the run (the last planned round, or an early stop such as every
+node's privacy budget spent), so that every run that ends with a model has its
+model scored on every node.
 """
 
 from __future__ import annotations
@@ -20,14 +25,28 @@ from flwr.serverapp.strategy import Strategy
 
 from server.reply_collection import send_and_collect
 from shared import keys
+from shared.errors import FedgeError
 
 logger = logging.getLogger(__name__)
 
 CentralEval = Callable[[int, ArrayRecord], dict[str, float]]
 RoundEnd = Callable[["RoundOutcome"], None]
 # Per-client evaluation of a round's global model; None when the round is not due.
-# (round, global arrays, nodes that did not answer the round's training)
-ClientEval = Callable[[int, ArrayRecord, frozenset[int]], list[dict[str, Any]] | None]
+# (round, global arrays, nodes that did not answer the round's training,
+#  whether this round ends the run)
+ClientEval = Callable[
+    [int, ArrayRecord, frozenset[int], bool], list[dict[str, Any]] | None
+]
+# Why the run must stop after this round (its model is kept), or None to go on.
+StopCheck = Callable[["RoundOutcome"], str | None]
+
+
+class StopRun(FedgeError, RuntimeError):
+    """The run ends before its last round, cleanly: the model so far is kept."""
+
+    def __init__(self, message: str, arrays: ArrayRecord) -> None:
+        super().__init__(message)
+        self.arrays = arrays
 
 
 @dataclass
@@ -47,6 +66,7 @@ class RoundOutcome:
     round_time_s: float = 0.0
     client_metrics: list[dict[str, Any]] = field(default_factory=list)
     client_evaluation: list[dict[str, Any]] | None = None
+    client_evaluation_s: float = 0.0
 
 
 def run_rounds(
@@ -63,13 +83,22 @@ def run_rounds(
     on_round_end: RoundEnd,
     federated_evaluation: bool,
     client_eval: ClientEval | None = None,
+    stop_check: StopCheck | None = None,
 ) -> ArrayRecord:
     """Run rounds ``first_round..last_round`` and return the final global arrays.
 
     ``on_round_end`` is called after every round with its :class:`RoundOutcome`
     (after central evaluation), which is where metrics and checkpoints are written.
     ``client_eval``, when given, scores the round's global model on every node
-    (:mod:`server.client_evaluation`) on the rounds it says are due.
+    (:mod:`server.client_evaluation`) on the rounds it says are due; it is told
+    whether the round ends the run. ``stop_check``, when given, is asked after
+    each round's aggregation whether the run must stop there.
+
+    Raises
+    ------
+    StopRun
+        After the round ``stop_check`` stopped (recorded by ``on_round_end``
+        first), carrying that round's global arrays.
     """
     for server_round in range(first_round, last_round + 1):
         started = time.monotonic()
@@ -114,13 +143,21 @@ def run_rounds(
                 strategy.aggregate_evaluate(server_round, eval_replies)
             )
         outcome.arrays = arrays
+        stop = stop_check(outcome) if stop_check is not None else None
         if client_eval is not None:
+            evaluation_started = time.monotonic()
             outcome.client_evaluation = client_eval(
-                server_round, arrays, _unanswered(messages, replies)
+                server_round,
+                arrays,
+                _unanswered(messages, replies),
+                stop is not None or server_round == last_round,
             )
+            outcome.client_evaluation_s = time.monotonic() - evaluation_started
         outcome.central = central_eval(server_round, arrays)
         outcome.round_time_s = time.monotonic() - started
         on_round_end(outcome)
+        if stop is not None:
+            raise StopRun(stop, arrays)
     return arrays
 
 

@@ -19,7 +19,7 @@ from server.checkpoint import save_checkpoint, strategy_state
 from server.federation_loop import RoundOutcome
 from server.metrics_history import MetricsHistory
 from server.robust_strategy import RobustStrategy
-from server.round_summary import central_epsilon, check_can_continue, round_row
+from server.round_summary import central_epsilon, round_row, stop_reason
 from shared.atomic_io import atomic_write_json
 from shared.config import RunConfig
 from shared.run_folder import (
@@ -70,17 +70,18 @@ class RoundEnd:
         self._started = time.monotonic()
 
     def __call__(self, outcome: RoundOutcome) -> None:
-        """Record the round, checkpoint it when due, log it, stop if needed.
-
-        Raises
-        ------
-        StopRun
-            When too few nodes can still train within their privacy budget.
-        """
+        """Record the round, checkpoint it when due and log it."""
         row = self.record(outcome)
         self.checkpoint(outcome)
         self._log(outcome, row)
-        check_can_continue(self.strategy, self.config, outcome, self.grid)
+
+    def stop_reason(self, outcome: RoundOutcome) -> str | None:
+        """Why the run must stop after this round, or None (the loop's ``stop_check``).
+
+        It stops when too few nodes can still train within their privacy budget
+        (:func:`server.round_summary.stop_reason`).
+        """
+        return stop_reason(self.strategy, self.config, outcome.server_round, self.grid)
 
     def record(self, outcome: RoundOutcome) -> dict[str, Any]:
         """Append the round's metrics row (and per-client details); return the row."""

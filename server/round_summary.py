@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from server.federation_loop import RoundOutcome
@@ -17,7 +16,6 @@ from server.metrics_history import summarize_clients
 from server.robust_strategy import RobustStrategy
 from shared import keys
 from shared.config import RunConfig
-from shared.errors import FedgeError
 from shared.fairness import fairness_summary
 from shared.run_folder import (
     AGGREGATED,
@@ -26,6 +24,7 @@ from shared.run_folder import (
     CENTRAL_DP_DELTA,
     CENTRAL_PREFIX,
     CLIENT_EVALUATION,
+    CLIENT_EVALUATION_S,
     CLIENTS,
     DROPPED,
     EPSILON_MAX,
@@ -44,14 +43,6 @@ from shared.run_folder import (
 )
 
 NAN = float("nan")
-
-
-class StopRun(FedgeError, RuntimeError):
-    """The run ends before its last round, cleanly: the model so far is kept."""
-
-    def __init__(self, message: str, arrays: ArrayRecord) -> None:
-        super().__init__(message)
-        self.arrays = arrays
 
 
 def initial_row(central: dict[str, float]) -> dict[str, Any]:
@@ -101,6 +92,7 @@ def round_row(
                 threshold=fairness_threshold,
             )
         )
+        row[CLIENT_EVALUATION_S] = round(outcome.client_evaluation_s, 3)
         details[CLIENT_EVALUATION] = outcome.client_evaluation
     return row, details
 
@@ -133,29 +125,26 @@ def _or_nan(value: float | None) -> float:
     return NAN if value is None else float(value)
 
 
-def check_can_continue(
-    strategy: RobustStrategy, config: RunConfig, outcome: RoundOutcome, grid: Grid
-) -> None:
-    """Stop the run when too few nodes can still train within their budget.
+def stop_reason(
+    strategy: RobustStrategy, config: RunConfig, server_round: int, grid: Grid
+) -> str | None:
+    """Why the run must stop after ``server_round``, or None if it goes on.
 
-    Raises
-    ------
-    StopRun
-        When the connected nodes that have not refused are fewer than
-        ``min-replies``: later rounds could not aggregate anything.
+    It stops when the connected nodes that have not refused (privacy budget
+    spent) are fewer than ``min-replies``: later rounds could not aggregate
+    anything. The last planned round is not an early stop: None.
     """
-    server_round = outcome.server_round
     if server_round >= config.run.num_server_rounds or not strategy.refused_nodes:
-        return
+        return None
     connected = set(grid.get_node_ids())
     can_train = connected - strategy.refused_nodes
-    if len(can_train) < config.run.min_replies:
-        raise StopRun(
-            f"after round {server_round}, {len(strategy.refused_nodes)} of {len(connected)} "
-            f"nodes have spent their privacy budget (target-epsilon {config.dp.target_epsilon}); "
-            f"{len(can_train)} can still train, fewer than min-replies = {config.run.min_replies}",
-            arrays=outcome.arrays,
-        )
+    if len(can_train) >= config.run.min_replies:
+        return None
+    return (
+        f"after round {server_round}, {len(strategy.refused_nodes)} of {len(connected)} "
+        f"nodes have spent their privacy budget (target-epsilon {config.dp.target_epsilon}); "
+        f"{len(can_train)} can still train, fewer than min-replies = {config.run.min_replies}"
+    )
 
 
 def privacy_summary(config: RunConfig, records: list[dict[str, Any]]) -> PrivacySummary:

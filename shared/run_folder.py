@@ -80,6 +80,13 @@ SALIENCY_PNG = "saliency-class-{class_index}.png"
 
 MODEL_FORMAT = "fedge-model/1"
 
+# ------------------------------------------------------------------ manifest.json
+# In its "embedded" section: each model file's batch-1 latency (p50/p95 µs) and
+# size, and how that latency was measured (on the exporting machine); the model
+# card shows both.
+BATCH1_LATENCY = "batch1-one-thread"
+BATCH1_TIMING = "batch1-timing"
+
 # ------------------------------------------------------------------ status.json
 RUNNING = "running"
 COMPLETE = "complete"
@@ -137,6 +144,8 @@ FAIRNESS_COLUMNS = (
     CLIENT_ACCURACY_SPREAD,
     CLIENT_SHARE_BELOW,
 )
+# Seconds of the round spent on that per-client evaluation (part of round-time-s).
+CLIENT_EVALUATION_S = "client-evaluation-s"
 
 # The declared columns of metrics.csv, in order; others follow as they appear.
 METRIC_COLUMNS = (
@@ -161,6 +170,7 @@ METRIC_COLUMNS = (
     BYTES_SENT,
     BYTES_RECEIVED,
     *FAIRNESS_COLUMNS,
+    CLIENT_EVALUATION_S,
 )
 
 # The name model.json and the ONNX metadata used for EPSILON_MAX before it was

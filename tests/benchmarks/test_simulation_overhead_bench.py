@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +20,7 @@ def test_ratio_startup_and_per_message_split_by_hand(monkeypatch):
         server_ready_s=1.5,
         total_s=20.0,
         peak_memory_mib=100.0,
-        extra={"final_accuracy": 0.9},
+        extra={"final_accuracy": 0.9, "client_evaluation_s": 1.2},
     )
     profile = bench.ComputeProfile(
         train_s=[0.5] * 4,  # 2 s of training on 2 slots: 1 s a round
@@ -39,6 +40,47 @@ def test_ratio_startup_and_per_message_split_by_hand(monkeypatch):
     assert figures["engine_ms_per_message_t"] == pytest.approx(
         750 - 20 - 1 - 100, abs=0.1
     )
+    assert figures["client_evaluation_s_t"] == 1.2
+
+
+def test_the_end_of_run_evaluation_is_timed_apart_from_the_rounds():
+    metrics = pd.DataFrame(
+        {
+            "round": [0, 1, 2, 3],
+            "central-accuracy": [0.1, 0.5, 0.6, 0.7],
+            "round-time-s": [None, 30.0, 2.0, 2.5 + 20.0],
+            # only the last round scored every node: 1,000 of them in 20 s
+            "clients-evaluated": [None, None, None, 1000],
+            "client-evaluation-s": [None, None, None, 20.0],
+        }
+    )
+
+    round_times_s, extra = bench.round_figures(metrics)
+    run = bench.SimulatedRun(round_times_s, 1.0, 60.0, 100.0, extra=extra)
+
+    assert round_times_s == [30.0, 2.0, 2.5]
+    assert run.steady_round_s == 2.25
+    assert extra == {
+        "final_accuracy": 0.7,
+        "client_evaluation_s": 20.0,
+        "clients_evaluated": 1000,
+    }
+    assert bench.evaluation_figures("scale1000", run) == {
+        "scale1000_clients_evaluated": 1000,
+        "scale1000_client_evaluation_s": 20.0,
+        "scale1000_client_evaluation_to_round": round(20.0 / 2.25, 2),
+    }
+
+
+def test_a_run_without_per_client_evaluation_costs_none():
+    metrics = pd.DataFrame(
+        {"round": [0, 1], "central-accuracy": [0.1, 0.5], "round-time-s": [None, 3.0]}
+    )
+
+    round_times_s, extra = bench.round_figures(metrics)
+
+    assert round_times_s == [3.0]
+    assert (extra["client_evaluation_s"], extra["clients_evaluated"]) == (0.0, 0)
 
 
 @pytest.mark.slow

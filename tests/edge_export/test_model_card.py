@@ -1,11 +1,13 @@
 """The model card: every figure equals the run folder's own files."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from edge_export.embedded import LATENCY_RUNS, LATENCY_WARMUP
 from edge_export.manifest import verify_run
 from edge_export.model_card import render_markdown, write_run_card
 from edge_export.run_inputs import held_out_data, load_run
@@ -46,6 +48,59 @@ def test_the_cards_figures_equal_the_run_folders_files(digits_run):
     for path in card["files"]:
         assert (digits_run / path).is_file()
     assert card["explanations"]["model"].startswith("ONNX Runtime")
+
+
+def test_the_cards_batch1_latency_is_the_manifests_for_every_model_file(digits_run):
+    card = card_of(digits_run)
+    manifest = json.loads((digits_run / "manifest.json").read_text())
+    text = (digits_run / "model_card.md").read_text()
+    model_roles = {
+        "onnx-fp32",
+        "onnx-int8",
+        "ort-format",
+        "onnx-fp32-batch1-static",
+        "onnx-fp32-optimized",
+    }
+    model_files = {
+        name
+        for name, entry in manifest["artefacts"].items()
+        if entry["role"] in model_roles
+    }
+
+    latency = card["edge"]["batch1-latency-p50-us"]
+    # Every model file the export wrote, and nothing it did not write.
+    assert set(latency) == model_files
+    assert {"model.onnx", "model.int8.onnx", "model.ort"} <= model_files
+    for name, p50_us in latency.items():
+        assert p50_us == manifest["embedded"]["batch1-one-thread"][name]["p50-us"]
+        assert math.isfinite(p50_us) and p50_us > 0
+        assert f"{name} {p50_us:.1f} µs" in text
+    timing = card["edge"]["batch1-latency-measured"]
+    assert timing == manifest["embedded"]["batch1-timing"]
+    assert timing["threads"] == 1 and timing["batch"] == 1
+    assert (timing["warm-up-runs"], timing["timed-runs"]) == (
+        LATENCY_WARMUP,
+        LATENCY_RUNS,
+    )
+    assert timing["engine"].startswith("onnxruntime ")
+    assert timing["measured-on"].startswith("the exporting machine")
+    assert f"measured on {timing['measured-on']}, not on the device" in text
+
+
+def test_a_card_from_an_export_without_latency_has_no_latency_line(
+    copy_run, digits_run
+):
+    run_dir = copy_run(digits_run)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for key in ("batch1-one-thread", "batch1-timing"):
+        del manifest["embedded"][key]
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+    write_run_card(run_dir)
+
+    card = card_of(run_dir)
+    assert "batch1-latency-p50-us" not in card["edge"]
+    assert "batch-1 latency" not in (run_dir / "model_card.md").read_text()
 
 
 def test_per_class_figures_are_those_of_the_onnx_model_on_the_held_out_split(

@@ -212,8 +212,25 @@ def test_the_run_ends_cleanly_when_no_node_can_train(tmp_path: Path) -> None:
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "complete"
     assert "privacy budget" in status["message"]
-    assert status["final_round"] < 5
+    final_round = status["final_round"]
+    assert final_round < 5
     assert (run_dir / "model.json").is_file()
+    # The model it ends with is scored on every node, like a last round's
+    # (evaluate-interval = 0: no other round is).
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    evaluated = [r["round"] for r in records if "client-evaluation" in r]
+    assert evaluated == [final_round]
+    per_client = records[-1]["client-evaluation"]
+    assert records[-1]["round"] == final_round
+    assert sorted(c["partition-id"] for c in per_client) == [0, 1, 2]
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    last = metrics[metrics["round"] == final_round].iloc[0]
+    assert last["clients-evaluated"] == 3
+    assert last["client-accuracy-mean"] == pytest.approx(
+        np.mean([c["accuracy"] for c in per_client])
+    )
+    card = json.loads((run_dir / "model_card.json").read_text())
+    assert card["performance"]["per-client"]["round"] == final_round
 
 
 def test_central_dp_reports_user_level_epsilon(tmp_path: Path) -> None:

@@ -13,17 +13,25 @@ def report(**overrides):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "due_rounds"),
+    ("overrides", "ending_round", "due_rounds"),
     [
-        ({}, [6]),  # default: the last round only
-        ({"evaluate-interval": 2}, [2, 4, 6]),
-        ({"evaluate-interval": 4}, [4, 6]),
-        ({"fairness-report": False, "evaluate-interval": 2}, []),
+        ({}, 6, [6]),  # default: the last round only
+        ({"evaluate-interval": 2}, 6, [2, 4, 6]),
+        ({"evaluate-interval": 4}, 6, [4, 6]),
+        # The run stops early after round 3 (every budget spent): its model too.
+        ({}, 3, [3]),
+        ({"evaluate-interval": 2}, 3, [2, 3]),
+        ({"fairness-report": False, "evaluate-interval": 2}, 6, []),
+        ({"fairness-report": False}, 3, []),
     ],
 )
-def test_rounds_due_for_per_client_evaluation(overrides, due_rounds):
+def test_rounds_due_for_per_client_evaluation(overrides, ending_round, due_rounds):
     config = report(**overrides)
-    due = [r for r in range(1, 7) if evaluation_due(r, last_round=6, report=config)]
+    due = [
+        r
+        for r in range(1, ending_round + 1)
+        if evaluation_due(r, ends_run=r == ending_round, report=config)
+    ]
     assert due == due_rounds
 
 

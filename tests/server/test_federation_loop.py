@@ -23,8 +23,8 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from server import reply_collection
-from server.federation_loop import RoundOutcome, _message_bytes, run_rounds
+from server import federation_loop, reply_collection
+from server.federation_loop import RoundOutcome, StopRun, _message_bytes, run_rounds
 
 REPLY_TIMEOUT_S = 12.5
 
@@ -283,6 +283,98 @@ def test_round_without_any_update_keeps_the_model_and_warns(caplog):
     assert outcome.train_metrics == {}
     np.testing.assert_array_equal(central_calls[0][1], [7.0])
     assert "Round 1: no update was aggregated" in caplog.text
+
+
+# ---------------------------------------------------------------- run endings
+EVALUATED = [{"node-id": 11, "accuracy": 0.5}]
+
+
+CLIENT_EVALUATION_S = 7.5
+
+
+@pytest.fixture
+def loop_clock(monkeypatch):
+    """The loop's clock; the fake per-client evaluation advances it 7.5 s."""
+
+    class FakeTime:
+        now = 100.0
+
+        def monotonic(self):
+            return self.now
+
+    clock = FakeTime()
+    monkeypatch.setattr(federation_loop, "time", clock)
+    return clock
+
+
+def run_until(grid, *, last_round, outcomes, calls, stop_after=None, clock=None):
+    """Rounds 1..last_round; the run stops after round ``stop_after`` if given.
+
+    ``calls`` gets (round, evaluated weights, ends_run) per client_eval call.
+    """
+
+    def client_eval(server_round, record, unanswered, ends_run):
+        calls.append((server_round, weights(record).copy(), ends_run))
+        if not ends_run:
+            return None
+        if clock is not None:
+            clock.now += CLIENT_EVALUATION_S
+        return EVALUATED
+
+    def stop_check(outcome):
+        if outcome.server_round == stop_after:
+            return "every node has spent its privacy budget"
+        return None
+
+    return run_rounds(
+        grid,
+        fedavg(),
+        arrays=arrays_of([0.0]),
+        first_round=1,
+        last_round=last_round,
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+        reply_timeout_s=REPLY_TIMEOUT_S,
+        central_eval=lambda r, a: {"accuracy": 0.5},
+        on_round_end=outcomes.append,
+        federated_evaluation=False,
+        client_eval=client_eval,
+        stop_check=stop_check,
+    )
+
+
+def test_only_the_last_round_is_told_it_ends_the_run(loop_clock):
+    outcomes, calls = [], []
+    grid = FakeGrid({11: node(1.0, 1)})  # each round adds 1 to the model
+
+    final = run_until(
+        grid, last_round=3, outcomes=outcomes, calls=calls, clock=loop_clock
+    )
+
+    assert [(r, ends) for r, _, ends in calls] == [(1, False), (2, False), (3, True)]
+    np.testing.assert_allclose(weights(final), [3.0])
+    assert [o.client_evaluation for o in outcomes] == [None, None, EVALUATED]
+    # Its time is measured apart from the round's, and is part of it.
+    assert [o.client_evaluation_s for o in outcomes] == [0, 0, CLIENT_EVALUATION_S]
+    assert outcomes[-1].round_time_s == CLIENT_EVALUATION_S
+
+
+def test_a_run_stopped_early_evaluates_the_model_it_ends_with_on_every_node():
+    outcomes, calls = [], []
+    grid = FakeGrid({11: node(1.0, 1)})  # each round adds 1 to the model
+
+    with pytest.raises(StopRun, match="spent its privacy budget") as stopped:
+        run_until(grid, last_round=5, outcomes=outcomes, calls=calls, stop_after=2)
+
+    # Round 2 is told it ends the run; no round 3 is sent.
+    assert [(r, ends) for r, _, ends in calls] == [(1, False), (2, True)]
+    assert len(grid.sent) == 2
+    # The model evaluated is the one the run ends with: round 2's, [2.0].
+    np.testing.assert_allclose(weights(stopped.value.arrays), [2.0])
+    np.testing.assert_allclose(calls[-1][1], [2.0])
+    # The stopping round is recorded, with its per-client evaluation.
+    assert [o.server_round for o in outcomes] == [1, 2]
+    assert outcomes[-1].client_evaluation == EVALUATED
 
 
 # ---------------------------------------------------------------- byte counting
