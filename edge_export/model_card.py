@@ -45,6 +45,7 @@ from edge_export.run_inputs import RunInputs, held_out_data, load_run
 from shared import keys
 from shared.atomic_io import atomic_write_json, atomic_write_text
 from shared.datasets import Dataset
+from shared.json_records import json_safe, read_jsonl
 from shared.metrics import per_class_metrics
 from shared.run_folder import (
     BATCH1_LATENCY,
@@ -140,7 +141,7 @@ def build_card(
             return torch_logits(model, x)
 
         engine = "PyTorch (no ONNX export in this folder)"
-    records = _read_jsonl(run_dir / METRICS_JSONL_FILE)
+    records = read_jsonl(run_dir / METRICS_JSONL_FILE)
     config = run.config
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
@@ -167,7 +168,7 @@ def build_card(
     card["files"] = sorted(
         p.relative_to(run_dir).as_posix() for p in figures_dir.iterdir()
     )
-    safe: dict[str, Any] = _json_safe(card)
+    safe: dict[str, Any] = json_safe(card)
     return safe
 
 
@@ -603,36 +604,9 @@ def _last_client_evaluation(
     return None, []
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # MetricsHistory drops such a line too
-        if isinstance(record, dict):
-            out.append(record)
-    return out
-
-
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list):
         return " ".join(str(v) for v in value)
     return "" if value is None else str(value)
-
-
-def _json_safe(obj: Any) -> Any:
-    """Strict JSON: NaN and infinities become null, NumPy scalars plain numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

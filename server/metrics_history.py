@@ -14,7 +14,6 @@ own copy, so the history has no duplicate and no gap.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -28,6 +27,7 @@ from typing import Any
 
 from shared.atomic_io import atomic_write_text
 from shared.errors import FedgeError
+from shared.json_records import json_safe, plain, read_jsonl
 from shared.run_folder import (
     METRIC_COLUMNS,
     METRICS_CSV_FILE,
@@ -129,8 +129,8 @@ class MetricsHistory:
         clash = sorted(set(details or {}) & set(row))
         if clash:
             raise HistoryError(f"details reuse the row's column names {clash}")
-        new_row = {k: _plain(v) for k, v in row.items()}
-        record = {**_json_safe(new_row), **_json_safe(dict(details or {}))}
+        new_row = {k: plain(v) for k, v in row.items()}
+        record = {**json_safe(new_row), **json_safe(dict(details or {}))}
         for key in new_row:
             if key not in self._columns:
                 self._columns.append(key)
@@ -178,7 +178,7 @@ class MetricsHistory:
         )
         merged = sorted(
             [(r, rec) for r, rec in zip(self._rows, self._records, strict=True)]
-            + [({k: _plain(v) for k, v in r.items()}, _json_safe(r)) for r in missing],
+            + [({k: plain(v) for k, v in r.items()}, json_safe(r)) for r in missing],
             key=lambda pair: pair[0][ROUND],
         )
         self._rows = [r for r, _ in merged]
@@ -230,31 +230,22 @@ class MetricsHistory:
         records = {r.get(ROUND): r for r in self._read_jsonl()}
         self._rows = rows
         self._records = [
-            {**records.get(row[ROUND], {}), **_json_safe(row)} for row in rows
+            {**records.get(row[ROUND], {}), **json_safe(row)} for row in rows
         ]
         if set(records) != {r[ROUND] for r in rows}:
             self._jsonl_stale = True
 
     def _read_jsonl(self) -> list[dict[str, Any]]:
-        if not self.jsonl_path.exists():
-            return []
-        out = []
-        lines = self.jsonl_path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, start=1):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                logger.warning(
-                    "%s line %d is not JSON (%s); it is dropped",
-                    self.jsonl_path,
-                    number,
-                    e,
-                )
-                self._jsonl_stale = True
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
-        return out
+        def drop(number: int, reason: str) -> None:
+            logger.warning(
+                "%s line %d is not JSON (%s); it is dropped",
+                self.jsonl_path,
+                number,
+                reason,
+            )
+            self._jsonl_stale = True
+
+        return read_jsonl(self.jsonl_path, on_bad_line=drop)
 
 
 def summarize_clients(
@@ -273,27 +264,6 @@ def summarize_clients(
     if not values:
         return None, None
     return max(values), sum(values) / len(values)
-
-
-def _plain(value: Any) -> Any:
-    """NumPy scalars to Python ones, so CSV and JSON write them plainly."""
-    item = getattr(value, "item", None)
-    if callable(item) and not isinstance(value, str | bytes):
-        with contextlib.suppress(TypeError, ValueError):
-            return item()
-    return value
-
-
-def _json_safe(obj: Any) -> Any:
-    """Strict JSON: NaN and infinities become null, NumPy scalars plain numbers."""
-    obj = _plain(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def _parse_cell(text: str) -> Any:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from shared.atomic_io import atomic_write_text
 from shared.errors import FedgeError, ModelError
+from shared.json_records import read_jsonl
 from shared.run_folder import (
     CENTRAL_ACCURACY,
     CENTRAL_F1,
@@ -133,7 +134,7 @@ def load_run(run_dir: Path) -> RunRecord:
         status=read_status(run_dir),
         model=_read_json(run_dir / MODEL_CARD_FILE),
         faults=_read_json(run_dir / FAULTS_FILE),
-        details=_read_jsonl(run_dir / METRICS_JSONL_FILE),
+        details=read_jsonl(run_dir / METRICS_JSONL_FILE),
     )
 
 
@@ -533,17 +534,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {}  # a half-written side file must not cost the whole report
     return value if isinstance(value, dict) else {}
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            records.append(value)
-    return records
