@@ -4,7 +4,10 @@ The noise multiplier is calibrated once for the whole planned run (every local
 step of every round), not per round; the ledger carries the node's cumulative
 spend across rounds and restarts; a round that would take ε past the budget is
 refused before any training, and the reply says so. A round asked for again
-(its reply was lost) is trained again and counted again: every release counts.
+(its reply was lost) with the same global parameters gets the update already
+released for it, bit for bit, and costs nothing (:mod:`client.release_cache`
+says why); asked with other parameters, it is trained again and counted again:
+every release counts.
 
 Everything a node can prepare once per run is kept in ``context.state``, which
 survives between messages even when each message runs in a fresh process
@@ -34,6 +37,13 @@ from client.privacy_ledger import (
     adopt_larger,
     ledger_path,
     restore_ledger,
+)
+from client.release_cache import (
+    CachedRelease,
+    load_release,
+    release_key,
+    release_path,
+    save_release,
 )
 from shared import keys
 from shared.config import RunConfig
@@ -202,12 +212,6 @@ def node_state_folder(config: RunConfig, context: Context) -> Path | None:
     return folder
 
 
-def ledger_file(config: RunConfig, context: Context, fedge_run_id: str) -> Path | None:
-    """Return the node's ledger file in :func:`node_state_folder`, or None."""
-    folder = node_state_folder(config, context)
-    return None if folder is None else ledger_path(folder, fedge_run_id)
-
-
 def train_private_round(
     model: nn.Module,
     train: Dataset,
@@ -240,7 +244,9 @@ def train_private_round(
         check_private_model_once(model, model_spec, context)
     cached = cached_plan(config, len(train), context)
     plan = cached.plan
-    path = ledger_file(config, context, fedge_run_id)
+    folder = node_state_folder(config, context)
+    path = None if folder is None else ledger_path(folder, fedge_run_id)
+    released_file = None if folder is None else release_path(folder, fedge_run_id)
     ledger = restore_ledger(
         path=path,
         state_record=context.state.config_records.get(STATE_KEY),
@@ -257,6 +263,20 @@ def train_private_round(
             len(ledger.entries),
         )
         ledger = merged
+    # Before training: the key is of the global parameters as received.
+    key = release_key(
+        model.state_dict(),
+        config=config,
+        model_spec=model_spec,
+        round_entry=plan.round_entry,
+        num_examples=len(train),
+    )
+    if released_file is not None and ledger.has_round(server_round):
+        resent = resend_released(
+            model, released_file, server_round=server_round, key=key, ledger=ledger
+        )
+        if resent is not None:
+            return resent
     decision = check_budget(
         ledger=ledger,
         planned=plan.round_entry,
@@ -300,15 +320,16 @@ def train_private_round(
         check_model=False,  # check_private_model_once did
     )
     model.load_state_dict(result.state_dict)
-    # Asked again for a round it already released: the coordinator lost the
-    # reply (e.g. it was killed before its checkpoint and resumed). The first
-    # update may have been seen, so this release is one more entry: ε counts
-    # both, never only the latest.
+    # Asked again for a round it already released, with other global
+    # parameters than the cached release answered (or none is cached). The
+    # first update may have been seen, so this release is one more entry: ε
+    # counts both, never only the latest.
     released_before = ledger.has_round(server_round)
     if released_before:
         logger.warning(
-            "round %d was already released in this run (the coordinator lost the "
-            "reply); trained it again, and the ledger counts both releases",
+            "round %d was already released in this run with other global "
+            "parameters (or its update is not cached); trained it again, and the "
+            "ledger counts both releases",
             server_round,
         )
     # Record before replying: the update is about to be released. What is
@@ -325,15 +346,57 @@ def train_private_round(
         ledger.save(path)
     context.state[STATE_KEY] = ledger.to_config_record()
     # The budget check already accounted for exactly this round.
-    epsilon = decision.epsilon_after
-    return {
+    reply: dict[str, float | int] = {
         keys.REFUSED: 0,
-        keys.EPSILON: epsilon,
+        keys.EPSILON: decision.epsilon_after,
         keys.DP_STEPS: ledger.total_steps,
         keys.DP_ROUND_STEPS: steps,
         keys.NUM_EXAMPLES: result.num_examples,
         **figures,
     }
+    if released_file is not None:
+        # Kept before replying, as the ledger entry is: what is about to be sent.
+        release = CachedRelease(
+            server_round=server_round,
+            key=key,
+            ledger_length=len(ledger.entries),
+            state_dict={
+                name: tensor.detach().cpu().numpy()
+                for name, tensor in model.state_dict().items()
+            },
+            figures=reply,
+        )
+        save_release(released_file, release)
+    return reply
+
+
+def resend_released(
+    model: nn.Module,
+    released_file: Path,
+    *,
+    server_round: int,
+    key: str,
+    ledger: PrivacyLedger,
+) -> dict[str, float | int] | None:
+    """Load the update already released for this very request into ``model``.
+
+    Returns the figures it was sent with, or None (the model untouched) when
+    the cached release does not answer ``server_round`` asked with ``key``
+    with the ledger as it left it (:meth:`CachedRelease.answers`).
+    """
+    release = load_release(released_file)
+    rounds = [e.server_round for e in ledger.entries]
+    if release is None or not release.answers(server_round, key, rounds):
+        return None
+    model.load_state_dict(release.torch_state_dict())
+    logger.warning(
+        "round %d asked for again with the same global parameters (the "
+        "coordinator lost the reply): resending the update already released for "
+        "it, bit for bit; no new ledger entry, ε stays %.4g",
+        server_round,
+        release.figures[keys.EPSILON],
+    )
+    return dict(release.figures)
 
 
 __all__ = ["PrivacyLedger", "train_private_round"]

@@ -57,10 +57,10 @@ def _fresh_context(run_config, node_config) -> Context:
 
 
 def _train_in_a_fresh_process(
-    config, run_config, node_config, data, spec, server_round, run_id
+    config, run_config, node_config, data, spec, server_round, run_id, model_seed=0
 ):
     return train_private_round(
-        build_model(spec),
+        build_model(spec, model_seed=model_seed),
         data.train,
         config=config,
         context=_fresh_context(run_config, node_config),
@@ -136,21 +136,22 @@ def test_a_round_past_the_budget_is_refused_without_training(tmp_path: Path) -> 
     assert all((model.state_dict()[k] == v).all() for k, v in before.items())
 
 
-def test_a_round_asked_again_is_trained_again_and_both_releases_count(
+def test_a_round_asked_again_with_other_parameters_is_trained_again_and_counted(
     tmp_path: Path,
 ) -> None:
-    # The coordinator was killed after the node released round 2 but before it
-    # checkpointed round 2; resumed, it asks for round 2 again. The budget allows
-    # exactly three releases, so round 3 (a fourth) is refused.
+    # Round 2 asked for again, but with another global model than the first
+    # time (the cached update would be the wrong answer): a second release,
+    # and both count. The budget allows exactly three releases, so round 3 (a
+    # fourth) is refused.
     _, run_config, node_config, data, spec = _setup(tmp_path)
     n = len(data.train)
     q, steps = 32 / n, round(n / 32)
     config = _budget_for(run_config, q, steps, releases=3)
     replies = [
         _train_in_a_fresh_process(
-            config, run_config, node_config, data, spec, server_round, "run-again"
+            config, run_config, node_config, data, spec, server_round, "run-again", seed
         )
-        for server_round in (1, 2, 2, 3)
+        for server_round, seed in ((1, 0), (2, 0), (2, 1), (3, 1))
     ]
     assert [r[keys.REFUSED] for r in replies] == [0, 0, 0, 1]
     for releases, reply in zip((1, 2, 3, 3), replies, strict=True):
