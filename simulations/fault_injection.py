@@ -65,6 +65,8 @@ FAULT_DEFAULTS: dict[str, Any] = {
     "fault-seed": 0,
     "fault-wipe-state": "",
 }
+# What a string-valued key looks like, for its type error.
+_FORMS = {"fault-wipe-state": " PARTITION@ROUND[,...] such as '3@2'"}
 # Separate the random streams of the two decisions drawn from one fault seed.
 _ATTACKER_STREAM = 1
 _DROPOUT_STREAM = 2
@@ -170,7 +172,8 @@ def fault_config(
         )
         if not ok:
             problems.append(
-                f"'{key}' must be {kind.__name__}, got {value!r} (default {default!r})"
+                f"'{key}' must be {kind.__name__}{_FORMS.get(key, '')}, got "
+                f"{value!r} (default {default!r})"
             )
     if problems:
         raise ConfigError("Invalid fault config:\n  - " + "\n  - ".join(problems))

@@ -232,7 +232,11 @@ def test_fault_config_round_trips_through_run_config_keys():
         ({"fault-dropout": -0.1}, r"'fault-dropout' must be in \[0, 1\), got -0\.1"),
         ({"fault-seed": -2}, r"'fault-seed' must be >= 0, got -2"),
         ({"fault-atack": "nan"}, r"unknown fault keys \['fault-atack'\]"),
-        ({"fault-wipe-state": 3}, r"'fault-wipe-state' must be str, got 3"),
+        (
+            {"fault-wipe-state": 3},
+            r"'fault-wipe-state' must be str PARTITION@ROUND\[,\.\.\.\] such as '3@2', "
+            r"got 3 \(default ''\)",
+        ),
         (
             {"fault-wipe-state": "3"},
             r"'fault-wipe-state' item '3' must be PARTITION@ROUND \(e\.g\. '3@2'",
