@@ -316,6 +316,14 @@ def _performance(
             "threshold": run.config.report.fairness_threshold,
             **{c: row.get(c) for c in FAIRNESS_COLUMNS},
         }
+        cap = run.config.report.fairness_max_clients
+        nodes = run.card.provenance.get("num-clients")
+        if cap and isinstance(nodes, int) and nodes > cap:
+            section["per-client"]["sample"] = (
+                f"a seeded random sample of {cap} of {nodes} nodes "
+                f"(fairness-max-clients = {cap}): the sample's worst client need "
+                "not be the worst of all"
+            )
     return section
 
 

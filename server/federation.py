@@ -172,6 +172,8 @@ def _train(
             server_round=server_round,
             timeout_s=config.run.round_timeout_s,
             skip=unanswered,
+            max_nodes=config.report.fairness_max_clients,
+            sampler_seed=config.run.sampler_seed,
         )
 
     stop_reason = ""

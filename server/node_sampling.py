@@ -25,7 +25,7 @@ from shared.errors import FedgeError
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("train", "evaluate")
+STAGES = ("train", "evaluate", "client-evaluation")
 _WAIT_LOG_EVERY_S = 10.0
 
 

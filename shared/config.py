@@ -132,13 +132,16 @@ class ReportConfig:
     """What a run reports beyond the central metrics: per-client figures, the card.
 
     ``evaluate_interval`` > 0 evaluates the global model on every node's local
-    test split every that many rounds; the last round is evaluated whenever
-    ``fairness_report`` is on. ``fairness_threshold`` is the accuracy below
+    test split every that many rounds; the round that ends the run is evaluated
+    whenever ``fairness_report`` is on. ``fairness_max_clients`` > 0 caps how
+    many nodes are asked (a sample seeded by the round when more are
+    connected; 0 = every node). ``fairness_threshold`` is the accuracy below
     which a client counts as poorly served.
     """
 
     evaluate_interval: int
     fairness_report: bool
+    fairness_max_clients: int
     fairness_threshold: float
     model_description: str
 
@@ -232,6 +235,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "report": {
         "evaluate-interval": "evaluate_interval",
         "fairness-report": "fairness_report",
+        "fairness-max-clients": "fairness_max_clients",
         "fairness-threshold": "fairness_threshold",
         "model-description": "model_description",
     },
@@ -473,6 +477,11 @@ def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
         p.append(
             "'evaluate-interval' must be >= 0 (0 = last round only), "
             f"got {rep['evaluate_interval']}"
+        )
+    if rep["fairness_max_clients"] < 0:
+        p.append(
+            "'fairness-max-clients' must be >= 0 (0 = every node), "
+            f"got {rep['fairness_max_clients']}"
         )
     if not 0 <= rep["fairness_threshold"] <= 1:
         p.append(

@@ -163,3 +163,47 @@ def test_the_card_without_an_export_explains_the_pytorch_model(copy_run, digits_
     assert "edge" not in card
     assert card["explanations"]["model"].startswith("PyTorch")
     assert (run_dir / "model_card.md").read_text() == render_markdown(card)
+
+
+@pytest.mark.parametrize(
+    ("max_clients", "sampled"), [(1, True), (2, False), (0, False)]
+)
+def test_the_card_says_when_per_client_figures_come_from_a_sample(
+    copy_run, digits_run, max_clients, sampled
+):
+    from shared.config import from_run_config
+    from shared.run_folder import save_run_config
+
+    run_dir = copy_run(digits_run)  # model.json: 2 nodes
+    save_run_config(
+        run_dir,
+        from_run_config(
+            {"dataset": "digits", "fairness-max-clients": max_clients},
+            fill_defaults=True,
+        ),
+    )
+    evaluated = {"node-id": 5, "accuracy": 0.5, "num-examples": 4}
+    (run_dir / "metrics.jsonl").write_text(
+        json.dumps(
+            {
+                "round": 3,
+                "clients-evaluated": 1,
+                "client-accuracy-worst": 0.5,
+                "client-evaluation": [evaluated],
+            }
+        )
+        + "\n"
+    )
+
+    write_run_card(run_dir)
+
+    per_client = card_of(run_dir)["performance"]["per-client"]
+    assert per_client["clients-evaluated"] == 1
+    text = (run_dir / "model_card.md").read_text()
+    if sampled:
+        assert per_client["sample"].startswith(
+            "a seeded random sample of 1 of 2 nodes (fairness-max-clients = 1)"
+        )
+        assert f"- sample: {per_client['sample']}" in text
+    else:
+        assert "sample" not in per_client and "random sample" not in text

@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from server.client_evaluation import evaluate_every_node, evaluation_due
+from server.client_evaluation import (
+    evaluate_every_node,
+    evaluation_due,
+    nodes_to_evaluate,
+)
 from shared.config import from_run_config
 
 
@@ -118,27 +122,88 @@ def test_every_node_is_evaluated_and_its_figures_kept(fakes, caplog):
     assert "1 of 3 nodes did not answer" in caplog.text
 
 
+FIGURES = {
+    "num-examples": 2,
+    "eval-loss": 1.0,
+    "eval-accuracy": 0.5,
+    "label-counts": [1, 1],
+}
+
+
+def evaluate(grid, fakes, **options):
+    arrays = fakes.record({"w": np.zeros(2, np.float32)})
+    return evaluate_every_node(grid, arrays, ConfigRecord(), timeout_s=5.0, **options)
+
+
 def test_nodes_that_did_not_answer_the_round_are_not_asked_again(fakes, caplog):
     # A hung node would cost the round a second full reply timeout.
-    figures = {
-        "num-examples": 2,
-        "eval-loss": 1.0,
-        "eval-accuracy": 0.5,
-        "label-counts": [1, 1],
-    }
-    grid = AnsweringGrid({1: figures, 2: figures, 3: figures})
-    arrays = fakes.record({"w": np.zeros(2, np.float32)})
+    grid = AnsweringGrid(dict.fromkeys([1, 2, 3], FIGURES))
 
     with caplog.at_level(logging.WARNING):
-        entries = evaluate_every_node(
-            grid,
-            arrays,
-            ConfigRecord(),
-            server_round=2,
-            timeout_s=5.0,
-            skip=frozenset({3}),
-        )
+        entries = evaluate(grid, fakes, server_round=2, skip=frozenset({3}))
 
     assert sorted(m.metadata.dst_node_id for m in grid.sent) == [1, 2]
     assert [e["node-id"] for e in entries] == [1, 2]
     assert "1 node(s) that did not answer this round's training" in caplog.text
+
+
+def test_at_most_max_nodes_are_asked_a_sample_seeded_by_the_round(fakes, caplog):
+    grid = AnsweringGrid(dict.fromkeys(range(1, 11), FIGURES))
+
+    with caplog.at_level(logging.INFO):
+        entries = evaluate(
+            grid,
+            fakes,
+            server_round=3,
+            skip=frozenset({1}),
+            max_nodes=4,
+            sampler_seed=7,
+        )
+
+    asked = sorted(m.metadata.dst_node_id for m in grid.sent)
+    assert len(asked) == 4 and 1 not in asked
+    assert [e["node-id"] for e in entries] == asked
+    # The same draw as nodes_to_evaluate's: a resumed run asks the same nodes.
+    assert asked == nodes_to_evaluate(
+        list(range(1, 11)),
+        skip=frozenset({1}),
+        max_nodes=4,
+        sampler_seed=7,
+        server_round=3,
+    )
+    assert "a seeded sample of 4 of 9 nodes (fairness-max-clients = 4" in caplog.text
+
+
+def test_the_sample_depends_on_seed_and_round_only():
+    def draw(seed, server_round, connected=tuple(range(100))):
+        return nodes_to_evaluate(
+            list(connected),
+            skip=frozenset(),
+            max_nodes=10,
+            sampler_seed=seed,
+            server_round=server_round,
+        )
+
+    assert draw(0, 5) == draw(0, 5)
+    # The order nodes are listed in does not change the draw.
+    assert draw(0, 5, connected=tuple(reversed(range(100)))) == draw(0, 5)
+    assert draw(0, 5) != draw(0, 6) and draw(0, 5) != draw(1, 5)
+    for seed in range(5):
+        sample = draw(seed, 1)
+        assert len(sample) == len(set(sample)) == 10
+        assert sample == sorted(sample) and set(sample) <= set(range(100))
+
+
+@pytest.mark.parametrize("max_nodes", [0, 3, 5])
+def test_every_node_is_asked_when_the_cap_allows(max_nodes):
+    connected = [5, 1, 3]
+
+    asked = nodes_to_evaluate(
+        connected,
+        skip=frozenset(),
+        max_nodes=max_nodes,
+        sampler_seed=0,
+        server_round=1,
+    )
+
+    assert asked == [1, 3, 5]

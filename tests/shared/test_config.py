@@ -188,6 +188,10 @@ def test_missing_keys_without_defaults_are_reported():
             {"fairness-threshold": 1.5},
             "'fairness-threshold' must be an accuracy in [0, 1], got 1.5",
         ),
+        (
+            {"fairness-max-clients": -1},
+            "'fairness-max-clients' must be >= 0 (0 = every node), got -1",
+        ),
     ],
 )
 def test_each_invalid_value_is_reported(overrides, message):
