@@ -423,6 +423,15 @@ def _fairness_section(run: RunRecord) -> list[str]:
         "(every client counts once).",
         "",
     ]
+    cap = run.run_config.get("fairness-max-clients")
+    nodes = run.model.get("provenance", {}).get("num-clients")
+    if isinstance(cap, int) and isinstance(nodes, int) and 0 < cap < nodes:
+        lines[-1:-1] = [
+            f"A seeded random sample of {cap} of {nodes} nodes was asked "
+            f"(fairness-max-clients = {cap}): its worst client need not be the "
+            "worst of all.",
+            "",
+        ]
     summary = {
         "mean": last.get(CLIENT_ACCURACY_MEAN),
         "worst client": last.get(CLIENT_ACCURACY_WORST),

@@ -272,3 +272,30 @@ def test_a_client_whose_loss_is_not_finite_is_reported_as_not_available(tmp_path
 
     assert "| 4 |  | 8 | 0.5000 | 0.2500 |" in text
     assert "| 5 |  | 13 | 0.0000 | n/a |" in text
+
+
+@pytest.mark.parametrize(("max_clients", "sampled"), [(1, True), (0, False)])
+def test_the_report_says_when_per_client_figures_come_from_a_sample(
+    tmp_path, max_clients, sampled
+):
+    evaluation = {
+        "round": 3,
+        "client-evaluation": [
+            {"node-id": 4, "accuracy": 0.5, "loss": 0.25, "num-examples": 8}
+        ],
+    }
+    run_dir = run_folder(
+        tmp_path,
+        BASIC_CSV,
+        metrics_jsonl=json.dumps(evaluation) + "\n",
+        config_json={"run-config": {"fairness-max-clients": max_clients}},
+        model_json={"provenance": {"num-clients": 2}},
+    )
+
+    text = write_report(run_dir).read_text()
+
+    sentence = (
+        "A seeded random sample of 1 of 2 nodes was asked (fairness-max-clients = 1)"
+    )
+    assert (sentence in text) == sampled
+    assert "| 4 |  | 8 | 0.5000 | 0.2500 |" in text
