@@ -343,6 +343,12 @@ def _faults_section(run: RunRecord) -> list[str]:
         lines.append(
             f"- Each client fails a round with probability {f['fault-dropout']}."
         )
+    if f.get("fault-wipe-state"):
+        lines.append(
+            "- Privacy state wiped before training, as a lost disk (the node's "
+            f"state folder and context.state), PARTITION@ROUND: "
+            f"`{f['fault-wipe-state']}`."
+        )
     lines += [f"- Fault seed: {f.get('fault-seed', 0)}.", ""]
     return lines
 

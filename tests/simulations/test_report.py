@@ -158,6 +158,7 @@ def test_faults_and_per_client_details_are_summarised(tmp_path):
             "fault-scale": 10.0,
             "fault-dropout": 0.3,
             "fault-seed": 4,
+            "fault-wipe-state": "3@2,0@4",
         },
         metrics_jsonl="\n".join(json.dumps(d) for d in details) + "\nnot json\n",
     )
@@ -167,6 +168,10 @@ def test_faults_and_per_client_details_are_summarised(tmp_path):
     assert "- 2 attacking clients send `sign-flip` updates with k = 10.0." in text
     assert "- Each client fails a round with probability 0.3." in text
     assert "- Fault seed: 4." in text
+    assert (
+        "- Privacy state wiped before training, as a lost disk (the node's state "
+        "folder and context.state), PARTITION@ROUND: `3@2,0@4`." in text
+    )
     assert "| node | aggregated | dropped | first problem |" in text
     assert "| 7 | 2 | 0 |  |" in text
     assert "| 9 | 0 | 2 | 'w' is not finite |" in text
