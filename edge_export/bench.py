@@ -64,6 +64,9 @@ EMBEDDED_ENGINES = {
     "onnx-fixed-batch1": ONNX_FIXED_FILE,
 }
 TARGET_INT8_SIZE_RATIO = 0.3
+# Parts of an int8 file that no graph-level change removes: its weights and
+# the metadata the device reads.
+INT8_FLOOR_PARTS = ("initializers ", "metadata fedge")
 TARGET_INT8_DROP_POINTS = 1.0
 TARGET_PARITY = 1e-4
 
@@ -236,7 +239,33 @@ def bench_edge(
         "machine": _machine(),
     }
     figures["ratios"], figures["targets"] = _targets(results, target)
+    figures["size-breakdown"] = _size_breakdowns(files)
     return figures
+
+
+def _size_breakdowns(files: dict[str, Path | None]) -> dict[str, Any]:
+    """Bytes per part of the fp32 and int8 files, and int8's floor.
+
+    The floor is what the int8 file would weigh with no graph at all (its
+    initializers and metadata only): if even that is above the size target,
+    no graph-level saving can meet it.
+    """
+    import onnx  # only here: the engines themselves run on onnxruntime
+
+    from edge_export.onnx_size import size_breakdown
+
+    parts = {
+        engine: size_breakdown(onnx.load(str(path)))
+        for engine in ("onnx-fp32", "onnx-int8")
+        if (path := files.get(engine)) is not None
+    }
+    out: dict[str, Any] = {"parts": parts}
+    if len(parts) == 2:
+        int8 = parts["onnx-int8"]
+        floor = sum(v for k, v in int8.items() if k.startswith(INT8_FLOOR_PARTS))
+        out["int8-floor-bytes"] = floor
+        out["int8-floor-to-fp32"] = floor / parts["onnx-fp32"]["total"]
+    return out
 
 
 def _targets(
@@ -347,7 +376,30 @@ def format_table(figures: dict[str, Any]) -> str:
         value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
         met = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         lines.append(f"{t['name']:<32}{value:>10}  (target <= {t['target']:g})  {met}")
+    lines += _format_size_breakdown(figures.get("size-breakdown", {}))
     return "\n".join(lines)
+
+
+def _format_size_breakdown(breakdown: dict[str, Any]) -> list[str]:
+    """Bytes per part of the fp32 and int8 files, side by side."""
+    parts: dict[str, dict[str, int]] = breakdown.get("parts", {})
+    if not parts:
+        return []
+    engines = list(parts)
+    keys = list(dict.fromkeys(k for p in parts.values() for k in p))
+    keys.append(keys.pop(keys.index("total")))
+    lines = ["", f"{'bytes by part':<26}" + "".join(f"{e:>12}" for e in engines)]
+    for key in keys:
+        lines.append(
+            f"{key:<26}" + "".join(f"{parts[e].get(key, 0):>12}" for e in engines)
+        )
+    if "int8-floor-bytes" in breakdown:
+        lines.append(
+            f"int8 floor (initializers + fedge metadata, no graph): "
+            f"{breakdown['int8-floor-bytes']} bytes = "
+            f"{breakdown['int8-floor-to-fp32']:.3f} x fp32"
+        )
+    return lines
 
 
 def write_results(figures: dict[str, Any], out: Path) -> None:

@@ -141,9 +141,14 @@ def strip_exporter_metadata(model: onnx.ModelProto) -> None:
 
     torch's exporter annotates every node and value with FX names and Python
     stack traces. They hold file paths of the machine that exported the model
-    (nothing a device should learn) and make up about a tenth of the file.
+    (nothing a device should learn) and make up about a tenth of the file. The
+    graph-level keys (the exported program's signature) are debug output too,
+    about 800 bytes: a twentieth of a small model's file.
     """
     graph = model.graph
+    kept = [p for p in graph.metadata_props if not p.key.startswith("pkg.torch")]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
     for item in (*graph.node, *graph.input, *graph.output, *graph.value_info):
         del item.metadata_props[:]
     for tensor in graph.initializer:

@@ -41,6 +41,7 @@ from edge_export.onnx_export import (
     onnx_logits,
     torch_logits,
 )
+from edge_export.onnx_size import drop_runtime_unused
 from edge_export.quantize import DYNAMIC, QUANT_METHODS, STATIC, quantize_int8
 from edge_export.run_inputs import RunInputs, calibration_data, held_out_data, load_run
 from edge_export.runtime import KEY_QUANTIZATION
@@ -101,6 +102,9 @@ def _metadata_props(run: RunInputs) -> dict[str, str]:
 
 
 def _save(proto: onnx.ModelProto, path: Path) -> None:
+    # Float and int8 files get the same clean-up, so their size ratio is
+    # quantisation's alone.
+    drop_runtime_unused(proto)
     # One self-contained file: weights embedded, never an external-data file.
     onnx.save_model(proto, str(path), save_as_external_data=False)
 

@@ -138,10 +138,17 @@ def test_strip_exporter_metadata_removes_stack_traces_but_not_fedge_keys():
     entry.key, entry.value = "pkg.torch.onnx.stack_trace", 'File "/home/me/secret.py"'
     write_metadata(model, {**props(), "pkg.torch.export": "x"})
 
+    signature = model.graph.metadata_props.add()
+    signature.key = "pkg.torch.export.ExportedProgram.graph_signature"
+    signature.value = "p_fc_weight: PARAMETER target='fc.weight'"
+    kept = model.graph.metadata_props.add()
+    kept.key, kept.value = "someone.else", "kept"
+
     strip_exporter_metadata(model)
 
     assert len(model.graph.node[0].metadata_props) == 0
     assert set(read_metadata(model)) == set(props())
+    assert [p.key for p in model.graph.metadata_props] == ["someone.else"]
 
 
 def test_incomplete_or_foreign_metadata_is_refused():

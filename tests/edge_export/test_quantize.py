@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -39,6 +40,17 @@ def test_int8_is_much_smaller_and_both_methods_are_reported(digits_run):
     assert chosen["size-bytes"] == int8_size
     assert chosen["size-ratio"] == pytest.approx(int8_size / fp32_size)
     assert quant["fp32-size-bytes"] == fp32_size
+
+
+def test_exported_files_carry_nothing_the_runtime_ignores(digits_run):
+    for name in ("model.onnx", "model.int8.onnx"):
+        proto = onnx.load(str(digits_run / name))
+
+        assert len(proto.graph.value_info) == 0, name
+        assert not proto.graph.metadata_props, name  # the exporter's signature
+        used = {node.domain for node in proto.graph.node} | {""}
+        assert {o.domain for o in proto.opset_import} <= used, name
+        assert all(p.key.startswith("fedge.") for p in proto.metadata_props), name
 
 
 def candidate(drop: float) -> dict:
