@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from opacus.validators import ModuleValidator
@@ -77,8 +79,28 @@ def test_gru_exports_as_pytorchs_gru_computing_the_same_function():
     torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_cnn1d_exports_as_2d_convolutions_computing_the_same_function(activation):
+    spec = dataclasses.replace(default_spec("cnn1d", (3, 40), 5), activation=activation)
+    model = build_model(spec, model_seed=0).eval()
+    x = torch.randn(4, 3, 40)
+
+    exported = for_export(model)
+
+    assert not any(isinstance(m, nn.Conv1d) for m in exported.modules())
+    assert sum(isinstance(m, nn.Conv2d) for m in exported.modules()) == 2
+    # the 1-D model's own layers, applied one by one: an independent reference
+    conv1, norm1, act1, conv2, norm2, act2 = list(model.features)[:6]
+    h = act2(norm2(conv2(act1(norm1(conv1(x))))))
+    reference = model.classifier(h.mean(dim=2))
+    with torch.inference_mode():
+        torch.testing.assert_close(exported(x), reference, atol=1e-5, rtol=1e-5)
+        # any length, as the 1-D model
+        torch.testing.assert_close(exported(x[..., :17]), model(x[..., :17]))
+
+
 def test_models_without_a_swap_export_as_they_are():
-    model = build_model(default_spec("cnn1d", (2, 9), 3))
+    model = build_model(default_spec("cnn", (1, 8, 8), 3))
 
     assert for_export(model) is model
 
