@@ -11,7 +11,7 @@ from pathlib import Path
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``fedge export``."""
     # torch: imported only for `fedge export`, which needs it anyway.
-    from edge_export.onnx_export import DEFAULT_TOLERANCE
+    from edge_export.embedded import DEFAULT_TOLERANCE
     from edge_export.pipeline import QUANTIZE_CHOICES
 
     p = subparsers.add_parser(

@@ -14,8 +14,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "verify",
         help="check an exported run folder against its manifest (exit 1 if changed)",
         description=(
-            "Re-hash every file listed in RUN_DIR/manifest.json and cross-check the "
-            "metadata inside the ONNX files with model.json. Exit 0 if all match, "
+            "Re-hash every file listed in RUN_DIR/manifest.json, cross-check the "
+            "metadata inside the ONNX files with model.json, and run model.ort, "
+            "model.fixed.onnx and model.optimized.onnx on a few inputs: their "
+            "outputs must equal model.onnx's within the export's tolerance. "
+            "Exit 0 if all match, "
             "1 if anything was changed, truncated or removed, 2 if there is no "
             "readable manifest."
         ),

@@ -32,12 +32,27 @@ import onnxruntime as ort
 
 from edge_export.runtime import session_options
 from shared.errors import ModelError
+from shared.run_folder import (
+    ONNX_FIXED_FILE,
+    ONNX_FP32_FILE,
+    ONNX_OPTIMIZED_FILE,
+    ORT_FILE,
+)
 
 logger = logging.getLogger(__name__)
 
 # Batch-1 timing for the optimised-graph decision and the latency budget.
 LATENCY_WARMUP = 50
 LATENCY_RUNS = 400
+# Largest |logit difference| allowed between ONNX Runtime and PyTorch eager,
+# and between model.onnx and each artefact that computes the same function.
+DEFAULT_TOLERANCE = 1e-4
+# Artefacts that must compute model.onnx's function (int8 rounds on purpose),
+# with the batch each takes per call (None: any).
+SAME_FUNCTION_AS_ONNX = {ORT_FILE: None, ONNX_FIXED_FILE: 1, ONNX_OPTIMIZED_FILE: None}
+# Encoded inputs `fedge verify` runs through each of them: a few suffice to
+# catch a changed weight, and need no data set on the verifying machine.
+VERIFY_EXAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,63 @@ def compare(
             f"logits (tolerance {tolerance:g}); not exported"
         )
     return ArtefactCheck(diff, agreement)
+
+
+def compare_same_function(
+    run_dir: Path, names: list[str], *, tolerance: float
+) -> tuple[list[str], list[str]]:
+    """Run ``model.onnx`` and each of ``names`` on the same inputs; compare logits.
+
+    The inputs are :data:`VERIFY_EXAMPLES` standard-normal encoded examples
+    (encoded features are standardised), seeded, so a run is reproducible.
+
+    Parameters
+    ----------
+    run_dir : Path
+        An exported run folder.
+    names : list of str
+        Keys of :data:`SAME_FUNCTION_AS_ONNX` present in ``run_dir``.
+    tolerance : float
+        The export's tolerance (``manifest.json``'s ``export.tolerance``).
+
+    Returns
+    -------
+    (agree, disagree) : tuple of list of str
+        One line per artefact: what matched, and what did not or did not load.
+    """
+    try:
+        session = _session(run_dir / ONNX_FP32_FILE)
+    except ModelError as e:
+        return [], [f"{ONNX_FP32_FILE}: {_first_line(e)}; no artefact compared"]
+    shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((VERIFY_EXAMPLES, *shape[1:])).astype(np.float32)
+    reference = logits_of(run_dir / ONNX_FP32_FILE, x, batch=1)
+    agree, disagree = [], []
+    for name in names:
+        try:
+            got = logits_of(run_dir / name, x, batch=SAME_FUNCTION_AS_ONNX[name])
+        except ModelError as e:
+            disagree.append(f"{name}: {_first_line(e)}")
+            continue
+        diff = float(np.max(np.abs(got - reference)))
+        if diff <= tolerance:
+            agree.append(
+                f"{name}: outputs match {ONNX_FP32_FILE}'s within {tolerance:g} "
+                f"on {len(x)} inputs"
+            )
+        else:
+            disagree.append(
+                f"{name}: outputs differ from {ONNX_FP32_FILE}'s by up to {diff:.3g} "
+                f"on {len(x)} inputs (tolerance {tolerance:g}): one of the two was "
+                "changed after export"
+            )
+    return agree, disagree
+
+
+def _first_line(error: Exception) -> str:
+    # ONNX Runtime's messages run over several lines; the first says what failed.
+    return str(error).strip().splitlines()[0]
 
 
 def to_ort_format(onnx_path: Path, out_dir: Path) -> tuple[Path, Path]:

@@ -1,8 +1,9 @@
 """``manifest.json``: every artefact's hash and size, and the export's figures.
 
-:func:`verify_run` re-hashes every listed file and cross-checks the metadata
-inside the ONNX files against ``model.json``. It detects changed, truncated and
-missing files: corruption. Someone who can rewrite both a model and the
+:func:`verify_run` re-hashes every listed file, cross-checks the metadata
+inside the ONNX files against ``model.json`` and runs the embedded artefacts
+against ``model.onnx``. It detects changed, truncated and missing files:
+corruption. Someone who can rewrite both a model and the
 manifest passes those checks; a signature over the manifest
 (:mod:`edge_export.signing`, checked here when a public key is given) detects
 that tampering.
@@ -16,6 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_export.embedded import (
+    DEFAULT_TOLERANCE,
+    SAME_FUNCTION_AS_ONNX,
+    compare_same_function,
+)
 from edge_export.metadata import fedge_metadata, read_metadata
 from edge_export.runtime import (
     KEY_PREPROCESSING,
@@ -199,7 +205,9 @@ class VerifyReport:
         return not self.problems
 
 
-def _check_files(run_dir: Path, manifest: Manifest, report: VerifyReport) -> None:
+def _check_files(run_dir: Path, manifest: Manifest, report: VerifyReport) -> set[str]:
+    """Re-hash every listed file; return the names of those intact."""
+    intact = set()
     for name, entry in manifest.artefacts.items():
         path = run_dir / name
         if not path.is_file():
@@ -218,6 +226,29 @@ def _check_files(run_dir: Path, manifest: Manifest, report: VerifyReport) -> Non
             )
         elif size == entry.get("size-bytes"):
             report.checked.append(f"{name}: sha256 and size match")
+            intact.add(name)
+    return intact
+
+
+def _check_outputs(
+    run_dir: Path, manifest: Manifest, report: VerifyReport, intact: set[str]
+) -> None:
+    """Run the artefacts that compute model.onnx's function; compare their outputs.
+
+    A hash only proves a file is the one the manifest lists; whoever rewrote
+    both (no signature checked) could have changed a weight. Running each file
+    catches that, unless model.onnx was changed the same way. Files already
+    reported as changed or missing are not run again.
+    """
+    if ONNX_FP32_FILE not in intact:
+        return
+    names = [name for name in SAME_FUNCTION_AS_ONNX if name in intact]
+    if not names:
+        return
+    tolerance = float(manifest.export.get("tolerance", DEFAULT_TOLERANCE))
+    agree, disagree = compare_same_function(run_dir, names, tolerance=tolerance)
+    report.checked += agree
+    report.problems += disagree
 
 
 def _check_metadata(run_dir: Path, manifest: Manifest, report: VerifyReport) -> None:
@@ -276,7 +307,11 @@ def _check_metadata(run_dir: Path, manifest: Manifest, report: VerifyReport) -> 
 def verify_run(
     run_dir: str | Path, *, public_key: str | Path | None = None
 ) -> VerifyReport:
-    """Re-check every hash in the manifest and the metadata in the ONNX files.
+    """Re-check every hash and the ONNX files' metadata; run the embedded artefacts.
+
+    ``model.ort``, ``model.fixed.onnx`` and ``model.optimized.onnx`` must give
+    ``model.onnx``'s logits within the export's tolerance on a few inputs
+    (:func:`edge_export.embedded.compare_same_function`).
 
     With ``public_key``, the manifest's signature must verify too (a missing
     or wrong signature is a problem); without it the signature is not checked.
@@ -305,6 +340,7 @@ def verify_run(
             report.checked.append(f"{SIGNATURE_FILE}: signed by {public_key}")
     if ONNX_FP32_FILE not in manifest.artefacts:
         report.problems.append(f"the manifest does not list {ONNX_FP32_FILE}")
-    _check_files(run_dir, manifest, report)
+    intact = _check_files(run_dir, manifest, report)
     _check_metadata(run_dir, manifest, report)
+    _check_outputs(run_dir, manifest, report, intact)
     return report

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from edge_export.embedded import (
+    DEFAULT_TOLERANCE,
     batch1_latency_us,
     check_budgets,
     compare,
@@ -31,7 +32,6 @@ from edge_export.embedded import (
 from edge_export.manifest import ROLES, Manifest, describe_artefact, write_manifest
 from edge_export.metadata import build_metadata, copy_metadata, write_metadata
 from edge_export.onnx_export import (
-    DEFAULT_TOLERANCE,
     INPUT_NAME,
     OPSET,
     OUTPUT_NAME,

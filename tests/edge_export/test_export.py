@@ -13,10 +13,16 @@ import pytest
 import torch
 
 from edge_export.manifest import read_manifest
+from edge_export.onnx_export import (
+    RECURRENT_TRACE_STEPS,
+    _trace_shape,
+    check_onnx,
+    export_onnx,
+)
 from edge_export.pipeline import export_run
 from shared.datasets import load_builtin, load_file
 from shared.errors import ModelError
-from shared.models import ModelSpec, build_model
+from shared.models import ModelSpec, build_model, for_export
 from shared.preprocessing import Preprocessing
 from shared.run_folder import load_run_config
 
@@ -159,3 +165,49 @@ def test_weights_that_do_not_fit_the_spec_are_refused(digits_run, copy_run):
         ModelError, match=r"model\.pt does not fit the spec in model\.json"
     ):
         export_run(run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "input_shape"), [("cnn1d", (3, 40)), ("gru", (3, 50))]
+)
+def test_series_models_export_their_swapped_layers_with_parity(name, input_shape):
+    spec = ModelSpec(name=name, input_shape=input_shape, num_classes=4)
+    model = build_model(spec, model_seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((5, *input_shape)).astype(np.float32)
+
+    proto = check_onnx(
+        export_onnx(model, input_shape), input_shape=input_shape, num_classes=4
+    )
+
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == list(input_shape)  # the real length
+    session = ort.InferenceSession(proto.SerializeToString())
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()  # the model as trained
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], expected, atol=1e-5)
+    ops = {node.op_type: node for node in proto.graph.node}
+    if name == "cnn1d":  # (1, k) kernels: ONNX Runtime's blocked 2-D kernels
+        kernels = [
+            list(attr.ints)
+            for node in proto.graph.node
+            if node.op_type == "Conv"
+            for attr in node.attribute
+            if attr.name == "kernel_shape"
+        ]
+        assert kernels == [[1, 5], [1, 5]]
+    else:  # one GRU op, traced at a few steps, runs at any length
+        assert "GRU" in ops
+
+
+def test_only_recurrent_series_models_are_traced_at_a_few_steps():
+    gru = for_export(
+        build_model(ModelSpec(name="gru", input_shape=(6, 100), num_classes=4))
+    )
+    cnn1d = for_export(
+        build_model(ModelSpec(name="cnn1d", input_shape=(6, 100), num_classes=4))
+    )
+
+    assert _trace_shape(gru, (6, 100)) == (6, RECURRENT_TRACE_STEPS)
+    assert _trace_shape(gru, (6, 5)) == (6, 5)  # already short
+    assert _trace_shape(cnn1d, (6, 100)) == (6, 100)

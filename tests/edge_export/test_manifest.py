@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 
 import onnx
 import pytest
+from onnx import numpy_helper
 
-from edge_export.manifest import read_manifest, verify_run
+from edge_export.embedded import to_ort_format
+from edge_export.manifest import describe_artefact, read_manifest, verify_run
 from shared.errors import ModelError
 
 
@@ -42,6 +46,11 @@ def test_an_intact_export_verifies(digits_run):
     assert report.ok
     assert report.problems == []
     assert "model.onnx: metadata matches model.json" in report.checked
+    for name in ("model.ort", "model.fixed.onnx"):
+        assert (
+            f"{name}: outputs match model.onnx's within 0.0001 on 8 inputs"
+            in report.checked
+        )
 
 
 def test_a_changed_byte_is_found(digits_run, copy_run):
@@ -102,3 +111,59 @@ def test_a_missing_or_foreign_manifest_is_an_error(digits_run, copy_run, tmp_pat
         ModelError, match="is not a fedge manifest: format 'something-else'"
     ):
         verify_run(run_dir)
+
+
+def rehash(run_dir, name: str) -> None:
+    """Rewrite the manifest entry of ``name``, as anyone who can write the folder can."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["artefacts"][name] = describe_artefact(
+        run_dir / name, manifest["artefacts"][name]["role"]
+    )
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def with_first_weight_doubled(source, target) -> None:
+    model = onnx.load(str(source))
+    weights = next(t for t in model.graph.initializer if t.dims and len(t.dims) > 1)
+    weights.CopyFrom(
+        numpy_helper.from_array(2 * numpy_helper.to_array(weights), weights.name)
+    )
+    onnx.save(model, str(target))
+
+
+@pytest.mark.parametrize("name", ["model.fixed.onnx", "model.ort"])
+def test_an_artefact_changed_with_a_recomputed_hash_is_run_and_named(
+    name, digits_run, copy_run, tmp_path
+):
+    run_dir = copy_run(digits_run)
+    if name == "model.ort":  # a valid ORT-format file of a changed model
+        with_first_weight_doubled(run_dir / "model.onnx", tmp_path / "model.onnx")
+        converted, _ = to_ort_format(tmp_path / "model.onnx", tmp_path)
+        shutil.copyfile(converted, run_dir / name)
+    else:
+        with_first_weight_doubled(run_dir / name, run_dir / name)
+    rehash(run_dir, name)
+
+    report = verify_run(run_dir)
+
+    assert not report.ok
+    assert f"{name}: sha256 and size match" in report.checked  # hashes can't tell
+    (problem,) = report.problems
+    assert re.fullmatch(
+        rf"{re.escape(name)}: outputs differ from model\.onnx's by up to \S+ on 8 "
+        r"inputs \(tolerance 0\.0001\): one of the two was changed after export",
+        problem,
+    )
+
+
+def test_an_artefact_onnx_runtime_cannot_load_is_named_in_one_line(
+    digits_run, copy_run
+):
+    run_dir = copy_run(digits_run)
+    (run_dir / "model.ort").write_bytes(b"not an ORT-format model")
+    rehash(run_dir, "model.ort")
+
+    (problem,) = verify_run(run_dir).problems
+
+    assert problem.startswith("model.ort: ONNX Runtime cannot load model.ort: ")
+    assert "\n" not in problem

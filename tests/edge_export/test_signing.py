@@ -38,17 +38,23 @@ def signed_run(digits_run, copy_run, keys):
 
 
 def _tamper(run_dir: Path) -> None:
-    """Flip the fp32 model's weights and recompute its manifest entry, as anyone
-    who can write the folder can: the files stay valid and consistent."""
-    path = run_dir / "model.onnx"
+    """Flip the int8 model's float weights and recompute its manifest entry, as
+    anyone who can write the folder can: the files stay valid and consistent.
+
+    The int8 file, because verify cannot run it against model.onnx (its
+    outputs differ by design); a changed fp32, ORT or fixed file is caught
+    without a key (test_manifest)."""
+    path = run_dir / "model.int8.onnx"
     model = onnx.load(str(path))
-    weights = model.graph.initializer[0]
+    weights = next(
+        t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+    )
     weights.CopyFrom(
         numpy_helper.from_array(-numpy_helper.to_array(weights), weights.name)
     )
     onnx.save(model, str(path))
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    manifest["artefacts"]["model.onnx"] = describe_artefact(path, "onnx-fp32")
+    manifest["artefacts"]["model.int8.onnx"] = describe_artefact(path, "onnx-int8")
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
