@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -66,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A command with actions (`fedge node start`) names itself in full.
     name = getattr(args, "command_name", args.command)
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # a reader that left shows up here, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_left()
     except RunFailedError as e:
         print(f"fedge {name}: run failed: {e}", file=sys.stderr)
         return 1
@@ -76,6 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fedge {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def _reader_left() -> int:
+    """End quietly when stdout's reader closed the pipe (``fedge predict ... | head``).
+
+    Unix tools die of SIGPIPE without a word; Python raises instead, and would
+    raise again flushing stdout at exit, so stdout goes to /dev/null (the
+    recipe of Python's ``signal`` documentation). The exit status is the one a
+    shell reports for a tool killed by SIGPIPE.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

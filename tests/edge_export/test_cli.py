@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,34 @@ def test_predict_never_imports_torch(digits_run, tmp_path):
 
     assert out.stdout.strip() == "False"
     assert len(read_csv_rows(tmp_path / "p.csv")) == 2
+
+
+def test_predict_into_a_pipe_whose_reader_left_ends_quietly(digits_run, tmp_path):
+    # 5000 rows, far more than a pipe holds, so fedge is still writing when the
+    # reader leaves, as with `fedge predict ... | head -1`.
+    np.savez(tmp_path / "x.npz", x=np.zeros((5000, 1, 8, 8)))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli.app",
+            "predict",
+            str(digits_run),
+            str(tmp_path / "x.npz"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    header = process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    code = process.wait(timeout=120)
+
+    assert header.startswith(b"label,probability_")
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    assert code == 128 + signal.SIGPIPE  # what a shell reports for `head`'s writer
 
 
 def test_verify_exit_codes(digits_run, copy_run, capsys):
