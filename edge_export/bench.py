@@ -386,8 +386,9 @@ def _format_size_breakdown(breakdown: dict[str, Any]) -> list[str]:
     if not parts:
         return []
     engines = list(parts)
-    keys = list(dict.fromkeys(k for p in parts.values() for k in p))
-    keys.append(keys.pop(keys.index("total")))
+    found = dict.fromkeys(k for p in parts.values() for k in p if k != "total")
+    keys = [*sorted(k for k in found if k.startswith("initializers ")), "total"]
+    keys[-1:-1] = [k for k in found if not k.startswith("initializers ")]
     lines = ["", f"{'bytes by part':<26}" + "".join(f"{e:>12}" for e in engines)]
     for key in keys:
         lines.append(

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 
@@ -18,6 +19,7 @@ from cli import bench_edge as cli_bench_edge
 from cli import export as cli_export
 from cli import predict as cli_predict
 from cli import verify as cli_verify
+from edge_export.onnx_size import size_breakdown
 from edge_export.runtime import EdgeModel
 from edge_export.signing import generate_key_pair
 from shared.datasets import load_builtin
@@ -252,7 +254,25 @@ def test_bench_edge_measures_all_three_engines_and_writes_json(
         "int8 top-1 drop (points)",
         "parity max |diff|",
     ]
-    assert "b1 p50 µs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "b1 p50 µs" in printed
+    # Where the bytes go: each part as size_breakdown measures it, and the
+    # int8 floor is the int8 file's initializers and fedge metadata.
+    parts = figures["size-breakdown"]["parts"]
+    int8 = onnx.load(str(digits_run / "model.int8.onnx"))
+    assert parts["onnx-int8"] == size_breakdown(int8)
+    assert (
+        parts["onnx-int8"]["total"] == (digits_run / "model.int8.onnx").stat().st_size
+    )
+    floor = sum(
+        v
+        for k, v in parts["onnx-int8"].items()
+        if k.startswith("initializers ") or k == "metadata fedge"
+    )
+    assert figures["size-breakdown"]["int8-floor-bytes"] == floor
+    assert f"int8 floor (initializers + fedge metadata, no graph): {floor} bytes" in (
+        printed
+    )
 
 
 @pytest.mark.parametrize("module", [cli_bench_edge, cli_verify, cli_export])
