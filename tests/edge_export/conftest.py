@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,8 @@ from shared.run_folder import (
     save_run_config,
     write_model_card,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def train(
@@ -135,22 +139,25 @@ def make_tabular_frame(n: int, seed: int) -> pd.DataFrame:
     )
 
 
+def exported_builtin_run(
+    run_dir: Path, dataset: str, model_name: str, *, steps: int
+) -> Path:
+    """Train ``model_name`` on a built-in set briefly, write its run folder, export."""
+    data = load_builtin(dataset, "train")
+    prep = data.preprocessing
+    spec = default_spec(model_name, prep.input_shape, prep.num_classes)
+    model = build_model(spec, model_seed=0)
+    train(model, data, steps=steps, lr=0.05)
+    overrides = {"dataset": dataset, "model": model_name}
+    export_run(write_run(run_dir, model, spec, data, overrides))
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory) -> Path:
     """A CNN trained on digits for 300 steps, exported (auto quantisation)."""
-    data = load_builtin("digits", "train")
-    spec = default_spec("cnn", data.preprocessing.input_shape, 10)
-    model = build_model(spec, model_seed=0)
-    train(model, data, steps=300, lr=0.05)
-    run_dir = write_run(
-        tmp_path_factory.mktemp("runs") / "digits",
-        model,
-        spec,
-        data,
-        {"dataset": "digits"},
-    )
-    export_run(run_dir)
-    return run_dir
+    root = tmp_path_factory.mktemp("runs")
+    return exported_builtin_run(root / "digits", "digits", "cnn", steps=300)
 
 
 @pytest.fixture(scope="session")
@@ -198,16 +205,35 @@ def series_run(tmp_path_factory) -> Path:
     The GRU, not the 1-D CNN: its export swaps in nn.GRU, the path most likely
     to break, and every embedded artefact is built from it.
     """
-    data = load_builtin("basic-motions", "train")
-    spec = default_spec("gru", data.preprocessing.input_shape, 4)
-    model = build_model(spec, model_seed=0)
-    train(model, data, steps=60, lr=0.05)
-    run_dir = write_run(
-        tmp_path_factory.mktemp("series") / "basic-motions",
-        model,
-        spec,
-        data,
-        {"dataset": "basic-motions", "model": "gru"},
+    root = tmp_path_factory.mktemp("series")
+    return exported_builtin_run(
+        root / "basic-motions", "basic-motions", "gru", steps=60
     )
-    export_run(run_dir)
-    return run_dir
+
+
+@pytest.fixture
+def predict_in_fresh_process():
+    """Run ``fedge predict ARGV`` in a new interpreter; return whether torch loaded.
+
+    A fresh process, because this one has torch loaded already: the device
+    path (the predict command and the runtime) must never import it.
+    """
+
+    def run(argv: list[str]) -> bool:
+        script = (
+            "import sys, argparse; from cli import predict as cli_predict\n"
+            "p = argparse.ArgumentParser(); cli_predict.add_parser(p.add_subparsers())\n"
+            "a = p.parse_args(['predict', *sys.argv[1:]])\n"
+            "assert a.run(a) == 0\n"
+            "print('torch' in sys.modules)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, *map(str, argv)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        )
+        return done.stdout.strip() == "True"
+
+    return run

@@ -91,31 +91,14 @@ def test_predict_reports_bad_input_in_one_line_with_exit_2(
     )
 
 
-def test_predict_never_imports_torch(digits_run, tmp_path):
+def test_predict_never_imports_torch(digits_run, tmp_path, predict_in_fresh_process):
     np.savez(tmp_path / "x.npz", x=np.zeros((2, 1, 8, 8)))
-    script = (
-        "import sys; from cli import predict as cli_predict; import argparse\n"
-        "p = argparse.ArgumentParser(); cli_predict.add_parser(p.add_subparsers())\n"
-        "a = p.parse_args(['predict', sys.argv[1], sys.argv[2], '-o', sys.argv[3]])\n"
-        "assert a.run(a) == 0\n"
-        "print('torch' in sys.modules)\n"
-    )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script,
-            str(digits_run),
-            str(tmp_path / "x.npz"),
-            str(tmp_path / "p.csv"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
+
+    imports_torch = predict_in_fresh_process(
+        [digits_run, tmp_path / "x.npz", "-o", tmp_path / "p.csv"]
     )
 
-    assert out.stdout.strip() == "False"
+    assert not imports_torch
     assert len(read_csv_rows(tmp_path / "p.csv")) == 2
 
 
