@@ -17,7 +17,6 @@ overlays them round by round.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,12 @@ from shared.run_folder import (
     METRICS_CSV_FILE,
 )
 from simulations.scenario_file import read_scenario
-from simulations.study_cell import cell_summary, completed, run_cell
+from simulations.study_cell import (
+    cell_summary,
+    completed,
+    format_mean_range,
+    run_cell,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = ROOT / "benchmarks" / "results" / "fairness_comparison.json"
@@ -66,13 +70,7 @@ def build_table(results: dict[str, list[dict[str, float]]], settings: str) -> st
         "|---|---|" + "---|" * len(FIGURES),
     ]
     for strategy, runs in results.items():
-        cells = []
-        for column in FIGURES:
-            values = [r[column] for r in runs]
-            cell = f"{statistics.mean(values):.3f}"
-            if len(values) > 1:
-                cell += f" ({min(values):.3f}-{max(values):.3f})"
-            cells.append(cell)
+        cells = [format_mean_range([r[column] for r in runs]) for column in FIGURES]
         lines.append(f"| {strategy} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -35,6 +35,7 @@ from simulations.study_cell import (
     completed,
     epsilon_label,
     epsilon_slug,
+    format_mean_range,
     run_cell,
 )
 
@@ -121,7 +122,7 @@ def run_study(
 
 
 def summarize_cell(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Return a cell's accuracy over its completed runs: mean, min, max, count.
+    """Return a cell's accuracy over its completed runs: each, mean, min, max, count.
 
     ``epsilon_max`` is the largest ε any client spent in any of the runs
     (``None`` without DP); ``failed`` counts the runs that did not complete.
@@ -131,6 +132,7 @@ def summarize_cell(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     epsilons = [r["epsilon"] for r in done if r.get("epsilon") is not None]
     return {
         "runs": len(done),
+        "accuracies": accuracies,
         "failed": len(runs) - len(done),
         "mean": statistics.mean(accuracies) if accuracies else None,
         "min": min(accuracies, default=None),
@@ -143,9 +145,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """``0.967 (0.900–1.000), 3 runs, ε ≤ 7.99``; ``failed (3 runs)`` if none finished."""
     if summary["runs"] == 0:
         return f"failed ({_runs(summary['failed'])})"
-    text = f"{summary['mean']:.3f}"
-    if summary["runs"] > 1:
-        text += f" ({summary['min']:.3f}–{summary['max']:.3f})"
+    text = format_mean_range(summary["accuracies"])
     text += f", {_runs(summary['runs'])}"
     if summary["failed"]:
         text += f" + {summary['failed']} failed"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,11 @@ def cell_summary(cell: dict[str, Any]) -> str:
     """Return a progress line's tail: ``0.921 (ε 7.99) in 42 s`` (and any error)."""
     text = f"{format_cell(cell)} in {cell['wall_time_s']:.0f} s"
     return text + (f" ({cell['error']})" if "error" in cell else "")
+
+
+def format_mean_range(values: Sequence[float]) -> str:
+    """Return ``0.716 (0.664–0.807)``: the mean over runs, and their range if several."""
+    text = f"{statistics.mean(values):.3f}"
+    if len(values) > 1:
+        text += f" ({min(values):.3f}–{max(values):.3f})"
+    return text

@@ -105,3 +105,11 @@ def test_a_cell_that_finishes_reads_its_run_folder(tmp_path):
     assert cell["run_dir"] == str(tmp_path / "2c-eps8")
     assert study_cell.format_cell(cell) == "0.900 (ε 7.90)"
     assert cell["wall_time_s"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("values", "text"),
+    [([0.5], "0.500"), ([0.6, 0.8, 0.7], "0.700 (0.600–0.800)")],
+)
+def test_mean_and_range_over_runs(values, text):
+    assert study_cell.format_mean_range(values) == text
