@@ -2,7 +2,8 @@
 
 Each run starts a private SuperLink and Ray (about 20 s of overhead), so the
 runs are few and small. The robustness comparison uses the packaged attack
-scenarios with 10 clients, 2 of them sign-flip attackers.
+scenarios with 10 clients, 2 of them sign-flip attackers; FedAvg collapses,
+FedMedian and Krum stay within 3 points of clean runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from shared.run_folder import read_status
 from simulations.fault_injection import drops_out
 from simulations.scenario_file import load_scenario
 from simulations.simulate import simulate
@@ -90,36 +92,40 @@ def test_nan_updates_are_dropped_by_validation_and_training_goes_on(tmp_path):
     assert "NaN" in log and "update dropped" in log
 
 
-def test_robust_aggregators_survive_two_sign_flip_attackers_of_ten(tmp_path):
-    """FedAvg collapses; FedMedian and Krum stay within 3 points of clean runs."""
-    clients = 10
-    clean_fedavg = run(tmp_path, "clean-fedavg", load_scenario("iid"), clients)
-    fedmedian = run(
-        tmp_path, "median", load_scenario("attack-signflip-median"), clients
-    )
-    krum_scenario = load_scenario("attack-signflip-krum")
-    krum = run(tmp_path, "krum", krum_scenario, clients)
+# Two sign-flip attackers of ten (the packaged attack scenarios). Three tests of
+# at most two runs each rather than one of five: pytest-xdist can then spread
+# them over both workers instead of one worker running ~4 min at the end.
+CLIENTS = 10
+
+
+def final_accuracy(metrics: pd.DataFrame) -> float:
+    return float(metrics["central-accuracy"].iloc[-1])
+
+
+def test_fedmedian_stays_within_3_points_of_clean_fedavg_under_attack(tmp_path):
+    clean = run(tmp_path, "clean-fedavg", load_scenario("iid"), CLIENTS)
+    median = run(tmp_path, "median", load_scenario("attack-signflip-median"), CLIENTS)
+
+    print("final central accuracy:", final_accuracy(clean), final_accuracy(median))
+    assert final_accuracy(clean) > 0.9
+    assert final_accuracy(median) >= final_accuracy(clean) - 0.03
+
+
+def test_krum_stays_within_3_points_of_itself_without_attackers(tmp_path):
     # Krum keeps one client's model per round, which costs accuracy even
     # without attackers: compare it with itself, clean.
-    clean_krum = run(
-        tmp_path, "clean-krum", {**krum_scenario, "fault-attackers": 0}, clients
-    )
+    scenario = load_scenario("attack-signflip-krum")
+    krum = run(tmp_path, "krum", scenario, CLIENTS)
+    clean = run(tmp_path, "clean-krum", {**scenario, "fault-attackers": 0}, CLIENTS)
+
+    print("final central accuracy:", final_accuracy(krum), final_accuracy(clean))
+    assert final_accuracy(krum) >= final_accuracy(clean) - 0.03
+
+
+def test_fedavg_collapses_under_attack_and_the_run_still_completes(tmp_path):
     # The attacked FedAvg model grows tenfold per round until its outputs are
     # no longer finite: the run must still complete and score it (as chance).
-    fedavg = run(tmp_path, "fedavg", load_scenario("attack-signflip-fedavg"), clients)
+    fedavg = run(tmp_path, "fedavg", load_scenario("attack-signflip-fedavg"), CLIENTS)
 
-    final = {
-        name: float(m["central-accuracy"].iloc[-1])
-        for name, m in {
-            "clean-fedavg": clean_fedavg,
-            "fedmedian": fedmedian,
-            "krum": krum,
-            "clean-krum": clean_krum,
-            "fedavg": fedavg,
-        }.items()
-    }
-    print("final central accuracy:", final)
-    assert final["clean-fedavg"] > 0.9
-    assert final["fedavg"] < 0.3  # collapsed to near chance (0.1 for 10 digits)
-    assert final["fedmedian"] >= final["clean-fedavg"] - 0.03
-    assert final["krum"] >= final["clean-krum"] - 0.03
+    assert final_accuracy(fedavg) < 0.3  # near chance (0.1 for 10 digits)
+    assert read_status(tmp_path / "fedavg")["state"] == "complete"
