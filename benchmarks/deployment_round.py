@@ -7,7 +7,9 @@ DP-SGD at ε = 8 over the run, 1 local epoch, batch 32):
   authentication and three registered ``flower-supernode`` processes started by
   ``fedge node start``, on 127.0.0.1 (the e2e tests' harness,
   ``tests/e2e/deployment.py``); ``flwr run`` submits the production app. Round
-  wall time from the run's ``metrics.csv``, steady state = rounds after the first;
+  wall time from the run's ``metrics.csv`` without the per-client evaluation
+  that ends a run (one more message to every node, reported apart), steady
+  state = rounds after the first;
 - **simulation**: ``fedge simulate`` with the same settings and 3 virtual clients;
 - **pure training** of each node: the ClientApp's own training call on that
   node's data, timed in this process, and fedge's own work around it in the
@@ -43,12 +45,14 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.clientapp_import import import_seconds
-from benchmarks.simulation_overhead import profile_clients, run_simulation
+from benchmarks.simulation_overhead import (
+    profile_clients,
+    round_figures,
+    run_simulation,
+)
 from shared.run_folder import (
     COMPLETE,
     METRICS_CSV_FILE,
-    ROUND,
-    ROUND_TIME_S,
     read_status,
 )
 
@@ -161,10 +165,14 @@ def flower_floor_round_times(
     return [float(t) for t in json.loads(times_file.read_text())]
 
 
-def deployment_round_times(model_bytes: int) -> tuple[list[float], list[float]]:
+def deployment_round_times(
+    model_bytes: int,
+) -> tuple[list[float], list[float], float]:
     """Return round wall times of a 3-node TLS + auth + DP deployment on loopback.
 
-    fedge's app first, then the minimal echo app on the same nodes.
+    fedge's app first (each round without its per-client evaluation), then the
+    minimal echo app on the same nodes; last, the seconds of the per-client
+    evaluation that ended fedge's run.
     """
     from tests.e2e.deployment import secure_federation, submit_run
 
@@ -189,14 +197,14 @@ def deployment_round_times(model_bytes: int) -> tuple[list[float], list[float]]:
                 )
             metrics = pd.read_csv(run_dir / METRICS_CSV_FILE)
             floor = flower_floor_round_times(federation, workdir, model_bytes)
-    rounds = metrics[metrics[ROUND] > 0]
-    return [float(t) for t in rounds[ROUND_TIME_S]], floor
+    times, run_figures = round_figures(metrics)
+    return times, floor, run_figures["client_evaluation_s"]
 
 
 def main() -> dict[str, Any]:
     """Run the deployment and the simulation, profile the nodes, return figures."""
     profile = profile_clients(SETTINGS, NUM_NODES)
-    deployment, floor = deployment_round_times(profile.model_bytes)
+    deployment, floor, client_evaluation_s = deployment_round_times(profile.model_bytes)
     simulation = run_simulation(SETTINGS, NUM_NODES)
     import_s, heavy = import_seconds()
     deployment_round_s = sum(deployment[1:]) / len(deployment[1:])
@@ -211,6 +219,7 @@ def main() -> dict[str, Any]:
         "deployment_round_s": round(deployment_round_s, 3),
         "deployment_first_round_s": round(deployment[0], 3),
         "deployment_round_times_s": [round(t, 3) for t in deployment],
+        "deployment_client_evaluation_s": round(client_evaluation_s, 3),
         "flower_floor_round_s": round(floor_round_s, 3),
         "flower_floor_round_times_s": [round(t, 3) for t in floor],
         "fedge_over_floor_per_round_s": round(deployment_round_s - floor_round_s, 3),
