@@ -10,12 +10,18 @@ and this record), and drops an update whose report contradicts the record or
 the node's plan (:func:`check_privacy_report`). The ε in ``metrics.csv``,
 ``model.json`` and the ONNX metadata is this record's.
 
+A release is recorded as at least its plan spends (:func:`counted_release`),
+so a node cannot lower the coordinator's ε by what it reports: a dropped reply
+still counts, and a reported σ above the plan, a q below it, fewer steps than
+planned or no valid figures at all are not believed.
+
 Kept in the run folder (``privacy-record.json``) and in every checkpoint, so a
 resumed coordinator continues it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,13 +118,46 @@ class PrivacyRecord:
 
 
 def reported_release(metrics: Mapping[str, Any]) -> HistoryEntry | None:
-    """Return the ``(σ, q, steps)`` a training reply says it released, or None."""
-    if keys.DP_ROUND_STEPS not in metrics:
+    """Return the ``(σ, q, steps)`` a training reply says it released, or None.
+
+    None when a figure is missing or not a finite number (steps: not a whole
+    number): such a release cannot be checked, only counted at its plan
+    (:func:`counted_release`).
+    """
+    try:
+        sigma = float(metrics[keys.NOISE_MULTIPLIER])
+        rate = float(metrics[keys.SAMPLE_RATE])
+        steps = float(metrics[keys.DP_ROUND_STEPS])
+    except (KeyError, TypeError, ValueError):
         return None
+    if not (math.isfinite(sigma) and math.isfinite(rate) and steps.is_integer()):
+        return None
+    return (sigma, rate, int(steps))
+
+
+def counted_release(release: HistoryEntry | None, *, plan: PrivacyPlan) -> HistoryEntry:
+    """Return what the coordinator records for a training reply's release.
+
+    Each figure is taken from the report only where it is valid and spends
+    more than the node's plan: the smaller σ, the larger q, the more steps. An
+    honest node reports its plan exactly, so this is what it released; a node
+    that reports less, or no valid release at all, is counted at its plan,
+    whether its reply is kept or dropped: the coordinator received its update.
+
+    Parameters
+    ----------
+    release : (noise_multiplier, sample_rate, steps) or None
+        As the reply reports it (:func:`reported_release`).
+    plan : PrivacyPlan
+        The node's plan for the examples it reports.
+    """
+    if release is None:
+        return plan.round_entry
+    sigma, rate, steps = release
     return (
-        float(metrics[keys.NOISE_MULTIPLIER]),
-        float(metrics[keys.SAMPLE_RATE]),
-        int(metrics[keys.DP_ROUND_STEPS]),
+        sigma if 0 <= sigma < plan.noise_multiplier else plan.noise_multiplier,
+        rate if plan.sample_rate < rate <= 1 else plan.sample_rate,
+        max(steps, plan.steps_per_round),
     )
 
 
@@ -131,9 +170,12 @@ def check_privacy_report(
 ) -> str | None:
     """Return why a DP training reply contradicts the record or the plan, else None.
 
-    A reply contradicts when it reports a noise multiplier below the plan's,
-    fewer steps in this round than planned, fewer steps in the run than the
-    record holds plus this round, or an ε below the record's (plus this round).
+    A reply contradicts when it reports a noise multiplier below the plan's, a
+    sample rate other than the plan's (the run's batch size ÷ the examples the
+    node reports, :func:`shared.privacy_plan.plan_privacy`), fewer steps in this
+    round than planned, fewer steps in the run than the record holds plus this
+    round, or an ε below the record's plus this round as
+    :func:`counted_release` counts it.
 
     Parameters
     ----------
@@ -149,27 +191,38 @@ def check_privacy_report(
     """
     release = reported_release(metrics)
     if release is None:
-        return f"reports no {keys.DP_ROUND_STEPS!r}: its DP-SGD release is unknown"
-    sigma, _, steps = release
+        return (
+            f"reports no valid {keys.NOISE_MULTIPLIER!r}, {keys.SAMPLE_RATE!r} and "
+            f"{keys.DP_ROUND_STEPS!r}: its DP-SGD release cannot be checked"
+        )
+    sigma, rate, steps = release
     if sigma < plan.noise_multiplier * (1 - _TOLERANCE):
         return (
             f"reports noise multiplier {sigma:.6g}, below the planned "
             f"{plan.noise_multiplier:.6g}"
         )
+    if not math.isclose(rate, plan.sample_rate, rel_tol=_TOLERANCE):
+        return (
+            f"reports sample rate {rate:.6g}, the plan has {plan.sample_rate:.6g} "
+            f"(batch size ÷ its {metrics.get(keys.NUM_EXAMPLES, '?')} examples)"
+        )
     if steps < plan.steps_per_round:
         return f"reports {steps} DP-SGD steps this round, the plan has {plan.steps_per_round}"
     recorded = record.total_steps(node_id) + steps
-    total = int(metrics.get(keys.DP_STEPS, 0))
-    if total < recorded:
+    total = float(metrics.get(keys.DP_STEPS, 0))
+    if not total >= recorded:  # also NaN
         return (
-            f"reports {total} DP-SGD steps in the run, the coordinator's record "
+            f"reports {total:.15g} DP-SGD steps in the run, the coordinator's record "
             f"holds {recorded}"
         )
     epsilon = float(metrics.get(keys.EPSILON, 0.0))
     expected = record.epsilon(
-        node_id, accountant=plan.accountant, delta=plan.delta, extra=release
+        node_id,
+        accountant=plan.accountant,
+        delta=plan.delta,
+        extra=counted_release(release, plan=plan),
     )
-    if epsilon < expected * (1 - 1e-6):
+    if not epsilon >= expected * (1 - 1e-6):  # also NaN
         return (
             f"reports ε = {epsilon:.6g}, below the coordinator's record {expected:.6g}"
         )

@@ -47,6 +47,7 @@ from server.node_sampling import (
 from server.privacy_record import (
     PrivacyRecord,
     check_privacy_report,
+    counted_release,
     reported_release,
 )
 from server.update_validation import (
@@ -270,12 +271,14 @@ class RobustStrategy(Strategy):
         release = reported_release(metrics)
         try:
             plan = self.privacy_plan(int(metrics.get(keys.NUM_EXAMPLES, 0)))
-        except ValueError as e:  # ConfigError: no plan for what it reports
+        except (ValueError, OverflowError) as e:  # ConfigError, or n is NaN/inf
             return f"its privacy plan cannot be checked ({e})"
         problem = check_privacy_report(self.privacy_record, node_id, metrics, plan=plan)
-        if release is not None:
-            # Released either way: the coordinator received it.
-            self.privacy_record.add(node_id, server_round, release, plan.delta)
+        # Released whether kept or dropped (the coordinator received it), and
+        # counted at no less than its plan spends.
+        self.privacy_record.add(
+            node_id, server_round, counted_release(release, plan=plan), plan.delta
+        )
         return problem
 
     def _privacy_figures(self, row: dict[str, Any]) -> None:

@@ -7,10 +7,15 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 from opacus.accountants import RDPAccountant
 
-from server.privacy_record import PrivacyRecord, check_privacy_report
+from server.privacy_record import (
+    PrivacyRecord,
+    check_privacy_report,
+    counted_release,
+    reported_release,
+)
 from server.robust_strategy import RobustStrategy
 from shared import keys
-from shared.privacy_plan import PrivacyPlan
+from shared.privacy_plan import PrivacyPlan, plan_privacy
 
 LOGGER = "server.robust_strategy"
 # A node of 150 examples, batch 32, 2 local epochs, σ = 1.1: q = 32/150, 10 steps.
@@ -88,7 +93,26 @@ def test_an_honest_report_passes():
             {keys.DP_STEPS: 10},  # a wiped ledger: only this round's steps
             r"reports 10 DP-SGD steps in the run, the coordinator's record holds 30",
         ),
+        (
+            {keys.SAMPLE_RATE: 0.1},  # a lower q: a lower ε
+            r"reports sample rate 0.1, the plan has 0.213333 "
+            r"\(batch size ÷ its 150 examples\)",
+        ),
+        (
+            {keys.SAMPLE_RATE: 0.5},  # a higher q: not the plan either
+            r"reports sample rate 0.5, the plan has 0.213333",
+        ),
         ({keys.EPSILON: 0.5}, r"reports ε = 0.5, below the coordinator's record"),
+        ({keys.EPSILON: float("nan")}, r"reports ε = nan, below the coordinator's"),
+        (
+            {keys.DP_STEPS: float("nan")},
+            r"reports nan DP-SGD steps in the run, the coordinator's record holds 30",
+        ),
+        (
+            {keys.SAMPLE_RATE: float("inf")},
+            r"reports no valid 'noise-multiplier', 'sample-rate' and "
+            r"'dp-round-steps': its DP-SGD release cannot be checked",
+        ),
     ],
 )
 def test_a_report_below_the_record_or_the_plan_is_named(change, match):
@@ -98,6 +122,155 @@ def test_a_report_below_the_record_or_the_plan_is_named(change, match):
     )
     assert problem is not None
     assert re.search(match, problem), problem
+
+
+def plan_for(num_examples):
+    """The run's plan for a node of ``num_examples``: batch 32, 2 epochs, σ = 1.1."""
+    return plan_privacy(
+        num_examples=num_examples,
+        batch_size=32,
+        local_epochs=2,
+        rounds=3,
+        noise_multiplier=1.1,
+        target_epsilon=8.0,
+        target_delta=1e-4,
+        accountant="rdp",
+    )
+
+
+def test_the_plans_sample_rate_is_the_batch_size_over_the_reported_examples():
+    # The plan the coordinator checks q against, from the one formula nodes use:
+    # q = 32/150, round(150/32) = 5 steps an epoch, 2 epochs.
+    assert plan_for(150) == PLAN
+
+
+@pytest.mark.parametrize(
+    ("reported", "counted"),
+    [
+        ((1.1, 32 / 150, 10), (1.1, 32 / 150, 10)),  # honest: as reported
+        ((2.0, 32 / 150, 10), (1.1, 32 / 150, 10)),  # more noise: not believed
+        ((1.1, 0.05, 10), (1.1, 32 / 150, 10)),  # lower q: not believed
+        ((1.1, 32 / 150, 3), (1.1, 32 / 150, 10)),  # fewer steps: not believed
+        ((0.9, 0.5, 12), (0.9, 0.5, 12)),  # spends more than planned: as reported
+        ((float("nan"), 1.5, 10), (1.1, 32 / 150, 10)),  # nonsense: the plan
+        (None, (1.1, 32 / 150, 10)),  # no release reported: the plan
+    ],
+)
+def test_a_release_counts_at_least_what_its_plan_spends(reported, counted):
+    assert counted_release(reported, plan=PLAN) == counted
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {keys.NOISE_MULTIPLIER: 1.1, keys.SAMPLE_RATE: 0.2},
+        {keys.NOISE_MULTIPLIER: 1.1, keys.SAMPLE_RATE: 0.2, keys.DP_ROUND_STEPS: 2.5},
+        {
+            keys.NOISE_MULTIPLIER: float("nan"),
+            keys.SAMPLE_RATE: 0.2,
+            keys.DP_ROUND_STEPS: 10,
+        },
+    ],
+)
+def test_a_release_with_a_missing_or_non_finite_figure_is_not_read(metrics):
+    assert reported_release(metrics) is None
+
+
+def test_a_node_reporting_a_lower_sample_rate_is_dropped_and_counted_at_the_plans(
+    fakes, caplog
+):
+    # Prepare: the plan's q follows the examples a node reports: batch 32 over
+    # 150 examples is q = 32/150 (node 7), over 300 it is 32/300 (node 8).
+    strategy = RobustStrategy(
+        FedAvg(fraction_evaluate=0.0),
+        sampler_seed=0,
+        node_wait_timeout_s=30.0,
+        privacy_plan=plan_for,
+        accountant="rdp",
+    )
+    w = {"w": np.zeros((2, 2), np.float32)}
+    msgs = {
+        m.metadata.dst_node_id: m
+        for m in strategy.configure_train(
+            1, fakes.record(w), ConfigRecord(), fakes.FakeGrid([7, 8])
+        )
+    }
+    # Node 7 claims q = 0.05 and the ε that q would give, consistently: every
+    # figure but q is honest, so only the q check can catch it. Node 8 is
+    # honest with 300 examples: 32/300, round(300/32) = 9 steps an epoch.
+    lying = (1.1, 0.05, 10)
+    honest_8 = (1.1, 32 / 300, 18)
+    replies = [
+        fakes.reply(
+            msgs[7],
+            w,
+            **{
+                keys.NUM_EXAMPLES: 150,
+                keys.NOISE_MULTIPLIER: 1.1,
+                keys.SAMPLE_RATE: 0.05,
+                keys.DP_ROUND_STEPS: 10,
+                keys.DP_STEPS: 10,
+                keys.EPSILON: opacus_epsilon([lying]),
+                keys.DELTA: 1e-4,
+            },
+        ),
+        fakes.reply(
+            msgs[8],
+            w,
+            **{
+                keys.NUM_EXAMPLES: 300,
+                keys.NOISE_MULTIPLIER: 1.1,
+                keys.SAMPLE_RATE: 32 / 300,
+                keys.DP_ROUND_STEPS: 18,
+                keys.DP_STEPS: 18,
+                keys.EPSILON: opacus_epsilon([honest_8]),
+                keys.DELTA: 1e-4,
+            },
+        ),
+    ]
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        strategy.aggregate_train(1, replies)
+
+    # Assert: logged with the node, the expected q and the one it sent; dropped.
+    lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert lines == [
+        "node 7: reports sample rate 0.05, the plan has 0.213333 (batch size ÷ its "
+        "150 examples); update dropped"
+    ]
+    rows = {row["node-id"]: row for row in strategy.round_stats[1]["clients"]}
+    assert rows[7]["status"] == "dropped" and rows[8]["status"] == "aggregated"
+    # Its release counts, at the plan's q: ε is Opacus's over 32/150, not 0.05.
+    record = strategy.privacy_record
+    assert record.history(7) == [(1.1, 32 / 150, 10)]
+    assert record.history(8) == [honest_8]
+    planned = opacus_epsilon([(1.1, 32 / 150, 10)])
+    assert planned > 2 * opacus_epsilon([lying])  # the lie would matter
+    assert record.epsilon(7, accountant="rdp") == pytest.approx(planned, rel=1e-9)
+    assert rows[7]["epsilon"] == pytest.approx(planned, rel=1e-9)
+    assert rows[8]["epsilon"] == pytest.approx(opacus_epsilon([honest_8]), rel=1e-9)
+
+
+def test_a_reply_without_a_release_is_dropped_and_counted_at_its_plan(fakes, caplog):
+    strategy = RobustStrategy(
+        FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1),
+        sampler_seed=0,
+        node_wait_timeout_s=30.0,
+        privacy_plan=lambda n: PLAN,
+        accountant="rdp",
+    )
+    w = {"w": np.zeros((2, 2), np.float32)}
+    (msg,) = strategy.configure_train(
+        1, fakes.record(w), ConfigRecord(), fakes.FakeGrid([7])
+    )
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        strategy.aggregate_train(1, [fakes.reply(msg, w, **{keys.NUM_EXAMPLES: 150})])
+    assert next(r.getMessage() for r in caplog.records if r.name == LOGGER) == (
+        "node 7: reports no valid 'noise-multiplier', 'sample-rate' and "
+        "'dp-round-steps': its DP-SGD release cannot be checked; update dropped"
+    )
+    assert strategy.privacy_record.history(7) == [PLAN.round_entry]
 
 
 def test_an_under_reporting_node_is_dropped_and_still_recorded(fakes, caplog):
