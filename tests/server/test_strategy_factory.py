@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import (
     MultiKrum,
     QFedAvg,
 )
+from scipy import stats
 
 from server.strategy_factory import build_strategy, planned_sample_size
 from shared.config import STRATEGIES, from_run_config
@@ -44,11 +45,21 @@ def make_config(**overrides):
     return from_run_config(overrides, fill_defaults=True)
 
 
-def run_round(strategy, server_round, arrays, grid, fakes, values, num_examples=None):
+def run_round(
+    strategy,
+    server_round,
+    arrays,
+    grid,
+    fakes,
+    values,
+    num_examples=None,
+    shape=(2, 2),
+):
     """One train round: every sampled node replies with its value from ``values``.
 
     ``values[i]`` goes to the i-th sampled node in node-id order, so the outcome
-    does not depend on which order Flower sampled them in.
+    does not depend on which order Flower sampled them in. Each reply is ``w``,
+    of ``shape``, filled with that value.
     """
     messages = sorted(
         strategy.configure_train(server_round, arrays, ConfigRecord(), grid),
@@ -58,7 +69,7 @@ def run_round(strategy, server_round, arrays, grid, fakes, values, num_examples=
     num_examples = num_examples or [10] * len(values)
     # Every reply carries what q-FedAvg weighs it by (other strategies ignore it).
     replies = [
-        fakes.reply(m, {"w": np.full((2, 2), v, np.float32)}, n, **{GML: 1.0})
+        fakes.reply(m, {"w": np.full(shape, v, np.float32)}, n, **{GML: 1.0})
         for m, v, n in zip(messages, values, num_examples, strict=True)
     ]
     new_arrays, _ = strategy.aggregate_train(server_round, replies)
@@ -259,24 +270,65 @@ def test_bulyan_ignores_an_outlier(fakes):
     assert np.all((out["w"].numpy() >= 0.7) & (out["w"].numpy() <= 1.2))
 
 
-def test_central_dp_clips_updates_and_adds_noise(fakes):
-    # Prepare: clipping norm 1 over a 4-value update; noise std = 0.5 * 1 / 2
+# Central DP: 10 000 coordinates, so the noise's scale is known to ~0.7 % and
+# its shape can be tested (4 coordinates "within 5σ" would pass a 2× error).
+CENTRAL_SHAPE = (100, 100)
+
+
+def _central_dp_round(fakes, seed):
+    """Two nodes send w = 1 everywhere (update norm 100) under clipping norm 50.
+
+    Each update is clipped to norm 50, i.e. 0.5 per coordinate; their mean is
+    0.5; Flower adds N(0, (σ·C/m)²) with σ = 0.01, C = 50, m = 2: std 0.25.
+    """
     config = make_config(
-        **{"dp-mode": "central", "noise-multiplier": 0.5, "clipping-norm": 1.0}
+        **{"dp-mode": "central", "noise-multiplier": 0.01, "clipping-norm": 50.0}
     )
     strategy = build_strategy(config, num_nodes_hint=2)
-    np.random.seed(0)  # Flower draws the noise from NumPy's global generator
-    arrays = fakes.record({"w": np.zeros((2, 2), np.float32)})
-    # Execute: both clients send w = 100 (update norm 200)
+    np.random.seed(seed)  # Flower draws the noise from NumPy's global generator
+    arrays = fakes.record({"w": np.zeros(CENTRAL_SHAPE, np.float32)})
     out, _ = run_round(
-        strategy, 1, arrays, fakes.FakeGrid([1, 2]), fakes, [100.0, 100.0]
+        strategy,
+        1,
+        arrays,
+        fakes.FakeGrid([1, 2]),
+        fakes,
+        [1.0, 1.0],
+        shape=CENTRAL_SHAPE,
     )
-    # Assert: each update clipped to norm 1 -> every coordinate 0.5, plus noise
+    return strategy, out["w"].numpy().astype(np.float64).ravel()
+
+
+def assert_gaussian(values, *, mean, std):
+    """``values`` are draws of N(mean, std²): mean, spread and shape."""
+    n = len(values)
+    assert abs(values.mean() - mean) < 5 * std / n**0.5  # 0.0125 here
+    # The sample std's relative error is ~1/sqrt(2n) = 0.7 %: 5 % is 7 of them,
+    # and a factor 2 either way is 100 % or 50 % off.
+    assert values.std() == pytest.approx(std, rel=0.05)
+    assert stats.kstest(values, "norm", args=(mean, std)).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_central_dp_clips_updates_and_adds_noise_of_std_sigma_c_over_m(fakes, seed):
+    strategy, w = _central_dp_round(fakes, seed)
+
     assert isinstance(strategy, DifferentialPrivacyServerSideFixedClipping)
     assert strategy.num_sampled_clients == 2
-    w = out["w"].numpy()
-    assert np.all(np.abs(w - 0.5) < 5 * 0.25)  # within 5 standard deviations
-    assert not np.allclose(w, 0.5)  # noise was added
+    assert w.size == 10_000
+    # Clipped mean 0.5 (unclipped: 1.0) plus N(0, 0.25²) on every coordinate.
+    assert_gaussian(w, mean=0.5, std=0.25)
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.5])
+def test_a_central_noise_scale_off_by_two_fails_the_check(fakes, factor):
+    # The check above is meaningful: the same draws with twice (or half) the
+    # noise around the same clipped mean are refused.
+    _, w = _central_dp_round(fakes, seed=0)
+    wrong = 0.5 + factor * (w - 0.5)
+    with pytest.raises(AssertionError):
+        assert_gaussian(wrong, mean=0.5, std=0.25)
+    assert stats.kstest(wrong, "norm", args=(0.5, 0.25)).pvalue < 1e-6
 
 
 def test_planned_sample_size():
