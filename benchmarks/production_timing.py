@@ -1,0 +1,213 @@
+"""Time the ServerApp's own run by phase, the fake nodes' time left out.
+
+:func:`timed_production_run` wraps, for one block, the production functions a
+run calls (the strategy guard's hooks, :class:`~server.round_end.RoundEnd`'s
+steps, central and per-client evaluation) so that a :class:`PhaseClock` adds up
+their wall time per round; everything is restored when the block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import server.federation
+from server.client_evaluation import evaluate_every_node
+from server.federation_loop import RoundOutcome
+from server.robust_strategy import RobustStrategy
+from server.round_end import RoundEnd
+from shared.evaluation import evaluate_model
+
+PHASES = (
+    "configure",
+    "validate",
+    "aggregate",
+    "stop_check",
+    "central_eval",
+    "history",
+    "checkpoint",
+    "other",
+)
+CLIENT_EVAL = "client_eval"
+
+
+class PhaseClock:
+    """Seconds per phase and per round, the clients' time left out of each.
+
+    Parameters
+    ----------
+    client_s : callable
+        Seconds spent so far building the nodes' replies (``ReplyingGrid.client_s``).
+    clock : callable, default ``time.perf_counter``
+        The time source, in seconds.
+    """
+
+    def __init__(
+        self,
+        client_s: Callable[[], float],
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._client_s = client_s
+        self._clock = clock
+        self.current: dict[str, float] = {}
+        self.rounds: list[dict[str, float]] = []
+        self._round_started: tuple[float, float] | None = None
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the block's wall time, less the clients', to phase ``name``."""
+        started, client_s = self._clock(), self._client_s()
+        try:
+            yield
+        finally:
+            elapsed = self._clock() - started - (self._client_s() - client_s)
+            self.current[name] = self.current.get(name, 0.0) + elapsed
+
+    def timed(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` with each call timed as phase ``name`` (iterators materialised)."""
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self.phase(name):
+                result = fn(*args, **kwargs)
+                # configure_train may return a lazy iterator: build it here.
+                return list(result) if isinstance(result, Iterator) else result
+
+        return wrapper
+
+    def start_round(self) -> None:
+        """Begin a round: what came before (start-up, round 0's evaluation) is not its."""
+        self.current = {}
+        self._round_started = (self._clock(), self._client_s())
+
+    def end_round(self) -> None:
+        """Close the round: append its phases, ``total`` and ``client_eval``.
+
+        ``validate`` is the guard's ``aggregate_train`` less the wrapped
+        strategy's; ``total`` is the round's wall time less the clients' and
+        less the per-client evaluation; ``other`` is what no phase covers.
+        """
+        if self._round_started is None:
+            raise RuntimeError("end_round called before start_round")
+        started, client_s = self._round_started
+        wall = self._clock() - started - (self._client_s() - client_s)
+        times, self.current, self._round_started = self.current, {}, None
+        # No usable reply: the wrapped strategy is not asked to aggregate.
+        times.setdefault("aggregate", 0.0)
+        times["validate"] = times.pop("aggregate_train", 0.0) - times["aggregate"]
+        client_eval = times.pop(CLIENT_EVAL, 0.0)
+        measured = [phase for phase in PHASES if phase != "other"]
+        for phase in measured:
+            times.setdefault(phase, 0.0)
+        total = wall - client_eval
+        times["other"] = total - sum(times[phase] for phase in measured)
+        times["total"] = total
+        times[CLIENT_EVAL] = client_eval
+        self.rounds.append(times)
+
+
+@contextlib.contextmanager
+def replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """Set attribute ``name`` of ``owner`` (a class or module) inside the block.
+
+    The attribute must exist (a renamed production function fails loudly here
+    instead of going untimed); its own value comes back afterwards.
+
+    Raises
+    ------
+    AttributeError
+        When ``owner`` has no attribute ``name``.
+    """
+    if not hasattr(owner, name):
+        raise AttributeError(f"{owner!r} has no attribute {name!r} to time")
+    own = vars(owner)
+    had_own, original = name in own, own.get(name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        if had_own:
+            setattr(owner, name, original)
+        else:
+            delattr(owner, name)
+
+
+@dataclass
+class TimedRun:
+    """What :func:`timed_production_run` saw of one run."""
+
+    clock: PhaseClock
+    strategies: list[RobustStrategy] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def timed_production_run(
+    client_s: Callable[[], float],
+    *,
+    after_round: Callable[[RoundEnd, RoundOutcome], None] | None = None,
+) -> Iterator[TimedRun]:
+    """Time the production functions a run calls, as phases of its rounds.
+
+    Inside the block, :func:`server.federation.run_federation` runs unchanged
+    but its strategy guard, round end, central evaluation and per-client
+    evaluation are timed by a :class:`PhaseClock`; everything is restored when
+    the block ends. A round starts when its training is configured and ends
+    when :class:`~server.round_end.RoundEnd` has recorded it; ``after_round``,
+    when given, is then called with the round end and the round's outcome.
+    """
+    timed = TimedRun(PhaseClock(client_s))
+    clock = timed.clock
+    from_config = RobustStrategy.from_config
+
+    def built(*args: Any, **kwargs: Any) -> RobustStrategy:
+        strategy = from_config(*args, **kwargs)
+        # Instance attributes shadow the methods: the strategy chain the
+        # checkpoint walks stays as in a real run.
+        inner = strategy.strategy
+        inner.aggregate_train = clock.timed("aggregate", inner.aggregate_train)  # type: ignore[method-assign]  # timed, same signature
+        configure = clock.timed("configure", strategy.configure_train)
+
+        def configure_train(*call_args: Any, **call_kwargs: Any) -> Any:
+            clock.start_round()
+            return configure(*call_args, **call_kwargs)
+
+        strategy.configure_train = configure_train  # type: ignore[method-assign]  # timed, same signature
+        strategy.aggregate_train = clock.timed(  # type: ignore[method-assign]  # timed, same signature
+            "aggregate_train", strategy.aggregate_train
+        )
+        timed.strategies.append(strategy)
+        return strategy
+
+    round_end = RoundEnd.__call__
+
+    def end_of_round(self: RoundEnd, outcome: RoundOutcome) -> None:
+        round_end(self, outcome)
+        clock.end_round()
+        if after_round is not None:
+            after_round(self, outcome)
+
+    with contextlib.ExitStack() as stack:
+        for owner, name, value in (
+            (RobustStrategy, "from_config", staticmethod(built)),
+            (RoundEnd, "stop_reason", clock.timed("stop_check", RoundEnd.stop_reason)),
+            (RoundEnd, "record", clock.timed("history", RoundEnd.record)),
+            (RoundEnd, "checkpoint", clock.timed("checkpoint", RoundEnd.checkpoint)),
+            (RoundEnd, "__call__", end_of_round),
+            # The names run_federation calls them by, in its own module.
+            (
+                server.federation,
+                "evaluate_model",
+                clock.timed("central_eval", evaluate_model),
+            ),
+            (
+                server.federation,
+                "evaluate_every_node",
+                clock.timed(CLIENT_EVAL, evaluate_every_node),
+            ),
+        ):
+            stack.enter_context(replaced(owner, name, value))
+        yield timed
