@@ -7,18 +7,23 @@ probability ``sample_rate``), clips every example's gradient to
 then takes an SGD-with-momentum step. This is exactly the mechanism Opacus's
 accountants assume, so :mod:`shared.privacy` can account for it.
 
-Two interchangeable paths compute the clipped noisy gradient:
+Interchangeable paths compute the clipped noisy gradient:
 
 ``"fast"``
     :class:`client.dp_clipping.ClippedGradients` (book-keeping: one backward,
     no materialised per-sample gradients for Linear layers); supports Linear,
-    Conv2d and GroupNorm, i.e. every registry model.
+    Conv1d/Conv2d and GroupNorm, i.e. every registry model.
+``"ghost"``
+    Opacus's ghost clipping (``GradSampleModuleFastGradientClipping`` +
+    ``DPOptimizerFastGradientClipping``).
 ``"hooks"`` / ``"functorch"``
     Opacus's ``GradSampleModule`` + ``DPOptimizer``: the reference, and the
-    fallback for layers the fast path does not know.
+    fallback for any layer Opacus can train.
 
-``"auto"`` (default) picks ``"fast"`` when the model allows it. Tests check that
-both give the same update for the same batches.
+``"auto"`` (default) picks the cheapest that applies
+(:func:`client.dp_path.choose_dp_path`) and logs which and why. Tests check
+that all give the same update for the same batches. Only parameters with
+``requires_grad`` get gradients, noise and updates, on every path.
 
 The FedProx term ``mu/2 ||w - w_global||^2`` does not depend on the data, so
 its gradient ``mu (w - w_global)`` is added after the noise, as post-processing
@@ -44,13 +49,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client.dp_clipping import ClippedGradients, unsupported_layers
+from client.dp_clipping import ClippedGradients
+from client.dp_path import choose_dp_path, log_dp_path
 from client.sgd import MomentumSGD
 from shared.errors import ConfigError, DataError, ModelError
+from shared.private_model import check_private_model
 
 logger = logging.getLogger(__name__)
 
-GRAD_SAMPLE_MODES = ("auto", "fast", "hooks", "functorch")
+GRAD_SAMPLE_MODES = ("auto", "fast", "ghost", "hooks", "functorch")
 
 
 @dataclass(frozen=True)
@@ -74,33 +81,11 @@ class PrivateTrainResult:
 def validate_private_model(model: nn.Module) -> None:
     """Raise :class:`ModelError` if Opacus cannot make ``model`` private.
 
-    Uses ``opacus.validators.ModuleValidator``; the message lists every
-    offending layer. The model is not fixed automatically: ``ModuleValidator.fix``
-    swaps layers (BatchNorm → GroupNorm), which would change the parameters the
-    server sends and aggregates; use a registry model instead.
+    :func:`shared.private_model.check_private_model`: Opacus's
+    ``ModuleValidator`` (imported only for a model holding a layer type it
+    has a rule for), every offending layer named with the fix.
     """
-    from opacus.validators import ModuleValidator
-
-    was_training = model.training
-    model.train()  # the validator also rejects a model in eval mode
-    try:
-        errors = ModuleValidator.validate(model, strict=False)
-    finally:
-        model.train(was_training)
-    if not errors:
-        return
-    # Opacus's errors do not name the layer; attribute them by module type.
-    named = []
-    for name, module in model.named_modules():
-        check = ModuleValidator.VALIDATORS.get(type(module))
-        for error in check(module) if check else []:
-            first = str(error).split(". ")[0].rstrip(".")
-            named.append(f"{name or '<root>'} ({type(module).__name__}): {first}")
-    raise ModelError(
-        "Opacus cannot train this model with DP-SGD: "
-        + "; ".join(named or [str(e) for e in errors])
-        + ". Use a registry model (GroupNorm, no BatchNorm)."
-    )
+    check_private_model(model)
 
 
 def poisson_batches(
@@ -218,14 +203,19 @@ class _FastStep(PrivateStep):
 
 
 class _OpacusStep(PrivateStep):
-    def __init__(self, model: nn.Module, *, mode: str, **kwargs: Any) -> None:
-        from opacus.grad_sample.utils import prepare_module
-        from opacus.optimizers import DPOptimizer
+    """Opacus's ``GradSampleModule`` (``"hooks"`` / ``"functorch"``) + ``DPOptimizer``."""
 
+    def __init__(self, model: nn.Module, *, mode: str, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.sgd = torch.optim.SGD(
             self.params, lr=self.learning_rate, momentum=self.momentum, fused=True
         )
+        self._wrap(model, mode)
+
+    def _wrap(self, model: nn.Module, mode: str) -> None:
+        from opacus.grad_sample.utils import prepare_module
+        from opacus.optimizers import DPOptimizer
+
         self.module = prepare_module(
             model, mode, batch_first=True, loss_reduction="mean"
         )
@@ -238,6 +228,13 @@ class _OpacusStep(PrivateStep):
             generator=self.generator,
         )
 
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> Any:
+        return F.cross_entropy(self.module(x), y)
+
+    def _no_examples(self) -> None:
+        for p in self.params:
+            p.grad_sample = torch.zeros(0, *p.shape)
+
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.optimizer.zero_grad()
         loss_sum = 0.0
@@ -245,12 +242,11 @@ class _OpacusStep(PrivateStep):
             with warnings.catch_warnings():
                 # Opacus's hooks on a first layer whose input needs no gradient.
                 warnings.filterwarnings("ignore", message="Full backward hook")
-                loss = F.cross_entropy(self.module(x), y)
+                loss = self._loss(x, y)
                 loss.backward()
             loss_sum = float(loss.detach()) * len(x)
         else:
-            for p in self.params:
-                p.grad_sample = torch.zeros(0, *p.shape)
+            self._no_examples()
         self.optimizer.pre_step()  # clip, sum, add noise, divide: sets p.grad
         self._add_proximal([p.grad for p in self.params])
         self.sgd.step()
@@ -258,6 +254,56 @@ class _OpacusStep(PrivateStep):
 
     def close(self) -> None:
         self.module.to_standard_module()
+
+
+class _GhostStep(_OpacusStep):
+    """Opacus's ghost clipping (Li et al., 2022), the fallback's cheaper mode.
+
+    Clip factors come from per-example gradient norms (Linear and Embedding
+    layers: without forming the gradients); the loss's ``backward`` runs a
+    second backward weighted by them, which leaves the clipped sum in
+    ``p.grad``.
+    """
+
+    def _wrap(self, model: nn.Module, mode: str) -> None:
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+        from opacus.optimizers import DPOptimizerFastGradientClipping
+        from opacus.utils.fast_gradient_clipping_utils import (
+            DPLossFastGradientClipping,
+        )
+
+        self.module = GradSampleModuleFastGradientClipping(
+            model,
+            batch_first=True,
+            loss_reduction="mean",
+            max_grad_norm=self.max_grad_norm,
+            use_ghost_clipping=True,
+        )
+        self.optimizer = DPOptimizerFastGradientClipping(
+            self.sgd,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=self.expected_batch_size,
+            loss_reduction="mean",
+            generator=self.generator,
+        )
+        self.criterion = DPLossFastGradientClipping(
+            self.module, self.optimizer, nn.CrossEntropyLoss(), loss_reduction="mean"
+        )
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> Any:
+        return self.criterion(self.module(x), y)
+
+    def _no_examples(self) -> None:
+        for p in self.params:  # the clipped sum of no examples
+            p.grad = torch.zeros_like(p)
+
+    def close(self) -> None:
+        super().close()
+        for p in self.params:  # Opacus's per-step book-keeping on the parameters
+            for attribute in ("_norm_sample", "_forward_counter"):
+                if hasattr(p, attribute):
+                    delattr(p, attribute)
 
 
 def make_private_step(
@@ -275,18 +321,27 @@ def make_private_step(
     mode = resolve_grad_sample_mode(model, grad_sample_mode)
     if mode == "fast":
         return _FastStep(model, **kwargs)
-    return _OpacusStep(model, mode=mode, **kwargs)
+    step_class = _GhostStep if mode == "ghost" else _OpacusStep
+    return step_class(model, mode=mode, **kwargs)
 
 
-def resolve_grad_sample_mode(model: nn.Module, grad_sample_mode: str) -> str:
-    """``"auto"`` → ``"fast"`` if the model allows it, else ``"hooks"``."""
+def resolve_grad_sample_mode(
+    model: nn.Module, grad_sample_mode: str, example: torch.Tensor | None = None
+) -> str:
+    """``"auto"`` → the path :func:`client.dp_path.choose_dp_path` picks (logged).
+
+    ``example`` (a few inputs) lets it check whether ghost clipping applies;
+    without one, a model the fast path does not cover gets ``"hooks"``.
+    """
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError(
             f"grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}, "
             f"got {grad_sample_mode!r}."
         )
     if grad_sample_mode == "auto":
-        return "hooks" if unsupported_layers(model) else "fast"
+        path = choose_dp_path(model, example)
+        log_dp_path(path)
+        return path.mode
     return grad_sample_mode
 
 
@@ -341,7 +396,7 @@ def train_private(
     global_params : sequence of Tensor, optional
         ``w_global`` in ``model.parameters()`` order; defaults to the weights
         the model holds on entry.
-    grad_sample_mode : {"auto", "fast", "hooks", "functorch"}
+    grad_sample_mode : {"auto", "fast", "ghost", "hooks", "functorch"}
         Which path computes per-sample gradients (see module docstring).
     check_model : bool, default True
         Run :func:`validate_private_model` first; False only for a caller that
@@ -377,8 +432,8 @@ def train_private(
     n = len(inputs)
     sampling_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
     sampler = torch.Generator().manual_seed(int(sampling_seed))
-    mode = resolve_grad_sample_mode(model, grad_sample_mode)
     model.train()
+    mode = resolve_grad_sample_mode(model, grad_sample_mode, example=inputs[:2])
     stepper = make_private_step(
         model,
         grad_sample_mode=mode,

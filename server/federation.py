@@ -38,6 +38,7 @@ from shared.datasets import Dataset
 from shared.errors import ConfigError, FedgeError
 from shared.evaluation import evaluate_model
 from shared.models import ModelSpec, build_model, default_spec
+from shared.private_model import check_model_for_run
 from shared.records import load_record_into, state_dict_to_record
 from shared.run_folder import (
     CENTRAL_ACCURACY,
@@ -71,7 +72,9 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         reference.preprocessing.input_shape,
         reference.preprocessing.num_classes,
         activation=config.train.activation,
+        fix_model=config.dp.fix_model,
     )
+    check_model_for_run(config, spec)  # before the run folder or any round
     run_dir = resolve_run_dir(config)
     checkpoint = None
     if config.run.resume:

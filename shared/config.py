@@ -78,6 +78,8 @@ class DPConfig:
     planned run. ``target_epsilon`` is also each client's budget. ``target_delta``
     0 means "choose below 1/n of the client's examples".
     ``mode="central"``: user-level DP with Flower's server-side clipping wrapper.
+    ``fix_model``: build the model with Opacus's ``ModuleValidator.fix``
+    applied (:mod:`shared.private_model`), in every mode.
     """
 
     mode: str
@@ -87,6 +89,7 @@ class DPConfig:
     max_grad_norm: float
     accountant: str
     clipping_norm: float
+    fix_model: bool
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "max-grad-norm": "max_grad_norm",
         "accountant": "accountant",
         "clipping-norm": "clipping_norm",
+        "fix-model": "fix_model",
     },
     "strategy": {
         "strategy": "name",

@@ -47,6 +47,9 @@ class ModelSpec:
         per-sample gradient norms small; Papernot et al., 2021).
     groups : int
         GroupNorm groups after each convolution (CNN, CNN1D).
+    fix_model : bool
+        Apply Opacus's ``ModuleValidator.fix`` after building (run config
+        ``fix-model``; :func:`shared.private_model.fix_private_model`).
     """
 
     name: str
@@ -55,6 +58,7 @@ class ModelSpec:
     hidden: tuple[int, ...] = field(default=())
     activation: str = "relu"
     groups: int = 4
+    fix_model: bool = False
 
     def __post_init__(self) -> None:
         """Validate every field; report all problems at once."""
@@ -91,8 +95,14 @@ class ModelSpec:
             raise ModelError("Invalid model spec: " + "; ".join(problems) + ".")
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict (the content of ``model.json``)."""
-        return asdict(self)
+        """Return a JSON-serialisable dict (the content of ``model.json``).
+
+        ``fix_model`` appears only when true: other models' dicts are unchanged.
+        """
+        data = asdict(self)
+        if not self.fix_model:
+            del data["fix_model"]
+        return data
 
     def to_json(self) -> str:
         """Serialise to a JSON string."""
@@ -109,6 +119,7 @@ class ModelSpec:
                 hidden=tuple(int(h) for h in data.get("hidden", ())),
                 activation=data.get("activation", "relu"),
                 groups=int(data.get("groups", 4)),
+                fix_model=bool(data.get("fix_model", False)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"Model spec is incomplete or malformed: {e}") from e
@@ -120,12 +131,18 @@ class ModelSpec:
 
 
 def default_spec(
-    name: str, input_shape: tuple[int, ...], num_classes: int, activation: str = "relu"
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    activation: str = "relu",
+    *,
+    fix_model: bool = False,
 ) -> ModelSpec:
     """Return the registry's default spec for ``name`` on data of this shape.
 
     ``name="auto"`` picks ``cnn`` for images, ``cnn1d`` for time series
-    ``(channels, steps)`` and ``mlp`` for feature vectors.
+    ``(channels, steps)`` and ``mlp`` for feature vectors. ``fix_model`` is the
+    run config's ``fix-model``.
     """
     if name == "auto":
         name = {3: "cnn", 2: "cnn1d"}.get(len(input_shape), "mlp")
@@ -143,6 +160,7 @@ def default_spec(
         num_classes=num_classes,
         hidden=hidden,
         activation=activation,
+        fix_model=fix_model,
     )
 
 
@@ -322,6 +340,7 @@ def build_model(spec: ModelSpec, *, model_seed: int | None = None) -> nn.Module:
         The architecture.
     model_seed : int, optional
         Seed for the initial weights, so every party can build identical ones.
+        With ``spec.fix_model``, Opacus's fix follows and is deterministic too.
     """
     if model_seed is not None:
         torch.manual_seed(model_seed)
@@ -331,4 +350,9 @@ def build_model(spec: ModelSpec, *, model_seed: int | None = None) -> nn.Module:
         "cnn1d": CNN1D,
         "gru": GRU,
     }
-    return kinds[spec.name](spec)
+    model = kinds[spec.name](spec)
+    if spec.fix_model:
+        from shared.private_model import fix_private_model
+
+        model = fix_private_model(model)
+    return model

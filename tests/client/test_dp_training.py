@@ -174,7 +174,7 @@ def test_train_private_fast_path_equals_opacus_hooks_path(name, shape):
     assert fast.train_loss == pytest.approx(hooks.train_loss, rel=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["fast", "hooks"])
+@pytest.mark.parametrize("mode", ["fast", "ghost", "hooks"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_noise_on_the_summed_clipped_gradient_has_std_sigma_times_c(mode, seed):
     sigma, clip = 0.7, 0.5
@@ -227,7 +227,7 @@ def test_noise_is_added_and_sigma_zero_is_deterministic():
     assert any(not torch.equal(unseeded_a[k], unseeded_b[k]) for k in quiet_a)
 
 
-@pytest.mark.parametrize("mode", ["fast", "hooks"])
+@pytest.mark.parametrize("mode", ["fast", "ghost", "hooks"])
 def test_fedprox_adds_mu_times_drift_after_the_noise(mode):
     lr, mu = 0.1, 0.5
     model, x, y = model_and_data("mlp", (64,), n=8)
@@ -259,7 +259,7 @@ def test_fedprox_adds_mu_times_drift_after_the_noise(mode):
         torch.testing.assert_close(a - b, lr * mu * o, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["fast", "hooks"])
+@pytest.mark.parametrize("mode", ["fast", "ghost", "hooks"])
 def test_an_empty_poisson_batch_still_gets_noise(mode):
     model, _, _ = model_and_data("mlp", (64,), n=4)
     empty_x, empty_y = torch.zeros(0, 64), torch.zeros(0, dtype=torch.long)
@@ -322,7 +322,7 @@ def test_batchnorm_model_is_refused_naming_the_layer():
         )
 
 
-def test_unsupported_layer_falls_back_to_opacus_hooks():
+def test_unsupported_layer_falls_back_to_opacus_ghost_clipping():
     model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
     x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
     y = np.arange(10) % 2
@@ -335,7 +335,7 @@ def test_unsupported_layer_falls_back_to_opacus_hooks():
         "max_grad_norm": 1.0,
         "seed": 0,
     }
-    assert train_private(model, x, y, **args).grad_sample_mode == "hooks"
+    assert train_private(model, x, y, **args).grad_sample_mode == "ghost"
     with pytest.raises(ModelError, match=r"1 \(LayerNorm\).*grad_sample_mode='hooks'"):
         train_private(model, x, y, grad_sample_mode="fast", **args)
 
@@ -387,7 +387,7 @@ def test_a_convolution_used_twice_is_refused_by_the_fast_path():
         )
 
 
-@pytest.mark.parametrize("mode", ["fast", "hooks"])
+@pytest.mark.parametrize("mode", ["fast", "ghost", "hooks"])
 def test_model_in_eval_mode_trains_and_is_left_without_hooks(mode):
     model, x, y = model_and_data("cnn", (1, 8, 8), n=10)
     model.eval()
@@ -421,7 +421,7 @@ def test_model_in_eval_mode_trains_and_is_left_without_hooks(mode):
             "noise_multiplier must be finite and >= 0",
         ),
         ({"max_grad_norm": 0.0}, ConfigError, "max_grad_norm must be finite and > 0"),
-        ({"grad_sample_mode": "ghost"}, ConfigError, "grad_sample_mode must be one of"),
+        ({"grad_sample_mode": "ew"}, ConfigError, "grad_sample_mode must be one of"),
         (
             {"sample_rate": 1.5},
             ConfigError,
