@@ -100,6 +100,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         f"server (default: {defaults['dp-mode']})",
     )
     p.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="auto | mlp | cnn | cnn1d | gru, or your own: MODULE:CALLABLE, where "
+        "MODULE is an importable module or a .py file (shipped to every "
+        "worker) and CALLABLE(input_shape=..., num_classes=...) returns an "
+        f"nn.Module giving logits (default: {defaults['model']})",
+    )
+    p.add_argument(
         "--target-epsilon",
         type=float,
         help="each client's ε budget for the run "
@@ -215,6 +223,7 @@ def resolve_arguments(args: argparse.Namespace) -> Arguments:
         "strategy": ("--strategy", args.strategy),
         "dp-mode": ("--dp-mode", args.dp_mode),
         "target-epsilon": ("--target-epsilon", args.target_epsilon),
+        "model": ("--model", _absolute_model(args.model)),
         "clients": ("--clients", args.clients),
         "cpus-per-client": ("--cpus-per-client", args.cpus_per_client),
         "data": ("--data", _absolute(args.data)),
@@ -249,6 +258,15 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _absolute(path: str | None) -> str | None:
     """Return a path flag made absolute: the apps run in other working directories."""
     return None if path is None else str(Path(path).expanduser().absolute())
+
+
+def _absolute_model(model: str | None) -> str | None:
+    """Return ``--model`` with a relative ``.py`` path made absolute."""
+    if model is None:
+        return None
+    from shared.model_reference import absolute_model_reference
+
+    return absolute_model_reference(model, Path.cwd())
 
 
 def _parse_toml_value(text: str) -> Any:

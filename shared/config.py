@@ -390,6 +390,27 @@ def _choice(
         problems.append(f"'{key}' must be one of {list(allowed)}, got {value!r}")
 
 
+MODEL_CHOICES = ("auto", "mlp", "cnn", "cnn1d", "gru")
+
+
+def _model_problems(model: str) -> list[str]:
+    """Return the problem with ``model``: not a built-in, or not ``MODULE:CALLABLE``.
+
+    A reference is checked for its form only; it is imported where it is built.
+    """
+    from shared.model_reference import is_model_reference, reference_problem
+
+    if is_model_reference(model):
+        problem = reference_problem(model)
+        return [problem] if problem else []
+    if model not in MODEL_CHOICES:
+        return [
+            f"'model' must be one of {list(MODEL_CHOICES)} or MODULE:CALLABLE "
+            f"(your own model), got {model!r}"
+        ]
+    return []
+
+
 def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
     """Every range and cross-field rule; returns the problems found."""
     p: list[str] = []
@@ -406,7 +427,7 @@ def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
             f"'dataset' = '{DATASET_FILE}' needs 'eval-data-path': the "
             "coordinator's held-out file for central evaluation"
         )
-    _choice(p, "model", t["model"], ("auto", "mlp", "cnn", "cnn1d", "gru"))
+    p.extend(_model_problems(t["model"]))
     _choice(p, "activation", t["activation"], ("relu", "tanh"))
     for key, attr in (("local-epochs", "local_epochs"), ("batch-size", "batch_size")):
         if t[attr] < 1:

@@ -4,6 +4,9 @@ Opacus cannot compute per-sample gradients through BatchNorm (it mixes samples),
 so normalisation, where wanted, is GroupNorm. A model is fully described by a
 :class:`ModelSpec`, which is what ``model.json`` stores next to ``model.pt`` and
 what the server sends to clients, so any party can rebuild the same network.
+A user's own model (``MODULE:CALLABLE``, :mod:`shared.model_reference`) is a
+spec too: its name is the reference and it carries the code's identity, which
+every party that builds it checks against its own copy.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ import torch
 from torch import nn
 
 from shared.errors import ModelError
+from shared.model_reference import (
+    ModelIdentity,
+    build_user_model,
+    is_model_reference,
+)
 
 MODEL_NAMES = ("mlp", "cnn", "cnn1d", "gru")
 # Registry models per input rank: what "auto" picks, and what each accepts.
@@ -31,10 +39,11 @@ class ModelSpec:
 
     Parameters
     ----------
-    name : {"mlp", "cnn", "cnn1d", "gru"}
+    name : {"mlp", "cnn", "cnn1d", "gru"} or str
         Architecture. ``mlp`` takes flat feature vectors, ``cnn`` takes
         ``(channels, height, width)`` images, ``cnn1d`` and ``gru`` take
-        ``(channels, steps)`` time series.
+        ``(channels, steps)`` time series. ``MODULE:CALLABLE``: the user's own
+        model, built by that callable (``identity`` then says which code).
     input_shape : tuple of int
         Shape of one example, without the batch axis.
     num_classes : int
@@ -50,6 +59,9 @@ class ModelSpec:
     fix_model : bool
         Apply Opacus's ``ModuleValidator.fix`` after building (run config
         ``fix-model``; :func:`shared.private_model.fix_private_model`).
+    identity : ModelIdentity or None
+        For a user's model: the reference, its source file's SHA-256 and
+        package version. None for the registry's models.
     """
 
     name: str
@@ -59,12 +71,22 @@ class ModelSpec:
     activation: str = "relu"
     groups: int = 4
     fix_model: bool = False
+    identity: ModelIdentity | None = None
 
     def __post_init__(self) -> None:
         """Validate every field; report all problems at once."""
         problems = []
-        if self.name not in MODEL_NAMES:
-            problems.append(f"name must be one of {MODEL_NAMES}, got {self.name!r}")
+        if is_model_reference(self.name):
+            if self.identity is None or self.identity.reference != self.name:
+                problems.append(
+                    f"the user's model {self.name!r} needs its identity "
+                    f"(reference, sha256), got {self.identity}"
+                )
+        elif self.name not in MODEL_NAMES:
+            problems.append(
+                f"name must be one of {MODEL_NAMES} or MODULE:CALLABLE, "
+                f"got {self.name!r}"
+            )
         if self.activation not in ACTIVATIONS:
             problems.append(
                 f"activation must be one of {tuple(ACTIVATIONS)}, "
@@ -94,14 +116,22 @@ class ModelSpec:
         if problems:
             raise ModelError("Invalid model spec: " + "; ".join(problems) + ".")
 
+    @property
+    def is_user_model(self) -> bool:
+        """Whether this is the user's own model rather than a registry one."""
+        return self.identity is not None
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict (the content of ``model.json``).
 
-        ``fix_model`` appears only when true: other models' dicts are unchanged.
+        ``fix_model`` and ``identity`` appear only when set: other models' dicts
+        are unchanged.
         """
         data = asdict(self)
         if not self.fix_model:
             del data["fix_model"]
+        if self.identity is None:
+            del data["identity"]
         return data
 
     def to_json(self) -> str:
@@ -120,6 +150,9 @@ class ModelSpec:
                 activation=data.get("activation", "relu"),
                 groups=int(data.get("groups", 4)),
                 fix_model=bool(data.get("fix_model", False)),
+                identity=ModelIdentity.from_dict(data["identity"])
+                if data.get("identity")
+                else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"Model spec is incomplete or malformed: {e}") from e
@@ -142,8 +175,16 @@ def default_spec(
 
     ``name="auto"`` picks ``cnn`` for images, ``cnn1d`` for time series
     ``(channels, steps)`` and ``mlp`` for feature vectors. ``fix_model`` is the
-    run config's ``fix-model``.
+    run config's ``fix-model``. ``MODULE:CALLABLE`` gives the user's model's
+    spec (:func:`user_spec`).
+
+    Raises
+    ------
+    ModelError
+        For a user's model, as :func:`user_spec`.
     """
+    if is_model_reference(name):
+        return user_spec(name, input_shape, num_classes, fix_model=fix_model)
     if name == "auto":
         name = {3: "cnn", 2: "cnn1d"}.get(len(input_shape), "mlp")
     hidden = {
@@ -161,6 +202,34 @@ def default_spec(
         hidden=hidden,
         activation=activation,
         fix_model=fix_model,
+    )
+
+
+def user_spec(
+    reference: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    fix_model: bool = False,
+) -> ModelSpec:
+    """Return the spec of the user's model ``reference``, checked by building it once.
+
+    Raises
+    ------
+    ModelError
+        The module cannot be imported or raises on import, has no such
+        callable, or the callable returns no ``nn.Module`` or logits of
+        another shape than ``(batch, num_classes)``.
+    """
+    _, identity = build_user_model(
+        reference, input_shape=tuple(input_shape), num_classes=num_classes
+    )
+    return ModelSpec(
+        name=reference,
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+        fix_model=fix_model,
+        identity=identity,
     )
 
 
@@ -341,16 +410,30 @@ def build_model(spec: ModelSpec, *, model_seed: int | None = None) -> nn.Module:
     model_seed : int, optional
         Seed for the initial weights, so every party can build identical ones.
         With ``spec.fix_model``, Opacus's fix follows and is deterministic too.
+
+    Raises
+    ------
+    ModelError
+        A user's model whose code here differs from ``spec.identity`` (one line
+        naming both), or that cannot be built (see :func:`user_spec`).
     """
     if model_seed is not None:
         torch.manual_seed(model_seed)
-    kinds: dict[str, type[nn.Module]] = {
-        "mlp": MLP,
-        "cnn": CNN,
-        "cnn1d": CNN1D,
-        "gru": GRU,
-    }
-    model = kinds[spec.name](spec)
+    if spec.identity is not None:
+        model, _ = build_user_model(
+            spec.name,
+            input_shape=spec.input_shape,
+            num_classes=spec.num_classes,
+            expected=spec.identity,
+        )
+    else:
+        kinds: dict[str, type[nn.Module]] = {
+            "mlp": MLP,
+            "cnn": CNN,
+            "cnn1d": CNN1D,
+            "gru": GRU,
+        }
+        model = kinds[spec.name](spec)
     if spec.fix_model:
         from shared.private_model import fix_private_model
 

@@ -43,7 +43,12 @@ from shared.datasets import (
 )
 from shared.errors import ConfigError, DataError
 from shared.partition import partition_indices, partition_stats
-from shared.preprocessing import IMAGE_SHAPE_ATTR, SERIES_SHAPE_ATTR, fit_preprocessing
+from shared.preprocessing import (
+    IMAGE_SHAPE_ATTR,
+    SERIES_SHAPE_ATTR,
+    Preprocessing,
+    fit_preprocessing,
+)
 from simulations.scenario_file import DEFAULT_CLIENTS
 
 HOLDOUT_FRACTION = 0.2  # of --data, the coordinator's central test set
@@ -98,6 +103,9 @@ class OwnDataPlan:
     partitions : DataFrame
         ``partitions.csv``: examples and label counts per client, plus
         :data:`SOURCE_COLUMN`.
+    preprocessing : Preprocessing
+        The coordinator's encoding, fitted on its held-out part: the model's
+        input shape and classes.
     """
 
     node_sources: list[str]
@@ -108,6 +116,7 @@ class OwnDataPlan:
     suffix: str
     label_column: str
     partitions: pd.DataFrame
+    preprocessing: Preprocessing
 
     @property
     def num_clients(self) -> int:
@@ -307,6 +316,7 @@ def _plan_one_file(
         suffix=suffix,
         label_column=data.label_column,
         partitions=_stats(labels, parts, reference.preprocessing.num_classes, sources),
+        preprocessing=reference.preprocessing,
     )
 
 
@@ -370,6 +380,7 @@ def _plan_node_files(
         partitions=_stats(
             np.concatenate(labels), parts, reference.preprocessing.num_classes, sources
         ),
+        preprocessing=reference.preprocessing,
     )
 
 

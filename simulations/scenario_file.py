@@ -9,8 +9,8 @@ A scenario is a flat TOML table of three kinds of keys:
   share of each, whose data they hold, and which Ray cluster runs them. These are
   the ``fedge simulate`` flags of the same names.
 
-Relative paths in a scenario (``data``, ``node-data``, ``eval-data-path``) are
-relative to the scenario file's folder, so a scenario and its data travel
+Relative paths in a scenario (``data``, ``node-data``, ``eval-data-path``, and
+the ``.py`` file of ``model = "nets.py:Net"``) are relative to the scenario file's folder, so a scenario and its data travel
 together. The file's first comment line is its one-line description
 (``fedge simulate --list``).
 """
@@ -24,6 +24,7 @@ from typing import Any
 
 from shared.config import CONFIG_KEYS, closest_key
 from shared.errors import ConfigError, FedgeError
+from shared.model_reference import absolute_model_reference
 from simulations.fault_injection import FAULT_DEFAULTS
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -127,6 +128,8 @@ def read_scenario(scenario: str | Path) -> Scenario:
         for part in (simulation, overrides):
             if part.get(key):
                 part[key] = str((path.parent / str(part[key])).resolve())
+    if isinstance(overrides.get("model"), str):  # a .py file: beside the scenario
+        overrides["model"] = absolute_model_reference(overrides["model"], path.parent)
     return Scenario(
         path=path,
         description=_description(text),

@@ -29,6 +29,12 @@ from shared.config import (
     from_run_config,
 )
 from shared.errors import ConfigError, DataError, FedgeError, RunFailedError
+from shared.model_reference import (
+    absolute_model_reference,
+    is_model_reference,
+    model_file,
+)
+from shared.preprocessing import Preprocessing
 from shared.run_folder import (
     COMPLETE,
     FAILED,
@@ -86,7 +92,8 @@ def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
     from shared.partition import partition_indices, partition_stats
 
     check_client_count(config, num_clients)
-    load_reference_data(config.data)
+    reference = load_reference_data(config.data)
+    check_model(config, reference.preprocessing)
     if config.data.dataset != "file":
         train = load_builtin(config.data.dataset, "train")
         # The same call as each node's (client/node_data.py), so the same draw.
@@ -111,6 +118,27 @@ def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
     if config.data.dataset == "file":
         return None
     return partition_stats(train.y, parts, int(train.y.max()) + 1)
+
+
+def check_model(config: RunConfig, preprocessing: Preprocessing) -> None:
+    """Build the user's own model once on the data's shape, before anything starts.
+
+    Raises
+    ------
+    ModelError
+        The module cannot be imported or raises on import, has no such
+        callable, or the model is no ``nn.Module`` or gives logits of another
+        shape (:func:`shared.models.user_spec`).
+    """
+    if not is_model_reference(config.train.model):
+        return
+    from shared.models import user_spec
+
+    user_spec(
+        config.train.model,
+        tuple(preprocessing.input_shape),
+        preprocessing.num_classes,
+    )
 
 
 def check_client_count(config: RunConfig, num_clients: int) -> None:
@@ -192,6 +220,8 @@ def simulate(
     run_dir = output_dir.expanduser().resolve() / run_name
     overrides, fault_keys = split_fault_keys(overrides)
     overrides = {**overrides, "output-dir": str(run_dir.parent), "run-name": run_name}
+    if isinstance(overrides.get("model"), str):
+        overrides["model"] = absolute_model_reference(overrides["model"], Path.cwd())
     # Virtual nodes have no state-dir of their own: keep their privacy ledgers in
     # the run folder, so a resumed simulation continues every node's spend.
     overrides.setdefault("node-state-dir", str(run_dir / NODE_STATE_DIR))
@@ -209,6 +239,7 @@ def simulate(
         partitions = preflight(config, num_clients)
     else:  # the data was read and checked in full by _plan_data
         check_client_count(config, num_clients)
+        check_model(config, plan.preprocessing)
         partitions = plan.partitions
     # The server refuses such a folder too, but its old status.json would then be
     # read here as this run's result: refuse before anything starts.
@@ -228,7 +259,7 @@ def simulate(
             ) as link,
         ):
             command = flwr_run_command(
-                _app_to_submit(Path(tmp), faults),
+                _app_to_submit(Path(tmp), faults, config.train.model),
                 write_run_config(
                     Path(tmp) / "run-config.toml",
                     {**overrides, **(faults.to_run_config() if faults.active else {})},
@@ -297,13 +328,23 @@ def _mark_if_abandoned(run_dir: Path) -> None:
         )
 
 
-def _app_to_submit(workdir: Path, faults: FaultConfig) -> Path:
-    """Return the production app, or for faults a copy whose components inject them."""
-    if not faults.active:
-        return APP_DIR
-    from simulations.fault_app import write_fault_app
+def _app_to_submit(workdir: Path, faults: FaultConfig, model: str) -> Path:
+    """Return the production app, or a copy: faults' components, the model's file.
 
-    return write_fault_app(APP_DIR, workdir / "app", faults)
+    A ``.py`` model file is shipped inside the copy, so every worker imports
+    the same code wherever it runs (:func:`simulations.fault_app.ship_model_file`).
+    """
+    ships_model = model_file(model) is not None if is_model_reference(model) else False
+    if not faults.active and not ships_model:
+        return APP_DIR
+    from simulations.fault_app import ship_model_file, write_app_copy
+
+    app = write_app_copy(
+        APP_DIR, workdir / "app", faults=faults if faults.active else None
+    )
+    if ships_model:
+        ship_model_file(app, model)
+    return app
 
 
 def _summary_line(

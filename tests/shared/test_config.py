@@ -117,7 +117,8 @@ def test_missing_keys_without_defaults_are_reported():
         ),
         (
             {"model": "resnet"},
-            "'model' must be one of ['auto', 'mlp', 'cnn', 'cnn1d', 'gru'], got 'resnet'",
+            "'model' must be one of ['auto', 'mlp', 'cnn', 'cnn1d', 'gru'] or "
+            "MODULE:CALLABLE (your own model), got 'resnet'",
         ),
         (
             {"activation": "gelu"},
