@@ -49,6 +49,7 @@ def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> N
         run_name="dp10",
         echo=lambda *_: None,
     )
+    batch_size = from_run_config({}, fill_defaults=True).train.batch_size
     metrics = pd.read_csv(run_dir / "metrics.csv")
     trained = metrics[metrics["round"] > 0]
     assert (
@@ -79,6 +80,9 @@ def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> N
             _opacus_epsilon(releases, client["delta"]), rel=1e-9
         )
         assert client["epsilon"] == pytest.approx(client["epsilon-reported"])
+        # Every release at the plan's q: the run's batch size ÷ the node's examples.
+        planned_q = batch_size / client["num-examples"]
+        assert [q for _, _, q, _ in releases] == [pytest.approx(planned_q)] * 3
     # The wiped node started round 2 with no ledger: it continued from the
     # coordinator's record, so each ε it reported is Opacus's over the record up
     # to that round (never reset, never lower than before the wipe).
