@@ -4,7 +4,10 @@
 reports what it found, or the first problem with file, column and row. With
 ``--reference`` (the coordinator's held-out file, or a run's ``model.json``) the
 file is encoded with the federation's preprocessing, which also catches missing
-columns and unknown labels.
+columns and unknown labels. With ``--model MODULE:CALLABLE`` (or a
+``model.json`` naming the user's own model) it checks that the model code the
+coordinator names imports on this node, builds on the data's shape, and is the
+same code (SHA-256 of its source file, package version) as the coordinator's.
 
 ``fedge node start`` replaces itself with Flower's own ``flower-supernode``,
 connected over TLS to the coordinator and authenticated by the node's key, with
@@ -27,10 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.config import IMPUTE_MODES, default_run_config
-from shared.errors import DataError, FedgeError
+from shared.errors import DataError, FedgeError, ModelError
 
 if TYPE_CHECKING:  # the data stack (pandas) loads only when the command runs
     from shared.datasets import Dataset
+    from shared.model_reference import ModelIdentity
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,6 +78,19 @@ def _add_check(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="missing values: none refuses them, mean imputes them "
         f"(default: {defaults['impute']})",
     )
+    p.add_argument(
+        "--model",
+        metavar="MODULE:CALLABLE",
+        help="the model the coordinator names (run config 'model'): check it "
+        "imports here and builds on this data's shape (default: the one a "
+        "--reference model.json names, if any)",
+    )
+    p.add_argument(
+        "--model-sha256",
+        metavar="HEX",
+        help="the SHA-256 of the coordinator's model source file (sha256sum "
+        "nets.py): refuse if this node's copy differs",
+    )
     p.set_defaults(run=run_check, command_name="node check")
 
 
@@ -109,6 +126,66 @@ def check_node_file(
     return load_file(path, fitted.preprocessing)
 
 
+def check_node_model(
+    reference: Path | None,
+    *,
+    model: str | None,
+    model_sha256: str | None,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> ModelIdentity | None:
+    """Build the user's model the coordinator names, as this node's ClientApp would.
+
+    The model is ``model``, else the one a ``reference`` ``model.json`` names;
+    the expected identity is that ``model.json``'s (reference, SHA-256, package
+    version), and ``model_sha256`` when given.
+
+    Returns
+    -------
+    ModelIdentity or None
+        This node's copy's identity; None when no user's model is named.
+
+    Raises
+    ------
+    ModelError
+        The code cannot be imported or built (see
+        :func:`shared.model_reference.build_user_model`), or differs from the
+        coordinator's (one line naming both).
+    """
+    from shared.model_reference import (
+        build_user_model,
+        is_model_reference,
+    )
+    from shared.run_folder import ModelCard
+
+    expected: ModelIdentity | None = None
+    if reference is not None and reference.suffix == ".json":
+        spec = ModelCard.from_dict(
+            json.loads(reference.read_text()), source=str(reference)
+        ).spec
+        expected = spec.identity
+        if model is None and expected is not None:
+            model = spec.name
+    if model is None or not is_model_reference(model):
+        if model_sha256:
+            raise FedgeError(
+                "--model-sha256 needs the user's model: give --model MODULE:CALLABLE"
+            )
+        return None
+    if expected is not None and expected.reference != model:
+        expected = None  # another model than the card's: only --model-sha256 applies
+    _, local = build_user_model(
+        model, input_shape=input_shape, num_classes=num_classes, expected=expected
+    )
+    if model_sha256 and model_sha256.strip().lower() != local.sha256:
+        raise ModelError(
+            f"model {model!r}: this node's copy has sha256 {local.sha256}, the "
+            f"coordinator's has {model_sha256.strip().lower()}; nothing would be "
+            "trained: install the coordinator's version of the model code here"
+        )
+    return local
+
+
 def run_check(args: argparse.Namespace) -> int:
     """Print a summary of the file; DataError (exit 2) names what is wrong."""
     import numpy as np
@@ -118,6 +195,13 @@ def run_check(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         impute=args.impute,
         reference=args.reference,
+    )
+    identity = check_node_model(
+        args.reference,
+        model=args.model,
+        model_sha256=args.model_sha256,
+        input_shape=tuple(dataset.preprocessing.input_shape),
+        num_classes=dataset.preprocessing.num_classes,
     )
     prep = dataset.preprocessing
     counts = np.bincount(dataset.y, minlength=prep.num_classes)
@@ -133,6 +217,17 @@ def run_check(args: argparse.Namespace) -> int:
     missing = [c for c, n in zip(prep.class_names, counts, strict=True) if n == 0]
     if missing:
         print(f"  note: no examples of {missing} (fine for a non-IID node)")
+    if identity is not None:
+        compared = (
+            "same as the coordinator's"
+            if args.model_sha256
+            or (args.reference and args.reference.suffix == ".json")
+            else "compare the sha256 with the coordinator's file (sha256sum)"
+        )
+        print(
+            f"  model {identity.describe()}: imports and gives "
+            f"{prep.num_classes} logits here; {compared}"
+        )
     print("ok: this node's data can join")
     return 0
 

@@ -19,6 +19,7 @@ from edge_export.runtime import (
     KEY_CLASS_LABELS,
     KEY_FORMAT,
     KEY_INPUT,
+    KEY_MODEL_IDENTITY,
     KEY_MODEL_NAME,
     KEY_OUTPUT,
     KEY_PREPROCESSING,
@@ -51,6 +52,9 @@ def build_metadata(
 ) -> dict[str, str]:
     """Return the ``metadata_props`` mapping for one exported model.
 
+    A user's own model's identity (``spec["identity"]``: reference, SHA-256 of
+    its source file, package version) gets a key of its own as well.
+
     Parameters
     ----------
     spec, preprocessing : mapping
@@ -64,7 +68,7 @@ def build_metadata(
     quantization : mapping, optional
         ``{"method": "none"}`` for the float model (the default).
     """
-    return {
+    props = {
         KEY_FORMAT: METADATA_FORMAT,
         KEY_MODEL_NAME: str(spec["name"]),
         KEY_SPEC: _json(dict(spec)),
@@ -89,6 +93,9 @@ def build_metadata(
         KEY_PRIVACY: _json(dict(privacy)),
         KEY_QUANTIZATION: _json(dict(quantization or {"method": "none"})),
     }
+    if spec.get("identity"):
+        props[KEY_MODEL_IDENTITY] = _json(dict(spec["identity"]))
+    return props
 
 
 def write_metadata(model: onnx.ModelProto, props: Mapping[str, str]) -> None:

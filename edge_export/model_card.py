@@ -152,6 +152,8 @@ def build_card(
             "classes": list(run.preprocessing.class_names),
         },
     }
+    if run.spec.identity is not None:  # the user's own model: which code it is
+        card["model"]["code"] = run.spec.identity.to_dict()
     if config.report.model_description:
         card["intended-use"] = {"description": config.report.model_description}
     card["training-data"] = _training_data(run, records)
@@ -440,6 +442,18 @@ def render_markdown(card: dict[str, Any]) -> str:
         "trained by federated learning with fedge.",
         "",
     ]
+    code = model.get("code")
+    if code:
+        package = (
+            f", from package {code['package']} {code['version']}"
+            if code.get("package")
+            else ""
+        )
+        lines += [
+            f"The model's own code: `{code['reference']}` (source file SHA-256 "
+            f"`{code['sha256']}`{package}).",
+            "",
+        ]
     if "intended-use" in card:
         lines += ["## Intended use", "", card["intended-use"]["description"], ""]
     lines += _data_markdown(card["training-data"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,6 +102,14 @@ def export_onnx(
                 verbose=False,
             )
     except Exception as e:  # torch.export raises many unrelated types
+        operator = unsupported_operator(e)
+        if operator is not None:
+            raise ModelError(
+                f"ONNX cannot express operator {operator[0]} of the "
+                f"{type(model).__name__} model at opset {opset} ({operator[1]}); "
+                "nothing was exported and model.pt is unchanged: replace that "
+                "operation in the model's forward to export it"
+            ) from e
         raise ModelError(
             f"torch.onnx.export failed for a {type(model).__name__} with input "
             f"shape {input_shape} at opset {opset}: {e}"
@@ -114,6 +123,28 @@ def export_onnx(
     if traced_shape != input_shape:
         _state_input_shape(proto, input_shape)
     return proto
+
+
+# torch's exporter names the node it could not translate, and why, in its text.
+_FAILED_NODE = re.compile(r"target=torch\.ops\.(\w+\.\w+)")
+_SUMMARY = re.compile(r"<class '[\w.]+'>: ([^\n]+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def unsupported_operator(error: BaseException) -> tuple[str, str] | None:
+    """Return the operator torch's ONNX exporter could not translate, and why.
+
+    ``("aten._linalg_svd", "No ONNX function found for ...")`` from the
+    exporter's error text, or None when the error names no operator (then
+    the failure is something else, reported as it is).
+    """
+    text = _ANSI.sub("", str(error))
+    node = _FAILED_NODE.search(text)
+    if node is None:
+        return None
+    summary = _SUMMARY.search(text)
+    reason = summary.group(1).strip() if summary else "no ONNX translation"
+    return node.group(1), reason
 
 
 def _trace_shape(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:

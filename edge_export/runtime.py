@@ -51,6 +51,8 @@ KEY_CLASS_LABELS = "fedge.class-labels"
 KEY_PROVENANCE = "fedge.provenance"
 KEY_PRIVACY = "fedge.privacy"
 KEY_QUANTIZATION = "fedge.quantization"
+# Only for a user's own model (``MODULE:CALLABLE``): which code it is.
+KEY_MODEL_IDENTITY = "fedge.model-identity"
 REQUIRED_KEYS = (
     KEY_FORMAT,
     KEY_MODEL_NAME,
@@ -117,6 +119,9 @@ class EdgeMetadata:
         Class names in logit order.
     provenance, privacy, quantization : dict
         Training run facts, DP guarantees, and how the weights were quantised.
+    model_identity : dict or None
+        A user's own model: its reference, the SHA-256 of its source file and
+        its package version. None for fedge's built-in models.
     """
 
     model_name: str
@@ -130,6 +135,7 @@ class EdgeMetadata:
     provenance: dict[str, Any]
     privacy: dict[str, Any]
     quantization: dict[str, Any]
+    model_identity: dict[str, Any] | None = None
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], *, source: str) -> EdgeMetadata:
@@ -157,7 +163,8 @@ class EdgeMetadata:
                 f"this runtime reads {METADATA_FORMAT!r}; update fedge's runtime"
             )
         parsed: dict[str, Any] = {}
-        for key in REQUIRED_KEYS[2:]:
+        optional = [KEY_MODEL_IDENTITY] if KEY_MODEL_IDENTITY in props else []
+        for key in (*REQUIRED_KEYS[2:], *optional):
             try:
                 parsed[key] = json.loads(props[key])
             except json.JSONDecodeError as e:
@@ -177,6 +184,7 @@ class EdgeMetadata:
             provenance=parsed[KEY_PROVENANCE],
             privacy=_current_privacy_names(parsed[KEY_PRIVACY]),
             quantization=parsed[KEY_QUANTIZATION],
+            model_identity=parsed.get(KEY_MODEL_IDENTITY),
         )
 
 
