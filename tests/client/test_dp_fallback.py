@@ -41,11 +41,17 @@ VOCAB = 16
 
 
 class TextNet(nn.Module):
-    """Embedding → DPLSTM → LayerNorm → Linear over token ids given as floats."""
+    """Embedding → DPLSTM → LayerNorm → Linear over token ids given as floats.
 
-    def __init__(self, dim: int = 8, hidden: int = 12, classes: int = 3) -> None:
+    With the defaults, the recurrent layer holds most parameters (fallback:
+    hooks); with a large ``vocab`` the Embedding does (fallback: ghost).
+    """
+
+    def __init__(
+        self, dim: int = 8, hidden: int = 12, classes: int = 3, vocab: int = VOCAB
+    ) -> None:
         super().__init__()
-        self.embed = nn.Embedding(VOCAB, dim)
+        self.embed = nn.Embedding(vocab, dim)
         self.rnn = DPLSTM(dim, hidden, batch_first=True)
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, classes)
@@ -83,14 +89,24 @@ def opacus_hooks_reference(model, x, y, batches, *, lr, momentum, clip, expected
     return reference
 
 
-def test_the_mixed_model_is_outside_the_fast_path_and_ghost_clipping_trains_it(
-    caplog,
+# (model, the fallback it gets, why): 1,056 of 1,247 parameters in the DPLSTM;
+# 3,200 of 3,575 in the Embedding.
+MIXED = [
+    (lambda: TextNet(), "hooks", "Linear and Embedding layers hold 167 of the 1247"),
+    (lambda: TextNet(dim=16, hidden=4, vocab=200), "ghost", "ghost clipping trains"),
+]
+
+
+@pytest.mark.parametrize(("make_model", "mode", "why"), MIXED)
+def test_the_mixed_model_is_outside_the_fast_path_and_the_log_says_why(
+    make_model, mode, why, caplog
 ):
     torch.manual_seed(0)
-    model = TextNet()
+    model = make_model()
     x, _ = text_data(4)
     path = choose_dp_path(model, x[:2])
-    assert path.mode == "ghost"
+    assert path.mode == mode
+    assert why in path.reason
     assert "embed (Embedding)" in path.reason and "norm (LayerNorm)" in path.reason
     assert "rnn" not in path.reason and "head" not in path.reason  # fast-path layers
     with caplog.at_level(logging.INFO, logger="client.dp_path"):
@@ -106,17 +122,18 @@ def test_the_mixed_model_is_outside_the_fast_path_and_ghost_clipping_trains_it(
             max_grad_norm=1.0,
             seed=0,
         )
-    assert "DP-SGD path 'ghost': fedge's fast path does not support embed" in (
+    assert f"DP-SGD path '{mode}': fedge's fast path does not support embed" in (
         caplog.text
     )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("make_model", "mode", "why"), MIXED)
 def test_sigma_zero_train_private_equals_opacus_hooks_on_the_same_poisson_batches(
-    seed,
+    make_model, mode, why, seed
 ):
     torch.manual_seed(seed)
-    model = TextNet()
+    model = make_model()
     n, q, steps, clip = 30, 0.25, 6, 0.3
     x, y = text_data(n, seed=seed)
     result = train_private(
@@ -131,7 +148,7 @@ def test_sigma_zero_train_private_equals_opacus_hooks_on_the_same_poisson_batche
         max_grad_norm=clip,
         seed=seed,
     )
-    assert result.grad_sample_mode == "ghost"
+    assert result.grad_sample_mode == mode
     # The same Poisson batches: train_private's sampler is seeded by the first
     # of two states its seed spawns (the second seeds the noise).
     sampling_seed = int(np.random.SeedSequence(seed).generate_state(2)[0])
