@@ -123,22 +123,30 @@ def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
 def check_model(config: RunConfig, preprocessing: Preprocessing) -> None:
     """Build the user's own model once on the data's shape, before anything starts.
 
+    Under ``dp-mode = "sample"`` it is also checked with Opacus's
+    ``ModuleValidator`` (after ``fix-model``, when set). The registry's models
+    need neither check.
+
     Raises
     ------
     ModelError
         The module cannot be imported or raises on import, has no such
         callable, or the model is no ``nn.Module`` or gives logits of another
-        shape (:func:`shared.models.user_spec`).
+        shape (:func:`shared.models.user_spec`); or DP-SGD cannot train one of
+        its layers (:func:`shared.private_model.check_model_for_run`).
     """
     if not is_model_reference(config.train.model):
         return
     from shared.models import user_spec
+    from shared.private_model import check_model_for_run
 
-    user_spec(
+    spec = user_spec(
         config.train.model,
         tuple(preprocessing.input_shape),
         preprocessing.num_classes,
+        fix_model=config.dp.fix_model,
     )
+    check_model_for_run(config, spec)
 
 
 def check_client_count(config: RunConfig, num_clients: int) -> None:
