@@ -51,6 +51,7 @@ from shared.run_folder import (
     BATCH1_LATENCY,
     BATCH1_TIMING,
     CONFIG_FILE,
+    FAILED,
     MANIFEST_FILE,
     MODEL_CARD_FILE,
     MODEL_WEIGHTS_FILE,
@@ -61,6 +62,8 @@ from shared.run_folder import (
     ORT_FILE,
     ORT_OPERATORS_FILE,
     SIGNATURE_FILE,
+    STATUS_FILE,
+    read_status,
 )
 
 logger = logging.getLogger(__name__)
@@ -296,6 +299,7 @@ def export_run(
     run_dir = Path(run_dir)
     if sign_key is not None and not Path(sign_key).is_file():
         raise ConfigError(f"signing key {sign_key} not found; nothing was exported")
+    refuse_failed_run(run_dir)
     run = load_run(run_dir)
     test = held_out_data(run)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".export-"))
@@ -373,6 +377,31 @@ def export_run(
     if sign_key is not None:
         sign_manifest(run_dir, sign_key)
     return manifest
+
+
+def refuse_failed_run(run_dir: Path) -> None:
+    """Refuse a folder whose run failed before it saved a model.
+
+    Such a run (e.g. one in which no round aggregated an update) has no
+    trained model; its ``status.json`` says why, which is what the user needs
+    rather than a missing ``model.json``. A run that failed after saving its
+    model (its export at the end failed, say) may still be exported.
+
+    Raises
+    ------
+    ModelError
+        ``status.json`` reads ``failed`` and there is no ``model.json``.
+    """
+    status = read_status(run_dir)
+    if status.get("state") != FAILED or (run_dir / MODEL_CARD_FILE).is_file():
+        return
+    # One line, whatever the reason's own layout.
+    reason = " ".join(str(status.get("message", "")).split())
+    reason = reason or f"see {run_dir / STATUS_FILE}"
+    raise ModelError(
+        f"{run_dir} has no trained model to export: its run failed ({reason}); "
+        "nothing was exported"
+    )
 
 
 def _build_manifest(

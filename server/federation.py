@@ -31,6 +31,7 @@ from server.run_folder import (
     save_final_model,
     start_run_folder,
 )
+from server.run_outcome import NothingTrainedError, refuse_untrained
 from server.strategy_factory import build_strategy
 from shared import keys
 from shared.config import RunConfig
@@ -64,6 +65,9 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         On bad config or data before round 1, or when the run has to end (too few
         nodes after ``node-wait-timeout-s``); ``status.json`` then says why and
         every checkpoint written so far is kept.
+    NothingTrainedError
+        When no round aggregated an update: no model is saved or exported
+        (:mod:`server.run_outcome`).
     """
     check_sign_key(config)
     reference = load_reference_data(config.data)
@@ -95,6 +99,8 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         return _finish(
             run_dir, config, spec, reference, final_arrays, stop_reason, grid
         )
+    except NothingTrainedError:
+        raise  # its status.json is written, with the reason and more
     except BaseException as e:
         write_status(run_dir, FAILED, f"{type(e).__name__}: {e}")
         raise
@@ -213,9 +219,11 @@ def _finish(
     stop_reason: str,
     grid: Grid,
 ) -> Path:
+    history = MetricsHistory(run_dir)
+    # Before anything is saved: an untrained model is no run's result.
+    refuse_untrained(run_dir, history.records())
     model = build_model(spec)
     load_record_into(model, arrays)
-    history = MetricsHistory(run_dir)
     rows = history.rows()
     final = rows[-1]
     metrics = {

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from server.reply_collection import send_and_collect
+from server.reply_errors import common_failure, describe_error
 from shared import keys
 from shared.errors import FedgeError
 
@@ -67,6 +68,10 @@ class RoundOutcome:
     client_metrics: list[dict[str, Any]] = field(default_factory=list)
     client_evaluation: list[dict[str, Any]] | None = None
     client_evaluation_s: float = 0.0
+    # One line per error reply (server.reply_errors.describe_error).
+    reply_errors: list[str] = field(default_factory=list)
+    # Whether the round aggregated an update into a new global model.
+    updated: bool = False
 
 
 def run_rounds(
@@ -121,14 +126,15 @@ def run_rounds(
         outcome.client_metrics = [
             _client_metrics(m) for m in replies if not m.has_error()
         ]
+        outcome.reply_errors = [
+            describe_error(m.error.reason or "") for m in replies if m.has_error()
+        ]
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        outcome.updated = new_arrays is not None
         if new_arrays is not None:
             arrays = new_arrays
         else:
-            logger.warning(
-                "Round %d: no update was aggregated; the global model is unchanged.",
-                server_round,
-            )
+            _warn_no_update(outcome)
         outcome.train_metrics = _scalars(train_metrics)
         if federated_evaluation:
             eval_messages = list(
@@ -159,6 +165,27 @@ def run_rounds(
         if stop is not None:
             raise StopRun(stop, arrays)
     return arrays
+
+
+def _warn_no_update(outcome: RoundOutcome) -> None:
+    """Log the round that left the model unchanged, once, with why when known.
+
+    When every sampled node failed with the same error this one line says so
+    (with the likely cause) instead of leaving the reader to the node's
+    repeated tracebacks.
+    """
+    failure = common_failure(outcome.sampled, outcome.reply_errors)
+    if failure is None:
+        logger.warning(
+            "Round %d: no update was aggregated; the global model is unchanged.",
+            outcome.server_round,
+        )
+        return
+    logger.warning(
+        "Round %d: %s; no update was aggregated, the global model is unchanged.",
+        outcome.server_round,
+        failure,
+    )
 
 
 def _unanswered(sent: list[Message], replies: list[Message]) -> frozenset[int]:

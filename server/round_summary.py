@@ -13,6 +13,7 @@ from flwr.serverapp import Grid
 
 from server.federation_loop import RoundOutcome
 from server.metrics_history import summarize_clients
+from server.reply_errors import count_errors
 from server.robust_strategy import RobustStrategy
 from shared import keys
 from shared.config import RunConfig
@@ -34,6 +35,7 @@ from shared.run_folder import (
     FED_EVAL_LOSS,
     REFUSED,
     REPLIES,
+    REPLY_ERRORS,
     ROUND,
     ROUND_TIME_S,
     SAMPLED,
@@ -60,7 +62,10 @@ def round_row(
 
     A round whose global model was scored on every node adds the fairness
     summary (:func:`shared.fairness.fairness_summary` at ``fairness_threshold``)
-    to the row and each node's figures to the details.
+    to the row and each node's figures to the details. A round that left the
+    global model unchanged records ``aggregated`` 0, whatever the strategy
+    counted; its error replies go to the details, each distinct error line
+    with the number of nodes that replied it.
     """
     clients = stats.get(CLIENTS, outcome.client_metrics)
     epsilon_max, epsilon_mean = summarize_clients(clients, keys.EPSILON)
@@ -76,7 +81,9 @@ def round_row(
             FAILURES: stats.get(FAILURES, outcome.failures),
             DROPPED: stats.get(DROPPED, 0),
             REFUSED: stats.get(REFUSED, 0),
-            AGGREGATED: stats.get(AGGREGATED, outcome.replies),
+            AGGREGATED: stats.get(AGGREGATED, outcome.replies)
+            if outcome.updated
+            else 0,
             EPSILON_MAX: _or_nan(epsilon_max),
             EPSILON_MEAN: _or_nan(epsilon_mean),
             ROUND_TIME_S: round(outcome.round_time_s, 3),
@@ -85,6 +92,8 @@ def round_row(
         }
     )
     details = {CLIENTS: clients, SAMPLED_NODES: stats.get(SAMPLED_NODES, [])}
+    if outcome.reply_errors:
+        details[REPLY_ERRORS] = count_errors(outcome.reply_errors)
     if outcome.client_evaluation is not None:
         row.update(
             fairness_summary(

@@ -27,6 +27,7 @@ from shared.errors import FedgeError
 from shared.run_folder import (
     CHECKPOINT_DIR,
     FAILED,
+    RESUMABLE,
     STATUS_FILE,
     read_status,
     write_status,
@@ -64,8 +65,11 @@ def end_failed_run(config: RunConfig | None, error: FedgeError) -> RunEnded:
 
 
 def _can_resume(run_dir: Path) -> bool:
-    return read_status(run_dir).get("state") == FAILED and any(
-        (run_dir / CHECKPOINT_DIR).glob("round-*.pt")
+    status = read_status(run_dir)
+    return (
+        status.get("state") == FAILED
+        and status.get(RESUMABLE, True) is not False
+        and any((run_dir / CHECKPOINT_DIR).glob("round-*.pt"))
     )
 
 

@@ -92,6 +92,9 @@ RUNNING = "running"
 COMPLETE = "complete"
 FAILED = "failed"
 UNKNOWN = "unknown"
+# False in a failed run's status when resuming cannot help (e.g. no round
+# trained the model and none is left to run); missing means it may.
+RESUMABLE = "resumable"
 
 # ------------------------------------------------- metrics.csv / metrics.jsonl
 ROUND = "round"
@@ -126,6 +129,9 @@ BYTES_RECEIVED = "bytes-received"
 # metrics.jsonl only: per-client figures and the nodes sampled
 CLIENTS = "clients"
 SAMPLED_NODES = "sampled-nodes"
+# metrics.jsonl only: each distinct error the round's error replies said (one
+# line, server.reply_errors.describe_error) -> how many nodes replied it
+REPLY_ERRORS = "reply-errors"
 # Per-client evaluation of the global model on every node's local test split
 # (rounds due by ``evaluate-interval``, and the last): one entry per node in
 # metrics.jsonl, and its summary over the nodes in metrics.csv

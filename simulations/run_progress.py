@@ -36,6 +36,7 @@ from shared.run_folder import (
     PARTITIONS_FILE,
     REFUSED,
     REPLIES,
+    RESUMABLE,
     ROUND,
     ROUND_TIME_S,
     RUNNING,
@@ -98,7 +99,7 @@ class RunProgress:
         Rounds left times ``mean_round_time_s``, while running.
     resume_command : str or None
         The command that continues a failed (or stalled) run from its latest
-        checkpoint.
+        checkpoint; None when ``status.json`` says resuming cannot help.
     silent_s : float or None
         Seconds since the coordinator last wrote to the folder.
     stalled : bool
@@ -183,7 +184,7 @@ def read_progress(run_dir: str | Path, *, now: float | None = None) -> RunProgre
         mean_round_time_s=mean_time,
         eta_s=eta,
         resume_command=resume_command(run_dir, run_config)
-        if state == FAILED or stalled
+        if (state == FAILED and status.get(RESUMABLE, True) is not False) or stalled
         else None,
         silent_s=silent_s,
         stalled=stalled,

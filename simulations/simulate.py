@@ -73,12 +73,16 @@ _SHOW = re.compile(
 # multi-line Ray traceback. Shown live, one short line per dropout is enough.
 _DROPOUT = re.compile(r"simulated dropout: .*?\)")
 _RAY_WRAPPER = re.compile(
-    r"RayBackend|ray::ClientAppActor|RayTaskError|Traceback \(most recent|"
+    r"RayBackend|ray::ClientAppActor|RayTaskError|RaySystemError|"
+    r"Traceback \(most recent|"
     r"^\s*raise \w+\($|Received error in reply from node|"
     r"FutureWarning|"
     # Ray's own processes, relayed to the driver: nothing reads Ray's metrics.
     r"metrics exporter agent"
 )
+# Ray prefixes what an actor prints with its pid: the same error from two
+# virtual clients differs only there.
+_ACTOR_PREFIX = re.compile(r"^\(\w+ pid=\d+\)\s*")
 
 
 def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
@@ -420,11 +424,11 @@ def _stream(
         ) as process,
     ):
         assert process.stdout is not None
-        dropouts_seen: set[str] = set()
+        seen: set[str] = set()
         for line in process.stdout:
             log.write(line)
             clean = re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip()
-            shown = clean if verbose else _line_to_show(clean, dropouts_seen)
+            shown = clean if verbose else _line_to_show(clean, seen)
             if shown is not None:
                 echo(shown)
     if process.returncode != 0:
@@ -433,14 +437,24 @@ def _stream(
         )
 
 
-def _line_to_show(line: str, dropouts_seen: set[str]) -> str | None:
-    """Return what to echo of one Flower log line when not verbose, or None."""
+def _line_to_show(line: str, seen: set[str]) -> str | None:
+    """Return what to echo of one Flower log line when not verbose, or None.
+
+    fedge's own lines are always shown. Any other line is shown the first time
+    only: a node error repeats once per node and round, and the coordinator's
+    round line already says when every node failed alike (the whole log is in
+    ``flower.log``).
+    """
     dropout = _DROPOUT.search(line)
     if dropout:
-        if dropout.group(0) in dropouts_seen:
-            return None
-        dropouts_seen.add(dropout.group(0))
-        return f"fedge simulate: {dropout.group(0)}"
-    if _RAY_WRAPPER.search(line):
-        return None  # the wrapped error's own line follows and is shown
-    return line if _SHOW.search(line) else None
+        shown = f"fedge simulate: {dropout.group(0)}"
+    elif "fedge:" in line:
+        return line
+    elif _RAY_WRAPPER.search(line) or not _SHOW.search(line):
+        return None  # a wrapped error's own line follows and is shown
+    else:
+        shown = _ACTOR_PREFIX.sub("", line)
+    if shown in seen:
+        return None
+    seen.add(shown)
+    return shown

@@ -187,6 +187,28 @@ def test_a_failed_run_without_checkpoints_has_nothing_to_resume(tmp_path):
     assert read_progress(run_dir).resume_command is None
 
 
+def test_a_run_that_trained_nothing_offers_no_resume_though_it_has_checkpoints(
+    tmp_path,
+):
+    run_dir = write_run(
+        tmp_path / "untrained",
+        state="failed",
+        rows=["0,0.04,,,,,,,", "1,0.04,2,0,2,0,0,,5.0"],
+        message="no round aggregated an update: after round 1 (...)",
+    )
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "round-0001.pt").write_bytes(b"")
+    resumable = read_progress(run_dir).resume_command
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "resumable": False}))
+
+    progress = read_progress(run_dir)
+
+    assert resumable is not None  # the same folder without the flag
+    assert progress.resume_command is None
+    assert progress.message.startswith("no round aggregated an update")
+
+
 def test_json_output_has_every_round(tmp_path, capsys):
     run_dir = write_run(tmp_path / "r", state="complete", rows=ROWS, clients=CLIENTS)
 

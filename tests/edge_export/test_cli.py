@@ -39,6 +39,27 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def test_export_of_a_run_that_trained_nothing_is_one_line_and_exit_2(tmp_path, capsys):
+    from cli.app import main
+
+    run_dir = tmp_path / "untrained"
+    run_dir.mkdir()
+    reason = "no round aggregated an update: after round 1 (...)"
+    (run_dir / "status.json").write_text(
+        json.dumps({"state": "failed", "message": reason})
+    )
+
+    code = main(["export", str(run_dir)])
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert captured.err == (
+        f"fedge export: error: {run_dir} has no trained model to export: its run "
+        f"failed ({reason}); nothing was exported\n"
+    )
+
+
 def test_predict_writes_label_and_probability_columns(tabular_run, tmp_path):
     eval_csv = json.loads((tabular_run / "config.json").read_text())["config"]["data"][
         "eval_data_path"

@@ -19,7 +19,7 @@ from edge_export.onnx_export import (
     check_onnx,
     export_onnx,
 )
-from edge_export.pipeline import export_run
+from edge_export.pipeline import export_run, refuse_failed_run
 from shared.datasets import load_builtin, load_file
 from shared.errors import ModelError
 from shared.models import ModelSpec, build_model, for_export
@@ -153,6 +153,45 @@ def test_export_refuses_bad_arguments_and_folders(tmp_path, digits_run):
         ModelError, match=r"model.json not found; is .* a finished fedge run"
     ):
         export_run(tmp_path)
+
+
+UNTRAINED = (
+    "no round aggregated an update: after rounds 1-2 (4 nodes sampled, 4 failed, "
+    "0 dropped, 0 refused) the model is still the untrained initial one"
+)
+
+
+def untrained_run(run_dir):
+    """What a run in which no round aggregated an update leaves: no model."""
+    run_dir.mkdir()
+    (run_dir / "metrics.csv").write_text("round,central-accuracy\n0,0.04\n")
+    (run_dir / "status.json").write_text(
+        json.dumps({"state": "failed", "message": UNTRAINED, "resumable": False})
+    )
+    return run_dir
+
+
+def test_a_run_that_trained_nothing_is_refused_with_its_reason(tmp_path):
+    run_dir = untrained_run(tmp_path / "r")
+
+    with pytest.raises(ModelError) as refused:
+        export_run(run_dir)
+
+    assert str(refused.value) == (
+        f"{run_dir} has no trained model to export: its run failed ({UNTRAINED}); "
+        "nothing was exported"
+    )
+    assert sorted(os.listdir(run_dir)) == ["metrics.csv", "status.json"]
+
+
+def test_a_failed_run_that_saved_its_model_may_still_be_exported(digits_run, copy_run):
+    # Its run failed in the export at the end, after the model was saved.
+    run_dir = copy_run(digits_run)
+    (run_dir / "status.json").write_text(
+        json.dumps({"state": "failed", "message": "ModelError: parity failed"})
+    )
+
+    refuse_failed_run(run_dir)  # no error: load_run and the checks decide
 
 
 def test_weights_that_do_not_fit_the_spec_are_refused(digits_run, copy_run):

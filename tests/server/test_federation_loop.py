@@ -195,6 +195,8 @@ def test_round_aggregates_replies_and_counts_failures_and_bytes():
     assert outcome.central == {"accuracy": 0.25}
     assert outcome.evaluate_metrics == {}
     assert outcome.round_time_s >= 0
+    assert outcome.updated
+    assert outcome.reply_errors == ["out of memory"]
 
 
 def test_instructions_carry_round_config_and_reply_timeout():
@@ -282,7 +284,51 @@ def test_round_without_any_update_keeps_the_model_and_warns(caplog):
     assert outcome.client_metrics == []
     assert outcome.train_metrics == {}
     np.testing.assert_array_equal(central_calls[0][1], [7.0])
-    assert "Round 1: no update was aggregated" in caplog.text
+    assert not outcome.updated
+    assert outcome.reply_errors == ["out of memory", "out of memory"]
+    # One node gave no reply at all: not "every node failed alike".
+    assert [r.getMessage() for r in caplog.records] == [
+        "Round 1: no update was aggregated; the global model is unchanged."
+    ]
+
+
+SHADOWED = "ModuleNotFoundError: No module named 'client.client_app'; 'client' is not a package"
+
+
+def shadowed_node(pid):
+    """A simulated node whose ClientApp cannot be imported, as Ray reports it."""
+
+    def behave(message):
+        reason = (
+            "<class 'ray.exceptions.RayTaskError(RaySystemError)'>:<'"
+            f"ray::ClientAppActor.run() (pid={pid}, actor_id=a8{pid})\n"
+            "ray.exceptions.RaySystemError: System error: No module named "
+            "'client.client_app'; 'client' is not a package\n"
+            f"traceback: Traceback (most recent call last):\n{SHADOWED}'>"
+        )
+        return Message(Error(code=0, reason=reason), reply_to=message)
+
+    return behave
+
+
+def test_every_node_failing_alike_is_said_once_with_the_likely_cause(caplog):
+    grid = FakeGrid({11: shadowed_node(5337), 12: shadowed_node(5338)})
+
+    with caplog.at_level(logging.WARNING, logger="server.federation_loop"):
+        _, outcomes, _ = run(grid, arrays=arrays_of([7.0]), last_round=2)
+
+    assert [o.reply_errors for o in outcomes] == [[SHADOWED, SHADOWED]] * 2
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2  # one per round, not one per node
+    for server_round, line in enumerate(lines, start=1):
+        assert line == (
+            f"Round {server_round}: all 2 sampled nodes failed with the same error: "
+            f"{SHADOWED} (likely cause: a module named 'client' that is not a "
+            "package, such as a file client.py in the folder the run or node was "
+            "started from, hides the app's 'client' package; rename that file or "
+            "start from another folder); no update was aggregated, the global "
+            "model is unchanged."
+        )
 
 
 # ---------------------------------------------------------------- run endings

@@ -44,6 +44,31 @@ def test_a_round_not_scored_on_every_node_has_no_fairness_columns():
     assert "client-evaluation" not in details
 
 
+def test_a_round_that_left_the_model_unchanged_aggregated_nothing():
+    # The strategy counted 2 usable replies, but its aggregation gave no model
+    # (as Flower's central-DP wrapper does when a reply is an error).
+    row, details = round_row(
+        outcome(updated=False, reply_errors=["E: a", "E: b", "E: a"]),
+        {"aggregated": 2},
+        fairness_threshold=0.8,
+    )
+
+    assert row["aggregated"] == 0
+    assert details["reply-errors"] == {"E: a": 2, "E: b": 1}
+
+
+def test_a_round_that_updated_the_model_records_what_was_aggregated():
+    row, details = round_row(
+        outcome(updated=True, replies=3), {"aggregated": 2}, fairness_threshold=0.8
+    )
+    no_stats, _ = round_row(
+        outcome(updated=True, replies=3), {}, fairness_threshold=0.8
+    )
+
+    assert (row["aggregated"], no_stats["aggregated"]) == (2, 3)
+    assert "reply-errors" not in details
+
+
 class Grid:
     def __init__(self, node_ids):
         self.node_ids = node_ids

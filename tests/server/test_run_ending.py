@@ -11,6 +11,7 @@ from flwr.app import Context, RecordDict
 from flwr.app.exception import AppExitException
 
 from server.run_ending import QuietRunEnded, RunEnded, end_failed_run
+from server.run_outcome import NothingTrainedError
 from shared.config import from_run_config
 from shared.errors import DataError, FedgeError
 
@@ -62,6 +63,20 @@ def test_a_failed_run_with_checkpoints_says_how_to_resume(tmp_path):
     assert str(ended).endswith(
         "; checkpoints are kept: submit it again with resume = true"
     )
+
+
+def test_a_run_that_trained_nothing_is_not_offered_a_resume(tmp_path):
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "round-0002.pt").write_bytes(b"")
+    reason = "no round aggregated an update: after rounds 1-2 (...)"
+    (run_dir / "status.json").write_text(
+        json.dumps({"state": "failed", "message": reason, "resumable": False})
+    )
+
+    ended = end_failed_run(_config(tmp_path), NothingTrainedError(reason))
+
+    assert str(ended) == f"run failed: {reason} (status: {run_dir / 'status.json'})"
 
 
 def test_a_config_too_broken_to_name_a_folder_is_only_logged(tmp_path, caplog):
