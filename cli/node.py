@@ -11,9 +11,10 @@ same code (SHA-256 of its source file, package version) as the coordinator's.
 
 ``fedge node start`` replaces itself with Flower's own ``flower-supernode``,
 connected over TLS to the coordinator and authenticated by the node's key, with
-the node's data file and privacy-ledger folder in its node config. Every flag
-also reads a ``FEDGE_*`` environment variable, which is how
-``deploy/supernode.sh`` and the systemd unit configure it.
+the node's data file and privacy-ledger folder in its node config, and its
+SuperExec's task poll interval at :data:`TASK_POLL_INTERVAL_S` unless the
+environment sets it. Every flag also reads a ``FEDGE_*`` environment variable,
+which is how ``deploy/supernode.sh`` and the systemd unit configure it.
 """
 
 from __future__ import annotations
@@ -272,6 +273,14 @@ START_SETTINGS: dict[str, tuple[str, str, str]] = {
     ),
 }
 SUPERNODE = "flower-supernode"
+# Flower's SuperExec looks for a new message every FLWR_SUPEREXEC_TASK_POLL_INTERVAL
+# seconds (flwr 1.42: default 1 s, allowed 0.01-60 s), the one wait on a node's
+# message path Flower lets a user set. In benchmarks/deployment_round, 0.2 s
+# gave the gain (a 3-node round 0.81x its time at 1 s); 0.05 s gained nothing
+# more on a node alone and tripled the idle node's CPU (README, "What a round
+# costs"). An operator's own value of the variable is kept.
+TASK_POLL_INTERVAL_VARIABLE = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+TASK_POLL_INTERVAL_S = 0.2
 
 
 def _add_start(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -283,7 +292,10 @@ def _add_start(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "verified with the federation's CA, authenticated by the node's key, "
             "with the node's data file and ledger folder (absolute paths) in its "
             "node config. Options after -- go to flower-supernode unchanged. "
-            "Each option also reads the environment variable named in brackets."
+            "Each option also reads the environment variable named in brackets. "
+            f"The node's SuperExec looks for new messages every "
+            f"{TASK_POLL_INTERVAL_S:g} s ({TASK_POLL_INTERVAL_VARIABLE}; Flower's "
+            "own default is 1 s) unless that variable is already set."
         ),
     )
     for flag, (variable, default, text) in START_SETTINGS.items():
@@ -423,6 +435,21 @@ def supernode_command(
     ]
 
 
+def supernode_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Return the environment ``flower-supernode`` runs with: ``environ`` plus defaults.
+
+    Telemetry off and the SuperExec's task poll interval at
+    :data:`TASK_POLL_INTERVAL_S` seconds, each only where ``environ`` does not
+    set it already: an operator's own value wins. The SuperNode hands its
+    environment on to the SuperExec it starts, which reads the interval.
+    """
+    defaults = {
+        "FLWR_TELEMETRY_ENABLED": "0",
+        TASK_POLL_INTERVAL_VARIABLE: f"{TASK_POLL_INTERVAL_S:g}",
+    }
+    return {**defaults, **environ}
+
+
 def run_start(args: argparse.Namespace) -> int:
     """Print the command (``--dry-run``) or become ``flower-supernode``."""
     launch = node_launch(
@@ -443,8 +470,11 @@ def run_start(args: argparse.Namespace) -> int:
             "activate the fedge virtualenv (make setup)"
         )
     launch.state_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     sys.stdout.flush()
     # exec: the SuperNode receives a service manager's signals directly.
-    os.execv(program, supernode_command(launch, flower_args, program=program))
+    os.execve(
+        program,
+        supernode_command(launch, flower_args, program=program),
+        supernode_environment(),
+    )
     return 0  # not reached

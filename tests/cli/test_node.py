@@ -192,3 +192,60 @@ def test_the_deploy_launcher_runs_the_same_command(node_files):
     assert command[command.index("--node-config") + 1] == (
         f'data-path="{data}" state-dir="{key.parent / "fedge-state"}"'
     )
+
+
+# ------------------------------------------------ node start: SuperExec polling
+POLL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+
+
+@pytest.fixture
+def exec_calls(node_files, monkeypatch):
+    """Run `fedge node start` up to its exec, recording what it would exec."""
+    import cli.node
+
+    calls = []
+    monkeypatch.setattr(
+        cli.node.os,
+        "execve",
+        lambda program, argv, env: calls.append((program, argv, env)),
+    )
+    monkeypatch.delenv(POLL, raising=False)
+    key, ca, _ = node_files
+    flags = ["--superlink", "h:1", "--node-key", str(key), "--ca-cert", str(ca)]
+    return calls, flags
+
+
+def test_start_sets_the_superexec_poll_interval_by_default(exec_calls, monkeypatch):
+    calls, flags = exec_calls
+    monkeypatch.setenv("FEDGE_TEST_KEPT", "yes")
+
+    assert main(["node", "start", *flags]) == 0
+
+    ((program, argv, env),) = calls
+    assert program.endswith("flower-supernode")
+    assert argv[1:3] == ["--root-certificates", flags[-1]]
+    assert env[POLL] == "0.2"  # the default the README's benchmark chose
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert env["FEDGE_TEST_KEPT"] == "yes"  # the rest of the environment goes on
+
+
+def test_an_operators_own_poll_interval_wins(exec_calls, monkeypatch):
+    calls, flags = exec_calls
+    monkeypatch.setenv(POLL, "2.5")
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "1")
+
+    assert main(["node", "start", *flags]) == 0
+
+    ((_, _, env),) = calls
+    assert env[POLL] == "2.5"
+    assert env["FLWR_TELEMETRY_ENABLED"] == "1"
+
+
+def test_start_help_names_the_poll_interval_and_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["node", "start", "--help"])
+
+    out = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0
+    assert "every 0.2 s (FLWR_SUPEREXEC_TASK_POLL_INTERVAL" in out
+    assert "unless that variable is already set" in out
