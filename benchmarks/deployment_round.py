@@ -333,9 +333,9 @@ def run_fedge(
     RuntimeError
         When the run did not complete.
     """
-    before = flower_runs_traffic(federation.link)
     from tests.e2e.deployment import submit_run
 
+    before = flower_runs_traffic(federation.link)
     done = submit_run(federation.link, workdir, overrides, timeout_s=900)
     run_dir = federation.run_dir(overrides)
     status = read_status(run_dir)
