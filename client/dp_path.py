@@ -134,8 +134,14 @@ _logged: set[str] = set()
 
 
 def log_dp_path(path: DPPath) -> None:
-    """Say once per process which path trains and why (a node trains every round)."""
+    """Say once per process which path trains and why (a node trains every round).
+
+    A fallback is a warning: each step costs more than on the fast path (see
+    ``benchmarks/dp_overhead.py``), and a node's INFO lines go nowhere by
+    default, while its warnings reach the node's (and the simulation's) log.
+    """
     line = f"DP-SGD path '{path.mode}': {path.reason}"
     if line not in _logged:
         _logged.add(line)
-        logger.info("%s", line)
+        level = logging.INFO if path.mode == "fast" else logging.WARNING
+        logger.log(level, "%s", line)
