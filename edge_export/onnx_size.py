@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import onnx
 
+from shared.errors import ModelError
+
 # Metadata keys ONNX Runtime's quantisation pre-processor adds (it records
 # that shape inference ran); nothing reads them back.
 _PREPROCESSOR_KEYS = ("onnx.infer", "onnx.quant.pre_process")
@@ -32,7 +34,15 @@ def size_breakdown(model: onnx.ModelProto) -> dict[str, int]:
 
     Each figure is the file's size minus its size without that part, so it
     includes the protobuf framing and the names; ``"other"`` is what remains
-    (IR version, producer, graph name), and the figures add up to the size.
+    (IR version, producer, graph name, the graph's own tag and length), and the
+    figures add up to the size.
+
+    Parts of the graph share one piece of framing, the graph's length prefix:
+    when removing a part shortens that varint, the byte saved is counted in
+    that part, and again in every other part whose removal shortens it. The
+    header bytes in ``"other"`` absorb this for any real export; a model whose
+    parts add up to more than its size is refused instead of reported with a
+    negative ``"other"``.
 
     Returns
     -------
@@ -41,7 +51,15 @@ def size_breakdown(model: onnx.ModelProto) -> dict[str, int]:
         INT8"``: quantised weights), ``"metadata fedge"`` (the device's
         preprocessing, labels, provenance), ``"metadata other"``, ``"nodes"``
         (operators, their attributes and tensor names), ``"value_info"``,
-        ``"inputs/outputs"``, ``"opset imports"``, ``"other"`` and ``"total"``.
+        ``"inputs/outputs"``, ``"opset imports"``, ``"other"`` (>= 0) and
+        ``"total"``.
+
+    Raises
+    ------
+    ModelError
+        If the parts add up to more than the file (``"other"`` would be
+        negative): no breakdown is returned, so none that does not add up is
+        printed.
     """
     total = int(model.ByteSize())
 
@@ -75,7 +93,16 @@ def size_breakdown(model: onnx.ModelProto) -> dict[str, int]:
         lambda c: (c.graph.ClearField("input"), c.graph.ClearField("output"))
     )
     parts["opset imports"] = saved_without(lambda c: c.ClearField("opset_import"))
-    parts["other"] = total - sum(parts.values())
+    counted = sum(parts.values())
+    if counted > total:
+        raise ModelError(
+            f"cannot break down this ONNX model's {total} bytes: its parts add up "
+            f"to {counted}, {counted - total} more than the file, expected at most "
+            f"the file's size (removing each graph part also shortened the graph's "
+            f"length prefix, and that byte was counted once per part); "
+            f"no breakdown is returned"
+        )
+    parts["other"] = total - counted
     parts["total"] = total
     return parts
 
