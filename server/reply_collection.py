@@ -61,8 +61,11 @@ def send_and_collect(
         remaining = deadline - clock()
         if not pending or remaining <= 0:
             break
-        sleep(min(interval, remaining))
         # Replies of one round tend to come close together: look again soon
-        # after one arrives, and back off while none does.
-        interval = FIRST_POLL_S if arrived else min(2 * interval, MAX_POLL_S)
+        # after one arrives (this very wait is short), and back off while none
+        # does.
+        if arrived:
+            interval = FIRST_POLL_S
+        sleep(min(interval, remaining))
+        interval = min(2 * interval, MAX_POLL_S)
     return replies

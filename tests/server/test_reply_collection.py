@@ -1,3 +1,5 @@
+import pytest
+
 from server.reply_collection import FIRST_POLL_S, MAX_POLL_S, send_and_collect
 
 
@@ -60,11 +62,21 @@ def test_replies_are_collected_soon_after_they_arrive_not_on_a_3_s_tick():
 
 
 def test_polling_backs_off_while_nothing_arrives_and_resets_after_a_reply():
-    _, clock, _ = collect({"a": 2.0, "b": 2.0 + 1e-9}, timeout_s=600)
+    # "a" arrives at 2.0 s, "b" at 4.2 s. With FIRST_POLL_S = 0.05 and
+    # MAX_POLL_S = 0.5, the waits double from 0.05 to the 0.5 cap: pulls at
+    # 0.05, 0.15, 0.35, 0.75, 1.25, 1.75, then 2.25 finds "a". The back-off
+    # starts again from 0.05: pulls at 2.30, 2.40, 2.60, 3.00, 3.50, 4.00,
+    # then 4.50 finds "b".
+    assert (FIRST_POLL_S, MAX_POLL_S) == (0.05, 0.5)
+    backing_off = [0.05, 0.1, 0.2, 0.4, 0.5, 0.5, 0.5]
 
-    first = clock.sleeps[:5]
-    assert first == [FIRST_POLL_S * 2**k for k in range(4)] + [MAX_POLL_S]
-    assert max(clock.sleeps) == MAX_POLL_S
+    _, clock, grid = collect({"a": 2.0, "b": 4.2}, timeout_s=600)
+
+    assert clock.sleeps == pytest.approx(backing_off + backing_off)
+    pulled_at = [round(t, 2) for t, _ in grid.pulls]
+    assert pulled_at[6:9] == [1.75, 2.25, 2.3]  # a short look right after "a"
+    assert pulled_at[-1] == 4.5
+    assert [ids for _, ids in grid.pulls[8:]] == [["b"]] * 7
 
 
 def test_a_node_that_never_replies_is_given_up_at_the_timeout():
