@@ -73,15 +73,46 @@ def test_result_counts_steps_and_examples():
     assert math.isfinite(result.train_loss) and result.train_loss > 0
 
 
+class OneLogit(nn.Module):
+    """Logits ``(s, 0)`` for every input: the loss depends on ``s`` alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.s = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return torch.stack([self.s.expand(len(x)), torch.zeros(len(x))], dim=1)
+
+
 def test_reported_loss_is_the_last_epochs_mean():
-    # One full batch, lr tiny: the only batch loss is the loss at the start.
-    x, y = separable(n=32)
-    model = build_model(SPEC, model_seed=0)
-    expected = mean_loss(model, x, y)
+    # Every example has label 0, so each batch's loss is -log softmax(s, 0)[0]
+    # = log(1 + e^-s), whatever the shuffle; its gradient in s is
+    # -1 / (1 + e^s), so plain SGD steps s += lr / (1 + e^s). Three epochs of
+    # two batches: six steps, each loss smaller than the one before.
+    x = np.zeros((4, 1), dtype=np.float32)
+    y = np.zeros(4, dtype=np.int64)
+    learning_rate = 1.0
+    s, losses = 0.0, []
+    for _ in range(6):
+        losses.append(math.log1p(math.exp(-s)))
+        s += learning_rate / (1 + math.exp(s))
+    last_epoch_mean = (losses[4] + losses[5]) / 2
+    # What a wrong "mean" would report instead, all far from the right one.
+    for wrong in (sum(losses) / 6, losses[5], (losses[0] + losses[1]) / 2):
+        assert abs(wrong - last_epoch_mean) > 0.01
 
-    result = train(model, x, y, batch_size=32, learning_rate=1e-9, momentum=0.0)
+    result = train(
+        OneLogit(),
+        x,
+        y,
+        epochs=3,
+        batch_size=2,
+        learning_rate=learning_rate,
+        momentum=0.0,
+    )
 
-    assert result.train_loss == pytest.approx(expected, rel=1e-5)
+    assert result.steps == 6
+    assert result.train_loss == pytest.approx(last_epoch_mean, rel=1e-5)
 
 
 # ---------------------------------------------------------------- reproducibility
