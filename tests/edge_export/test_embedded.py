@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from cli import export as cli_export
+from edge_export import pipeline
 from edge_export.embedded import check_budgets
 from edge_export.manifest import read_manifest, verify_run
 from edge_export.pipeline import export_run
@@ -60,7 +61,7 @@ def test_every_embedded_artefact_is_listed_hashed_and_agrees_with_the_onnx(serie
 
 
 @pytest.mark.slow
-def test_the_optimised_graph_is_shipped_exactly_when_it_was_faster(series_run):
+def test_the_shipped_files_and_their_timings_agree_with_the_manifest(series_run):
     manifest = read_manifest(series_run)
     figures = manifest.embedded["batch1-one-thread"]
     kept = manifest.embedded["checks"]["model.optimized.onnx"]["kept"]
@@ -119,6 +120,34 @@ def test_over_budget_says_by_how_much_and_which_artefact_came_closest():
         ModelError, match=r"closest is b\.onnx at 5\.0 KiB \(within it\)"
     ):
         check_budgets(MEASURED, max_size_kib=6, max_latency_us=150)
+
+
+@pytest.mark.parametrize(
+    ("optimized_p50_us", "kept"),
+    [(50.0, True), (100.0, False), (200.0, False)],  # model.onnx takes 100 µs
+)
+def test_the_optimised_graph_is_shipped_exactly_when_it_was_faster(
+    digits_run, copy_run, monkeypatch, optimized_p50_us, kept
+):
+    # The timings are injected: the decision is tested, not the clock.
+    p50_us = {"model.onnx": 100.0, "model.optimized.onnx": optimized_p50_us}
+
+    def timed(path, example):
+        p50 = p50_us.get(path.name, 150.0)
+        return {"p50-us": p50, "p95-us": p50 + 10.0}
+
+    monkeypatch.setattr(pipeline, "batch1_latency_us", timed)
+    run_dir = copy_run(digits_run)
+
+    manifest = export_run(run_dir, quantize="none")
+
+    assert (run_dir / "model.optimized.onnx").is_file() == kept
+    assert ("model.optimized.onnx" in manifest.artefacts) == kept
+    assert manifest.embedded["checks"]["model.optimized.onnx"]["kept"] == kept
+    figures = manifest.embedded["batch1-one-thread"]
+    assert ("model.optimized.onnx" in figures) == kept
+    assert figures["model.onnx"]["p50-us"] == 100.0
+    assert read_manifest(run_dir).artefacts.keys() == manifest.artefacts.keys()
 
 
 def test_an_export_over_budget_writes_nothing(digits_run, copy_run):
