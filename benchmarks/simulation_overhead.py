@@ -37,6 +37,8 @@ Run: ``python -m benchmarks simulation_overhead`` (or
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import re
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,13 +210,17 @@ class ComputeProfile:
 
 
 def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
-    """Time each client's training and the ClientApp handler around it."""
+    """Time each client's training and the ClientApp handler around it.
+
+    It changes this process while it runs (:func:`profiling_in_process`: one
+    torch thread, a Flower task identity, timed training calls) and restores
+    all of it when it returns or raises.
+    """
     from flwr.app import ConfigRecord, Context, Message, RecordDict
     from flwr.app.typing import ConfigRecordValues
     from flwr.common import MessageType
     from flwr.common.serde import message_from_proto, message_to_proto
     from flwr.proto.message_pb2 import Message as ProtoMessage
-    from flwr.supercore.task_identity import TaskIdentity
 
     from client.client_app import train as train_handler
     from client.node_data import load_node_data
@@ -224,10 +231,11 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
     from shared.models import build_model, default_spec
     from shared.records import record_scalar, state_dict_to_record
 
-    torch.set_num_threads(1)
-    # Messages built here need an identity, as inside a Flower process.
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    with tempfile.TemporaryDirectory(prefix="fedge-bench-state-") as state:
+    inner_s: list[float] = []  # training inside the last handler call
+    with (
+        profiling_in_process(inner_s),
+        tempfile.TemporaryDirectory(prefix="fedge-bench-state-") as state,
+    ):
         flat = from_run_config(
             {**overrides, "node-state-dir": state}, fill_defaults=True
         ).to_flat()
@@ -256,8 +264,6 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
             )
             return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
 
-        inner_s: list[float] = []  # training inside the last handler call
-        _time_calls(inner_s)
         train_s, fedge_s = [], []
         for client in range(clients):
             node_config: dict[str, bool | float | int | str] = {
@@ -313,29 +319,55 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
     )
 
 
-def _time_calls(durations: list[float]) -> None:
-    """Make the ClientApp's training calls append their duration to ``durations``.
+# What profile_clients times inside the ClientApp handler: its training calls.
+TIMED_CALLS = (
+    ("client.client_app", "train_plain"),
+    ("client.private_round", "train_private"),
+)
 
-    Instrumentation for this process only: it separates fedge's own work in a
-    handler call from the training inside that same call.
+
+@contextlib.contextmanager
+def profiling_in_process(durations: list[float]) -> Iterator[None]:
+    """Set up this process to run ClientApp handlers, and undo it all on exit.
+
+    Inside: torch runs one thread; Flower's task identity is set (messages
+    built here need one, as inside a Flower process); the ClientApp's training
+    calls (:data:`TIMED_CALLS`) append their duration to ``durations``, which
+    separates fedge's own work in a handler call from the training inside it.
+    On exit, normal or by an exception, the thread count, the identity (unset
+    parts included) and the original functions are put back, so a caller (a
+    test, say) leaves the process as it found it.
     """
-    import client.client_app
-    import client.private_round
+    from flwr.supercore.task_identity import TaskIdentity
 
-    for module, name in (
-        (client.client_app, "train_plain"),
-        (client.private_round, "train_private"),
-    ):
-        original = getattr(module, name)
+    threads = torch.get_num_threads()
+    identity = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    targets = [(importlib.import_module(module), name) for module, name in TIMED_CALLS]
+    originals = [getattr(module, name) for module, name in targets]
+    try:
+        torch.set_num_threads(1)
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        for (module, name), original in zip(targets, originals, strict=True):
+            setattr(module, name, _timed(original, durations))
+        yield
+    finally:
+        for (module, name), original in zip(targets, originals, strict=True):
+            setattr(module, name, original)
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = identity
+        torch.set_num_threads(threads)
 
-        def timed(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            start = _clock()
-            try:
-                return _original(*args, **kwargs)
-            finally:
-                durations.append(_clock() - start)
 
-        setattr(module, name, timed)
+def _timed(function: Callable[..., Any], durations: list[float]) -> Callable[..., Any]:
+    """Wrap ``function`` so that each call appends its duration to ``durations``."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = _clock()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            durations.append(_clock() - start)
+
+    return timed
 
 
 def _time_training(

@@ -1,15 +1,22 @@
 """The simulation_overhead benchmark's arithmetic, and its in-process profile at a tiny size."""
 
+import contextlib
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
+from flwr.supercore.task_identity import TaskIdentity
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
+import client.client_app  # noqa: E402
+import client.private_round  # noqa: E402
 from benchmarks import simulation_overhead as bench  # noqa: E402
 
 
@@ -83,12 +90,97 @@ def test_a_run_without_per_client_evaluation_costs_none():
     assert (extra["client_evaluation_s"], extra["clients_evaluated"]) == (0.0, 0)
 
 
+class BodyFailed(RuntimeError):
+    pass
+
+
+@pytest.fixture
+def process_before(monkeypatch):
+    """A process state unlike the profile's: 2 torch threads, another identity.
+
+    Yields a function that asserts the process is back in that state, and the
+    functions the profile wraps, as they were.
+    """
+    monkeypatch.setattr(TaskIdentity, "_run_id", 5)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 6)
+    monkeypatch.setattr(TaskIdentity, "_task_id", None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    originals = {
+        (client.client_app, "train_plain"): client.client_app.train_plain,
+        (client.private_round, "train_private"): client.private_round.train_private,
+    }
+
+    def assert_restored():
+        assert (TaskIdentity.run_id, TaskIdentity.node_id) == (5, 6)
+        with pytest.raises(RuntimeError, match="task_id is not set"):
+            TaskIdentity.task_id  # noqa: B018
+        assert torch.get_num_threads() == 2
+        for (module, name), original in originals.items():
+            assert getattr(module, name) is original, name
+
+    yield assert_restored, originals
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("body_raises", [False, True])
+def test_profiling_changes_the_process_inside_and_restores_it_on_exit(
+    process_before, body_raises
+):
+    assert_restored, originals = process_before
+    durations = []
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int64)
+
+    with (
+        pytest.raises(BodyFailed) if body_raises else contextlib.nullcontext(),
+        bench.profiling_in_process(durations),
+    ):
+        identity = (TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id)
+        threads = torch.get_num_threads()
+        wrapped = [getattr(m, n) is not f for (m, n), f in originals.items()]
+        client.client_app.train_plain(
+            nn.Linear(2, 2),
+            x,
+            y,
+            epochs=1,
+            batch_size=2,
+            learning_rate=0.1,
+            momentum=0.0,
+            seed=0,
+        )
+        if body_raises:
+            raise BodyFailed("the profile failed midway")
+
+    assert identity == (1, 0, 1) and threads == 1
+    assert wrapped == [True, True]
+    assert len(durations) == 1 and durations[0] > 0  # the one training call, timed
+    assert_restored()
+
+
+def test_a_profile_that_fails_midway_restores_the_process(process_before, monkeypatch):
+    assert_restored, _ = process_before
+
+    def failing_handler(msg, context):
+        raise BodyFailed("the ClientApp failed")
+
+    monkeypatch.setattr(client.client_app, "train", failing_handler)
+
+    with pytest.raises(BodyFailed, match="the ClientApp failed"):
+        bench.profile_clients({"local-epochs": 1}, 2)
+
+    assert_restored()
+
+
 @pytest.mark.slow
-def test_profile_times_each_client_and_the_handler_around_it():
+def test_profile_times_each_client_and_the_handler_around_it(process_before):
+    assert_restored, _ = process_before
+
     profile = bench.profile_clients(
         {"local-epochs": 1, "num-server-rounds": 4, "dp-mode": "sample"}, 2
     )
+
     assert len(profile.train_s) == len(profile.fedge_s) == 2
     assert all(0 < t < 1 for t in profile.fedge_s)
     assert all(t > 0 for t in profile.train_s)
     assert profile.serialisation_s > 0 and profile.central_eval_s > 0
+    assert_restored()
