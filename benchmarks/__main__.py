@@ -22,6 +22,7 @@ BENCHMARKS = {
     "dp_overhead": "benchmarks.dp_overhead",
     "simulation_overhead": "benchmarks.simulation_overhead",
     "deployment_round": "benchmarks.deployment_round",
+    "frozen_backbone": "benchmarks.frozen_backbone",
 }
 
 

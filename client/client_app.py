@@ -12,12 +12,14 @@ inside the calls that need them, and the config, model and data come from
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.frozen_arrays import receive_arrays, reply_arrays
 from client.node_cache import cached_node_data
 from client.node_data import NodeData
 from client.private_round import coordinator_record_from, train_private_round
@@ -26,29 +28,58 @@ from client.training import train_plain
 from shared import keys
 from shared.config import RunConfig
 from shared.evaluation import evaluate_loss_accuracy
-from shared.records import load_record_into, record_scalar, state_dict_to_record
+from shared.records import record_scalar
+from shared.trainable import TrainableSelection, freeze, select_trainable
 
 logger = logging.getLogger(__name__)
 app = ClientApp()
 
 
-def _setup(
-    msg: Message, context: Context
-) -> tuple[RunConfig, torch.nn.Module, NodeData]:
-    """Typed config, the global model with the sent weights, and the node's data."""
+@dataclass(frozen=True)
+class _Setup:
+    """What a message's handler works with."""
+
+    config: RunConfig
+    model: torch.nn.Module
+    selection: TrainableSelection
+    data: NodeData
+
+
+def _setup(msg: Message, context: Context) -> _Setup | None:
+    """Typed config, the global model with the sent weights, and the node's data.
+
+    None when the message carries only the trainable arrays and this node does
+    not hold the frozen ones (:mod:`client.frozen_arrays`).
+    """
     # Simulation packs several virtual nodes onto each core; more threads only thrash.
     torch.set_num_threads(1)
     config = typed_config(context.run_config)
     server_config = msg.content.config_records[keys.CONFIG]
     model = model_for(str(server_config[keys.MODEL_SPEC]))
-    load_record_into(model, msg.content.array_records[keys.ARRAYS])
+    selection = select_trainable(model, config.train.trainable)
+    freeze(model, selection)
+    received = receive_arrays(
+        model,
+        msg.content.array_records[keys.ARRAYS],
+        selection=selection,
+        frozen_sha256=str(server_config.get(keys.FROZEN_SHA256, "")),
+        state=context.state,
+    )
+    if not received:
+        return None
     data = cached_node_data(
         context.node_config,
         config.data,
         str(server_config[keys.PREPROCESSING]),
         run_id=context.run_id,
     )
-    return config, model, data
+    return _Setup(config, model, selection, data)
+
+
+def _frozen_missing(msg: Message) -> Message:
+    """Reply asking for every array: this node lost the frozen ones."""
+    metrics = MetricRecord({keys.FROZEN_MISSING: 1})
+    return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
 
 
 @app.train()
@@ -59,7 +90,10 @@ def train(msg: Message, context: Context) -> Message:
     ledger; a node whose budget would be exceeded replies ``refused`` and no
     weights.
     """
-    config, model, data = _setup(msg, context)
+    setup = _setup(msg, context)
+    if setup is None:
+        return _frozen_missing(msg)
+    config, model, data = setup.config, setup.model, setup.data
     server_config = msg.content.config_records[keys.CONFIG]
     server_round = int(record_scalar(server_config, keys.SERVER_ROUND))
     if config.dp.mode == "sample":
@@ -102,7 +136,7 @@ def train(msg: Message, context: Context) -> Message:
         if global_model_loss is not None:
             metrics[keys.GLOBAL_MODEL_LOSS] = global_model_loss
     content = RecordDict(
-        {keys.ARRAYS: state_dict_to_record(model.state_dict()), keys.METRICS: metrics}
+        {keys.ARRAYS: reply_arrays(model, setup.selection), keys.METRICS: metrics}
     )
     return Message(content=content, reply_to=msg)
 
@@ -110,7 +144,10 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this node's local test split."""
-    _, model, data = _setup(msg, context)
+    setup = _setup(msg, context)
+    if setup is None:
+        return _frozen_missing(msg)
+    model, data = setup.model, setup.data
     figures = evaluate_loss_accuracy(model, data.test.x, data.test.y)
     num_classes = data.test.preprocessing.num_classes
     metrics = MetricRecord(

@@ -186,6 +186,11 @@ def _training_data(run: RunInputs, records: list[dict[str, Any]]) -> dict[str, A
         "strategy": provenance.get("strategy"),
         "preprocessing": _preprocessing_summary(prep.to_dict()),
     }
+    # Where the weights started (a pretrained file and its hash) and which
+    # parameters the federation left frozen at them.
+    for key in ("initial-weights", "initial-weights-sha256", "trainable", "frozen"):
+        if key in provenance:
+            section[key] = provenance[key]
     nodes = _nodes_from_partitions(run.run_dir / PARTITIONS_FILE)
     if nodes:
         section["per-node"] = nodes
@@ -474,6 +479,12 @@ def _data_markdown(data: dict[str, Any]) -> list[str]:
     for key in ("dataset", "dataset-fingerprint", "nodes", "rounds", "strategy"):
         if data.get(key) is not None:
             lines.append(f"- {key}: {data[key]}")
+    for key in ("initial-weights", "initial-weights-sha256"):
+        if data.get(key):
+            lines.append(f"- {key}: {data[key]}")
+    for key in ("trainable", "frozen"):
+        if data.get(key):
+            lines.append(f"- {key} parameters: {', '.join(data[key])}")
     prep = data.get("preprocessing") or {}
     lines.append(
         "- preprocessing: "

@@ -27,8 +27,8 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from server.frozen_arrays import ArraysWire
 from server.node_sampling import sampling_rng
-from server.reply_collection import send_and_collect
 from shared import keys
 from shared.config import ReportConfig
 from shared.errors import FedgeError
@@ -84,6 +84,7 @@ def evaluate_every_node(
     skip: frozenset[int] = frozenset(),
     max_nodes: int = 0,
     sampler_seed: int = 0,
+    wire: ArraysWire | None = None,
 ) -> list[dict[str, Any]]:
     """Send ``arrays`` to every connected node for evaluation; return their figures.
 
@@ -107,6 +108,10 @@ def evaluate_every_node(
         0 asks every node.
     sampler_seed : int, default 0
         Seeds that sample, with ``server_round``.
+    wire : ArraysWire, optional
+        With frozen parameters: ``arrays`` are the full model, and each node
+        gets the frozen ones only if it does not hold them
+        (:mod:`server.frozen_arrays`).
 
     Returns
     -------
@@ -140,9 +145,10 @@ def evaluate_every_node(
             len(connected) - len(skipped),
             max_nodes,
         )
+    wire = wire or ArraysWire()
     record = RecordDict(
         {
-            keys.ARRAYS: arrays,
+            keys.ARRAYS: wire.split(arrays),
             keys.CONFIG: ConfigRecord({**config, keys.SERVER_ROUND: server_round}),
         }
     )
@@ -150,7 +156,7 @@ def evaluate_every_node(
         Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=node)
         for node in node_ids
     ]
-    replies = send_and_collect(grid, messages, timeout_s=timeout_s)
+    replies, _ = wire.exchange(grid, messages, timeout_s=timeout_s)
     entries = [
         entry
         for entry in (client_entry(m) for m in replies if not m.has_error())

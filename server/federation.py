@@ -14,10 +14,12 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
+from torch import nn
 
 from server.checkpoint import load_latest_checkpoint, restore_strategy_state
 from server.client_evaluation import evaluate_every_node, evaluation_due
 from server.federation_loop import StopRun, run_rounds
+from server.frozen_arrays import ArraysWire
 from server.metrics_history import MetricsHistory
 from server.node_sampling import wait_for_nodes
 from server.reference_data import load_reference_data
@@ -32,13 +34,15 @@ from server.run_folder import (
     start_run_folder,
 )
 from server.run_outcome import NothingTrainedError, refuse_untrained
+from server.starting_model import starting_model
 from server.strategy_factory import build_strategy
 from shared import keys
 from shared.config import RunConfig
 from shared.datasets import Dataset
 from shared.errors import ConfigError, FedgeError
 from shared.evaluation import evaluate_model
-from shared.models import ModelSpec, build_model, default_spec
+from shared.initial_weights import StartingPoint
+from shared.models import ModelSpec, build_model
 from shared.private_model import check_model_for_run
 from shared.records import load_record_into, state_dict_to_record
 from shared.run_folder import (
@@ -71,13 +75,8 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     """
     check_sign_key(config)
     reference = load_reference_data(config.data)
-    spec = default_spec(
-        config.train.model,
-        reference.preprocessing.input_shape,
-        reference.preprocessing.num_classes,
-        activation=config.train.activation,
-        fix_model=config.dp.fix_model,
-    )
+    # Before the run folder is touched: a bad weights file or glob writes nothing.
+    spec, model, start = starting_model(config, reference.preprocessing)
     check_model_for_run(config, spec)  # before the run folder or any round
     run_dir = resolve_run_dir(config)
     checkpoint = None
@@ -94,10 +93,17 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         )
     try:
         final_arrays, stop_reason = _train(
-            grid, config, run_dir, spec, reference, checkpoint
+            grid, config, run_dir, spec, model, start, reference, checkpoint
         )
         return _finish(
-            run_dir, config, spec, reference, final_arrays, stop_reason, grid
+            run_dir,
+            config,
+            spec,
+            reference,
+            final_arrays,
+            stop_reason,
+            grid,
+            start=start,
         )
     except NothingTrainedError:
         raise  # its status.json is written, with the reason and more
@@ -111,10 +117,11 @@ def _train(
     config: RunConfig,
     run_dir: Path,
     spec: ModelSpec,
+    model: nn.Module,
+    start: StartingPoint,
     reference: Dataset,
     checkpoint: Any,
 ) -> tuple[ArrayRecord, str]:
-    model = build_model(spec, model_seed=config.train.model_seed)
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     node_ids = wait_for_nodes(
         grid,
@@ -154,6 +161,8 @@ def _train(
             history.rows()[-1][CENTRAL_ACCURACY],
             history.rows()[-1][CENTRAL_LOSS],
         )
+    # Frozen parameters never enter aggregation and reach each node once.
+    wire = ArraysWire.for_model(arrays, start.selection.frozen)
     on_round_end = RoundEnd(
         run_dir, config, strategy=strategy, history=history, grid=grid
     )
@@ -183,6 +192,7 @@ def _train(
             skip=unanswered,
             max_nodes=config.report.fairness_max_clients,
             sampler_seed=config.run.sampler_seed,
+            wire=wire,
         )
 
     stop_reason = ""
@@ -202,6 +212,7 @@ def _train(
                 federated_evaluation=config.strategy.fraction_evaluate > 0,
                 client_eval=client_eval,
                 stop_check=on_round_end.stop_reason,
+                wire=wire,
             )
         except StopRun as stop:
             stop_reason = str(stop)
@@ -218,6 +229,8 @@ def _finish(
     arrays: ArrayRecord,
     stop_reason: str,
     grid: Grid,
+    *,
+    start: StartingPoint | None = None,
 ) -> Path:
     history = MetricsHistory(run_dir)
     # Before anything is saved: an untrained model is no run's result.
@@ -245,6 +258,8 @@ def _finish(
             if config.data.dataset != "file"
             else Path(config.data.eval_data_path).name,
             "dataset-fingerprint": reference.fingerprint(),
+            # initial-weights and its SHA-256, trainable and frozen names
+            **(start.provenance() if start is not None else {}),
         },
         privacy=privacy_summary(config, history.records()),
         metrics=metrics,

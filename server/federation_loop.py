@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from server.reply_collection import send_and_collect
+from server.frozen_arrays import ArraysWire
 from server.reply_errors import common_failure, describe_error
 from shared import keys
 from shared.errors import FedgeError
@@ -89,6 +89,7 @@ def run_rounds(
     federated_evaluation: bool,
     client_eval: ClientEval | None = None,
     stop_check: StopCheck | None = None,
+    wire: ArraysWire | None = None,
 ) -> ArrayRecord:
     """Run rounds ``first_round..last_round`` and return the final global arrays.
 
@@ -97,7 +98,10 @@ def run_rounds(
     ``client_eval``, when given, scores the round's global model on every node
     (:mod:`server.client_evaluation`) on the rounds it says are due; it is told
     whether the round ends the run. ``stop_check``, when given, is asked after
-    each round's aggregation whether the run must stop there.
+    each round's aggregation whether the run must stop there. ``wire``, when
+    given, keeps frozen arrays out of the strategy and off the wire after a
+    node has them (:mod:`server.frozen_arrays`); ``arrays`` and what the
+    callbacks get are always the full model.
 
     Raises
     ------
@@ -105,17 +109,18 @@ def run_rounds(
         After the round ``stop_check`` stopped (recorded by ``on_round_end``
         first), carrying that round's global arrays.
     """
+    wire = wire or ArraysWire()
     for server_round in range(first_round, last_round + 1):
         started = time.monotonic()
         outcome = RoundOutcome(server_round=server_round, arrays=arrays, central={})
         messages = list(
             strategy.configure_train(
-                server_round, arrays, ConfigRecord(dict(train_config)), grid
+                server_round, wire.split(arrays), ConfigRecord(dict(train_config)), grid
             )
         )
         outcome.sampled = len(messages)
-        outcome.bytes_sent = sum(_message_bytes(m) for m in messages)
-        replies = send_and_collect(grid, messages, timeout_s=reply_timeout_s)
+        replies, sent = wire.exchange(grid, messages, timeout_s=reply_timeout_s)
+        outcome.bytes_sent = sum(_message_bytes(m) for m in sent)
         outcome.bytes_received = sum(
             _message_bytes(m) for m in replies if not m.has_error()
         )
@@ -132,17 +137,20 @@ def run_rounds(
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         outcome.updated = new_arrays is not None
         if new_arrays is not None:
-            arrays = new_arrays
+            arrays = wire.merge(new_arrays)
         else:
             _warn_no_update(outcome)
         outcome.train_metrics = _scalars(train_metrics)
         if federated_evaluation:
             eval_messages = list(
                 strategy.configure_evaluate(
-                    server_round, arrays, ConfigRecord(dict(evaluate_config)), grid
+                    server_round,
+                    wire.split(arrays),
+                    ConfigRecord(dict(evaluate_config)),
+                    grid,
                 )
             )
-            eval_replies = send_and_collect(
+            eval_replies, _ = wire.exchange(
                 grid, eval_messages, timeout_s=reply_timeout_s
             )
             outcome.evaluate_metrics = _scalars(
@@ -206,7 +214,11 @@ def _scalars(record: MetricRecord | None) -> dict[str, float]:
 
 
 def _message_bytes(message: Message) -> int:
-    """Bytes of model arrays a message carries (what dominates the traffic)."""
+    """Bytes of model arrays a message carries (what dominates the traffic).
+
+    Flower's ``ArrayRecord.count_bytes``: each array's serialised bytes as they
+    go on the wire (NumPy's ``.npy`` format, header included) plus its name.
+    """
     if message.has_error() or keys.ARRAYS not in message.content:
         return 0
     return int(message.content[keys.ARRAYS].count_bytes())

@@ -58,7 +58,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Local training on each node."""
+    """Local training on each node.
+
+    ``initial_weights`` is a state_dict file on the coordinator ("" = the
+    random weights of ``model_seed``); ``trainable`` the comma-separated globs
+    of the parameters trained and exchanged every round
+    (:mod:`shared.trainable`), the others frozen.
+    """
 
     model: str
     activation: str
@@ -67,6 +73,8 @@ class TrainConfig:
     batch_size: int
     learning_rate: float
     momentum: float
+    initial_weights: str
+    trainable: str
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "batch-size": "batch_size",
         "learning-rate": "learning_rate",
         "momentum": "momentum",
+        "initial-weights": "initial_weights",
+        "trainable": "trainable",
     },
     "dp": {
         "dp-mode": "mode",
@@ -341,6 +351,17 @@ def from_run_config(
     return RunConfig(**{s: _SECTION_TYPES[s](**kw) for s, kw in sections.items()})
 
 
+def trainable_patterns(trainable: str) -> tuple[str, ...]:
+    """Split ``trainable`` (``"GLOB,GLOB"``) into its globs; () when one is empty.
+
+    ``"features.*, classifier.3.*"`` -> ``("features.*", "classifier.3.*")``.
+    An empty glob (``""``, ``"a,,b"``, a trailing comma) makes the whole value
+    invalid rather than silently matching nothing.
+    """
+    patterns = tuple(part.strip() for part in trainable.split(","))
+    return patterns if all(patterns) else ()
+
+
 def closest_key(key: str, valid: Iterable[str]) -> str | None:
     """Return the valid key a mistyped ``key`` most likely meant, or None if none is close.
 
@@ -436,6 +457,11 @@ def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
         p.append(f"'learning-rate' must be > 0, got {t['learning_rate']}")
     if not 0 <= t["momentum"] < 1:
         p.append(f"'momentum' must be in [0, 1), got {t['momentum']}")
+    if not trainable_patterns(t["trainable"]):
+        p.append(
+            "'trainable' must be comma-separated globs over parameter names "
+            f'("*" = every parameter), got {t["trainable"]!r}'
+        )
     _choice(p, "dp-mode", dp["mode"], DP_MODES)
     _choice(p, "accountant", dp["accountant"], ACCOUNTANTS)
     if dp["noise_multiplier"] < 0:

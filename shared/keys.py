@@ -18,6 +18,10 @@ RECORD_ROUNDS = "privacy-record-rounds"
 RECORD_NOISE_MULTIPLIERS = "privacy-record-noise-multipliers"
 RECORD_SAMPLE_RATES = "privacy-record-sample-rates"
 RECORD_STEPS = "privacy-record-steps"
+# With frozen parameters (``trainable``): SHA-256 of the frozen arrays
+# (shared.records.record_sha256). A message then carries only the trainable
+# arrays when the node already holds these, else every array once.
+FROZEN_SHA256 = "frozen-sha256"
 
 # MetricRecord entries replied by clients
 NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights replies by this key
@@ -39,6 +43,9 @@ SAMPLE_RATE = "sample-rate"
 DP_STEPS = "dp-steps"  # DP-SGD steps this node has taken in the run so far
 DP_ROUND_STEPS = "dp-round-steps"  # DP-SGD steps released with this reply
 REFUSED = "refused"  # 1 when a client declined to train (budget spent); no arrays
+# 1 when a node was sent only the trainable arrays but does not hold the frozen
+# ones FROZEN_SHA256 names (its state was lost): nothing done, send them all
+FROZEN_MISSING = "frozen-missing"
 
 # Node config entries (``flower-supernode --node-config``, or set per virtual
 # node by the simulation engine): where a node's data and state live

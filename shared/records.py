@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from torch import nn
@@ -47,6 +51,48 @@ def load_record_into(model: nn.Module, record: ArrayRecord) -> None:
                 f"{tuple(tensor.shape)}, expected {tuple(own[name].shape)}."
             )
     model.load_state_dict(incoming)
+
+
+def select_arrays(record: ArrayRecord, names: Iterable[str]) -> ArrayRecord:
+    """Return the entries ``names`` of ``record``, in that order (shared, not copied).
+
+    Raises
+    ------
+    KeyError
+        When ``record`` lacks one of ``names``.
+    """
+    return ArrayRecord(OrderedDict((name, record[name]) for name in names))
+
+
+def merge_arrays(order: Iterable[str], *records: ArrayRecord) -> ArrayRecord:
+    """One record holding every entry of ``records``, in the order of ``order``.
+
+    The records hold disjoint names, e.g. a round's trainable arrays and the
+    frozen ones; together they name exactly ``order``.
+
+    Raises
+    ------
+    KeyError
+        When no record holds a name of ``order``.
+    """
+    merged: dict[str, Any] = {}
+    for record in records:
+        merged.update(record.items())
+    return ArrayRecord(OrderedDict((name, merged[name]) for name in order))
+
+
+def record_sha256(record: ArrayRecord) -> str:
+    """Hex SHA-256 of a record's names, dtypes, shapes and values, in name order.
+
+    Independent of how the arrays were serialised or ordered: equal arrays
+    give equal digests, and a changed value, name, dtype or shape another.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(record.keys()):
+        values = np.ascontiguousarray(record[name].numpy())
+        digest.update(f"{name}\0{values.dtype.str}\0{values.shape}\0".encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()
 
 
 # One value of a ConfigRecord or MetricRecord entry that is not a list.

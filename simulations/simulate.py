@@ -153,6 +153,25 @@ def check_model(config: RunConfig, preprocessing: Preprocessing) -> None:
     check_model_for_run(config, spec)
 
 
+def check_starting_model(config: RunConfig) -> None:
+    """Refuse a bad ``initial-weights`` file or ``trainable`` glob before anything runs.
+
+    Builds the coordinator's round-0 model as the ServerApp will
+    (:func:`server.starting_model.starting_model`).
+
+    Raises
+    ------
+    ConfigError, ModelError
+        As :func:`shared.initial_weights.prepare_start`.
+    """
+    if not config.train.initial_weights and config.train.trainable == "*":
+        return  # random weights, every parameter trained: nothing to check
+    from server.reference_data import load_reference_data
+    from server.starting_model import starting_model
+
+    starting_model(config, load_reference_data(config.data).preprocessing)
+
+
 def check_client_count(config: RunConfig, num_clients: int) -> None:
     """Refuse a client count the run cannot start or finish with.
 
@@ -245,6 +264,10 @@ def simulate(
     overrides.setdefault(
         "min-nodes", min(num_clients, int(default_run_config()["min-nodes"]))
     )
+    if overrides.get("initial-weights"):
+        # The ServerApp runs in another working directory.
+        weights = Path(str(overrides["initial-weights"])).expanduser()
+        overrides["initial-weights"] = str(weights.absolute())
     config = from_run_config(overrides, fill_defaults=True)
     faults = fault_config(fault_keys, num_clients=num_clients)
     if plan is None:
@@ -253,6 +276,7 @@ def simulate(
         check_client_count(config, num_clients)
         check_model(config, plan.preprocessing)
         partitions = plan.partitions
+    check_starting_model(config)
     # The server refuses such a folder too, but its old status.json would then be
     # read here as this run's result: refuse before anything starts.
     check_not_overwriting(run_dir, config)

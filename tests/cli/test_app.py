@@ -16,17 +16,6 @@ PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 @pytest.fixture
-def no_flower(monkeypatch):
-    """Fail loudly if anything would start a SuperLink or a process."""
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a Flower process was about to start")
-
-    monkeypatch.setattr(simulate_module, "running_superlink", forbidden)
-    monkeypatch.setattr(simulate_module.subprocess, "Popen", forbidden)
-
-
-@pytest.fixture
 def wide_terminal(monkeypatch):
     # argparse wraps help at the terminal width; keep each option on one line.
     monkeypatch.setenv("COLUMNS", "200")

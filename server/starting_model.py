@@ -1,0 +1,41 @@
+"""The coordinator's model at round 0: architecture, initial weights, trainable split.
+
+One function, so the ServerApp and ``fedge simulate``'s checks before any
+process starts build the same model from the same config and refuse the same
+bad ``initial-weights`` file or ``trainable`` glob.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from shared.config import RunConfig
+from shared.initial_weights import StartingPoint, prepare_start
+from shared.models import ModelSpec, build_model, default_spec
+from shared.preprocessing import Preprocessing
+
+
+def starting_model(
+    config: RunConfig, preprocessing: Preprocessing
+) -> tuple[ModelSpec, nn.Module, StartingPoint]:
+    """Return the spec, the round-0 model and what it starts from.
+
+    The model holds ``model-seed``'s random weights, overwritten by
+    ``initial-weights`` when given; :class:`StartingPoint` names its trainable
+    and frozen parameters.
+
+    Raises
+    ------
+    ConfigError, ModelError
+        A missing or unfit weights file, or a glob that matches no parameter
+        (:func:`shared.initial_weights.prepare_start`).
+    """
+    spec = default_spec(
+        config.train.model,
+        preprocessing.input_shape,
+        preprocessing.num_classes,
+        activation=config.train.activation,
+        fix_model=config.dp.fix_model,
+    )
+    model = build_model(spec, model_seed=config.train.model_seed)
+    return spec, model, prepare_start(model, config.train)
