@@ -147,17 +147,25 @@ def fix_private_model(model: nn.Module) -> nn.Module:
 def check_model_for_run(config: RunConfig, spec: ModelSpec) -> None:
     """Refuse a DP-SGD run whose model Opacus cannot train, before anything runs.
 
-    Builds the model ``spec`` describes (with ``fix-model`` applied when set)
-    and checks it with :func:`check_private_model` when ``dp-mode`` is
-    ``"sample"``; other modes train any model.
+    Builds the model ``spec`` describes (with ``fix-model`` applied when set),
+    freezes what ``trainable`` leaves frozen, and checks it with
+    :func:`check_private_model` when ``dp-mode`` is ``"sample"``; other modes
+    train any model.
 
     Raises
     ------
     ModelError
         Naming every layer DP-SGD cannot train, and the fix.
+    ConfigError
+        A ``trainable`` glob that matches no parameter.
     """
     if config.dp.mode != "sample":
         return
     from shared.models import build_model
+    from shared.trainable import freeze, select_trainable
 
-    check_private_model(build_model(spec))
+    model = build_model(spec)
+    # As every node trains it: a layer ``trainable`` leaves frozen gets no
+    # gradient, so Opacus's rules for trainable layers do not apply to it.
+    freeze(model, select_trainable(model, config.train.trainable))
+    check_private_model(model)

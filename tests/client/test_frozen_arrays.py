@@ -144,10 +144,37 @@ def test_the_reply_carries_only_the_exchanged_arrays():
 
 
 # ------------------------------------------------------- DP: no grad, no noise
-@pytest.mark.parametrize("grad_sample_mode", ["fast", "hooks"])
-def test_frozen_parameters_are_bit_for_bit_unchanged_by_dp_sgd(grad_sample_mode):
-    model = build_model(default_spec("cnn", (1, 8, 8), 10), model_seed=0)
-    freeze(model, select_trainable(model, "classifier.3.*"))
+class LSTMBackbone(torch.nn.Module):
+    """An LSTM (no DP-SGD path trains it as is) under a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.LSTM(8, 6, batch_first=True)
+        self.head = torch.nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x.flatten(1, 2))
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize(
+    ("backbone", "trainable", "grad_sample_mode"),
+    [
+        ("cnn", "classifier.3.*", "fast"),
+        ("cnn", "classifier.3.*", "hooks"),
+        ("lstm", "head.*", "auto"),
+    ],
+)
+def test_frozen_parameters_are_bit_for_bit_unchanged_by_dp_sgd(
+    backbone, trainable, grad_sample_mode
+):
+    torch.manual_seed(0)
+    model = (
+        build_model(default_spec("cnn", (1, 8, 8), 10), model_seed=0)
+        if backbone == "cnn"
+        else LSTMBackbone()
+    )
+    freeze(model, select_trainable(model, trainable))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     generator = np.random.default_rng(0)
     x = generator.normal(size=(40, 1, 8, 8)).astype(np.float32)
@@ -169,9 +196,10 @@ def test_frozen_parameters_are_bit_for_bit_unchanged_by_dp_sgd(grad_sample_mode)
     )
 
     after = model.state_dict()
+    head = trainable.removesuffix("*")
     for name in before:
         unchanged = torch.equal(before[name], after[name])
-        assert unchanged == (not name.startswith("classifier.3.")), name
+        assert unchanged == (not name.startswith(head)), name
 
 
 # -------------------------------------------------------- the ClientApp handlers

@@ -142,3 +142,33 @@ def test_frozen_parameters_get_no_gradient_in_plain_training():
     for name in before:
         same = torch.equal(before[name], after[name])
         assert same == (not name.startswith("classifier.3.")), name
+
+
+class _LSTMBackbone(nn.Module):
+    """An LSTM (which DP-SGD cannot train as is) under a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 5, batch_first=True)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def test_a_frozen_layer_dp_sgd_cannot_train_does_not_stop_a_dp_run(monkeypatch):
+    from shared import models
+    from shared.errors import ModelError
+    from shared.private_model import check_model_for_run
+
+    monkeypatch.setattr(models, "build_model", lambda spec: _LSTMBackbone())
+    spec = default_spec("mlp", (4,), 2)
+    trained = from_run_config({"dp-mode": "sample"}, fill_defaults=True)
+    head_only = from_run_config(
+        {"dp-mode": "sample", "trainable": "head.*"}, fill_defaults=True
+    )
+
+    with pytest.raises(ModelError, match=r"rnn \(LSTM\)"):
+        check_model_for_run(trained, spec)
+    check_model_for_run(head_only, spec)  # the frozen LSTM gets no gradient
