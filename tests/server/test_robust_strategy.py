@@ -350,3 +350,43 @@ def test_a_non_finite_aggregate_keeps_the_global_model(fakes, caplog):
         in caplog.text
     )
     assert g.round_stats[1]["aggregated"] == 0
+
+
+# ---------------------------------------------------------------- reply order
+def test_replies_are_taken_in_partition_order_whatever_order_they_arrive(fakes):
+    # Prepare: node IDs in the opposite order of their partitions; one error
+    from server.robust_strategy import in_partition_order
+
+    g = guard(FedAvg(min_available_nodes=4, min_train_nodes=4, fraction_evaluate=0.0))
+    m = configure(g, 1, fakes, [40, 30, 20, 10])
+    replies = [
+        fakes.reply(m[10], global_w(), **{"partition-id": 3}),
+        fakes.error_reply(m[30]),
+        fakes.reply(m[40], global_w(), **{"partition-id": 0}),
+        fakes.reply(m[20], global_w(), **{"partition-id": 2}),
+    ]
+    # Execute
+    ordered = in_partition_order(replies)
+    # Assert: the error (no partition) first, then partitions 0, 2, 3
+    assert [r.metadata.src_node_id for r in ordered] == [30, 40, 20, 10]
+
+
+def test_the_aggregate_does_not_depend_on_the_arrival_order(fakes):
+    # Prepare: float32 values whose sum depends on the order it is taken in:
+    # (1e8 + 1) - 1e8 = 0 but (1e8 - 1e8) + 1 = 1
+    values = {0: 1e8, 1: 1.0, 2: -1e8}
+    results = set()
+    for arrival in ([0, 1, 2], [0, 2, 1], [2, 1, 0], [1, 0, 2]):
+        g = guard(
+            FedAvg(min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0)
+        )
+        m = configure(g, 1, fakes, [100, 101, 102])
+        replies = [
+            fakes.reply(m[100 + p], global_w(values[p]), **{"partition-id": p})
+            for p in arrival
+        ]
+        # Execute
+        arrays, _ = g.aggregate_train(1, replies)
+        results.add(arrays["w"].numpy().tobytes())
+    # Assert: one aggregate, bit for bit
+    assert len(results) == 1
