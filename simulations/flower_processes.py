@@ -261,14 +261,14 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> N
     session and would outlive it.
     """
     session = process.pid
-    _signal_session(session, signal.SIGTERM)
+    signal_session(session, signal.SIGTERM)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _signal_session(session, signal.SIGKILL)
+        signal_session(session, signal.SIGKILL)
         process.wait(timeout=timeout_s)
     _wait_session_empty(session, timeout_s)
-    _signal_session(session, signal.SIGKILL)
+    signal_session(session, signal.SIGKILL)
     _wait_session_empty(session, timeout_s)
 
 
@@ -296,7 +296,8 @@ def session_members(session: int) -> list[int]:
     return members
 
 
-def _signal_session(session: int, sig: signal.Signals) -> None:
+def signal_session(session: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to every live process in session ``session``."""
     for pid in session_members(session):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)

@@ -9,11 +9,12 @@ is the command line in front of :func:`simulate`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,10 @@ from shared.run_folder import (
     read_status,
     write_status,
 )
+from simulations.engine import SimulationEngine, shared_engine
 from simulations.fault_injection import FaultConfig, fault_config, split_fault_keys
 from simulations.flower_processes import (
+    SuperLink,
     flwr_run_command,
     running_superlink,
     write_run_config,
@@ -62,6 +65,7 @@ from simulations.own_data import (
     write_own_data,
 )
 from simulations.ray_head import engine_env
+from simulations.run_end import RunEnd
 from simulations.scenario_file import DEFAULT_CLIENTS
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -201,6 +205,8 @@ def simulate(
     ray_address: str = "",
     verbose: bool = False,
     echo: Any = print,
+    engine: SimulationEngine | None = None,
+    on_complete: Callable[[Path], None] | None = None,
 ) -> Path:
     """Run a simulation and return its run folder.
 
@@ -234,6 +240,15 @@ def simulate(
         Echo every Flower log line, not only fedge's progress and problems.
     echo : callable, default print
         Where progress lines go.
+    engine : SimulationEngine or None, default None
+        Submit the run to this warm engine (:mod:`simulations.engine`) instead
+        of starting a SuperLink and Ray cluster for this run alone. None: the
+        engine :func:`simulations.engine.sharing` set, if any (not with a
+        ``ray_address``).
+    on_complete : callable or None, default None
+        ``on_complete(run_dir)`` as soon as the run folder says complete (the
+        final model saved), before the report and while Flower still shuts
+        the run down (:mod:`simulations.run_end`).
 
     Returns
     -------
@@ -287,12 +302,11 @@ def simulate(
         atomic_write_text(run_dir / PARTITIONS_FILE, partitions.to_csv(index=False))
     if faults.active:
         atomic_write_json(run_dir / FAULTS_FILE, faults.to_run_config())
+    run_end = RunEnd(run_dir, lambda d: _write_report(d, echo), on_complete)
     try:
         with (
             tempfile.TemporaryDirectory(prefix="fedge-sim-") as tmp,
-            running_superlink(
-                Path(tmp), simulation=True, env=engine_env(ray_address)
-            ) as link,
+            _superlink_for_run(Path(tmp), engine, ray_address) as link,
         ):
             command = flwr_run_command(
                 _app_to_submit(Path(tmp), faults, config.train.model),
@@ -306,12 +320,17 @@ def simulate(
                 },
             )
             echo(_summary_line(config, faults, num_clients, notes, own_data))
-            _stream(
-                command, link.env, run_dir / FLOWER_LOG_FILE, verbose=verbose, echo=echo
-            )
+            with run_end:
+                _stream(
+                    command,
+                    link.env,
+                    run_dir / FLOWER_LOG_FILE,
+                    verbose=verbose,
+                    echo=echo,
+                )
     finally:
         _mark_if_abandoned(run_dir)
-        _write_report(run_dir, echo)
+        run_end.finish()
     status = read_status(run_dir)
     if status.get("state") != COMPLETE:
         raise RunFailedError(
@@ -319,6 +338,22 @@ def simulate(
             f"{status.get('message') or 'see ' + str(run_dir / FLOWER_LOG_FILE)})"
         )
     return run_dir
+
+
+@contextlib.contextmanager
+def _superlink_for_run(
+    workdir: Path, engine: SimulationEngine | None, ray_address: str
+) -> Iterator[SuperLink]:
+    """Yield the SuperLink to submit one run to: a warm engine's, or this run's own."""
+    engine = engine or (None if ray_address else shared_engine())
+    if engine is None:
+        with running_superlink(
+            workdir, simulation=True, env=engine_env(ray_address)
+        ) as link:
+            yield link
+    else:
+        with engine.run_slot() as link:
+            yield link
 
 
 def _plan_data(

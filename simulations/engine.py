@@ -1,0 +1,221 @@
+"""A warm simulation engine: one SuperLink and one Ray cluster that many runs reuse.
+
+Each ``fedge simulate`` on its own starts a SuperLink in simulation mode, and
+Flower's Ray backend starts a Ray cluster inside the run (GCS, raylet, agents)
+and tears it down at its end. A :class:`SimulationEngine` starts both once and
+keeps them while its owner lives: runs submitted through it (``simulate(...,
+engine=...)``, or any ``simulate`` inside :func:`sharing`) skip both starts and
+the cluster's teardown. Study cells, notebooks and the test suite's simulation
+tests reuse one.
+
+Nothing is shared between runs but the processes: each run is a ``flwr run``
+of its own (its own run ID, its own ``flwr-simulation`` process, ServerApp and
+ClientApp actors, a Ray job of its own whose actors end with it), its own run
+folder and run config. Runs through one engine go one at a time (a lock), so no
+two runs' actors compete for the cluster's CPUs.
+
+The engine never outlives its owner. :meth:`SimulationEngine.close` (or the end
+of its ``with`` block) stops it; so does the interpreter's exit (``atexit``);
+and a watcher process (:mod:`simulations.engine_watch`), holding a pipe whose
+other end only the owner holds, stops it when the owner dies any other way,
+``SIGKILL`` included. A run interrupted or failing in the middle of its
+``flwr run`` stops the engine (the next run starts a fresh one) rather than
+leave a run of unknown state on it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from simulations.flower_processes import (
+    SuperLink,
+    free_port,
+    serving_superlink,
+    start_logged,
+    stop_process,
+    superlink_command,
+)
+from simulations.ray_head import ENGINE_ENV, RAY_ADDRESS_ENV, ray_head_command
+
+
+class SimulationEngine:
+    """A SuperLink in simulation mode and a Ray head, started on first use.
+
+    Parameters
+    ----------
+    num_cpus : int or None, default None
+        CPUs the Ray head offers the virtual clients; None = every core, as
+        the engine's own cluster would.
+
+    Examples
+    --------
+    ``with SimulationEngine() as engine:`` then ``simulate(..., engine=engine)``
+    as often as needed; everything stops at the end of the block.
+    """
+
+    def __init__(self, *, num_cpus: int | None = None) -> None:
+        self.num_cpus = num_cpus or os.cpu_count() or 1
+        self._lock = threading.Lock()
+        self._stack: contextlib.ExitStack | None = None
+        self._link: SuperLink | None = None
+        self._pids: list[int] = []
+        self._closed = False
+        self.starts = 0  # how many times the processes were started
+
+    def __enter__(self) -> SimulationEngine:
+        """Return the engine; it starts on its first run."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop the engine (:meth:`close`)."""
+        self.close()
+
+    @property
+    def pids(self) -> list[int]:
+        """Process IDs of the engine's session leaders (empty while stopped)."""
+        return list(self._pids)
+
+    @contextlib.contextmanager
+    def run_slot(self) -> Iterator[SuperLink]:
+        """Hold the engine for one run; yield the SuperLink to submit it to.
+
+        Starts the engine if it is stopped. A run that raises out of this block
+        (interrupted, or its ``flwr run`` failed) stops the engine: whatever it
+        left on the SuperLink or the cluster ends with it, and the next run
+        starts afresh.
+
+        Raises
+        ------
+        RuntimeError
+            The engine was closed, or its SuperLink did not start.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(
+                    "this SimulationEngine is closed; create a new one to run more "
+                    "simulations"
+                )
+            link = self._start()
+            try:
+                yield link
+            except BaseException:
+                self._stop()
+                raise
+
+    def close(self) -> None:
+        """Stop every process the engine started; it takes no more runs."""
+        self._closed = True
+        self._stop()
+
+    def _start(self) -> SuperLink:
+        if self._link is not None and self._link.process.poll() is None:
+            return self._link
+        self._stop()  # a SuperLink that died: clear what is left of the engine
+        stack = contextlib.ExitStack()
+        try:
+            workdir = Path(stack.enter_context(_short_temp_dir("fedge-eng-")))
+            # Ray's socket paths live under its temp dir: keep it short.
+            ray_dir = Path(stack.enter_context(_short_temp_dir("fedge-rh-")))
+            command, ray_address = ray_head_command(ray_dir, num_cpus=self.num_cpus)
+            # The head starts while the SuperLink does; the first run's
+            # ``ray.init`` waits for it to be up.
+            head = start_logged(
+                command,
+                env={**os.environ, **ENGINE_ENV},
+                log_path=workdir / "ray-head.log",
+            )
+            stack.callback(stop_process, head)
+            port = free_port()
+            link = stack.enter_context(
+                serving_superlink(
+                    superlink_command(port, simulation=True),
+                    workdir=workdir,
+                    port=port,
+                    env={**ENGINE_ENV, RAY_ADDRESS_ENV: ray_address},
+                )
+            )
+            pids = [head.pid, link.process.pid]
+            stack.enter_context(_watched(pids))
+        except BaseException:
+            stack.close()
+            raise
+        self._stack, self._link, self._pids = stack, link, pids
+        self.starts += 1
+        atexit.register(self._stop)
+        return link
+
+    def _stop(self) -> None:
+        stack, self._stack, self._link, self._pids = self._stack, None, None, []
+        if stack is not None:
+            atexit.unregister(self._stop)
+            stack.close()
+
+
+_shared: SimulationEngine | None = None
+
+
+@contextlib.contextmanager
+def sharing(engine: SimulationEngine) -> Iterator[SimulationEngine]:
+    """Make every ``simulate`` in this block without an engine of its own use ``engine``.
+
+    For callers that reach ``simulate`` through code they do not change (the
+    ``fedge simulate`` command line, studies, tests). A run given a
+    ``ray_address`` still starts an engine of its own on that cluster.
+    """
+    global _shared
+    previous, _shared = _shared, engine
+    try:
+        yield engine
+    finally:
+        _shared = previous
+
+
+def shared_engine() -> SimulationEngine | None:
+    """Return the engine :func:`sharing` set, or None."""
+    return _shared
+
+
+@contextlib.contextmanager
+def _short_temp_dir(prefix: str) -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _watched(session_ids: list[int]) -> Iterator[None]:
+    """Run a watcher that ends these sessions if this process dies first.
+
+    The watcher reads a pipe only this process writes to: the kernel closes
+    it when this process ends, however it ends, and the watcher then stops
+    every process left in the sessions. On a normal stop the sessions are
+    already empty when the pipe closes.
+    """
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "simulations.engine_watch", *map(str, session_ids)],
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # a Ctrl-C to the owner's group must not end it
+    )
+    try:
+        yield
+    finally:
+        assert watcher.stdin is not None
+        watcher.stdin.close()
+        watcher.wait(timeout=30)

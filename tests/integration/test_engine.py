@@ -1,0 +1,157 @@
+"""A warm engine: runs through it equal runs alone, and it never outlives its owner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from shared.errors import FedgeError
+from simulations.engine import SimulationEngine
+from simulations.flower_processes import session_members
+from simulations.simulate import simulate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SMALL = {"num-server-rounds": 2, "local-epochs": 1}
+# Two different runs (no DP, so nothing in them is random but their seeds).
+RUNS = {
+    "a": {**SMALL, "model-seed": 0},
+    "b": {**SMALL, "model-seed": 1, "partitioning": "dirichlet"},
+}
+FIGURES = ["round", "central-accuracy", "central-loss", "replies"]
+
+
+def _figures(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "metrics.csv")[FIGURES]
+
+
+def _gone(pids: list[int], timeout_s: float = 20.0) -> bool:
+    """Whether every session led by ``pids`` is empty (within ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while any(session_members(pid) for pid in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _run(
+    overrides: dict[str, object],
+    output_dir: Path,
+    run_name: str,
+    engine: SimulationEngine | None,
+    echo: Callable[[str], None] = lambda _: None,
+) -> Path:
+    return simulate(
+        overrides,
+        num_clients=3,
+        output_dir=output_dir,
+        run_name=run_name,
+        engine=engine,
+        echo=echo,
+    )
+
+
+def test_two_runs_through_one_engine_equal_each_run_alone(tmp_path: Path) -> None:
+    # Prepare: each run alone, on an engine of its own (no warm engine at all)
+    alone = {name: _run(RUNS[name], tmp_path / "alone", name, None) for name in RUNS}
+    # Execute: both, one after the other, through one warm engine
+    with SimulationEngine() as engine:
+        shared = {
+            name: _run(RUNS[name], tmp_path / "shared", name, engine) for name in RUNS
+        }
+        starts, pids = engine.starts, engine.pids
+    # Assert: the same figures to the last digit, the engine started once and
+    # nothing of it is left
+    for name in RUNS:
+        pd.testing.assert_frame_equal(_figures(shared[name]), _figures(alone[name]))
+    assert not _figures(alone["a"]).equals(_figures(alone["b"]))
+    assert starts == 1
+    assert _gone(pids)
+
+
+def test_an_interrupted_run_stops_the_engine_and_the_next_starts_afresh(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a run that is interrupted (Ctrl-C) once its first round ended
+    running: list[int] = []
+
+    def interrupt_after_round_one(line: str) -> None:
+        running[:] = running or engine.pids
+        if "round 1/" in line:
+            raise KeyboardInterrupt
+
+    with SimulationEngine() as engine:
+        with pytest.raises(KeyboardInterrupt):
+            _run(RUNS["a"], tmp_path, "interrupted", engine, interrupt_after_round_one)
+        stopped = engine.pids == []
+        # Execute: the next run through the same engine
+        run_dir = _run(RUNS["a"], tmp_path, "next", engine)
+        starts = engine.starts
+    # Assert: the interrupted run stopped the engine and left nothing running,
+    # its folder says it failed, and the next run completed on a fresh engine
+    assert stopped and len(running) == 2
+    assert _gone(running, timeout_s=0.0)
+    assert '"failed"' in (tmp_path / "interrupted" / "status.json").read_text()
+    assert '"complete"' in (run_dir / "status.json").read_text()
+    assert starts == 2
+
+
+def test_a_closed_engine_takes_no_more_runs(tmp_path: Path) -> None:
+    engine = SimulationEngine()
+    engine.close()
+    with pytest.raises(RuntimeError, match="this SimulationEngine is closed"):
+        _run(RUNS["a"], tmp_path, "r", engine)
+
+
+_OWNER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from simulations.engine import SimulationEngine
+    engine = SimulationEngine()
+    with engine.run_slot():
+        print(*engine.pids, flush=True)
+    if sys.argv[1] == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    # "exits": the script ends without closing the engine
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["exits", "killed"])
+def test_nothing_the_engine_started_outlives_its_owner(how: str) -> None:
+    # Execute: an owner starts an engine, then ends without closing it
+    owner = subprocess.run(
+        [sys.executable, "-c", _OWNER, how],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    pids = [int(p) for p in owner.stdout.split()]
+    # Assert: the SuperLink's and the Ray head's sessions are empty
+    assert len(pids) == 2, owner.stderr
+    assert _gone(pids), [session_members(p) for p in pids]
+
+
+def test_a_run_that_fails_leaves_no_engine_wedged(tmp_path: Path) -> None:
+    # Prepare: a run that fails: every client replies with arrays of the wrong
+    # shape, so no round aggregates anything
+    with SimulationEngine() as engine:
+        with pytest.raises(FedgeError):
+            _run(
+                {**RUNS["a"], "fault-attack": "wrong-shape", "fault-attackers": 3},
+                tmp_path,
+                "failed",
+                engine,
+            )
+        # Execute
+        run_dir = _run(RUNS["a"], tmp_path, "after", engine)
+    # Assert
+    assert '"complete"' in (run_dir / "status.json").read_text()
