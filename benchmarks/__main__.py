@@ -23,6 +23,7 @@ BENCHMARKS = {
     "simulation_overhead": "benchmarks.simulation_overhead",
     "deployment_round": "benchmarks.deployment_round",
     "frozen_backbone": "benchmarks.frozen_backbone",
+    "startup": "benchmarks.startup",
 }
 
 
