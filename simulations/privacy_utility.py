@@ -25,6 +25,7 @@ not the study's; the Markdown table is left alone).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
@@ -35,6 +36,7 @@ from typing import Any
 from shared.atomic_io import atomic_write_json, atomic_write_text
 from shared.errors import ConfigError, FedgeError
 from shared.run_folder import COMPLETE
+from simulations.engine import SimulationEngine, sharing
 from simulations.scenario_file import load_scenario
 from simulations.simulate import simulate
 from simulations.study_cell import (
@@ -291,8 +293,9 @@ def run_study(
         )
     cells = []
     started = time.monotonic()
-    for n in client_counts:
-        for epsilon in epsilons:
+    # One SuperLink and Ray cluster for every cell, not one per cell.
+    with SimulationEngine() as engine, sharing(engine):
+        for n, epsilon in itertools.product(client_counts, epsilons):
             name = f"{n}c-{epsilon_slug(epsilon)}"
             echo(f"privacy-utility: {n} clients, {epsilon_label(epsilon)} ...")
             cell = run_cell(

@@ -21,6 +21,7 @@ table the README quotes.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from simulations.engine import SimulationEngine, sharing
 from simulations.study_cell import (
     cell_summary,
     completed,
@@ -93,23 +95,23 @@ def run_study(
     A failed run is recorded with its error and the study goes on.
     """
     runs = []
-    for dataset in datasets:
-        for epsilon in EPSILONS:
-            for seed in seeds:
-                name = f"{dataset}-{model}-{epsilon_slug(epsilon)}-seed{seed}"
-                run = run_cell(
-                    cell_overrides(dataset, epsilon, model=model, seed=seed),
-                    num_clients=NUM_CLIENTS,
-                    output_dir=output_dir,
-                    name=name,
-                )
-                run.update(
-                    dataset=dataset,
-                    target_epsilon=None if math.isinf(epsilon) else epsilon,
-                    seed=seed,
-                )
-                print(f"{name}: {cell_summary(run)}", flush=True)
-                runs.append(run)
+    # One SuperLink and Ray cluster for every run, not one per run.
+    with SimulationEngine() as engine, sharing(engine):
+        for dataset, epsilon, seed in itertools.product(datasets, EPSILONS, seeds):
+            name = f"{dataset}-{model}-{epsilon_slug(epsilon)}-seed{seed}"
+            run = run_cell(
+                cell_overrides(dataset, epsilon, model=model, seed=seed),
+                num_clients=NUM_CLIENTS,
+                output_dir=output_dir,
+                name=name,
+            )
+            run.update(
+                dataset=dataset,
+                target_epsilon=None if math.isinf(epsilon) else epsilon,
+                seed=seed,
+            )
+            print(f"{name}: {cell_summary(run)}", flush=True)
+            runs.append(run)
     return {
         "name": "series_accuracy",
         "settings": SETTINGS,
