@@ -180,9 +180,9 @@ def measure_rounds(
                 "benchmark would not measure a full round"
             )
 
-    with timed_production_run(lambda: grid.client_s, after_round=check_full) as timed:
+    with timed_production_run(lambda: grid.client_s, after_round=check_full) as clock:
         run_federation(grid, config)  # type: ignore[arg-type]  # a stand-in with what the run calls
-    per_round = timed.clock.rounds
+    per_round = clock.rounds
     if len(per_round) != warmup_rounds + rounds:
         raise RuntimeError(
             f"{strategy_name} with {num_clients} clients ran {len(per_round)} "

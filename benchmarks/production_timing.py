@@ -12,7 +12,6 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import server.federation
@@ -136,20 +135,12 @@ def replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
             delattr(owner, name)
 
 
-@dataclass
-class TimedRun:
-    """What :func:`timed_production_run` saw of one run."""
-
-    clock: PhaseClock
-    strategies: list[RobustStrategy] = field(default_factory=list)
-
-
 @contextlib.contextmanager
 def timed_production_run(
     client_s: Callable[[], float],
     *,
     after_round: Callable[[RoundEnd, RoundOutcome], None] | None = None,
-) -> Iterator[TimedRun]:
+) -> Iterator[PhaseClock]:
     """Time the production functions a run calls, as phases of its rounds.
 
     Inside the block, :func:`server.federation.run_federation` runs unchanged
@@ -158,9 +149,9 @@ def timed_production_run(
     the block ends. A round starts when its training is configured and ends
     when :class:`~server.round_end.RoundEnd` has recorded it; ``after_round``,
     when given, is then called with the round end and the round's outcome.
+    The block's value is the clock, whose ``rounds`` fill as rounds end.
     """
-    timed = TimedRun(PhaseClock(client_s))
-    clock = timed.clock
+    clock = PhaseClock(client_s)
     from_config = RobustStrategy.from_config
 
     def built(*args: Any, **kwargs: Any) -> RobustStrategy:
@@ -179,7 +170,6 @@ def timed_production_run(
         strategy.aggregate_train = clock.timed(  # type: ignore[method-assign]  # timed, same signature
             "aggregate_train", strategy.aggregate_train
         )
-        timed.strategies.append(strategy)
         return strategy
 
     round_end = RoundEnd.__call__
@@ -210,4 +200,4 @@ def timed_production_run(
             ),
         ):
             stack.enter_context(replaced(owner, name, value))
-        yield timed
+        yield clock
