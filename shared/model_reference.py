@@ -321,8 +321,8 @@ def _load_file(reference: str, path: Path) -> ModuleType:
             ".py file that defines the model"
         )
     spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ModelError(f"model {reference!r}: {path} cannot be loaded as Python")
+    # A path ending in .py always gets the source loader.
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     # Registered while it runs, as an import would: dataclasses and pickling
     # inside the file look their module up by name. Loaded afresh every time,

@@ -338,3 +338,18 @@ def test_an_unknown_builtin_is_refused_pointing_at_references() -> None:
         ConfigError, match=r"or MODULE:CALLABLE \(your own model\), got 'resnet'"
     ):
         from_run_config({"model": "resnet"}, fill_defaults=True)
+
+
+def test_a_callable_without_source_is_refused() -> None:
+    # A function compiled into the interpreter: no file to take a SHA-256 of.
+    with pytest.raises(
+        ModelError, match=r"'builtins:len': module 'builtins' .* has no source file"
+    ):
+        resolve_factory("builtins:len")
+
+
+def test_an_incomplete_identity_is_refused() -> None:
+    with pytest.raises(
+        ModelError, match=r"model identity is incomplete: KeyError\('sha256'\)"
+    ):
+        ModelIdentity.from_dict({"reference": "nets:Net"})

@@ -156,3 +156,11 @@ def test_a_py_model_is_shipped_inside_the_submitted_app(tmp_path: Path) -> None:
 
 def test_a_module_name_model_submits_the_app_itself(tmp_path: Path) -> None:
     assert sim._app_to_submit(tmp_path, FaultConfig(), "pkg.nets:Net") == sim.APP_DIR
+
+
+def test_shipping_needs_a_py_file(tmp_path: Path) -> None:
+    from shared.errors import FedgeError
+    from simulations.fault_app import ship_model_file
+
+    with pytest.raises(FedgeError, match=r"model 'pkg.nets:Net': no \.py file to ship"):
+        ship_model_file(tmp_path, "pkg.nets:Net")
