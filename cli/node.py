@@ -275,10 +275,11 @@ START_SETTINGS: dict[str, tuple[str, str, str]] = {
 SUPERNODE = "flower-supernode"
 # Flower's SuperExec looks for a new message every FLWR_SUPEREXEC_TASK_POLL_INTERVAL
 # seconds (flwr 1.42: default 1 s, allowed 0.01-60 s), the one wait on a node's
-# message path Flower lets a user set. In benchmarks/deployment_round, 0.2 s
-# gave the gain (a 3-node round 0.81x its time at 1 s); 0.05 s gained nothing
-# more on a node alone and tripled the idle node's CPU (README, "What a round
-# costs"). An operator's own value of the variable is kept.
+# message path Flower lets a user set. 0.2 s takes nearly all the wait a poll
+# can save (0.4 s a message on average against 1 s); 0.05 s would save 0.075 s
+# more at three times the idle node's CPU, and benchmarks/deployment_round
+# measured it no faster (README, "What a round costs"). An operator's own value
+# of the variable is kept.
 TASK_POLL_INTERVAL_VARIABLE = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 TASK_POLL_INTERVAL_S = 0.2
 
