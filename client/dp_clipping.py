@@ -19,6 +19,13 @@ does it in one forward and one backward:
    per-sample gradients are small here, so they are formed once with ``bmm``;
 4. the clipped sum is one weighted product per layer: ``(c * b)^T a``.
 
+With augmentation multiplicity (De et al., 2022; :mod:`client.augmentation`)
+the batch holds K views of each example in consecutive rows, and an example's
+gradient is the mean of its views' gradients, formed before the clip: a
+Linear layer's K views become K positions of one example (its per-example
+gradient is then formed with ``bmm``), other layers' per-row gradients are
+averaged over each example's K rows.
+
 The clipping factor is Opacus's: ``min(1, C / (||g_i|| + 1e-6))``; tests check
 the result against Opacus's ``grad_sample_mode="hooks"``.
 """
@@ -155,7 +162,7 @@ class ClippedGradients:
     def _backward(
         self, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, list[tuple[_Layer, torch.Tensor, torch.Tensor]]]:
-        """Forward + backward to each layer's output; sum of per-example losses."""
+        """Forward + backward to each layer's output; sum of per-row losses."""
         self._tape = []
         try:
             loss = F.cross_entropy(self.model(x), y, reduction="sum")
@@ -190,17 +197,23 @@ class ClippedGradients:
         *,
         max_grad_norm: float,
         scale: float = 1.0,
+        views: int = 1,
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """``scale * sum_i clip_C(g_i)`` for one batch of examples.
 
         Parameters
         ----------
         x, y : Tensor
-            A batch of inputs and integer labels (may be empty: zeros).
+            A batch of inputs and integer labels (may be empty: zeros). With
+            ``views`` K > 1, ``x`` holds K rows per label: example i's views
+            are rows ``i*K`` to ``i*K + K - 1``.
         max_grad_norm : float
             Clipping bound C on each example's gradient (all parameters).
         scale : float, default 1
             Multiplies the sum (folded into the clip factors: no extra pass).
+        views : int, default 1
+            K: example i's gradient ``g_i`` is the mean of its K views'
+            gradients, clipped as one.
 
         Returns
         -------
@@ -208,18 +221,30 @@ class ClippedGradients:
             One per trainable parameter, in ``model.parameters()`` order; views
             of :attr:`flat_grad`, overwritten by the next call.
         loss_sum : Tensor
-            Sum of the per-example cross-entropy losses (scalar).
+            Sum of the per-example cross-entropy losses (each the mean over its
+            views; scalar).
         norms : Tensor
             Each example's gradient norm before clipping, shape ``(B,)``.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` does not hold ``views`` rows per label.
         """
-        if len(x) == 0:
+        if len(x) != views * len(y):
+            raise ValueError(
+                f"clipped_sum needs {views} input rows per label (views), got "
+                f"{len(x)} rows for {len(y)} labels."
+            )
+        if len(y) == 0:
             self.flat_grad.zero_()
             return self._grads, torch.zeros(()), torch.zeros(0)
-        loss_sum, entries = self._backward(x, y)
+        loss_sum, entries = self._backward(x, y.repeat_interleave(views))
+        loss_sum = loss_sum / views
         finishers = []
-        squared = torch.zeros(len(x), dtype=loss_sum.dtype, device=loss_sum.device)
+        squared = torch.zeros(len(y), dtype=loss_sum.dtype, device=loss_sum.device)
         for layer, a, b in entries:
-            sq, finish = layer.norms(a, b)
+            sq, finish = layer.norms(a, b, views)
             squared = squared + sq
             finishers.append(finish)
         norms = squared.sqrt()
@@ -286,9 +311,17 @@ class _Layer:
         """``(param index, per-sample gradients flattened to (B, numel))``."""
         raise NotImplementedError
 
-    def norms(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, Finisher]:
-        """Dense default: form the per-sample gradients, then weight and sum."""
+    def norms(
+        self, a: torch.Tensor, b: torch.Tensor, views: int = 1
+    ) -> tuple[torch.Tensor, Finisher]:
+        """Dense default: form the per-sample gradients, then weight and sum.
+
+        ``views`` K > 1: rows come in groups of K views of one example, whose
+        gradients are averaged into the example's before any norm.
+        """
         flat = self.per_sample(a, b)
+        if views > 1:
+            flat = [(i, g.view(-1, views, g.shape[1]).mean(1)) for i, g in flat]
         sq = sum(_squared_norms(g) for _, g in flat)
 
         def finish(factors: torch.Tensor, out: list[torch.Tensor]) -> int:
@@ -324,7 +357,12 @@ class _Linear(_Layer):
             out.append((self.bias, b3.sum(1)))
         return out
 
-    def norms(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, Finisher]:
+    def norms(
+        self, a: torch.Tensor, b: torch.Tensor, views: int = 1
+    ) -> tuple[torch.Tensor, Finisher]:
+        if views > 1:  # an example's K views are K positions of its input
+            a = a.reshape(len(a) // views, -1, a.shape[-1])
+            b = b.reshape(len(b) // views, -1, b.shape[-1]) / views
         if a.dim() > 2:  # (B, ..., d): a sum over positions; form g_i instead
             return super().norms(a, b)
         b_sq = _squared_norms(b)

@@ -25,6 +25,14 @@ Interchangeable paths compute the clipped noisy gradient:
 that all give the same update for the same batches. Only parameters with
 ``requires_grad`` get gradients, noise and updates, on every path.
 
+Augmentation multiplicity (``augment_multiplicity`` K >= 1,
+:mod:`client.augmentation`): each step trains on K augmented views of every
+example in its Poisson batch, and each example's K gradients are averaged
+before the clip, on the fast path and on Opacus's hooks; Opacus's ghost
+clipping clips rows, so ``"auto"`` picks the hooks instead, and ``"ghost"``
+with K >= 1 is refused. The sampling, noise and steps are those of the run
+without it, so is the privacy accounting.
+
 The FedProx term ``mu/2 ||w - w_global||^2`` does not depend on the data, so
 its gradient ``mu (w - w_global)`` is added after the noise, as post-processing
 that costs no privacy (inside the loss, Opacus would silently drop it: its
@@ -49,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from client.augmentation import augment_generator, augment_views, check_augmentable
 from client.dp_clipping import ClippedGradients
 from client.dp_path import choose_dp_path, log_dp_path
 from client.sgd import MomentumSGD
@@ -100,8 +109,11 @@ def poisson_batches(
 class PrivateStep:
     """One DP-SGD optimiser step on a given batch; built by :func:`make_private_step`.
 
-    ``step(x, y)`` updates the model in place and returns the batch's summed
-    per-example loss (0 for an empty batch, which still gets noise).
+    ``step(x, y, views=K)`` updates the model in place and returns the batch's
+    summed per-example loss (0 for an empty batch, which still gets noise).
+    ``x`` holds K rows per label, example i's views in rows ``i*K`` to
+    ``i*K + K - 1``; each example's gradient is the mean over its views,
+    clipped as one.
 
     Parameters
     ----------
@@ -161,7 +173,7 @@ class PrivateStep:
             )
             torch._foreach_add_(grads, drift, alpha=self.proximal_mu)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, views: int = 1) -> float:
         """Take one DP-SGD step on ``(x, y)``; return the summed per-example loss."""
         raise NotImplementedError
 
@@ -180,13 +192,13 @@ class _FastStep(PrivateStep):
         self.clipper = ClippedGradients(model)
         self.noise = torch.empty_like(self.clipper.flat_grad)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, views: int = 1) -> float:
         # Dividing by the expected batch size is folded into the clip factors
         # and the noise scale, which saves a pass over every gradient. An empty
         # Poisson batch gives zeros: it still releases noise and is a step.
         scale = 1.0 / self.expected_batch_size
         grads, loss_sum, _ = self.clipper.clipped_sum(
-            x, y, max_grad_norm=self.max_grad_norm, scale=scale
+            x, y, max_grad_norm=self.max_grad_norm, scale=scale, views=views
         )
         if self.noise_std > 0:
             # One draw into one buffer for all parameters: two calls in all.
@@ -235,16 +247,28 @@ class _OpacusStep(PrivateStep):
         for p in self.params:
             p.grad_sample = torch.zeros(0, *p.shape)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def _average_views(self, views: int) -> None:
+        """Each example's per-sample gradient: the mean over its views' rows."""
+        for p in self.params:
+            rows = p.grad_sample
+            if isinstance(rows, list):  # a layer that ran more than once
+                rows = torch.cat(rows, dim=0)
+            p.grad_sample = rows.view(-1, views, *rows.shape[1:]).mean(1)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, views: int = 1) -> float:
         self.optimizer.zero_grad()
         loss_sum = 0.0
-        if len(x):
+        if len(y):
             with warnings.catch_warnings():
                 # Opacus's hooks on a first layer whose input needs no gradient.
                 warnings.filterwarnings("ignore", message="Full backward hook")
-                loss = self._loss(x, y)
+                loss = self._loss(x, y.repeat_interleave(views))
                 loss.backward()
-            loss_sum = float(loss.detach()) * len(x)
+            # The loss is the mean over rows; the sum over examples of each
+            # example's mean over its views is that times the examples.
+            loss_sum = float(loss.detach()) * len(y)
+            if views > 1:
+                self._average_views(views)
         else:
             self._no_examples()
         self.optimizer.pre_step()  # clip, sum, add noise, divide: sets p.grad
@@ -297,6 +321,16 @@ class _GhostStep(_OpacusStep):
     def _no_examples(self) -> None:
         for p in self.params:  # the clipped sum of no examples
             p.grad = torch.zeros_like(p)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, views: int = 1) -> float:
+        if views > 1:
+            raise ConfigError(
+                "Opacus's ghost clipping clips each input row, so it cannot "
+                f"average an example's {views} augmented views before the clip; "
+                "use grad_sample_mode 'hooks' or 'auto' with augmentation "
+                "multiplicity."
+            )
+        return super().step(x, y)
 
     def close(self) -> None:
         super().close()
@@ -361,6 +395,8 @@ def train_private(
     global_params: Sequence[torch.Tensor] | None = None,
     grad_sample_mode: str = "auto",
     check_model: bool = True,
+    augment_multiplicity: int = 0,
+    augment_seed: Sequence[int] = (),
 ) -> PrivateTrainResult:
     """Train ``model`` in place with ``steps`` DP-SGD steps of rate ``sample_rate``.
 
@@ -401,6 +437,12 @@ def train_private(
     check_model : bool, default True
         Run :func:`validate_private_model` first; False only for a caller that
         already validated a model of the same spec.
+    augment_multiplicity : int, default 0
+        K >= 1: every step trains on K augmented views of each example of its
+        batch, each example's gradient averaged over its views before the
+        clip (:mod:`client.augmentation`); 0 = no augmentation.
+    augment_seed : sequence of int
+        Seeds the views with the step index, e.g. ``(model_seed, round)``.
 
     Returns
     -------
@@ -411,14 +453,21 @@ def train_private(
     Raises
     ------
     ConfigError
-        On invalid settings.
+        On invalid settings, or augmentation of examples that are neither
+        images nor series.
     DataError
         If x and y do not match or are empty.
     ModelError
         If Opacus cannot make the model private.
     """
     _check_settings(
-        sample_rate, steps, learning_rate, momentum, noise_multiplier, max_grad_norm
+        sample_rate,
+        steps,
+        learning_rate,
+        momentum,
+        noise_multiplier,
+        max_grad_norm,
+        augment_multiplicity,
     )
     inputs = torch.as_tensor(np.asarray(x, dtype=np.float32))
     labels = torch.as_tensor(np.asarray(y).astype(np.int64))
@@ -427,6 +476,8 @@ def train_private(
             f"DP training needs as many labels as inputs, at least one: got "
             f"{len(inputs)} inputs and {len(labels)} labels."
         )
+    if augment_multiplicity:
+        check_augmentable(tuple(inputs.shape[1:]))
     if check_model:
         validate_private_model(model)
     n = len(inputs)
@@ -434,6 +485,13 @@ def train_private(
     sampler = torch.Generator().manual_seed(int(sampling_seed))
     model.train()
     mode = resolve_grad_sample_mode(model, grad_sample_mode, example=inputs[:2])
+    if augment_multiplicity and mode == "ghost" and grad_sample_mode == "auto":
+        mode = "hooks"  # ghost clipping clips rows, not an example's views
+        logger.warning(
+            "DP-SGD path 'hooks' instead of 'ghost': augmentation multiplicity "
+            "averages each example's views before the clip, which Opacus's ghost "
+            "clipping cannot"
+        )
     stepper = make_private_step(
         model,
         grad_sample_mode=mode,
@@ -455,7 +513,15 @@ def train_private(
                 num_examples=n, sample_rate=sample_rate, steps=steps, generator=sampler
             )
         ):
-            loss = stepper.step(inputs[idx], labels[idx])
+            if augment_multiplicity:
+                views = augment_views(
+                    inputs[idx],
+                    multiplicity=augment_multiplicity,
+                    generator=augment_generator(augment_seed, step),
+                )
+                loss = stepper.step(views, labels[idx], views=augment_multiplicity)
+            else:
+                loss = stepper.step(inputs[idx], labels[idx])
             if step >= last_epoch:
                 loss_sum += loss
                 seen += len(idx)
@@ -486,6 +552,7 @@ def _check_settings(
     momentum: float,
     noise_multiplier: float,
     max_grad_norm: float,
+    augment_multiplicity: int,
 ) -> None:
     problems = []
     if not 0 < sample_rate <= 1:
@@ -499,6 +566,10 @@ def _check_settings(
     if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
         problems.append(
             f"noise_multiplier must be finite and >= 0, got {noise_multiplier}"
+        )
+    if isinstance(augment_multiplicity, bool) or augment_multiplicity < 0:
+        problems.append(
+            f"augment_multiplicity must be an integer >= 0, got {augment_multiplicity!r}"
         )
     if not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
         problems.append(f"max_grad_norm must be finite and > 0, got {max_grad_norm}")

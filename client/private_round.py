@@ -318,6 +318,9 @@ def train_private_round(
         if config.strategy.name == "fedprox"
         else 0.0,
         check_model=False,  # check_private_model_once did
+        augment_multiplicity=dp.augment_multiplicity,
+        # Views are data-independent: reproducible from (model seed, round).
+        augment_seed=(config.train.model_seed, server_round),
     )
     model.load_state_dict(result.state_dict)
     # Asked again for a round it already released, with other global

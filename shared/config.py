@@ -88,6 +88,9 @@ class DPConfig:
     ``mode="central"``: user-level DP with Flower's server-side clipping wrapper.
     ``fix_model``: build the model with Opacus's ``ModuleValidator.fix``
     applied (:mod:`shared.private_model`), in every mode.
+    ``augment_multiplicity`` K >= 1: DP-SGD trains on K augmented views of
+    each example, averaged before the clip (:mod:`client.augmentation`);
+    0 = off. Only DP-SGD (``mode="sample"``) uses it.
     """
 
     mode: str
@@ -98,6 +101,7 @@ class DPConfig:
     accountant: str
     clipping_norm: float
     fix_model: bool
+    augment_multiplicity: int
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "accountant": "accountant",
         "clipping-norm": "clipping_norm",
         "fix-model": "fix_model",
+        "augment-multiplicity": "augment_multiplicity",
     },
     "strategy": {
         "strategy": "name",
@@ -411,7 +416,7 @@ def _choice(
         problems.append(f"'{key}' must be one of {list(allowed)}, got {value!r}")
 
 
-MODEL_CHOICES = ("auto", "mlp", "cnn", "cnn1d", "gru")
+MODEL_CHOICES = ("auto", "mlp", "cnn", "cnn1d", "gru", "random-conv-linear")
 
 
 def _model_problems(model: str) -> list[str]:
@@ -471,6 +476,11 @@ def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
             p.append(f"'target-epsilon' must be > 0, got {dp['target_epsilon']}")
         if not 0 <= dp["target_delta"] < 1:
             p.append(f"'target-delta' must be in [0, 1), got {dp['target_delta']}")
+    if dp["augment_multiplicity"] < 0:
+        p.append(
+            "'augment-multiplicity' must be >= 0 (0 = off, K = views per "
+            f"example), got {dp['augment_multiplicity']}"
+        )
     if dp["mode"] == "sample" and dp["max_grad_norm"] <= 0:
         p.append(f"'max-grad-norm' must be > 0, got {dp['max_grad_norm']}")
     if dp["mode"] == "central":

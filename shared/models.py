@@ -21,13 +21,17 @@ import torch
 from torch import nn
 
 from shared.errors import ModelError
+from shared.fixed_features import FixedFeaturesLinear, default_width
 from shared.model_reference import (
     ModelIdentity,
     build_user_model,
     is_model_reference,
 )
 
-MODEL_NAMES = ("mlp", "cnn", "cnn1d", "gru")
+# Fixed random-convolution features + a linear head (shared/fixed_features.py):
+# images or series; only the head trains.
+FIXED_FEATURES_MODEL = "random-conv-linear"
+MODEL_NAMES = ("mlp", "cnn", "cnn1d", "gru", FIXED_FEATURES_MODEL)
 # Registry models per input rank: what "auto" picks, and what each accepts.
 SERIES_MODELS = ("cnn1d", "gru")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -39,10 +43,12 @@ class ModelSpec:
 
     Parameters
     ----------
-    name : {"mlp", "cnn", "cnn1d", "gru"} or str
+    name : {"mlp", "cnn", "cnn1d", "gru", "random-conv-linear"} or str
         Architecture. ``mlp`` takes flat feature vectors, ``cnn`` takes
         ``(channels, height, width)`` images, ``cnn1d`` and ``gru`` take
-        ``(channels, steps)`` time series. ``MODULE:CALLABLE``: the user's own
+        ``(channels, steps)`` time series. ``random-conv-linear`` takes images
+        or series: a fixed random-convolution extractor and a linear head,
+        the only part that trains (:mod:`shared.fixed_features`). ``MODULE:CALLABLE``: the user's own
         model, built by that callable (``identity`` then says which code).
     input_shape : tuple of int
         Shape of one example, without the batch axis.
@@ -51,6 +57,7 @@ class ModelSpec:
     hidden : tuple of int
         MLP: widths of the hidden layers. CNN: ``(conv1, conv2, fc)`` widths.
         CNN1D: ``(conv1, conv2)`` channels. GRU: ``(hidden size,)``.
+        random-conv-linear: ``(filters,)`` (images) or ``(kernels,)`` (series).
     activation : {"relu", "tanh"}
         Tanh often trains better under DP-SGD (bounded activations keep
         per-sample gradient norms small; Papernot et al., 2021).
@@ -108,7 +115,13 @@ class ModelSpec:
                 f"{self.name} needs input_shape (channels, steps), "
                 f"got {self.input_shape}"
             )
-        expected = {"cnn1d": 2, "gru": 1}.get(self.name)
+        if self.name == FIXED_FEATURES_MODEL and len(self.input_shape) not in (2, 3):
+            problems.append(
+                f"{self.name} needs images (channels, height, width) or series "
+                f"(channels, steps), got input_shape {self.input_shape}; for "
+                "tables use mlp"
+            )
+        expected = {"cnn1d": 2, "gru": 1, FIXED_FEATURES_MODEL: 1}.get(self.name)
         if expected and self.hidden and len(self.hidden) != expected:
             problems.append(
                 f"{self.name} hidden must have {expected} width(s), got {self.hidden}"
@@ -188,6 +201,7 @@ def default_spec(
     if name == "auto":
         name = {3: "cnn", 2: "cnn1d"}.get(len(input_shape), "mlp")
     hidden = {
+        FIXED_FEATURES_MODEL: (default_width(input_shape),),
         "mlp": (128, 64),
         "cnn": (16, 32, 64),
         "cnn1d": (16, 32),
@@ -433,7 +447,11 @@ def build_model(spec: ModelSpec, *, model_seed: int | None = None) -> nn.Module:
             "cnn1d": CNN1D,
             "gru": GRU,
         }
-        model = kinds[spec.name](spec)
+        if spec.name == FIXED_FEATURES_MODEL:
+            (width,) = spec.hidden or (default_width(spec.input_shape),)
+            model = FixedFeaturesLinear(spec.input_shape, spec.num_classes, width)
+        else:
+            model = kinds[spec.name](spec)
     if spec.fix_model:
         from shared.private_model import fix_private_model
 

@@ -117,8 +117,13 @@ def test_missing_keys_without_defaults_are_reported():
         ),
         (
             {"model": "resnet"},
-            "'model' must be one of ['auto', 'mlp', 'cnn', 'cnn1d', 'gru'] or "
-            "MODULE:CALLABLE (your own model), got 'resnet'",
+            "'model' must be one of ['auto', 'mlp', 'cnn', 'cnn1d', 'gru', "
+            "'random-conv-linear'] or MODULE:CALLABLE (your own model), got 'resnet'",
+        ),
+        (
+            {"augment-multiplicity": -1},
+            "'augment-multiplicity' must be >= 0 (0 = off, K = views per example), "
+            "got -1",
         ),
         (
             {"activation": "gelu"},

@@ -1,0 +1,198 @@
+"""random-conv-linear: a fixed, data-independent extractor and a trainable head."""
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+from client.dp_path import choose_dp_path
+from client.dp_training import train_private
+from client.node_data import load_node_data
+from client.private_round import train_private_round
+from client.training import train_plain
+from edge_export.onnx_export import check_onnx, export_onnx
+from shared import keys
+from shared.config import default_run_config, from_run_config
+from shared.datasets import load_builtin
+from shared.errors import ModelError
+from shared.models import ModelSpec, build_model, default_spec
+
+SHAPES = [(1, 8, 8), (3, 20, 24), (6, 100), (1, 29)]
+
+
+def _model(shape, seed=0, classes=4):
+    return build_model(
+        default_spec("random-conv-linear", shape, classes), model_seed=seed
+    )
+
+
+def _extractor(model):
+    return {
+        k: v.clone() for k, v in model.state_dict().items() if k.startswith("features.")
+    }
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_extractor_is_the_same_whatever_data_it_sees(shape):
+    first, second = _model(shape), _model(shape)
+    gen = torch.Generator().manual_seed(1)
+    probe = torch.randn(5, *shape, generator=gen)
+    before = _extractor(first)
+
+    # Each sees other data, in training mode, at other scales and offsets.
+    for model, scale, offset in ((first, 1.0, 0.0), (second, 50.0, -3.0)):
+        model.train()
+        for _ in range(3):
+            model(scale * torch.randn(16, *shape, generator=gen) + offset)
+
+    assert list(_extractor(first)) and not list(first.buffers())
+    for name, tensor in _extractor(first).items():
+        assert torch.equal(tensor, before[name])
+        assert torch.equal(tensor, _extractor(second)[name])
+    with torch.no_grad():
+        assert torch.equal(first.features(probe), second.features(probe))
+
+
+def test_an_example_s_features_do_not_depend_on_the_others_in_its_batch():
+    model = _model((1, 8, 8)).eval()
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        together = model(x)
+        apart = torch.cat([model(x[i : i + 1]) for i in range(6)])
+        shuffled = model(torch.cat([x[3:], 10 * x[:3]]))[:3]
+    torch.testing.assert_close(together, apart, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(shuffled, together[3:], atol=1e-6, rtol=1e-5)
+
+
+def test_the_head_sees_unit_norm_features_and_only_the_head_trains():
+    model = _model((1, 8, 8), classes=10)
+    seen = []
+    model.head.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+    model(7 * torch.randn(4, 1, 8, 8) + 2)
+
+    norms = seen[0].norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones(4), atol=1e-4, rtol=0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["head.weight", "head.bias"]
+    # 64 filters x a 4 x 4 grid, to 10 classes.
+    assert model.head.weight.shape == (10, 64 * 16)
+    assert choose_dp_path(model, None).mode == "fast"
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (6, 100)])
+@pytest.mark.parametrize("dp", [True, False])
+def test_no_extractor_parameter_moves_in_training(shape, dp):
+    model = _model(shape)
+    before = _extractor(model)
+    head_before = model.head.weight.detach().clone()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, *shape)).astype(np.float32)
+    y = rng.integers(0, 4, size=40)
+
+    if dp:
+        train_private(
+            model,
+            x,
+            y,
+            noise_multiplier=1.0,
+            sample_rate=0.25,
+            steps=8,
+            learning_rate=0.5,
+            momentum=0.9,
+            max_grad_norm=1.0,
+            seed=0,
+        )
+    else:
+        train_plain(
+            model, x, y, epochs=2, batch_size=8, learning_rate=0.5, momentum=0.9, seed=0
+        )
+
+    for name, tensor in model.state_dict().items():
+        if name.startswith("features."):
+            assert torch.equal(tensor, before[name])  # bit for bit
+    assert not torch.equal(model.head.weight, head_before)
+
+
+def _round(model_name):
+    run_config = {
+        **default_run_config(),
+        "dp-mode": "sample",
+        "target-epsilon": 8.0,
+        "target-delta": 1e-4,
+        "local-epochs": 1,
+        "batch-size": 32,
+        "model": model_name,
+    }
+    config = from_run_config(run_config)
+    node_config = {"partition-id": 1, "num-partitions": 3}
+    reference = load_builtin("digits", "test")
+    data = load_node_data(node_config, config.data, reference.preprocessing)
+    model = build_model(default_spec(model_name, (1, 8, 8), 10), model_seed=0)
+    context = Context(
+        run_id=1,
+        node_id=3,
+        node_config=node_config,
+        state=RecordDict(),
+        run_config=run_config,
+    )
+    figures = train_private_round(
+        model,
+        data.train,
+        config=config,
+        context=context,
+        server_round=1,
+        fedge_run_id="run",
+    )
+    return figures, len(data.train)
+
+
+def test_the_privacy_spend_is_that_of_the_same_plan_with_another_model():
+    fixed, n = _round("random-conv-linear")
+    cnn, _ = _round("cnn")
+
+    figures = (
+        keys.NOISE_MULTIPLIER,
+        keys.SAMPLE_RATE,
+        keys.DP_ROUND_STEPS,
+        keys.DELTA,
+        keys.EPSILON,
+    )
+    assert {k: fixed[k] for k in figures} == {k: cnn[k] for k in figures}
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    q, sigma = fixed[keys.SAMPLE_RATE], fixed[keys.NOISE_MULTIPLIER]
+    steps = fixed[keys.DP_ROUND_STEPS]
+    assert q == pytest.approx(32 / n) and steps == round(n / 32)
+    rdp = compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders)
+    epsilon = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-4)[0]
+    assert fixed[keys.EPSILON] == pytest.approx(epsilon, rel=1e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_export_matches_pytorch(shape):
+    model = _model(shape).eval()
+    x = np.random.default_rng(0).normal(size=(7, *shape)).astype(np.float32) * 3
+
+    proto = check_onnx(export_onnx(model, shape), input_shape=shape, num_classes=4)
+
+    session = ort.InferenceSession(proto.SerializeToString())
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], expected, atol=1e-5)
+
+
+def test_tables_are_refused_with_the_alternative():
+    with pytest.raises(ModelError, match=r"random-conv-linear needs images .* use mlp"):
+        ModelSpec(name="random-conv-linear", input_shape=(30,), num_classes=2)
+
+
+def test_series_kernels_span_dilations_up_to_the_series_length():
+    model = _model((2, 100))
+    dilations = [conv.dilation[0] for conv in model.features.convs]
+    # (100 - 1) // 8 = 12: dilations 1, 2, 4, 8; 256 kernels split evenly.
+    assert dilations == [1, 2, 4, 8]
+    assert [conv.out_channels for conv in model.features.convs] == [64] * 4
+    assert model.head.in_features == 2 * 256 and math.prod(model.head.weight.shape)
