@@ -8,6 +8,11 @@ the initial weights. A parameter registered under several names (Opacus's
 ``DPGRU`` also exposes its cells' weights under ``nn.GRU``'s names) is
 trainable when any of its names matches, and all its names follow.
 
+A model may name parameters that never train, whatever ``trainable`` says,
+in a ``fixed_parameters`` attribute (globs, as ``trainable``): the
+extractor of ``random-conv-linear`` (:mod:`shared.fixed_features`), whose
+point is to see no private data.
+
 What crosses the wire each round are the *exchanged* arrays: the model's
 state_dict without the frozen parameters. Buffers (running statistics and the
 like) are exchanged: training may change them.
@@ -77,10 +82,17 @@ def select_trainable(model: nn.Module, trainable: str) -> TrainableSelection:
             f"{shown}. Fix the glob (fnmatch: '*' matches dots too, e.g. "
             "'classifier.*'). Nothing was started."
         )
+    fixed_globs = str(getattr(model, "fixed_parameters", ""))
+    fixed = {
+        id(param)
+        for name, param in named
+        if fixed_globs
+        and any(fnmatchcase(name, p) for p in trainable_patterns(fixed_globs))
+    }
     chosen = {
         id(param)
         for name, param in named
-        if any(fnmatchcase(name, p) for p in patterns)
+        if any(fnmatchcase(name, p) for p in patterns) and id(param) not in fixed
     }
     return TrainableSelection(
         trainable=tuple(n for n, p in named if id(p) in chosen),

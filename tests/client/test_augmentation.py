@@ -4,20 +4,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from flwr.app import Context, RecordDict
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from torch import nn
 
 from client.augmentation import augment_generator, augment_views
 from client.dp_clipping import ClippedGradients
 from client.dp_training import make_private_step, train_private
-from client.node_data import load_node_data
-from client.private_round import train_private_round
 from shared import keys
-from shared.config import default_run_config, from_run_config
-from shared.datasets import load_builtin
 from shared.errors import ConfigError
 from shared.models import build_model, default_spec
+from tests.client.dp_round import SPEND, one_dp_round, opacus_epsilon
 
 K = 4
 # Linear; Conv2d + GroupNorm + Linear; Conv1d + GroupNorm; DPGRU (Linear per step);
@@ -99,11 +94,9 @@ def _opposing_views():
     return model, views, torch.tensor([0])
 
 
-@pytest.mark.filterwarnings("ignore:Full backward hook")
-@pytest.mark.parametrize("mode", ["fast", "hooks"])
-def test_views_of_one_example_are_clipped_together_not_apart(mode):
-    model, views, y = _opposing_views()
-    step = make_private_step(
+def _sgd_step(model, mode):
+    """A noiseless DP-SGD step of rate 1, C = 1, dividing by one example."""
+    return make_private_step(
         model,
         grad_sample_mode=mode,
         noise_multiplier=0.0,
@@ -113,6 +106,13 @@ def test_views_of_one_example_are_clipped_together_not_apart(mode):
         momentum=0.0,
         generator=torch.Generator().manual_seed(0),
     )
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+@pytest.mark.parametrize("mode", ["fast", "hooks"])
+def test_views_of_one_example_are_clipped_together_not_apart(mode):
+    model, views, y = _opposing_views()
+    step = _sgd_step(model, mode)
     step.step(views, y, views=2)
     step.close()
 
@@ -123,16 +123,7 @@ def test_views_of_one_example_are_clipped_together_not_apart(mode):
 
 def test_ghost_clipping_refuses_views():
     model, views, y = _opposing_views()
-    step = make_private_step(
-        model,
-        grad_sample_mode="ghost",
-        noise_multiplier=0.0,
-        max_grad_norm=1.0,
-        expected_batch_size=1,
-        learning_rate=1.0,
-        momentum=0.0,
-        generator=torch.Generator().manual_seed(0),
-    )
+    step = _sgd_step(model, "ghost")
     with pytest.raises(ConfigError, match="ghost clipping clips each input row"):
         step.step(views, y, views=2)
     step.close()
@@ -245,59 +236,17 @@ def test_a_negative_multiplicity_is_refused():
         _train("cnn", (1, 8, 8), "fast", -1)
 
 
-def _round(tmp_path, multiplicity):
-    run_config = {
-        **default_run_config(),
-        "dp-mode": "sample",
-        "target-epsilon": 8.0,
-        "target-delta": 1e-4,
-        "local-epochs": 1,
-        "batch-size": 32,
-        "augment-multiplicity": multiplicity,
-    }
-    config = from_run_config(run_config)
-    node_config = {"partition-id": 0, "num-partitions": 3}
-    reference = load_builtin("digits", "test")
-    data = load_node_data(node_config, config.data, reference.preprocessing)
-    model = build_model(default_spec("cnn", (1, 8, 8), 10), model_seed=0)
-    context = Context(
-        run_id=1,
-        node_id=7,
-        node_config=node_config,
-        state=RecordDict(),
-        run_config=run_config,
-    )
-    figures = train_private_round(
-        model,
-        data.train,
-        config=config,
-        context=context,
-        server_round=1,
-        fedge_run_id="run",
-    )
-    return figures, model, len(data.train)
+def test_the_privacy_spend_is_that_of_the_run_without_views():
+    with_views, model_views, n = one_dp_round("cnn", **{"augment-multiplicity": K})
+    without, model_plain, _ = one_dp_round("cnn")
 
-
-def test_the_privacy_spend_is_that_of_the_run_without_views(tmp_path):
-    with_views, model_views, n = _round(tmp_path, K)
-    without, model_plain, _ = _round(tmp_path, 0)
-
-    figures = (
-        keys.NOISE_MULTIPLIER,
-        keys.SAMPLE_RATE,
-        keys.DP_ROUND_STEPS,
-        keys.DELTA,
-        keys.EPSILON,
+    assert {k: with_views[k] for k in SPEND} == {k: without[k] for k in SPEND}
+    assert with_views[keys.EPSILON] == without[keys.EPSILON]
+    assert with_views[keys.SAMPLE_RATE] == pytest.approx(32 / n)
+    assert with_views[keys.DP_ROUND_STEPS] == round(n / 32)
+    assert with_views[keys.EPSILON] == pytest.approx(
+        opacus_epsilon(with_views), rel=1e-6
     )
-    assert {k: with_views[k] for k in figures} == {k: without[k] for k in figures}
-    # Opacus's own RDP accountant on the same (q, σ, steps, δ).
-    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
-    q, sigma = with_views[keys.SAMPLE_RATE], with_views[keys.NOISE_MULTIPLIER]
-    steps = with_views[keys.DP_ROUND_STEPS]
-    assert q == pytest.approx(32 / n) and steps == round(n / 32)
-    rdp = compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders)
-    epsilon = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-4)[0]
-    assert with_views[keys.EPSILON] == pytest.approx(epsilon, rel=1e-6)
     assert any(
         not torch.equal(a, b)
         for a, b in zip(

@@ -6,20 +6,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from flwr.app import Context, RecordDict
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from client.dp_path import choose_dp_path
 from client.dp_training import train_private
-from client.node_data import load_node_data
-from client.private_round import train_private_round
 from client.training import train_plain
 from edge_export.onnx_export import check_onnx, export_onnx
 from shared import keys
-from shared.config import default_run_config, from_run_config
-from shared.datasets import load_builtin
 from shared.errors import ModelError
 from shared.models import ModelSpec, build_model, default_spec
+from shared.trainable import freeze, select_trainable
+from tests.client.dp_round import SPEND, one_dp_round, opacus_epsilon
 
 SHAPES = [(1, 8, 8), (3, 20, 24), (6, 100), (1, 29)]
 
@@ -117,58 +113,15 @@ def test_no_extractor_parameter_moves_in_training(shape, dp):
     assert not torch.equal(model.head.weight, head_before)
 
 
-def _round(model_name):
-    run_config = {
-        **default_run_config(),
-        "dp-mode": "sample",
-        "target-epsilon": 8.0,
-        "target-delta": 1e-4,
-        "local-epochs": 1,
-        "batch-size": 32,
-        "model": model_name,
-    }
-    config = from_run_config(run_config)
-    node_config = {"partition-id": 1, "num-partitions": 3}
-    reference = load_builtin("digits", "test")
-    data = load_node_data(node_config, config.data, reference.preprocessing)
-    model = build_model(default_spec(model_name, (1, 8, 8), 10), model_seed=0)
-    context = Context(
-        run_id=1,
-        node_id=3,
-        node_config=node_config,
-        state=RecordDict(),
-        run_config=run_config,
-    )
-    figures = train_private_round(
-        model,
-        data.train,
-        config=config,
-        context=context,
-        server_round=1,
-        fedge_run_id="run",
-    )
-    return figures, len(data.train)
-
-
 def test_the_privacy_spend_is_that_of_the_same_plan_with_another_model():
-    fixed, n = _round("random-conv-linear")
-    cnn, _ = _round("cnn")
+    fixed, _, n = one_dp_round("random-conv-linear")
+    cnn, _, _ = one_dp_round("cnn")
 
-    figures = (
-        keys.NOISE_MULTIPLIER,
-        keys.SAMPLE_RATE,
-        keys.DP_ROUND_STEPS,
-        keys.DELTA,
-        keys.EPSILON,
-    )
-    assert {k: fixed[k] for k in figures} == {k: cnn[k] for k in figures}
-    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
-    q, sigma = fixed[keys.SAMPLE_RATE], fixed[keys.NOISE_MULTIPLIER]
-    steps = fixed[keys.DP_ROUND_STEPS]
-    assert q == pytest.approx(32 / n) and steps == round(n / 32)
-    rdp = compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders)
-    epsilon = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-4)[0]
-    assert fixed[keys.EPSILON] == pytest.approx(epsilon, rel=1e-6)
+    assert {k: fixed[k] for k in SPEND} == {k: cnn[k] for k in SPEND}
+    assert fixed[keys.EPSILON] == cnn[keys.EPSILON]
+    assert fixed[keys.SAMPLE_RATE] == pytest.approx(32 / n)
+    assert fixed[keys.DP_ROUND_STEPS] == round(n / 32)
+    assert fixed[keys.EPSILON] == pytest.approx(opacus_epsilon(fixed), rel=1e-6)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -196,3 +149,16 @@ def test_series_kernels_span_dilations_up_to_the_series_length():
     assert dilations == [1, 2, 4, 8]
     assert [conv.out_channels for conv in model.features.convs] == [64] * 4
     assert model.head.in_features == 2 * 256 and math.prod(model.head.weight.shape)
+
+
+@pytest.mark.parametrize("trainable", ["*", "features.*,head.*", "head.weight"])
+def test_trainable_never_turns_the_extractor_on(trainable):
+    model = _model((1, 8, 8))
+
+    selection = select_trainable(model, trainable)
+    freeze(model, selection)
+
+    assert all(name.startswith("head.") for name in selection.trainable)
+    assert set(selection.frozen) >= {"features.conv.weight", "features.conv.bias"}
+    assert not any(p.requires_grad for p in model.features.parameters())
+    assert model.head.weight.requires_grad
