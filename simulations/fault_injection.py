@@ -381,8 +381,11 @@ def wipe_node_state(context: Context) -> Path | None:
     return folder
 
 
-def _delegate(msg: Message, context: Context) -> tuple[Message, FaultConfig, int]:
-    """Drop out (raise), wipe the node's state, and run the production ClientApp."""
+def _delegate(msg: Message, context: Context) -> tuple[Message, FaultConfig, int, int]:
+    """Drop out (raise), wipe the node's state, and run the production ClientApp.
+
+    Returns the reply, the faults, the node's partition id and the server round.
+    """
     from client.client_app import app as production_app
 
     inner, faults = strip_faults(context)
@@ -416,13 +419,13 @@ def _delegate(msg: Message, context: Context) -> tuple[Message, FaultConfig, int
         )
     reply = production_app(msg, inner)
     context.state = inner.state  # keep whatever the production app stored
-    return reply, faults, partition_id
+    return reply, faults, partition_id, server_round
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Production training, then the attack if this node is an attacker."""
-    reply, faults, partition_id = _delegate(msg, context)
+    reply, faults, partition_id, server_round = _delegate(msg, context)
     _, num_partitions = _partition(context)
     attackers = choose_attackers(num_partitions, faults.attackers, seed=faults.seed)
     if (
@@ -437,14 +440,21 @@ def train(msg: Message, context: Context) -> Message:
     bad = corrupt(faults.attack, global_arrays, local_arrays, scale=faults.scale)
     content = RecordDict(dict(reply.content.items()))
     content[keys.ARRAYS] = ArrayRecord({n: Array(a) for n, a in bad.items()})
-    logger.info("partition %d sends a %s update", partition_id, faults.attack)
+    # A warning, as the simulated lost disk is: the run's log carries the
+    # ClientApps' warnings, so it shows which partition attacked in which round.
+    logger.warning(
+        "simulated attack: partition %d sends a %s update in round %d (fault-attack)",
+        partition_id,
+        faults.attack,
+        server_round,
+    )
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Production evaluation (attackers evaluate honestly; dropped nodes fail)."""
-    reply, _, _ = _delegate(msg, context)
+    reply, *_ = _delegate(msg, context)
     return reply
 
 

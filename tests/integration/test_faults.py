@@ -2,19 +2,22 @@
 
 Each run starts a private SuperLink and Ray (about 20 s of overhead), so the
 runs are few and small. The robustness comparison uses the packaged attack
-scenarios with 10 clients, 2 of them sign-flip attackers; FedAvg collapses,
-FedMedian and Krum stay within 3 points of clean runs.
+scenarios with 10 clients, 2 of them sign-flip attackers, whose corrupted
+updates each run's faults.json and log must show; FedAvg collapses, FedMedian
+and Krum stay within 3 points of clean runs, and Krum clears an absolute floor.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from shared.run_folder import read_status
-from simulations.fault_injection import drops_out
+from shared.run_folder import FAULTS_FILE, read_status
+from simulations.fault_injection import choose_attackers, drops_out
 from simulations.scenario_file import load_scenario
 from simulations.simulate import simulate
 
@@ -96,10 +99,38 @@ def test_nan_updates_are_dropped_by_validation_and_training_goes_on(tmp_path):
 # at most two runs each rather than one of five: pytest-xdist can then spread
 # them over both workers instead of one worker running ~4 min at the end.
 CLIENTS = 10
+CHANCE = 0.1  # ten digit classes
+ATTACK_LINE = re.compile(
+    r"simulated attack: partition (\d+) sends a (\S+) update in round (\d+)"
+)
 
 
 def final_accuracy(metrics: pd.DataFrame) -> float:
     return float(metrics["central-accuracy"].iloc[-1])
+
+
+def attacks_in_log(run_dir: Path) -> list[tuple[int, str, int]]:
+    """(partition, attack, round) of every corrupted update the run's log shows."""
+    log = (run_dir / "flower.log").read_text()
+    return [(int(p), a, int(r)) for p, a, r in ATTACK_LINE.findall(log)]
+
+
+def assert_attackers_were_active(run_dir: Path, metrics: pd.DataFrame) -> None:
+    """faults.json records the attack, and every attacker corrupted its update
+    in every round, as the log shows; no one else did."""
+    faults = json.loads((run_dir / FAULTS_FILE).read_text())
+    assert (faults["fault-attack"], faults["fault-attackers"]) == ("sign-flip", 2)
+    attackers = choose_attackers(CLIENTS, 2, seed=faults["fault-seed"])
+    rounds = range(1, int(metrics.index.max()) + 1)
+    assert sorted(attacks_in_log(run_dir)) == sorted(
+        (p, "sign-flip", r) for p in attackers for r in rounds
+    )
+
+
+def assert_no_attack(run_dir: Path) -> None:
+    """A clean run: no fault recorded, no corrupted update in its log."""
+    assert not (run_dir / FAULTS_FILE).exists()
+    assert attacks_in_log(run_dir) == []
 
 
 def test_fedmedian_stays_within_3_points_of_clean_fedavg_under_attack(tmp_path):
@@ -107,11 +138,15 @@ def test_fedmedian_stays_within_3_points_of_clean_fedavg_under_attack(tmp_path):
     median = run(tmp_path, "median", load_scenario("attack-signflip-median"), CLIENTS)
 
     print("final central accuracy:", final_accuracy(clean), final_accuracy(median))
+    assert_attackers_were_active(tmp_path / "median", median)
+    # The corrupted replies reached the coordinator: every client replied.
+    assert (median.loc[1:, "replies"] == CLIENTS).all()
+    assert_no_attack(tmp_path / "clean-fedavg")
     assert final_accuracy(clean) > 0.9
     assert final_accuracy(median) >= final_accuracy(clean) - 0.03
 
 
-def test_krum_stays_within_3_points_of_itself_without_attackers(tmp_path):
+def test_krum_learns_under_attack_and_stays_within_3_points_of_clean_krum(tmp_path):
     # Krum keeps one client's model per round, which costs accuracy even
     # without attackers: compare it with itself, clean.
     scenario = load_scenario("attack-signflip-krum")
@@ -119,6 +154,18 @@ def test_krum_stays_within_3_points_of_itself_without_attackers(tmp_path):
     clean = run(tmp_path, "clean-krum", {**scenario, "fault-attackers": 0}, CLIENTS)
 
     print("final central accuracy:", final_accuracy(krum), final_accuracy(clean))
+    assert_attackers_were_active(tmp_path / "krum", krum)
+    # The corrupted replies reached the coordinator: every client replied.
+    assert (krum.loc[1:, "replies"] == CLIENTS).all()
+    assert_no_attack(tmp_path / "clean-krum")
+    # An absolute floor, so a Krum that never learns cannot pass by matching a
+    # clean Krum that never learns either. Such a Krum stays at its untrained
+    # model's accuracy (round 0 of this very run); one that lets an attacker's
+    # update through diverges, as FedAvg does below. Half the digits right (five
+    # times chance) and 0.4 above the untrained model is out of reach of both.
+    untrained = float(krum.loc[0, "central-accuracy"])
+    assert final_accuracy(krum) >= 5 * CHANCE
+    assert final_accuracy(krum) >= untrained + 0.4
     assert final_accuracy(krum) >= final_accuracy(clean) - 0.03
 
 
@@ -127,5 +174,6 @@ def test_fedavg_collapses_under_attack_and_the_run_still_completes(tmp_path):
     # no longer finite: the run must still complete and score it (as chance).
     fedavg = run(tmp_path, "fedavg", load_scenario("attack-signflip-fedavg"), CLIENTS)
 
-    assert final_accuracy(fedavg) < 0.3  # near chance (0.1 for 10 digits)
+    assert_attackers_were_active(tmp_path / "fedavg", fedavg)
+    assert final_accuracy(fedavg) < 3 * CHANCE  # near chance
     assert read_status(tmp_path / "fedavg")["state"] == "complete"
