@@ -26,7 +26,7 @@ that all give the same update for the same batches. Only parameters with
 ``requires_grad`` get gradients, noise and updates, on every path.
 
 Augmentation multiplicity (``augment_multiplicity`` K >= 1,
-:mod:`client.augmentation`): each step trains on K augmented views of every
+:mod:`shared.augmentation`): each step trains on K augmented views of every
 example in its Poisson batch, and each example's K gradients are averaged
 before the clip, on the fast path and on Opacus's hooks; Opacus's ghost
 clipping clips rows, so ``"auto"`` picks the hooks instead, and ``"ghost"``
@@ -57,10 +57,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client.augmentation import augment_generator, augment_views, check_augmentable
 from client.dp_clipping import ClippedGradients
 from client.dp_path import choose_dp_path, log_dp_path
 from client.sgd import MomentumSGD
+from shared.augmentation import augment_generator, augment_views, check_augmentable
 from shared.errors import ConfigError, DataError, ModelError
 from shared.private_model import check_private_model
 
@@ -440,7 +440,7 @@ def train_private(
     augment_multiplicity : int, default 0
         K >= 1: every step trains on K augmented views of each example of its
         batch, each example's gradient averaged over its views before the
-        clip (:mod:`client.augmentation`); 0 = no augmentation.
+        clip (:mod:`shared.augmentation`); 0 = no augmentation.
     augment_seed : sequence of int
         Seeds the views with the step index, e.g. ``(model_seed, round)``.
 

@@ -37,6 +37,7 @@ from server.run_outcome import NothingTrainedError, refuse_untrained
 from server.starting_model import starting_model
 from server.strategy_factory import build_strategy
 from shared import keys
+from shared.augmentation import check_augmentable
 from shared.config import RunConfig
 from shared.datasets import Dataset
 from shared.errors import ConfigError, FedgeError
@@ -78,6 +79,11 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     # Before the run folder is touched: a bad weights file or glob writes nothing.
     spec, model, start = starting_model(config, reference.preprocessing)
     check_model_for_run(config, spec)  # before the run folder or any round
+    check_augmentable(
+        reference.preprocessing.input_shape,
+        multiplicity=config.dp.augment_multiplicity,
+        dp_mode=config.dp.mode,
+    )
     run_dir = resolve_run_dir(config)
     checkpoint = None
     if config.run.resume:

@@ -89,7 +89,7 @@ class DPConfig:
     ``fix_model``: build the model with Opacus's ``ModuleValidator.fix``
     applied (:mod:`shared.private_model`), in every mode.
     ``augment_multiplicity`` K >= 1: DP-SGD trains on K augmented views of
-    each example, averaged before the clip (:mod:`client.augmentation`);
+    each example, averaged before the clip (:mod:`shared.augmentation`);
     0 = off. Only DP-SGD (``mode="sample"``) uses it.
     """
 

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client.augmentation import augment_generator, augment_views
 from client.dp_clipping import ClippedGradients
 from client.dp_training import make_private_step, train_private
 from shared import keys
+from shared.augmentation import augment_generator, augment_views, check_augmentable
 from shared.errors import ConfigError
 from shared.models import build_model, default_spec
 from tests.client.dp_round import SPEND, one_dp_round, opacus_epsilon
@@ -227,6 +227,15 @@ def test_tables_are_refused():
         augment_views(torch.zeros(2, 5), multiplicity=2, generator=torch.Generator())
     with pytest.raises(ConfigError, match="augment-multiplicity' needs images"):
         _train("mlp", (5,), "fast", 2)
+
+
+def test_the_run_check_refuses_tables_only_when_dp_sgd_augments():
+    check_augmentable((1, 8, 8), multiplicity=K)
+    check_augmentable((6, 100), multiplicity=K)
+    check_augmentable((30,), multiplicity=0)
+    check_augmentable((30,), multiplicity=K, dp_mode="none")
+    with pytest.raises(ConfigError, match=r"got examples of shape \(30,\).*Set aug"):
+        check_augmentable((30,), multiplicity=K)
 
 
 def test_a_negative_multiplicity_is_refused():

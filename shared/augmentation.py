@@ -50,8 +50,17 @@ def augment_generator(seed: Sequence[int], step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def check_augmentable(input_shape: tuple[int, ...]) -> None:
-    """Raise :class:`ConfigError` unless examples of this shape can be augmented."""
+def check_augmentable(
+    input_shape: tuple[int, ...], *, multiplicity: int = 1, dp_mode: str = "sample"
+) -> None:
+    """Raise :class:`ConfigError` unless examples of this shape can be augmented.
+
+    Nothing to check when ``multiplicity`` is 0 or ``dp_mode`` is not
+    ``"sample"`` (only DP-SGD augments): the coordinator calls it before a run
+    with the run's settings, a node before it trains.
+    """
+    if not multiplicity or dp_mode != "sample":
+        return
     if len(input_shape) not in (2, 3):
         raise ConfigError(
             "'augment-multiplicity' needs images (channels, height, width) or "
