@@ -285,3 +285,29 @@ def test_a_node_that_lost_the_frozen_arrays_asks_for_them(tmp_path, handler):
 
     assert dict(reply.content[keys.METRICS]) == {keys.FROZEN_MISSING: 1}
     assert keys.ARRAYS not in reply.content
+
+
+def test_the_kept_frozen_arrays_survive_a_deployed_nodes_next_process(tmp_path):
+    # A SuperNode hands each message's process the context.state the last one
+    # left, serialised; nothing else survives (process caches start empty).
+    from flwr.common.serde import context_from_proto, context_to_proto
+    from flwr.proto.message_pb2 import Context as ProtoContext
+
+    run_config, server_config, node_config, spec = setup(tmp_path)
+    full = state_dict_to_record(build_model(spec, model_seed=0).state_dict())
+    digest = record_sha256(select_arrays(full, FROZEN))
+    context = Context(1, 1, node_config, RecordDict(), run_config)
+    train(message(full, server_config, digest, 1), context)
+    wire = context_to_proto(context).SerializeToString()
+    process_cache.clear()
+    node_cache.clear_memory()
+    restored = context_from_proto(ProtoContext.FromString(wire))
+
+    reply = train(
+        message(select_arrays(full, EXCHANGED), server_config, digest, 2), restored
+    )
+
+    assert list(reply.content[keys.ARRAYS].keys()) == EXCHANGED
+    trained = process_cache.model_for(spec.to_json()).state_dict()
+    for name in FROZEN:
+        assert np.array_equal(trained[name].numpy(), full[name].numpy()), name

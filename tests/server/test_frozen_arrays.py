@@ -21,14 +21,15 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from server import reply_collection
 from server.client_evaluation import evaluate_every_node
 from server.federation_loop import run_rounds
 from server.frozen_arrays import ArraysWire
 from server.robust_strategy import RobustStrategy
+from server.strategy_factory import build_strategy
 from shared import keys
+from shared.config import from_run_config
 from shared.models import build_model, default_spec
 from shared.records import state_dict_to_record
 from shared.trainable import select_trainable, trainable_size_bytes
@@ -159,23 +160,28 @@ def test_without_frozen_parameters_the_wire_changes_nothing():
 
 
 # -------------------------------------------------------- once per node, bytes
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
-def test_frozen_arrays_reach_each_node_once_and_stay_bit_for_bit(strategy):
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"strategy": "fedavg"},
+        {"strategy": "fedadam", "server-learning-rate": 0.1},
+        {"strategy": "fedmedian"},
+        # Flower's central-DP wrapper clips and noises the aggregate.
+        {"strategy": "fedavg", "dp-mode": "central", "noise-multiplier": 1.0},
+    ],
+)
+def test_frozen_arrays_reach_each_node_once_and_stay_bit_for_bit(settings):
     nodes = {1: Node(), 2: Node()}
     grid = FakeGrid(nodes)
     arrays = full_arrays()
     wire = wire_for(arrays)
-    inner = (
-        FedAvg(min_available_nodes=2, min_train_nodes=2)
-        if strategy == "fedavg"
-        else FedAdam(min_available_nodes=2, min_train_nodes=2, eta=0.1)
-    )
+    config = from_run_config({"min-nodes": 2, **settings}, fill_defaults=True)
+    inner = build_strategy(config, num_nodes_hint=2)
+    # As the ServerApp wraps it (which also casts FedAdam's float64 back).
+    strategy = RobustStrategy.from_config(inner, config)
     outcomes = []
 
-    # As the ServerApp wraps it (which also casts FedAdam's float64 back).
-    strategy_used = RobustStrategy(inner, sampler_seed=0, node_wait_timeout_s=5.0)
-
-    final = run(grid, strategy_used, arrays, wire, outcomes=outcomes)
+    final = run(grid, strategy, arrays, wire, outcomes=outcomes)
 
     for node in nodes.values():
         assert node.received == [FROZEN + EXCHANGED, EXCHANGED, EXCHANGED]
@@ -183,7 +189,7 @@ def test_frozen_arrays_reach_each_node_once_and_stay_bit_for_bit(strategy):
         assert np.array_equal(final[name].numpy(), arrays[name].numpy())
     for name in EXCHANGED:
         assert not np.array_equal(final[name].numpy(), arrays[name].numpy())
-    if strategy == "fedadam":  # the server optimiser's state never saw them
+    if settings["strategy"] == "fedadam":  # the server optimiser never saw them
         assert sorted(inner.current_arrays) == sorted(EXCHANGED)
         assert sorted(inner.m_t) == sorted(EXCHANGED)
     # Bytes: Flower's count of the arrays each message and reply carried.
