@@ -65,6 +65,10 @@ from shared.run_folder import (
     MODEL_CARD_MARKDOWN_FILE,
     ONNX_FP32_FILE,
     PARTITIONS_FILE,
+    PROVENANCE_FROZEN,
+    PROVENANCE_INITIAL_WEIGHTS,
+    PROVENANCE_INITIAL_WEIGHTS_SHA256,
+    PROVENANCE_TRAINABLE,
     ROUND,
     SALIENCY_PNG,
 )
@@ -174,6 +178,11 @@ def build_card(
     return safe
 
 
+# Provenance of a run started from pretrained weights, with frozen parameters.
+_START_PROVENANCE = (PROVENANCE_INITIAL_WEIGHTS, PROVENANCE_INITIAL_WEIGHTS_SHA256)
+_PARAMETER_PROVENANCE = (PROVENANCE_TRAINABLE, PROVENANCE_FROZEN)
+
+
 # ------------------------------------------------------------------ sections
 def _training_data(run: RunInputs, records: list[dict[str, Any]]) -> dict[str, Any]:
     provenance = run.card.provenance
@@ -188,7 +197,7 @@ def _training_data(run: RunInputs, records: list[dict[str, Any]]) -> dict[str, A
     }
     # Where the weights started (a pretrained file and its hash) and which
     # parameters the federation left frozen at them.
-    for key in ("initial-weights", "initial-weights-sha256", "trainable", "frozen"):
+    for key in (*_START_PROVENANCE, *_PARAMETER_PROVENANCE):
         if key in provenance:
             section[key] = provenance[key]
     nodes = _nodes_from_partitions(run.run_dir / PARTITIONS_FILE)
@@ -479,10 +488,10 @@ def _data_markdown(data: dict[str, Any]) -> list[str]:
     for key in ("dataset", "dataset-fingerprint", "nodes", "rounds", "strategy"):
         if data.get(key) is not None:
             lines.append(f"- {key}: {data[key]}")
-    for key in ("initial-weights", "initial-weights-sha256"):
+    for key in _START_PROVENANCE:
         if data.get(key):
             lines.append(f"- {key}: {data[key]}")
-    for key in ("trainable", "frozen"):
+    for key in _PARAMETER_PROVENANCE:
         if data.get(key):
             lines.append(f"- {key} parameters: {', '.join(data[key])}")
     prep = data.get("preprocessing") or {}

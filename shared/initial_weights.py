@@ -23,6 +23,12 @@ from torch import nn
 
 from shared.config import TrainConfig
 from shared.errors import ConfigError, ModelError
+from shared.run_folder import (
+    PROVENANCE_FROZEN,
+    PROVENANCE_INITIAL_WEIGHTS,
+    PROVENANCE_INITIAL_WEIGHTS_SHA256,
+    PROVENANCE_TRAINABLE,
+)
 from shared.trainable import TrainableSelection, select_trainable
 
 
@@ -168,11 +174,11 @@ class StartingPoint:
         """Return what ``model.json``'s provenance records about the start."""
         entries: dict[str, Any] = {}
         if self.weights is not None:
-            entries["initial-weights"] = self.weights.path
-            entries["initial-weights-sha256"] = self.weights.sha256
+            entries[PROVENANCE_INITIAL_WEIGHTS] = self.weights.path
+            entries[PROVENANCE_INITIAL_WEIGHTS_SHA256] = self.weights.sha256
         if self.selection.frozen:
-            entries["trainable"] = list(self.selection.trainable)
-            entries["frozen"] = list(self.selection.frozen)
+            entries[PROVENANCE_TRAINABLE] = list(self.selection.trainable)
+            entries[PROVENANCE_FROZEN] = list(self.selection.frozen)
         return entries
 
 

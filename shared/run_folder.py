@@ -87,6 +87,13 @@ MODEL_FORMAT = "fedge-model/1"
 BATCH1_LATENCY = "batch1-one-thread"
 BATCH1_TIMING = "batch1-timing"
 
+# ------------------------------------------------------ model.json provenance
+# What a run started from (shared.initial_weights.StartingPoint.provenance).
+PROVENANCE_INITIAL_WEIGHTS = "initial-weights"  # the state_dict file's path
+PROVENANCE_INITIAL_WEIGHTS_SHA256 = "initial-weights-sha256"
+PROVENANCE_TRAINABLE = "trainable"  # parameter names; only when some are frozen
+PROVENANCE_FROZEN = "frozen"
+
 # ------------------------------------------------------------------ status.json
 RUNNING = "running"
 COMPLETE = "complete"

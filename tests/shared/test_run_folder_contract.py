@@ -30,6 +30,8 @@ STANDALONE = {"edge_export/runtime.py"}
 SAME_SPELLING_OTHER_MEANING = {
     # the privacy ledger's field holding the run's id (run-folder file: the id itself)
     ("client/privacy_ledger.py", run_folder.RUN_ID_FILE),
+    # the run's id in Flower's `flwr ls --format json` output
+    ("benchmarks/deployment_round.py", run_folder.RUN_ID_FILE),
 }
 
 
