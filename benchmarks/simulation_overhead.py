@@ -377,18 +377,19 @@ def _time_training(
     from client.dp_training import train_private
     from client.training import train_plain
     from shared.models import build_model
-    from shared.privacy_plan import plan_privacy
+    from shared.privacy_plan import local_schedule, plan_privacy
 
     model = build_model(spec)
     model.load_state_dict(initial)
     train = config.train
     sample_dp = config.dp.mode == "sample"
+    schedule = local_schedule(config, num_examples=len(data.train))
     # The node's plan with the σ it reported (no calibration: σ > 0).
     plan = (
         plan_privacy(
             num_examples=len(data.train),
-            batch_size=train.batch_size,
-            local_epochs=train.local_epochs,
+            batch_size=schedule.batch_size,
+            local_epochs=schedule.local_epochs,
             rounds=config.run.num_server_rounds,
             noise_multiplier=sigma,
             target_epsilon=config.dp.target_epsilon,
@@ -417,8 +418,8 @@ def _time_training(
             model,
             data.train.x,
             data.train.y,
-            epochs=train.local_epochs,
-            batch_size=train.batch_size,
+            epochs=schedule.local_epochs,
+            batch_size=schedule.batch_size,
             learning_rate=train.learning_rate,
             momentum=train.momentum,
             seed=train.model_seed * 100_003 + 2,

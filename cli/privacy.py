@@ -7,6 +7,10 @@ very function a node trains, checks its budget and keeps its ledger with
 (:func:`shared.privacy_plan.plan_privacy`).
 Then ``--noise-multiplier S`` prints ε; ``--target-epsilon E`` prints the σ
 that reaches it. The accounting is Opacus's (RDP or PRV accountant).
+``--suggest --num-examples N`` prints the settings a node of N examples trains
+with under ``dp-mode = "sample"`` and the run's defaults (the budget-aware
+rule, :mod:`shared.dp_defaults`), and the σ they imply
+(:mod:`cli.privacy_suggest`).
 
 Opacus (and torch) are imported only when the command runs.
 """
@@ -36,6 +40,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "min(1, batch-size / num-examples), steps = round(1 / sample rate) "
             "* epochs * rounds."
         ),
+    )
+    p.add_argument(
+        "--suggest",
+        action="store_true",
+        help="with --num-examples: print the batch size, local epochs, learning "
+        "rate and activation the DP defaults choose for a node of that many "
+        "examples (dp-mode = sample, the run config of --config and the flags "
+        "given winning over the rule), with the σ and ε they imply",
     )
     p.add_argument(
         "--config",
@@ -79,16 +91,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--epochs",
         type=int,
-        default=1,
         metavar="E",
-        help="local epochs per round (with --num-examples; default: 1)",
+        help="local epochs per round (with --num-examples; default: 1, with "
+        "--suggest the rule's)",
     )
     p.add_argument(
         "--rounds",
         type=int,
-        default=1,
         metavar="R",
-        help="server rounds the node trains in (with --num-examples; default: 1)",
+        help="server rounds the node trains in (with --num-examples; default: 1, "
+        "with --suggest num-server-rounds)",
     )
     p.add_argument(
         "--delta",
@@ -100,7 +112,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--accountant",
         choices=ACCOUNTANTS,
-        default=accountant,
         help=f"Opacus accountant (default: {accountant}; prv is tighter, slower)",
     )
     p.add_argument(
@@ -114,6 +125,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     """Print ε or σ for the plan in ``args``; raises ConfigError on bad input."""
+    if args.suggest:
+        return run_suggest(args)
     result = compute(args)
     if args.format == "json":
         print(json.dumps(result, sort_keys=True))
@@ -133,9 +146,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_suggest(args: argparse.Namespace) -> int:
+    """Print the DP defaults for ``--num-examples`` (``--suggest``)."""
+    from cli.privacy_suggest import format_suggestion, suggest, suggestion_overrides
+
+    if args.num_examples is None:
+        raise ConfigError(
+            "--suggest needs --num-examples: the training examples of one node."
+        )
+    if args.sample_rate is not None or args.steps is not None:
+        raise ConfigError(
+            "--suggest chooses the sample rate and steps itself; drop "
+            "--sample-rate/--steps."
+        )
+    result = suggest(
+        num_examples=args.num_examples, overrides=suggestion_overrides(args)
+    )
+    if args.format == "json":
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(format_suggestion(result))
+    return 0
+
+
 def apply_run_config(args: argparse.Namespace) -> None:
     """Fill the plan from a run config (``--config``), as a node would run it."""
     from shared.config import from_run_config
+    from shared.privacy_plan import local_schedule
 
     if args.num_examples is None:
         raise ConfigError(
@@ -147,8 +184,9 @@ def apply_run_config(args: argparse.Namespace) -> None:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read run config {args.config}: {e}") from e
     config = from_run_config(overrides, fill_defaults=True)
-    args.batch_size = config.train.batch_size
-    args.epochs = config.train.local_epochs
+    schedule = local_schedule(config, num_examples=args.num_examples)
+    args.batch_size = schedule.batch_size
+    args.epochs = schedule.local_epochs
     args.rounds = config.run.num_server_rounds
     args.accountant = config.dp.accountant
     if args.delta is None and config.dp.target_delta > 0:
@@ -166,6 +204,9 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
 
     if getattr(args, "config", None):
         apply_run_config(args)
+    args.epochs = 1 if args.epochs is None else args.epochs
+    args.rounds = 1 if args.rounds is None else args.rounds
+    args.accountant = args.accountant or default_run_config()["accountant"]
     if args.noise_multiplier is None and args.target_epsilon is None:
         raise ConfigError("give --noise-multiplier or --target-epsilon (or --config).")
 

@@ -28,6 +28,7 @@ from client.training import train_plain
 from shared import keys
 from shared.config import RunConfig
 from shared.evaluation import evaluate_loss_accuracy
+from shared.privacy_plan import local_schedule
 from shared.records import record_scalar
 from shared.trainable import TrainableSelection, freeze, select_trainable
 
@@ -117,12 +118,13 @@ def train(msg: Message, context: Context) -> Message:
             if config.strategy.name == "qfedavg"
             else None
         )
+        schedule = local_schedule(config, num_examples=len(data.train))
         result = train_plain(
             model,
             data.train.x,
             data.train.y,
-            epochs=config.train.local_epochs,
-            batch_size=config.train.batch_size,
+            epochs=schedule.local_epochs,
+            batch_size=schedule.batch_size,
             learning_rate=config.train.learning_rate,
             momentum=config.train.momentum,
             seed=config.train.model_seed * 100_003 + server_round,

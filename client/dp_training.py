@@ -60,6 +60,7 @@ from torch import nn
 from client.dp_clipping import ClippedGradients
 from client.dp_path import choose_dp_path, log_dp_path
 from client.sgd import MomentumSGD
+from client.weight_averaging import WeightAverage
 from shared.augmentation import augment_generator, augment_views, check_augmentable
 from shared.errors import ConfigError, DataError, ModelError
 from shared.private_model import check_private_model
@@ -397,6 +398,7 @@ def train_private(
     check_model: bool = True,
     augment_multiplicity: int = 0,
     augment_seed: Sequence[int] = (),
+    ema_decay: float = 0.0,
 ) -> PrivateTrainResult:
     """Train ``model`` in place with ``steps`` DP-SGD steps of rate ``sample_rate``.
 
@@ -443,6 +445,10 @@ def train_private(
         clip (:mod:`shared.augmentation`); 0 = no augmentation.
     augment_seed : sequence of int
         Seeds the views with the step index, e.g. ``(model_seed, round)``.
+    ema_decay : float, default 0
+        > 0: the model ends holding the exponential moving average of its
+        weights over the steps (:class:`client.weight_averaging.WeightAverage`),
+        not the last iterate: post-processing, the privacy numbers unchanged.
 
     Returns
     -------
@@ -481,6 +487,7 @@ def train_private(
     if check_model:
         validate_private_model(model)
     n = len(inputs)
+    average = WeightAverage(model, decay=ema_decay)
     sampling_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
     sampler = torch.Generator().manual_seed(int(sampling_seed))
     model.train()
@@ -522,11 +529,14 @@ def train_private(
                 loss = stepper.step(views, labels[idx], views=augment_multiplicity)
             else:
                 loss = stepper.step(inputs[idx], labels[idx])
+            average.update()
             if step >= last_epoch:
                 loss_sum += loss
                 seen += len(idx)
     finally:
         stepper.close()
+    if ema_decay > 0:
+        average.copy_to_model()
     logger.debug(
         "DP-SGD: %s steps, q=%.4g, σ=%.4g, mode=%s",
         steps,

@@ -321,6 +321,7 @@ def train_private_round(
         augment_multiplicity=dp.augment_multiplicity,
         # Views are data-independent: reproducible from (model seed, round).
         augment_seed=(config.train.model_seed, server_round),
+        ema_decay=config.train.ema_decay,
     )
     model.load_state_dict(result.state_dict)
     # Asked again for a round it already released, with other global

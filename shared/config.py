@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from shared.dp_defaults import AUTO, auto_activation, auto_learning_rate
 from shared.errors import ConfigError
 
 DATASET_FILE = "file"  # dataset value meaning: the data comes from files
@@ -36,6 +37,8 @@ STRATEGIES = (
     "bulyan",
     "qfedavg",
 )
+# Keys whose value may be "auto": shared.dp_defaults chooses (README "Privacy").
+AUTO_KEYS = ("activation", "local-epochs", "batch-size", "learning-rate")
 # Aggregators whose output is not a (weighted) mean of the updates: the central
 # DP wrappers calibrate noise to the sensitivity of a mean, so they do not compose.
 NON_MEAN_AGGREGATORS = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
@@ -64,17 +67,28 @@ class TrainConfig:
     random weights of ``model_seed``); ``trainable`` the comma-separated globs
     of the parameters trained and exchanged every round
     (:mod:`shared.trainable`), the others frozen.
+
+    ``"auto"`` in the run config (the default of ``activation``,
+    ``local-epochs``, ``batch-size`` and ``learning-rate``) lets
+    :mod:`shared.dp_defaults` choose: ``activation`` and ``learning_rate`` are
+    resolved here (they depend on the DP mode and clipping norm only);
+    ``local_epochs`` and ``batch_size`` stay None, since under sample DP they
+    depend on the node's example count: read them through
+    :func:`shared.privacy_plan.local_schedule`. ``ema_decay`` > 0: the node
+    releases an exponential moving average of its weights over the round's
+    steps instead of the last iterate (:mod:`client.weight_averaging`).
     """
 
     model: str
     activation: str
     model_seed: int
-    local_epochs: int
-    batch_size: int
+    local_epochs: int | None
+    batch_size: int | None
     learning_rate: float
     momentum: float
     initial_weights: str
     trainable: str
+    ema_decay: float
 
 
 @dataclass(frozen=True)
@@ -182,7 +196,8 @@ class RunConfig:
         for section, field_map in _SECTIONS.items():
             part = getattr(self, section)
             for key, attr in field_map.items():
-                flat[key] = getattr(part, attr)
+                value = getattr(part, attr)
+                flat[key] = AUTO if value is None else value
         return flat
 
 
@@ -209,6 +224,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "momentum": "momentum",
         "initial-weights": "initial_weights",
         "trainable": "trainable",
+        "ema-decay": "ema_decay",
     },
     "dp": {
         "dp-mode": "mode",
@@ -284,7 +300,7 @@ def flat_from_nested(nested: Mapping[str, Any]) -> dict[str, Any]:
         part = nested.get(section) or {}
         for key, attr in field_map.items():
             if attr in part:
-                flat[key] = part[attr]
+                flat[key] = AUTO if part[attr] is None else part[attr]
     return flat
 
 
@@ -338,13 +354,21 @@ def from_run_config(
         cls = _SECTION_TYPES[section]
         # Annotations are strings here (from __future__ import annotations).
         types = {f.name: str(f.type) for f in fields(cls)}
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for key, attr in field_map.items():
             if key not in values:
                 continue
+            if key in AUTO_KEYS and values[key] == AUTO:
+                kwargs[attr] = None  # resolved below, or per node
+                continue
             value = _coerce(key, values[key], types[attr], problems)
             if value is _INVALID:
-                value = _coerce(key, defaults[key], types[attr], [])
+                fallback = defaults[key]
+                value = (
+                    None
+                    if key in AUTO_KEYS and fallback == AUTO
+                    else _coerce(key, fallback, types[attr], [])
+                )
             kwargs[attr] = value
         sections[section] = kwargs
     # Ranges are checked even when some keys were mistyped: those fall back to
@@ -353,6 +377,7 @@ def from_run_config(
         problems.extend(_check_ranges(sections))
     if problems:
         raise ConfigError("Invalid run config: " + "; ".join(problems) + ".", problems)
+    _resolve_auto(sections)
     return RunConfig(**{s: _SECTION_TYPES[s](**kw) for s, kw in sections.items()})
 
 
@@ -365,6 +390,21 @@ def trainable_patterns(trainable: str) -> tuple[str, ...]:
     """
     patterns = tuple(part.strip() for part in trainable.split(","))
     return patterns if all(patterns) else ()
+
+
+def _resolve_auto(sections: dict[str, dict[str, Any]]) -> None:
+    """Replace ``"auto"`` where the DP mode and clipping norm decide it.
+
+    ``learning-rate`` and ``activation`` (:mod:`shared.dp_defaults`); batch
+    size and local epochs stay None until a node's example count is known.
+    """
+    train, dp = sections["train"], sections["dp"]
+    if train["learning_rate"] is None:
+        train["learning_rate"] = auto_learning_rate(
+            dp_mode=dp["mode"], max_grad_norm=dp["max_grad_norm"]
+        )
+    if train["activation"] is None:
+        train["activation"] = auto_activation(dp_mode=dp["mode"])
 
 
 def closest_key(key: str, valid: Iterable[str]) -> str | None:
@@ -396,7 +436,8 @@ def _coerce(key: str, value: Any, type_name: str, problems: list[str]) -> Any:
         "float": float,
         "bool": bool,
     }
-    kind = str(type_name)
+    # "int | None": the None stands for "auto", handled before coercion.
+    kind = str(type_name).removesuffix(" | None")
     ok = {
         "str": isinstance(value, str),
         "int": isinstance(value, int) and not isinstance(value, bool),
@@ -404,7 +445,8 @@ def _coerce(key: str, value: Any, type_name: str, problems: list[str]) -> Any:
         "bool": isinstance(value, bool),
     }[kind]
     if not ok:
-        problems.append(f"'{key}' must be {kind}, got {value!r}")
+        also = f" or {AUTO!r}" if key in AUTO_KEYS else ""
+        problems.append(f"'{key}' must be {kind}{also}, got {value!r}")
         return _INVALID
     return want[kind](value)
 
@@ -454,12 +496,15 @@ def _check_ranges(s: dict[str, dict[str, Any]]) -> list[str]:
             "coordinator's held-out file for central evaluation"
         )
     p.extend(_model_problems(t["model"]))
-    _choice(p, "activation", t["activation"], ("relu", "tanh"))
+    if t["activation"] is not None:
+        _choice(p, "activation", t["activation"], ("relu", "tanh"))
     for key, attr in (("local-epochs", "local_epochs"), ("batch-size", "batch_size")):
-        if t[attr] < 1:
-            p.append(f"'{key}' must be >= 1, got {t[attr]}")
-    if t["learning_rate"] <= 0:
-        p.append(f"'learning-rate' must be > 0, got {t['learning_rate']}")
+        if t[attr] is not None and t[attr] < 1:
+            p.append(f"'{key}' must be >= 1 or {AUTO!r}, got {t[attr]}")
+    if t["learning_rate"] is not None and not t["learning_rate"] > 0:
+        p.append(f"'learning-rate' must be > 0 or {AUTO!r}, got {t['learning_rate']}")
+    if not 0 <= t["ema_decay"] < 1:
+        p.append(f"'ema-decay' must be in [0, 1) (0 = off), got {t['ema_decay']}")
     if not 0 <= t["momentum"] < 1:
         p.append(f"'momentum' must be in [0, 1), got {t['momentum']}")
     if not trainable_patterns(t["trainable"]):

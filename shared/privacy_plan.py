@@ -21,6 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.config import RunConfig
+from shared.dp_defaults import (
+    PLAIN_BATCH_SIZE,
+    PLAIN_LOCAL_EPOCHS,
+    LocalSchedule,
+    suggest_dp_training,
+)
 from shared.errors import ConfigError
 from shared.privacy import (
     HistoryEntry,
@@ -129,12 +135,45 @@ def plan_privacy(
     )
 
 
+def local_schedule(config: RunConfig, *, num_examples: int) -> LocalSchedule:
+    """Return the batch size and local epochs a node of ``num_examples`` trains with.
+
+    What the run config gives, and for ``"auto"``: under ``dp-mode =
+    "sample"`` the budget-aware rule
+    (:func:`shared.dp_defaults.suggest_dp_training`), otherwise fedge's plain
+    defaults. The node and the coordinator both call this with the example
+    count the node reports, so both plan the same schedule.
+    """
+    train, dp = config.train, config.dp
+    if dp.mode == "sample":
+        return suggest_dp_training(
+            num_examples=num_examples,
+            rounds=config.run.num_server_rounds,
+            target_epsilon=dp.target_epsilon,
+            target_delta=dp.target_delta,
+            noise_multiplier=dp.noise_multiplier,
+            accountant=dp.accountant,
+            batch_size=train.batch_size,
+            local_epochs=train.local_epochs,
+        )
+    return LocalSchedule(
+        batch_size=PLAIN_BATCH_SIZE if train.batch_size is None else train.batch_size,
+        local_epochs=PLAIN_LOCAL_EPOCHS
+        if train.local_epochs is None
+        else train.local_epochs,
+    )
+
+
 def plan_for_config(*, config: RunConfig, num_examples: int) -> PrivacyPlan:
-    """:func:`plan_privacy` with every setting from the run config."""
+    """:func:`plan_privacy` with every setting from the run config.
+
+    Batch size and local epochs as :func:`local_schedule` resolves them.
+    """
+    schedule = local_schedule(config, num_examples=num_examples)
     return plan_privacy(
         num_examples=num_examples,
-        batch_size=config.train.batch_size,
-        local_epochs=config.train.local_epochs,
+        batch_size=schedule.batch_size,
+        local_epochs=schedule.local_epochs,
         rounds=config.run.num_server_rounds,
         noise_multiplier=config.dp.noise_multiplier,
         target_epsilon=config.dp.target_epsilon,

@@ -2,6 +2,7 @@ import json
 
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
 
 from cli.app import main as fedge
 
@@ -267,3 +268,105 @@ def test_a_run_config_without_num_examples_is_refused(tmp_path, capsys):
     plan.write_text("target-epsilon = 3.0\n")
     assert main(["--config", str(plan)]) == 2
     assert "--config needs --num-examples" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --suggest
+def test_suggest_gives_the_rule_for_a_small_node(capsys):
+    out = run_json(capsys, "--suggest", "--num-examples", "121", "--rounds", "10")
+
+    # n = 121 <= 1024: the whole node is the batch (q = 1), 4 steps a round.
+    assert (out["batch_size"], out["sample_rate"]) == (121, 1.0)
+    assert (out["local_epochs"], out["steps_per_round"], out["steps"]) == (4, 4, 40)
+    assert (out["learning_rate"], out["activation"]) == (0.5, "tanh")
+    assert out["delta"] == 1e-4
+    sigma = get_noise_multiplier(
+        target_epsilon=8.0,
+        target_delta=1e-4,
+        sample_rate=1.0,
+        steps=40,
+        accountant="rdp",
+    )
+    assert out["noise_multiplier"] == pytest.approx(sigma, rel=1e-12)
+    assert out["epsilon"] == pytest.approx(opacus_epsilon(sigma, 1.0, 40, 1e-4))
+    assert out["epsilon"] <= 8.0
+    assert out["chosen_by_rule"] == [
+        "activation",
+        "local-epochs",
+        "batch-size",
+        "learning-rate",
+    ]
+
+
+def test_suggest_text_names_every_setting(capsys):
+    assert main(["--suggest", "--num-examples", "121", "--rounds", "10"]) == 0
+
+    text = capsys.readouterr().out
+    assert text.startswith(
+        "DP-SGD defaults for a node of 121 examples, 10 rounds, ε ≤ 8:\n"
+        "  batch size      121 (sample rate q = 1)\n"
+        "  local epochs    4 (4 steps a round, 40 in all)\n"
+        "  learning rate   0.5 (max-grad-norm 1, momentum 0.9)\n"
+        "  activation      tanh\n"
+        "  σ               3.68"
+    )
+    assert text.endswith(
+        "chosen by the rule: activation, local-epochs, batch-size, learning-rate\n"
+    )
+
+
+def test_suggest_keeps_what_the_user_gives(capsys):
+    out = run_json(
+        capsys,
+        "--suggest",
+        "--num-examples",
+        "121",
+        "--config",
+        "dp-digits-10-clients",
+    )
+
+    # The scenario sets every setting itself: the rule chooses nothing.
+    assert (out["batch_size"], out["local_epochs"]) == (64, 4)
+    assert (out["learning_rate"], out["activation"]) == (0.1, "tanh")
+    assert out["rounds"] == 15
+    assert out["chosen_by_rule"] == []
+
+
+def test_suggest_with_a_given_batch_size_chooses_the_rest(capsys):
+    out = run_json(capsys, "--suggest", "--num-examples", "121", "--batch-size", "30")
+
+    # round(121 / 30) = 4 steps an epoch: 1 epoch is the rule's 4 steps.
+    assert (out["batch_size"], out["local_epochs"], out["steps_per_round"]) == (
+        30,
+        1,
+        4,
+    )
+    assert "batch-size" not in out["chosen_by_rule"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--suggest"],
+            "--suggest needs --num-examples: the training examples of one node.",
+        ),
+        (
+            ["--suggest", "--num-examples", "100", "--sample-rate", "0.5"],
+            "--suggest chooses the sample rate and steps itself; drop "
+            "--sample-rate/--steps.",
+        ),
+        (
+            ["--suggest", "--num-examples", "0"],
+            "--num-examples must be >= 1 (the node's training examples), got 0.",
+        ),
+        (
+            ["--suggest", "--num-examples", "100", "--batch-size", "0"],
+            "Invalid run config: 'batch-size' must be >= 1 or 'auto', got 0.",
+        ),
+    ],
+)
+def test_suggest_bad_input_exits_2_with_one_line(capsys, argv, message):
+    assert main(argv) == 2
+
+    err = capsys.readouterr().err
+    assert err == f"fedge privacy: error: {message}\n"

@@ -263,7 +263,7 @@ def test_the_key_follows_the_weights_and_training_settings_not_the_run_section()
     different = [
         key(incoming=nudged),
         key(incoming={"w": torch.zeros(3, 2), "b": torch.ones(3)}),
-        key(config=from_run_config({**config.to_flat(), "learning-rate": 0.5})),
+        key(config=from_run_config({**config.to_flat(), "learning-rate": 0.7})),
         key(model_spec='{"x": 1}'),
         key(round_entry=(1.2, 0.05, 20)),
         key(num_examples=601),

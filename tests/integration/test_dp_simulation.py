@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,31 @@ def _opacus_epsilon(releases: list[list[float]], delta: float) -> float:
     return float(accountant.get_epsilon(delta=delta))
 
 
+def _suggestion(num_examples: int, *, rounds: int, epsilon: float) -> dict:
+    """``fedge privacy --suggest --format json``, run as a user runs it."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.app",
+            "privacy",
+            "--suggest",
+            "--num-examples",
+            str(num_examples),
+            "--rounds",
+            str(rounds),
+            "--target-epsilon",
+            str(epsilon),
+            "--format",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)
+
+
 def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> None:
     target, wiped = 8.0, 3
     run_dir = simulate(
@@ -49,7 +76,6 @@ def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> N
         run_name="dp10",
         echo=lambda *_: None,
     )
-    batch_size = from_run_config({}, fill_defaults=True).train.batch_size
     metrics = pd.read_csv(run_dir / "metrics.csv")
     trained = metrics[metrics["round"] > 0]
     assert (
@@ -80,9 +106,17 @@ def test_dp_run_on_ten_clients_improves_and_reports_epsilon(tmp_path: Path) -> N
             _opacus_epsilon(releases, client["delta"]), rel=1e-9
         )
         assert client["epsilon"] == pytest.approx(client["epsilon-reported"])
-        # Every release at the plan's q: the run's batch size ÷ the node's examples.
-        planned_q = batch_size / client["num-examples"]
-        assert [q for _, _, q, _ in releases] == [pytest.approx(planned_q)] * 3
+        # Every release is what `fedge privacy --suggest` says the defaults train
+        # for a node of this size (the rule: batch, steps, and the σ they imply).
+        suggested = _suggestion(client["num-examples"], rounds=3, epsilon=target)
+        assert [(s, q, n) for _, s, q, n in releases] == [
+            (
+                suggested["noise_multiplier"],
+                suggested["sample_rate"],
+                suggested["steps_per_round"],
+            )
+        ] * 3
+        assert suggested["sample_rate"] == 1.0 and suggested["steps_per_round"] == 4
     # The wiped node started round 2 with no ledger: it continued from the
     # coordinator's record, so each ε it reported is Opacus's over the record up
     # to that round (never reset, never lower than before the wipe).
@@ -147,6 +181,7 @@ def test_nodes_past_their_budget_refuse_and_the_rest_finish_the_run(
         "target-epsilon": 5.0,
         "target-delta": 1e-4,
         "local-epochs": 1,
+        "batch-size": 32,  # the budget arithmetic below assumes it
         "num-server-rounds": 4,
         "partitioning": "dirichlet",
         "dirichlet-alpha": 0.3,
@@ -204,6 +239,7 @@ def test_the_run_ends_cleanly_when_no_node_can_train(tmp_path: Path) -> None:
         "target-epsilon": 3.0,
         "target-delta": 1e-4,
         "local-epochs": 1,
+        "batch-size": 32,  # the budget arithmetic below assumes it
         "num-server-rounds": 5,
     }
     run_dir = simulate(

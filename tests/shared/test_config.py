@@ -41,14 +41,20 @@ def test_defaults_load_and_are_typed():
 
     config = from_run_config({}, fill_defaults=True)
 
-    assert config.to_flat() == defaults
+    # "auto" learning rate and activation are resolved on load (they depend
+    # only on the DP mode and clipping norm); everything else reads back as given.
+    resolved = {"learning-rate", "activation"}
+    flat = config.to_flat()
+    assert {k: v for k, v in flat.items() if k not in resolved} == {
+        k: v for k, v in defaults.items() if k not in resolved
+    }
+    assert from_run_config(flat) == config
     assert config.run.num_server_rounds == defaults["num-server-rounds"]
     assert config.data.dataset == defaults["dataset"]
-    assert config.train.learning_rate == defaults["learning-rate"]
     assert type(config.run.num_server_rounds) is int
     assert type(config.data.dirichlet_alpha) is float
-    assert type(config.train.batch_size) is int
     assert type(config.train.learning_rate) is float
+    assert type(config.train.ema_decay) is float
     assert type(config.dp.mode) is str
     assert type(config.run.export_onnx) is bool
     assert type(config.run.node_wait_timeout_s) is float
@@ -77,7 +83,7 @@ def test_overrides_replace_defaults():
     assert config.run.num_server_rounds == 9
     assert config.strategy.name == "fedprox"
     assert config.strategy.proximal_mu == 0.5
-    assert config.train.batch_size == pyproject_defaults()["batch-size"]
+    assert config.train.momentum == pyproject_defaults()["momentum"]
 
 
 def test_config_is_frozen():
@@ -129,9 +135,9 @@ def test_missing_keys_without_defaults_are_reported():
             {"activation": "gelu"},
             "'activation' must be one of ['relu', 'tanh'], got 'gelu'",
         ),
-        ({"local-epochs": 0}, "'local-epochs' must be >= 1, got 0"),
-        ({"batch-size": -1}, "'batch-size' must be >= 1, got -1"),
-        ({"learning-rate": 0.0}, "'learning-rate' must be > 0, got 0.0"),
+        ({"local-epochs": 0}, "'local-epochs' must be >= 1 or 'auto', got 0"),
+        ({"batch-size": -1}, "'batch-size' must be >= 1 or 'auto', got -1"),
+        ({"learning-rate": 0.0}, "'learning-rate' must be > 0 or 'auto', got 0.0"),
         ({"momentum": 1.0}, "'momentum' must be in [0, 1), got 1.0"),
         ({"noise-multiplier": -1.0}, "'noise-multiplier' must be >= 0, got -1.0"),
         (
@@ -231,8 +237,9 @@ def test_dp_settings_are_not_checked_when_dp_is_off():
         ("num-server-rounds", "5", "int"),
         ("num-server-rounds", 2.5, "int"),
         ("num-server-rounds", True, "int"),  # bool is an int subclass: refused anyway
-        ("learning-rate", "0.1", "float"),
-        ("learning-rate", False, "float"),
+        ("learning-rate", "0.1", "float or 'auto'"),
+        ("learning-rate", False, "float or 'auto'"),
+        ("batch-size", "all", "int or 'auto'"),
         ("dataset", 3, "str"),
         ("export-onnx", 1, "bool"),
         ("export-onnx", "true", "bool"),
@@ -286,7 +293,7 @@ def test_several_range_problems_and_unknown_key_in_one_error():
     assert len(problems) == 4, problems
     assert "unknown keys ['bogus']" in problems
     assert "'dirichlet-alpha' must be > 0, got -1.0" in problems
-    assert "'learning-rate' must be > 0, got 0.0" in problems
+    assert "'learning-rate' must be > 0 or 'auto', got 0.0" in problems
     assert any(p.startswith("'strategy' must be one of") for p in problems)
 
 
@@ -300,7 +307,7 @@ def test_several_type_problems_in_one_error():
     assert sorted(problems_of(excinfo)) == sorted(
         [
             "'num-server-rounds' must be int, got 'five'",
-            "'batch-size' must be int, got 3.5",
+            "'batch-size' must be int or 'auto', got 3.5",
             "'export-onnx' must be bool, got 'no'",
         ]
     )

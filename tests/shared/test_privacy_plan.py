@@ -59,13 +59,14 @@ def test_sigma_zero_is_calibrated_by_opacus_for_every_planned_step():
 
 def test_the_run_config_plan_is_the_same_function():
     config = from_run_config(
-        default_run_config() | {"noise-multiplier": 0.9, "batch-size": 16}
+        default_run_config()
+        | {"noise-multiplier": 0.9, "batch-size": 16, "local-epochs": 3}
     )
     plan = plan_for_config(config=config, num_examples=200)
     assert plan == plan_privacy(
         num_examples=200,
         batch_size=16,
-        local_epochs=config.train.local_epochs,
+        local_epochs=3,
         rounds=config.run.num_server_rounds,
         noise_multiplier=0.9,
         target_epsilon=config.dp.target_epsilon,
