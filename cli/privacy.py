@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
-from pathlib import Path
 from typing import Any
 
 from shared.config import ACCOUNTANTS, default_run_config
@@ -171,6 +169,7 @@ def run_suggest(args: argparse.Namespace) -> int:
 
 def apply_run_config(args: argparse.Namespace) -> None:
     """Fill the plan from a run config (``--config``), as a node would run it."""
+    from cli.privacy_suggest import read_run_config
     from shared.config import from_run_config
     from shared.privacy_plan import local_schedule
 
@@ -178,12 +177,7 @@ def apply_run_config(args: argparse.Namespace) -> None:
         raise ConfigError(
             "--config needs --num-examples: this node's training examples."
         )
-    try:
-        with Path(args.config).open("rb") as f:
-            overrides = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read run config {args.config}: {e}") from e
-    config = from_run_config(overrides, fill_defaults=True)
+    config = from_run_config(read_run_config(args.config), fill_defaults=True)
     schedule = local_schedule(config, num_examples=args.num_examples)
     args.batch_size = schedule.batch_size
     args.epochs = schedule.local_epochs

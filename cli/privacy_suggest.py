@@ -26,26 +26,32 @@ _FLAG_KEYS = {
 }
 
 
-def suggestion_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Return the run-config overrides of a ``--suggest`` command line.
+def read_run_config(path: str) -> dict[str, Any]:
+    """Return the run-config keys of a run-config TOML or scenario file.
 
-    ``--config`` is a run-config TOML or scenario file (or a packaged
-    scenario's name); its simulation and ``fault-*`` keys are left out.
+    ``path`` may also name a packaged scenario; its simulation and ``fault-*``
+    keys are left out (they do not change a node's plan).
 
     Raises
     ------
     FedgeError
-        If ``--config`` cannot be read.
+        If the file cannot be read.
     ConfigError
         If it holds a key nothing knows.
     """
-    overrides: dict[str, Any] = {}
-    if args.config:
-        from simulations.fault_injection import split_fault_keys
-        from simulations.scenario_file import read_scenario
+    from simulations.fault_injection import split_fault_keys
+    from simulations.scenario_file import read_scenario
 
-        # A scenario's simulation and fault keys do not change a node's plan.
-        overrides, _ = split_fault_keys(read_scenario(args.config).overrides)
+    overrides, _ = split_fault_keys(read_scenario(path).overrides)
+    return overrides
+
+
+def suggestion_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the run-config overrides of a ``--suggest`` command line.
+
+    Those of ``--config`` (:func:`read_run_config`), then the flags given.
+    """
+    overrides = read_run_config(args.config) if args.config else {}
     for flag, key in _FLAG_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None:

@@ -370,3 +370,25 @@ def test_suggest_bad_input_exits_2_with_one_line(capsys, argv, message):
 
     err = capsys.readouterr().err
     assert err == f"fedge privacy: error: {message}\n"
+
+
+def test_config_reads_a_scenario_file_with_its_simulation_keys(capsys):
+    # The scenario also sets `clients`, a simulation key: left out of the plan.
+    out = run_json(capsys, "--config", "dp-digits-10-clients", "--num-examples", "121")
+
+    # Batch 64 of 121: q = 64/121, round(121/64) = 2 steps an epoch, 4 epochs,
+    # 15 rounds.
+    assert out["sample_rate"] == pytest.approx(64 / 121)
+    assert out["steps"] == 2 * 4 * 15
+
+
+def test_config_that_is_not_toml_exits_2_naming_the_file(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("not toml at all\n")
+
+    assert main(["--config", str(bad), "--num-examples", "100"]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"fedge privacy: error: scenario file {bad} is not valid TOML"
+    )
