@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from shared.atomic_io import atomic_write_text
+from shared.dp_defaults import AUTO
 from shared.errors import FedgeError, ModelError
 from shared.json_records import read_jsonl
 from shared.run_folder import (
@@ -305,11 +307,7 @@ def _config_section(run: RunRecord) -> list[str]:
         ("clients", clients if clients is not None else "?"),
         ("strategy", rc.get("strategy", "?")),
         ("rounds", rc.get("num-server-rounds", "?")),
-        (
-            "local training",
-            f"{rc.get('local-epochs')} epochs, batch {rc.get('batch-size')}, "
-            f"lr {rc.get('learning-rate')}",
-        ),
+        ("local training", _local_training(rc)),
         ("differential privacy", dp),
     ]
     return [
@@ -527,6 +525,16 @@ def _four_places(value: Any) -> str:
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _local_training(rc: Mapping[str, Any]) -> str:
+    """Epochs, batch and learning rate; "auto" ones are chosen per node."""
+    epochs, batch = rc.get("local-epochs"), rc.get("batch-size")
+    schedule = f"{epochs} epochs, batch {batch}"
+    if AUTO in (epochs, batch):
+        # Under sample DP the rule sizes them per node (shared/dp_defaults.py).
+        schedule = f"epochs {epochs}, batch {batch} (per node: fedge privacy --suggest)"
+    return f"{schedule}, lr {rc.get('learning-rate')}"
 
 
 def _has_values(metrics: pd.DataFrame, column: str) -> bool:

@@ -304,3 +304,15 @@ def test_the_report_says_when_per_client_figures_come_from_a_sample(
     )
     assert (sentence in text) == sampled
     assert "| 4 |  | 8 | 0.5000 | 0.2500 |" in text
+
+
+def test_the_local_training_row_says_where_auto_settings_come_from():
+    from simulations.report import _local_training
+
+    given = {"local-epochs": 2, "batch-size": 64, "learning-rate": 0.1}
+    auto = {"local-epochs": "auto", "batch-size": "auto", "learning-rate": 0.5}
+
+    assert _local_training(given) == "2 epochs, batch 64, lr 0.1"
+    assert _local_training(auto) == (
+        "epochs auto, batch auto (per node: fedge privacy --suggest), lr 0.5"
+    )
