@@ -170,12 +170,13 @@ _shared: SimulationEngine | None = None
 
 
 @contextlib.contextmanager
-def sharing(engine: SimulationEngine) -> Iterator[SimulationEngine]:
+def sharing(engine: SimulationEngine | None) -> Iterator[SimulationEngine | None]:
     """Make every ``simulate`` in this block without an engine of its own use ``engine``.
 
     For callers that reach ``simulate`` through code they do not change (the
     ``fedge simulate`` command line, studies, tests). A run given a
-    ``ray_address`` still starts an engine of its own on that cluster.
+    ``ray_address`` still starts an engine of its own on that cluster. None:
+    no shared engine in this block (each run starts its own).
     """
     global _shared
     previous, _shared = _shared, engine

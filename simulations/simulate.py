@@ -484,12 +484,18 @@ def _stream(
     ):
         assert process.stdout is not None
         seen: set[str] = set()
-        for line in process.stdout:
-            log.write(line)
-            clean = re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip()
-            shown = clean if verbose else _line_to_show(clean, seen)
-            if shown is not None:
-                echo(shown)
+        try:
+            for line in process.stdout:
+                log.write(line)
+                clean = re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip()
+                shown = clean if verbose else _line_to_show(clean, seen)
+                if shown is not None:
+                    echo(shown)
+        except BaseException:
+            # Interrupted (or the caller's echo raised): end the submission
+            # now, not when the run would have ended by itself.
+            process.kill()
+            raise
     if process.returncode != 0:
         raise FedgeError(
             f"`flwr run` exited with code {process.returncode}; see {log_path}"

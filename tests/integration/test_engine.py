@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from shared.errors import FedgeError
-from simulations.engine import SimulationEngine
+from simulations.engine import SimulationEngine, sharing
 from simulations.flower_processes import session_members
 from simulations.simulate import simulate
 
@@ -61,7 +61,10 @@ def _run(
 
 def test_two_runs_through_one_engine_equal_each_run_alone(tmp_path: Path) -> None:
     # Prepare: each run alone, on an engine of its own (no warm engine at all)
-    alone = {name: _run(RUNS[name], tmp_path / "alone", name, None) for name in RUNS}
+    with sharing(None):
+        alone = {
+            name: _run(RUNS[name], tmp_path / "alone", name, None) for name in RUNS
+        }
     # Execute: both, one after the other, through one warm engine
     with SimulationEngine() as engine:
         shared = {
@@ -90,7 +93,13 @@ def test_an_interrupted_run_stops_the_engine_and_the_next_starts_afresh(
 
     with SimulationEngine() as engine:
         with pytest.raises(KeyboardInterrupt):
-            _run(RUNS["a"], tmp_path, "interrupted", engine, interrupt_after_round_one)
+            _run(
+                {**RUNS["a"], "num-server-rounds": 8},  # far from done at round 1
+                tmp_path,
+                "interrupted",
+                engine,
+                interrupt_after_round_one,
+            )
         stopped = engine.pids == []
         # Execute: the next run through the same engine
         run_dir = _run(RUNS["a"], tmp_path, "next", engine)
@@ -114,7 +123,7 @@ def test_a_closed_engine_takes_no_more_runs(tmp_path: Path) -> None:
 _OWNER = textwrap.dedent(
     """
     import os, signal, sys
-    from simulations.engine import SimulationEngine
+    from simulations.engine import SimulationEngine, sharing
     engine = SimulationEngine()
     with engine.run_slot():
         print(*engine.pids, flush=True)
