@@ -16,9 +16,12 @@ time series ``(channels, steps)``
     2020, but with data-independent biases in [-1, 1]); per kernel the
     maximum and the proportion of positive values (PPV).
 
-The feature vector of each example is then standardised and scaled to unit
-L2 norm, so every example's head gradient has a norm of at most
-``||dLoss/dlogits|| * sqrt(2)`` and clipping treats examples alike. Nothing in
+The feature vector of each example is then standardised (zero mean, unit
+variance over its D features, so of norm sqrt(D)): every example's head
+gradient then has the norm ``||dLoss/dlogits|| * sqrt(D + 1)``, whatever the
+input's scale, and clipping treats examples alike. (A unit-norm vector would
+do the same, but the head would then need learning rates ~sqrt(D) times
+larger for the same progress.) Nothing in
 the extractor depends on any other example, so the features are the same
 whatever data the extractor has seen.
 
@@ -161,7 +164,4 @@ class FixedFeaturesLinear(nn.Module):  # type: ignore[misc]  # nn.Module is Any:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits for the batch ``x``."""
-        features = self.features(x)
-        # Unit norm per example: standardised, then divided by sqrt(D).
-        features = _standardise(features, (1,)) / math.sqrt(features.shape[1])
-        return self.head(features)
+        return self.head(_standardise(self.features(x), (1,)))

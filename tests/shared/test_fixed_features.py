@@ -1,7 +1,5 @@
 """random-conv-linear: a fixed, data-independent extractor and a trainable head."""
 
-import math
-
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -64,14 +62,17 @@ def test_an_example_s_features_do_not_depend_on_the_others_in_its_batch():
     torch.testing.assert_close(shuffled, together[3:], atol=1e-6, rtol=1e-5)
 
 
-def test_the_head_sees_unit_norm_features_and_only_the_head_trains():
+def test_the_head_sees_standardised_features_and_only_the_head_trains():
     model = _model((1, 8, 8), classes=10)
     seen = []
     model.head.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
     model(7 * torch.randn(4, 1, 8, 8) + 2)
 
-    norms = seen[0].norm(dim=1)
-    torch.testing.assert_close(norms, torch.ones(4), atol=1e-4, rtol=0)
+    # Zero mean and unit variance over each example's 1024 features.
+    torch.testing.assert_close(seen[0].mean(dim=1), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        seen[0].norm(dim=1), torch.full((4,), 32.0), rtol=1e-4, atol=0
+    )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable == ["head.weight", "head.bias"]
     # 64 filters x a 4 x 4 grid, to 10 classes.
@@ -148,7 +149,7 @@ def test_series_kernels_span_dilations_up_to_the_series_length():
     # (100 - 1) // 8 = 12: dilations 1, 2, 4, 8; 256 kernels split evenly.
     assert dilations == [1, 2, 4, 8]
     assert [conv.out_channels for conv in model.features.convs] == [64] * 4
-    assert model.head.in_features == 2 * 256 and math.prod(model.head.weight.shape)
+    assert model.head.weight.shape == (4, 2 * 256)
 
 
 @pytest.mark.parametrize("trainable", ["*", "features.*,head.*", "head.weight"])
