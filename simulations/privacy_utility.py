@@ -1,25 +1,37 @@
-"""Privacy–utility study on the digits: final accuracy against each client's ε.
+"""Privacy–utility study: final accuracy under DP-SGD, row by row of what fedge offers.
 
-For 3 and for 10 IID clients, one federated run per privacy level (ε = 1, 3, 8
-and no DP), each through :func:`simulations.simulate.simulate`, i.e. the real
-ServerApp and ClientApp on Flower's simulation engine. Each federation size has
-its tuned settings in a packaged scenario,
-``simulations/scenarios/dp-digits-<N>-clients.toml`` (a client of 3 holds 405
-training digits, one of 10 holds 121: the best schedule differs), so one cell of
-the table is rerun with ``fedge simulate --scenario dp-digits-3-clients
---clients 3 --target-epsilon 3``. "No DP" keeps every other setting and sets
-``dp-mode = "none"``.
+A grid of federated runs, each through :func:`simulations.simulate.simulate`
+(the real ServerApp and ClientApp on Flower's simulation engine):
 
-Each cell is one run: DP noise is drawn fresh from OS entropy (a seeded noise
-would void the guarantee), so a rerun differs by a few points of accuracy.
+- **data sets** (:data:`DATASETS`): the digits over 3 and over 10 IID clients,
+  ``basic-motions`` and ``pickup-gesture`` over 4 clients (Dirichlet α = 0.5 over
+  the archive's train split, as :mod:`simulations.series_accuracy` splits them);
+- **rows** (:data:`ROWS`): one scenario file each in
+  ``simulations/scenarios/privacy-utility/`` — the settings the defaults gave
+  before the budget-aware DP rule (``old-settings``), the new defaults
+  (``defaults``: only ``dp-mode = "sample"``), each technique on top of them
+  (``ema``, ``augment``, ``fixed-features``) and all three together (``best``);
+  plus the ``no-dp`` reference, run without DP only;
+- **privacy levels** (:data:`EPSILONS`): each client's ε for the whole run;
+- **seeds** (:data:`SEEDS`): a seed sets ``model-seed`` and ``sampler-seed``. DP
+  noise is drawn from OS entropy in every run (a seeded noise would void the
+  guarantee), so a rerun of a DP cell differs anyway.
 
-Outputs: ``benchmarks/results/privacy_utility.json`` (every figure, each run's
-folder) and, for a full study, the Markdown table
-``simulations/privacy_utility.md``, which the README quotes.
+One run is reproduced with the scenario file and the flags
+:func:`reproduce_command` prints, e.g. ``fedge simulate --scenario
+simulations/scenarios/privacy-utility/defaults.toml --dataset digits --clients
+10 --target-epsilon 8 --set model-seed=0 --set sampler-seed=0``.
 
-Run: ``python -m simulations.privacy_utility`` (about 10 minutes on 2 cores),
-``--quick`` for a smoke run of 2 rounds of 1 local epoch each (its figures are
-not the study's; the Markdown table is left alone).
+Each invocation adds its runs to the CSV (``--results``; a run of the same
+data set, row, ε and seed replaces the earlier one), and the Markdown table is
+built from every run in that CSV, so the grid can be run in chunks (one data
+set or a few cells at a time) and the table shows what is done so far, with a
+dash for a cell not yet run. A run that fails is counted in its cell, never
+dropped.
+
+Run: ``python -m simulations.privacy_utility`` (the whole grid: 4 data sets ×
+(6 rows × 3 ε + no DP) × 3 seeds = 228 runs, hours on 2 cores);
+``--goals`` runs only the cells the goals are stated for.
 """
 
 from __future__ import annotations
@@ -29,299 +41,405 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.atomic_io import atomic_write_json, atomic_write_text
+import pandas as pd
+
+from shared.atomic_io import atomic_write_text
 from shared.errors import ConfigError, FedgeError
-from shared.run_folder import COMPLETE
 from simulations.engine import SimulationEngine, sharing
-from simulations.scenario_file import load_scenario
+from simulations.scenario_file import SCENARIOS_DIR, load_scenario
+from simulations.series_accuracy import format_summary, summarize_cell
 from simulations.simulate import simulate
 from simulations.study_cell import (
     cell_summary,
     epsilon_label,
     epsilon_slug,
-    format_cell,
     run_cell,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS_PATH = ROOT / "benchmarks" / "results" / "privacy_utility.json"
+RESULTS_PATH = ROOT / "benchmarks" / "results" / "privacy_utility.csv"
 TABLE_PATH = Path(__file__).resolve().parent / "privacy_utility.md"
 RUNS_DIR = Path("runs") / "privacy-utility"
-EPSILONS = (1.0, 3.0, 8.0, math.inf)
-CLIENT_COUNTS = (3, 10)
-# --quick: every cell, but a run short enough only to prove the study works.
-QUICK_SETTINGS = {"num-server-rounds": 2, "local-epochs": 1}
-# The keys the table's settings line names, in this order.
-SETTING_KEYS = (
-    "num-server-rounds",
-    "local-epochs",
-    "batch-size",
-    "learning-rate",
-    "momentum",
-    "max-grad-norm",
-    "activation",
-    "model",
-    "strategy",
+ROW_SCENARIOS_DIR = SCENARIOS_DIR / "privacy-utility"
+
+
+@dataclass(frozen=True)
+class StudyDataset:
+    """One column group of the study: a data set split over a number of clients."""
+
+    name: str
+    dataset: str
+    clients: int
+    partitioning: str = "iid"
+    dirichlet_alpha: float = 0.5
+
+    def overrides(self) -> dict[str, Any]:
+        """Return the run-config keys that select and split this data set."""
+        keys: dict[str, Any] = {
+            "dataset": self.dataset,
+            "partitioning": self.partitioning,
+        }
+        if self.partitioning == "dirichlet":
+            keys["dirichlet-alpha"] = self.dirichlet_alpha
+        return keys
+
+    def flags(self) -> str:
+        """Return the same as ``fedge simulate`` flags."""
+        text = f"--dataset {self.dataset} --clients {self.clients}"
+        if self.partitioning != "iid":
+            text += f" --partitioning {self.partitioning}"
+        if self.partitioning == "dirichlet":
+            text += f" --alpha {self.dirichlet_alpha:g}"
+        return text
+
+
+DATASETS = {
+    d.name: d
+    for d in (
+        StudyDataset("digits-3", "digits", 3),
+        StudyDataset("digits-10", "digits", 10),
+        StudyDataset("basic-motions", "basic-motions", 4, "dirichlet"),
+        StudyDataset("pickup-gesture", "pickup-gesture", 4, "dirichlet"),
+    )
+}
+# Rows trained with DP, in the table's order; each is ROW_SCENARIOS_DIR/<row>.toml.
+DP_ROWS = ("old-settings", "defaults", "ema", "augment", "fixed-features", "best")
+NO_DP_ROW = "no-dp"
+ROWS = (*DP_ROWS, NO_DP_ROW)
+ROW_LABELS = {
+    "old-settings": "old settings (relu, batch 32, 5 epochs, lr 0.05)",
+    "defaults": "defaults (only dp-mode = sample)",
+    "ema": "defaults + EMA 0.9",
+    "augment": "defaults + augmentation K = 4",
+    "fixed-features": "defaults + fixed features (random-conv-linear)",
+    "best": "all three",
+    "no-dp": "no DP (defaults)",
+}
+EPSILONS = (1.0, 3.0, 8.0)
+SEEDS = (0, 1, 2)
+# The issue's goals: (data set, ε) -> mean accuracy over 3 seeds to reach.
+GOALS = {
+    ("digits-10", 8.0): 0.94,
+    ("basic-motions", 8.0): 0.80,
+    ("pickup-gesture", 8.0): 0.30,
+    ("digits-3", 3.0): 0.92,
+}
+# --quick: every run, but short enough only to prove the study works.
+QUICK_SETTINGS = {"num-server-rounds": 2}
+CSV_COLUMNS = (
+    "dataset",
+    "row",
+    "target_epsilon",
+    "seed",
+    "state",
+    "accuracy",
+    "epsilon",
+    "noise_multiplier",
+    "examples_per_client",
+    "wall_time_s",
+    "run_dir",
+    "error",
 )
+KEY_COLUMNS = ["dataset", "row", "target_epsilon", "seed"]
 
 
-def scenario_name(num_clients: int) -> str:
-    """Return the packaged scenario with the tuned settings for ``num_clients``."""
-    return f"dp-digits-{num_clients}-clients"
+@dataclass(frozen=True)
+class StudyRun:
+    """One run of the grid."""
+
+    dataset: str
+    row: str
+    target_epsilon: float  # inf: no DP
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """The run folder: ``digits-10-defaults-eps8-seed0``."""
+        return (
+            f"{self.dataset}-{self.row}-{epsilon_slug(self.target_epsilon)}"
+            f"-seed{self.seed}"
+        )
 
 
-def study_settings(num_clients: int, *, quick: bool = False) -> dict[str, Any]:
-    """Return the run-config overrides every cell of this federation size shares.
-
-    ``quick`` replaces the schedule with :data:`QUICK_SETTINGS`.
+def row_scenario(row: str) -> Path:
+    """Return the scenario file of a row.
 
     Raises
     ------
     FedgeError
-        If no tuned scenario exists for ``num_clients``.
+        If ``row`` is not one of :data:`ROWS`.
     """
-    if num_clients not in CLIENT_COUNTS:
+    if row not in ROWS:
         raise FedgeError(
-            f"No tuned settings for {num_clients} clients: the study has them for "
-            f"{', '.join(map(str, CLIENT_COUNTS))} (scenarios "
-            f"{', '.join(scenario_name(n) for n in CLIENT_COUNTS)})."
+            f"Unknown study row {row!r}: the rows are {', '.join(ROWS)} "
+            f"(scenario files in {ROW_SCENARIOS_DIR})."
         )
-    settings = load_scenario(scenario_name(num_clients))
-    return {**settings, **(QUICK_SETTINGS if quick else {})}
+    return ROW_SCENARIOS_DIR / f"{row}.toml"
 
 
-def cell_overrides(settings: dict[str, Any], target_epsilon: float) -> dict[str, Any]:
-    """One cell's overrides: DP-SGD at ``target_epsilon``, or no DP for ∞.
+def plan_runs(
+    *,
+    datasets: Sequence[str] = tuple(DATASETS),
+    rows: Sequence[str] = ROWS,
+    epsilons: Sequence[float] = EPSILONS,
+    seeds: Sequence[int] = SEEDS,
+    goals_only: bool = False,
+) -> list[StudyRun]:
+    """Expand the grid, data set by data set: every DP row at every ε, then no DP.
+
+    The ``no-dp`` row runs once per seed (ε = ∞), whatever ``epsilons``.
+    ``goals_only`` keeps the DP runs of the (data set, ε) cells in
+    :data:`GOALS` (and the ``no-dp`` runs), ordered by data set as the rest.
+    """
+    runs = []
+    for dataset in datasets:
+        for row in rows:
+            levels = (math.inf,) if row == NO_DP_ROW else epsilons
+            for epsilon, seed in itertools.product(levels, seeds):
+                if goals_only and row != NO_DP_ROW and (dataset, epsilon) not in GOALS:
+                    continue
+                runs.append(StudyRun(dataset, row, epsilon, seed))
+    return runs
+
+
+def run_overrides(run: StudyRun, *, quick: bool = False) -> dict[str, Any]:
+    """Return one run's config: its row's scenario, its data set, ε and seed.
 
     Raises
     ------
     ConfigError
-        If ``target_epsilon`` is not > 0.
+        If a DP row is asked for without a finite ε > 0, or ``no-dp`` with one.
     """
-    if not target_epsilon > 0:
-        raise ConfigError(f"target ε must be > 0 or inf, got {target_epsilon}.")
-    if math.isinf(target_epsilon):
-        return {**settings, "dp-mode": "none"}
-    return {**settings, "dp-mode": "sample", "target-epsilon": float(target_epsilon)}
+    settings = load_scenario(row_scenario(run.row))
+    dp = settings.get("dp-mode") == "sample"
+    if dp and not (run.target_epsilon > 0 and math.isfinite(run.target_epsilon)):
+        raise ConfigError(
+            f"Row {run.row!r} trains with DP-SGD: its ε must be a number > 0, "
+            f"got {run.target_epsilon}."
+        )
+    if not dp and not math.isinf(run.target_epsilon):
+        raise ConfigError(
+            f"Row {run.row!r} trains without DP: its ε must be inf, "
+            f"got {run.target_epsilon}."
+        )
+    overrides = {
+        **settings,
+        **DATASETS[run.dataset].overrides(),
+        "model-seed": run.seed,
+        "sampler-seed": run.seed,
+    }
+    if dp:
+        overrides["target-epsilon"] = float(run.target_epsilon)
+    return {**overrides, **(QUICK_SETTINGS if quick else {})}
+
+
+def reproduce_command(row: str, dataset: str, epsilon: float, seed: int = 0) -> str:
+    """Return the ``fedge simulate`` command that reruns one run of the grid."""
+    path = row_scenario(row).relative_to(ROOT)
+    text = f"fedge simulate --scenario {path} {DATASETS[dataset].flags()}"
+    if not math.isinf(epsilon):
+        text += f" --target-epsilon {epsilon:g}"
+    return text + f" --set model-seed={seed} --set sampler-seed={seed}"
 
 
 def parse_epsilon(text: str) -> float:
-    """Return a privacy level from the command line: a number > 0, or inf / none / ∞.
+    """Return a privacy level from the command line: a number > 0.
 
     Raises
     ------
     ConfigError
-        If ``text`` is neither.
+        If ``text`` is not a finite number > 0.
     """
-    word = text.strip().lower()
-    if word in ("inf", "none", "∞"):
-        return math.inf
     try:
-        value = float(word)
+        value = float(text.strip())
     except ValueError:
         value = math.nan
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise ConfigError(
-            f"ε must be a number > 0, or inf / none for no DP; got {text!r}."
+            f"ε must be a number > 0 (the no-dp row is the no-DP reference); "
+            f"got {text!r}."
         )
     return value
 
 
-def format_sigma(cell: dict[str, Any] | None) -> str:
-    """Return the largest client noise multiplier, ``3.05``; ``0`` without DP; else ``—``."""
-    if cell is None or cell.get("state") != COMPLETE:
-        return "—"
-    sigma = cell.get("noise_multiplier")
-    return "0" if sigma is None else f"{sigma:.2f}"
-
-
-def build_table(results: dict[str, Any]) -> str:
-    """Return the Markdown page: the accuracy table, the settings, how to rerun.
-
-    Parameters
-    ----------
-    results : dict
-        As :func:`run_study` returns: ``epsilons``, ``client_counts``,
-        ``settings`` (per client count, keyed by its string), ``cells`` (a list of
-        dicts with ``clients``, ``target_epsilon`` and :func:`read_cell`'s
-        figures), ``quick``, ``measured`` and ``wall_time_s``.
-    """
-    epsilons = [_epsilon_from_json(e) for e in results["epsilons"]]
-    cells = {
-        (c["clients"], _epsilon_from_json(c["target_epsilon"])): c
-        for c in results["cells"]
-    }
-    lines = [
-        "# Privacy–utility on the digits",
-        "",
-        "Final central accuracy on the 450 held-out test digits, IID clients, "
-        'DP-SGD on every client (`dp-mode = "sample"`). Examples per client: the '
-        "smallest client's training examples (90%; 10% is its local test split). "
-        "In brackets: the largest ε any client spent over the whole run (δ per "
-        "client ≤ 1/(10 n)). One run per cell: DP noise is fresh in every run, so "
-        "a rerun moves by a few points.",
-        "",
-    ]
-    if results.get("quick"):
-        lines += [
-            "**Quick run** (" + _settings_text(QUICK_SETTINGS) + "): a smoke test of "
-            "the study, not its figures.",
-            "",
-        ]
-    header = ["clients", "examples per client", *map(epsilon_label, epsilons)]
-    lines += [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---:" for _ in header) + "|",
-    ]
-    for n in results["client_counts"]:
-        row = [cells.get((n, e)) for e in epsilons]
-        examples = next(
-            (
-                c["examples_per_client"]
-                for c in row
-                if c and c.get("examples_per_client")
-            ),
-            None,
-        )
-        lines.append(
-            "| "
-            + " | ".join(
-                [str(n), "—" if examples is None else str(examples)]
-                + [format_cell(c) for c in row]
-            )
-            + " |"
-        )
-    lines += [
-        "",
-        "Noise multiplier σ each client drew with (calibrated once for every "
-        "step of the planned run):",
-        "",
-        "| clients | " + " | ".join(map(epsilon_label, epsilons)) + " |",
-        "|" + "|".join("---:" for _ in range(len(epsilons) + 1)) + "|",
-    ]
-    for n in results["client_counts"]:
-        sigmas = [format_sigma(cells.get((n, e))) for e in epsilons]
-        lines.append("| " + " | ".join([str(n), *sigmas]) + " |")
-    lines += [
-        "",
-        "Settings (other keys at their defaults; FedAvg over every client each round):",
-        "",
-    ]
-    for n in results["client_counts"]:
-        settings = results["settings"].get(str(n), {})
-        lines.append(
-            f"- {n} clients, scenario `{scenario_name(n)}`: {_settings_text(settings)}"
-        )
-    first = results["client_counts"][0]
-    lines += [
-        "",
-        "Reproduce: `python -m simulations.privacy_utility` "
-        f"({results.get('wall_time_s', 0) / 60:.0f} min on 2 cores, measured "
-        f"{results.get('measured', '?')}); one cell: `fedge simulate --scenario "
-        f"{scenario_name(first)} --clients {first} --target-epsilon 3`.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _settings_text(settings: dict[str, Any]) -> str:
-    keys = [k for k in SETTING_KEYS if k in settings]
-    return ", ".join(f"{k} = {settings[k]}" for k in keys)
-
-
-def _epsilon_to_json(value: float) -> float | str:
-    return "inf" if math.isinf(value) else value
-
-
-def _epsilon_from_json(value: float | str) -> float:
-    return math.inf if value == "inf" else float(value)
-
-
-def default_study_name() -> str:
-    """Return a fresh folder name for a study: the local time to the second."""
-    return time.strftime("%Y%m%d-%H%M%S")
-
-
 def run_study(
+    runs: Iterable[StudyRun],
     *,
-    client_counts: Sequence[int] = CLIENT_COUNTS,
-    epsilons: Sequence[float] = EPSILONS,
-    quick: bool = False,
     output_dir: Path = RUNS_DIR,
     study_name: str = "",
+    quick: bool = False,
     simulate_fn: Callable[..., Path] = simulate,
     echo: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Run every (clients, ε) cell, one after the other; return all figures.
+    on_run: Callable[[dict[str, Any]], None] = lambda _record: None,
+) -> list[dict[str, Any]]:
+    """Run ``runs`` one after the other through one warm engine; return their records.
 
-    A run that fails is recorded as failed and the study goes on.
-
-    Parameters
-    ----------
-    client_counts : sequence of int
-        Federation sizes; each needs a ``dp-digits-<N>-clients`` scenario.
-    epsilons : sequence of float
-        Each client's ε budget for the run; ``inf`` = no DP.
-    quick : bool, default False
-        2 rounds of 1 local epoch instead of the tuned schedule.
-    output_dir : Path
-        Parent of the study's folder.
-    study_name : str, default ""
-        The study's folder under ``output_dir``, holding one run folder per
-        cell (``<N>c-eps<ε>``); empty = a timestamp. Each study gets fresh
-        folders: a run folder that already holds a run is refused.
+    A run that fails is recorded as failed (``state = "failed"``, its error)
+    and the study goes on. ``on_run`` gets each record as soon as its run
+    ends (the CLI saves it, so an interrupted chunk keeps what it finished).
 
     Raises
     ------
     FedgeError
-        If the study's folder already exists.
-    simulate_fn : callable
-        :func:`simulations.simulate.simulate` (tests pass a stand-in).
-    echo : callable
-        Where progress lines go.
+        If the study's folder (``output_dir / study_name``) already exists:
+        its run folders would be refused.
     """
-    settings = {n: study_settings(n, quick=quick) for n in client_counts}
-    study_dir = output_dir / (study_name or default_study_name())
+    study_dir = output_dir / (study_name or time.strftime("%Y%m%d-%H%M%S"))
     if study_dir.exists():
         raise FedgeError(
             f"Study folder {study_dir} already exists; its runs would be refused. "
             "Choose another study name or remove the folder."
         )
-    cells = []
-    started = time.monotonic()
-    # One SuperLink and Ray cluster for every cell, not one per cell.
+    records = []
+    # One SuperLink and Ray cluster for every run, not one per run.
     with SimulationEngine() as engine, sharing(engine):
-        for n, epsilon in itertools.product(client_counts, epsilons):
-            name = f"{n}c-{epsilon_slug(epsilon)}"
-            echo(f"privacy-utility: {n} clients, {epsilon_label(epsilon)} ...")
+        for run in runs:
+            echo(f"privacy-utility: {run.name} ...")
             cell = run_cell(
-                cell_overrides(settings[n], epsilon),
-                num_clients=n,
+                run_overrides(run, quick=quick),
+                num_clients=DATASETS[run.dataset].clients,
                 output_dir=study_dir,
-                name=name,
+                name=run.name,
                 simulate_fn=simulate_fn,
             )
-            cell.update(clients=n, target_epsilon=_epsilon_to_json(epsilon))
-            echo(
-                f"privacy-utility: {n} clients, {epsilon_label(epsilon)}: "
-                + cell_summary(cell)
+            echo(f"privacy-utility: {run.name}: {cell_summary(cell)}")
+            record = {
+                "dataset": run.dataset,
+                "row": run.row,
+                "target_epsilon": run.target_epsilon,
+                "seed": run.seed,
+                **{k: cell.get(k) for k in CSV_COLUMNS[4:]},
+            }
+            on_run(record)
+            records.append(record)
+    return records
+
+
+def merge_runs(path: Path, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Return the CSV at ``path`` (if any) with ``records`` added, and write it.
+
+    A record replaces an earlier run of the same data set, row, ε and seed.
+    """
+    new = pd.DataFrame(list(records), columns=list(CSV_COLUMNS))
+    if path.is_file():
+        old = pd.read_csv(path)
+        frame = pd.concat([old, new], ignore_index=True) if len(new) else old
+    else:
+        frame = new
+    frame = frame.drop_duplicates(subset=KEY_COLUMNS, keep="last")
+    atomic_write_text(path, frame.to_csv(index=False))
+    return frame
+
+
+def _cell_runs(
+    frame: pd.DataFrame, dataset: str, row: str, epsilon: float
+) -> list[dict[str, Any]]:
+    mask = (
+        (frame["dataset"] == dataset)
+        & (frame["row"] == row)
+        & (frame["target_epsilon"].astype(float) == epsilon)
+    )
+    return [
+        {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in r.items()
+        }
+        for r in frame[mask].to_dict("records")
+    ]
+
+
+def summarize(
+    frame: pd.DataFrame, dataset: str, row: str, epsilon: float
+) -> dict[str, Any]:
+    """Return a cell's summary (:func:`series_accuracy.summarize_cell`) from the CSV."""
+    return summarize_cell(_cell_runs(frame, dataset, row, epsilon))
+
+
+def format_table_cell(summary: dict[str, Any]) -> str:
+    """``0.901 (0.880–0.920)``, ``… + 1 failed``, ``failed (2 runs)`` or ``—``."""
+    if summary["runs"] == 0 and summary["failed"] == 0:
+        return "—"
+    text = format_summary(summary)
+    # The ε ≤ … of series_accuracy's cell is the same in every DP cell here
+    # (the budget), and the run count is in the table's note unless short.
+    text = text.split(", ε ≤")[0]
+    return text.replace(", 3 runs", "")
+
+
+def goal_status(frame: pd.DataFrame) -> list[str]:
+    """One line per goal: met or missed by how much, for the defaults and all three."""
+    lines = []
+    for (dataset, epsilon), goal in GOALS.items():
+        parts = []
+        for row in ("defaults", "best"):
+            s = summarize(frame, dataset, row, epsilon)
+            if s["mean"] is None:
+                parts.append(f"{ROW_LABELS[row]}: not run")
+                continue
+            verdict = (
+                "met" if s["mean"] >= goal else f"missed by {goal - s['mean']:.3f}"
             )
-            cells.append(cell)
-    return {
-        "name": "privacy_utility",
-        "quick": quick,
-        "measured": time.strftime("%Y-%m-%d"),
-        "wall_time_s": round(time.monotonic() - started, 1),
-        "study_dir": str(study_dir),
-        "client_counts": list(client_counts),
-        "epsilons": [_epsilon_to_json(e) for e in epsilons],
-        "settings": {str(n): s for n, s in settings.items()},
-        "cells": cells,
-    }
+            parts.append(
+                f"{ROW_LABELS[row]} {s['mean']:.3f} over {s['runs']} run(s), {verdict}"
+            )
+        lines.append(
+            f"- {dataset} at ε = {epsilon:g}, goal ≥ {goal:.2f}: " + "; ".join(parts)
+        )
+    return lines
+
+
+def build_table(frame: pd.DataFrame, *, quick: bool = False) -> str:
+    """Return the Markdown page: one table per data set, the goals, how to rerun."""
+    lines = [
+        "# Privacy–utility study",
+        "",
+        "Final central accuracy, mean (range) over seeds 0, 1, 2 (a seed sets "
+        "`model-seed` and `sampler-seed`; DP noise is fresh in every run). ε is "
+        "each client's budget for the whole run (δ ≤ 1/(10 n)). A cell with "
+        "fewer runs says how many; a failed run is counted, never dropped; — = "
+        "not run yet. Digits: 450 held-out test digits, IID clients. Series: "
+        "the archive's test split, 4 clients, Dirichlet α = 0.5 over its train "
+        "split. Produced by `python -m simulations.privacy_utility`.",
+        "",
+    ]
+    if quick:
+        lines += ["**Quick run**: 2 rounds; a smoke test, not the study's figures.", ""]
+    for name, data in DATASETS.items():
+        if not (frame["dataset"] == name).any():
+            continue
+        lines += [
+            f"## {name} ({data.clients} clients)",
+            "",
+            "| row | " + " | ".join(epsilon_label(e) for e in EPSILONS) + " |",
+            "|---|" + "---:|" * len(EPSILONS),
+        ]
+        for row in DP_ROWS:
+            cells = [
+                format_table_cell(summarize(frame, name, row, e)) for e in EPSILONS
+            ]
+            lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(cells) + " |")
+        reference = format_table_cell(summarize(frame, name, NO_DP_ROW, math.inf))
+        lines.append(
+            f"| {ROW_LABELS[NO_DP_ROW]} | {reference} | {reference} | {reference} |"
+        )
+        lines += [
+            "",
+            f"Rerun a cell: `{reproduce_command('defaults', name, 8.0)}`.",
+            "",
+        ]
+    lines += ["## Goals (mean of 3 seeds)", "", *goal_status(frame), ""]
+    lines += [
+        "Rows and their scenario files (`simulations/scenarios/privacy-utility/`):",
+        "",
+        *(f"- {ROW_LABELS[r]}: `{r}.toml`" for r in ROWS),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _epsilon_argument(text: str) -> float:
@@ -331,103 +449,109 @@ def _epsilon_argument(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
-def _clients_argument(text: str) -> int:
-    if not text.strip().isdigit() or int(text) not in CLIENT_COUNTS:
-        raise argparse.ArgumentTypeError(
-            f"the study has tuned settings for {list(CLIENT_COUNTS)} clients, "
-            f"got {text!r}."
-        )
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m simulations.privacy_utility``."""
     parser = argparse.ArgumentParser(
         prog="python -m simulations.privacy_utility",
         description=(
-            "Final central accuracy on the digits at each client ε budget, for 3 "
-            "and 10 IID clients, with the tuned DP-SGD settings. Writes "
-            f"{RESULTS_PATH.relative_to(ROOT)} and, for the full study, "
-            f"{TABLE_PATH.relative_to(ROOT)}."
+            "Final central accuracy under DP-SGD: the old settings, the DP "
+            "defaults, each technique (EMA, augmentation multiplicity, fixed "
+            "features) and all three, at each client ε, plus the no-DP "
+            "reference; 3 seeds a cell. Each run is added to the CSV "
+            f"(default {RESULTS_PATH.relative_to(ROOT)}; same data set, row, ε "
+            "and seed replaces) and the Markdown table is built from the whole "
+            f"CSV (default {TABLE_PATH.relative_to(ROOT)}), so the grid can be "
+            "run in chunks."
         ),
     )
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="2 rounds of 1 local epoch: checks the study runs (figures not the study's)",
+        "--datasets",
+        nargs="+",
+        choices=list(DATASETS),
+        default=list(DATASETS),
+        help=f"(default: {' '.join(DATASETS)})",
     )
     parser.add_argument(
-        "--clients",
-        type=_clients_argument,
+        "--rows",
         nargs="+",
-        default=list(CLIENT_COUNTS),
-        help=f"federation sizes (default: {' '.join(map(str, CLIENT_COUNTS))})",
+        choices=list(ROWS),
+        default=list(ROWS),
+        help=f"scenario files in simulations/scenarios/privacy-utility/ (default: {' '.join(ROWS)})",
     )
     parser.add_argument(
         "--epsilons",
         type=_epsilon_argument,
         nargs="+",
         default=list(EPSILONS),
-        help="each client's ε budget; inf = no DP (default: 1 3 8 inf)",
+        help="each client's ε for the DP rows (default: 1 3 8); no-dp runs once",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(SEEDS),
+        help="model-seed and sampler-seed of each run (default: 0 1 2)",
+    )
+    parser.add_argument(
+        "--goals",
+        action="store_true",
+        help="only the DP cells the goals are stated for (digits-10, basic-motions, "
+        "pickup-gesture at ε = 8; digits-3 at ε = 3) and no-dp",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 rounds a run: checks the study runs; writes *-quick files "
+        "unless --results / --table are given",
     )
     parser.add_argument(
         "--output-dir",
         type=Path,
         default=RUNS_DIR,
-        help=f"parent of the study's folder of runs (default: {RUNS_DIR})",
+        help=f"parent of this invocation's folder of runs (default: {RUNS_DIR})",
     )
     parser.add_argument(
-        "--results", type=Path, default=RESULTS_PATH, help="JSON results file"
+        "--results", type=Path, default=None, help="CSV of every run (merged)"
     )
-    parser.add_argument(
-        "--table",
-        type=Path,
-        default=None,
-        help=(
-            "Markdown file for the table (default: "
-            f"{TABLE_PATH.relative_to(ROOT)}, written only by a full, non-quick study)"
-        ),
-    )
+    parser.add_argument("--table", type=Path, default=None, help="Markdown table")
     return parser
 
 
-def table_path(args: argparse.Namespace) -> Path | None:
-    """Where to write the Markdown: ``--table``, else the README's only for a full study.
-
-    A quick or partial run must not replace the committed table.
-    """
-    if args.table is not None:
-        table: Path = args.table
-        return table
-    full = sorted(args.clients) == sorted(CLIENT_COUNTS) and sorted(
-        args.epsilons
-    ) == sorted(EPSILONS)
-    return TABLE_PATH if full and not args.quick else None
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Return the CSV and Markdown paths: given, else the study's (``-quick`` ones)."""
+    suffix = "-quick" if args.quick else ""
+    results = args.results or RESULTS_PATH.with_name(f"privacy_utility{suffix}.csv")
+    table = args.table or TABLE_PATH.with_name(f"privacy_utility{suffix}.md")
+    return results, table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study, write its files, print the table; 1 if any run failed."""
+    """Run the chosen runs, merge them into the CSV, write the table; 1 if any failed."""
     import torch
 
     torch.set_num_threads(1)  # the study's own process; clients set theirs
     args = build_parser().parse_args(argv)
-    results = run_study(
-        client_counts=args.clients,
+    results_path, table_path = output_paths(args)
+    runs = plan_runs(
+        datasets=args.datasets,
+        rows=args.rows,
         epsilons=args.epsilons,
-        quick=args.quick,
-        output_dir=args.output_dir,
+        seeds=args.seeds,
+        goals_only=args.goals,
     )
-    table = build_table(results)
-    atomic_write_json(args.results, results)
-    written = [str(args.results)]
-    markdown = table_path(args)
-    if markdown is not None:
-        atomic_write_text(markdown, table)
-        written.append(str(markdown))
+    records = run_study(
+        runs,
+        output_dir=args.output_dir,
+        quick=args.quick,
+        on_run=lambda record: merge_runs(results_path, [record]),
+    )
+    frame = merge_runs(results_path, [])
+    table = build_table(frame, quick=args.quick)
+    atomic_write_text(table_path, table)
     print()
     print(table)
-    print("written: " + ", ".join(written))
-    failed = [c for c in results["cells"] if c.get("state") != COMPLETE]
+    print(f"written: {results_path}, {table_path}")
+    failed = [r for r in records if r.get("state") != "complete"]
     return 1 if failed else 0
 
 

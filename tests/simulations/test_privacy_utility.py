@@ -1,94 +1,171 @@
-"""The privacy–utility study's plumbing: settings, cells, arguments, the table.
+"""The privacy–utility study's plumbing: rows, grid, runs, CSV, the table.
 
 No simulation runs here: :func:`run_study` gets a stand-in for ``simulate`` that
 writes the files a finished run leaves.
 """
 
-import json
 import math
 
+import pandas as pd
 import pytest
 
 from shared.config import from_run_config
 from shared.errors import ConfigError, DataError, FedgeError
 from simulations import privacy_utility as pu
+from simulations.scenario_file import read_scenario
 from simulations.simulate import preflight
 from tests.simulations.finished_run import write_run
 
 
-# ---------------------------------------------------------------- settings
-@pytest.mark.parametrize("num_clients", pu.CLIENT_COUNTS)
-@pytest.mark.parametrize("epsilon", pu.EPSILONS)
-def test_every_cell_validates_and_fits_its_federation(num_clients, epsilon):
-    overrides = pu.cell_overrides(pu.study_settings(num_clients), epsilon)
+# ---------------------------------------------------------------- rows
+@pytest.mark.parametrize("row", pu.ROWS)
+def test_every_row_is_a_scenario_file_that_parses(row):
+    scenario = read_scenario(pu.row_scenario(row))
 
-    config = from_run_config(overrides, fill_defaults=True)
-    preflight(config, num_clients)
-
-
-@pytest.mark.parametrize("num_clients", pu.CLIENT_COUNTS)
-def test_tuned_scenarios_are_sample_level_dp_on_iid_digits_at_8(num_clients):
-    settings = pu.study_settings(num_clients)
-
-    assert settings["dp-mode"] == "sample"
-    assert settings["partitioning"] == "iid"
-    assert settings.get("dataset", "digits") == "digits"
-    assert settings["target-epsilon"] == 8.0
+    assert scenario.path.parent == pu.ROW_SCENARIOS_DIR
+    assert scenario.description
+    assert scenario.overrides["dp-mode"] == ("none" if row == "no-dp" else "sample")
 
 
-def test_quick_shortens_the_schedule_and_keeps_the_rest():
-    full = pu.study_settings(3)
-    quick = pu.study_settings(3, quick=True)
+@pytest.mark.parametrize("run", pu.plan_runs(seeds=[1]), ids=lambda r: r.name)
+def test_every_run_of_the_grid_validates_and_fits_its_federation(run):
+    config = from_run_config(pu.run_overrides(run), fill_defaults=True)
 
-    assert quick["num-server-rounds"] == 2
-    assert quick["local-epochs"] == 1
-    assert {k: v for k, v in quick.items() if k not in pu.QUICK_SETTINGS} == {
-        k: v for k, v in full.items() if k not in pu.QUICK_SETTINGS
+    preflight(config, pu.DATASETS[run.dataset].clients)
+
+
+def test_old_settings_are_the_defaults_before_the_dp_rule():
+    # pyproject.toml before the rule: relu, batch 32, 5 epochs, lr 0.05.
+    settings = read_scenario(pu.row_scenario("old-settings")).overrides
+
+    assert settings == {
+        "dp-mode": "sample",
+        "activation": "relu",
+        "batch-size": 32,
+        "local-epochs": 5,
+        "learning-rate": 0.05,
     }
 
 
-def test_settings_for_an_untuned_size_are_refused():
-    with pytest.raises(
-        FedgeError,
-        match=r"No tuned settings for 7 clients: the study has them for 3, 10 "
-        r"\(scenarios dp-digits-3-clients, dp-digits-10-clients\)",
-    ):
-        pu.study_settings(7)
+def test_defaults_row_sets_only_dp_mode():
+    assert read_scenario(pu.row_scenario("defaults")).overrides == {"dp-mode": "sample"}
 
 
-# ---------------------------------------------------------------- cells
-def test_finite_epsilon_is_dp_sgd_at_that_budget():
-    overrides = pu.cell_overrides({"batch-size": 64, "dp-mode": "none"}, 3)
+def test_best_row_is_the_three_techniques_of_their_own_rows():
+    def extra(row):
+        settings = read_scenario(pu.row_scenario(row)).overrides
+        return {k: v for k, v in settings.items() if k != "dp-mode"}
 
-    assert overrides == {"batch-size": 64, "dp-mode": "sample", "target-epsilon": 3.0}
+    best = extra("best")
+
+    assert best == {**extra("ema"), **extra("augment"), **extra("fixed-features")}
+    assert set(best) == {"ema-decay", "augment-multiplicity", "model"}
 
 
-def test_infinite_epsilon_is_the_same_run_without_dp():
-    overrides = pu.cell_overrides(
-        {"batch-size": 64, "dp-mode": "sample", "target-epsilon": 8.0}, math.inf
+def test_unknown_row_is_refused():
+    with pytest.raises(FedgeError, match=r"Unknown study row 'fast': the rows are"):
+        pu.row_scenario("fast")
+
+
+# ---------------------------------------------------------------- the grid
+def test_full_grid_is_every_dp_row_at_every_epsilon_and_no_dp_once():
+    runs = pu.plan_runs()
+
+    # 4 data sets x (6 DP rows x 3 ε + no DP) x 3 seeds
+    assert len(runs) == 4 * (6 * 3 + 1) * 3 == 228
+    assert len({r.name for r in runs}) == 228
+    no_dp = [r for r in runs if r.row == "no-dp"]
+    assert len(no_dp) == 12
+    assert all(math.isinf(r.target_epsilon) for r in no_dp)
+    assert {r.target_epsilon for r in runs if r.row != "no-dp"} == {1.0, 3.0, 8.0}
+
+
+def test_grid_goes_data_set_by_data_set_row_by_row():
+    runs = pu.plan_runs(
+        datasets=["basic-motions"], rows=["defaults", "no-dp"], epsilons=[8.0, 1.0]
+    )
+
+    assert [r.name for r in runs] == [
+        "basic-motions-defaults-eps8-seed0",
+        "basic-motions-defaults-eps8-seed1",
+        "basic-motions-defaults-eps8-seed2",
+        "basic-motions-defaults-eps1-seed0",
+        "basic-motions-defaults-eps1-seed1",
+        "basic-motions-defaults-eps1-seed2",
+        "basic-motions-no-dp-epsinf-seed0",
+        "basic-motions-no-dp-epsinf-seed1",
+        "basic-motions-no-dp-epsinf-seed2",
+    ]
+
+
+def test_goals_only_keeps_the_goal_cells_and_no_dp():
+    runs = pu.plan_runs(rows=["defaults", "no-dp"], seeds=[0], goals_only=True)
+
+    assert [r.name for r in runs] == [
+        "digits-3-defaults-eps3-seed0",
+        "digits-3-no-dp-epsinf-seed0",
+        "digits-10-defaults-eps8-seed0",
+        "digits-10-no-dp-epsinf-seed0",
+        "basic-motions-defaults-eps8-seed0",
+        "basic-motions-no-dp-epsinf-seed0",
+        "pickup-gesture-defaults-eps8-seed0",
+        "pickup-gesture-no-dp-epsinf-seed0",
+    ]
+
+
+def test_a_run_is_its_row_with_its_data_set_epsilon_and_seed():
+    overrides = pu.run_overrides(pu.StudyRun("pickup-gesture", "ema", 3.0, 2))
+
+    assert overrides == {
+        "dp-mode": "sample",
+        "ema-decay": 0.9,
+        "dataset": "pickup-gesture",
+        "partitioning": "dirichlet",
+        "dirichlet-alpha": 0.5,
+        "model-seed": 2,
+        "sampler-seed": 2,
+        "target-epsilon": 3.0,
+    }
+
+
+def test_no_dp_run_sets_no_budget_and_quick_shortens_the_run():
+    overrides = pu.run_overrides(
+        pu.StudyRun("digits-10", "no-dp", math.inf, 0), quick=True
     )
 
     assert overrides["dp-mode"] == "none"
-    assert overrides["batch-size"] == 64
+    assert "target-epsilon" not in overrides
+    assert overrides["num-server-rounds"] == 2
+    assert overrides["partitioning"] == "iid"
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan])
-def test_cell_refuses_a_non_positive_epsilon(bad):
-    with pytest.raises(ConfigError, match=r"target ε must be > 0 or inf, got"):
-        pu.cell_overrides({}, bad)
+def test_a_dp_row_needs_a_finite_epsilon_and_no_dp_none():
+    with pytest.raises(ConfigError, match=r"Row 'best' trains with DP-SGD: its ε"):
+        pu.run_overrides(pu.StudyRun("digits-3", "best", math.inf, 0))
+    with pytest.raises(ConfigError, match=r"Row 'no-dp' trains without DP: its ε"):
+        pu.run_overrides(pu.StudyRun("digits-3", "no-dp", 8.0, 0))
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("1", 1.0), ("0.5", 0.5), ("8", 8.0), ("inf", math.inf), ("None", math.inf)],
-)
+def test_reproduce_command_names_the_row_file_and_the_run_flags():
+    assert pu.reproduce_command("best", "basic-motions", 8.0, seed=1) == (
+        "fedge simulate --scenario simulations/scenarios/privacy-utility/best.toml "
+        "--dataset basic-motions --clients 4 --partitioning dirichlet --alpha 0.5 "
+        "--target-epsilon 8 --set model-seed=1 --set sampler-seed=1"
+    )
+    assert pu.reproduce_command("no-dp", "digits-3", math.inf) == (
+        "fedge simulate --scenario simulations/scenarios/privacy-utility/no-dp.toml "
+        "--dataset digits --clients 3 --set model-seed=0 --set sampler-seed=0"
+    )
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1", 1.0), ("0.5", 0.5), ("8", 8.0)])
 def test_parse_epsilon(text, expected):
     assert pu.parse_epsilon(text) == expected
 
 
-@pytest.mark.parametrize("text", ["0", "-3", "eight", "", "nan"])
+@pytest.mark.parametrize("text", ["0", "-3", "eight", "", "nan", "inf"])
 def test_parse_epsilon_refuses(text):
-    with pytest.raises(ConfigError, match=r"ε must be a number > 0, or inf / none"):
+    with pytest.raises(ConfigError, match=r"ε must be a number > 0 \(the no-dp row"):
         pu.parse_epsilon(text)
 
 
@@ -96,27 +173,22 @@ def test_parse_epsilon_refuses(text):
 def test_defaults_are_the_full_study():
     args = pu.build_parser().parse_args([])
 
-    assert args.clients == [3, 10]
-    assert args.epsilons == [1.0, 3.0, 8.0, math.inf]
-    assert not args.quick
-    assert pu.table_path(args) == pu.TABLE_PATH
+    assert args.datasets == list(pu.DATASETS)
+    assert args.rows == list(pu.ROWS)
+    assert args.epsilons == [1.0, 3.0, 8.0]
+    assert args.seeds == [0, 1, 2]
+    assert not args.goals
+    assert pu.output_paths(args) == (pu.RESULTS_PATH, pu.TABLE_PATH)
 
 
-def test_quick_or_partial_runs_leave_the_committed_table_alone(tmp_path):
+def test_quick_writes_its_own_files(tmp_path):
     parser = pu.build_parser()
 
-    assert pu.table_path(parser.parse_args(["--quick"])) is None
-    assert pu.table_path(parser.parse_args(["--clients", "3"])) is None
-    assert pu.table_path(parser.parse_args(["--epsilons", "8", "inf"])) is None
-    # Same cells in another order is still the full study.
-    assert (
-        pu.table_path(parser.parse_args(["--epsilons", "inf", "8", "3", "1"]))
-        == pu.TABLE_PATH
-    )
-    explicit = tmp_path / "t.md"
-    assert pu.table_path(parser.parse_args(["--quick", "--table", str(explicit)])) == (
-        explicit
-    )
+    results, table = pu.output_paths(parser.parse_args(["--quick"]))
+    assert results.name == "privacy_utility-quick.csv"
+    assert table.name == "privacy_utility-quick.md"
+    given = parser.parse_args(["--quick", "--table", str(tmp_path / "t.md")])
+    assert pu.output_paths(given)[1] == tmp_path / "t.md"
 
 
 def test_bad_epsilon_argument_exits_2_with_the_reason(capsys):
@@ -124,51 +196,135 @@ def test_bad_epsilon_argument_exits_2_with_the_reason(capsys):
         pu.build_parser().parse_args(["--epsilons", "8", "-1"])
 
     assert e.value.code == 2
-    assert "ε must be a number > 0, or inf / none for no DP; got '-1'" in (
-        capsys.readouterr().err
+    assert "ε must be a number > 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- mean and range
+def record(dataset, row, epsilon, seed, accuracy, state="complete"):
+    return {
+        "dataset": dataset,
+        "row": row,
+        "target_epsilon": epsilon,
+        "seed": seed,
+        "state": state,
+        "accuracy": accuracy,
+        "epsilon": None if math.isinf(epsilon) else epsilon - 0.01,
+    }
+
+
+def test_cell_is_the_mean_and_range_of_its_seeds(tmp_path):
+    frame = pu.merge_runs(
+        tmp_path / "runs.csv",
+        [
+            record("digits-10", "defaults", 8.0, 0, 0.90),
+            record("digits-10", "defaults", 8.0, 1, 0.84),
+            record("digits-10", "defaults", 8.0, 2, 0.93),
+            record("digits-10", "defaults", 3.0, 0, 0.5),  # another cell
+        ],
+    )
+
+    summary = pu.summarize(frame, "digits-10", "defaults", 8.0)
+
+    assert summary["mean"] == pytest.approx((0.90 + 0.84 + 0.93) / 3)
+    assert (summary["min"], summary["max"]) == (0.84, 0.93)
+    assert pu.format_table_cell(summary) == "0.890 (0.840–0.930)"
+
+
+def test_a_failed_run_is_counted_not_dropped(tmp_path):
+    frame = pu.merge_runs(
+        tmp_path / "runs.csv",
+        [
+            record("basic-motions", "best", 8.0, 0, 0.75),
+            record("basic-motions", "best", 8.0, 1, 0.85),
+            record("basic-motions", "best", 8.0, 2, None, state="failed"),
+            record("basic-motions", "ema", 8.0, 0, None, state="failed"),
+        ],
+    )
+
+    assert pu.format_table_cell(pu.summarize(frame, "basic-motions", "best", 8.0)) == (
+        "0.800 (0.750–0.850), 2 runs + 1 failed"
+    )
+    assert pu.format_table_cell(pu.summarize(frame, "basic-motions", "ema", 8.0)) == (
+        "failed (1 run)"
+    )
+    assert pu.format_table_cell(pu.summarize(frame, "basic-motions", "ema", 1.0)) == (
+        "—"
     )
 
 
-@pytest.mark.parametrize("text", ["5", "0", "-3", "three"])
-def test_untuned_client_count_argument_exits_2(capsys, text):
-    with pytest.raises(SystemExit) as e:
-        pu.build_parser().parse_args(["--clients", text])
+def test_chunks_accumulate_and_a_rerun_replaces_its_run(tmp_path):
+    path = tmp_path / "runs.csv"
+    pu.merge_runs(path, [record("digits-3", "defaults", 3.0, 0, 0.80)])
+    pu.merge_runs(path, [record("digits-3", "defaults", 3.0, 1, 0.90)])
 
-    assert e.value.code == 2
-    assert f"tuned settings for [3, 10] clients, got {text!r}" in (
-        capsys.readouterr().err
+    frame = pu.merge_runs(path, [record("digits-3", "defaults", 3.0, 0, 0.70)])
+
+    assert sorted(zip(frame["seed"], frame["accuracy"], strict=True)) == [
+        (0, 0.70),
+        (1, 0.90),
+    ]
+    assert len(pd.read_csv(path)) == 2
+
+
+def test_goal_status_says_met_or_by_how_much_it_misses(tmp_path):
+    frame = pu.merge_runs(
+        tmp_path / "runs.csv",
+        [
+            record("digits-3", "defaults", 3.0, 0, 0.90),
+            record("digits-3", "defaults", 3.0, 1, 0.88),
+            record("digits-3", "best", 3.0, 0, 0.93),
+            record("digits-3", "best", 3.0, 1, 0.95),
+        ],
     )
 
+    lines = pu.goal_status(frame)
 
-@pytest.mark.parametrize(
-    ("cell", "text"),
-    [
-        ({"state": "complete", "noise_multiplier": 3.0542}, "3.05"),
-        ({"state": "complete", "noise_multiplier": None}, "0"),
-        ({"state": "failed"}, "—"),
-        (None, "—"),
-    ],
-)
-def test_format_sigma(cell, text):
-    assert pu.format_sigma(cell) == text
+    assert lines[3] == (
+        "- digits-3 at ε = 3, goal ≥ 0.92: defaults (only dp-mode = sample) 0.890 "
+        "over 2 run(s), missed by 0.030; all three 0.940 over 2 run(s), met"
+    )
+    assert lines[0].startswith("- digits-10 at ε = 8, goal ≥ 0.94: ")
+    assert lines[0].endswith("not run")
+
+
+def test_table_has_a_row_per_technique_and_the_no_dp_reference(tmp_path):
+    frame = pu.merge_runs(
+        tmp_path / "runs.csv",
+        [
+            record("pickup-gesture", "defaults", 8.0, 0, 0.2),
+            record("pickup-gesture", "defaults", 8.0, 1, 0.3),
+            record("pickup-gesture", "no-dp", math.inf, 0, 0.4),
+        ],
+    )
+
+    table = pu.build_table(frame)
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+
+    assert "## digits-3" not in table  # no run of it yet
+    assert "## pickup-gesture (4 clients)" in table
+    assert rows[0] == "| row | ε = 1 | ε = 3 | ε = 8 |"
+    assert rows[2] == (
+        "| defaults (only dp-mode = sample) | — | — | 0.250 (0.200–0.300), 2 runs |"
+    )
+    assert (
+        rows[-1] == "| no DP (defaults) | 0.400, 1 run | 0.400, 1 run | 0.400, 1 run |"
+    )
+    assert "`best.toml`" in table
 
 
 # ---------------------------------------------------------------- the study
-def fake_simulate(accuracies, calls, outputs=None):
+def fake_simulate(accuracies, calls):
     """A stand-in for simulate(): a finished run with a chosen accuracy."""
-    outputs = [] if outputs is None else outputs
 
     def run(overrides, *, num_clients, output_dir, run_name, echo):
         calls.append((num_clients, dict(overrides), run_name))
-        outputs.append(output_dir)
-        dp = overrides["dp-mode"] == "sample"
-        key = (num_clients, overrides.get("target-epsilon") if dp else math.inf)
-        if accuracies[key] is None:
+        if accuracies[run_name] is None:
             raise DataError(f"run {run_name} did not complete")
+        dp = overrides["dp-mode"] == "sample"
         budget = overrides.get("target-epsilon")
         return write_run(
             output_dir / run_name,
-            accuracy=accuracies[key],
+            accuracy=accuracies[run_name],
             epsilons=[budget - 0.01 if dp else None] * num_clients,
             examples=[1212 // num_clients] * num_clients,
         )
@@ -176,97 +332,41 @@ def fake_simulate(accuracies, calls, outputs=None):
     return run
 
 
-def test_study_runs_every_cell_in_order_and_the_table_shows_them(tmp_path):
+def test_study_runs_each_run_in_order_and_records_failures(tmp_path):
+    runs = [
+        pu.StudyRun("digits-3", "best", 3.0, 0),
+        pu.StudyRun("digits-3", "best", 3.0, 1),
+        pu.StudyRun("digits-10", "no-dp", math.inf, 0),
+    ]
     accuracies = {
-        (3, 1.0): 0.61,
-        (3, 8.0): 0.94,
-        (3, math.inf): 0.98,
-        (10, 1.0): 0.3,
-        (10, 8.0): None,  # this run fails; the study goes on
-        (10, math.inf): 0.97,
+        "digits-3-best-eps3-seed0": 0.93,
+        "digits-3-best-eps3-seed1": None,  # fails; the study goes on
+        "digits-10-no-dp-epsinf-seed0": 0.97,
     }
-    calls, outputs = [], []
+    calls, saved = [], []
 
-    results = pu.run_study(
-        client_counts=[3, 10],
-        epsilons=[1.0, 8.0, math.inf],
+    records = pu.run_study(
+        runs,
         output_dir=tmp_path,
         study_name="s1",
-        simulate_fn=fake_simulate(accuracies, calls, outputs),
-        echo=lambda _: None,
-    )
-    table = pu.build_table(json.loads(json.dumps(results)))  # as read back from disk
-
-    assert [(n, name) for n, _, name in calls] == [
-        (3, "3c-eps1"),
-        (3, "3c-eps8"),
-        (3, "3c-epsinf"),
-        (10, "10c-eps1"),
-        (10, "10c-eps8"),
-        (10, "10c-epsinf"),
-    ]
-    assert all(out == tmp_path / "s1" for out in outputs)
-    assert results["cells"][0]["run_dir"] == str(tmp_path / "s1" / "3c-eps1")
-    assert calls[0][1]["target-epsilon"] == 1.0
-    assert calls[2][1]["dp-mode"] == "none"
-    assert calls[3][1] == pu.cell_overrides(pu.study_settings(10), 1.0)
-    rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert rows[0] == "| clients | examples per client | ε = 1 | ε = 8 | no DP |"
-    assert rows[1] == "| 3 | 404 | 0.610 (ε 0.99) | 0.940 (ε 7.99) | 0.980 |"
-    assert rows[2] == "| 10 | 121 | 0.300 (ε 0.99) | failed | 0.970 |"
-    assert rows[3:] == [
-        "| clients | ε = 1 | ε = 8 | no DP |",
-        "| 3 | 1.50 | 1.50 | 0 |",
-        "| 10 | 1.50 | — | 0 |",
-    ]
-    assert "Quick run" not in table
-    assert "- 3 clients, scenario `dp-digits-3-clients`: num-server-rounds = " in table
-    assert "- 10 clients, scenario `dp-digits-10-clients`: " in table
-
-
-def test_quick_study_says_so_and_runs_the_short_schedule(tmp_path):
-    accuracies = {(3, 8.0): 0.5}
-    calls = []
-
-    results = pu.run_study(
-        client_counts=[3],
-        epsilons=[8.0],
-        quick=True,
-        output_dir=tmp_path,
         simulate_fn=fake_simulate(accuracies, calls),
         echo=lambda _: None,
+        on_run=saved.append,
     )
 
-    assert calls[0][1]["num-server-rounds"] == 2
-    assert calls[0][1]["local-epochs"] == 1
-    assert "**Quick run** (num-server-rounds = 2, local-epochs = 1)" in (
-        pu.build_table(results)
-    )
-
-
-def test_missing_cell_shows_a_dash():
-    results = {
-        "epsilons": [8.0, "inf"],
-        "client_counts": [3],
-        "settings": {"3": {}},
-        "cells": [
-            {
-                "clients": 3,
-                "target_epsilon": "inf",
-                "state": "complete",
-                "accuracy": 0.975,
-                "epsilon": None,
-                "examples_per_client": 404,
-            }
-        ],
-    }
-
-    rows = [
-        line for line in pu.build_table(results).splitlines() if line.startswith("| ")
+    assert [(n, name) for n, _, name in calls] == [
+        (3, "digits-3-best-eps3-seed0"),
+        (3, "digits-3-best-eps3-seed1"),
+        (10, "digits-10-no-dp-epsinf-seed0"),
     ]
-
-    assert rows[1] == "| 3 | 404 | — | 0.975 |"
-    assert rows[3] == "| 3 | — | 0 |"
+    assert calls[1][1] == pu.run_overrides(runs[1])
+    assert saved == records
+    assert records[0]["accuracy"] == 0.93
+    assert records[0]["epsilon"] == pytest.approx(2.99)
+    assert records[0]["run_dir"] == str(tmp_path / "s1" / "digits-3-best-eps3-seed0")
+    assert records[1]["state"] == "failed"
+    assert "did not complete" in records[1]["error"]
+    assert records[2]["target_epsilon"] == math.inf
 
 
 def test_a_study_never_reuses_a_folder(tmp_path):
@@ -276,34 +376,9 @@ def test_a_study_never_reuses_a_folder(tmp_path):
 
     with pytest.raises(FedgeError, match=r"Study folder .*s1 already exists"):
         pu.run_study(
-            client_counts=[3],
-            epsilons=[8.0],
+            [pu.StudyRun("digits-3", "defaults", 3.0, 0)],
             output_dir=tmp_path,
             study_name="s1",
             simulate_fn=fake_simulate({}, []),
             echo=lambda _: None,
         )
-
-
-def test_studies_without_a_name_get_separate_folders(tmp_path, monkeypatch):
-    stamps = iter(["20260101-000000", "20260101-000001"])
-    monkeypatch.setattr(pu, "default_study_name", lambda: next(stamps))
-    accuracies = {(3, 8.0): 0.9}
-
-    first = pu.run_study(
-        client_counts=[3],
-        epsilons=[8.0],
-        output_dir=tmp_path,
-        simulate_fn=fake_simulate(accuracies, []),
-        echo=lambda _: None,
-    )
-    second = pu.run_study(
-        client_counts=[3],
-        epsilons=[8.0],
-        output_dir=tmp_path,
-        simulate_fn=fake_simulate(accuracies, []),
-        echo=lambda _: None,
-    )
-
-    assert first["study_dir"] == str(tmp_path / "20260101-000000")
-    assert second["study_dir"] == str(tmp_path / "20260101-000001")
