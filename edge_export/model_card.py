@@ -5,7 +5,7 @@ model-card literature (Mitchell et al. 2019): intended use, training data,
 privacy, performance (overall, per class and per client), explanations, edge
 figures and versions. Every figure is read from the run folder (``model.json``,
 ``config.json``, ``metrics.csv``/``.jsonl``, ``partitions.csv``,
-``manifest.json``) or computed here on the coordinator's held-out data, so the
+``faults.json``, ``manifest.json``) or computed here on the coordinator's held-out data, so the
 card never disagrees with the files beside it. A section with nothing to say is
 left out, not filled with placeholders.
 
@@ -57,6 +57,7 @@ from shared.run_folder import (
     CONFUSION_MATRIX_FILE,
     EPSILON_MAX,
     FAIRNESS_COLUMNS,
+    FAULTS_FILE,
     FEATURE_IMPORTANCE_CSV,
     FEATURE_IMPORTANCE_PNG,
     MANIFEST_FILE,
@@ -200,6 +201,9 @@ def _training_data(run: RunInputs, records: list[dict[str, Any]]) -> dict[str, A
     for key in (*_START_PROVENANCE, *_PARAMETER_PROVENANCE):
         if key in provenance:
             section[key] = provenance[key]
+    faults_path = run.run_dir / FAULTS_FILE
+    if faults_path.is_file():  # a simulation that injected faults says which
+        section["injected-faults"] = json.loads(faults_path.read_text())
     nodes = _nodes_from_partitions(run.run_dir / PARTITIONS_FILE)
     if nodes:
         section["per-node"] = nodes
@@ -494,6 +498,12 @@ def _data_markdown(data: dict[str, Any]) -> list[str]:
     for key in _PARAMETER_PROVENANCE:
         if data.get(key):
             lines.append(f"- {key} parameters: {', '.join(data[key])}")
+    faults = data.get("injected-faults")
+    if faults:
+        lines.append(
+            "- injected faults (a simulation's test of robustness, from "
+            f"{FAULTS_FILE}): " + ", ".join(f"{k} = {v}" for k, v in faults.items())
+        )
     prep = data.get("preprocessing") or {}
     lines.append(
         "- preprocessing: "

@@ -340,7 +340,12 @@ def from_run_config(
         Listing every unknown key, wrong type and out-of-range value at once.
     """
     defaults = default_run_config()
-    values = dict(defaults) if fill_defaults else {}
+    # Only fedge's own keys are filled: the pyproject of an app copy may declare
+    # other components' keys (a fault-injection run's ``fault-*``), which are
+    # neither fedge's to check nor unknown keys of the caller's.
+    values = (
+        {k: v for k, v in defaults.items() if k in CONFIG_KEYS} if fill_defaults else {}
+    )
     values.update(run_config)
     problems: list[str] = []
     unknown = sorted(set(values) - set(CONFIG_KEYS))

@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -207,3 +209,46 @@ def test_the_card_says_when_per_client_figures_come_from_a_sample(
         assert f"- sample: {per_client['sample']}" in text
     else:
         assert "sample" not in per_client and "random sample" not in text
+
+
+def test_a_fault_injection_run_gets_its_card_naming_the_faults(
+    tmp_path, copy_run, digits_run
+):
+    from simulations.fault_app import write_fault_app
+    from simulations.fault_injection import fault_config
+    from simulations.simulate import APP_DIR
+
+    run_dir = copy_run(digits_run)
+    (run_dir / "model_card.md").unlink()
+    faults = fault_config({"fault-attack": "sign-flip", "fault-attackers": 1})
+    (run_dir / "faults.json").write_text(json.dumps(faults.to_run_config()))
+    # A simulation with faults runs a copy of the app whose pyproject also
+    # declares the fault-* keys; that copy's ServerApp writes the card.
+    app_copy = write_fault_app(APP_DIR, tmp_path / "fault-app", faults)
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+        "import shared; assert shared.__file__.startswith(sys.argv[1]), shared; "
+        "from edge_export.model_card import write_run_card; "
+        "write_run_card(Path(sys.argv[2]))"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(app_copy), str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = card_of(run_dir)
+    assert card["training-data"]["injected-faults"] == {
+        "fault-attack": "sign-flip",
+        "fault-attackers": 1,
+        "fault-scale": 10.0,
+        "fault-dropout": 0.0,
+        "fault-seed": 0,
+        "fault-wipe-state": "",
+    }
+    text = (run_dir / "model_card.md").read_text()
+    assert "fault-attack = sign-flip, fault-attackers = 1" in text
+    assert text == render_markdown(card)
