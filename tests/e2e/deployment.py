@@ -9,13 +9,15 @@ started here is stopped when its ``with`` block ends, even on failure.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,9 +229,11 @@ def running_flower_node(
     node_config: Mapping[str, Any],
     tls: bool = False,
     key: Path | None = None,
+    options: Sequence[str] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``flower-supernode`` called directly: insecure unless ``tls``, keyless
-    unless ``key``; what `fedge node start` would never build."""
+    unless ``key``; what `fedge node start` would never build. ``options`` are
+    further ``flower-supernode`` flags (e.g. ``--max-retries``)."""
     security = ["--insecure"]
     if tls:
         assert link.ca_cert is not None
@@ -245,6 +249,7 @@ def running_flower_node(
         str(free_port()),
         "--node-config",
         format_node_config(node_config),
+        *options,
     ]
     process = start_logged(command, env=link.env, log_path=workdir / f"{name}.log")
     try:
@@ -285,6 +290,30 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def produce_once(
+    base_temp: Path, name: str, produce: Callable[[Path], dict[str, Any]]
+) -> dict[str, Any]:
+    """``produce(workdir)`` once per pytest session, for every test that asks.
+
+    Several tests can then check one deployment run, even when pytest-xdist
+    gives them to different workers: ``base_temp`` is the session's temporary
+    folder (``tmp_path_factory.getbasetemp()``), whose parent the workers
+    share. The first to ask runs ``produce`` in ``NAME/`` and keeps its JSON
+    result; the others wait on a file lock and read it. A ``produce`` that
+    raised is tried again by the next test.
+    """
+    shared = base_temp.parent if "PYTEST_XDIST_WORKER" in os.environ else base_temp
+    workdir, result = shared / name, shared / f"{name}.json"
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not result.exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # a failed attempt's
+            workdir.mkdir()
+            result.write_text(json.dumps(produce(workdir)))
+        produced: dict[str, Any] = json.loads(result.read_text())
+        return produced
+
+
 # ------------------------------------------------------------------ federation
 DP_ROUND_CONFIG = {
     # DP-SGD on every node, calibrated to ε = 8 over the run; small, quick rounds.
@@ -318,6 +347,22 @@ class Federation:
         self._running[node.name] = stack
         return process
 
+    def wait_online(self, *, timeout_s: float = 120) -> None:
+        """Wait until every node is ``online`` at the SuperLink (started first).
+
+        A run submitted earlier could begin its first round before a slow node
+        connects, and then miss it.
+        """
+        ids = {node.node_id for node in self.nodes}
+        wait_for(
+            lambda: (
+                {i for i, s in supernode_states(self.link).items() if s == "online"}
+                >= ids
+            ),
+            timeout_s=timeout_s,
+            what=f"{len(ids)} nodes online",
+        )
+
     def stop(self, node: Node) -> None:
         """Stop ``node`` and everything it started (its ClientApp processes too)."""
         self._running.pop(node.name).close()
@@ -329,7 +374,10 @@ class Federation:
 
     def kill_superlink(self) -> None:
         """SIGKILL the SuperLink and its ServerApp: a coordinator crash."""
-        kill_session(self.link.process)
+        # Flower starts the ServerApp's SuperExec (and so the ServerApp) in a
+        # session of its own: its process tree finds them.
+        pid = self.link.process.pid
+        kill_all({*session_members(pid), *process_tree(pid)})
         self.link.process.wait(timeout=30)
 
     def restart_superlink(self) -> SuperLink:
@@ -388,9 +436,42 @@ def secure_federation(
         yield federation
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (Linux ``/proc``), whatever their session."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        # After the name: state, ppid, ...; the process may end while being read.
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        tree.append(parent)
+        pending.extend(children.get(parent, []))
+    return tree
+
+
+def processes_named(pids: Iterable[int], command: str) -> list[int]:
+    """Those of ``pids`` whose command line names ``command`` (``flwr-clientapp``)."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError):  # it may end while being read
+            if command.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
 def kill_session(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL every process in ``process``'s session (it was started in its own)."""
-    for pid in session_members(process.pid):
+    kill_all(session_members(process.pid))
+
+
+def kill_all(pids: Iterable[int]) -> None:
+    """SIGKILL each of ``pids`` that is still alive (a stopped one too)."""
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -450,6 +531,13 @@ def ledger_epsilon(document: Mapping[str, Any], delta: float) -> float:
         )
     )
     return float(accountant.get_epsilon(delta))
+
+
+def log_text(path: Path, *, offset: int = 0) -> str:
+    """A process log from byte ``offset`` on (logs are appended across restarts)."""
+    with path.open("rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
 
 
 def ledger(node: Node) -> dict[str, Any]:

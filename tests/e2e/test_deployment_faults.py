@@ -1,12 +1,12 @@
 """Faults in a real secure deployment on 127.0.0.1 (TLS, SuperNode auth, DP-SGD):
-a node killed and restarted mid-run, the SuperLink killed and the run resumed,
-and a node that takes a message and never answers."""
+nodes killed and restarted mid-run (one with its state folder, one with it
+wiped), the SuperLink killed before it collects a round and the run resumed, and
+a node that takes a message and never answers."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -23,13 +24,18 @@ from simulations.run_progress import read_progress
 from tests.e2e.deployment import (
     APP_DIR,
     DP_ROUND_CONFIG,
+    kill_all,
     kill_session,
     last_round,
     ledger,
     ledger_epsilon,
     ledger_rounds,
+    log_text,
     metrics_records,
     node_epsilons,
+    process_tree,
+    processes_named,
+    produce_once,
     read_json,
     secure_federation,
     start_run,
@@ -50,28 +56,42 @@ def _overrides(tmp_path: Path, name: str, **settings: object) -> dict[str, objec
     }
 
 
-def test_a_killed_node_is_missed_then_rejoins_with_its_ledger(tmp_path: Path) -> None:
-    # (a) Three nodes, min-nodes 2: node2 dies after round 2 of 5 and is back
-    # before round 4, its state-dir (and ledger) wiped meanwhile: its ε continues
-    # from the coordinator's record of what it released.
+# Two of four nodes are killed after round 2 of 5 and restarted once round 3 is
+# over, one with its state folder, one with it wiped: one run, checked by the
+# two tests below (produced once per session, whichever worker asks first).
+KILLED_RUN = "nodes-killed"
+RESTART_PROBLEM = "the coordinator's record of this node's privacy spend holds more"
+
+
+def _kill_two_nodes_and_restart_them(workdir: Path) -> dict[str, Any]:
+    """Four nodes, min-nodes 2, five rounds; node2 (state kept) and node3 (state
+    wiped) die after round 2 and are started again after round 3."""
     overrides = _overrides(
-        tmp_path,
-        "node-killed",
+        workdir,
+        KILLED_RUN,
         **{"num-server-rounds": 5, "min-nodes": 2, "round-timeout-s": 60.0},
     )
-    with secure_federation(tmp_path, 3) as federation:
+    with secure_federation(workdir, 4) as federation:
         run_dir = federation.run_dir(overrides)
-        victim = federation.nodes[2]
-        processes = [federation.start(node) for node in federation.nodes]
-        run = start_run(federation.link, tmp_path, overrides)
+        kept, wiped = federation.nodes[2:]
+        processes = {node.name: federation.start(node) for node in federation.nodes}
+        federation.wait_online()  # so that rounds 1 and 2 have all four
+        run = start_run(federation.link, workdir, overrides)
         try:
             wait_for(lambda: last_round(run_dir) >= 2, timeout_s=300, what="round 2")
-            kill_session(processes[2])  # the node crashes: SIGKILL, no goodbye
-            federation.stop(victim)
-            shutil.rmtree(victim.state_dir)  # the node's disk is lost
-            victim.state_dir.mkdir()
+            for node in (kept, wiped):
+                kill_session(processes[node.name])  # a crash: SIGKILL, no goodbye
+                federation.stop(node)
+            ledger_at_kill = ledger(kept)
+            shutil.rmtree(wiped.state_dir)  # the node's disk is lost
+            wiped.state_dir.mkdir()
             wait_for(lambda: last_round(run_dir) >= 3, timeout_s=300, what="round 3")
-            federation.start(victim)
+            restarted_at = {
+                node.name: (workdir / f"{node.name}.log").stat().st_size
+                for node in (kept, wiped)
+            }
+            federation.start(kept)
+            federation.start(wiped)
             wait_for(
                 lambda: read_json(run_dir / "status.json")["state"] != "running",
                 timeout_s=300,
@@ -80,86 +100,199 @@ def test_a_killed_node_is_missed_then_rejoins_with_its_ledger(tmp_path: Path) ->
             )
         finally:
             stop_process(run)
+    return {
+        "run-dir": str(run_dir),
+        "ledger-at-kill": ledger_at_kill,
+        "nodes": {
+            node.name: {
+                "node-id": node.node_id,
+                "ledger": ledger(node),
+                "log-after-restart": log_text(
+                    workdir / f"{node.name}.log", offset=restarted_at[node.name]
+                ),
+            }
+            for node in (kept, wiped)
+        },
+    }
 
+
+@pytest.fixture
+def killed_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The run of :func:`_kill_two_nodes_and_restart_them`, checked as a whole."""
+    produced = produce_once(
+        tmp_path_factory.getbasetemp(), KILLED_RUN, _kill_two_nodes_and_restart_them
+    )
+    run_dir = Path(produced["run-dir"])
     status = read_json(run_dir / "status.json")
     assert status["state"] == "complete", status
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert list(metrics["round"]) == [0, 1, 2, 3, 4, 5]
     by_round = metrics.set_index("round")
-    assert list(by_round.loc[[1, 2], "replies"]) == [3, 3]
-    # Round 3 ran without node2 (asked and lost, or no longer asked).
+    assert list(by_round.loc[[1, 2], "replies"]) == [4, 4]
+    # Round 3 ran without the two killed nodes (asked and lost, or not asked).
     assert by_round.loc[3, "replies"] == 2
     assert (
         by_round.loc[3, "sampled"] - by_round.loc[3, "replies"]
         == by_round.loc[3, "failures"]
     )
-    victim_id = victim.node_id
-    epsilons = node_epsilons(run_dir, victim_id)
-    assert {1, 2} <= set(epsilons) and 3 not in epsilons
+    return produced
+
+
+def _restarted_node(
+    killed_run: dict[str, Any], name: str
+) -> tuple[Path, dict[str, Any], list[int]]:
+    """The run folder, what was kept of node ``name``, and the rounds it
+    replied to after its restart; checks it replied to rounds 1 and 2, not 3,
+    and that its ε never went down."""
+    run_dir = Path(killed_run["run-dir"])
+    node = killed_run["nodes"][name]
+    epsilons = node_epsilons(run_dir, node["node-id"])
+    assert {1, 2} <= set(epsilons) and 3 not in epsilons, epsilons
     rejoined = sorted(r for r in epsilons if r >= 4)
-    assert rejoined, f"node2 never replied after its restart: {epsilons}"
-    # Its ε continues from its ledger: never back to zero, never lower.
+    assert rejoined, f"no reply after the restart: {epsilons}"
     spent = [epsilons[r] for r in sorted(epsilons)]
     assert spent == sorted(spent) and spent[0] > 0
-    assert epsilons[rejoined[0]] > epsilons[2]
-    # Its new ledger starts from the coordinator's record (rounds 1 and 2), then
-    # holds every round it reported since, each once.
-    rounds = ledger(victim)["server-rounds"]
-    assert rounds[:2] == [1, 2]
-    assert rounds == sorted(set(rounds)) and set(epsilons) <= set(rounds)
-    # The coordinator's ε for it is Opacus's over its own record.
-    record = read_json(run_dir / "privacy-record.json")["releases"][str(victim_id)]
-    (last,) = (
-        c
-        for c in metrics_records(run_dir)[rejoined[-1]]["clients"]
-        if c["node-id"] == victim_id
+    assert epsilons[rejoined[0]] > epsilons[2]  # continued, not back to zero
+    return run_dir, node, rejoined
+
+
+def _last_reply(run_dir: Path, node_id: int, server_round: int) -> dict[str, Any]:
+    (record,) = (r for r in metrics_records(run_dir) if r["round"] == server_round)
+    (reply,) = (c for c in record["clients"] if c["node-id"] == node_id)
+    return cast(dict[str, Any], reply)
+
+
+def test_a_killed_node_restarted_with_its_state_folder_continues_its_own_ledger(
+    killed_run: dict[str, Any],
+) -> None:
+    run_dir, node, rejoined = _restarted_node(killed_run, "node2")
+
+    # The ledger file it left at the kill, entry for entry, is where its ledger
+    # goes on; then every round it reported since, each once.
+    before, after = killed_run["ledger-at-kill"], node["ledger"]
+    assert before["server-rounds"][:2] == [1, 2]
+    kept = len(before["server-rounds"])
+    for entries in ("server-rounds", "noise-multipliers", "sample-rates", "steps"):
+        assert after[entries][:kept] == before[entries], entries
+    rounds = after["server-rounds"]
+    assert rounds == sorted(set(rounds)) and set(rejoined) <= set(rounds)
+    # It read its own ledger: the coordinator's record never had more to add.
+    assert RESTART_PROBLEM not in node["log-after-restart"]
+    assert "Starting Flower SuperNode" in node["log-after-restart"]
+    # What it reported last is Opacus's ε over its own ledger file.
+    last = _last_reply(run_dir, node["node-id"], rejoined[-1])
+    assert last["epsilon"] == pytest.approx(
+        ledger_epsilon(after, last["delta"]), rel=1e-9
     )
+
+
+def test_a_killed_node_restarted_with_its_state_wiped_continues_from_the_record(
+    killed_run: dict[str, Any],
+) -> None:
+    run_dir, node, rejoined = _restarted_node(killed_run, "node3")
+
+    # Its empty state folder held no ledger: it took the coordinator's record of
+    # its two releases, said so once, and wrote a new ledger starting from it.
+    assert node["log-after-restart"].count(RESTART_PROBLEM) == 1
+    assert "(2 releases, own 0;" in node["log-after-restart"]
+    rounds = node["ledger"]["server-rounds"]
+    assert rounds[:2] == [1, 2]
+    assert rounds == sorted(set(rounds)) and set(rejoined) <= set(rounds)
+    # The node's ε and the coordinator's are Opacus's over the same releases.
+    record = read_json(run_dir / "privacy-record.json")["releases"]
+    releases = record[str(node["node-id"])]
     released = {
-        "noise-multipliers": [s for _, s, _, _ in record],
-        "sample-rates": [q for _, _, q, _ in record],
-        "steps": [n for *_, n in record],
+        "noise-multipliers": [s for _, s, _, _ in releases],
+        "sample-rates": [q for _, _, q, _ in releases],
+        "steps": [n for *_, n in releases],
     }
+    last = _last_reply(run_dir, node["node-id"], rejoined[-1])
     assert last["epsilon-coordinator"] == pytest.approx(
         ledger_epsilon(released, last["delta"]), rel=1e-9
     )
+    assert last["epsilon"] == pytest.approx(
+        ledger_epsilon(node["ledger"], last["delta"]), rel=1e-9
+    )
 
 
-def test_the_superlink_killed_mid_run_restarts_and_the_run_resumes(
+def _freeze_serverapp_once_round_2_is_sent(
+    superlink_pid: int,
+    node_sessions: list[int],
+    frozen: list[int],
+    stop: threading.Event,
+) -> None:
+    """SIGSTOP the ServerApp as soon as every node has started its second
+    ``flwr-clientapp``: round 2's training messages have reached the nodes, and
+    no reply can have come back yet (a ClientApp takes seconds to start and
+    train), so the coordinator never collects round 2."""
+    started: dict[int, set[int]] = {session: set() for session in node_sessions}
+    while not stop.is_set():
+        for session in node_sessions:
+            clientapps = processes_named(session_members(session), "flwr-clientapp")
+            started[session].update(clientapps)
+        if all(len(pids) >= 2 for pids in started.values()):
+            # Not in the SuperLink's session: Flower starts its SuperExec in one
+            # of its own.
+            (serverapp,) = processes_named(
+                process_tree(superlink_pid), "flwr-serverapp"
+            )
+            os.kill(serverapp, signal.SIGSTOP)
+            frozen.append(serverapp)
+            return
+        time.sleep(0.02)
+
+
+def test_a_round_the_coordinator_lost_is_resent_not_retrained_after_a_restart(
     tmp_path: Path,
 ) -> None:
-    # (b) Two nodes, 3 rounds; the SuperLink (and its ServerApp) is killed once
-    # round 1 is checkpointed and both nodes have released round 2, restarted
-    # with the same database, and the run is submitted again with resume = true.
-    # Killed then, the coordinator has mostly not checkpointed round 2 yet (its
-    # replies were in flight): resumed, it asks for round 2 again with the same
-    # global model, and each node resends the update it released, bit for bit,
-    # at no privacy cost. If the coordinator was quicker, it resumes after round
-    # 2. Either way the same must hold, and the budget (ε = 8, calibrated for
-    # exactly 3 rounds) covers round 3.
+    # (b) Two nodes, 3 rounds. The ServerApp is frozen once round 1 is
+    # checkpointed and round 2 has reached the nodes, so it never collects round
+    # 2's replies: every run, the coordinator loses them. Once both nodes have
+    # released round 2, the SuperLink (and its ServerApp) is killed, restarted
+    # with the same database, and the run submitted again with resume = true.
+    # It resumes after round 1 and asks for round 2 again with the same global
+    # model: each node resends the update it released, bit for bit, at no
+    # privacy cost, and the budget (ε = 8, calibrated for exactly 3 rounds)
+    # still covers round 3.
     overrides = _overrides(
         tmp_path, "link-killed", **{"num-server-rounds": 3, "min-nodes": 2}
     )
+    frozen: list[int] = []
+    stop = threading.Event()
     with secure_federation(tmp_path, 2) as federation:
         run_dir = federation.run_dir(overrides)
-        for node in federation.nodes:
-            federation.start(node)
+        node_sessions = [federation.start(node).pid for node in federation.nodes]
+        federation.wait_online()
+        watcher = threading.Thread(
+            target=_freeze_serverapp_once_round_2_is_sent,
+            args=(federation.link.process.pid, node_sessions, frozen, stop),
+            daemon=True,
+        )
+        watcher.start()
         first = start_run(federation.link, tmp_path, overrides, name="first")
         try:
-            checkpoint = run_dir / "checkpoints" / "round-0001.pt"
-            wait_for(checkpoint.exists, timeout_s=300, what="round 1's checkpoint")
+            wait_for(
+                lambda: bool(frozen) or not watcher.is_alive(),
+                timeout_s=300,
+                what="round 2 sent",
+            )
+            assert frozen, "the ServerApp was not found to be held"
             wait_for(
                 lambda: all(2 in ledger_rounds(n) for n in federation.nodes),
                 timeout_s=300,
                 what="round 2 released by both nodes",
             )
-            federation.kill_superlink()
+            federation.kill_superlink()  # the frozen ServerApp with it
         finally:
+            stop.set()
+            watcher.join()
+            kill_all(frozen)  # never left stopped, whatever failed
             stop_process(first)
-        rounds_before = last_round(run_dir)
-        epsilon_before = {
-            n.name: max(node_epsilons(run_dir, n.node_id).values())
-            for n in federation.nodes
-        }
+        # The coordinator had checkpointed round 1 and never saw round 2.
+        assert last_round(run_dir) == 1
+        checkpoints = (run_dir / "checkpoints").glob("round-*.pt")
+        assert [p.name for p in checkpoints] == ["round-0001.pt"]
+        released_round_2 = {n.name: ledger(n) for n in federation.nodes}
         # Nothing marks the folder failed: `fedge status` tells a stalled run
         # (here: as if read long after) and gives the command that resumes it.
         progress = read_progress(run_dir, now=time.time() + 3600)
@@ -176,48 +309,48 @@ def test_the_superlink_killed_mid_run_restarts_and_the_run_resumes(
             timeout=400,
         )
 
-    assert 1 <= rounds_before < 3
     status = read_json(run_dir / "status.json")
     assert status["state"] == "complete", resumed.stdout[-3000:]
     assert status["final_round"] == 3
+    output = resumed.stderr + resumed.stdout
+    assert "resuming after round 1" in output, output[-3000:]
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert list(metrics["round"]) == [0, 1, 2, 3]  # none missing, none twice
     assert [r["round"] for r in metrics_records(run_dir)] == [0, 1, 2, 3]
-    resumed_after = re.search(
-        r"resuming after round (\d+)", resumed.stderr + resumed.stdout
-    )
-    assert resumed_after, resumed.stdout[-3000:]
-    asked_again = int(resumed_after.group(1)) == 1  # round 2 asked for twice
-    (last,) = (r for r in metrics_records(run_dir) if r["round"] == 3)
     for node in federation.nodes:
-        epsilons = node_epsilons(run_dir, node.node_id)
-        assert sorted(epsilons) == [1, 2, 3]
-        # The ledger continues: round 3's ε is above what it was at the kill.
-        assert epsilons[3] > epsilon_before[node.name]
-        spent = ledger(node)
-        # Every release is an entry, and round 2 asked for again was resent,
-        # not released anew: each round once, round 3 trained, not refused.
+        # Round 2 asked for again was resent, not released anew: the ledger as
+        # it was at the kill (rounds 1 and 2), then round 3, each once.
+        at_kill, spent = released_round_2[node.name], ledger(node)
+        assert at_kill["server-rounds"] == [1, 2]
         assert spent["server-rounds"] == [1, 2, 3]
-        (reply,) = (c for c in last["clients"] if c["node-id"] == node.node_id)
+        for entries in ("noise-multipliers", "sample-rates", "steps"):
+            assert spent[entries][:2] == at_kill[entries], entries
+        node_log = (tmp_path / f"{node.name}.log").read_text(errors="replace")
+        assert node_log.count("resending the update already released for it") == 1
+        assert "round 2 asked for again with the same global parameters" in node_log
+        assert "trained it again" not in node_log
+        # Round 2's reply carries the ε of its first release (rounds 1 and 2),
+        # round 3's Opacus's ε over all three; round 3 trained, not refused.
+        resent = _last_reply(run_dir, node.node_id, 2)
+        assert resent["epsilon"] == pytest.approx(
+            ledger_epsilon(at_kill, resent["delta"]), rel=1e-9
+        )
+        reply = _last_reply(run_dir, node.node_id, 3)
         assert (reply["status"], reply["refused"]) == ("aggregated", 0)
-        # What the node reported last is Opacus's ε over ALL its releases.
         assert reply["epsilon"] == pytest.approx(
             ledger_epsilon(spent, reply["delta"]), rel=1e-9
         )
+        assert resent["epsilon"] < reply["epsilon"]
         assert reply["epsilon"] <= DP_ROUND_CONFIG["target-epsilon"]
-        node_log = (tmp_path / f"{node.name}.log").read_text(errors="replace")
-        resent = "resending the update already released for it" in node_log
-        assert resent == asked_again, node_log[-3000:]
 
 
 def _freeze_clientapps(session: int, frozen: list[int], stop: threading.Event) -> None:
     """SIGSTOP every ``flwr-clientapp`` the node starts: it took the message,
     its node stays online (heartbeats), and its reply never comes."""
     while not stop.is_set():
-        for pid in session_members(session):
-            with contextlib.suppress(OSError):
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if b"flwr-clientapp" in cmdline and pid not in frozen:
+        for pid in processes_named(session_members(session), "flwr-clientapp"):
+            if pid not in frozen:
+                with contextlib.suppress(OSError):  # it may have ended
                     os.kill(pid, signal.SIGSTOP)
                     frozen.append(pid)
         time.sleep(0.02)

@@ -2,8 +2,8 @@
 node keys from deploy/make-*.sh, a TLS SuperLink with SuperNode authentication
 (deploy/superlink.sh), nodes on their own CSV files started by
 deploy/supernode.sh (fedge node start), sample-level DP over two rounds, then
-status, export and prediction on the device runtime; and nodes without TLS,
-trusting another CA or never registered, refused.
+status, export and prediction on the device runtime; and nodes dialling in
+plaintext, trusting another CA, never registered or without a key, refused.
 
 The deploy scripts' own checks (refusing to overwrite keys, missing settings)
 are fast tests here too; only the full deployment is marked e2e and slow."""
@@ -20,6 +20,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
+from shared.config import from_run_config
+from shared.privacy_plan import plan_for_config
 from tests.e2e.deployment import (
     APP_DIR,
     DEPLOY,
@@ -163,7 +165,10 @@ def _write_node_csvs(tmp: Path) -> tuple[list[Path], Path]:
     frame = pd.DataFrame(digits.data, columns=columns)
     frame["digit"] = digits.target
     order = np.random.default_rng(0).permutation(len(frame))
-    test, node0, node1 = order[:400], order[400:1100], order[1100:]
+    # Node sizes whose training n (611 and 647 of 680 and 717 rows) puts
+    # n / 32 just above a whole number: the plan's round(1/q) steps per epoch
+    # and the ceiling ⌈n/32⌉ then differ, so the step count tells them apart.
+    test, node0, node1 = order[:400], order[400:1080], order[1080:]
     paths = []
     for name, rows in (("node0.csv", node0), ("node1.csv", node1), ("eval.csv", test)):
         path = tmp / name
@@ -184,7 +189,7 @@ def _fedge(*args: Path | str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_the_readme_flow_while_nodes_without_tls_another_ca_or_a_key_are_refused(
+def test_the_readme_flow_while_nodes_in_plaintext_another_ca_or_no_key_are_refused(
     tmp_path: Path,
 ) -> None:
     # (e) As the README and deploy/README.md tell it: each node checks its own
@@ -226,8 +231,9 @@ def test_the_readme_flow_while_nodes_without_tls_another_ca_or_a_key_are_refused
     }
 
     # (c) Alongside, nodes that must never join: a registered key trusting
-    # another CA, the same key dialling without TLS, a key never registered, and
-    # no key at all.
+    # another CA; a node dialling the TLS port in plaintext (no key: a key
+    # without TLS is refused by flower-supernode itself, also checked); a key
+    # never registered; and TLS without a key.
     other_ca = TlsFiles.make(tmp_path / "other-ca")
     outsider = Node(
         name="wrong-ca",
@@ -251,8 +257,21 @@ def test_the_readme_flow_while_nodes_without_tls_another_ca_or_a_key_are_refused
             running_node(link, tmp_path, nodes[1], launcher=True),
             running_node(link, tmp_path, outsider, ca_cert=other_ca.ca_cert),
             running_flower_node(
-                link, tmp_path, name="plain", node_config=plain_config, key=outsider.key
-            ) as plain,
+                link,
+                tmp_path,
+                name="plaintext",
+                node_config=plain_config,
+                # It keeps dialling while the others join and the run starts,
+                # then gives up and names why.
+                options=["--max-wait-time", "20"],
+            ) as plaintext,
+            running_flower_node(
+                link,
+                tmp_path,
+                name="plain-with-key",
+                node_config=plain_config,
+                key=outsider.key,
+            ) as plain_with_key,
             running_node(link, tmp_path, stranger) as unregistered,
             running_flower_node(
                 link, tmp_path, name="keyless", node_config=plain_config, tls=True
@@ -260,7 +279,8 @@ def test_the_readme_flow_while_nodes_without_tls_another_ca_or_a_key_are_refused
         ):
             done = submit_run(link, tmp_path, overrides, timeout_s=300)
             refused_codes = (
-                plain.wait(timeout=60),
+                plaintext.wait(timeout=60),
+                plain_with_key.wait(timeout=60),
                 unregistered.wait(timeout=60),
                 keyless.wait(timeout=60),
             )
@@ -289,11 +309,16 @@ def test_the_readme_flow_while_nodes_without_tls_another_ca_or_a_key_are_refused
         ledger = json.loads(ledger_file.read_text())
         assert ledger["server-rounds"] == [1, 2]
         ledger_eps.append(ledger_epsilon(ledger, reported[0]["delta"]))
+    run_config = from_run_config(overrides, fill_defaults=True)
     for client in reported:
         n = client["num-examples"]
-        # Poisson sampling at batch/n, ⌈n/batch⌉ steps per epoch, δ = 10^k ≤ 1/(10 n).
+        # The plan every node trains by (shared.privacy_plan): Poisson sampling
+        # at batch/n, its steps per round, and δ = 10^k ≤ 1/(10 n).
+        plan = plan_for_config(config=run_config, num_examples=n)
         assert client["sample-rate"] == pytest.approx(BATCH_SIZE / n)
-        assert client["dp-steps"] == 2 * math.ceil(n / BATCH_SIZE)
+        assert client["dp-steps"] == 2 * plan.steps_per_round
+        assert plan.steps_per_round != math.ceil(n / BATCH_SIZE)  # see the sizes
+        assert client["noise-multiplier"] == pytest.approx(plan.noise_multiplier)
         assert client["delta"] == 10.0 ** math.floor(math.log10(1 / (10 * n)))
     assert sorted(ledger_eps) == pytest.approx(
         sorted(c["epsilon"] for c in reported), rel=1e-6
@@ -308,8 +333,15 @@ def test_the_readme_flow_while_nodes_without_tls_another_ca_or_a_key_are_refused
         "certificate verify failed" in (tmp_path / "wrong-ca.log").read_text().lower()
     )
     assert all(code != 0 for code in refused_codes), refused_codes
-    # Flower's own refusal: node authentication needs TLS.
-    assert "TLS is not enabled" in (tmp_path / "plain.log").read_text()
+    # The plaintext node dialled the TLS port, which hung up on every try until
+    # it gave up; no message ever reached it.
+    plaintext_log = (tmp_path / "plaintext.log").read_text()
+    assert f"Starting insecure channel to {link.address}" in plaintext_log
+    assert "Server disconnected without sending a response" in plaintext_log
+    assert "Failed to initialize the connection to the SuperLink" in plaintext_log
+    assert "train message" not in plaintext_log  # node0.log: "Receiving: train …"
+    # A key without TLS: flower-supernode itself refuses to start.
+    assert "TLS is not enabled" in (tmp_path / "plain-with-key.log").read_text()
     assert "Failed to activate SuperNode" in (tmp_path / "stranger.log").read_text()
     assert "No SuperNode found with the given public key" in link.log_path.read_text()
     assert (
