@@ -307,7 +307,7 @@ def test_table_has_a_row_per_technique_and_the_no_dp_reference(tmp_path):
         "| defaults (only dp-mode = sample) | — | — | 0.250 (0.200–0.300), 2 runs |"
     )
     assert (
-        rows[-1] == "| no DP (defaults) | 0.400, 1 run | 0.400, 1 run | 0.400, 1 run |"
+        rows[7] == "| no DP (defaults) | 0.400, 1 run | 0.400, 1 run | 0.400, 1 run |"
     )
     assert "`best.toml`" in table
 
@@ -382,3 +382,41 @@ def test_a_study_never_reuses_a_folder(tmp_path):
             simulate_fn=fake_simulate({}, []),
             echo=lambda _: None,
         )
+
+
+def test_table_only_rebuilds_the_table_from_the_csv_and_runs_nothing(
+    tmp_path, monkeypatch
+):
+    def no_study(*_args, **_kwargs):
+        raise AssertionError("--table-only ran the study")
+
+    monkeypatch.setattr(pu, "run_study", no_study)
+    results, table = tmp_path / "runs.csv", tmp_path / "t.md"
+    pu.merge_runs(results, [record("digits-3", "best", 3.0, 0, 0.93)])
+
+    code = pu.main(["--table-only", "--results", str(results), "--table", str(table)])
+
+    assert code == 0
+    assert "| all three | — | 0.930, 1 run | — |" in table.read_text()
+    assert "--dataset digits --clients 3 --target-epsilon 3 " in table.read_text()
+
+
+def test_goal_table_has_the_goal_cells_and_no_dp_in_each_goal_column(tmp_path):
+    frame = pu.merge_runs(
+        tmp_path / "runs.csv",
+        [
+            record("digits-3", "defaults", 3.0, 0, 0.8),
+            record("digits-3", "defaults", 8.0, 0, 0.9),  # not a goal cell
+            record("basic-motions", "no-dp", math.inf, 0, 1.0),
+        ],
+    )
+
+    lines = pu.goal_table(frame)
+
+    assert lines[0] == (
+        "| row | digits-10 (10 clients), ε = 8 | basic-motions (4 clients), ε = 8 "
+        "| pickup-gesture (4 clients), ε = 8 | digits-3 (3 clients), ε = 3 |"
+    )
+    assert lines[2] == "| goal | ≥ 0.94 | ≥ 0.80 | ≥ 0.30 | ≥ 0.92 |"
+    assert lines[4] == "| defaults (only dp-mode = sample) | — | — | — | 0.800, 1 run |"
+    assert lines[-1] == "| no DP (defaults) | — | 1.000, 1 run | — | — |"
