@@ -97,8 +97,7 @@ def check_frozen_and_provenance(run_dir: Path, backbone: tuple[Path, dict]) -> N
     assert provenance["initial-weights-sha256"] == expected
     assert provenance["initial-weights"] == str(path)
     assert provenance["frozen"] == list(FROZEN)
-    if not (run_dir / "faults.json").exists():  # a faulty run writes no card
-        assert expected in (run_dir / "model_card.md").read_text()
+    assert expected in (run_dir / "model_card.md").read_text()
 
 
 def test_dp_fedavg_run_keeps_the_backbone_and_sends_it_once(
@@ -135,6 +134,8 @@ def test_fedadam_run_keeps_the_backbone_and_a_wiped_node_gets_it_again(
         strategy="fedadam",
         **{"server-learning-rate": 0.05, "fault-wipe-state": "1@3"},
     )
+    card = (tmp_path / "fedadam-wiped" / "model_card.md").read_text()
+    assert "fault-wipe-state = 1@3" in card  # the faulty run's card says so
 
     assert list(metrics.loc[[1, 2, 3], BYTES_SENT]) == [
         CLIENTS * size["full"],
