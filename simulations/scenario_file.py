@@ -10,9 +10,9 @@ A scenario is a flat TOML table of three kinds of keys:
   the ``fedge simulate`` flags of the same names.
 
 Relative paths in a scenario (``data``, ``node-data``, ``eval-data-path``,
-``initial-weights``, and the ``.py`` file of ``model = "nets.py:Net"``) are
-relative to the scenario file's folder, so a scenario and its data travel
-together. The file's first comment line is its one-line description
+``initial-weights``, ``sign-key``, and the ``.py`` file of ``model =
+"nets.py:Net"``) are relative to the scenario file's folder, so a scenario and
+its data travel together. The file's first comment line is its one-line description
 (``fedge simulate --list``).
 """
 
@@ -39,7 +39,7 @@ SIMULATION_KEYS: dict[str, type] = {
     "partition-by": str,  # --partition-by: one client per value of this column
     "ray-address": str,  # --ray-address: an existing Ray cluster
 }
-PATH_KEYS = ("data", "node-data", "eval-data-path", "initial-weights")
+PATH_KEYS = ("data", "node-data", "eval-data-path", "initial-weights", "sign-key")
 
 
 @dataclass(frozen=True)

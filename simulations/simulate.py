@@ -157,11 +157,21 @@ def check_model(config: RunConfig, preprocessing: Preprocessing) -> None:
     check_model_for_run(config, spec)
 
 
-def check_starting_model(config: RunConfig) -> None:
+def check_starting_model(
+    config: RunConfig, preprocessing: Preprocessing | None = None
+) -> None:
     """Refuse a bad ``initial-weights`` file or ``trainable`` glob before anything runs.
 
     Builds the coordinator's round-0 model as the ServerApp will
     (:func:`server.starting_model.starting_model`).
+
+    Parameters
+    ----------
+    config : RunConfig
+    preprocessing : Preprocessing or None, default None
+        The coordinator's fitted preprocessing when already known: with your own
+        data (``--data``) its held-out file is written only once the checks pass,
+        so it cannot be read back here. None: load the reference data.
 
     Raises
     ------
@@ -173,7 +183,9 @@ def check_starting_model(config: RunConfig) -> None:
     from server.reference_data import load_reference_data
     from server.starting_model import starting_model
 
-    starting_model(config, load_reference_data(config.data).preprocessing)
+    if preprocessing is None:
+        preprocessing = load_reference_data(config.data).preprocessing
+    starting_model(config, preprocessing)
 
 
 def check_client_count(config: RunConfig, num_clients: int) -> None:
@@ -279,10 +291,11 @@ def simulate(
     overrides.setdefault(
         "min-nodes", min(num_clients, int(default_run_config()["min-nodes"]))
     )
-    if overrides.get("initial-weights"):
-        # The ServerApp runs in another working directory.
-        weights = Path(str(overrides["initial-weights"])).expanduser()
-        overrides["initial-weights"] = str(weights.absolute())
+    for key in ("initial-weights", "sign-key"):
+        if overrides.get(key):
+            # The ServerApp runs in another working directory.
+            path = Path(str(overrides[key])).expanduser()
+            overrides[key] = str(path.absolute())
     config = from_run_config(overrides, fill_defaults=True)
     faults = fault_config(fault_keys, num_clients=num_clients)
     if plan is None:
@@ -291,7 +304,7 @@ def simulate(
         check_client_count(config, num_clients)
         check_model(config, plan.preprocessing)
         partitions = plan.partitions
-    check_starting_model(config)
+    check_starting_model(config, None if plan is None else plan.preprocessing)
     # The server refuses such a folder too, but its old status.json would then be
     # read here as this run's result: refuse before anything starts.
     check_not_overwriting(run_dir, config)

@@ -54,7 +54,8 @@ def test_relative_paths_are_relative_to_the_scenario_file(tmp_path, monkeypatch)
     (tmp_path / "sub").mkdir()
     path = write(
         tmp_path / "sub",
-        'data = "d/all.csv"\neval-data-path = "held.csv"\nnode-data = "/abs/x"\n',
+        'data = "d/all.csv"\neval-data-path = "held.csv"\nnode-data = "/abs/x"\n'
+        'initial-weights = "w/backbone.pt"\nsign-key = "keys/coordinator.pem"\n',
     )
     monkeypatch.chdir(tmp_path)
 
@@ -63,6 +64,12 @@ def test_relative_paths_are_relative_to_the_scenario_file(tmp_path, monkeypatch)
     assert scenario.simulation["data"] == str(tmp_path / "sub" / "d" / "all.csv")
     assert scenario.overrides["eval-data-path"] == str(tmp_path / "sub" / "held.csv")
     assert scenario.simulation["node-data"] == "/abs/x"
+    assert scenario.overrides["initial-weights"] == str(
+        tmp_path / "sub" / "w" / "backbone.pt"
+    )
+    assert scenario.overrides["sign-key"] == str(
+        tmp_path / "sub" / "keys" / "coordinator.pem"
+    )
 
 
 def test_an_unknown_key_is_refused_with_file_key_and_closest_valid_key(tmp_path):

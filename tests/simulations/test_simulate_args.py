@@ -223,3 +223,53 @@ def test_simulate_refuses_a_folder_holding_an_earlier_run(tmp_path, monkeypatch)
             run_name="done",
             echo=lambda *_: None,
         )
+
+
+# ------------------------------------------------- starting model, own data
+def _own_data_start(tmp_path, trainable):
+    """A --data run's config before its held-out file exists, and its preprocessing."""
+    import pandas as pd
+    import torch
+
+    from shared.models import build_model, default_spec
+    from shared.preprocessing import fit_preprocessing
+
+    weights = tmp_path / "backbone.pt"
+    torch.save(
+        build_model(default_spec("mlp", (2,), 2), model_seed=1).state_dict(), weights
+    )
+    run_config = config(
+        dataset="file",
+        model="mlp",
+        trainable=trainable,
+        **{
+            "initial-weights": str(weights),
+            # As simulate() names it: written only after the checks pass.
+            "eval-data-path": str(tmp_path / "data" / "central-test.csv"),
+        },
+    )
+    frame = pd.DataFrame(
+        {"a": [0.0, 1.0, 2.0], "b": [1.0, 0.0, 1.0], "label": [0, 1, 0]}
+    )
+    return run_config, fit_preprocessing(frame, label_column="label")
+
+
+def test_starting_model_of_own_data_is_checked_on_the_given_preprocessing(tmp_path):
+    from simulations.simulate import check_starting_model
+
+    run_config, preprocessing = _own_data_start(tmp_path, "net.5.*")
+
+    check_starting_model(run_config, preprocessing)  # reads no held-out file
+
+    with pytest.raises(DataError, match=r"data file not found: .*central-test\.csv"):
+        check_starting_model(run_config)
+
+
+def test_starting_model_of_own_data_still_refuses_a_glob_matching_nothing(tmp_path):
+    from shared.errors import ConfigError
+    from simulations.simulate import check_starting_model
+
+    run_config, preprocessing = _own_data_start(tmp_path, "head.*")
+
+    with pytest.raises(ConfigError, match=r"'trainable' pattern\(s\) \['head.\*'\]"):
+        check_starting_model(run_config, preprocessing)
