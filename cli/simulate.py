@@ -102,7 +102,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--model",
         metavar="MODEL",
-        help="auto | mlp | cnn | cnn1d | gru, or your own: MODULE:CALLABLE, where "
+        help="auto | mlp | cnn | cnn1d | gru | random-conv-linear (fixed "
+        "random-convolution features, only a linear head trains), or your own: "
+        "MODULE:CALLABLE, where "
         "MODULE is an importable module or a .py file (shipped to every "
         "worker) and CALLABLE(input_shape=..., num_classes=...) returns an "
         f"nn.Module giving logits (default: {defaults['model']})",
