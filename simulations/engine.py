@@ -39,7 +39,9 @@ from types import TracebackType
 
 from simulations.flower_processes import (
     SuperLink,
+    end_processes,
     free_port,
+    process_tree,
     serving_superlink,
     start_logged,
     stop_process,
@@ -69,6 +71,7 @@ class SimulationEngine:
         self._stack: contextlib.ExitStack | None = None
         self._link: SuperLink | None = None
         self._pids: list[int] = []
+        self._watcher: subprocess.Popen[bytes] | None = None
         self._closed = False
         self.starts = 0  # how many times the processes were started
 
@@ -150,20 +153,29 @@ class SimulationEngine:
                 )
             )
             pids = [head.pid, link.process.pid]
-            stack.enter_context(_watched(pids))
+            watcher = _start_watcher(pids)
         except BaseException:
             stack.close()
             raise
         self._stack, self._link, self._pids = stack, link, pids
+        self._watcher = watcher
         self.starts += 1
         atexit.register(self._stop)
         return link
 
     def _stop(self) -> None:
-        stack, self._stack, self._link, self._pids = self._stack, None, None, []
+        stack, leaders = self._stack, self._pids
+        self._stack, self._link, self._pids = None, None, []
         if stack is not None:
             atexit.unregister(self._stop)
+            # Taken while the leaders live: the SuperExec and the simulation
+            # process run in sessions of their own below the SuperLink.
+            tree = process_tree(leaders)
             stack.close()
+            end_processes(tree)  # whatever outlived its leader
+        if self._watcher is not None:  # last: what it watches is gone
+            _close_watcher(self._watcher)
+            self._watcher = None
 
 
 _shared: SimulationEngine | None = None
@@ -200,23 +212,22 @@ def _short_temp_dir(prefix: str) -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _watched(session_ids: list[int]) -> Iterator[None]:
-    """Run a watcher that ends these sessions if this process dies first.
+def _start_watcher(leaders: list[int]) -> subprocess.Popen[bytes]:
+    """Start a watcher that ends these processes' trees if this process dies first.
 
     The watcher reads a pipe only this process writes to: the kernel closes
     it when this process ends, however it ends, and the watcher then stops
-    every process left in the sessions. On a normal stop the sessions are
-    already empty when the pipe closes.
+    every process left of the trees. A normal stop closes the pipe once the
+    trees are already gone (:func:`_close_watcher`).
     """
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "simulations.engine_watch", *map(str, session_ids)],
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulations.engine_watch", *map(str, leaders)],
         stdin=subprocess.PIPE,
         start_new_session=True,  # a Ctrl-C to the owner's group must not end it
     )
-    try:
-        yield
-    finally:
-        assert watcher.stdin is not None
-        watcher.stdin.close()
-        watcher.wait(timeout=30)
+
+
+def _close_watcher(watcher: subprocess.Popen[bytes]) -> None:
+    assert watcher.stdin is not None
+    watcher.stdin.close()
+    watcher.wait(timeout=30)

@@ -1,9 +1,10 @@
 """Stop a warm engine's processes when the process that owns the engine dies.
 
 Run as ``python -m simulations.engine_watch SESSION_ID...`` with standard input
-a pipe from the owner (:func:`simulations.engine._watched`). It blocks until
+a pipe from the owner (:func:`simulations.engine._start_watcher`). It blocks until
 the pipe closes (the owner closed it or died, the kernel closing it either way),
-then ends every process still in the given sessions: SIGTERM, a grace period,
+then ends every process still in the given sessions or below their leaders
+(:func:`simulations.flower_processes.process_tree`): SIGTERM, a grace period,
 SIGKILL.
 """
 
@@ -11,24 +12,15 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 
-from simulations.flower_processes import session_members, signal_session
-
-GRACE_S = 5.0
+from simulations.flower_processes import end_processes, process_tree
 
 
-def main(session_ids: list[int]) -> None:
-    """Wait for standard input to close, then empty ``session_ids``."""
+def main(leaders: list[int]) -> None:
+    """Wait for standard input to close, then end the processes of ``leaders``."""
     while sys.stdin.buffer.read(4096):
         pass
-    for session in session_ids:
-        signal_session(session, signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_S
-    while any(session_members(s) for s in session_ids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for session in session_ids:
-        signal_session(session, signal.SIGKILL)
+    end_processes(process_tree(leaders))
 
 
 if __name__ == "__main__":

@@ -280,7 +280,43 @@ def _wait_session_empty(session: int, timeout_s: float) -> None:
 
 def session_members(session: int) -> list[int]:
     """PIDs of the live processes in session ``session`` (Linux ``/proc``)."""
-    members = []
+    return [pid for pid, _, member_of in _live_processes() if member_of == session]
+
+
+def process_tree(leaders: Sequence[int]) -> list[int]:
+    """PIDs of the live processes in the sessions of ``leaders`` or below them.
+
+    A SuperLink starts its SuperExec in a session of its own, and the
+    SuperExec the simulation process: their sessions are not the SuperLink's,
+    but they are its descendants.
+    """
+    processes = _live_processes()
+    tree = {pid for pid, _, session in processes if session in leaders}
+    tree |= {pid for pid in leaders if pid in {p for p, _, _ in processes}}
+    grew = True
+    while grew:
+        below = {pid for pid, parent, _ in processes if parent in tree} - tree
+        tree |= below
+        grew = bool(below)
+    return sorted(tree)
+
+
+def end_processes(pids: Sequence[int], grace_s: float = 5.0) -> None:
+    """SIGTERM ``pids``, wait up to ``grace_s`` for them to end, SIGKILL the rest."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = {pid for pid, _, _ in _live_processes()} & set(pids)
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive &= {pid for pid, _, _ in _live_processes()}
+
+
+def _live_processes() -> list[tuple[int, int, int]]:
+    """``(pid, parent pid, session)`` of every live process (Linux ``/proc``)."""
+    processes = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -291,9 +327,9 @@ def session_members(session: int) -> list[int]:
         if len(fields) < 4:  # the process vanished while being read
             continue
         # After the name: state, ppid, pgrp, session, ...; zombies are already gone.
-        if fields[0] != "Z" and int(fields[3]) == session:
-            members.append(int(entry.name))
-    return members
+        if fields[0] != "Z":
+            processes.append((int(entry.name), int(fields[1]), int(fields[3])))
+    return processes
 
 
 def signal_session(session: int, sig: signal.Signals) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from shared.errors import FedgeError
 from simulations.engine import SimulationEngine, sharing
-from simulations.flower_processes import session_members
+from simulations.flower_processes import process_tree
 from simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -30,16 +30,6 @@ FIGURES = ["round", "central-accuracy", "central-loss", "replies"]
 
 def _figures(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(run_dir / "metrics.csv")[FIGURES]
-
-
-def _gone(pids: list[int], timeout_s: float = 20.0) -> bool:
-    """Whether every session led by ``pids`` is empty (within ``timeout_s``)."""
-    deadline = time.monotonic() + timeout_s
-    while any(session_members(pid) for pid in pids):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def _run(
@@ -70,14 +60,14 @@ def test_two_runs_through_one_engine_equal_each_run_alone(tmp_path: Path) -> Non
         shared = {
             name: _run(RUNS[name], tmp_path / "shared", name, engine) for name in RUNS
         }
-        starts, pids = engine.starts, engine.pids
+        starts, tree = engine.starts, process_tree(engine.pids)
     # Assert: the same figures to the last digit, the engine started once and
     # nothing of it is left
     for name in RUNS:
         pd.testing.assert_frame_equal(_figures(shared[name]), _figures(alone[name]))
     assert not _figures(alone["a"]).equals(_figures(alone["b"]))
     assert starts == 1
-    assert _gone(pids)
+    assert len(tree) >= 4 and process_tree(tree) == []
 
 
 def test_an_interrupted_run_stops_the_engine_and_the_next_starts_afresh(
@@ -87,7 +77,7 @@ def test_an_interrupted_run_stops_the_engine_and_the_next_starts_afresh(
     running: list[int] = []
 
     def interrupt_after_round_one(line: str) -> None:
-        running[:] = running or engine.pids
+        running[:] = running or process_tree(engine.pids)
         if "round 1/" in line:
             raise KeyboardInterrupt
 
@@ -106,8 +96,8 @@ def test_an_interrupted_run_stops_the_engine_and_the_next_starts_afresh(
         starts = engine.starts
     # Assert: the interrupted run stopped the engine and left nothing running,
     # its folder says it failed, and the next run completed on a fresh engine
-    assert stopped and len(running) == 2
-    assert _gone(running, timeout_s=0.0)
+    assert stopped and len(running) >= 4  # SuperLink, SuperExec, Ray head, ...
+    assert process_tree(running) == []
     assert '"failed"' in (tmp_path / "interrupted" / "status.json").read_text()
     assert '"complete"' in (run_dir / "status.json").read_text()
     assert starts == 2
@@ -122,11 +112,13 @@ def test_a_closed_engine_takes_no_more_runs(tmp_path: Path) -> None:
 
 _OWNER = textwrap.dedent(
     """
-    import os, signal, sys
-    from simulations.engine import SimulationEngine, sharing
+    import os, signal, sys, time
+    from simulations.engine import SimulationEngine
+    from simulations.flower_processes import process_tree
     engine = SimulationEngine()
     with engine.run_slot():
-        print(*engine.pids, flush=True)
+        time.sleep(2)  # the SuperLink's SuperExec, in a session of its own
+        print(*process_tree(engine.pids), flush=True)
     if sys.argv[1] == "killed":
         os.kill(os.getpid(), signal.SIGKILL)
     # "exits": the script ends without closing the engine
@@ -143,10 +135,14 @@ def test_nothing_the_engine_started_outlives_its_owner(how: str) -> None:
         text=True,
         timeout=120,
     )
-    pids = [int(p) for p in owner.stdout.split()]
-    # Assert: the SuperLink's and the Ray head's sessions are empty
-    assert len(pids) == 2, owner.stderr
-    assert _gone(pids), [session_members(p) for p in pids]
+    started = [int(p) for p in owner.stdout.split()]
+    # Assert: the SuperLink, its SuperExec, the Ray head and its processes are
+    # all gone
+    assert len(started) >= 4, owner.stderr
+    deadline = time.monotonic() + 20
+    while process_tree(started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process_tree(started) == []
 
 
 def test_a_run_that_fails_leaves_no_engine_wedged(tmp_path: Path) -> None:

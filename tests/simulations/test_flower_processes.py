@@ -5,8 +5,10 @@ import sys
 import time
 
 from simulations.flower_processes import (
+    end_processes,
     format_node_config,
     free_port,
+    process_tree,
     session_members,
     stop_process,
 )
@@ -49,3 +51,36 @@ def test_free_port_is_bindable_on_loopback() -> None:
 def test_node_config_is_formatted_as_flower_expects() -> None:
     text = format_node_config({"data-path": "/data/a b.csv", "partition-id": 0})
     assert text == 'data-path="/data/a b.csv" partition-id=0'
+
+
+DETACHED_CHILD = """
+import subprocess, sys, time
+# A child in a session of its own, as a SuperLink starts its SuperExec; it
+# ignores SIGTERM.
+subprocess.Popen([sys.executable, "-c",
+    "import pathlib, signal, sys, time; "
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "pathlib.Path(sys.argv[1]).touch(); time.sleep(120)", sys.argv[1]],
+    start_new_session=True)
+time.sleep(120)
+"""
+
+
+def test_the_process_tree_reaches_children_in_sessions_of_their_own(tmp_path):
+    # Prepare: a leader whose child left its session
+    ready = tmp_path / "detached"
+    leader = subprocess.Popen(
+        [sys.executable, "-c", DETACHED_CHILD, str(ready)], start_new_session=True
+    )
+    deadline = time.monotonic() + 10
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    in_session = session_members(leader.pid)
+    # Execute
+    tree = process_tree([leader.pid])
+    end_processes(tree, grace_s=1.0)
+    leader.wait(timeout=5)
+    # Assert: the session held the leader alone, the tree both; both are gone
+    assert in_session == [leader.pid]
+    assert len(tree) == 2 and leader.pid in tree
+    assert process_tree(tree) == []
