@@ -8,7 +8,9 @@ engine=...)``, or any ``simulate`` inside :func:`sharing`) skip both starts and
 the cluster's teardown. Study cells, notebooks and the test suite's simulation
 tests reuse one.
 
-Nothing is shared between runs but the processes: each run is a ``flwr run``
+The engine's processes keep the environment they started with; a run started
+when this process's environment differs (a ``PYTHONPATH`` set since, say)
+restarts them first. Nothing is shared between runs but the processes: each run is a ``flwr run``
 of its own (its own run ID, its own ``flwr-simulation`` process, ServerApp and
 ClientApp actors, a Ray job of its own whose actors end with it), its own run
 folder and run config. Runs through one engine go one at a time (a lock), so no
@@ -72,6 +74,7 @@ class SimulationEngine:
         self._link: SuperLink | None = None
         self._pids: list[int] = []
         self._watcher: subprocess.Popen[bytes] | None = None
+        self._environ: dict[str, str] = {}
         self._closed = False
         self.starts = 0  # how many times the processes were started
 
@@ -126,9 +129,15 @@ class SimulationEngine:
         self._stop()
 
     def _start(self) -> SuperLink:
-        if self._link is not None and self._link.process.poll() is None:
+        alive = self._link is not None and self._link.process.poll() is None
+        if alive and self._environ == dict(os.environ):
+            assert self._link is not None
             return self._link
-        self._stop()  # a SuperLink that died: clear what is left of the engine
+        # A SuperLink that died: clear what is left of the engine. An
+        # environment changed since the start (a PYTHONPATH set, say): the
+        # processes keep the one they started with, so start them anew.
+        self._stop()
+        self._environ = dict(os.environ)
         stack = contextlib.ExitStack()
         try:
             workdir = Path(stack.enter_context(_short_temp_dir("fedge-eng-")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -101,6 +102,27 @@ def test_an_interrupted_run_stops_the_engine_and_the_next_starts_afresh(
     assert '"failed"' in (tmp_path / "interrupted" / "status.json").read_text()
     assert '"complete"' in (run_dir / "status.json").read_text()
     assert starts == 2
+
+
+def test_an_environment_changed_since_the_start_restarts_the_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with SimulationEngine() as engine:
+        with engine.run_slot():
+            first = engine.pids
+        with engine.run_slot():
+            unchanged = engine.pids
+        # Execute: a PYTHONPATH the engine's processes do not have
+        monkeypatch.setenv(
+            "PYTHONPATH", "/opt/nets:" + os.environ.get("PYTHONPATH", "")
+        )
+        with engine.run_slot():
+            changed = engine.pids
+        starts = engine.starts
+    # Assert: the same processes while nothing changed, new ones after
+    assert unchanged == first
+    assert changed != first and starts == 2
+    assert process_tree(first) == []
 
 
 def test_a_closed_engine_takes_no_more_runs(tmp_path: Path) -> None:
