@@ -39,6 +39,7 @@ DEMO_SETTINGS = {
     "activation": "tanh",
     "num-server-rounds": 10,
     "local-epochs": 5,
+    "batch-size": 32,  # with these epochs and lr; "auto" under DP is one full batch
     "learning-rate": 0.05,
     "export-onnx": True,
 }
