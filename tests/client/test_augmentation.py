@@ -264,3 +264,28 @@ def test_the_privacy_spend_is_that_of_the_run_without_views():
             strict=True,
         )
     )
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_auto_takes_opacus_hooks_where_it_would_take_ghost_clipping():
+    # LayerNorm: not on the fast path; Linear layers hold most parameters: ghost.
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(20, 16), nn.LayerNorm(16), nn.Linear(16, 3)
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 2, 10)).astype(np.float32)
+    y = rng.integers(0, 3, size=12)
+    settings = {
+        "noise_multiplier": 0.5,
+        "sample_rate": 0.5,
+        "steps": 2,
+        "learning_rate": 0.1,
+        "momentum": 0.0,
+        "max_grad_norm": 1.0,
+        "seed": 0,
+    }
+
+    plain = train_private(model, x, y, **settings)
+    views = train_private(model, x, y, augment_multiplicity=K, **settings)
+
+    assert (plain.grad_sample_mode, views.grad_sample_mode) == ("ghost", "hooks")
