@@ -384,6 +384,8 @@ def goal_status(frame: pd.DataFrame) -> list[str]:
             verdict = (
                 "met" if s["mean"] >= goal else f"missed by {goal - s['mean']:.3f}"
             )
+            if s["runs"] < len(SEEDS):  # a goal is a mean of 3 seeds
+                verdict += f" so far (not decided: {s['runs']} of {len(SEEDS)} seeds)"
             parts.append(
                 f"{ROW_LABELS[row]} {s['mean']:.3f} over {s['runs']} run(s), {verdict}"
             )

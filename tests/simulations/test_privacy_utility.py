@@ -274,6 +274,9 @@ def test_goal_status_says_met_or_by_how_much_it_misses(tmp_path):
             record("digits-3", "defaults", 3.0, 1, 0.88),
             record("digits-3", "best", 3.0, 0, 0.93),
             record("digits-3", "best", 3.0, 1, 0.95),
+            record("pickup-gesture", "defaults", 8.0, 0, 0.28),
+            record("pickup-gesture", "defaults", 8.0, 1, 0.34),
+            record("pickup-gesture", "defaults", 8.0, 2, 0.31),
         ],
     )
 
@@ -281,7 +284,12 @@ def test_goal_status_says_met_or_by_how_much_it_misses(tmp_path):
 
     assert lines[3] == (
         "- digits-3 at ε = 3, goal ≥ 0.92: defaults (only dp-mode = sample) 0.890 "
-        "over 2 run(s), missed by 0.030; all three 0.940 over 2 run(s), met"
+        "over 2 run(s), missed by 0.030 so far (not decided: 2 of 3 seeds); all "
+        "three 0.940 over 2 run(s), met so far (not decided: 2 of 3 seeds)"
+    )
+    assert lines[2] == (
+        "- pickup-gesture at ε = 8, goal ≥ 0.30: defaults (only dp-mode = sample) "
+        "0.310 over 3 run(s), met; all three: not run"
     )
     assert lines[0].startswith("- digits-10 at ε = 8, goal ≥ 0.94: ")
     assert lines[0].endswith("not run")
