@@ -30,7 +30,8 @@ dash for a cell not yet run. A run that fails is counted in its cell, never
 dropped.
 
 Run: ``python -m simulations.privacy_utility`` (the whole grid: 4 data sets ×
-(6 rows × 3 ε + no DP) × 3 seeds = 228 runs, hours on 2 cores);
+(6 rows × 3 ε + no DP) × 3 seeds = 228 runs at 15–55 s each on 2 shared
+cores: 1–3 hours);
 ``--goals`` runs only the cells the goals are stated for.
 """
 
