@@ -401,12 +401,16 @@ def _resolve_auto(sections: dict[str, dict[str, Any]]) -> None:
     """Replace ``"auto"`` where the DP mode and clipping norm decide it.
 
     ``learning-rate`` and ``activation`` (:mod:`shared.dp_defaults`); batch
-    size and local epochs stay None until a node's example count is known.
+    size and local epochs stay None until a node's example count is known. The
+    rule's learning rate goes with the rule's batch: a batch size the user set
+    gets the plain rate.
     """
     train, dp = sections["train"], sections["dp"]
     if train["learning_rate"] is None:
         train["learning_rate"] = auto_learning_rate(
-            dp_mode=dp["mode"], max_grad_norm=dp["max_grad_norm"]
+            dp_mode=dp["mode"],
+            max_grad_norm=dp["max_grad_norm"],
+            rule_batch=train["batch_size"] is None,
         )
     if train["activation"] is None:
         train["activation"] = auto_activation(dp_mode=dp["mode"])

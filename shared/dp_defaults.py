@@ -84,15 +84,22 @@ class LocalSchedule:
     local_epochs: int
 
 
-def auto_learning_rate(*, dp_mode: str, max_grad_norm: float) -> float:
+def auto_learning_rate(
+    *, dp_mode: str, max_grad_norm: float, rule_batch: bool = True
+) -> float:
     """Return the learning rate ``"auto"`` means: ``STEP_SIZE / C`` under sample DP.
+
+    ``STEP_SIZE / C`` belongs to the rule's few full-batch steps; with a batch
+    size the user chose (``rule_batch`` False) a round takes many small noisy
+    steps, for which that rate diverges under momentum, so ``"auto"`` then
+    means :data:`PLAIN_LEARNING_RATE`, the rate such batches were tuned with.
 
     Raises
     ------
     ConfigError
         If ``max_grad_norm`` is not > 0 under sample DP.
     """
-    if dp_mode != "sample":
+    if dp_mode != "sample" or not rule_batch:
         return PLAIN_LEARNING_RATE
     if not max_grad_norm > 0:
         raise ConfigError(

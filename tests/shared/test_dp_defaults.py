@@ -182,3 +182,16 @@ def test_an_auto_typo_is_reported_with_the_choice():
         ConfigError, match=r"'batch-size' must be int or 'auto', got 'Auto'"
     ):
         _sample_config(**{"batch-size": "Auto"})
+
+
+def test_a_batch_size_the_user_sets_gets_the_plain_learning_rate_under_dp():
+    # The rule's rate (0.5 / C) goes with its few full-batch steps; a user's
+    # small batch takes many steps, which that rate makes diverge.
+    rule = _sample_config(**{"max-grad-norm": 2.0})
+    chosen = _sample_config(**{"max-grad-norm": 2.0, "batch-size": 8})
+    assert rule.train.learning_rate == 0.25
+    assert chosen.train.learning_rate == 0.05
+    assert (
+        _sample_config(**{"batch-size": 8, "learning-rate": 0.3}).train.learning_rate
+        == 0.3
+    )
