@@ -1,7 +1,7 @@
 """A user's own model on real SuperNodes (TLS, node authentication, DP-SGD),
 started from pretrained weights with part of it frozen.
 
-One deployment, one run of three rounds: the node holding the coordinator's
+One deployment, one run of two rounds: the node holding the coordinator's
 copy of the model trains; a node whose copy differs and a node without it
 refuse with one clear error, train nothing and spend no budget. The training
 node gets the frozen arrays with its first message only: a deployed node runs
@@ -45,7 +45,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "own_nets.py"
 MODULE = "e2e_own_nets"  # installed per party below; not inside the app bundle
 REFERENCE = f"{MODULE}:ResidualMLP"
-ROUNDS = 3
+ROUNDS = 2  # round 2 is a fresh ClientApp process reading round 1's context.state
 # The input projection trains; the residual blocks and the head stay as
 # pretrained. (A part made of large arrays: each array pays a fixed ~140-byte
 # header on the wire, README "Pretrained weights and a frozen backbone".)
