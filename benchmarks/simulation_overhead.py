@@ -225,10 +225,11 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
     from client.client_app import train as train_handler
     from client.node_data import load_node_data
     from server.reference_data import load_reference_data
+    from server.starting_model import model_spec_for
     from shared import keys
     from shared.config import from_run_config
     from shared.evaluation import evaluate_model
-    from shared.models import build_model, default_spec
+    from shared.models import build_model
     from shared.records import record_scalar, state_dict_to_record
 
     inner_s: list[float] = []  # training inside the last handler call
@@ -241,12 +242,7 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
         ).to_flat()
         config = from_run_config(flat)
         reference = load_reference_data(config.data)
-        spec = default_spec(
-            config.train.model,
-            reference.preprocessing.input_shape,
-            reference.preprocessing.num_classes,
-            activation=config.train.activation,
-        )
+        spec = model_spec_for(config, reference.preprocessing)
         initial = build_model(spec, model_seed=config.train.model_seed).state_dict()
 
         def message(server_round: int) -> Message:

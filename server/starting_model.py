@@ -30,12 +30,23 @@ def starting_model(
         A missing or unfit weights file, or a glob that matches no parameter
         (:func:`shared.initial_weights.prepare_start`).
     """
-    spec = default_spec(
+    spec = model_spec_for(config, preprocessing)
+    model = build_model(spec, model_seed=config.train.model_seed)
+    return spec, model, prepare_start(model, config.train)
+
+
+def model_spec_for(config: RunConfig, preprocessing: Preprocessing) -> ModelSpec:
+    """Return the spec of the run's model on data ``preprocessing`` describes.
+
+    Raises
+    ------
+    ModelError
+        For a user's model that cannot be resolved (:func:`shared.models.default_spec`).
+    """
+    return default_spec(
         config.train.model,
         preprocessing.input_shape,
         preprocessing.num_classes,
         activation=config.train.activation,
         fix_model=config.dp.fix_model,
     )
-    model = build_model(spec, model_seed=config.train.model_seed)
-    return spec, model, prepare_start(model, config.train)

@@ -20,9 +20,10 @@ from client import node_cache
 from client.client_app import train
 from client.node_data import load_node_data
 from server.reference_data import load_reference_data
+from server.starting_model import model_spec_for
 from shared import keys
 from shared.config import from_run_config
-from shared.models import build_model, default_spec
+from shared.models import build_model
 from shared.records import load_record_into, state_dict_to_record
 
 NODE = {"partition-id": 0, "num-partitions": 3}
@@ -43,12 +44,7 @@ def _train_once(tmp_path: Path, **settings):
     ).to_flat()
     config = from_run_config(run_config)
     reference = load_reference_data(config.data)
-    spec = default_spec(
-        config.train.model,
-        reference.preprocessing.input_shape,
-        reference.preprocessing.num_classes,
-        activation=config.train.activation,
-    )
+    spec = model_spec_for(config, reference.preprocessing)
     sent = build_model(spec, model_seed=0)
     content = RecordDict(
         {

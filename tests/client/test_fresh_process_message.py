@@ -24,9 +24,10 @@ from opacus.accountants import RDPAccountant
 from client import node_cache
 from client.client_app import train
 from server.reference_data import load_reference_data
+from server.starting_model import model_spec_for
 from shared import keys
 from shared.config import from_run_config
-from shared.models import build_model, default_spec
+from shared.models import build_model
 from shared.records import state_dict_to_record
 
 SECOND_MESSAGE = """
@@ -70,12 +71,7 @@ def test_a_second_dp_message_in_a_fresh_process_needs_no_heavy_library(
     ).to_flat()
     config = from_run_config(run_config)
     reference = load_reference_data(config.data)
-    spec = default_spec(
-        config.train.model,
-        reference.preprocessing.input_shape,
-        reference.preprocessing.num_classes,
-        activation=config.train.activation,
-    )
+    spec = model_spec_for(config, reference.preprocessing)
     setup = {
         keys.MODEL_SPEC: spec.to_json(),
         keys.PREPROCESSING: reference.preprocessing.to_json(),
