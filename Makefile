@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-series.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m simulations.demo
+	$(BIN)/python -m fedge.simulations.demo
 
 # Two workers: most slow tests wait on Flower's polling and process start-up,
 # not on the CPU, so two at a time on two cores nearly halves the wall time.

@@ -18,7 +18,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCHMARKS = {
     "simulation_round": "benchmarks.simulation_round",
     "coordinator": "benchmarks.coordinator",
-    "edge": "edge_export.bench",
+    "edge": "fedge.edge_export.bench",
     "dp_overhead": "benchmarks.dp_overhead",
     "simulation_overhead": "benchmarks.simulation_overhead",
     "deployment_round": "benchmarks.deployment_round",

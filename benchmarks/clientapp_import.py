@@ -1,7 +1,7 @@
 """Seconds to import the ClientApp in a fresh process: what a deployed node pays per message.
 
 Flower starts a new ``flwr-clientapp`` process for every message a SuperNode
-receives, and that process imports ``client.client_app`` before any work. This
+receives, and that process imports ``fedge.client.client_app`` before any work. This
 times exactly that import (wall clock, in a fresh interpreter each time, median
 of a few), and which heavy libraries it loaded. Reused by the
 ``simulation_overhead`` and ``deployment_round`` benchmarks.
@@ -31,7 +31,7 @@ _PROBE = (
 
 
 def import_seconds(
-    module: str = "client.client_app",
+    module: str = "fedge.client.client_app",
     *,
     repeats: int = 3,
     app_root: Path | None = None,

@@ -1,9 +1,9 @@
 """The coordinator's time per round, client training excluded, by phase.
 
-The ServerApp's own run, :func:`server.federation.run_federation`, is run as it
+The ServerApp's own run, :func:`fedge.server.federation.run_federation`, is run as it
 is: the bounded wait for nodes, the real round loop
-(:func:`server.federation_loop.run_rounds`) with the real
-:class:`~server.robust_strategy.RobustStrategy` around Flower's strategy for the
+(:func:`fedge.server.federation_loop.run_rounds`) with the real
+:class:`~fedge.server.robust_strategy.RobustStrategy` around Flower's strategy for the
 digits CNN, the stop check, the per-client evaluation, the metrics history, the
 checkpoints and the final model, in a run folder like any run's. A fake grid
 stands in for the nodes: it lists N node ids and answers each message at once
@@ -20,14 +20,14 @@ restored after it); per round:
   strategy's own aggregation: every reply checked against the global arrays;
 - ``aggregate`` -- the wrapped Flower strategy's ``aggregate_train`` (FedAvg,
   FedMedian or Krum) and the cast back to the model's dtypes;
-- ``stop_check`` -- :meth:`server.round_end.RoundEnd.stop_reason`: whether the
+- ``stop_check`` -- :meth:`fedge.server.round_end.RoundEnd.stop_reason`: whether the
   run must stop after this round;
-- ``central_eval`` -- :func:`shared.evaluation.evaluate_model` of the round's
+- ``central_eval`` -- :func:`fedge.shared.evaluation.evaluate_model` of the round's
   model on the digits test split;
-- ``history`` -- :meth:`server.round_end.RoundEnd.record`: the round's metrics
+- ``history`` -- :meth:`fedge.server.round_end.RoundEnd.record`: the round's metrics
   row and ``MetricsHistory.append``;
-- ``checkpoint`` -- :meth:`server.round_end.RoundEnd.checkpoint`: the strategy
-  state and :func:`server.checkpoint.save_checkpoint` (every round, as
+- ``checkpoint`` -- :meth:`fedge.server.round_end.RoundEnd.checkpoint`: the strategy
+  state and :func:`fedge.server.checkpoint.save_checkpoint` (every round, as
   ``checkpoint-interval = 1``, the default);
 - ``other`` -- what the loop does besides (bytes counted, per-client metrics,
   loading the arrays into the evaluation model, the round's log line).
@@ -36,7 +36,7 @@ Each figure is the median over the measured rounds (the machine is shared, and
 the median ignores a round another process slowed down); the total is the median
 of the per-round totals, so the phases need not add up to it exactly.
 
-The per-client evaluation (:func:`server.client_evaluation.evaluate_every_node`)
+The per-client evaluation (:func:`fedge.server.client_evaluation.evaluate_every_node`)
 runs, as by default, on the round that ends the run only: it is reported apart
 as ``client_eval`` (that one round's evaluation of every node, its clients' time
 left out) and is not in the round's total, as in the deployment and simulation
@@ -63,11 +63,11 @@ from benchmarks.production_timing import (
     timed_production_run,
 )
 from benchmarks.replying_grid import ReplyingGrid, task_identity
-from server.federation import run_federation
-from server.federation_loop import RoundOutcome
-from server.round_end import RoundEnd
-from shared.config import RunConfig, from_run_config
-from shared.models import build_model, default_spec
+from fedge.server.federation import run_federation
+from fedge.server.federation_loop import RoundOutcome
+from fedge.server.round_end import RoundEnd
+from fedge.shared.config import RunConfig, from_run_config
+from fedge.shared.models import build_model, default_spec
 
 STRATEGIES = ("fedavg", "fedmedian", "krum")
 NUM_CLIENTS = (10, 100)

@@ -69,8 +69,8 @@ from benchmarks.simulation_overhead import (
     round_figures,
     run_simulation,
 )
-from cli.node import TASK_POLL_INTERVAL_S, TASK_POLL_INTERVAL_VARIABLE
-from shared.run_folder import (
+from fedge.cli.node import TASK_POLL_INTERVAL_S, TASK_POLL_INTERVAL_VARIABLE
+from fedge.shared.run_folder import (
     COMPLETE,
     METRICS_CSV_FILE,
     read_status,
@@ -168,7 +168,7 @@ def flower_floor_round_times(
     federation: Any, workdir: Path, model_bytes: int
 ) -> list[float]:
     """Round times of the minimal echo app on ``federation``'s nodes."""
-    from simulations.flower_processes import flwr_run_command, write_run_config
+    from fedge.simulations.flower_processes import flwr_run_command, write_run_config
 
     app = workdir / "floor"
     app.mkdir()
@@ -255,7 +255,7 @@ def new_run_traffic(
 
 def flower_runs_traffic(link: Any) -> dict[str, Traffic]:
     """Every run's traffic as ``link``'s SuperLink counted it (``flwr ls``)."""
-    from simulations.flower_processes import CONNECTION, STARTUP_TIMEOUT_S
+    from fedge.simulations.flower_processes import CONNECTION, STARTUP_TIMEOUT_S
 
     done = subprocess.run(
         ["flwr", "ls", CONNECTION, "--format", "json"],
@@ -293,7 +293,7 @@ def session_cpu_s(sessions: list[int]) -> float:
     User and system time of each live process and of the children it has
     already reaped.
     """
-    from simulations.flower_processes import session_members
+    from fedge.simulations.flower_processes import session_members
 
     ticks = 0
     for session in sessions:

@@ -9,14 +9,14 @@ is the same on both sides (an earlier version divided fedge's steps by a
 ``torch.optim.SGD`` baseline, slower than fedge's own, which flattered fedge):
 
 ``plain``
-    fedge's non-private step (:class:`client.sgd.MomentumSGD`, as
-    :func:`client.training.train_plain` trains); the baseline of ``fedge``.
+    fedge's non-private step (:class:`fedge.client.sgd.MomentumSGD`, as
+    :func:`fedge.client.training.train_plain` trains); the baseline of ``fedge``.
 ``plain_torch``
     the same step with ``torch.optim.SGD`` (fused), the optimiser Opacus wraps;
     the baseline of Opacus's modes.
 ``fedge``
     fedge's DP step with the path it picks for the model
-    (:func:`client.dp_path.choose_dp_path`: the book-keeping fast path for the
+    (:func:`fedge.client.dp_path.choose_dp_path`: the book-keeping fast path for the
     registry models, Opacus's ghost clipping or hooks behind fedge's step for
     a model it does not cover); the path is reported as ``<model>_fedge_path``.
 ``hooks``, ``functorch``, ``ghost``
@@ -52,10 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client.dp_path import choose_dp_path
-from client.dp_training import make_private_step, poisson_batches
-from client.sgd import MomentumSGD
-from shared.models import build_model, default_spec
+from fedge.client.dp_path import choose_dp_path
+from fedge.client.dp_training import make_private_step, poisson_batches
+from fedge.client.sgd import MomentumSGD
+from fedge.shared.models import build_model, default_spec
 
 OPACUS_MODES = ("hooks", "functorch", "ghost")
 TARGETS = {"cnn": 1.5, "mlp": 2.0}

@@ -23,10 +23,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from server.frozen_arrays import ArraysWire
-from shared.models import build_model, default_spec
-from shared.records import state_dict_to_record
-from shared.run_folder import (
+from fedge.server.frozen_arrays import ArraysWire
+from fedge.shared.models import build_model, default_spec
+from fedge.shared.records import state_dict_to_record
+from fedge.shared.run_folder import (
     BYTES_RECEIVED,
     BYTES_SENT,
     METRICS_CSV_FILE,
@@ -34,8 +34,8 @@ from shared.run_folder import (
     ROUND,
     SAMPLED,
 )
-from shared.trainable import select_trainable, trainable_size_bytes
-from simulations.simulate import simulate
+from fedge.shared.trainable import select_trainable, trainable_size_bytes
+from fedge.simulations.simulate import simulate
 
 NUM_CLIENTS = 5
 NUM_ROUNDS = 4

@@ -1,7 +1,7 @@
 """Time the ServerApp's own run by phase, the fake nodes' time left out.
 
 :func:`timed_production_run` wraps, for one block, the production functions a
-run calls (the strategy guard's hooks, :class:`~server.round_end.RoundEnd`'s
+run calls (the strategy guard's hooks, :class:`~fedge.server.round_end.RoundEnd`'s
 steps, central and per-client evaluation) so that a :class:`PhaseClock` adds up
 their wall time per round; everything is restored when the block ends.
 """
@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import server.federation
-from server.client_evaluation import evaluate_every_node
-from server.federation_loop import RoundOutcome
-from server.robust_strategy import RobustStrategy
-from server.round_end import RoundEnd
-from shared.evaluation import evaluate_model
+import fedge.server.federation
+from fedge.server.client_evaluation import evaluate_every_node
+from fedge.server.federation_loop import RoundOutcome
+from fedge.server.robust_strategy import RobustStrategy
+from fedge.server.round_end import RoundEnd
+from fedge.shared.evaluation import evaluate_model
 
 PHASES = (
     "configure",
@@ -143,11 +143,11 @@ def timed_production_run(
 ) -> Iterator[PhaseClock]:
     """Time the production functions a run calls, as phases of its rounds.
 
-    Inside the block, :func:`server.federation.run_federation` runs unchanged
+    Inside the block, :func:`fedge.server.federation.run_federation` runs unchanged
     but its strategy guard, round end, central evaluation and per-client
     evaluation are timed by a :class:`PhaseClock`; everything is restored when
     the block ends. A round starts when its training is configured and ends
-    when :class:`~server.round_end.RoundEnd` has recorded it; ``after_round``,
+    when :class:`~fedge.server.round_end.RoundEnd` has recorded it; ``after_round``,
     when given, is then called with the round end and the round's outcome.
     The block's value is the clock, whose ``rounds`` fill as rounds end.
     """
@@ -189,12 +189,12 @@ def timed_production_run(
             (RoundEnd, "__call__", end_of_round),
             # The names run_federation calls them by, in its own module.
             (
-                server.federation,
+                fedge.server.federation,
                 "evaluate_model",
                 clock.timed("central_eval", evaluate_model),
             ),
             (
-                server.federation,
+                fedge.server.federation,
                 "evaluate_every_node",
                 clock.timed(CLIENT_EVAL, evaluate_every_node),
             ),

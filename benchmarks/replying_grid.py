@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from shared import keys
+from fedge.shared import keys
 
 NUM_CLASSES = 10  # digits
 

@@ -57,7 +57,7 @@ import torch
 
 from benchmarks.clientapp_import import REPO_ROOT, import_seconds
 from benchmarks.process_memory import PeakMemorySampler
-from shared.run_folder import (
+from fedge.shared.run_folder import (
     CENTRAL_ACCURACY,
     CLIENT_EVALUATION_S,
     CLIENTS_EVALUATED,
@@ -92,7 +92,7 @@ _clock = time.thread_time
 _SIMULATE = """
 import json, sys, time
 from pathlib import Path
-from simulations.simulate import simulate
+from fedge.simulations.simulate import simulate
 overrides, clients, out = json.loads(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 def echo(*parts):
     print(f"{time.monotonic():.3f}", *parts, flush=True)
@@ -222,15 +222,15 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
     from flwr.common.serde import message_from_proto, message_to_proto
     from flwr.proto.message_pb2 import Message as ProtoMessage
 
-    from client.client_app import train as train_handler
-    from client.node_data import load_node_data
-    from server.reference_data import load_reference_data
-    from server.starting_model import model_spec_for
-    from shared import keys
-    from shared.config import from_run_config
-    from shared.evaluation import evaluate_model
-    from shared.models import build_model
-    from shared.records import record_scalar, state_dict_to_record
+    from fedge.client.client_app import train as train_handler
+    from fedge.client.node_data import load_node_data
+    from fedge.server.reference_data import load_reference_data
+    from fedge.server.starting_model import model_spec_for
+    from fedge.shared import keys
+    from fedge.shared.config import from_run_config
+    from fedge.shared.evaluation import evaluate_model
+    from fedge.shared.models import build_model
+    from fedge.shared.records import record_scalar, state_dict_to_record
 
     inner_s: list[float] = []  # training inside the last handler call
     with (
@@ -317,8 +317,8 @@ def profile_clients(overrides: dict[str, Any], clients: int) -> ComputeProfile:
 
 # What profile_clients times inside the ClientApp handler: its training calls.
 TIMED_CALLS = (
-    ("client.client_app", "train_plain"),
-    ("client.private_round", "train_private"),
+    ("fedge.client.client_app", "train_plain"),
+    ("fedge.client.private_round", "train_private"),
 )
 
 
@@ -370,10 +370,10 @@ def _time_training(
     config: Any, spec: Any, initial: dict[str, torch.Tensor], data: Any, sigma: float
 ) -> float:
     """Seconds of the ClientApp's own training call for one client, nothing else."""
-    from client.dp_training import train_private
-    from client.training import train_plain
-    from shared.models import build_model
-    from shared.privacy_plan import local_schedule, plan_privacy
+    from fedge.client.dp_training import train_private
+    from fedge.client.training import train_plain
+    from fedge.shared.models import build_model
+    from fedge.shared.privacy_plan import local_schedule, plan_privacy
 
     model = build_model(spec)
     model.load_state_dict(initial)
@@ -461,7 +461,7 @@ def case_figures(
 
 def scale_figures(app_root: Path = REPO_ROOT) -> dict[str, Any]:
     """Return the scale-1000 scenario's steady round time and peak memory, if it exists."""
-    from simulations.scenario_file import read_scenario, scenario_names
+    from fedge.simulations.scenario_file import read_scenario, scenario_names
 
     if SCALE_SCENARIO not in scenario_names():
         return {}

@@ -18,8 +18,13 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.process_memory import PeakMemorySampler
-from shared.run_folder import CENTRAL_ACCURACY, METRICS_CSV_FILE, ROUND, ROUND_TIME_S
-from simulations.simulate import simulate
+from fedge.shared.run_folder import (
+    CENTRAL_ACCURACY,
+    METRICS_CSV_FILE,
+    ROUND,
+    ROUND_TIME_S,
+)
+from fedge.simulations.simulate import simulate
 
 NUM_CLIENTS = 10
 NUM_ROUNDS = 5

@@ -5,7 +5,7 @@ Figures, in one run on this machine:
 - ``run_wall_s_10x5``: ``fedge simulate --clients 10 --rounds 5`` (no export,
   the default), from the command's start to its exit, as a user times it;
 - ``run_wall_s_10x5_warm``: the same run submitted to a warm engine
-  (:mod:`simulations.engine`) that earlier runs started: the median of
+  (:mod:`fedge.simulations.engine`) that earlier runs started: the median of
   :data:`WARM_RUNS` runs after the first, what a study cell or a simulation
   test pays;
 - ``demo_wall_s``: ``python -m simulations.demo`` (10 clients, 10 DP rounds,
@@ -60,8 +60,8 @@ _DEMO_RESULT = re.compile(r"^Final central accuracy")
 _WARM = """
 import sys, time
 from pathlib import Path
-from simulations.engine import SimulationEngine
-from simulations.simulate import simulate
+from fedge.simulations.engine import SimulationEngine
+from fedge.simulations.simulate import simulate
 walls = []
 with SimulationEngine() as engine:
     for i in range(int(sys.argv[1])):
@@ -136,7 +136,7 @@ def simulate_run(app_root: Path) -> dict[str, float]:
             [
                 sys.executable,
                 "-m",
-                "cli.app",
+                "fedge.cli.app",
                 "simulate",
                 "--clients",
                 str(CLIENTS),
@@ -181,7 +181,9 @@ def demo_run(app_root: Path) -> dict[str, float]:
     """Time ``python -m simulations.demo`` of the tree ``app_root``."""
     with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:
         run = timed_lines(
-            [sys.executable, "-m", "simulations.demo"], app_root=app_root, cwd=Path(tmp)
+            [sys.executable, "-m", "fedge.simulations.demo"],
+            app_root=app_root,
+            cwd=Path(tmp),
         )
     result = next(
         (stamp for stamp, text in run["lines"] if _DEMO_RESULT.search(text)), None

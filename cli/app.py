@@ -17,24 +17,33 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from shared.errors import FedgeError, RunFailedError
+from fedge.shared.errors import FedgeError, RunFailedError
 
 # command name -> (module, one-line help); the module is imported on use.
 # `simulate` stays last: it is the command most often extended.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "node": ("cli.node", "a data owner's node: check its data, start it"),
-    "status": ("cli.status", "progress of a run folder, live or finished"),
+    "node": ("fedge.cli.node", "a data owner's node: check its data, start it"),
+    "status": ("fedge.cli.status", "progress of a run folder, live or finished"),
     "privacy": (
-        "cli.privacy",
+        "fedge.cli.privacy",
         "ε of a DP-SGD plan, or the noise multiplier for a target ε",
     ),
-    "report": ("cli.report", "write plots and report.md for a run folder"),
-    "export": ("cli.export", "export a run's model to verified ONNX (+ int8)"),
-    "verify": ("cli.verify", "re-check every hash, the metadata and the signature"),
-    "keygen": ("cli.keygen", "make a key pair to sign exports with"),
-    "predict": ("cli.predict", "predict with an exported ONNX model (no torch)"),
-    "bench-edge": ("cli.bench_edge", "latency, throughput and size on this device"),
-    "simulate": ("cli.simulate", "run a federation of virtual clients on this machine"),
+    "report": ("fedge.cli.report", "write plots and report.md for a run folder"),
+    "export": ("fedge.cli.export", "export a run's model to verified ONNX (+ int8)"),
+    "verify": (
+        "fedge.cli.verify",
+        "re-check every hash, the metadata and the signature",
+    ),
+    "keygen": ("fedge.cli.keygen", "make a key pair to sign exports with"),
+    "predict": ("fedge.cli.predict", "predict with an exported ONNX model (no torch)"),
+    "bench-edge": (
+        "fedge.cli.bench_edge",
+        "latency, throughput and size on this device",
+    ),
+    "simulate": (
+        "fedge.cli.simulate",
+        "run a federation of virtual clients on this machine",
+    ),
 }
 
 

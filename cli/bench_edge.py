@@ -10,7 +10,7 @@ from pathlib import Path
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``fedge bench-edge``."""
-    from edge_export.bench import BATCH1_RUNS, DEFAULT_OUT, LARGE_RUNS
+    from fedge.edge_export.bench import BATCH1_RUNS, DEFAULT_OUT, LARGE_RUNS
 
     p = subparsers.add_parser(
         "bench-edge",
@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     """Benchmark, print, write JSON."""
-    from edge_export.bench import bench_edge, format_table, write_results
+    from fedge.edge_export.bench import bench_edge, format_table, write_results
 
     if not args.target.exists():
         print(f"fedge bench-edge: error: {args.target} does not exist", file=sys.stderr)

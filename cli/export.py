@@ -11,8 +11,8 @@ from pathlib import Path
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``fedge export``."""
     # torch: imported only for `fedge export`, which needs it anyway.
-    from edge_export.embedded import DEFAULT_TOLERANCE
-    from edge_export.pipeline import QUANTIZE_CHOICES
+    from fedge.edge_export.embedded import DEFAULT_TOLERANCE
+    from fedge.edge_export.pipeline import QUANTIZE_CHOICES
 
     p = subparsers.add_parser(
         "export",
@@ -79,8 +79,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     """Export; print a summary. User errors raise FedgeError (exit 2)."""
-    from edge_export.pipeline import export_run  # imports torch: only when used
-    from shared.run_folder import BATCH1_LATENCY, ONNX_FP32_FILE, ONNX_OPTIMIZED_FILE
+    from fedge.edge_export.pipeline import export_run  # imports torch: only when used
+    from fedge.shared.run_folder import (
+        BATCH1_LATENCY,
+        ONNX_FP32_FILE,
+        ONNX_OPTIMIZED_FILE,
+    )
 
     for flag, value in (
         ("--max-size-kib", args.max_size_kib),

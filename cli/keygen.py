@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     """Write the key pair; an existing file raises ConfigError (exit 2)."""
-    from edge_export.signing import generate_key_pair
+    from fedge.edge_export.signing import generate_key_pair
 
     public = generate_key_pair(args.key)
     print(f"private key {args.key} (keep it on the coordinator), public key {public}")

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.config import IMPUTE_MODES, default_run_config
-from shared.errors import DataError, FedgeError, ModelError
+from fedge.shared.config import IMPUTE_MODES, default_run_config
+from fedge.shared.errors import DataError, FedgeError, ModelError
 
 if TYPE_CHECKING:  # the data stack (pandas) loads only when the command runs
-    from shared.datasets import Dataset
-    from shared.model_reference import ModelIdentity
+    from fedge.shared.datasets import Dataset
+    from fedge.shared.model_reference import ModelIdentity
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -111,8 +111,8 @@ def check_node_file(
         Naming the file, column and row of the first problem, or a reference
         ``model.json`` that is not one.
     """
-    from shared.datasets import fit_file, load_file
-    from shared.preprocessing import Preprocessing
+    from fedge.shared.datasets import fit_file, load_file
+    from fedge.shared.preprocessing import Preprocessing
 
     if reference is None:
         return fit_file(path, label_column=label_column, impute=impute)
@@ -150,14 +150,14 @@ def check_node_model(
     ------
     ModelError
         The code cannot be imported or built (see
-        :func:`shared.model_reference.build_user_model`), or differs from the
+        :func:`fedge.shared.model_reference.build_user_model`), or differs from the
         coordinator's (one line naming both).
     """
-    from shared.model_reference import (
+    from fedge.shared.model_reference import (
         build_user_model,
         is_model_reference,
     )
-    from shared.run_folder import ModelCard
+    from fedge.shared.run_folder import ModelCard
 
     expected: ModelIdentity | None = None
     if reference is not None and reference.suffix == ".json":
@@ -413,8 +413,8 @@ def supernode_command(
     launch: NodeLaunch, flower_args: Sequence[str] = (), *, program: str = SUPERNODE
 ) -> list[str]:
     """Return the ``flower-supernode`` command line that ``launch`` describes."""
-    from shared import keys
-    from simulations.flower_processes import format_node_config
+    from fedge.shared import keys
+    from fedge.simulations.flower_processes import format_node_config
 
     node_config = {keys.STATE_DIR: str(launch.state_dir)}
     if launch.data_path is not None:

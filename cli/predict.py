@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # the runtime is imported only when a command runs
-    from edge_export.runtime import Prediction, StreamPrediction
+    from fedge.edge_export.runtime import Prediction, StreamPrediction
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -111,8 +111,8 @@ def write_windows(stream: StreamPrediction, out: TextIO) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict; a bad model or input prints one line and returns 2."""
-    from edge_export.runtime import EdgeError, EdgeModel
-    from shared.run_folder import ONNX_FP32_FILE
+    from fedge.edge_export.runtime import EdgeError, EdgeModel
+    from fedge.shared.run_folder import ONNX_FP32_FILE
 
     if args.stride is not None and args.window is None:
         print("fedge predict: error: --stride needs --window", file=sys.stderr)

@@ -4,13 +4,13 @@ Describe the plan either directly (``--sample-rate Q --steps T``) or as a
 training schedule (``--num-examples N --batch-size B --epochs E --rounds R``),
 which gives ``Q = min(1, B / N)`` and ``T = round(1 / Q) * E * R`` by the
 very function a node trains, checks its budget and keeps its ledger with
-(:func:`shared.privacy_plan.plan_privacy`).
+(:func:`fedge.shared.privacy_plan.plan_privacy`).
 Then ``--noise-multiplier S`` prints ε; ``--target-epsilon E`` prints the σ
 that reaches it. The accounting is Opacus's (RDP or PRV accountant).
 ``--suggest --num-examples N`` prints the settings a node of N examples trains
 with under ``dp-mode = "sample"`` and the run's defaults (the budget-aware
-rule, :mod:`shared.dp_defaults`), and the σ they imply
-(:mod:`cli.privacy_suggest`).
+rule, :mod:`fedge.shared.dp_defaults`), and the σ they imply
+(:mod:`fedge.cli.privacy_suggest`).
 
 Opacus (and torch) are imported only when the command runs.
 """
@@ -21,8 +21,8 @@ import argparse
 import json
 from typing import Any
 
-from shared.config import ACCOUNTANTS, default_run_config
-from shared.errors import ConfigError
+from fedge.shared.config import ACCOUNTANTS, default_run_config
+from fedge.shared.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -146,7 +146,11 @@ def run(args: argparse.Namespace) -> int:
 
 def run_suggest(args: argparse.Namespace) -> int:
     """Print the DP defaults for ``--num-examples`` (``--suggest``)."""
-    from cli.privacy_suggest import format_suggestion, suggest, suggestion_overrides
+    from fedge.cli.privacy_suggest import (
+        format_suggestion,
+        suggest,
+        suggestion_overrides,
+    )
 
     if args.num_examples is None:
         raise ConfigError(
@@ -169,9 +173,9 @@ def run_suggest(args: argparse.Namespace) -> int:
 
 def apply_run_config(args: argparse.Namespace) -> None:
     """Fill the plan from a run config (``--config``), as a node would run it."""
-    from cli.privacy_suggest import read_run_config
-    from shared.config import from_run_config
-    from shared.privacy_plan import local_schedule
+    from fedge.cli.privacy_suggest import read_run_config
+    from fedge.shared.config import from_run_config
+    from fedge.shared.privacy_plan import local_schedule
 
     if args.num_examples is None:
         raise ConfigError(
@@ -194,7 +198,7 @@ def apply_run_config(args: argparse.Namespace) -> None:
 
 def compute(args: argparse.Namespace) -> dict[str, Any]:
     """Return the numbers ``run`` prints, as a dict (the ``--format json`` output)."""
-    from shared import privacy  # imports opacus and torch: only when run
+    from fedge.shared import privacy  # imports opacus and torch: only when run
 
     if getattr(args, "config", None):
         apply_run_config(args)
@@ -249,12 +253,12 @@ def _result(
 
 
 def _node_plan(args: argparse.Namespace) -> Any:
-    """Return the node's plan (:func:`shared.privacy_plan.plan_privacy`) for a schedule.
+    """Return the node's plan (:func:`fedge.shared.privacy_plan.plan_privacy`) for a schedule.
 
     None when the plan is given as --sample-rate/--steps, or with an explicit
     --noise-multiplier 0 (no noise: ε is infinite, nothing to plan).
     """
-    from shared.privacy_plan import plan_privacy
+    from fedge.shared.privacy_plan import plan_privacy
 
     if args.num_examples is None or args.batch_size is None:
         return None

@@ -1,8 +1,8 @@
 """``fedge privacy --suggest``: the DP defaults a node of N examples trains with.
 
 The numbers come from the very functions a node and the coordinator plan with
-(:func:`shared.privacy_plan.local_schedule` and
-:func:`shared.privacy_plan.plan_for_config`), on the run config a run with
+(:func:`fedge.shared.privacy_plan.local_schedule` and
+:func:`fedge.shared.privacy_plan.plan_for_config`), on the run config a run with
 ``dp-mode = "sample"`` would have: the defaults, a ``--config`` file's keys,
 then the flags given. Keys given there win over the rule, as in a run.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from shared.errors import ConfigError
+from fedge.shared.errors import ConfigError
 
 # Flag -> the run-config key it sets (when given).
 _FLAG_KEYS = {
@@ -39,8 +39,8 @@ def read_run_config(path: str) -> dict[str, Any]:
     ConfigError
         If it holds a key nothing knows.
     """
-    from simulations.fault_injection import split_fault_keys
-    from simulations.scenario_file import read_scenario
+    from fedge.simulations.fault_injection import split_fault_keys
+    from fedge.simulations.scenario_file import read_scenario
 
     overrides, _ = split_fault_keys(read_scenario(path).overrides)
     return overrides
@@ -75,10 +75,10 @@ def suggest(*, num_examples: int, overrides: dict[str, Any]) -> dict[str, Any]:
     ConfigError
         On an invalid run config or example count, or a budget no σ reaches.
     """
-    from shared.config import AUTO_KEYS, default_run_config, from_run_config
-    from shared.dp_defaults import AUTO
-    from shared.privacy import epsilon_for
-    from shared.privacy_plan import local_schedule, plan_for_config
+    from fedge.shared.config import AUTO_KEYS, default_run_config, from_run_config
+    from fedge.shared.dp_defaults import AUTO
+    from fedge.shared.privacy import epsilon_for
+    from fedge.shared.privacy_plan import local_schedule, plan_for_config
 
     if isinstance(num_examples, bool) or num_examples < 1:
         raise ConfigError(

@@ -2,7 +2,7 @@
 
 The flags map onto run-config and simulation keys, over a scenario file's
 (:func:`resolve_arguments`); the run itself is
-:func:`simulations.simulate.simulate`. Choices and defaults shown in ``--help``
+:func:`fedge.simulations.simulate.simulate`. Choices and defaults shown in ``--help``
 come from the run config's own module and ``pyproject.toml``.
 """
 
@@ -14,19 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.config import (
+from fedge.shared.config import (
     DATASET_FILE,
     DP_MODES,
     PARTITIONINGS,
     STRATEGIES,
     default_run_config,
 )
-from shared.datasets import BUILTIN_DATASETS
-from shared.errors import FedgeError
-from shared.run_folder import read_status
-from simulations import simulate as simulation
-from simulations.own_data import HOLDOUT_FRACTION, OwnData
-from simulations.scenario_file import (
+from fedge.shared.datasets import BUILTIN_DATASETS
+from fedge.shared.errors import FedgeError
+from fedge.shared.run_folder import read_status
+from fedge.simulations import simulate as simulation
+from fedge.simulations.own_data import HOLDOUT_FRACTION, OwnData
+from fedge.simulations.scenario_file import (
     DEFAULT_CLIENTS,
     SIMULATION_KEYS,
     format_scenario_list,
@@ -201,7 +201,7 @@ class Arguments:
     overrides : dict
         Run-config and ``fault-*`` keys.
     simulation : dict
-        :data:`~simulations.scenario_file.SIMULATION_KEYS` that were set.
+        :data:`~fedge.simulations.scenario_file.SIMULATION_KEYS` that were set.
     notes : list of str
         One note per setting a flag changed from the scenario file's value,
         e.g. ``"clients 5 from --clients (scenario: 3)"``.
@@ -266,7 +266,7 @@ def _absolute_model(model: str | None) -> str | None:
     """Return ``--model`` with a relative ``.py`` path made absolute."""
     if model is None:
         return None
-    from shared.model_reference import absolute_model_reference
+    from fedge.shared.model_reference import absolute_model_reference
 
     return absolute_model_reference(model, Path.cwd())
 

@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     """Verify; 0 intact, 1 tampered. A missing manifest raises (exit 2)."""
-    from edge_export.manifest import verify_run
+    from fedge.edge_export.manifest import verify_run
 
     report = verify_run(args.run_dir, public_key=args.public_key)
     if args.format == "json":

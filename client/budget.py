@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from client.privacy_ledger import PrivacyLedger
-from shared.errors import ConfigError
-from shared.privacy import HistoryEntry, check_history_entry, epsilon_for
+from fedge.client.privacy_ledger import PrivacyLedger
+from fedge.shared.errors import ConfigError
+from fedge.shared.privacy import HistoryEntry, check_history_entry, epsilon_for
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def check_budget(
     accountant : {"rdp", "prv"}
     schedule : sequence of float, optional
         ε after ``k`` rounds of ``planned`` for ``k = 0, 1, ...``
-        (:func:`shared.privacy.epsilon_schedule`, same δ and accountant), or
+        (:func:`fedge.shared.privacy.epsilon_schedule`, same δ and accountant), or
         its first elements. When the ledger holds nothing but ``planned``
         rounds, each ε the schedule holds is read from it (a fresh process then
         needs no accountant); what it lacks, and any other history, is

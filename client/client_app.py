@@ -6,7 +6,7 @@ for every virtual node. It holds no logic of its own beyond translating.
 Its imports are what every message pays in a deployment (a fresh process per
 message): torch and Flower, nothing more. pandas, scikit-learn and Opacus load
 inside the calls that need them, and the config, model and data come from
-:mod:`client.process_cache` and :mod:`client.node_cache`.
+:mod:`fedge.client.process_cache` and :mod:`fedge.client.node_cache`.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.frozen_arrays import receive_arrays, reply_arrays
-from client.node_cache import cached_node_data
-from client.node_data import NodeData
-from client.private_round import coordinator_record_from, train_private_round
-from client.process_cache import model_for, typed_config
-from client.training import train_plain
-from shared import keys
-from shared.config import RunConfig
-from shared.evaluation import evaluate_loss_accuracy
-from shared.privacy_plan import local_schedule
-from shared.records import record_scalar
-from shared.trainable import TrainableSelection, freeze, select_trainable
+from fedge.client.frozen_arrays import receive_arrays, reply_arrays
+from fedge.client.node_cache import cached_node_data
+from fedge.client.node_data import NodeData
+from fedge.client.private_round import coordinator_record_from, train_private_round
+from fedge.client.process_cache import model_for, typed_config
+from fedge.client.training import train_plain
+from fedge.shared import keys
+from fedge.shared.config import RunConfig
+from fedge.shared.evaluation import evaluate_loss_accuracy
+from fedge.shared.privacy_plan import local_schedule
+from fedge.shared.records import record_scalar
+from fedge.shared.trainable import TrainableSelection, freeze, select_trainable
 
 logger = logging.getLogger(__name__)
 app = ClientApp()
@@ -50,7 +50,7 @@ def _setup(msg: Message, context: Context) -> _Setup | None:
     """Typed config, the global model with the sent weights, and the node's data.
 
     None when the message carries only the trainable arrays and this node does
-    not hold the frozen ones (:mod:`client.frozen_arrays`).
+    not hold the frozen ones (:mod:`fedge.client.frozen_arrays`).
     """
     # Simulation packs several virtual nodes onto each core; more threads only thrash.
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ does it in one forward and one backward:
    per-sample gradients are small here, so they are formed once with ``bmm``;
 4. the clipped sum is one weighted product per layer: ``(c * b)^T a``.
 
-With augmentation multiplicity (De et al., 2022; :mod:`shared.augmentation`)
+With augmentation multiplicity (De et al., 2022; :mod:`fedge.shared.augmentation`)
 the batch holds K views of each example in consecutive rows, and an example's
 gradient is the mean of its views' gradients, formed before the clip: a
 Linear layer's K views become K positions of one example (its per-example
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.errors import ModelError
+from fedge.shared.errors import ModelError
 
 # Opacus's clip-factor guard against division by zero, kept for equal results.
 _NORM_EPS = 1e-6

@@ -5,7 +5,7 @@ summed, Gaussian noise, divided by the expected batch size), so the privacy
 plan, ledger and accountant do not depend on the choice; only the cost does.
 
 ``"fast"``
-    fedge's book-keeping (:mod:`client.dp_clipping`), when every trainable
+    fedge's book-keeping (:mod:`fedge.client.dp_clipping`), when every trainable
     layer is one it supports: every registry model, and a user's model made
     of Linear, Conv1d/Conv2d, GroupNorm and Opacus's DP recurrent layers (or
     whose other layers are frozen).
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from client.dp_clipping import unsupported_layers
+from fedge.client.dp_clipping import unsupported_layers
 
 logger = logging.getLogger(__name__)
 

@@ -5,12 +5,12 @@ probability ``sample_rate``), clips every example's gradient to
 ``max_grad_norm``, sums, adds Gaussian noise of standard deviation
 ``noise_multiplier * max_grad_norm`` and divides by the expected batch size,
 then takes an SGD-with-momentum step. This is exactly the mechanism Opacus's
-accountants assume, so :mod:`shared.privacy` can account for it.
+accountants assume, so :mod:`fedge.shared.privacy` can account for it.
 
 Interchangeable paths compute the clipped noisy gradient:
 
 ``"fast"``
-    :class:`client.dp_clipping.ClippedGradients` (book-keeping: one backward,
+    :class:`fedge.client.dp_clipping.ClippedGradients` (book-keeping: one backward,
     no materialised per-sample gradients for Linear layers); supports Linear,
     Conv1d/Conv2d and GroupNorm, i.e. every registry model.
 ``"ghost"``
@@ -21,12 +21,12 @@ Interchangeable paths compute the clipped noisy gradient:
     fallback for any layer Opacus can train.
 
 ``"auto"`` (default) picks the cheapest that applies
-(:func:`client.dp_path.choose_dp_path`) and logs which and why. Tests check
+(:func:`fedge.client.dp_path.choose_dp_path`) and logs which and why. Tests check
 that all give the same update for the same batches. Only parameters with
 ``requires_grad`` get gradients, noise and updates, on every path.
 
 Augmentation multiplicity (``augment_multiplicity`` K >= 1,
-:mod:`shared.augmentation`): each step trains on K augmented views of every
+:mod:`fedge.shared.augmentation`): each step trains on K augmented views of every
 example in its Poisson batch, and each example's K gradients are averaged
 before the clip, on the fast path and on Opacus's hooks; Opacus's ghost
 clipping clips rows, so ``"auto"`` picks the hooks instead, and ``"ghost"``
@@ -57,13 +57,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client.dp_clipping import ClippedGradients
-from client.dp_path import choose_dp_path, log_dp_path
-from client.sgd import MomentumSGD
-from client.weight_averaging import WeightAverage
-from shared.augmentation import augment_generator, augment_views, check_augmentable
-from shared.errors import ConfigError, DataError, ModelError
-from shared.private_model import check_private_model
+from fedge.client.dp_clipping import ClippedGradients
+from fedge.client.dp_path import choose_dp_path, log_dp_path
+from fedge.client.sgd import MomentumSGD
+from fedge.client.weight_averaging import WeightAverage
+from fedge.shared.augmentation import (
+    augment_generator,
+    augment_views,
+    check_augmentable,
+)
+from fedge.shared.errors import ConfigError, DataError, ModelError
+from fedge.shared.private_model import check_private_model
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +95,7 @@ class PrivateTrainResult:
 def validate_private_model(model: nn.Module) -> None:
     """Raise :class:`ModelError` if Opacus cannot make ``model`` private.
 
-    :func:`shared.private_model.check_private_model`: Opacus's
+    :func:`fedge.shared.private_model.check_private_model`: Opacus's
     ``ModuleValidator`` (imported only for a model holding a layer type it
     has a rule for), every offending layer named with the fix.
     """
@@ -363,7 +367,7 @@ def make_private_step(
 def resolve_grad_sample_mode(
     model: nn.Module, grad_sample_mode: str, example: torch.Tensor | None = None
 ) -> str:
-    """``"auto"`` → the path :func:`client.dp_path.choose_dp_path` picks (logged).
+    """``"auto"`` → the path :func:`fedge.client.dp_path.choose_dp_path` picks (logged).
 
     ``example`` (a few inputs) lets it check whether ghost clipping applies;
     without one, a model the fast path does not cover gets ``"hooks"``.
@@ -403,7 +407,7 @@ def train_private(
     """Train ``model`` in place with ``steps`` DP-SGD steps of rate ``sample_rate``.
 
     The privacy numbers come from the node's plan
-    (:func:`shared.privacy_plan.plan_privacy`), so what is trained is exactly
+    (:func:`fedge.shared.privacy_plan.plan_privacy`), so what is trained is exactly
     what the budget check approved and the ledger records.
 
     Parameters
@@ -442,12 +446,12 @@ def train_private(
     augment_multiplicity : int, default 0
         K >= 1: every step trains on K augmented views of each example of its
         batch, each example's gradient averaged over its views before the
-        clip (:mod:`shared.augmentation`); 0 = no augmentation.
+        clip (:mod:`fedge.shared.augmentation`); 0 = no augmentation.
     augment_seed : sequence of int
         Seeds the views with the step index, e.g. ``(model_seed, round)``.
     ema_decay : float, default 0
         > 0: the model ends holding the exponential moving average of its
-        weights over the steps (:class:`client.weight_averaging.WeightAverage`),
+        weights over the steps (:class:`fedge.client.weight_averaging.WeightAverage`),
         not the last iterate: post-processing, the privacy numbers unchanged.
 
     Returns

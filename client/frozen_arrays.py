@@ -2,12 +2,12 @@
 
 With ``trainable`` leaving parameters frozen, the coordinator sends a node
 every array once and afterwards only the trainable ones
-(:mod:`server.frozen_arrays`), naming the frozen arrays by their SHA-256 in
+(:mod:`fedge.server.frozen_arrays`), naming the frozen arrays by their SHA-256 in
 every message. The node keeps the frozen arrays in its ``context.state``
 (which outlives each message, also when every message runs in a fresh
 process), under that digest: a copy of other arrays, or none (state wiped, the
 SuperNode restarted), is not used; the node replies
-:data:`shared.keys.FROZEN_MISSING` and is sent every array again.
+:data:`fedge.shared.keys.FROZEN_MISSING` and is sent every array again.
 
 Whatever a node received, it freezes the same parameters (``requires_grad``
 off: no gradient, no DP noise, not changed) and replies only the exchanged
@@ -21,15 +21,15 @@ import logging
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
-from shared.errors import ModelError
-from shared.records import (
+from fedge.shared.errors import ModelError
+from fedge.shared.records import (
     load_record_into,
     merge_arrays,
     record_sha256,
     select_arrays,
     state_dict_to_record,
 )
-from shared.trainable import TrainableSelection
+from fedge.shared.trainable import TrainableSelection
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A node's data, loaded and split once: in memory per process, on disk per run.
 
-:func:`client.node_data.load_node_data` reads a file with pandas (or a built-in
+:func:`fedge.client.node_data.load_node_data` reads a file with pandas (or a built-in
 set with scikit-learn), encodes it and partitions it: hundreds of milliseconds
 plus about a second and a half of imports. Every message needs the same
 result, so:
@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from client.node_data import NodeData, load_node_data, node_data_file
-from shared import keys
-from shared.atomic_io import atomic_write_bytes
-from shared.config import DATASET_FILE, DataConfig
-from shared.datasets import Dataset
-from shared.errors import DataError
-from shared.preprocessing import Preprocessing
+from fedge.client.node_data import NodeData, load_node_data, node_data_file
+from fedge.shared import keys
+from fedge.shared.atomic_io import atomic_write_bytes
+from fedge.shared.config import DATASET_FILE, DataConfig
+from fedge.shared.datasets import Dataset
+from fedge.shared.errors import DataError
+from fedge.shared.preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
 

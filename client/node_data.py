@@ -16,18 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared import keys
-from shared.config import DATASET_FILE, DataConfig
-from shared.datasets import (
+from fedge.shared import keys
+from fedge.shared.config import DATASET_FILE, DataConfig
+from fedge.shared.datasets import (
     SUPPORTED_SUFFIXES,
     Dataset,
     load_builtin,
     load_file,
     split_train_test,
 )
-from shared.errors import DataError
-from shared.partition import partition_indices
-from shared.preprocessing import Preprocessing
+from fedge.shared.errors import DataError
+from fedge.shared.partition import partition_indices
+from fedge.shared.preprocessing import Preprocessing
 
 LOCAL_TEST_FRACTION = 0.1  # held out on each node for federated evaluation
 NODE_FILE_STEM = "node-{partition_id}"  # a virtual node's file in node-data-dir

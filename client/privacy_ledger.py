@@ -4,7 +4,7 @@ A node's ε is cumulative over the whole run, so what it has spent must survive
 rounds, process restarts (deployment starts a new ClientApp process per
 message) and crashes. The ledger is a list of ``(server_round,
 noise_multiplier, sample_rate, steps)`` entries; ε is always recomputed from it
-by Opacus's accountant (:func:`shared.privacy.epsilon_for`), never stored.
+by Opacus's accountant (:func:`fedge.shared.privacy.epsilon_for`), never stored.
 
 It lives in two places: Flower's ``context.state`` (:meth:`to_config_record` /
 :meth:`from_config_record`) and a JSON file in the node's state directory
@@ -34,9 +34,9 @@ from typing import Any
 
 from flwr.app import ConfigRecord
 
-from shared.atomic_io import atomic_write_bytes
-from shared.errors import ConfigError, DataError
-from shared.privacy import HistoryEntry, check_history_entry, epsilon_for
+from fedge.shared.atomic_io import atomic_write_bytes
+from fedge.shared.errors import ConfigError, DataError
+from fedge.shared.privacy import HistoryEntry, check_history_entry, epsilon_for
 
 FORMAT_VERSION = 1
 STATE_KEY = "privacy-ledger"  # the ConfigRecord's name in context.state

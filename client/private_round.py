@@ -5,7 +5,7 @@ step of every round), not per round; the ledger carries the node's cumulative
 spend across rounds and restarts; a round that would take ε past the budget is
 refused before any training, and the reply says so. A round asked for again
 (its reply was lost) with the same global parameters gets the update already
-released for it, bit for bit, and costs nothing (:mod:`client.release_cache`
+released for it, bit for bit, and costs nothing (:mod:`fedge.client.release_cache`
 says why); asked with other parameters, it is trained again and counted again:
 every release counts.
 
@@ -28,9 +28,9 @@ from typing import Any
 from flwr.app import ConfigRecord, Context
 from torch import nn
 
-from client.budget import check_budget
-from client.dp_training import train_private, validate_private_model
-from client.privacy_ledger import (
+from fedge.client.budget import check_budget
+from fedge.client.dp_training import train_private, validate_private_model
+from fedge.client.privacy_ledger import (
     STATE_KEY,
     LedgerEntry,
     PrivacyLedger,
@@ -38,19 +38,19 @@ from client.privacy_ledger import (
     ledger_path,
     restore_ledger,
 )
-from client.release_cache import (
+from fedge.client.release_cache import (
     CachedRelease,
     load_release,
     release_key,
     release_path,
     save_release,
 )
-from shared import keys
-from shared.config import RunConfig
-from shared.datasets import Dataset
-from shared.privacy import epsilon_schedule
-from shared.privacy_plan import PrivacyPlan, plan_for_config
-from shared.records import record_list, record_scalar
+from fedge.shared import keys
+from fedge.shared.config import RunConfig
+from fedge.shared.datasets import Dataset
+from fedge.shared.privacy import epsilon_schedule
+from fedge.shared.privacy_plan import PrivacyPlan, plan_for_config
+from fedge.shared.records import record_list, record_scalar
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ _validated_specs: set[str] = set()
 
 @dataclass(frozen=True)
 class CachedPlan:
-    """The node's plan (:func:`shared.privacy_plan.plan_privacy`) and its ε schedule.
+    """The node's plan (:func:`fedge.shared.privacy_plan.plan_privacy`) and its ε schedule.
 
     ``epsilon_schedule[k]`` is ε after ``k`` planned rounds (the whole run for
     RDP; for PRV it grows by one element per round, see :func:`extend_schedule`).
@@ -151,7 +151,7 @@ def check_private_model_once(
 ) -> None:
     """:func:`validate_private_model` once per model spec for this node.
 
-    The spec (:meth:`shared.models.ModelSpec.to_json`) fully determines the
+    The spec (:meth:`fedge.shared.models.ModelSpec.to_json`) fully determines the
     layers Opacus inspects, so one accepted spec stays accepted.
     """
     digest = hashlib.sha256(model_spec.encode("utf-8")).hexdigest()[:16]

@@ -4,7 +4,7 @@ The simulation engine runs many messages (of many virtual nodes) in each of a
 few long-lived worker processes, so module-level caches pay off there; in a
 deployment each message gets a fresh process and these caches simply start
 empty (what must survive there lives in ``context.state`` and the node's
-``state-dir``, see :mod:`client.private_round` and :mod:`client.node_cache`).
+``state-dir``, see :mod:`fedge.client.private_round` and :mod:`fedge.client.node_cache`).
 
 Keys are the full inputs (the run config's contents, the model spec's JSON),
 so a changed run config or spec can never be served a stale object.
@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from shared.config import RunConfig, from_run_config
-from shared.models import ModelSpec, build_model
+from fedge.shared.config import RunConfig, from_run_config
+from fedge.shared.models import ModelSpec, build_model
 
 # A worker serves one run at a time; a few entries cover a resumed or second run.
 MAX_CONFIGS = 8
@@ -31,7 +31,7 @@ _models: OrderedDict[str, nn.Module] = OrderedDict()
 
 
 def typed_config(run_config: Mapping[str, Any]) -> RunConfig:
-    """:func:`shared.config.from_run_config` of ``run_config``, once per contents.
+    """:func:`fedge.shared.config.from_run_config` of ``run_config``, once per contents.
 
     Raises
     ------
@@ -51,7 +51,7 @@ def model_for(model_spec: str) -> nn.Module:
     """Return the network ``model_spec`` (:meth:`ModelSpec.to_json`) describes, built once.
 
     The caller loads the message's weights into it (every parameter and buffer
-    is overwritten, see :func:`shared.records.load_record_into`); gradients left
+    is overwritten, see :func:`fedge.shared.records.load_record_into`); gradients left
     by a previous message are cleared here.
 
     Raises

@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.atomic_io import atomic_write_bytes
-from shared.config import RunConfig
-from shared.privacy import HistoryEntry
+from fedge.shared.atomic_io import atomic_write_bytes
+from fedge.shared.config import RunConfig
+from fedge.shared.privacy import HistoryEntry
 
 logger = logging.getLogger(__name__)
 

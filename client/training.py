@@ -1,6 +1,6 @@
 """Plain (non-private) local training: seeded mini-batch SGD with momentum.
 
-The DP-SGD path lives in :mod:`client.dp_training`; both accept the FedProx
+The DP-SGD path lives in :mod:`fedge.client.dp_training`; both accept the FedProx
 proximal term (Li et al., 2020), which pulls local weights towards the global
 model by ``mu / 2 * ||w - w_global||^2``.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from client.sgd import MomentumSGD
+from fedge.client.sgd import MomentumSGD
 
 
 @dataclass(frozen=True)

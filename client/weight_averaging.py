@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from shared.errors import ConfigError
+from fedge.shared.errors import ConfigError
 
 
 class WeightAverage:

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_export.runtime import EdgeModel
-from shared.run_folder import (
+from fedge.edge_export.runtime import EdgeModel
+from fedge.shared.run_folder import (
     MANIFEST_FILE,
     MODEL_CARD_FILE,
     MODEL_WEIGHTS_FILE,
@@ -120,8 +120,8 @@ def _ort_plain_engine(path: Path, x: np.ndarray) -> Callable[[], Any]:
 def _torch_engine(weights: Path, batch: int, x: np.ndarray) -> Callable[[], Any]:
     import torch  # only here: the runtime and ONNX engines never need it
 
-    from shared.models import build_model
-    from shared.run_folder import read_model_card
+    from fedge.shared.models import build_model
+    from fedge.shared.run_folder import read_model_card
 
     torch.set_num_threads(1)
     model = build_model(read_model_card(weights.parent).spec)
@@ -252,7 +252,7 @@ def _size_breakdowns(files: dict[str, Path | None]) -> dict[str, Any]:
     """
     import onnx  # only here: the engines themselves run on onnxruntime
 
-    from edge_export.onnx_size import size_breakdown
+    from fedge.edge_export.onnx_size import size_breakdown
 
     parts = {
         engine: size_breakdown(onnx.load(str(path)))
@@ -416,9 +416,9 @@ def _build_digits_run(
     import torch
     from torch import nn
 
-    from shared.config import from_run_config
-    from shared.datasets import load_builtin
-    from shared.models import build_model, default_spec
+    from fedge.shared.config import from_run_config
+    from fedge.shared.datasets import load_builtin
+    from fedge.shared.models import build_model, default_spec
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -461,7 +461,7 @@ def main() -> dict[str, Any]:
     The series model is the 1-D CNN on basic-motions (``model = "auto"`` for
     time series), trained 200 steps; its figures are under ``"series"``.
     """
-    from edge_export.pipeline import export_run
+    from fedge.edge_export.pipeline import export_run
 
     with tempfile.TemporaryDirectory(prefix="fedge-edge-bench-") as tmp:
         run_dir = Path(tmp) / "digits"

@@ -1,6 +1,6 @@
 """The model card's PNG figures: confusion matrix, column importance, saliency.
 
-matplotlib's object API on the Agg canvas, as ``simulations.report`` draws its
+matplotlib's object API on the Agg canvas, as ``fedge.simulations.report`` draws its
 plots: no display, no global pyplot state.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_export.explanations import ColumnImportance
+from fedge.edge_export.explanations import ColumnImportance
 
 
 def _figure(width: float, height: float) -> Any:

@@ -30,9 +30,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edge_export.runtime import session_options
-from shared.errors import ModelError
-from shared.run_folder import (
+from fedge.edge_export.runtime import session_options
+from fedge.shared.errors import ModelError
+from fedge.shared.run_folder import (
     ONNX_FIXED_FILE,
     ONNX_FP32_FILE,
     ONNX_OPTIMIZED_FILE,

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_export.runtime import session_options
-from shared.errors import ModelError
-from shared.preprocessing import Preprocessing
+from fedge.edge_export.runtime import session_options
+from fedge.shared.errors import ModelError
+from fedge.shared.preprocessing import Preprocessing
 
 # Encoded inputs (n, *input_shape) -> logits (n, num_classes).
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -65,7 +65,7 @@ def column_groups(preprocessing: Preprocessing) -> dict[str, list[int]]:
 
     Numeric columns come first, one position each, in ``numeric_columns``
     order; then each categorical column's one-hot block, in ``categories``
-    order (the encoding :class:`~shared.preprocessing.Preprocessing` applies).
+    order (the encoding :class:`~fedge.shared.preprocessing.Preprocessing` applies).
 
     Raises
     ------

@@ -5,7 +5,7 @@ inside the ONNX files against ``model.json`` and runs the embedded artefacts
 against ``model.onnx``. It detects changed, truncated and missing files:
 corruption. Someone who can rewrite both a model and the
 manifest passes those checks; a signature over the manifest
-(:mod:`edge_export.signing`, checked here when a public key is given) detects
+(:mod:`fedge.edge_export.signing`, checked here when a public key is given) detects
 that tampering.
 """
 
@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_export.embedded import (
+from fedge.edge_export.embedded import (
     DEFAULT_TOLERANCE,
     SAME_FUNCTION_AS_ONNX,
     compare_same_function,
 )
-from edge_export.metadata import fedge_metadata, read_metadata
-from edge_export.runtime import (
+from fedge.edge_export.metadata import fedge_metadata, read_metadata
+from fedge.edge_export.runtime import (
     KEY_PREPROCESSING,
     KEY_PRIVACY,
     KEY_PROVENANCE,
@@ -33,9 +33,9 @@ from edge_export.runtime import (
     sha256_file,
     verify_signature,
 )
-from shared.atomic_io import atomic_write_text
-from shared.errors import ModelError
-from shared.run_folder import (
+from fedge.shared.atomic_io import atomic_write_text
+from fedge.shared.errors import ModelError
+from fedge.shared.run_folder import (
     CONFIG_FILE,
     MANIFEST_FILE,
     MODEL_CARD_FILE,
@@ -80,7 +80,7 @@ class Manifest:
     export : dict
         Opset, tolerance, tool versions.
     parity : dict
-        :class:`~edge_export.onnx_export.ParityReport` as a dict.
+        :class:`~fedge.edge_export.onnx_export.ParityReport` as a dict.
     accuracy : dict
         Top-1 accuracy on the held-out split: PyTorch, ONNX fp32, ONNX int8.
     quantization : dict
@@ -311,7 +311,7 @@ def verify_run(
 
     ``model.ort``, ``model.fixed.onnx`` and ``model.optimized.onnx`` must give
     ``model.onnx``'s logits within the export's tolerance on a few inputs
-    (:func:`edge_export.embedded.compare_same_function`).
+    (:func:`fedge.edge_export.embedded.compare_same_function`).
 
     With ``public_key``, the manifest's signature must verify too (a missing
     or wrong signature is a problem); without it the signature is not checked.

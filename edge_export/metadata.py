@@ -3,7 +3,7 @@
 The model file carries everything a device needs to use it correctly and
 everything an auditor needs to trust it: the architecture, the input contract,
 the input encoding, class labels, where it came from and its DP guarantee. The
-runtime reads these keys back (:class:`edge_export.runtime.EdgeMetadata`).
+runtime reads these keys back (:class:`fedge.edge_export.runtime.EdgeMetadata`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import onnx
 
-from edge_export.runtime import (
+from fedge.edge_export.runtime import (
     KEY_CLASS_LABELS,
     KEY_FORMAT,
     KEY_INPUT,
@@ -29,7 +29,7 @@ from edge_export.runtime import (
     KEY_SPEC,
     METADATA_FORMAT,
 )
-from shared.errors import ModelError
+from fedge.shared.errors import ModelError
 
 BATCH_DIM = "batch"
 PRODUCER_NAME = "fedge"

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edge_export.card_figures import (
+from fedge.edge_export.card_figures import (
     plot_confusion_matrix,
     plot_importance,
     plot_saliency,
 )
-from edge_export.explanations import (
+from fedge.edge_export.explanations import (
     OCCLUSION_BASELINE,
     PERMUTATION_REPEATS,
     Predict,
@@ -39,15 +39,15 @@ from edge_export.explanations import (
     onnx_predictor,
     permutation_importance,
 )
-from edge_export.manifest import Manifest, read_manifest
-from edge_export.onnx_export import torch_logits
-from edge_export.run_inputs import RunInputs, held_out_data, load_run
-from shared import keys
-from shared.atomic_io import atomic_write_json, atomic_write_text
-from shared.datasets import Dataset
-from shared.json_records import json_safe, read_jsonl
-from shared.metrics import per_class_metrics
-from shared.run_folder import (
+from fedge.edge_export.manifest import Manifest, read_manifest
+from fedge.edge_export.onnx_export import torch_logits
+from fedge.edge_export.run_inputs import RunInputs, held_out_data, load_run
+from fedge.shared import keys
+from fedge.shared.atomic_io import atomic_write_json, atomic_write_text
+from fedge.shared.datasets import Dataset
+from fedge.shared.json_records import json_safe, read_jsonl
+from fedge.shared.metrics import per_class_metrics
+from fedge.shared.run_folder import (
     BATCH1_LATENCY,
     BATCH1_TIMING,
     CARD_DIR,

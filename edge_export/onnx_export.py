@@ -29,11 +29,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from edge_export.embedded import DEFAULT_TOLERANCE
-from edge_export.metadata import strip_exporter_metadata
-from edge_export.runtime import session_options
-from shared.errors import ModelError
-from shared.models import for_export
+from fedge.edge_export.embedded import DEFAULT_TOLERANCE
+from fedge.edge_export.metadata import strip_exporter_metadata
+from fedge.edge_export.runtime import session_options
+from fedge.shared.errors import ModelError
+from fedge.shared.models import for_export
 
 logger = logging.getLogger(__name__)
 

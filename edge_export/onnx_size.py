@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import onnx
 
-from shared.errors import ModelError
+from fedge.shared.errors import ModelError
 
 # Metadata keys ONNX Runtime's quantisation pre-processor adds (it records
 # that shape inference ran); nothing reads them back.

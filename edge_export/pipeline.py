@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edge_export.embedded import (
+from fedge.edge_export.embedded import (
     DEFAULT_TOLERANCE,
     batch1_latency_us,
     check_budgets,
@@ -29,9 +29,14 @@ from edge_export.embedded import (
     optimize_offline,
     to_ort_format,
 )
-from edge_export.manifest import ROLES, Manifest, describe_artefact, write_manifest
-from edge_export.metadata import build_metadata, copy_metadata, write_metadata
-from edge_export.onnx_export import (
+from fedge.edge_export.manifest import (
+    ROLES,
+    Manifest,
+    describe_artefact,
+    write_manifest,
+)
+from fedge.edge_export.metadata import build_metadata, copy_metadata, write_metadata
+from fedge.edge_export.onnx_export import (
     INPUT_NAME,
     OPSET,
     OUTPUT_NAME,
@@ -41,13 +46,18 @@ from edge_export.onnx_export import (
     onnx_logits,
     torch_logits,
 )
-from edge_export.onnx_size import drop_runtime_unused
-from edge_export.quantize import DYNAMIC, QUANT_METHODS, STATIC, quantize_int8
-from edge_export.run_inputs import RunInputs, calibration_data, held_out_data, load_run
-from edge_export.runtime import KEY_QUANTIZATION
-from edge_export.signing import sign_manifest
-from shared.errors import ConfigError, ModelError
-from shared.run_folder import (
+from fedge.edge_export.onnx_size import drop_runtime_unused
+from fedge.edge_export.quantize import DYNAMIC, QUANT_METHODS, STATIC, quantize_int8
+from fedge.edge_export.run_inputs import (
+    RunInputs,
+    calibration_data,
+    held_out_data,
+    load_run,
+)
+from fedge.edge_export.runtime import KEY_QUANTIZATION
+from fedge.edge_export.signing import sign_manifest
+from fedge.shared.errors import ConfigError, ModelError
+from fedge.shared.run_folder import (
     BATCH1_LATENCY,
     BATCH1_TIMING,
     CONFIG_FILE,
@@ -270,11 +280,11 @@ def export_run(
         PyTorch eager on the held-out split.
     calibration_size : int, default 256
         Training-side examples used to calibrate static quantisation.
-    opset : int, default :data:`~edge_export.onnx_export.OPSET`
+    opset : int, default :data:`~fedge.edge_export.onnx_export.OPSET`
     sign_key : path-like, optional
         An elliptic-curve private key (PEM): sign the manifest, which hashes
         every artefact, into ``manifest.sig``
-        (:func:`edge_export.signing.sign_manifest`). None leaves it unsigned.
+        (:func:`fedge.edge_export.signing.sign_manifest`). None leaves it unsigned.
     max_size_kib, max_latency_us : float, optional
         Budgets: at least one model file must be this small and this fast
         (batch-1 p50 on one thread, measured on this machine), else nothing is
@@ -480,7 +490,7 @@ def _add_model_card(run_dir: Path, manifest: Manifest, onnx_path: Path) -> None:
     The card explains the checked ONNX model before it is published; its own
     hash then goes into the manifest, so ``fedge verify`` covers it.
     """
-    from edge_export.model_card import write_run_card  # matplotlib: only here
+    from fedge.edge_export.model_card import write_run_card  # matplotlib: only here
 
     for path in write_run_card(run_dir, manifest=manifest, onnx_path=onnx_path):
         manifest.artefacts[path.name] = describe_artefact(path, ROLES[path.name])

@@ -1,6 +1,6 @@
 """Post-training int8 quantisation with ONNX Runtime's tools.
 
-Two methods, both measured on every export (:mod:`edge_export.pipeline` keeps
+Two methods, both measured on every export (:mod:`fedge.edge_export.pipeline` keeps
 the one that holds accuracy):
 
 ``static-qdq``
@@ -41,7 +41,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from shared.errors import ModelError
+from fedge.shared.errors import ModelError
 
 STATIC = "static-qdq"
 DYNAMIC = "dynamic"

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.config import DATASET_FILE, RunConfig
-from shared.datasets import BUILTIN_DATASETS, Dataset, load_builtin, load_file
-from shared.errors import ModelError
-from shared.models import ModelSpec, build_model
-from shared.preprocessing import Preprocessing
-from shared.run_folder import (
+from fedge.shared.config import DATASET_FILE, RunConfig
+from fedge.shared.datasets import BUILTIN_DATASETS, Dataset, load_builtin, load_file
+from fedge.shared.errors import ModelError
+from fedge.shared.models import ModelSpec, build_model
+from fedge.shared.preprocessing import Preprocessing
+from fedge.shared.run_folder import (
     CONFIG_FILE,
     MODEL_CARD_FILE,
     MODEL_WEIGHTS_FILE,

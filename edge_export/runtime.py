@@ -3,7 +3,7 @@
 This file stands alone on purpose: a device copies it (or installs fedge with
 ``pip install -r requirements-edge.txt``) and needs neither torch nor the rest
 of fedge. It therefore re-implements, in NumPy, the input encoding that
-``shared.preprocessing.Preprocessing.transform_features`` applies during
+``fedge.shared.preprocessing.Preprocessing.transform_features`` applies during
 training, reading the encoding from the model's own metadata; a test checks
 that both give identical arrays. pandas is imported only when the caller
 hands over a DataFrame or asks to read CSV/Parquet and it is installed.
@@ -12,7 +12,7 @@ Examples
 --------
 A device loop, once the model has been exported with ``fedge export``::
 
-    from edge_export.runtime import EdgeModel
+    from fedge.edge_export.runtime import EdgeModel
 
     model = EdgeModel.load("runs/demo/model.int8.onnx")
     prediction = model.predict(raw_rows)  # array, DataFrame or column dict
@@ -80,7 +80,7 @@ _HASH_CHUNK_BYTES = 1 << 20
 class EdgeError(ValueError):
     """Base class of the runtime's errors (a ValueError, like fedge's own).
 
-    The runtime cannot import ``shared.errors`` (it must run without fedge),
+    The runtime cannot import ``fedge.shared.errors`` (it must run without fedge),
     so it has its own small hierarchy.
     """
 
@@ -583,7 +583,7 @@ def _transform_images(prep: Mapping[str, Any], data: Any, source: str) -> np.nda
 def _series_array(
     data: Any, channels: int, source: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Port of ``shared.preprocessing.series_array``: stack, find each length."""
+    """Port of ``fedge.shared.preprocessing.series_array``: stack, find each length."""
     if isinstance(data, list | tuple):
         if not data:
             raise InputError(f"{source}: no time series given; expected at least one")

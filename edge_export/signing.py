@@ -9,15 +9,15 @@ tampering.
 Signing uses OpenSSF's ``model-signing`` library (what model hubs adopt) in its
 elliptic-curve private-key mode, which works offline: no Sigstore service,
 no transparency log. The signature is a Sigstore bundle in ``manifest.sig``;
-:func:`edge_export.runtime.verify_signature` checks it on the device.
+:func:`fedge.edge_export.runtime.verify_signature` checks it on the device.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from shared.errors import ConfigError, ModelError
-from shared.run_folder import MANIFEST_FILE, SIGNATURE_FILE
+from fedge.shared.errors import ConfigError, ModelError
+from fedge.shared.run_folder import MANIFEST_FILE, SIGNATURE_FILE
 
 
 def sign_manifest(run_dir: str | Path, private_key: str | Path) -> Path:

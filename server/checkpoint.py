@@ -38,9 +38,13 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-from shared.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from shared.errors import ConfigError
-from shared.run_folder import CHECKPOINT_DIR
+from fedge.shared.atomic_io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
+from fedge.shared.errors import ConfigError
+from fedge.shared.run_folder import CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -27,12 +27,12 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from server.frozen_arrays import ArraysWire
-from server.node_sampling import sampling_rng
-from shared import keys
-from shared.config import ReportConfig
-from shared.errors import FedgeError
-from shared.records import record_list, record_scalar
+from fedge.server.frozen_arrays import ArraysWire
+from fedge.server.node_sampling import sampling_rng
+from fedge.shared import keys
+from fedge.shared.config import ReportConfig
+from fedge.shared.errors import FedgeError
+from fedge.shared.records import record_list, record_scalar
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def evaluate_every_node(
     wire : ArraysWire, optional
         With frozen parameters: ``arrays`` are the full model, and each node
         gets the frozen ones only if it does not hold them
-        (:mod:`server.frozen_arrays`).
+        (:mod:`fedge.server.frozen_arrays`).
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """One federated run from start (or resume) to the finished run folder.
 
 This wires the pieces: reference data and model, Flower's strategy inside the
-:class:`~server.robust_strategy.RobustStrategy` guard, the round loop, the metrics
+:class:`~fedge.server.robust_strategy.RobustStrategy` guard, the round loop, the metrics
 history, checkpoints, the final model and the edge-export hand-off. The ServerApp
 only calls :func:`run_federation`.
 """
@@ -16,37 +16,37 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from torch import nn
 
-from server.checkpoint import load_latest_checkpoint, restore_strategy_state
-from server.client_evaluation import evaluate_every_node, evaluation_due
-from server.federation_loop import StopRun, run_rounds
-from server.frozen_arrays import ArraysWire
-from server.metrics_history import MetricsHistory
-from server.node_sampling import wait_for_nodes
-from server.reference_data import load_reference_data
-from server.robust_strategy import RobustStrategy
-from server.round_end import RoundEnd
-from server.round_summary import initial_row, privacy_summary
-from server.run_folder import (
+from fedge.server.checkpoint import load_latest_checkpoint, restore_strategy_state
+from fedge.server.client_evaluation import evaluate_every_node, evaluation_due
+from fedge.server.federation_loop import StopRun, run_rounds
+from fedge.server.frozen_arrays import ArraysWire
+from fedge.server.metrics_history import MetricsHistory
+from fedge.server.node_sampling import wait_for_nodes
+from fedge.server.reference_data import load_reference_data
+from fedge.server.robust_strategy import RobustStrategy
+from fedge.server.round_end import RoundEnd
+from fedge.server.round_summary import initial_row, privacy_summary
+from fedge.server.run_folder import (
     check_resumable,
     resolve_run_dir,
     run_identity,
     save_final_model,
     start_run_folder,
 )
-from server.run_outcome import NothingTrainedError, refuse_untrained
-from server.starting_model import starting_model
-from server.strategy_factory import build_strategy
-from shared import keys
-from shared.augmentation import check_augmentable
-from shared.config import RunConfig
-from shared.datasets import Dataset
-from shared.errors import ConfigError, FedgeError
-from shared.evaluation import evaluate_model
-from shared.initial_weights import StartingPoint
-from shared.models import ModelSpec, build_model
-from shared.private_model import check_model_for_run
-from shared.records import load_record_into, state_dict_to_record
-from shared.run_folder import (
+from fedge.server.run_outcome import NothingTrainedError, refuse_untrained
+from fedge.server.starting_model import starting_model
+from fedge.server.strategy_factory import build_strategy
+from fedge.shared import keys
+from fedge.shared.augmentation import check_augmentable
+from fedge.shared.config import RunConfig
+from fedge.shared.datasets import Dataset
+from fedge.shared.errors import ConfigError, FedgeError
+from fedge.shared.evaluation import evaluate_model
+from fedge.shared.initial_weights import StartingPoint
+from fedge.shared.models import ModelSpec, build_model
+from fedge.shared.private_model import check_model_for_run
+from fedge.shared.records import load_record_into, state_dict_to_record
+from fedge.shared.run_folder import (
     CENTRAL_ACCURACY,
     CENTRAL_LOSS,
     CENTRAL_PREFIX,
@@ -72,7 +72,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         every checkpoint written so far is kept.
     NothingTrainedError
         When no round aggregated an update: no model is saved or exported
-        (:mod:`server.run_outcome`).
+        (:mod:`fedge.server.run_outcome`).
     """
     check_sign_key(config)
     reference = load_reference_data(config.data)
@@ -312,7 +312,7 @@ def _export(run_dir: Path, *, sign_key: str | None) -> None:
 
     With ``sign_key`` the manifest (hashing every artefact) is signed too.
     """
-    from edge_export.pipeline import export_run
+    from fedge.edge_export.pipeline import export_run
 
     manifest = export_run(
         run_dir, sign_key=Path(sign_key).expanduser() if sign_key else None
@@ -328,7 +328,7 @@ def _write_card(run_dir: Path) -> None:
     The model is saved by then: a card that cannot be written (its held-out
     data gone, say) is logged, and the run still completes.
     """
-    from edge_export.model_card import write_run_card
+    from fedge.edge_export.model_card import write_run_card
 
     try:
         paths = write_run_card(run_dir)

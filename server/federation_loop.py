@@ -23,10 +23,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from server.frozen_arrays import ArraysWire
-from server.reply_errors import common_failure, describe_error
-from shared import keys
-from shared.errors import FedgeError
+from fedge.server.frozen_arrays import ArraysWire
+from fedge.server.reply_errors import common_failure, describe_error
+from fedge.shared import keys
+from fedge.shared.errors import FedgeError
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +96,11 @@ def run_rounds(
     ``on_round_end`` is called after every round with its :class:`RoundOutcome`
     (after central evaluation), which is where metrics and checkpoints are written.
     ``client_eval``, when given, scores the round's global model on every node
-    (:mod:`server.client_evaluation`) on the rounds it says are due; it is told
+    (:mod:`fedge.server.client_evaluation`) on the rounds it says are due; it is told
     whether the round ends the run. ``stop_check``, when given, is asked after
     each round's aggregation whether the run must stop there. ``wire``, when
     given, keeps frozen arrays out of the strategy and off the wire after a
-    node has them (:mod:`server.frozen_arrays`); ``arrays`` and what the
+    node has them (:mod:`fedge.server.frozen_arrays`); ``arrays`` and what the
     callbacks get are always the full model.
 
     Raises

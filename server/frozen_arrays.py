@@ -9,9 +9,9 @@ and every full model the coordinator needs (central evaluation, checkpoints,
 (:meth:`ArraysWire.merge`).
 
 Every message names the frozen arrays by their SHA-256
-(:data:`shared.keys.FROZEN_SHA256`). A node not known to hold them gets every
+(:data:`fedge.shared.keys.FROZEN_SHA256`). A node not known to hold them gets every
 array once; after it answered, only the exchanged ones. A node that lost them
-(state wiped, restarted) replies :data:`shared.keys.FROZEN_MISSING` without
+(state wiped, restarted) replies :data:`fedge.shared.keys.FROZEN_MISSING` without
 doing anything, and :meth:`ArraysWire.exchange` sends it the whole model at
 once, in the same round: the round does not lose it.
 
@@ -27,9 +27,9 @@ from collections.abc import Iterable, Sequence
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from server.reply_collection import send_and_collect
-from shared import keys
-from shared.records import merge_arrays, record_sha256, select_arrays
+from fedge.server.reply_collection import send_and_collect
+from fedge.shared import keys
+from fedge.shared.records import merge_arrays, record_sha256, select_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ArraysWire:
     Attributes
     ----------
     sha256 : str
-        The frozen arrays' digest (:func:`shared.records.record_sha256`).
+        The frozen arrays' digest (:func:`fedge.shared.records.record_sha256`).
     holders : set of int
         Nodes that answered a message carrying the frozen arrays.
     """
@@ -99,7 +99,7 @@ class ArraysWire:
         Returns
         -------
         replies : list of Message
-            As :func:`server.reply_collection.send_and_collect`.
+            As :func:`fedge.server.reply_collection.send_and_collect`.
         sent : list of Message
             Every message pushed, resent ones included (for the byte count).
         """

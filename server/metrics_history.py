@@ -25,10 +25,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.atomic_io import atomic_write_text
-from shared.errors import FedgeError
-from shared.json_records import json_safe, plain, read_jsonl
-from shared.run_folder import (
+from fedge.shared.atomic_io import atomic_write_text
+from fedge.shared.errors import FedgeError
+from fedge.shared.json_records import json_safe, plain, read_jsonl
+from fedge.shared.run_folder import (
     METRIC_COLUMNS,
     METRICS_CSV_FILE,
     METRICS_JSONL_FILE,
@@ -52,7 +52,7 @@ class MetricsHistory:
     run_dir : str or Path
         The run folder; ``metrics.csv`` and ``metrics.jsonl`` live there. Existing
         files are loaded (for a resumed run).
-    columns : iterable of str, default :data:`shared.run_folder.METRIC_COLUMNS`
+    columns : iterable of str, default :data:`fedge.shared.run_folder.METRIC_COLUMNS`
         Declared columns, in CSV order. The first must be ``"round"``.
     """
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.errors import FedgeError
+from fedge.shared.errors import FedgeError
 
 logger = logging.getLogger(__name__)
 

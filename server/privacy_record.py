@@ -4,7 +4,7 @@ A node's ledger lives on the node; a wiped ``state-dir`` would restart its ε at
 zero and an edited one could lower it. So the coordinator keeps a second
 record, per node, of every ``(noise_multiplier, sample_rate, steps)`` it
 received in the run, computes each node's ε from it with Opacus's accountant
-(:func:`shared.privacy.epsilon_for`), sends each node its record with the
+(:func:`fedge.shared.privacy.epsilon_for`), sends each node its record with the
 round's message (the node takes, round by round, the larger of its own ledger
 and this record), and drops an update whose report contradicts the record or
 the node's plan (:func:`check_privacy_report`). The ε in ``metrics.csv``,
@@ -26,9 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import keys
-from shared.privacy import HistoryEntry, check_history_entry, epsilon_for
-from shared.privacy_plan import PrivacyPlan
+from fedge.shared import keys
+from fedge.shared.privacy import HistoryEntry, check_history_entry, epsilon_for
+from fedge.shared.privacy_plan import PrivacyPlan
 
 # Relative slack for comparing the node's floats with the coordinator's.
 _TOLERANCE = 1e-9
@@ -172,7 +172,7 @@ def check_privacy_report(
 
     A reply contradicts when it reports a noise multiplier below the plan's, a
     sample rate other than the plan's (the run's batch size ÷ the examples the
-    node reports, :func:`shared.privacy_plan.plan_privacy`), fewer steps in this
+    node reports, :func:`fedge.shared.privacy_plan.plan_privacy`), fewer steps in this
     round than planned, fewer steps in the run than the record holds plus this
     round, or an ε below the record's plus this round as
     :func:`counted_release` counts it.
@@ -186,7 +186,7 @@ def check_privacy_report(
     metrics : mapping
         The reply's metrics (``keys.EPSILON``, ``keys.DP_STEPS``, ...).
     plan : PrivacyPlan
-        The node's plan (:func:`shared.privacy_plan.plan_for_config` of its
+        The node's plan (:func:`fedge.shared.privacy_plan.plan_for_config` of its
         ``num-examples``).
     """
     release = reported_release(metrics)

@@ -8,8 +8,8 @@ and then sent to every node with the model.
 
 from __future__ import annotations
 
-from shared.config import DATASET_FILE, DataConfig
-from shared.datasets import Dataset, fit_file, load_builtin
+from fedge.shared.config import DATASET_FILE, DataConfig
+from fedge.shared.datasets import Dataset, fit_file, load_builtin
 
 
 def load_reference_data(data: DataConfig) -> Dataset:

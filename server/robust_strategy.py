@@ -1,14 +1,14 @@
 """A wrapper that guards any Flower strategy against bad replies and absent nodes.
 
-:class:`RobustStrategy` wraps a strategy from :func:`server.strategy_factory.
+:class:`RobustStrategy` wraps a strategy from :func:`fedge.server.strategy_factory.
 build_strategy` (Flower's own, possibly inside Flower's DP wrapper) the way
 Flower's DP wrappers do, and adds what a long unattended run needs:
 
 - ``configure_train``/``configure_evaluate`` wait for nodes at most
-  ``node_wait_timeout_s`` (:class:`~server.node_sampling.RoundAbort` after), and
+  ``node_wait_timeout_s`` (:class:`~fedge.server.node_sampling.RoundAbort` after), and
   make Flower's node sampling reproducible from ``(sampler_seed, server_round)``;
 - ``aggregate_train`` checks every reply against the global arrays of the round
-  (:func:`~server.update_validation.validate_reply`), logs one line per dropped
+  (:func:`~fedge.server.update_validation.validate_reply`), logs one line per dropped
   reply naming the node, sets aside privacy-budget refusals, and hands only the
   usable replies to the wrapped strategy's own aggregation;
 - ``round_stats[server_round]`` keeps the round's counts and per-client figures
@@ -38,28 +38,28 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from server.node_sampling import (
+from fedge.server.node_sampling import (
     NodeSnapshot,
     round_seed,
     seeded_sampling,
     wait_for_nodes,
 )
-from server.privacy_record import (
+from fedge.server.privacy_record import (
     PrivacyRecord,
     check_privacy_report,
     counted_release,
     reported_release,
 )
-from server.update_validation import (
+from fedge.server.update_validation import (
     as_numpy_arrays,
     is_refusal,
     metric_key_problems,
     validate_reply,
 )
-from shared import keys
-from shared.config import RunConfig
-from shared.privacy_plan import PrivacyPlan, plan_for_config
-from shared.run_folder import (
+from fedge.shared import keys
+from fedge.shared.config import RunConfig
+from fedge.shared.privacy_plan import PrivacyPlan, plan_for_config
+from fedge.shared.run_folder import (
     AGGREGATED,
     CLIENTS,
     DROPPED,
@@ -99,9 +99,9 @@ class RobustStrategy(Strategy):
         Injected for tests.
     privacy_plan : callable, optional
         Sample-level DP: a node's plan from its number of examples
-        (:func:`shared.privacy_plan.plan_for_config`). Then the wrapper keeps
+        (:func:`fedge.shared.privacy_plan.plan_for_config`). Then the wrapper keeps
         :attr:`privacy_record`, sends each node its record, drops a reply that
-        contradicts it (:func:`server.privacy_record.check_privacy_report`) and
+        contradicts it (:func:`fedge.server.privacy_record.check_privacy_report`) and
         reports the ε it computes.
     accountant : {"rdp", "prv"}, default "rdp"
         Opacus accountant of that ε.

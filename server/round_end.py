@@ -15,14 +15,14 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from server.checkpoint import save_checkpoint, strategy_state
-from server.federation_loop import RoundOutcome
-from server.metrics_history import MetricsHistory
-from server.robust_strategy import RobustStrategy
-from server.round_summary import central_epsilon, round_row, stop_reason
-from shared.atomic_io import atomic_write_json
-from shared.config import RunConfig
-from shared.run_folder import (
+from fedge.server.checkpoint import save_checkpoint, strategy_state
+from fedge.server.federation_loop import RoundOutcome
+from fedge.server.metrics_history import MetricsHistory
+from fedge.server.robust_strategy import RobustStrategy
+from fedge.server.round_summary import central_epsilon, round_row, stop_reason
+from fedge.shared.atomic_io import atomic_write_json
+from fedge.shared.config import RunConfig
+from fedge.shared.run_folder import (
     CENTRAL_DP_DELTA,
     DROPPED,
     EPSILON_MAX,
@@ -79,7 +79,7 @@ class RoundEnd:
         """Why the run must stop after this round, or None (the loop's ``stop_check``).
 
         It stops when too few nodes can still train within their privacy budget
-        (:func:`server.round_summary.stop_reason`).
+        (:func:`fedge.server.round_summary.stop_reason`).
         """
         return stop_reason(self.strategy, self.config, outcome.server_round, self.grid)
 

@@ -11,14 +11,14 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from server.federation_loop import RoundOutcome
-from server.metrics_history import summarize_clients
-from server.reply_errors import count_errors
-from server.robust_strategy import RobustStrategy
-from shared import keys
-from shared.config import RunConfig
-from shared.fairness import fairness_summary
-from shared.run_folder import (
+from fedge.server.federation_loop import RoundOutcome
+from fedge.server.metrics_history import summarize_clients
+from fedge.server.reply_errors import count_errors
+from fedge.server.robust_strategy import RobustStrategy
+from fedge.shared import keys
+from fedge.shared.config import RunConfig
+from fedge.shared.fairness import fairness_summary
+from fedge.shared.run_folder import (
     AGGREGATED,
     BYTES_RECEIVED,
     BYTES_SENT,
@@ -61,7 +61,7 @@ def round_row(
     """Return the metrics row of one round and its per-client details (``metrics.jsonl``).
 
     A round whose global model was scored on every node adds the fairness
-    summary (:func:`shared.fairness.fairness_summary` at ``fairness_threshold``)
+    summary (:func:`fedge.shared.fairness.fairness_summary` at ``fairness_threshold``)
     to the row and each node's figures to the details. A round that left the
     global model unchanged records ``aggregated`` 0, whatever the strategy
     counted; its error replies go to the details, each distinct error line
@@ -118,7 +118,7 @@ def central_epsilon(
     sampling rate ``q = m / N``. (Flower samples without replacement; the
     Poisson analysis is the customary approximation.) δ defaults below 1/N.
     """
-    from shared.privacy import default_delta, epsilon_for
+    from fedge.shared.privacy import default_delta, epsilon_for
 
     delta = config.dp.target_delta or default_delta(num_nodes)
     sample_rate = min(1.0, sampled / max(num_nodes, 1))

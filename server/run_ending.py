@@ -1,7 +1,7 @@
 """How a run that cannot continue ends: one clear line, ``status.json``, a failed exit.
 
 A run that cannot go on (too few nodes, a bad held-out file, a checkpoint it
-cannot resume) raises a :class:`~shared.errors.FedgeError`. Letting that escape
+cannot resume) raises a :class:`~fedge.shared.errors.FedgeError`. Letting that escape
 the ServerApp makes Flower log a Python traceback and "An unhandled exception
 occurred in the ServerApp" to the operator's terminal. Instead the ServerApp
 logs one line saying what happened, where ``status.json`` is and how to resume,
@@ -21,10 +21,10 @@ from flwr.app.exception import AppExitException
 from flwr.common.logger import LOGGER_NAME
 from flwr.supercore.exit.exit_code import ExitCode
 
-from server.run_folder import resolve_run_dir
-from shared.config import RunConfig
-from shared.errors import FedgeError
-from shared.run_folder import (
+from fedge.server.run_folder import resolve_run_dir
+from fedge.shared.config import RunConfig
+from fedge.shared.errors import FedgeError
+from fedge.shared.run_folder import (
     CHECKPOINT_DIR,
     FAILED,
     RESUMABLE,

@@ -1,6 +1,6 @@
 """The coordinator's side of the run folder: where it goes, when it may be reused.
 
-The folder's files and formats are :mod:`shared.run_folder`'s; this module
+The folder's files and formats are :mod:`fedge.shared.run_folder`'s; this module
 decides which folder a run writes to, refuses to overwrite an earlier run or
 to resume one configured differently, keeps the run's identity across resumes,
 and saves the final model. ``status.json`` reads ``running`` while rounds go
@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from shared.atomic_io import atomic_write_bytes, atomic_write_text
-from shared.config import RunConfig
-from shared.errors import ConfigError
-from shared.models import ModelSpec
-from shared.preprocessing import Preprocessing
-from shared.run_folder import (
+from fedge.shared.atomic_io import atomic_write_bytes, atomic_write_text
+from fedge.shared.config import RunConfig
+from fedge.shared.errors import ConfigError
+from fedge.shared.models import ModelSpec
+from fedge.shared.preprocessing import Preprocessing
+from fedge.shared.run_folder import (
     CHECKPOINT_DIR,
     METRICS_CSV_FILE,
     MODEL_WEIGHTS_FILE,

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from server.reply_errors import with_likely_cause
-from shared.errors import RunFailedError
-from shared.run_folder import (
+from fedge.server.reply_errors import with_likely_cause
+from fedge.shared.errors import RunFailedError
+from fedge.shared.run_folder import (
     AGGREGATED,
     DROPPED,
     FAILED,

@@ -8,10 +8,10 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.federation import run_federation
-from server.run_ending import end_failed_run, quiet_flower_on_run_end
-from shared.config import RunConfig, from_run_config
-from shared.errors import FedgeError
+from fedge.server.federation import run_federation
+from fedge.server.run_ending import end_failed_run, quiet_flower_on_run_end
+from fedge.shared.config import RunConfig, from_run_config
+from fedge.shared.errors import FedgeError
 
 app = ServerApp()
 
@@ -21,7 +21,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run a federation as the run config describes and leave a complete run folder.
 
     A run that cannot continue ends with one logged line and ``status.json``
-    (:mod:`server.run_ending`), and Flower records it as failed.
+    (:mod:`fedge.server.run_ending`), and Flower records it as failed.
     """
     _configure_logging()
     quiet_flower_on_run_end()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from shared.config import RunConfig
-from shared.initial_weights import StartingPoint, prepare_start
-from shared.models import ModelSpec, build_model, default_spec
-from shared.preprocessing import Preprocessing
+from fedge.shared.config import RunConfig
+from fedge.shared.initial_weights import StartingPoint, prepare_start
+from fedge.shared.models import ModelSpec, build_model, default_spec
+from fedge.shared.preprocessing import Preprocessing
 
 
 def starting_model(
@@ -28,7 +28,7 @@ def starting_model(
     ------
     ConfigError, ModelError
         A missing or unfit weights file, or a glob that matches no parameter
-        (:func:`shared.initial_weights.prepare_start`).
+        (:func:`fedge.shared.initial_weights.prepare_start`).
     """
     spec = model_spec_for(config, preprocessing)
     model = build_model(spec, model_seed=config.train.model_seed)
@@ -41,7 +41,7 @@ def model_spec_for(config: RunConfig, preprocessing: Preprocessing) -> ModelSpec
     Raises
     ------
     ModelError
-        For a user's model that cannot be resolved (:func:`shared.models.default_spec`).
+        For a user's model that cannot be resolved (:func:`fedge.shared.models.default_spec`).
     """
     return default_spec(
         config.train.model,

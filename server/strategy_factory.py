@@ -29,9 +29,9 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from shared import keys
-from shared.config import NON_MEAN_AGGREGATORS, RunConfig, StrategyConfig
-from shared.errors import ConfigError
+from fedge.shared import keys
+from fedge.shared.config import NON_MEAN_AGGREGATORS, RunConfig, StrategyConfig
+from fedge.shared.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Pure functions: each returns ``None`` when the reply is usable, else one line
 saying what is wrong with it (which array, what was expected, what came). The
-strategy wrapper in :mod:`server.robust_strategy` logs that line with the node
+strategy wrapper in :mod:`fedge.server.robust_strategy` logs that line with the node
 id and drops the reply, as Flower's ``FedAvg`` drops error replies, so one bad
 node costs its own update and not the round.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from shared import keys
+from fedge.shared import keys
 
 # A client that would exceed its privacy budget replies with this metric set to 1
 # and no arrays.

@@ -25,8 +25,8 @@ tables
     augmentation is refused there.
 
 Views of example i are rows ``i*K … i*K+K-1`` of the augmented batch, the
-layout :class:`client.dp_clipping.ClippedGradients` and
-:class:`client.dp_training.PrivateStep` group by.
+layout :class:`fedge.client.dp_clipping.ClippedGradients` and
+:class:`fedge.client.dp_training.PrivateStep` group by.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from shared.errors import ConfigError
+from fedge.shared.errors import ConfigError
 
 SERIES_SCALE_STD = 0.1
 SERIES_JITTER_STD = 0.05

@@ -2,7 +2,7 @@
 
 Defaults live in ``pyproject.toml`` under ``[tool.flwr.app.config]`` and nowhere
 else; this module only types and validates them. Every problem found is reported
-together in one :class:`~shared.errors.ConfigError`, as Opacus's
+together in one :class:`~fedge.shared.errors.ConfigError`, as Opacus's
 ``ModuleValidator.validate`` collects a list before raising.
 """
 
@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from shared.dp_defaults import AUTO, auto_activation, auto_learning_rate
-from shared.errors import ConfigError
+from fedge.shared.dp_defaults import AUTO, auto_activation, auto_learning_rate
+from fedge.shared.errors import ConfigError
 
 DATASET_FILE = "file"  # dataset value meaning: the data comes from files
 PARTITIONINGS = ("iid", "dirichlet", "shards")
@@ -66,17 +66,17 @@ class TrainConfig:
     ``initial_weights`` is a state_dict file on the coordinator ("" = the
     random weights of ``model_seed``); ``trainable`` the comma-separated globs
     of the parameters trained and exchanged every round
-    (:mod:`shared.trainable`), the others frozen.
+    (:mod:`fedge.shared.trainable`), the others frozen.
 
     ``"auto"`` in the run config (the default of ``activation``,
     ``local-epochs``, ``batch-size`` and ``learning-rate``) lets
-    :mod:`shared.dp_defaults` choose: ``activation`` and ``learning_rate`` are
+    :mod:`fedge.shared.dp_defaults` choose: ``activation`` and ``learning_rate`` are
     resolved here (they depend on the DP mode and clipping norm only);
     ``local_epochs`` and ``batch_size`` stay None, since under sample DP they
     depend on the node's example count: read them through
-    :func:`shared.privacy_plan.local_schedule`. ``ema_decay`` > 0: the node
+    :func:`fedge.shared.privacy_plan.local_schedule`. ``ema_decay`` > 0: the node
     releases an exponential moving average of its weights over the round's
-    steps instead of the last iterate (:mod:`client.weight_averaging`).
+    steps instead of the last iterate (:mod:`fedge.client.weight_averaging`).
     """
 
     model: str
@@ -101,9 +101,9 @@ class DPConfig:
     0 means "choose below 1/n of the client's examples".
     ``mode="central"``: user-level DP with Flower's server-side clipping wrapper.
     ``fix_model``: build the model with Opacus's ``ModuleValidator.fix``
-    applied (:mod:`shared.private_model`), in every mode.
+    applied (:mod:`fedge.shared.private_model`), in every mode.
     ``augment_multiplicity`` K >= 1: DP-SGD trains on K augmented views of
-    each example, averaged before the clip (:mod:`shared.augmentation`);
+    each example, averaged before the clip (:mod:`fedge.shared.augmentation`);
     0 = off. Only DP-SGD (``mode="sample"``) uses it.
     """
 
@@ -307,16 +307,16 @@ def flat_from_nested(nested: Mapping[str, Any]) -> dict[str, Any]:
 def default_run_config() -> dict[str, Any]:
     """Return the defaults from ``[tool.flwr.app.config]`` in the project's pyproject.
 
-    Looked up next to the installed packages (an editable install or a FAB
-    unpacked by Flower both keep ``pyproject.toml`` one level above ``shared``).
+    Looked up next to the installed ``fedge`` package (a checkout, an editable
+    install and a FAB unpacked by Flower all keep ``pyproject.toml`` beside it).
     """
-    candidates = [Path(str(resources.files("shared"))).parent / "pyproject.toml"]
+    candidates = [Path(str(resources.files("fedge"))).parent / "pyproject.toml"]
     for path in candidates:
         if path.is_file():
             with path.open("rb") as f:
                 return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
     raise ConfigError(
-        "Cannot find fedge's pyproject.toml next to the 'shared' package "
+        "Cannot find fedge's pyproject.toml next to the 'fedge' package "
         f"(looked at {candidates[0]}); reinstall fedge with `make setup`."
     )
 
@@ -400,7 +400,7 @@ def trainable_patterns(trainable: str) -> tuple[str, ...]:
 def _resolve_auto(sections: dict[str, dict[str, Any]]) -> None:
     """Replace ``"auto"`` where the DP mode and clipping norm decide it.
 
-    ``learning-rate`` and ``activation`` (:mod:`shared.dp_defaults`); batch
+    ``learning-rate`` and ``activation`` (:mod:`fedge.shared.dp_defaults`); batch
     size and local epochs stay None until a node's example count is known. The
     rule's learning rate goes with the rule's batch: a batch size the user set
     gets the plain rate.
@@ -475,7 +475,7 @@ def _model_problems(model: str) -> list[str]:
 
     A reference is checked for its form only; it is imported where it is built.
     """
-    from shared.model_reference import is_model_reference, reference_problem
+    from fedge.shared.model_reference import is_model_reference, reference_problem
 
     if is_model_reference(model):
         problem = reference_problem(model)

@@ -7,13 +7,13 @@ on every call. Sensor time series (``basic-motions``, ``pickup-gesture``) are
 UEA/UCR archive files bundled inside aeon's wheel, read with aeon's own ``.ts``
 reader and kept in the archive's own train/test split; aeon is the optional
 ``series`` extra. User files are CSV, Parquet or ``.npz``; :func:`read_table`
-turns each into a DataFrame and :mod:`shared.preprocessing` encodes it.
+turns each into a DataFrame and :mod:`fedge.shared.preprocessing` encodes it.
 
 ``.npz`` layout: arrays ``x`` and ``y`` of equal length. ``x`` of shape
 ``(n, d)`` becomes a table with columns ``x0 .. x{d-1}``; ``x`` of shape
 ``(n, C, H, W)`` becomes flat pixel columns ``x0 ..`` with
 ``frame.attrs[IMAGE_SHAPE_ATTR] = (C, H, W)``, from which
-:func:`~shared.preprocessing.fit_preprocessing` fits an image encoding; ``x`` of
+:func:`~fedge.shared.preprocessing.fit_preprocessing` fits an image encoding; ``x`` of
 shape ``(n, channels, steps)`` is a set of time series (flat channel-major
 columns, ``frame.attrs[SERIES_SHAPE_ATTR] = (channels, steps)``; a shorter series
 ends in all-NaN steps). ``y`` goes into the label column (``"label"`` unless the
@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.errors import DataError
-from shared.lazy_import import lazy_module
-from shared.preprocessing import (
+from fedge.shared.errors import DataError
+from fedge.shared.lazy_import import lazy_module
+from fedge.shared.preprocessing import (
     IMAGE_SHAPE_ATTR,
     SERIES_SHAPE_ATTR,
     Preprocessing,

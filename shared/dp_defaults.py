@@ -48,8 +48,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.errors import ConfigError
-from shared.privacy import calibrate_noise_multiplier, plan_sampling, resolve_delta
+from fedge.shared.errors import ConfigError
+from fedge.shared.privacy import (
+    calibrate_noise_multiplier,
+    plan_sampling,
+    resolve_delta,
+)
 
 AUTO = "auto"  # run-config value: the rule (under DP) or the plain default chooses
 
@@ -77,7 +81,7 @@ class LocalSchedule:
         Expected Poisson batch size (sample rate = batch_size / n, at most 1).
     local_epochs : int
         Epochs per round; a round is ``round(n / batch_size) * local_epochs``
-        steps (:func:`shared.privacy.plan_sampling`).
+        steps (:func:`fedge.shared.privacy.plan_sampling`).
     """
 
     batch_size: int

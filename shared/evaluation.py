@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.metrics import accuracy, classification_metrics
+from fedge.shared.metrics import accuracy, classification_metrics
 
 
 def _loss_and_probabilities(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.run_folder import (
+from fedge.shared.run_folder import (
     CLIENT_ACCURACY_MEAN,
     CLIENT_ACCURACY_P10,
     CLIENT_ACCURACY_SPREAD,

@@ -28,7 +28,7 @@ whatever data the extractor has seen.
 The extractor's weights are parameters with ``requires_grad`` off, listed by
 :attr:`FixedFeaturesLinear.fixed_parameters`: ``trainable`` never turns them
 on, no optimiser touches them, and they cross the wire once per node like any
-frozen parameter (:mod:`shared.trainable`).
+frozen parameter (:mod:`fedge.shared.trainable`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ PATH)`` of the same architecture, or a previous run's ``model.pt`` (the same
 format). It is read with ``torch.load(weights_only=True)``, so a file can hold
 tensors and plain containers but never runs code. Every name and shape is
 checked against the model before anything starts, and all mismatches are
-reported in one error, as :func:`shared.config.from_run_config` reports every
+reported in one error, as :func:`fedge.shared.config.from_run_config` reports every
 config problem at once. The file's SHA-256 is what the run's provenance
 records: a path says where weights were, the hash says which.
 """
@@ -21,15 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.config import TrainConfig
-from shared.errors import ConfigError, ModelError
-from shared.run_folder import (
+from fedge.shared.config import TrainConfig
+from fedge.shared.errors import ConfigError, ModelError
+from fedge.shared.run_folder import (
     PROVENANCE_FROZEN,
     PROVENANCE_INITIAL_WEIGHTS,
     PROVENANCE_INITIAL_WEIGHTS_SHA256,
     PROVENANCE_TRAINABLE,
 )
-from shared.trainable import TrainableSelection, select_trainable
+from fedge.shared.trainable import TrainableSelection, select_trainable
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def prepare_start(model: nn.Module, train: TrainConfig) -> StartingPoint:
     ------
     ConfigError, ModelError
         As :func:`load_initial_weights` and
-        :func:`shared.trainable.select_trainable`.
+        :func:`fedge.shared.trainable.select_trainable`.
     """
     weights = (
         load_initial_weights(model, train.initial_weights)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.lazy_import import lazy_module
+from fedge.shared.lazy_import import lazy_module
 
 if TYPE_CHECKING:
     from sklearn import metrics as skm

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import ModelError
+from fedge.shared.errors import ModelError
 
 if TYPE_CHECKING:  # torch loads only when a model is built: the config needs none
     from torch import nn

@@ -4,7 +4,7 @@ Opacus cannot compute per-sample gradients through BatchNorm (it mixes samples),
 so normalisation, where wanted, is GroupNorm. A model is fully described by a
 :class:`ModelSpec`, which is what ``model.json`` stores next to ``model.pt`` and
 what the server sends to clients, so any party can rebuild the same network.
-A user's own model (``MODULE:CALLABLE``, :mod:`shared.model_reference`) is a
+A user's own model (``MODULE:CALLABLE``, :mod:`fedge.shared.model_reference`) is a
 spec too: its name is the reference and it carries the code's identity, which
 every party that builds it checks against its own copy.
 """
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.errors import ModelError
-from shared.fixed_features import FixedFeaturesLinear, default_width
-from shared.model_reference import (
+from fedge.shared.errors import ModelError
+from fedge.shared.fixed_features import FixedFeaturesLinear, default_width
+from fedge.shared.model_reference import (
     ModelIdentity,
     build_user_model,
     is_model_reference,
@@ -48,7 +48,7 @@ class ModelSpec:
         ``(channels, height, width)`` images, ``cnn1d`` and ``gru`` take
         ``(channels, steps)`` time series. ``random-conv-linear`` takes images
         or series: a fixed random-convolution extractor and a linear head,
-        the only part that trains (:mod:`shared.fixed_features`). ``MODULE:CALLABLE``: the user's own
+        the only part that trains (:mod:`fedge.shared.fixed_features`). ``MODULE:CALLABLE``: the user's own
         model, built by that callable (``identity`` then says which code).
     input_shape : tuple of int
         Shape of one example, without the batch axis.
@@ -65,7 +65,7 @@ class ModelSpec:
         GroupNorm groups after each convolution (CNN, CNN1D).
     fix_model : bool
         Apply Opacus's ``ModuleValidator.fix`` after building (run config
-        ``fix-model``; :func:`shared.private_model.fix_private_model`).
+        ``fix-model``; :func:`fedge.shared.private_model.fix_private_model`).
     identity : ModelIdentity or None
         For a user's model: the reference, its source file's SHA-256 and
         package version. None for the registry's models.
@@ -453,7 +453,7 @@ def build_model(spec: ModelSpec, *, model_seed: int | None = None) -> nn.Module:
         else:
             model = kinds[spec.name](spec)
     if spec.fix_model:
-        from shared.private_model import fix_private_model
+        from fedge.shared.private_model import fix_private_model
 
         model = fix_private_model(model)
     return model

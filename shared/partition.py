@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared import keys
-from shared.errors import DataError
-from shared.lazy_import import lazy_module
+from fedge.shared import keys
+from fedge.shared.errors import DataError
+from fedge.shared.lazy_import import lazy_module
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.errors import DataError
-from shared.lazy_import import lazy_module
+from fedge.shared.errors import DataError
+from fedge.shared.lazy_import import lazy_module
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from shared.errors import ConfigError
+from fedge.shared.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np

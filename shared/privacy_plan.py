@@ -7,28 +7,28 @@ function: what is accounted is what is trained.
 * ``sample_rate q = min(1, batch_size / n)``: a Poisson batch holds
   ``batch_size`` examples on average;
 * ``steps_per_round = round(1 / q) * local_epochs``: one epoch sees each
-  example once in expectation (:func:`shared.privacy.plan_sampling`);
+  example once in expectation (:func:`fedge.shared.privacy.plan_sampling`);
 * ``noise_multiplier``: as configured, or, when it is 0, calibrated once for
   every step of every planned round so the whole run spends at most
   ``target_epsilon`` (Opacus's search);
 * ``delta``: as configured, or a power of ten ≤ 1/(10 n) when it is 0.
 
-Pure: no state, no files (calibration is memoised in :mod:`shared.privacy`).
+Pure: no state, no files (calibration is memoised in :mod:`fedge.shared.privacy`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.config import RunConfig
-from shared.dp_defaults import (
+from fedge.shared.config import RunConfig
+from fedge.shared.dp_defaults import (
     PLAIN_BATCH_SIZE,
     PLAIN_LOCAL_EPOCHS,
     LocalSchedule,
     suggest_dp_training,
 )
-from shared.errors import ConfigError
-from shared.privacy import (
+from fedge.shared.errors import ConfigError
+from fedge.shared.privacy import (
     HistoryEntry,
     calibrate_noise_multiplier,
     plan_sampling,
@@ -97,7 +97,7 @@ def plan_privacy(
     target_epsilon : float
         ε budget of the whole run (used for calibration when σ is 0).
     target_delta : float
-        δ; 0 picks :func:`shared.privacy.default_delta` of n.
+        δ; 0 picks :func:`fedge.shared.privacy.default_delta` of n.
     accountant : {"rdp", "prv"}
 
     Raises
@@ -140,7 +140,7 @@ def local_schedule(config: RunConfig, *, num_examples: int) -> LocalSchedule:
 
     What the run config gives, and for ``"auto"``: under ``dp-mode =
     "sample"`` the budget-aware rule
-    (:func:`shared.dp_defaults.suggest_dp_training`), otherwise fedge's plain
+    (:func:`fedge.shared.dp_defaults.suggest_dp_training`), otherwise fedge's plain
     defaults. The node and the coordinator both call this with the example
     count the node reports, so both plan the same schedule.
     """

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from shared.errors import ModelError
+from fedge.shared.errors import ModelError
 
 if TYPE_CHECKING:
-    from shared.config import RunConfig
-    from shared.models import ModelSpec
+    from fedge.shared.config import RunConfig
+    from fedge.shared.models import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ def check_model_for_run(config: RunConfig, spec: ModelSpec) -> None:
     """
     if config.dp.mode != "sample":
         return
-    from shared.models import build_model
-    from shared.trainable import freeze, select_trainable
+    from fedge.shared.models import build_model
+    from fedge.shared.trainable import freeze, select_trainable
 
     model = build_model(spec)
     # As every node trains it: a layer ``trainable`` leaves frozen gets no

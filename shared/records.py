@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from torch import nn
 
-from shared.errors import ModelError
+from fedge.shared.errors import ModelError
 
 
 def state_dict_to_record(state_dict: dict[str, torch.Tensor]) -> ArrayRecord:

@@ -8,7 +8,7 @@ once.
 
 Two ε figures exist, each under one name everywhere:
 
-- :data:`shared.keys.EPSILON` (``"epsilon"``): one node's cumulative ε over the
+- :data:`fedge.shared.keys.EPSILON` (``"epsilon"``): one node's cumulative ε over the
   run, as its replies carry it;
 - :data:`EPSILON_MAX`: the largest of those over the nodes (for central DP, the
   run's user-level ε), in ``metrics.csv``, ``model.json`` and the ONNX metadata.
@@ -31,15 +31,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared import keys
-from shared.atomic_io import atomic_write_json
-from shared.config import CONFIG_KEYS, RunConfig, flat_from_nested, from_run_config
-from shared.errors import ModelError
-from shared.versions import package_versions
+from fedge.shared import keys
+from fedge.shared.atomic_io import atomic_write_json
+from fedge.shared.config import (
+    CONFIG_KEYS,
+    RunConfig,
+    flat_from_nested,
+    from_run_config,
+)
+from fedge.shared.errors import ModelError
+from fedge.shared.versions import package_versions
 
 if TYPE_CHECKING:
-    from shared.models import ModelSpec
-    from shared.preprocessing import Preprocessing
+    from fedge.shared.models import ModelSpec
+    from fedge.shared.preprocessing import Preprocessing
 
 # ------------------------------------------------------------------ file names
 CONFIG_FILE = "config.json"
@@ -382,8 +387,8 @@ class ModelCard:
         ModelError
             Another format tag, or a missing spec or preprocessing.
         """
-        from shared.models import ModelSpec  # torch: only when a card is parsed
-        from shared.preprocessing import Preprocessing
+        from fedge.shared.models import ModelSpec  # torch: only when a card is parsed
+        from fedge.shared.preprocessing import Preprocessing
 
         source = source or MODEL_CARD_FILE
         if d.get("format") != MODEL_FORMAT:

@@ -10,7 +10,7 @@ trainable when any of its names matches, and all its names follow.
 
 A model may name parameters that never train, whatever ``trainable`` says,
 in a ``fixed_parameters`` attribute (globs, as ``trainable``): the
-extractor of ``random-conv-linear`` (:mod:`shared.fixed_features`), whose
+extractor of ``random-conv-linear`` (:mod:`fedge.shared.fixed_features`), whose
 point is to see no private data.
 
 What crosses the wire each round are the *exchanged* arrays: the model's
@@ -26,8 +26,8 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-from shared.config import trainable_patterns
-from shared.errors import ConfigError
+from fedge.shared.config import trainable_patterns
+from fedge.shared.errors import ConfigError
 
 # How many of the model's parameter names an error lists before "...".
 _NAMES_SHOWN = 20

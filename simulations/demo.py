@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_export.runtime import EdgeModel
-from shared.datasets import load_builtin
-from shared.errors import FedgeError
-from shared.run_folder import (
+from fedge.edge_export.runtime import EdgeModel
+from fedge.shared.datasets import load_builtin
+from fedge.shared.errors import FedgeError
+from fedge.shared.run_folder import (
     EPSILON_MAX,
     MANIFEST_FILE,
     ONNX_FP32_FILE,
@@ -26,7 +26,7 @@ from shared.run_folder import (
     read_model_card,
     read_status,
 )
-from simulations.simulate import simulate
+from fedge.simulations.simulate import simulate
 
 NUM_CLIENTS = 10
 # DP settings for ~120 examples per client, chosen in the tuning sweeps behind

@@ -1,7 +1,7 @@
 """A quick in-process check of DP-SGD settings: per-node DP-SGD and FedAvg, no engine.
 
-Each node trains with fedge's own DP-SGD (:func:`client.dp_training.train_private`)
-on the plan its node would make (:func:`shared.privacy_plan.plan_privacy`: σ
+Each node trains with fedge's own DP-SGD (:func:`fedge.client.dp_training.train_private`)
+on the plan its node would make (:func:`fedge.shared.privacy_plan.plan_privacy`: σ
 calibrated for ``--epsilon`` over the whole run, q, steps), on the partition
 ``fedge simulate`` gives it; the global model is the example-weighted mean of
 the replies (FedAvg), and the central accuracy is on the data set's test split.
@@ -21,13 +21,13 @@ import copy
 import numpy as np
 import torch
 
-from client.dp_training import train_private
-from client.node_data import load_node_data
-from shared.config import default_run_config, from_run_config
-from shared.datasets import load_builtin
-from shared.evaluation import evaluate_model
-from shared.models import build_model, default_spec
-from shared.privacy_plan import plan_privacy
+from fedge.client.dp_training import train_private
+from fedge.client.node_data import load_node_data
+from fedge.shared.config import default_run_config, from_run_config
+from fedge.shared.datasets import load_builtin
+from fedge.shared.evaluation import evaluate_model
+from fedge.shared.models import build_model, default_spec
+from fedge.shared.privacy_plan import plan_privacy
 
 
 def quick_check(

@@ -18,7 +18,7 @@ two runs' actors compete for the cluster's CPUs.
 
 The engine never outlives its owner. :meth:`SimulationEngine.close` (or the end
 of its ``with`` block) stops it; so does the interpreter's exit (``atexit``);
-and a watcher process (:mod:`simulations.engine_watch`), holding a pipe whose
+and a watcher process (:mod:`fedge.simulations.engine_watch`), holding a pipe whose
 other end only the owner holds, stops it when the owner dies any other way,
 ``SIGKILL`` included. A run interrupted or failing in the middle of its
 ``flwr run`` stops the engine (the next run starts a fresh one) rather than
@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from simulations.flower_processes import (
+from fedge.simulations.flower_processes import (
     SuperLink,
     end_processes,
     free_port,
@@ -49,7 +49,7 @@ from simulations.flower_processes import (
     stop_process,
     superlink_command,
 )
-from simulations.ray_head import ENGINE_ENV, RAY_ADDRESS_ENV, ray_head_command
+from fedge.simulations.ray_head import ENGINE_ENV, RAY_ADDRESS_ENV, ray_head_command
 
 
 class SimulationEngine:
@@ -230,7 +230,7 @@ def _start_watcher(leaders: list[int]) -> subprocess.Popen[bytes]:
     trees are already gone (:func:`_close_watcher`).
     """
     return subprocess.Popen(
-        [sys.executable, "-m", "simulations.engine_watch", *map(str, leaders)],
+        [sys.executable, "-m", "fedge.simulations.engine_watch", *map(str, leaders)],
         stdin=subprocess.PIPE,
         start_new_session=True,  # a Ctrl-C to the owner's group must not end it
     )

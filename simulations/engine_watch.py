@@ -1,10 +1,10 @@
 """Stop a warm engine's processes when the process that owns the engine dies.
 
 Run as ``python -m simulations.engine_watch SESSION_ID...`` with standard input
-a pipe from the owner (:func:`simulations.engine._start_watcher`). It blocks until
+a pipe from the owner (:func:`fedge.simulations.engine._start_watcher`). It blocks until
 the pipe closes (the owner closed it or died, the kernel closing it either way),
 then ends every process still in the given sessions or below their leaders
-(:func:`simulations.flower_processes.process_tree`): SIGTERM, a grace period,
+(:func:`fedge.simulations.flower_processes.process_tree`): SIGTERM, a grace period,
 SIGKILL.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from simulations.flower_processes import end_processes, process_tree
+from fedge.simulations.flower_processes import end_processes, process_tree
 
 
 def main(leaders: list[int]) -> None:

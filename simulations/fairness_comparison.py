@@ -1,7 +1,7 @@
 """FedAvg against q-FedAvg on strongly non-IID digits: mean and worst-client accuracy.
 
 Runs the packaged scenario ``fairness-shards`` (10 clients, 2 label shards each)
-once per strategy and seed through :func:`simulations.simulate.simulate` (the
+once per strategy and seed through :func:`fedge.simulations.simulate.simulate` (the
 real ServerApp and ClientApp on Flower's simulation engine), reads each run's
 last ``metrics.csv`` row (central accuracy and the per-client summary on the
 clients' own test splits), and writes ``benchmarks/results/fairness_comparison
@@ -24,16 +24,16 @@ from typing import Any
 
 import pandas as pd
 
-from shared.atomic_io import atomic_write_json, atomic_write_text
-from shared.run_folder import (
+from fedge.shared.atomic_io import atomic_write_json, atomic_write_text
+from fedge.shared.run_folder import (
     CENTRAL_ACCURACY,
     CLIENT_ACCURACY_MEAN,
     CLIENT_ACCURACY_P10,
     CLIENT_ACCURACY_WORST,
     METRICS_CSV_FILE,
 )
-from simulations.scenario_file import read_scenario
-from simulations.study_cell import (
+from fedge.simulations.scenario_file import read_scenario
+from fedge.simulations.study_cell import (
     cell_summary,
     completed,
     format_mean_range,

@@ -3,12 +3,12 @@
 The production ``pyproject.toml`` declares neither the ``fault-*`` keys nor the
 fault components, and ``flwr run --run-config`` accepts only declared keys. So a
 scenario with faults submits a copy: the packages, ``pyproject.toml`` (with
-``simulations.fault_injection`` as both components and the ``fault-*`` keys
+``fedge.simulations.fault_injection`` as both components and the ``fault-*`` keys
 added to ``[tool.flwr.app.config]``) and the README. Nothing else is copied
 (no ``.venv``, ``runs`` or ``.git``), and the original is never touched.
 
 A ``.py`` file given as the model (``--model nets.py:Net``) travels the same
-way: copied into the app under :func:`shared.model_reference.shipped_module_name`
+way: copied into the app under :func:`fedge.shared.model_reference.shipped_module_name`
 of its reference, so the app Flower ships to every simulation worker carries it
 and each imports that copy (:func:`ship_model_file`).
 """
@@ -23,12 +23,12 @@ from typing import Any
 
 import tomli_w
 
-from shared.errors import FedgeError
-from shared.model_reference import model_file, shipped_module_name
-from simulations.fault_injection import FaultConfig
+from fedge.shared.errors import FedgeError
+from fedge.shared.model_reference import model_file, shipped_module_name
+from fedge.simulations.fault_injection import FaultConfig
 
-CLIENT_COMPONENT = "simulations.fault_injection:app"
-SERVER_COMPONENT = "simulations.fault_injection:server_app"
+CLIENT_COMPONENT = "fedge.simulations.fault_injection:app"
+SERVER_COMPONENT = "fedge.simulations.fault_injection:server_app"
 _EXTRA_FILES = ("README.md", "LICENSE")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
 

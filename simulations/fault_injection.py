@@ -4,7 +4,7 @@ Fault injection is a scenario option and never part of the production path:
 ``fedge simulate`` submits a copy of the app whose components are this module's
 :data:`app` (ClientApp) and :data:`server_app` (ServerApp). Both strip the
 ``fault-*`` keys from the run config and hand every message to the production
-apps (``client.client_app.app``, ``server.server_app.app``) unchanged; the
+apps (``fedge.client.client_app.app``, ``fedge.server.server_app.app``) unchanged; the
 client wrapper then corrupts the replies of the chosen attackers, or raises for a
 node that drops out this round, which the simulation engine turns into an error
 reply the server counts under ``failures``, or wipes a node's privacy state.
@@ -48,9 +48,9 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDi
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from shared import keys
-from shared.errors import ConfigError
-from shared.records import record_scalar
+from fedge.shared import keys
+from fedge.shared.errors import ConfigError
+from fedge.shared.records import record_scalar
 
 logger = logging.getLogger(__name__)
 
@@ -370,8 +370,8 @@ def wipe_node_state(context: Context) -> Path | None:
     ``context`` is the node's context without ``fault-*`` keys. Returns the
     folder removed (None when the node keeps none).
     """
-    from client.private_round import node_state_folder
-    from client.process_cache import typed_config
+    from fedge.client.private_round import node_state_folder
+    from fedge.client.process_cache import typed_config
 
     folder = node_state_folder(typed_config(context.run_config), context)
     if folder is not None:
@@ -386,7 +386,7 @@ def _delegate(msg: Message, context: Context) -> tuple[Message, FaultConfig, int
 
     Returns the reply, the faults, the node's partition id and the server round.
     """
-    from client.client_app import app as production_app
+    from fedge.client.client_app import app as production_app
 
     inner, faults = strip_faults(context)
     partition_id, _ = _partition(context)
@@ -461,7 +461,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
     """Return the production ServerApp, blind to the ``fault-*`` keys."""
-    from server.server_app import app as production_server
+    from fedge.server.server_app import app as production_server
 
     inner, _ = strip_faults(context)
     production_server(grid, inner)

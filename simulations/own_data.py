@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from client.node_data import MIN_NODE_EXAMPLES, NODE_FILE_STEM
-from shared.config import DATASET_FILE, RunConfig
-from shared.datasets import (
+from fedge.client.node_data import MIN_NODE_EXAMPLES, NODE_FILE_STEM
+from fedge.shared.config import DATASET_FILE, RunConfig
+from fedge.shared.datasets import (
     SUPPORTED_SUFFIXES,
     encode_table,
     fit_file,
@@ -41,15 +41,15 @@ from shared.datasets import (
     read_table,
     split_indices,
 )
-from shared.errors import ConfigError, DataError
-from shared.partition import partition_indices, partition_stats
-from shared.preprocessing import (
+from fedge.shared.errors import ConfigError, DataError
+from fedge.shared.partition import partition_indices, partition_stats
+from fedge.shared.preprocessing import (
     IMAGE_SHAPE_ATTR,
     SERIES_SHAPE_ATTR,
     Preprocessing,
     fit_preprocessing,
 )
-from simulations.scenario_file import DEFAULT_CLIENTS
+from fedge.simulations.scenario_file import DEFAULT_CLIENTS
 
 HOLDOUT_FRACTION = 0.2  # of --data, the coordinator's central test set
 DATA_DIR = "data"  # in the run folder: node files and the hold-out

@@ -1,11 +1,11 @@
 """Privacy–utility study: final accuracy under DP-SGD, row by row of what fedge offers.
 
-A grid of federated runs, each through :func:`simulations.simulate.simulate`
+A grid of federated runs, each through :func:`fedge.simulations.simulate.simulate`
 (the real ServerApp and ClientApp on Flower's simulation engine):
 
 - **data sets** (:data:`DATASETS`): the digits over 3 and over 10 IID clients,
   ``basic-motions`` and ``pickup-gesture`` over 4 clients (Dirichlet α = 0.5 over
-  the archive's train split, as :mod:`simulations.series_accuracy` splits them);
+  the archive's train split, as :mod:`fedge.simulations.series_accuracy` splits them);
 - **rows** (:data:`ROWS`): one scenario file each in
   ``simulations/scenarios/privacy-utility/`` — the settings the defaults gave
   before the budget-aware DP rule (``old-settings``), the new defaults
@@ -49,13 +49,13 @@ from typing import Any
 
 import pandas as pd
 
-from shared.atomic_io import atomic_write_text
-from shared.errors import ConfigError, FedgeError
-from simulations.engine import SimulationEngine, sharing
-from simulations.scenario_file import SCENARIOS_DIR, load_scenario
-from simulations.series_accuracy import format_summary, summarize_cell
-from simulations.simulate import simulate
-from simulations.study_cell import (
+from fedge.shared.atomic_io import atomic_write_text
+from fedge.shared.errors import ConfigError, FedgeError
+from fedge.simulations.engine import SimulationEngine, sharing
+from fedge.simulations.scenario_file import SCENARIOS_DIR, load_scenario
+from fedge.simulations.series_accuracy import format_summary, summarize_cell
+from fedge.simulations.simulate import simulate
+from fedge.simulations.study_cell import (
     cell_summary,
     epsilon_label,
     epsilon_slug,

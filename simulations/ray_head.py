@@ -37,7 +37,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from simulations.flower_processes import free_port
+from fedge.simulations.flower_processes import free_port
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 # No usage-stats reporting and no metrics collection: nothing reads either, and
@@ -78,8 +78,8 @@ def ray_head_command(temp_dir: Path, *, num_cpus: int) -> tuple[list[str], str]:
     """Return a ``ray start`` command for a lean single-node head, and its address.
 
     The head blocks in the foreground (``--block``): started in a session of its
-    own (:func:`simulations.flower_processes.start_logged`), it and every process
-    it starts end with :func:`simulations.flower_processes.stop_process`, never
+    own (:func:`fedge.simulations.flower_processes.start_logged`), it and every process
+    it starts end with :func:`fedge.simulations.flower_processes.stop_process`, never
     with ``ray stop``, which ends every Ray cluster on the machine.
 
     Parameters

@@ -19,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from shared.atomic_io import atomic_write_text
-from shared.dp_defaults import AUTO
-from shared.errors import FedgeError, ModelError
-from shared.json_records import read_jsonl
-from shared.run_folder import (
+from fedge.shared.atomic_io import atomic_write_text
+from fedge.shared.dp_defaults import AUTO
+from fedge.shared.errors import FedgeError, ModelError
+from fedge.shared.json_records import read_jsonl
+from fedge.shared.run_folder import (
     CENTRAL_ACCURACY,
     CENTRAL_F1,
     CENTRAL_LOSS,

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from shared.atomic_io import atomic_write_text
-from shared.errors import FedgeError
-from shared.run_folder import (
+from fedge.shared.atomic_io import atomic_write_text
+from fedge.shared.errors import FedgeError
+from fedge.shared.run_folder import (
     CENTRAL_ACCURACY,
     CLIENT_ACCURACY_WORST,
     EPSILON_MAX,
     ROUND,
 )
-from simulations.report import load_run
+from fedge.simulations.report import load_run
 
 RUN = "run"
 COMPARED_COLUMNS = (CENTRAL_ACCURACY, CLIENT_ACCURACY_WORST, EPSILON_MAX)

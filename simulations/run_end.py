@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from shared.run_folder import COMPLETE, STATUS_FILE, read_status
+from fedge.shared.run_folder import COMPLETE, STATUS_FILE, read_status
 
 POLL_S = 0.1
 

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.metrics_history import MetricsHistory
-from shared import keys
-from shared.config import default_run_config
-from shared.errors import FedgeError
-from shared.run_folder import (
+from fedge.server.metrics_history import MetricsHistory
+from fedge.shared import keys
+from fedge.shared.config import default_run_config
+from fedge.shared.errors import FedgeError
+from fedge.shared.run_folder import (
     CENTRAL_ACCURACY,
     CHECKPOINT_DIR,
     CLIENTS,
@@ -46,7 +46,7 @@ from shared.run_folder import (
     load_flat_run_config,
     read_status,
 )
-from simulations.flower_processes import format_node_config
+from fedge.simulations.flower_processes import format_node_config
 
 # Round times the ETA averages: recent rounds reflect the nodes now connected.
 ETA_WINDOW_ROUNDS = 3

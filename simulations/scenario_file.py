@@ -4,7 +4,7 @@ A scenario is a flat TOML table of three kinds of keys:
 
 - run-config keys (``[tool.flwr.app.config]`` in ``pyproject.toml``), passed to
   the ServerApp and ClientApp as ``--set`` would pass them;
-- ``fault-*`` keys (:mod:`simulations.fault_injection`);
+- ``fault-*`` keys (:mod:`fedge.simulations.fault_injection`);
 - simulation keys (:data:`SIMULATION_KEYS`): how many virtual clients, the CPU
   share of each, whose data they hold, and which Ray cluster runs them. These are
   the ``fedge simulate`` flags of the same names.
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.config import CONFIG_KEYS, closest_key
-from shared.errors import ConfigError, FedgeError
-from shared.model_reference import absolute_model_reference
-from simulations.fault_injection import FAULT_DEFAULTS
+from fedge.shared.config import CONFIG_KEYS, closest_key
+from fedge.shared.errors import ConfigError, FedgeError
+from fedge.shared.model_reference import absolute_model_reference
+from fedge.simulations.fault_injection import FAULT_DEFAULTS
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_CLIENTS = 10

@@ -3,7 +3,7 @@
 For ``basic-motions`` and ``pickup-gesture``: 4 clients, Dirichlet α = 0.5 over
 the train split (partition seed 42, the same in every run), federated runs
 without DP and with sample-level DP at ε = 8 per client over the run, each
-through :func:`simulations.simulate.simulate` (the real ServerApp and ClientApp
+through :func:`fedge.simulations.simulate.simulate` (the real ServerApp and ClientApp
 on Flower's simulation engine). ``model = "auto"`` (the 1-D CNN) unless
 ``--model`` names another. Accuracy is on the archive's test split, centrally.
 
@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.engine import SimulationEngine, sharing
-from simulations.study_cell import (
+from fedge.simulations.engine import SimulationEngine, sharing
+from fedge.simulations.study_cell import (
     cell_summary,
     completed,
     epsilon_label,

@@ -3,7 +3,7 @@
 The very same ServerApp and ClientApp as a deployment run, submitted with
 ``flwr run`` to a private SuperLink in simulation mode that this command starts on
 a free loopback port and stops at the end. Progress lines stream as rounds end;
-everything lands in the run folder. ``fedge simulate`` (:mod:`cli.simulate`)
+everything lands in the run folder. ``fedge simulate`` (:mod:`fedge.cli.simulate`)
 is the command line in front of :func:`simulate`.
 """
 
@@ -20,23 +20,23 @@ from typing import Any
 
 import pandas as pd
 
-from client.node_data import MIN_NODE_EXAMPLES
-from server.run_folder import check_not_overwriting
-from shared.atomic_io import atomic_write_json, atomic_write_text
-from shared.config import (
+from fedge.client.node_data import MIN_NODE_EXAMPLES
+from fedge.server.run_folder import check_not_overwriting
+from fedge.shared.atomic_io import atomic_write_json, atomic_write_text
+from fedge.shared.config import (
     DATASET_FILE,
     RunConfig,
     default_run_config,
     from_run_config,
 )
-from shared.errors import ConfigError, DataError, FedgeError, RunFailedError
-from shared.model_reference import (
+from fedge.shared.errors import ConfigError, DataError, FedgeError, RunFailedError
+from fedge.shared.model_reference import (
     absolute_model_reference,
     is_model_reference,
     model_file,
 )
-from shared.preprocessing import Preprocessing
-from shared.run_folder import (
+from fedge.shared.preprocessing import Preprocessing
+from fedge.shared.run_folder import (
     COMPLETE,
     FAILED,
     FAULTS_FILE,
@@ -49,24 +49,28 @@ from shared.run_folder import (
     read_status,
     write_status,
 )
-from simulations.engine import SimulationEngine, shared_engine
-from simulations.fault_injection import FaultConfig, fault_config, split_fault_keys
-from simulations.flower_processes import (
+from fedge.simulations.engine import SimulationEngine, shared_engine
+from fedge.simulations.fault_injection import (
+    FaultConfig,
+    fault_config,
+    split_fault_keys,
+)
+from fedge.simulations.flower_processes import (
     SuperLink,
     flwr_run_command,
     running_superlink,
     write_run_config,
 )
-from simulations.own_data import (
+from fedge.simulations.own_data import (
     OwnData,
     OwnDataPlan,
     plan_own_data,
     run_config_keys,
     write_own_data,
 )
-from simulations.ray_head import engine_env
-from simulations.run_end import RunEnd
-from simulations.scenario_file import DEFAULT_CLIENTS
+from fedge.simulations.ray_head import engine_env
+from fedge.simulations.run_end import RunEnd
+from fedge.simulations.scenario_file import DEFAULT_CLIENTS
 
 APP_DIR = Path(__file__).resolve().parent.parent
 # Lines worth showing live: fedge's own progress, and Flower's warnings and errors.
@@ -95,9 +99,9 @@ def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
     Returns the partition statistics (examples and label counts per client) of a
     built-in dataset, or None for file datasets, whose nodes bring their own.
     """
-    from server.reference_data import load_reference_data
-    from shared.datasets import load_builtin
-    from shared.partition import partition_indices, partition_stats
+    from fedge.server.reference_data import load_reference_data
+    from fedge.shared.datasets import load_builtin
+    from fedge.shared.partition import partition_indices, partition_stats
 
     check_client_count(config, num_clients)
     reference = load_reference_data(config.data)
@@ -140,13 +144,13 @@ def check_model(config: RunConfig, preprocessing: Preprocessing) -> None:
     ModelError
         The module cannot be imported or raises on import, has no such
         callable, or the model is no ``nn.Module`` or gives logits of another
-        shape (:func:`shared.models.user_spec`); or DP-SGD cannot train one of
-        its layers (:func:`shared.private_model.check_model_for_run`).
+        shape (:func:`fedge.shared.models.user_spec`); or DP-SGD cannot train one of
+        its layers (:func:`fedge.shared.private_model.check_model_for_run`).
     """
     if not is_model_reference(config.train.model):
         return
-    from shared.models import user_spec
-    from shared.private_model import check_model_for_run
+    from fedge.shared.models import user_spec
+    from fedge.shared.private_model import check_model_for_run
 
     spec = user_spec(
         config.train.model,
@@ -163,7 +167,7 @@ def check_starting_model(
     """Refuse a bad ``initial-weights`` file or ``trainable`` glob before anything runs.
 
     Builds the coordinator's round-0 model as the ServerApp will
-    (:func:`server.starting_model.starting_model`).
+    (:func:`fedge.server.starting_model.starting_model`).
 
     Parameters
     ----------
@@ -176,12 +180,12 @@ def check_starting_model(
     Raises
     ------
     ConfigError, ModelError
-        As :func:`shared.initial_weights.prepare_start`.
+        As :func:`fedge.shared.initial_weights.prepare_start`.
     """
     if not config.train.initial_weights and config.train.trainable == "*":
         return  # random weights, every parameter trained: nothing to check
-    from server.reference_data import load_reference_data
-    from server.starting_model import starting_model
+    from fedge.server.reference_data import load_reference_data
+    from fedge.server.starting_model import starting_model
 
     if preprocessing is None:
         preprocessing = load_reference_data(config.data).preprocessing
@@ -226,7 +230,7 @@ def simulate(
     ----------
     overrides : dict
         Run-config keys (``[tool.flwr.app.config]``) and optionally ``fault-*``
-        keys (:mod:`simulations.fault_injection`); faults make the run submit a
+        keys (:mod:`fedge.simulations.fault_injection`); faults make the run submit a
         copy of the app whose clients misbehave as told.
     num_clients : int or None, default None
         Virtual clients (simulated SuperNodes). None: as many as ``own_data``
@@ -234,7 +238,7 @@ def simulate(
     output_dir : Path
         Parent of the run folder.
     own_data : OwnData or None, default None
-        Train on the user's files (:mod:`simulations.own_data`): each virtual
+        Train on the user's files (:mod:`fedge.simulations.own_data`): each virtual
         client's file and the coordinator's hold-out are written to the run
         folder's ``data/`` and read as a deployment reads them.
     run_name : str, default ""
@@ -247,20 +251,20 @@ def simulate(
     ray_address : str, default ""
         Run the virtual clients on this existing Ray cluster (``HOST:PORT``);
         empty = the engine starts a Ray cluster of its own on this machine
-        (:mod:`simulations.ray_head`).
+        (:mod:`fedge.simulations.ray_head`).
     verbose : bool, default False
         Echo every Flower log line, not only fedge's progress and problems.
     echo : callable, default print
         Where progress lines go.
     engine : SimulationEngine or None, default None
-        Submit the run to this warm engine (:mod:`simulations.engine`) instead
+        Submit the run to this warm engine (:mod:`fedge.simulations.engine`) instead
         of starting a SuperLink and Ray cluster for this run alone. None: the
-        engine :func:`simulations.engine.sharing` set, if any (not with a
+        engine :func:`fedge.simulations.engine.sharing` set, if any (not with a
         ``ray_address``).
     on_complete : callable or None, default None
         ``on_complete(run_dir)`` as soon as the run folder says complete (the
         final model saved), before the report and while Flower still shuts
-        the run down (:mod:`simulations.run_end`).
+        the run down (:mod:`fedge.simulations.run_end`).
 
     Returns
     -------
@@ -416,12 +420,12 @@ def _app_to_submit(workdir: Path, faults: FaultConfig, model: str) -> Path:
     """Return the production app, or a copy: faults' components, the model's file.
 
     A ``.py`` model file is shipped inside the copy, so every worker imports
-    the same code wherever it runs (:func:`simulations.fault_app.ship_model_file`).
+    the same code wherever it runs (:func:`fedge.simulations.fault_app.ship_model_file`).
     """
     ships_model = model_file(model) is not None if is_model_reference(model) else False
     if not faults.active and not ships_model:
         return APP_DIR
-    from simulations.fault_app import ship_model_file, write_app_copy
+    from fedge.simulations.fault_app import ship_model_file, write_app_copy
 
     app = write_app_copy(
         APP_DIR, workdir / "app", faults=faults if faults.active else None
@@ -466,7 +470,7 @@ def _summary_line(
 
 def _write_report(run_dir: Path, echo: Any) -> None:
     """Write plots and report.md for whatever rounds the run recorded."""
-    from simulations.report import write_report
+    from fedge.simulations.report import write_report
 
     if not (run_dir / METRICS_CSV_FILE).is_file():
         return

@@ -1,8 +1,8 @@
 """One cell of a study: run a simulation, read back its figures, never stop the study.
 
-The studies (:mod:`simulations.privacy_utility`, :mod:`simulations.series_accuracy`,
-:mod:`simulations.fairness_comparison`) each run a grid of federated runs through
-:func:`simulations.simulate.simulate`. A run that fails is recorded as failed with
+The studies (:mod:`fedge.simulations.privacy_utility`, :mod:`fedge.simulations.series_accuracy`,
+:mod:`fedge.simulations.fairness_comparison`) each run a grid of federated runs through
+:func:`fedge.simulations.simulate.simulate`. A run that fails is recorded as failed with
 its error, so one bad cell does not cost the hours the others took.
 """
 
@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared import keys
-from shared.errors import FedgeError
-from shared.run_folder import (
+from fedge.shared import keys
+from fedge.shared.errors import FedgeError
+from fedge.shared.run_folder import (
     CLIENTS,
     COMPLETE,
     EPSILON_MAX,
@@ -26,7 +26,7 @@ from shared.run_folder import (
     UNKNOWN,
     read_status,
 )
-from simulations.simulate import simulate
+from fedge.simulations.simulate import simulate
 
 FAILED = "failed"
 
@@ -98,7 +98,7 @@ def run_cell(
     name : str
         The run folder's name under ``output_dir``.
     simulate_fn : callable
-        :func:`simulations.simulate.simulate` (tests pass a stand-in).
+        :func:`fedge.simulations.simulate.simulate` (tests pass a stand-in).
 
     Returns
     -------

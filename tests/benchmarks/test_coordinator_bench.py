@@ -14,12 +14,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
-import server.federation  # noqa: E402
-import server.round_end  # noqa: E402
+import fedge.server.federation  # noqa: E402
+import fedge.server.round_end  # noqa: E402
 from benchmarks import coordinator, production_timing, replying_grid  # noqa: E402
-from server.robust_strategy import RobustStrategy  # noqa: E402
-from server.round_end import RoundEnd  # noqa: E402
-from server.strategy_factory import build_strategy  # noqa: E402
+from fedge.server.robust_strategy import RobustStrategy  # noqa: E402
+from fedge.server.round_end import RoundEnd  # noqa: E402
+from fedge.server.strategy_factory import build_strategy  # noqa: E402
 
 # Every phase but "other", which is a remainder and may round to zero or below.
 TIMED = [p for p in coordinator.PHASES if p != "other"]
@@ -94,7 +94,7 @@ def test_a_run_the_stop_check_ends_early_is_refused(tmp_path, monkeypatch):
     # The production stop check says stop after round 1: the run ends there,
     # which a loop without the stop check would not do.
     monkeypatch.setattr(
-        server.round_end,
+        fedge.server.round_end,
         "stop_reason",
         lambda strategy, config, server_round, grid: "budget spent",
     )
@@ -118,8 +118,8 @@ def _timed_functions():
         "stop_reason": RoundEnd.stop_reason,
         "record": RoundEnd.record,
         "checkpoint": RoundEnd.checkpoint,
-        "evaluate_model": server.federation.evaluate_model,
-        "evaluate_every_node": server.federation.evaluate_every_node,
+        "evaluate_model": fedge.server.federation.evaluate_model,
+        "evaluate_every_node": fedge.server.federation.evaluate_every_node,
     }
 
 

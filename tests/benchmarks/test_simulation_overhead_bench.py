@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
-import client.client_app  # noqa: E402
-import client.private_round  # noqa: E402
+import fedge.client.client_app  # noqa: E402
+import fedge.client.private_round  # noqa: E402
 from benchmarks import simulation_overhead as bench  # noqa: E402
 
 
@@ -107,8 +107,11 @@ def process_before(monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     originals = {
-        (client.client_app, "train_plain"): client.client_app.train_plain,
-        (client.private_round, "train_private"): client.private_round.train_private,
+        (fedge.client.client_app, "train_plain"): fedge.client.client_app.train_plain,
+        (
+            fedge.client.private_round,
+            "train_private",
+        ): fedge.client.private_round.train_private,
     }
 
     def assert_restored():
@@ -138,7 +141,7 @@ def test_profiling_changes_the_process_inside_and_restores_it_on_exit(
         identity = (TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id)
         threads = torch.get_num_threads()
         wrapped = [getattr(m, n) is not f for (m, n), f in originals.items()]
-        client.client_app.train_plain(
+        fedge.client.client_app.train_plain(
             nn.Linear(2, 2),
             x,
             y,
@@ -163,7 +166,7 @@ def test_a_profile_that_fails_midway_restores_the_process(process_before, monkey
     def failing_handler(msg, context):
         raise BodyFailed("the ClientApp failed")
 
-    monkeypatch.setattr(client.client_app, "train", failing_handler)
+    monkeypatch.setattr(fedge.client.client_app, "train", failing_handler)
 
     with pytest.raises(BodyFailed, match="the ClientApp failed"):
         bench.profile_clients({"local-epochs": 1}, 2)

@@ -2,7 +2,7 @@
 
 import pytest
 
-import simulations.simulate as simulate_module
+import fedge.simulations.simulate as simulate_module
 
 
 @pytest.fixture

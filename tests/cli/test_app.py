@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import simulations.simulate as simulate_module
-from cli.app import COMMANDS, main
+import fedge.simulations.simulate as simulate_module
+from fedge.cli.app import COMMANDS, main
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -206,7 +206,7 @@ def test_every_command_has_its_own_help(name, capsys, wide_terminal):
 
 
 def test_a_run_that_failed_exits_1_with_one_line(capsys, monkeypatch, tmp_path):
-    from shared.errors import RunFailedError
+    from fedge.shared.errors import RunFailedError
 
     def failed_run(*args, **kwargs):
         raise RunFailedError("run did not complete (failed: Only 1 of 2 nodes)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.app import main
+from fedge.cli.app import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -155,8 +155,8 @@ def test_start_names_every_missing_setting_on_one_line(node_files, capsys):
 
 def test_start_refuses_a_port_that_is_not_a_number(node_files):
     key, ca, _ = node_files
-    from cli.node import node_launch
-    from shared.errors import FedgeError
+    from fedge.cli.node import node_launch
+    from fedge.shared.errors import FedgeError
 
     with pytest.raises(
         FedgeError, match=r"--port \(FEDGE_NODE_PORT\) must be a port number, got 'x'"
@@ -201,11 +201,11 @@ POLL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 @pytest.fixture
 def exec_calls(node_files, monkeypatch):
     """Run `fedge node start` up to its exec, recording what it would exec."""
-    import cli.node
+    import fedge.cli.node
 
     calls = []
     monkeypatch.setattr(
-        cli.node.os,
+        fedge.cli.node.os,
         "execve",
         lambda program, argv, env: calls.append((program, argv, env)),
     )

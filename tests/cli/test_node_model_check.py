@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.app import main
-from shared.datasets import fit_file
-from shared.models import default_spec
-from shared.run_folder import ModelCard, PrivacySummary, write_model_card
+from fedge.cli.app import main
+from fedge.shared.datasets import fit_file
+from fedge.shared.models import default_spec
+from fedge.shared.run_folder import ModelCard, PrivacySummary, write_model_card
 
 NET = """
 from torch import nn

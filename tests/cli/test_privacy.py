@@ -4,7 +4,7 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from cli.app import main as fedge
+from fedge.cli.app import main as fedge
 
 
 def main(argv):

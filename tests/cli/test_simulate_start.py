@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli.app import main
-from shared.models import build_model, default_spec
+from fedge.cli.app import main
+from fedge.shared.models import build_model, default_spec
 
 
 @pytest.fixture

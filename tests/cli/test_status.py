@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import cli.status as status_command
-from cli.app import main
-from simulations.run_progress import read_progress
+import fedge.cli.status as status_command
+from fedge.cli.app import main
+from fedge.simulations.run_progress import read_progress
 
 HEADER = "round,central-accuracy,sampled,replies,failures,dropped,refused,epsilon-max,round-time-s"
 

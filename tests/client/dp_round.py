@@ -3,12 +3,12 @@
 from flwr.app import Context, RecordDict
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-from client.node_data import load_node_data
-from client.private_round import train_private_round
-from shared import keys
-from shared.config import default_run_config, from_run_config
-from shared.datasets import load_builtin
-from shared.models import build_model, default_spec
+from fedge.client.node_data import load_node_data
+from fedge.client.private_round import train_private_round
+from fedge.shared import keys
+from fedge.shared.config import default_run_config, from_run_config
+from fedge.shared.datasets import load_builtin
+from fedge.shared.models import build_model, default_spec
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 # What the node's reply says it spent: equal settings must give equal figures.

@@ -6,12 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client.dp_clipping import ClippedGradients
-from client.dp_training import make_private_step, train_private
-from shared import keys
-from shared.augmentation import augment_generator, augment_views, check_augmentable
-from shared.errors import ConfigError
-from shared.models import build_model, default_spec
+from fedge.client.dp_clipping import ClippedGradients
+from fedge.client.dp_training import make_private_step, train_private
+from fedge.shared import keys
+from fedge.shared.augmentation import (
+    augment_generator,
+    augment_views,
+    check_augmentable,
+)
+from fedge.shared.errors import ConfigError
+from fedge.shared.models import build_model, default_spec
 from tests.client.dp_round import SPEND, one_dp_round, opacus_epsilon
 
 K = 4

@@ -4,9 +4,9 @@ import pytest
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-from client.budget import check_budget
-from client.privacy_ledger import PrivacyLedger
-from shared.errors import ConfigError
+from fedge.client.budget import check_budget
+from fedge.client.privacy_ledger import PrivacyLedger
+from fedge.shared.errors import ConfigError
 
 # Opacus's reference (opacus/tests/accountants_test.py, test_rdp_accountant):
 # 2250 steps of σ = 1.5 at q = 0.04, δ = 1e-5 spend ε = 7.32911117143.
@@ -109,7 +109,7 @@ def test_a_schedule_answers_a_ledger_of_planned_rounds_without_the_accountant(
     def no_accountant(**_):
         raise AssertionError("the accountant was called")
 
-    monkeypatch.setattr("client.budget.epsilon_for", no_accountant)
+    monkeypatch.setattr("fedge.client.budget.epsilon_for", no_accountant)
     # Planted values: the check must read elements k and k + 1 of the schedule.
     decision = check_budget(
         ledger=two_rounds_of_750(),

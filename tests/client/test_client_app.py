@@ -16,15 +16,15 @@ from flwr.app import Context, Message, RecordDict
 from flwr.common import ConfigRecord, MessageType
 from flwr.supercore.task_identity import TaskIdentity
 
-from client import node_cache
-from client.client_app import train
-from client.node_data import load_node_data
-from server.reference_data import load_reference_data
-from server.starting_model import model_spec_for
-from shared import keys
-from shared.config import from_run_config
-from shared.models import build_model
-from shared.records import load_record_into, state_dict_to_record
+from fedge.client import node_cache
+from fedge.client.client_app import train
+from fedge.client.node_data import load_node_data
+from fedge.server.reference_data import load_reference_data
+from fedge.server.starting_model import model_spec_for
+from fedge.shared import keys
+from fedge.shared.config import from_run_config
+from fedge.shared.models import build_model
+from fedge.shared.records import load_record_into, state_dict_to_record
 
 NODE = {"partition-id": 0, "num-partitions": 3}
 

@@ -15,7 +15,7 @@ HEAVY = ("opacus", "sklearn", "pandas", "matplotlib", "scipy", "onnxruntime")
 
 def test_importing_the_client_app_loads_no_heavy_library():
     code = (
-        "import json, sys; import client.client_app; "
+        "import json, sys; import fedge.client.client_app; "
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
     result = subprocess.run(

@@ -26,16 +26,16 @@ from opacus.optimizers import DPOptimizer
 from scipy import stats
 from torch import nn
 
-from client import dp_path
-from client.dp_path import choose_dp_path
-from client.dp_training import make_private_step, poisson_batches, train_private
-from client.node_data import load_node_data
-from client.privacy_ledger import LedgerEntry, PrivacyLedger, ledger_path
-from client.private_round import train_private_round
-from shared import keys
-from shared.config import default_run_config, from_run_config
-from shared.datasets import load_builtin
-from shared.models import build_model, default_spec
+from fedge.client import dp_path
+from fedge.client.dp_path import choose_dp_path
+from fedge.client.dp_training import make_private_step, poisson_batches, train_private
+from fedge.client.node_data import load_node_data
+from fedge.client.privacy_ledger import LedgerEntry, PrivacyLedger, ledger_path
+from fedge.client.private_round import train_private_round
+from fedge.shared import keys
+from fedge.shared.config import default_run_config, from_run_config
+from fedge.shared.datasets import load_builtin
+from fedge.shared.models import build_model, default_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook")
 VOCAB = 16
@@ -111,7 +111,7 @@ def test_the_mixed_model_is_outside_the_fast_path_and_the_log_says_why(
     assert why in path.reason
     assert "embed (Embedding)" in path.reason and "norm (LayerNorm)" in path.reason
     assert "rnn" not in path.reason and "head" not in path.reason  # fast-path layers
-    with caplog.at_level(logging.INFO, logger="client.dp_path"):
+    with caplog.at_level(logging.INFO, logger="fedge.client.dp_path"):
         train_private(
             model,
             x.numpy(),
@@ -124,7 +124,7 @@ def test_the_mixed_model_is_outside_the_fast_path_and_the_log_says_why(
             max_grad_norm=1.0,
             seed=0,
         )
-    (record,) = [r for r in caplog.records if r.name == "client.dp_path"]
+    (record,) = [r for r in caplog.records if r.name == "fedge.client.dp_path"]
     assert record.levelno == logging.WARNING  # a node's INFO lines go nowhere
     assert f"DP-SGD path '{mode}': fedge's fast path does not support embed" in (
         record.getMessage()

@@ -16,8 +16,8 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from scipy import stats
 
-from client.dp_training import make_private_step
-from shared.models import build_model, default_spec
+from fedge.client.dp_training import make_private_step
+from fedge.shared.models import build_model, default_spec
 
 SIGMA, CLIP = 1.3, 0.5
 

@@ -8,10 +8,10 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from client.dp_clipping import ClippedGradients
-from client.dp_training import make_private_step, train_private
-from shared.errors import ConfigError, DataError, ModelError
-from shared.models import build_model, default_spec
+from fedge.client.dp_clipping import ClippedGradients
+from fedge.client.dp_training import make_private_step, train_private
+from fedge.shared.errors import ConfigError, DataError, ModelError
+from fedge.shared.models import build_model, default_spec
 
 # cnn1d: Conv1d + GroupNorm; gru: Opacus's DPGRU, whose per-step Linear layers run
 # once per step (the fast path sums their calls).

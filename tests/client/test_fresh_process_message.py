@@ -21,14 +21,14 @@ from flwr.common.serde import context_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
 
-from client import node_cache
-from client.client_app import train
-from server.reference_data import load_reference_data
-from server.starting_model import model_spec_for
-from shared import keys
-from shared.config import from_run_config
-from shared.models import build_model
-from shared.records import state_dict_to_record
+from fedge.client import node_cache
+from fedge.client.client_app import train
+from fedge.server.reference_data import load_reference_data
+from fedge.server.starting_model import model_spec_for
+from fedge.shared import keys
+from fedge.shared.config import from_run_config
+from fedge.shared.models import build_model
+from fedge.shared.records import state_dict_to_record
 
 SECOND_MESSAGE = """
 import json, sys
@@ -39,9 +39,9 @@ from flwr.common.serde import context_from_proto
 from flwr.proto.message_pb2 import Context as ProtoContext
 from flwr.supercore.task_identity import TaskIdentity
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-from client.client_app import train
-from shared.models import ModelSpec, build_model
-from shared.records import state_dict_to_record
+from fedge.client.client_app import train
+from fedge.shared.models import ModelSpec, build_model
+from fedge.shared.records import state_dict_to_record
 folder = Path(sys.argv[1])
 setup = json.loads((folder / "setup.json").read_text())
 context = context_from_proto(ProtoContext.FromString((folder / "context.bin").read_bytes()))

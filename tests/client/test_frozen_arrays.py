@@ -11,21 +11,21 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common import MessageType
 from flwr.supercore.task_identity import TaskIdentity
 
-from client import node_cache, process_cache
-from client.client_app import evaluate, train
-from client.dp_training import train_private
-from client.frozen_arrays import (
+from fedge.client import node_cache, process_cache
+from fedge.client.client_app import evaluate, train
+from fedge.client.dp_training import train_private
+from fedge.client.frozen_arrays import (
     FROZEN_ARRAYS_KEY,
     receive_arrays,
     reply_arrays,
 )
-from server.reference_data import load_reference_data
-from shared import keys
-from shared.config import from_run_config
-from shared.errors import ModelError
-from shared.models import build_model, default_spec
-from shared.records import record_sha256, select_arrays, state_dict_to_record
-from shared.trainable import freeze, select_trainable
+from fedge.server.reference_data import load_reference_data
+from fedge.shared import keys
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import ModelError
+from fedge.shared.models import build_model, default_spec
+from fedge.shared.records import record_sha256, select_arrays, state_dict_to_record
+from fedge.shared.trainable import freeze, select_trainable
 
 TRAINABLE = "net.3.*,net.5.*"
 FROZEN = ["net.1.weight", "net.1.bias"]

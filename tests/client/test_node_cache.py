@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from client import node_cache
-from client.node_cache import cached_node_data
-from client.node_data import load_node_data
-from shared.config import from_run_config
-from shared.datasets import fit_file, load_builtin
+from fedge.client import node_cache
+from fedge.client.node_cache import cached_node_data
+from fedge.client.node_data import load_node_data
+from fedge.shared.config import from_run_config
+from fedge.shared.datasets import fit_file, load_builtin
 
 
 @pytest.fixture(autouse=True)

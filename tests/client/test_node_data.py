@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from client.node_data import LOCAL_TEST_FRACTION, load_node_data
-from shared.config import from_run_config
-from shared.datasets import fit_file, load_builtin
-from shared.errors import DataError
+from fedge.client.node_data import LOCAL_TEST_FRACTION, load_node_data
+from fedge.shared.config import from_run_config
+from fedge.shared.datasets import fit_file, load_builtin
+from fedge.shared.errors import DataError
 
 AGE_STD = math.sqrt(200 / 3)  # population std of the reference ages 20, 30, 40
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from client import process_cache
-from shared.errors import ModelError
-from shared.models import default_spec
+from fedge.client import process_cache
+from fedge.shared.errors import ModelError
+from fedge.shared.models import default_spec
 
 NET = """
 from torch import nn

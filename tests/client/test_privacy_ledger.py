@@ -7,14 +7,14 @@ from flwr.app import RecordDict
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-from client.privacy_ledger import (
+from fedge.client.privacy_ledger import (
     STATE_KEY,
     LedgerError,
     PrivacyLedger,
     ledger_path,
     restore_ledger,
 )
-from shared.errors import ConfigError
+from fedge.shared.errors import ConfigError
 
 ORDERS = RDPAccountant.DEFAULT_ALPHAS
 

@@ -10,14 +10,19 @@ import pytest
 from flwr.app import Context, RecordDict
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-from client.node_data import load_node_data
-from client.privacy_ledger import LedgerEntry, LedgerError, PrivacyLedger, adopt_larger
-from client.private_round import train_private_round
-from shared import keys
-from shared.config import default_run_config, from_run_config
-from shared.datasets import load_builtin
-from shared.models import build_model, default_spec
-from shared.privacy_plan import plan_for_config
+from fedge.client.node_data import load_node_data
+from fedge.client.privacy_ledger import (
+    LedgerEntry,
+    LedgerError,
+    PrivacyLedger,
+    adopt_larger,
+)
+from fedge.client.private_round import train_private_round
+from fedge.shared import keys
+from fedge.shared.config import default_run_config, from_run_config
+from fedge.shared.datasets import load_builtin
+from fedge.shared.models import build_model, default_spec
+from fedge.shared.privacy_plan import plan_for_config
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 
@@ -275,14 +280,14 @@ def test_later_messages_need_neither_accountant_nor_validation(
     def forbidden(*_, **__):
         raise AssertionError("recomputed what context.state holds")
 
-    monkeypatch.setattr("client.private_round._validated_specs", set())
+    monkeypatch.setattr("fedge.client.private_round._validated_specs", set())
     for name in (
         "validate_private_model",
         "plan_for_config",
         "epsilon_schedule",
     ):
         monkeypatch.setattr(f"client.private_round.{name}", forbidden)
-    monkeypatch.setattr("client.budget.epsilon_for", forbidden)
+    monkeypatch.setattr("fedge.client.budget.epsilon_for", forbidden)
     second = train_private_round(
         build_model(spec),
         data.train,
@@ -310,19 +315,19 @@ def test_prv_accounts_once_per_round_and_reports_opacus_epsilon(
 ) -> None:
     from opacus.accountants import PRVAccountant
 
-    import client.budget
+    import fedge.client.budget
 
     config, run_config, node_config, data, spec = _setup(
         tmp_path, accountant="prv", **{"num-server-rounds": 3}
     )
     calls = []
-    exact = client.budget.epsilon_for
+    exact = fedge.client.budget.epsilon_for
 
     def counting(**kwargs):
         calls.append(kwargs["history"])
         return exact(**kwargs)
 
-    monkeypatch.setattr(client.budget, "epsilon_for", counting)
+    monkeypatch.setattr(fedge.client.budget, "epsilon_for", counting)
     state = RecordDict()
     n = len(data.train)
     q, steps = 32 / n, round(n / 32)

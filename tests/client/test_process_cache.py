@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from client import process_cache
-from client.process_cache import model_for, typed_config
-from shared.config import default_run_config
-from shared.errors import ConfigError
-from shared.models import default_spec
+from fedge.client import process_cache
+from fedge.client.process_cache import model_for, typed_config
+from fedge.shared.config import default_run_config
+from fedge.shared.errors import ConfigError
+from fedge.shared.models import default_spec
 
 
 @pytest.fixture(autouse=True)

@@ -21,20 +21,20 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-from client import node_cache
-from client.client_app import train
-from client.release_cache import (
+from fedge.client import node_cache
+from fedge.client.client_app import train
+from fedge.client.release_cache import (
     CachedRelease,
     load_release,
     release_key,
     release_path,
     save_release,
 )
-from shared import keys
-from shared.config import default_run_config, from_run_config
-from shared.datasets import load_builtin
-from shared.models import build_model, default_spec
-from shared.records import state_dict_to_record
+from fedge.shared import keys
+from fedge.shared.config import default_run_config, from_run_config
+from fedge.shared.datasets import load_builtin
+from fedge.shared.models import build_model, default_spec
+from fedge.shared.records import state_dict_to_record
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 SIGMA, DELTA, BATCH = 1.1, 1e-4, 32
@@ -116,7 +116,7 @@ def test_a_round_asked_again_with_the_same_parameters_is_resent_at_no_cost(
     n = first.content[keys.METRICS][keys.NUM_EXAMPLES]
     q, steps = BATCH / n, round(n / BATCH)
 
-    with caplog.at_level(logging.WARNING, logger="client.private_round"):
+    with caplog.at_level(logging.WARNING, logger="fedge.client.private_round"):
         again = node(2, model_seed=1)  # the coordinator lost the first reply
 
     # The same random variable released twice: identical bytes, arrays and figures.

@@ -16,16 +16,16 @@ from flwr.common import ConfigRecord, MessageType
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
-import client.private_round
-from client import node_cache
-from client.client_app import train
-from client.dp_training import train_private
-from server.reference_data import load_reference_data
-from shared import keys
-from shared.config import from_run_config
-from shared.datasets import Dataset
-from shared.models import build_model, default_spec
-from shared.records import record_to_state_dict, state_dict_to_record
+import fedge.client.private_round
+from fedge.client import node_cache
+from fedge.client.client_app import train
+from fedge.client.dp_training import train_private
+from fedge.server.reference_data import load_reference_data
+from fedge.shared import keys
+from fedge.shared.config import from_run_config
+from fedge.shared.datasets import Dataset
+from fedge.shared.models import build_model, default_spec
+from fedge.shared.records import record_to_state_dict, state_dict_to_record
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +142,7 @@ def test_the_same_round_without_noise_lowers_the_nodes_training_loss(
             *args, **{**kwargs, "noise_multiplier": 0.0, "seed": sampler_seed}
         )
 
-    monkeypatch.setattr(client.private_round, "train_private", without_noise)
+    monkeypatch.setattr(fedge.client.private_round, "train_private", without_noise)
 
     model, sent, reply, data = train_one_round(tmp_path / "state", model_name)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from client.sgd import MomentumSGD
+from fedge.client.sgd import MomentumSGD
 
 
 def _model() -> nn.Module:
@@ -48,7 +48,7 @@ def test_zero_grad_drops_the_gradients():
 
 def test_training_a_step_does_not_import_torch_dynamo():
     code = (
-        "import sys, torch; from client.sgd import MomentumSGD\n"
+        "import sys, torch; from fedge.client.sgd import MomentumSGD\n"
         "m = torch.nn.Linear(2, 1); opt = MomentumSGD(m.parameters(), lr=0.1, momentum=0.9)\n"
         "m(torch.ones(1, 2)).sum().backward(); opt.step()\n"
         "print(json.dumps('torch._dynamo' in sys.modules))"

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from client.training import proximal_term, train_plain
-from shared.models import ModelSpec, build_model
+from fedge.client.training import proximal_term, train_plain
+from fedge.shared.models import ModelSpec, build_model
 
 SPEC = ModelSpec(name="mlp", input_shape=(2,), num_classes=2, hidden=(8,))
 

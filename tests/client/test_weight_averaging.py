@@ -11,16 +11,16 @@ from flwr.app import Context, RecordDict
 from opacus.accountants import RDPAccountant
 from torch import nn
 
-from client.dp_training import train_private
-from client.node_data import load_node_data
-from client.private_round import train_private_round
-from client.weight_averaging import WeightAverage
-from shared import keys
-from shared.config import default_run_config, from_run_config
-from shared.datasets import load_builtin
-from shared.errors import ConfigError
-from shared.evaluation import evaluate_loss_accuracy
-from shared.models import build_model, default_spec
+from fedge.client.dp_training import train_private
+from fedge.client.node_data import load_node_data
+from fedge.client.private_round import train_private_round
+from fedge.client.weight_averaging import WeightAverage
+from fedge.shared import keys
+from fedge.shared.config import default_run_config, from_run_config
+from fedge.shared.datasets import load_builtin
+from fedge.shared.errors import ConfigError
+from fedge.shared.evaluation import evaluate_loss_accuracy
+from fedge.shared.models import build_model, default_spec
 
 
 def _tiny_problem(seed):

@@ -1,6 +1,6 @@
 """A real federation on 127.0.0.1 for the end-to-end tests: SuperLink, nodes, runs.
 
-Built from the production pieces: :func:`simulations.flower_processes.serving_superlink`
+Built from the production pieces: :func:`fedge.simulations.flower_processes.serving_superlink`
 for the SuperLink, ``fedge node start`` (or the operator's ``deploy/`` launchers)
 for secure nodes, ``deploy/make-*.sh`` for certificates and keys. Everything
 started here is stopped when its ``with`` block ends, even on failure.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulations.flower_processes import (
+from fedge.simulations.flower_processes import (
     CONNECTION,
     STARTUP_TIMEOUT_S,
     SuperLink,
@@ -40,7 +40,7 @@ from simulations.flower_processes import (
 
 APP_DIR = Path(__file__).resolve().parents[2]
 DEPLOY = APP_DIR / "deploy"
-FEDGE = [sys.executable, "-m", "cli.app"]  # `fedge`, from this checkout
+FEDGE = [sys.executable, "-m", "fedge.cli.app"]  # `fedge`, from this checkout
 
 
 # ------------------------------------------------------------------ files

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from simulations.flower_processes import CONNECTION, session_members, stop_process
+from fedge.simulations.flower_processes import CONNECTION, session_members, stop_process
 from tests.e2e.deployment import (
     APP_DIR,
     FEDGE,

@@ -23,7 +23,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from shared.run_folder import (
+from fedge.shared.run_folder import (
     BYTES_RECEIVED,
     BYTES_SENT,
     PROVENANCE_FROZEN,

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from shared.config import from_run_config
-from shared.privacy_plan import plan_for_config
+from fedge.shared.config import from_run_config
+from fedge.shared.privacy_plan import plan_for_config
 from tests.e2e.deployment import (
     APP_DIR,
     DEPLOY,

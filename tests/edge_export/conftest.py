@@ -19,11 +19,11 @@ import pytest
 import torch
 from torch import nn
 
-from edge_export.pipeline import export_run
-from shared.config import from_run_config
-from shared.datasets import Dataset, fit_file, load_builtin, load_file
-from shared.models import build_model, default_spec
-from shared.run_folder import (
+from fedge.edge_export.pipeline import export_run
+from fedge.shared.config import from_run_config
+from fedge.shared.datasets import Dataset, fit_file, load_builtin, load_file
+from fedge.shared.models import build_model, default_spec
+from fedge.shared.run_folder import (
     ModelCard,
     PrivacySummary,
     save_run_config,
@@ -221,7 +221,7 @@ def predict_in_fresh_process():
 
     def run(argv: list[str]) -> bool:
         script = (
-            "import sys, argparse; from cli import predict as cli_predict\n"
+            "import sys, argparse; from fedge.cli import predict as cli_predict\n"
             "p = argparse.ArgumentParser(); cli_predict.add_parser(p.add_subparsers())\n"
             "a = p.parse_args(['predict', *sys.argv[1:]])\n"
             "assert a.run(a) == 0\n"

@@ -15,14 +15,14 @@ import onnx
 import pandas as pd
 import pytest
 
-from cli import bench_edge as cli_bench_edge
-from cli import export as cli_export
-from cli import predict as cli_predict
-from cli import verify as cli_verify
-from edge_export.onnx_size import size_breakdown
-from edge_export.runtime import EdgeModel
-from edge_export.signing import generate_key_pair
-from shared.datasets import load_builtin
+from fedge.cli import bench_edge as cli_bench_edge
+from fedge.cli import export as cli_export
+from fedge.cli import predict as cli_predict
+from fedge.cli import verify as cli_verify
+from fedge.edge_export.onnx_size import size_breakdown
+from fedge.edge_export.runtime import EdgeModel
+from fedge.edge_export.signing import generate_key_pair
+from fedge.shared.datasets import load_builtin
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_export_of_a_run_that_trained_nothing_is_one_line_and_exit_2(tmp_path, capsys):
-    from cli.app import main
+    from fedge.cli.app import main
 
     run_dir = tmp_path / "untrained"
     run_dir.mkdir()
@@ -131,7 +131,7 @@ def test_predict_into_a_pipe_whose_reader_left_ends_quietly(digits_run, tmp_path
         [
             sys.executable,
             "-m",
-            "cli.app",
+            "fedge.cli.app",
             "predict",
             str(digits_run),
             str(tmp_path / "x.npz"),
@@ -281,7 +281,7 @@ def test_bench_edge_measures_all_three_engines_and_writes_json(
 
 @pytest.mark.parametrize("module", [cli_bench_edge, cli_verify, cli_export])
 def test_commands_on_a_missing_folder_fail_cleanly(module, tmp_path):
-    from shared.errors import FedgeError
+    from fedge.shared.errors import FedgeError
 
     name = {cli_bench_edge: "bench-edge", cli_verify: "verify", cli_export: "export"}[
         module

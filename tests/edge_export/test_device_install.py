@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_export.runtime import EdgeModel
-from edge_export.signing import generate_key_pair, sign_manifest
+from fedge.edge_export.runtime import EdgeModel
+from fedge.edge_export.signing import generate_key_pair, sign_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 

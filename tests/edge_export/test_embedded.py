@@ -9,14 +9,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from cli import export as cli_export
-from edge_export import pipeline
-from edge_export.embedded import check_budgets
-from edge_export.manifest import read_manifest, verify_run
-from edge_export.pipeline import export_run
-from edge_export.runtime import EdgeModel
-from shared.datasets import load_builtin
-from shared.errors import ModelError
+from fedge.cli import export as cli_export
+from fedge.edge_export import pipeline
+from fedge.edge_export.embedded import check_budgets
+from fedge.edge_export.manifest import read_manifest, verify_run
+from fedge.edge_export.pipeline import export_run
+from fedge.edge_export.runtime import EdgeModel
+from fedge.shared.datasets import load_builtin
+from fedge.shared.errors import ModelError
 
 EMBEDDED = ("model.ort", "required_operators.config", "model.fixed.onnx")
 

@@ -4,16 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from edge_export.explanations import (
+from fedge.edge_export.explanations import (
     column_groups,
     examples_per_class,
     occlusion_saliency,
     onnx_predictor,
     permutation_importance,
 )
-from edge_export.onnx_export import export_onnx
-from shared.errors import ModelError
-from shared.preprocessing import Preprocessing
+from fedge.edge_export.onnx_export import export_onnx
+from fedge.shared.errors import ModelError
+from fedge.shared.preprocessing import Preprocessing
 
 PREP = Preprocessing(
     kind="tabular",

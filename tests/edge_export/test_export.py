@@ -12,19 +12,19 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edge_export.manifest import read_manifest
-from edge_export.onnx_export import (
+from fedge.edge_export.manifest import read_manifest
+from fedge.edge_export.onnx_export import (
     RECURRENT_TRACE_STEPS,
     _trace_shape,
     check_onnx,
     export_onnx,
 )
-from edge_export.pipeline import export_run, refuse_failed_run
-from shared.datasets import load_builtin, load_file
-from shared.errors import ModelError
-from shared.models import ModelSpec, build_model, for_export
-from shared.preprocessing import Preprocessing
-from shared.run_folder import load_run_config
+from fedge.edge_export.pipeline import export_run, refuse_failed_run
+from fedge.shared.datasets import load_builtin, load_file
+from fedge.shared.errors import ModelError
+from fedge.shared.models import ModelSpec, build_model, for_export
+from fedge.shared.preprocessing import Preprocessing
+from fedge.shared.run_folder import load_run_config
 
 # The embedded artefacts (test_embedded.py) come with every export; the
 # offline-optimised graph only when it ran faster than model.onnx.
@@ -131,7 +131,7 @@ def test_failed_parity_writes_nothing(digits_run, copy_run):
 
 
 def test_failed_reexport_keeps_the_previous_export_intact(digits_run, copy_run):
-    from edge_export.manifest import verify_run
+    from fedge.edge_export.manifest import verify_run
 
     run_dir = copy_run(digits_run)
     before = {n: (run_dir / n).read_bytes() for n in EXPORT_FILES}

@@ -4,8 +4,8 @@ import json
 
 import onnx
 
-from edge_export.manifest import verify_run
-from edge_export.runtime import EdgeModel
+from fedge.edge_export.manifest import verify_run
+from fedge.edge_export.runtime import EdgeModel
 
 
 def test_a_legacy_run_folder_exports_verifies_and_keeps_its_epsilon(tabular_run):

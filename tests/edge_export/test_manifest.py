@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edge_export.embedded import to_ort_format
-from edge_export.manifest import describe_artefact, read_manifest, verify_run
-from shared.errors import ModelError
+from fedge.edge_export.embedded import to_ort_format
+from fedge.edge_export.manifest import describe_artefact, read_manifest, verify_run
+from fedge.shared.errors import ModelError
 
 
 def test_manifest_lists_every_artefact_with_its_sha256_and_size(digits_run):

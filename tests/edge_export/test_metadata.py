@@ -8,14 +8,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edge_export.metadata import (
+from fedge.edge_export.metadata import (
     build_metadata,
     copy_metadata,
     read_metadata,
     strip_exporter_metadata,
     write_metadata,
 )
-from edge_export.runtime import EdgeMetadata, EdgeModel, ModelFileError
+from fedge.edge_export.runtime import EdgeMetadata, EdgeModel, ModelFileError
 
 SPEC = {
     "name": "mlp",

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edge_export.embedded import LATENCY_RUNS, LATENCY_WARMUP
-from edge_export.manifest import verify_run
-from edge_export.model_card import render_markdown, write_run_card
-from edge_export.run_inputs import held_out_data, load_run
+from fedge.edge_export.embedded import LATENCY_RUNS, LATENCY_WARMUP
+from fedge.edge_export.manifest import verify_run
+from fedge.edge_export.model_card import render_markdown, write_run_card
+from fedge.edge_export.run_inputs import held_out_data, load_run
 
 
 def card_of(run_dir):
@@ -173,8 +173,8 @@ def test_the_card_without_an_export_explains_the_pytorch_model(copy_run, digits_
 def test_the_card_says_when_per_client_figures_come_from_a_sample(
     copy_run, digits_run, max_clients, sampled
 ):
-    from shared.config import from_run_config
-    from shared.run_folder import save_run_config
+    from fedge.shared.config import from_run_config
+    from fedge.shared.run_folder import save_run_config
 
     run_dir = copy_run(digits_run)  # model.json: 2 nodes
     save_run_config(
@@ -214,9 +214,9 @@ def test_the_card_says_when_per_client_figures_come_from_a_sample(
 def test_a_fault_injection_run_gets_its_card_naming_the_faults(
     tmp_path, copy_run, digits_run
 ):
-    from simulations.fault_app import write_fault_app
-    from simulations.fault_injection import fault_config
-    from simulations.simulate import APP_DIR
+    from fedge.simulations.fault_app import write_fault_app
+    from fedge.simulations.fault_injection import fault_config
+    from fedge.simulations.simulate import APP_DIR
 
     run_dir = copy_run(digits_run)
     (run_dir / "model_card.md").unlink()
@@ -227,8 +227,8 @@ def test_a_fault_injection_run_gets_its_card_naming_the_faults(
     app_copy = write_fault_app(APP_DIR, tmp_path / "fault-app", faults)
     script = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-        "import shared; assert shared.__file__.startswith(sys.argv[1]), shared; "
-        "from edge_export.model_card import write_run_card; "
+        "import fedge.shared as shared; assert shared.__file__.startswith(sys.argv[1]), shared; "
+        "from fedge.edge_export.model_card import write_run_card; "
         "write_run_card(Path(sys.argv[2]))"
     )
 

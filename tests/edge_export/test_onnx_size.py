@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_export.onnx_size import drop_runtime_unused, size_breakdown
-from shared.errors import ModelError
+from fedge.edge_export.onnx_size import drop_runtime_unused, size_breakdown
+from fedge.shared.errors import ModelError
 
 WEIGHTS = 1000  # elements of the one weight tensor
 

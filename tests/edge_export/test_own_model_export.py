@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from edge_export.metadata import read_metadata
-from edge_export.pipeline import export_run
-from edge_export.runtime import KEY_MODEL_IDENTITY
-from edge_export.signing import generate_key_pair
-from shared.datasets import load_builtin
-from shared.errors import ModelError
-from shared.models import build_model, default_spec
+from fedge.edge_export.metadata import read_metadata
+from fedge.edge_export.pipeline import export_run
+from fedge.edge_export.runtime import KEY_MODEL_IDENTITY
+from fedge.edge_export.signing import generate_key_pair
+from fedge.shared.datasets import load_builtin
+from fedge.shared.errors import ModelError
+from fedge.shared.models import build_model, default_spec
 from tests.edge_export.conftest import train, write_run
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "own_nets.py"

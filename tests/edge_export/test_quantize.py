@@ -7,10 +7,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edge_export.manifest import read_manifest
-from edge_export.pipeline import _choose
-from edge_export.quantize import ArrayCalibrationReader
-from shared.datasets import load_builtin
+from fedge.edge_export.manifest import read_manifest
+from fedge.edge_export.pipeline import _choose
+from fedge.edge_export.quantize import ArrayCalibrationReader
+from fedge.shared.datasets import load_builtin
 
 
 def accuracy(path, data) -> float:

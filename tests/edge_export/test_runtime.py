@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from edge_export import runtime
-from edge_export.runtime import EdgeModel, InputError, ModelFileError
-from shared.datasets import load_builtin, load_file
-from shared.models import ModelSpec, build_model
-from shared.preprocessing import Preprocessing, fit_preprocessing
+from fedge.edge_export import runtime
+from fedge.edge_export.runtime import EdgeModel, InputError, ModelFileError
+from fedge.shared.datasets import load_builtin, load_file
+from fedge.shared.models import ModelSpec, build_model
+from fedge.shared.preprocessing import Preprocessing, fit_preprocessing
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -299,14 +299,14 @@ def test_a_tampered_model_beside_its_manifest_is_refused(digits_run, copy_run):
 NO_TORCH_SCRIPT = """
 import json, sys
 import numpy as np
-from edge_export.runtime import EdgeModel
+from fedge.edge_export.runtime import EdgeModel
 model = EdgeModel.load(sys.argv[1])
 prediction = model.predict(np.zeros((3, 64)))
 print(json.dumps({
     "n": len(prediction.labels),
     "torch": "torch" in sys.modules,
     "pandas": "pandas" in sys.modules,
-    "shared": sorted(m for m in sys.modules if m.split(".")[0] == "shared"),
+    "shared": sorted(m for m in sys.modules if m.startswith(("shared", "fedge.shared"))),
 }))
 """
 

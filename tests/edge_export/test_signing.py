@@ -12,13 +12,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edge_export.manifest import describe_artefact, read_manifest, verify_run
-from edge_export.runtime import EdgeModel, SignatureError, verify_signature
-from edge_export.signing import generate_key_pair, sign_manifest
-from shared.errors import ConfigError, ModelError
+from fedge.edge_export.manifest import describe_artefact, read_manifest, verify_run
+from fedge.edge_export.runtime import EdgeModel, SignatureError, verify_signature
+from fedge.edge_export.signing import generate_key_pair, sign_manifest
+from fedge.shared.errors import ConfigError, ModelError
 
 REPO = Path(__file__).resolve().parents[2]
-FEDGE = [sys.executable, "-m", "cli.app"]
+FEDGE = [sys.executable, "-m", "fedge.cli.app"]
 
 
 @pytest.fixture(scope="module")

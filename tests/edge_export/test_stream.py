@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli import predict as cli_predict
-from edge_export.runtime import EdgeModel, InputError, read_recording
+from fedge.cli import predict as cli_predict
+from fedge.edge_export.runtime import EdgeModel, InputError, read_recording
 
 REPO = Path(__file__).resolve().parents[2]
 

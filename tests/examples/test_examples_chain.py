@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-FEDGE = [sys.executable, "-m", "cli.app"]  # `fedge`, from this checkout
+FEDGE = [sys.executable, "-m", "fedge.cli.app"]  # `fedge`, from this checkout
 
 
 def run(command: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shared.run_folder import FLOWER_LOG_FILE
-from simulations.simulate import simulate
+from fedge.shared.run_folder import FLOWER_LOG_FILE
+from fedge.simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

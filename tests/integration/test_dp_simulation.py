@@ -13,12 +13,12 @@ import pytest
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-from client.node_data import load_node_data
-from shared.config import from_run_config
-from shared.datasets import load_builtin
-from shared.run_folder import NODE_STATE_DIR
-from simulations.run_progress import read_progress
-from simulations.simulate import simulate
+from fedge.client.node_data import load_node_data
+from fedge.shared.config import from_run_config
+from fedge.shared.datasets import load_builtin
+from fedge.shared.run_folder import NODE_STATE_DIR
+from fedge.simulations.run_progress import read_progress
+from fedge.simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
@@ -42,7 +42,7 @@ def _suggestion(num_examples: int, *, rounds: int, epsilon: float) -> dict:
         [
             sys.executable,
             "-m",
-            "cli.app",
+            "fedge.cli.app",
             "privacy",
             "--suggest",
             "--num-examples",

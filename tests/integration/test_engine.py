@@ -13,12 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from server.reference_data import load_reference_data
-from shared.config import from_run_config
-from shared.errors import FedgeError
-from simulations.engine import SimulationEngine, sharing
-from simulations.flower_processes import process_tree
-from simulations.simulate import simulate
+from fedge.server.reference_data import load_reference_data
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import FedgeError
+from fedge.simulations.engine import SimulationEngine, sharing
+from fedge.simulations.flower_processes import process_tree
+from fedge.simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -155,8 +155,8 @@ def test_a_closed_engine_takes_no_more_runs(tmp_path: Path) -> None:
 _OWNER = textwrap.dedent(
     """
     import os, signal, sys, time
-    from simulations.engine import SimulationEngine
-    from simulations.flower_processes import process_tree
+    from fedge.simulations.engine import SimulationEngine
+    from fedge.simulations.flower_processes import process_tree
     engine = SimulationEngine()
     with engine.run_slot():
         time.sleep(2)  # the SuperLink's SuperExec, in a session of its own

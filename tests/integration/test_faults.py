@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shared.run_folder import FAULTS_FILE, read_status
-from simulations.fault_injection import choose_attackers, drops_out
-from simulations.scenario_file import load_scenario
-from simulations.simulate import simulate
+from fedge.shared.run_folder import FAULTS_FILE, read_status
+from fedge.simulations.fault_injection import choose_attackers, drops_out
+from fedge.simulations.scenario_file import load_scenario
+from fedge.simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -18,11 +18,17 @@ import pandas as pd
 import pytest
 import torch
 
-from server.checkpoint import load_latest_checkpoint
-from shared.models import build_model, default_spec
-from shared.records import state_dict_to_record
-from shared.run_folder import AGGREGATED, BYTES_RECEIVED, BYTES_SENT, ROUND, SAMPLED
-from simulations.simulate import simulate
+from fedge.server.checkpoint import load_latest_checkpoint
+from fedge.shared.models import build_model, default_spec
+from fedge.shared.records import state_dict_to_record
+from fedge.shared.run_folder import (
+    AGGREGATED,
+    BYTES_RECEIVED,
+    BYTES_SENT,
+    ROUND,
+    SAMPLED,
+)
+from fedge.simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cli.app import main as cli_main
-from client.node_data import node_data_file
-from shared.datasets import read_table
+from fedge.cli.app import main as cli_main
+from fedge.client.node_data import node_data_file
+from fedge.shared.datasets import read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cli.app import main as cli_main
-from simulations.flower_processes import start_logged, stop_process
-from simulations.ray_head import ray_head_command
+from fedge.cli.app import main as cli_main
+from fedge.simulations.flower_processes import start_logged, stop_process
+from fedge.simulations.ray_head import ray_head_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cli.app import main as cli_main
+from fedge.cli.app import main as cli_main
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -22,10 +22,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cli.app import main as cli_main
-from shared.datasets import load_builtin
-from shared.models import ModelSpec, build_model
-from shared.preprocessing import Preprocessing
+from fedge.cli.app import main as cli_main
+from fedge.shared.datasets import load_builtin
+from fedge.shared.models import ModelSpec, build_model
+from fedge.shared.preprocessing import Preprocessing
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,7 +34,7 @@ CHANCE = 0.25  # basic-motions: 4 activities, 10 test recordings each
 # Block torch, then run `fedge` as a device would: any import of torch fails.
 TORCH_FREE_FEDGE = (
     "import sys; sys.modules['torch'] = None\n"
-    "from cli.app import main\n"
+    "from fedge.cli.app import main\n"
     "for argv in sys.argv[1:]:\n"
     "    code = main(argv.split('|'))\n"
     "    assert code == 0, (argv, code)\n"

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from client.node_data import load_node_data
-from shared.config import from_run_config
-from shared.evaluation import evaluate_loss_accuracy
-from shared.fairness import fairness_summary
-from shared.models import ModelSpec, build_model
-from shared.preprocessing import Preprocessing
-from simulations.simulate import simulate
+from fedge.client.node_data import load_node_data
+from fedge.shared.config import from_run_config
+from fedge.shared.evaluation import evaluate_loss_accuracy
+from fedge.shared.fairness import fairness_summary
+from fedge.shared.models import ModelSpec, build_model
+from fedge.shared.preprocessing import Preprocessing
+from fedge.simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

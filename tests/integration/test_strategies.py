@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 import torch
 
-from shared.models import ModelSpec, build_model
-from simulations.simulate import simulate
+from fedge.shared.models import ModelSpec, build_model
+from fedge.simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

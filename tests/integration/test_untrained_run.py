@@ -36,7 +36,7 @@ def fedge(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
     )
     return subprocess.run(
-        [sys.executable, "-P", "-m", "cli.app", *argv],
+        [sys.executable, "-P", "-m", "fedge.cli.app", *argv],
         cwd=cwd,
         env=env,
         capture_output=True,

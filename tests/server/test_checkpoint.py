@@ -12,19 +12,19 @@ import torch
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
-from server.checkpoint import (
+from fedge.server.checkpoint import (
     checkpoint_path,
     load_latest_checkpoint,
     restore_strategy_state,
     save_checkpoint,
     strategy_state,
 )
-from server.robust_strategy import RobustStrategy
-from server.strategy_factory import build_strategy
-from shared.config import from_run_config
-from shared.errors import ConfigError
+from fedge.server.robust_strategy import RobustStrategy
+from fedge.server.strategy_factory import build_strategy
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import ConfigError
 
-LOGGER = "server.checkpoint"
+LOGGER = "fedge.server.checkpoint"
 
 
 def arrays(value=0.0):

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from server.client_evaluation import (
+from fedge.server.client_evaluation import (
     evaluate_every_node,
     evaluation_due,
     nodes_to_evaluate,
 )
-from shared.config import from_run_config
+from fedge.shared.config import from_run_config
 
 
 def report(**overrides):

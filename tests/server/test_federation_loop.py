@@ -23,8 +23,13 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from server import federation_loop, reply_collection
-from server.federation_loop import RoundOutcome, StopRun, _message_bytes, run_rounds
+from fedge.server import federation_loop, reply_collection
+from fedge.server.federation_loop import (
+    RoundOutcome,
+    StopRun,
+    _message_bytes,
+    run_rounds,
+)
 
 REPLY_TIMEOUT_S = 12.5
 
@@ -274,7 +279,7 @@ def test_rounds_chain_from_first_to_last_round():
 def test_round_without_any_update_keeps_the_model_and_warns(caplog):
     grid = FakeGrid({11: failing_node, 12: silent_node, 13: failing_node})
 
-    with caplog.at_level(logging.WARNING, logger="server.federation_loop"):
+    with caplog.at_level(logging.WARNING, logger="fedge.server.federation_loop"):
         final, outcomes, central_calls = run(grid, arrays=arrays_of([7.0]))
 
     np.testing.assert_array_equal(weights(final), [7.0])
@@ -314,7 +319,7 @@ def shadowed_node(pid):
 def test_every_node_failing_alike_is_said_once_with_the_likely_cause(caplog):
     grid = FakeGrid({11: shadowed_node(5337), 12: shadowed_node(5338)})
 
-    with caplog.at_level(logging.WARNING, logger="server.federation_loop"):
+    with caplog.at_level(logging.WARNING, logger="fedge.server.federation_loop"):
         _, outcomes, _ = run(grid, arrays=arrays_of([7.0]), last_round=2)
 
     assert [o.reply_errors for o in outcomes] == [[SHADOWED, SHADOWED]] * 2

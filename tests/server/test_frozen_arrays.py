@@ -1,7 +1,7 @@
 """The coordinator's side of frozen arrays: out of aggregation, on the wire once per node.
 
 Nodes are played by a fake Grid that behaves as the ClientApp does
-(:mod:`client.frozen_arrays`): it keeps the frozen arrays it was sent, asks for
+(:mod:`fedge.client.frozen_arrays`): it keeps the frozen arrays it was sent, asks for
 them when it lacks them, and replies only the exchanged arrays.
 """
 
@@ -22,17 +22,17 @@ from flwr.app import (
     RecordDict,
 )
 
-from server import reply_collection
-from server.client_evaluation import evaluate_every_node
-from server.federation_loop import run_rounds
-from server.frozen_arrays import ArraysWire
-from server.robust_strategy import RobustStrategy
-from server.strategy_factory import build_strategy
-from shared import keys
-from shared.config import from_run_config
-from shared.models import build_model, default_spec
-from shared.records import state_dict_to_record
-from shared.trainable import select_trainable, trainable_size_bytes
+from fedge.server import reply_collection
+from fedge.server.client_evaluation import evaluate_every_node
+from fedge.server.federation_loop import run_rounds
+from fedge.server.frozen_arrays import ArraysWire
+from fedge.server.robust_strategy import RobustStrategy
+from fedge.server.strategy_factory import build_strategy
+from fedge.shared import keys
+from fedge.shared.config import from_run_config
+from fedge.shared.models import build_model, default_spec
+from fedge.shared.records import state_dict_to_record
+from fedge.shared.trainable import select_trainable, trainable_size_bytes
 
 FROZEN = ["net.1.weight", "net.1.bias"]
 EXCHANGED = ["net.3.weight", "net.3.bias", "net.5.weight", "net.5.bias"]

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from server.metrics_history import (
+from fedge.server.metrics_history import (
     HistoryError,
     MetricsHistory,
     summarize_clients,
 )
-from shared.run_folder import METRIC_COLUMNS as COLUMNS
+from fedge.shared.run_folder import METRIC_COLUMNS as COLUMNS
 
 
 def row(r, **extra):
@@ -108,7 +108,7 @@ def test_resume_refills_rounds_the_files_lost_from_the_checkpoint(tmp_path, capl
     for r in range(2):
         h.append(row(r))
     backup = [row(r) for r in range(4)]  # the checkpoint saw rounds 0-3
-    with caplog.at_level(logging.WARNING, logger="server.metrics_history"):
+    with caplog.at_level(logging.WARNING, logger="fedge.server.metrics_history"):
         MetricsHistory(tmp_path).resume(3, backup)
     assert pd.read_csv(tmp_path / "metrics.csv")["round"].tolist() == [0, 1, 2, 3]
     assert jsonl_rounds(tmp_path) == [0, 1, 2, 3]
@@ -137,7 +137,7 @@ def test_torn_jsonl_line_is_dropped_with_a_warning(tmp_path, caplog):
     h.append(row(0))
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"round": 1, "centr')
-    with caplog.at_level(logging.WARNING, logger="server.metrics_history"):
+    with caplog.at_level(logging.WARNING, logger="fedge.server.metrics_history"):
         again = MetricsHistory(tmp_path)
     assert "metrics.jsonl line 2 is not JSON" in caplog.text
     again.append(row(1))

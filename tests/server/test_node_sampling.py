@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from server.node_sampling import (
+from fedge.server.node_sampling import (
     NodeSnapshot,
     RoundAbort,
     round_seed,
@@ -10,7 +10,7 @@ from server.node_sampling import (
     seeded_sampling,
     wait_for_nodes,
 )
-from shared.errors import FedgeError
+from fedge.shared.errors import FedgeError
 
 
 class FakeClock:
@@ -81,7 +81,7 @@ def test_nodes_arriving_late_end_the_wait(fakes):
 def test_wait_logs_progress(fakes, caplog):
     clock = FakeClock()
     with (
-        caplog.at_level("INFO", logger="server.node_sampling"),
+        caplog.at_level("INFO", logger="fedge.server.node_sampling"),
         pytest.raises(RoundAbort),
     ):
         wait_for_nodes(

@@ -7,17 +7,17 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 from opacus.accountants import RDPAccountant
 
-from server.privacy_record import (
+from fedge.server.privacy_record import (
     PrivacyRecord,
     check_privacy_report,
     counted_release,
     reported_release,
 )
-from server.robust_strategy import RobustStrategy
-from shared import keys
-from shared.privacy_plan import PrivacyPlan, plan_privacy
+from fedge.server.robust_strategy import RobustStrategy
+from fedge.shared import keys
+from fedge.shared.privacy_plan import PrivacyPlan, plan_privacy
 
-LOGGER = "server.robust_strategy"
+LOGGER = "fedge.server.robust_strategy"
 # A node of 150 examples, batch 32, 2 local epochs, σ = 1.1: q = 32/150, 10 steps.
 PLAN = PrivacyPlan(
     noise_multiplier=1.1,

@@ -1,6 +1,6 @@
 import pytest
 
-from server.reply_collection import FIRST_POLL_S, MAX_POLL_S, send_and_collect
+from fedge.server.reply_collection import FIRST_POLL_S, MAX_POLL_S, send_and_collect
 
 
 class Reply:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.reply_errors import (
+from fedge.server.reply_errors import (
     common_failure,
     count_errors,
     describe_error,

@@ -11,12 +11,12 @@ from flwr.serverapp.strategy import (
     FedAvg,
 )
 
-from server.node_sampling import RoundAbort
-from server.robust_strategy import RobustStrategy
-from server.strategy_factory import build_strategy
-from shared.config import from_run_config
+from fedge.server.node_sampling import RoundAbort
+from fedge.server.robust_strategy import RobustStrategy
+from fedge.server.strategy_factory import build_strategy
+from fedge.shared.config import from_run_config
 
-LOGGER = "server.robust_strategy"
+LOGGER = "fedge.server.robust_strategy"
 
 
 class FakeClock:
@@ -355,7 +355,7 @@ def test_a_non_finite_aggregate_keeps_the_global_model(fakes, caplog):
 # ---------------------------------------------------------------- reply order
 def test_replies_are_taken_in_partition_order_whatever_order_they_arrive(fakes):
     # Prepare: node IDs in the opposite order of their partitions; one error
-    from server.robust_strategy import in_partition_order
+    from fedge.server.robust_strategy import in_partition_order
 
     g = guard(FedAvg(min_available_nodes=4, min_train_nodes=4, fraction_evaluate=0.0))
     m = configure(g, 1, fakes, [40, 30, 20, 10])

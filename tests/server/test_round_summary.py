@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 from flwr.app import ArrayRecord
 
-from server.federation_loop import RoundOutcome
-from server.round_summary import round_row, stop_reason
-from shared.config import from_run_config
+from fedge.server.federation_loop import RoundOutcome
+from fedge.server.round_summary import round_row, stop_reason
+from fedge.shared.config import from_run_config
 
 
 def outcome(**fields):

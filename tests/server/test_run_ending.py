@@ -10,10 +10,10 @@ import pytest
 from flwr.app import Context, RecordDict
 from flwr.app.exception import AppExitException
 
-from server.run_ending import QuietRunEnded, RunEnded, end_failed_run
-from server.run_outcome import NothingTrainedError
-from shared.config import from_run_config
-from shared.errors import DataError, FedgeError
+from fedge.server.run_ending import QuietRunEnded, RunEnded, end_failed_run
+from fedge.server.run_outcome import NothingTrainedError
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import DataError, FedgeError
 
 
 def _config(tmp_path: Path, **overrides):
@@ -25,7 +25,7 @@ def _config(tmp_path: Path, **overrides):
 def test_a_failure_before_the_run_started_writes_status_and_one_line(tmp_path, caplog):
     config = _config(tmp_path)
 
-    with caplog.at_level(logging.ERROR, logger="server.run_ending"):
+    with caplog.at_level(logging.ERROR, logger="fedge.server.run_ending"):
         ended = end_failed_run(config, DataError("eval.csv: no column 'label'"))
 
     status = json.loads((tmp_path / "r" / "status.json").read_text())
@@ -80,7 +80,7 @@ def test_a_run_that_trained_nothing_is_not_offered_a_resume(tmp_path):
 
 
 def test_a_config_too_broken_to_name_a_folder_is_only_logged(tmp_path, caplog):
-    with caplog.at_level(logging.ERROR, logger="server.run_ending"):
+    with caplog.at_level(logging.ERROR, logger="fedge.server.run_ending"):
         ended = end_failed_run(None, FedgeError("unknown keys ['x']"))
 
     assert str(ended) == "run failed before it started: unknown keys ['x']"
@@ -107,7 +107,7 @@ def test_the_filter_drops_only_flowers_repeat_of_a_run_end():
 
 
 def test_the_server_app_ends_a_bad_held_out_file_cleanly(tmp_path, monkeypatch):
-    import server.server_app as server_app
+    import fedge.server.server_app as server_app
 
     # Its log handlers would outlive the test and hide later tests' log records.
     monkeypatch.setattr(server_app, "_configure_logging", lambda: None)

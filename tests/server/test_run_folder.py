@@ -5,19 +5,19 @@ from importlib import metadata
 import pytest
 import torch
 
-from server.run_folder import (
+from fedge.server.run_folder import (
     check_resumable,
     resolve_run_dir,
     run_identity,
     save_final_model,
     start_run_folder,
 )
-from shared.config import from_run_config
-from shared.datasets import load_builtin
-from shared.errors import ConfigError
-from shared.models import ModelSpec, build_model, default_spec
-from shared.preprocessing import Preprocessing
-from shared.run_folder import PrivacySummary, load_run_config, read_status
+from fedge.shared.config import from_run_config
+from fedge.shared.datasets import load_builtin
+from fedge.shared.errors import ConfigError
+from fedge.shared.models import ModelSpec, build_model, default_spec
+from fedge.shared.preprocessing import Preprocessing
+from fedge.shared.run_folder import PrivacySummary, load_run_config, read_status
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_resume_with_different_settings_is_refused(config, tmp_path):
 
 
 def test_a_sign_key_the_coordinator_cannot_read_is_refused_before_round_1(tmp_path):
-    from server.federation import check_sign_key
+    from fedge.server.federation import check_sign_key
 
     flat = from_run_config({}, fill_defaults=True).to_flat()
     check_sign_key(from_run_config(flat))  # "" = unsigned: fine

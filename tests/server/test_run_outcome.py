@@ -6,14 +6,18 @@ import math
 import pytest
 from flwr.app import ArrayRecord
 
-from server import federation
-from server.federation_loop import RoundOutcome
-from server.metrics_history import MetricsHistory
-from server.round_summary import round_row
-from server.run_outcome import NothingTrainedError, refuse_untrained, untrained_reason
-from shared.config import from_run_config
-from shared.errors import RunFailedError
-from shared.run_folder import write_status
+from fedge.server import federation
+from fedge.server.federation_loop import RoundOutcome
+from fedge.server.metrics_history import MetricsHistory
+from fedge.server.round_summary import round_row
+from fedge.server.run_outcome import (
+    NothingTrainedError,
+    refuse_untrained,
+    untrained_reason,
+)
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import RunFailedError
+from fedge.shared.run_folder import write_status
 
 SHADOWED = "ModuleNotFoundError: No module named 'client.client_app'; 'client' is not a package"
 CAUSE = (

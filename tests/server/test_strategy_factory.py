@@ -21,10 +21,10 @@ from flwr.serverapp.strategy import (
 )
 from scipy import stats
 
-from server.strategy_factory import build_strategy, planned_sample_size
-from shared.config import STRATEGIES, from_run_config
-from shared.errors import ConfigError
-from shared.keys import GLOBAL_MODEL_LOSS as GML
+from fedge.server.strategy_factory import build_strategy, planned_sample_size
+from fedge.shared.config import STRATEGIES, from_run_config
+from fedge.shared.errors import ConfigError
+from fedge.shared.keys import GLOBAL_MODEL_LOSS as GML
 
 EXPECTED_CLASS = {
     "fedavg": FedAvg,
@@ -424,6 +424,6 @@ def test_flower_value_errors_become_config_errors():
 
 def test_trimmed_mean_that_trims_nothing_warns(caplog):
     config = make_config(**{"strategy": "fedtrimmedavg", "trim-beta": 0.2})
-    with caplog.at_level(logging.WARNING, logger="server.strategy_factory"):
+    with caplog.at_level(logging.WARNING, logger="fedge.server.strategy_factory"):
         build_strategy(config)  # 2 nodes: int(0.4) = 0
     assert "computes the plain mean" in caplog.text

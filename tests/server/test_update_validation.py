@@ -3,7 +3,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from server.update_validation import (
+from fedge.server.update_validation import (
     is_refusal,
     metric_key_problems,
     validate_reply,

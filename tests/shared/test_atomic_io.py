@@ -3,8 +3,12 @@ import os
 
 import pytest
 
-from shared import atomic_io
-from shared.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from fedge.shared import atomic_io
+from fedge.shared.atomic_io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 def test_write_creates_parents_and_replaces_content(tmp_path):

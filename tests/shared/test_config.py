@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import (
+from fedge.shared.config import (
     CONFIG_KEYS,
     RunConfig,
     closest_key,
@@ -12,7 +12,7 @@ from shared.config import (
     flat_from_nested,
     from_run_config,
 )
-from shared.errors import ConfigError
+from fedge.shared.errors import ConfigError
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_digits, make_classification
 
-from shared.datasets import (
+from fedge.shared.datasets import (
     AEON_PROBLEMS,
     BUILTIN_DATASETS,
     Dataset,
@@ -16,8 +16,8 @@ from shared.datasets import (
     read_table,
     split_train_test,
 )
-from shared.errors import DataError
-from shared.partition import partition_indices
+from fedge.shared.errors import DataError
+from fedge.shared.partition import partition_indices
 
 # The time series keep the archive's own split; tests/shared/test_series.py.
 SKLEARN_BUILTINS = [n for n in BUILTIN_DATASETS if n not in AEON_PROBLEMS]

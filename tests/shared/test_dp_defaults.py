@@ -6,13 +6,13 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from shared.config import default_run_config, from_run_config
-from shared.dp_defaults import (
+from fedge.shared.config import default_run_config, from_run_config
+from fedge.shared.dp_defaults import (
     auto_learning_rate,
     suggest_dp_training,
 )
-from shared.errors import ConfigError
-from shared.privacy_plan import local_schedule, plan_for_config
+from fedge.shared.errors import ConfigError
+from fedge.shared.privacy_plan import local_schedule, plan_for_config
 
 BUDGET = {
     "rounds": 10,

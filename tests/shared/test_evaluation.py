@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from shared.evaluation import evaluate_loss_accuracy, evaluate_model
+from fedge.shared.evaluation import evaluate_loss_accuracy, evaluate_model
 
 LN3 = math.log(3.0)
 

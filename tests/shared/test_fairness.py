@@ -1,6 +1,6 @@
 import pytest
 
-from shared.fairness import fairness_summary
+from fedge.shared.fairness import fairness_summary
 
 
 def test_summary_of_four_clients_matches_a_hand_computation():

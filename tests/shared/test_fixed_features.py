@@ -5,14 +5,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from client.dp_path import choose_dp_path
-from client.dp_training import train_private
-from client.training import train_plain
-from edge_export.onnx_export import check_onnx, export_onnx
-from shared import keys
-from shared.errors import ModelError
-from shared.models import ModelSpec, build_model, default_spec
-from shared.trainable import freeze, select_trainable
+from fedge.client.dp_path import choose_dp_path
+from fedge.client.dp_training import train_private
+from fedge.client.training import train_plain
+from fedge.edge_export.onnx_export import check_onnx, export_onnx
+from fedge.shared import keys
+from fedge.shared.errors import ModelError
+from fedge.shared.models import ModelSpec, build_model, default_spec
+from fedge.shared.trainable import freeze, select_trainable
 from tests.client.dp_round import SPEND, one_dp_round, opacus_epsilon
 
 SHAPES = [(1, 8, 8), (3, 20, 24), (6, 100), (1, 29)]

@@ -11,18 +11,18 @@ import pytest
 import torch
 from torch import nn
 
-from server.run_folder import save_final_model
-from shared.config import from_run_config
-from shared.datasets import load_builtin
-from shared.errors import ConfigError, ModelError
-from shared.initial_weights import (
+from fedge.server.run_folder import save_final_model
+from fedge.shared.config import from_run_config
+from fedge.shared.datasets import load_builtin
+from fedge.shared.errors import ConfigError, ModelError
+from fedge.shared.initial_weights import (
     load_initial_weights,
     prepare_start,
     read_initial_weights,
     weight_mismatches,
 )
-from shared.models import build_model, default_spec
-from shared.run_folder import MODEL_WEIGHTS_FILE, PrivacySummary
+from fedge.shared.models import build_model, default_spec
+from fedge.shared.run_folder import MODEL_WEIGHTS_FILE, PrivacySummary
 
 
 def small_model() -> nn.Module:

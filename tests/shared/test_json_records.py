@@ -4,7 +4,7 @@ import math
 import numpy as np
 import torch
 
-from shared.json_records import json_safe, plain, read_jsonl
+from fedge.shared.json_records import json_safe, plain, read_jsonl
 
 
 def test_json_safe_makes_strict_json_all_the_way_down():

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.metrics import (
+from fedge.shared.metrics import (
     accuracy,
     classification_metrics,
     predicted_classes,

@@ -11,16 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from shared.config import from_run_config
-from shared.errors import ConfigError, ModelError
-from shared.model_reference import (
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import ConfigError, ModelError
+from fedge.shared.model_reference import (
     ModelIdentity,
     build_user_model,
     check_same_identity,
     resolve_factory,
     shipped_module_name,
 )
-from shared.models import ModelSpec, build_model, default_spec
+from fedge.shared.models import ModelSpec, build_model, default_spec
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "own_nets.py"
 NET_TEMPLATE = """

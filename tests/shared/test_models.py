@@ -5,8 +5,8 @@ import torch
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from shared.errors import ModelError
-from shared.models import ModelSpec, build_model, default_spec, for_export
+from fedge.shared.errors import ModelError
+from fedge.shared.models import ModelSpec, build_model, default_spec, for_export
 
 
 def shapes(model):

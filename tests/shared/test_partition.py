@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.errors import DataError
-from shared.partition import (
+from fedge.shared.errors import DataError
+from fedge.shared.partition import (
     PARTITIONINGS,
     partition_dirichlet,
     partition_iid,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.errors import DataError
-from shared.preprocessing import (
+from fedge.shared.errors import DataError
+from fedge.shared.preprocessing import (
     IMAGE_SHAPE_ATTR,
     Preprocessing,
     fit_preprocessing,
@@ -215,7 +215,7 @@ def test_unknown_category_encodes_as_zeros_and_warns(caplog):
     prep = fit_preprocessing(three_rows(), label_column="label")
     new = pd.DataFrame({"age": [2.0, 2.0], "city": ["zürich", "zürich"]})
 
-    with caplog.at_level(logging.WARNING, logger="shared.preprocessing"):
+    with caplog.at_level(logging.WARNING, logger="fedge.shared.preprocessing"):
         x = prep.transform_features(new)
 
     np.testing.assert_array_equal(x[:, 1:], np.zeros((2, 2)))

@@ -4,8 +4,8 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-from shared.errors import ConfigError
-from shared.privacy import (
+from fedge.shared.errors import ConfigError
+from fedge.shared.privacy import (
     calibrate_noise_multiplier,
     check_delta,
     default_delta,

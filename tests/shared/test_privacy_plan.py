@@ -2,9 +2,9 @@ import pytest
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from shared.config import default_run_config, from_run_config
-from shared.errors import ConfigError
-from shared.privacy_plan import PrivacyPlan, plan_for_config, plan_privacy
+from fedge.shared.config import default_run_config, from_run_config
+from fedge.shared.errors import ConfigError
+from fedge.shared.privacy_plan import PrivacyPlan, plan_for_config, plan_privacy
 
 SCHEDULE = {
     "num_examples": 150,

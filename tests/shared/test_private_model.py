@@ -13,11 +13,11 @@ import torch
 from opacus.layers import DPLSTM
 from torch import nn
 
-from shared import models, private_model
-from shared.config import default_run_config, from_run_config
-from shared.errors import ConfigError, ModelError
-from shared.models import ModelSpec, default_spec
-from shared.private_model import (
+from fedge.shared import models, private_model
+from fedge.shared.config import default_run_config, from_run_config
+from fedge.shared.errors import ConfigError, ModelError
+from fedge.shared.models import ModelSpec, default_spec
+from fedge.shared.private_model import (
     check_model_for_run,
     check_private_model,
     fix_private_model,
@@ -72,7 +72,7 @@ def test_a_frozen_lstm_is_accepted_and_eval_mode_is_restored():
 def test_fix_replaces_with_opacus_layers_logs_each_and_then_passes(caplog):
     torch.manual_seed(0)
     model = Backbone()
-    with caplog.at_level(logging.INFO, logger="shared.private_model"):
+    with caplog.at_level(logging.INFO, logger="fedge.shared.private_model"):
         fixed = fix_private_model(model)
     assert type(fixed.features[1]) is nn.GroupNorm
     assert type(fixed.rnn) is DPLSTM
@@ -93,8 +93,8 @@ def test_registry_models_pass_and_are_not_fixed_without_importing_opacus(name, s
     code = textwrap.dedent(
         f"""
         import sys
-        from shared.models import build_model, default_spec
-        from shared.private_model import check_private_model, fix_private_model
+        from fedge.shared.models import build_model, default_spec
+        from fedge.shared.private_model import check_private_model, fix_private_model
         model = build_model(default_spec({name!r}, {shape!r}, 10))
         check_private_model(model)
         assert fix_private_model(model) is model

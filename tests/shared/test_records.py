@@ -6,8 +6,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from torch import nn
 
-from shared.errors import ModelError
-from shared.records import (
+from fedge.shared.errors import ModelError
+from fedge.shared.records import (
     load_record_into,
     record_list,
     record_scalar,

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from shared.config import from_run_config
-from shared.datasets import load_builtin
-from shared.errors import ModelError
-from shared.models import default_spec
-from shared.run_folder import (
+from fedge.shared.config import from_run_config
+from fedge.shared.datasets import load_builtin
+from fedge.shared.errors import ModelError
+from fedge.shared.models import default_spec
+from fedge.shared.run_folder import (
     ModelCard,
     PrivacySummary,
     load_flat_run_config,

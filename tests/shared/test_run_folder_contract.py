@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_export import runtime
-from shared import run_folder
+from fedge.edge_export import runtime
+from fedge.shared import run_folder
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = (

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_export.runtime import transform_features as device_transform
-from shared import datasets
-from shared.datasets import fit_file, load_builtin, load_file, read_table
-from shared.errors import DataError
-from shared.preprocessing import Preprocessing, fit_series
+from fedge.edge_export.runtime import transform_features as device_transform
+from fedge.shared import datasets
+from fedge.shared.datasets import fit_file, load_builtin, load_file, read_table
+from fedge.shared.errors import DataError
+from fedge.shared.preprocessing import Preprocessing, fit_series
 
 
 # ---------------------------------------------------------------- encoding

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from shared.config import from_run_config, trainable_patterns
-from shared.errors import ConfigError
-from shared.models import build_model, default_spec
-from shared.trainable import (
+from fedge.shared.config import from_run_config, trainable_patterns
+from fedge.shared.errors import ConfigError
+from fedge.shared.models import build_model, default_spec
+from fedge.shared.trainable import (
     freeze,
     select_trainable,
     trainable_size_bytes,
@@ -117,7 +117,7 @@ def test_globs_are_split_and_stripped():
 
 
 def test_frozen_parameters_get_no_gradient_in_plain_training():
-    from client.training import train_plain
+    from fedge.client.training import train_plain
 
     model = cnn()
     freeze(model, select_trainable(model, "classifier.3.*"))
@@ -158,9 +158,9 @@ class _LSTMBackbone(nn.Module):
 
 
 def test_a_frozen_layer_dp_sgd_cannot_train_does_not_stop_a_dp_run(monkeypatch):
-    from shared import models
-    from shared.errors import ModelError
-    from shared.private_model import check_model_for_run
+    from fedge.shared import models
+    from fedge.shared.errors import ModelError
+    from fedge.shared.private_model import check_model_for_run
 
     monkeypatch.setattr(models, "build_model", lambda spec: _LSTMBackbone())
     spec = default_spec("mlp", (4,), 2)

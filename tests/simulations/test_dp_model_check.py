@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import simulations.simulate as sim
-from shared.config import from_run_config
-from shared.errors import ModelError
+import fedge.simulations.simulate as sim
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import ModelError
 
 BATCHNORM_NET = """
 from torch import nn
@@ -61,6 +61,6 @@ def test_fix_model_replaces_the_layer_logs_it_and_passes(
         {"model": batchnorm_net, "dp-mode": "sample", "fix-model": True},
         fill_defaults=True,
     )
-    with caplog.at_level(logging.INFO, logger="shared.private_model"):
+    with caplog.at_level(logging.INFO, logger="fedge.shared.private_model"):
         sim.preflight(config, 2)
     assert "fix-model: replaced 1 (BatchNorm2d) with GroupNorm" in caplog.text

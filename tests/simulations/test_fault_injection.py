@@ -22,11 +22,11 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-import simulations.fault_injection as fi
-import simulations.simulate as simulate_module
-from shared.config import from_run_config
-from shared.errors import ConfigError, FedgeError
-from simulations.fault_app import write_fault_app
+import fedge.simulations.fault_injection as fi
+import fedge.simulations.simulate as simulate_module
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import ConfigError, FedgeError
+from fedge.simulations.fault_app import write_fault_app
 
 GLOBAL = {
     "w": np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32),
@@ -311,7 +311,7 @@ def task_identity(monkeypatch):
 
 
 class FakeProductionApp:
-    """Stands in for ``client.client_app.app``: replies with global + 1."""
+    """Stands in for ``fedge.client.client_app.app``: replies with global + 1."""
 
     def __init__(self):
         self.run_configs = []
@@ -331,10 +331,10 @@ class FakeProductionApp:
 
 @pytest.fixture
 def production(monkeypatch):
-    import client.client_app
+    import fedge.client.client_app
 
     fake = FakeProductionApp()
-    monkeypatch.setattr(client.client_app, "app", fake)
+    monkeypatch.setattr(fedge.client.client_app, "app", fake)
     return fake
 
 
@@ -420,11 +420,11 @@ class StateReadingApp(FakeProductionApp):
 def test_a_wiped_node_loses_its_state_folder_and_context_state_before_training(
     task_identity, monkeypatch, tmp_path
 ):
-    import client.client_app
+    import fedge.client.client_app
 
     state_dir = tmp_path / "node-state"
     production = StateReadingApp(state_dir)
-    monkeypatch.setattr(client.client_app, "app", production)
+    monkeypatch.setattr(fedge.client.client_app, "app", production)
     run_config = {
         **from_run_config(
             {"node-state-dir": str(state_dir)}, fill_defaults=True
@@ -492,8 +492,8 @@ include = ["server*", "client*", "shared*"]
 publisher = "fedge"
 
 [tool.flwr.app.components]
-serverapp = "server.server_app:app"
-clientapp = "client.client_app:app"
+serverapp = "fedge.server.server_app:app"
+clientapp = "fedge.client.client_app:app"
 
 [tool.flwr.app.config]
 num-server-rounds = 5  # a comment
@@ -515,8 +515,8 @@ def test_fault_app_copy_has_the_fault_components_and_keys(tmp_path):
     assert not (dest / "client" / "__pycache__").exists()
     pyproject = tomllib.loads((dest / "pyproject.toml").read_text())
     assert pyproject["tool"]["flwr"]["app"]["components"] == {
-        "serverapp": "simulations.fault_injection:server_app",
-        "clientapp": "simulations.fault_injection:app",
+        "serverapp": "fedge.simulations.fault_injection:server_app",
+        "clientapp": "fedge.simulations.fault_injection:app",
     }
     assert pyproject["tool"]["flwr"]["app"]["config"] == {
         "num-server-rounds": 5,
@@ -537,8 +537,10 @@ def test_fault_app_copy_of_the_real_project_declares_every_key(tmp_path):
     rest, fault_keys = fi.split_fault_keys(config)
     from_run_config(rest)  # every production key present and valid
     assert fault_keys == faults.to_run_config()
-    assert (dest / "simulations" / "fault_injection.py").is_file()
-    assert not (dest / "tests").exists()
+    # One package, copied as the wheel installs it: real folders, not links.
+    assert (dest / "fedge" / "simulations" / "fault_injection.py").is_file()
+    assert not (dest / "fedge" / "simulations").is_symlink()
+    assert sorted(p.name for p in dest.iterdir() if p.is_dir()) == ["fedge"]
 
 
 def test_fault_app_needs_a_pyproject(tmp_path):
@@ -603,7 +605,7 @@ def test_simulate_submits_the_fault_app_with_the_fault_keys(
     components = captured_submission["app_pyproject"]["tool"]["flwr"]["app"][
         "components"
     ]
-    assert components["clientapp"] == "simulations.fault_injection:app"
+    assert components["clientapp"] == "fedge.simulations.fault_injection:app"
     run_config = captured_submission["run_config"]
     assert run_config["strategy"] == "fedmedian"
     assert run_config["fault-attack"] == "sign-flip"
@@ -626,7 +628,7 @@ def test_simulate_without_faults_submits_the_production_app(
     components = captured_submission["app_pyproject"]["tool"]["flwr"]["app"][
         "components"
     ]
-    assert components["clientapp"] == "client.client_app:app"
+    assert components["clientapp"] == "fedge.client.client_app:app"
     assert not any(k.startswith("fault-") for k in captured_submission["run_config"])
     assert not (tmp_path / "r" / "faults.json").exists()
 

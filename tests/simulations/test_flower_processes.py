@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from simulations.flower_processes import (
+from fedge.simulations.flower_processes import (
     end_processes,
     format_node_config,
     free_port,

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import simulations.simulate as simulate_module
-from client.node_data import node_data_file
-from shared.config import from_run_config
-from shared.datasets import read_table
-from shared.errors import ConfigError, DataError
-from simulations.own_data import (
+import fedge.simulations.simulate as simulate_module
+from fedge.client.node_data import node_data_file
+from fedge.shared.config import from_run_config
+from fedge.shared.datasets import read_table
+from fedge.shared.errors import ConfigError, DataError
+from fedge.simulations.own_data import (
     OwnData,
     plan_own_data,
     run_config_keys,

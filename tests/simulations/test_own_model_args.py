@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-import simulations.simulate as sim
-from cli.app import build_parser, main
-from cli.simulate import collect_overrides
-from shared.config import from_run_config
-from shared.errors import ModelError
-from shared.model_reference import shipped_module_name
-from simulations.fault_injection import FaultConfig
-from simulations.scenario_file import load_scenario
+import fedge.simulations.simulate as sim
+from fedge.cli.app import build_parser, main
+from fedge.cli.simulate import collect_overrides
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import ModelError
+from fedge.shared.model_reference import shipped_module_name
+from fedge.simulations.fault_injection import FaultConfig
+from fedge.simulations.scenario_file import load_scenario
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "own_nets.py"
 WRONG_LOGITS = """
@@ -93,7 +93,7 @@ def test_with_own_data_a_bad_model_is_refused_before_the_data_is_written(
 ) -> None:
     from sklearn.datasets import load_breast_cancer
 
-    from simulations.own_data import OwnData
+    from fedge.simulations.own_data import OwnData
 
     data = tmp_path / "clinics.csv"
     frame = load_breast_cancer(as_frame=True).frame
@@ -149,8 +149,8 @@ def test_a_py_model_is_shipped_inside_the_submitted_app(tmp_path: Path) -> None:
         "app"
     ]["components"]
     assert components == {
-        "serverapp": "server.server_app:app",
-        "clientapp": "client.client_app:app",
+        "serverapp": "fedge.server.server_app:app",
+        "clientapp": "fedge.client.client_app:app",
     }
 
 
@@ -159,8 +159,8 @@ def test_a_module_name_model_submits_the_app_itself(tmp_path: Path) -> None:
 
 
 def test_shipping_needs_a_py_file(tmp_path: Path) -> None:
-    from shared.errors import FedgeError
-    from simulations.fault_app import ship_model_file
+    from fedge.shared.errors import FedgeError
+    from fedge.simulations.fault_app import ship_model_file
 
     with pytest.raises(FedgeError, match=r"model 'pkg.nets:Net': no \.py file to ship"):
         ship_model_file(tmp_path, "pkg.nets:Net")

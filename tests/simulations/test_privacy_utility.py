@@ -9,11 +9,11 @@ import math
 import pandas as pd
 import pytest
 
-from shared.config import from_run_config
-from shared.errors import ConfigError, DataError, FedgeError
-from simulations import privacy_utility as pu
-from simulations.scenario_file import read_scenario
-from simulations.simulate import preflight
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import ConfigError, DataError, FedgeError
+from fedge.simulations import privacy_utility as pu
+from fedge.simulations.scenario_file import read_scenario
+from fedge.simulations.simulate import preflight
 from tests.simulations.finished_run import write_run
 
 

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import simulations.simulate as simulate_module
-from simulations.ray_head import RAY_ADDRESS_ENV, ray_head_command
+import fedge.simulations.simulate as simulate_module
+from fedge.simulations.ray_head import RAY_ADDRESS_ENV, ray_head_command
 
 
 def test_lean_head_leaves_out_what_one_machine_does_not_need(tmp_path):

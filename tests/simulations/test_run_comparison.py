@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from cli.app import main
-from shared.errors import FedgeError
-from simulations.run_comparison import compare_runs, write_comparison
+from fedge.cli.app import main
+from fedge.shared.errors import FedgeError
+from fedge.simulations.run_comparison import compare_runs, write_comparison
 
 
 def run_folder(path, rows):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.run_folder import COMPLETE, FAILED, RUNNING, write_status
-from simulations.run_end import RunEnd
+from fedge.shared.run_folder import COMPLETE, FAILED, RUNNING, write_status
+from fedge.simulations.run_end import RunEnd
 
 
 class Calls:

@@ -14,12 +14,12 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-import simulations.simulate as simulate_module
-from cli.app import build_parser
-from cli.app import main as cli_main
-from cli.simulate import resolve_arguments
-from shared.errors import ConfigError
-from simulations.scenario_file import SCENARIOS_DIR, read_scenario
+import fedge.simulations.simulate as simulate_module
+from fedge.cli.app import build_parser
+from fedge.cli.app import main as cli_main
+from fedge.cli.simulate import resolve_arguments
+from fedge.shared.errors import ConfigError
+from fedge.simulations.scenario_file import SCENARIOS_DIR, read_scenario
 
 SCENARIOS = sorted(SCENARIOS_DIR.glob("*.toml"))
 
@@ -249,8 +249,8 @@ def test_the_summary_line_says_which_flag_overrode_the_scenario(
 
 
 def test_scenario_data_and_cluster_keys_reach_the_run(tmp_path, monkeypatch):
-    import cli.simulate as cli_simulate
-    from simulations.own_data import OwnData
+    import fedge.cli.simulate as cli_simulate
+    from fedge.simulations.own_data import OwnData
 
     seen = {}
 

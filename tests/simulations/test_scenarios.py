@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import from_run_config
-from shared.errors import FedgeError
-from simulations.fault_injection import fault_config, split_fault_keys
-from simulations.scenario_file import (
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import FedgeError
+from fedge.simulations.fault_injection import fault_config, split_fault_keys
+from fedge.simulations.scenario_file import (
     SCENARIOS_DIR,
     load_scenario,
     read_scenario,
     resolve_scenario,
     scenario_names,
 )
-from simulations.simulate import preflight
+from fedge.simulations.simulate import preflight
 
 SCENARIOS = sorted(SCENARIOS_DIR.glob("*.toml"))
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from simulations import series_accuracy
+from fedge.simulations import series_accuracy
 
 
 def test_help_describes_the_study_and_runs_nothing(monkeypatch, capsys):

@@ -5,12 +5,12 @@ Nothing here starts Flower: only the parsing and checking that come first.
 
 import pytest
 
-from cli.app import build_parser
-from cli.simulate import collect_overrides
-from shared.config import from_run_config
-from shared.errors import DataError, FedgeError
-from simulations.scenario_file import load_scenario
-from simulations.simulate import preflight
+from fedge.cli.app import build_parser
+from fedge.cli.simulate import collect_overrides
+from fedge.shared.config import from_run_config
+from fedge.shared.errors import DataError, FedgeError
+from fedge.simulations.scenario_file import load_scenario
+from fedge.simulations.simulate import preflight
 
 
 def parse(*argv):
@@ -205,8 +205,8 @@ def test_preflight_refuses_partitions_a_node_cannot_use(overrides, num_clients):
 
 
 def test_simulate_refuses_a_folder_holding_an_earlier_run(tmp_path, monkeypatch):
-    import simulations.simulate as sim
-    from shared.errors import ConfigError
+    import fedge.simulations.simulate as sim
+    from fedge.shared.errors import ConfigError
 
     earlier = tmp_path / "done"
     earlier.mkdir()
@@ -231,8 +231,8 @@ def _own_data_start(tmp_path, trainable):
     import pandas as pd
     import torch
 
-    from shared.models import build_model, default_spec
-    from shared.preprocessing import fit_preprocessing
+    from fedge.shared.models import build_model, default_spec
+    from fedge.shared.preprocessing import fit_preprocessing
 
     weights = tmp_path / "backbone.pt"
     torch.save(
@@ -255,7 +255,7 @@ def _own_data_start(tmp_path, trainable):
 
 
 def test_starting_model_of_own_data_is_checked_on_the_given_preprocessing(tmp_path):
-    from simulations.simulate import check_starting_model
+    from fedge.simulations.simulate import check_starting_model
 
     run_config, preprocessing = _own_data_start(tmp_path, "net.5.*")
 
@@ -266,8 +266,8 @@ def test_starting_model_of_own_data_is_checked_on_the_given_preprocessing(tmp_pa
 
 
 def test_starting_model_of_own_data_still_refuses_a_glob_matching_nothing(tmp_path):
-    from shared.errors import ConfigError
-    from simulations.simulate import check_starting_model
+    from fedge.shared.errors import ConfigError
+    from fedge.simulations.simulate import check_starting_model
 
     run_config, preprocessing = _own_data_start(tmp_path, "head.*")
 

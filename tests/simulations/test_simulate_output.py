@@ -1,6 +1,6 @@
 """What ``fedge simulate`` echoes of Flower's log when not verbose."""
 
-from simulations.simulate import _line_to_show
+from fedge.simulations.simulate import _line_to_show
 
 SHADOWED = "ModuleNotFoundError: No module named 'client.client_app'; 'client' is not a package"
 ROUND_LINE = (

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from shared.errors import DataError
-from simulations import study_cell
+from fedge.shared.errors import DataError
+from fedge.simulations import study_cell
 from tests.simulations.finished_run import write_run
 
 
