@@ -79,7 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     """Export; print a summary. User errors raise FedgeError (exit 2)."""
-    from fedge.edge_export.pipeline import export_run  # imports torch: only when used
+    from fedge.reports.model_card import export_run_with_card  # torch: when used
     from fedge.shared.run_folder import (
         BATCH1_LATENCY,
         ONNX_FP32_FILE,
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    manifest = export_run(
+    manifest = export_run_with_card(
         args.run_dir,
         quantize=args.quantize,
         tolerance=args.tolerance,

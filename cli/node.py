@@ -414,7 +414,7 @@ def supernode_command(
 ) -> list[str]:
     """Return the ``flower-supernode`` command line that ``launch`` describes."""
     from fedge.shared import keys
-    from fedge.simulations.flower_processes import format_node_config
+    from fedge.shared.flower_config_text import format_node_config
 
     node_config = {keys.STATE_DIR: str(launch.state_dir)}
     if launch.data_path is not None:

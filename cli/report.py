@@ -37,13 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from fedge.shared.run_folder import PLOTS_DIR
 
     if len(args.run_dirs) == 1:
-        from fedge.simulations.report import write_report
+        from fedge.reports.run_report import write_report
 
         path = write_report(args.run_dirs[0])
         print(f"report: {path}")
         print(f"plots:  {path.parent / PLOTS_DIR}")
         return 0
-    from fedge.simulations.run_comparison import compare_runs, write_comparison
+    from fedge.reports.run_comparison import compare_runs, write_comparison
 
     table = compare_runs(args.run_dirs)
     png, csv = write_comparison(table, args.out_dir)

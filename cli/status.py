@@ -1,7 +1,7 @@
 """``fedge status RUN_DIR [--watch]``: a run's progress, read from its folder alone.
 
 Works while the run is live (and from any machine that sees the folder); the
-figures come from :func:`fedge.simulations.run_progress.read_progress`. Exit code: 0
+figures come from :func:`fedge.reports.run_progress.read_progress`. Exit code: 0
 for a running or complete run, 1 for a failed or stalled one, 2 for a folder
 that is not a run.
 """
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedge.simulations.run_progress import RunProgress, read_progress
+from fedge.reports.run_progress import RunProgress, read_progress
 
 DEFAULT_INTERVAL_S = 5.0
 # The rounds shown in text; --format json has them all.

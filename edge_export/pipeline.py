@@ -1,4 +1,7 @@
-"""``export_run``: the one call the server and ``fedge export`` make.
+"""``export_run``: a finished run's model, checked, for devices.
+
+The server and ``fedge export`` call it through
+:func:`fedge.reports.model_card.export_run_with_card`, which adds the card.
 
 All artefacts are built in a temporary folder inside the run folder and moved
 into place only once every check has passed, so a failed export leaves no
@@ -12,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -85,6 +89,8 @@ MAX_INT8_DROP_POINTS = 1.0
 # on integer kernels; dynamic recomputes activation ranges on every call.
 INT8_PREFERENCE = (STATIC, DYNAMIC)
 CALIBRATION_SIZE = 256
+# Writes further files from a checked export (run folder, manifest, ONNX model).
+WriteArtefacts = Callable[[Path, Manifest, Path], Sequence[Path]]
 _TOOLS = ("fedge", "torch", "onnx", "onnxscript", "onnxruntime")
 
 
@@ -260,6 +266,7 @@ def export_run(
     sign_key: str | Path | None = None,
     max_size_kib: float | None = None,
     max_latency_us: float | None = None,
+    write_artefacts: WriteArtefacts | None = None,
 ) -> Manifest:
     """Export a finished run's model for devices and write ``manifest.json``.
 
@@ -289,6 +296,11 @@ def export_run(
         Budgets: at least one model file must be this small and this fast
         (batch-1 p50 on one thread, measured on this machine), else nothing is
         written and the error says by how much and which file came closest.
+    write_artefacts : callable, optional
+        Called with the run folder, the manifest so far and the checked
+        ``model.onnx`` before anything is published; returns the files it
+        wrote into the run folder, which the manifest then lists (the model
+        card: :func:`fedge.reports.model_card.export_run_with_card`).
 
     Returns
     -------
@@ -380,7 +392,8 @@ def export_run(
         for name in EMBEDDED_FILES:
             if (tmp / name).is_file():
                 manifest.artefacts[name] = describe_artefact(tmp / name, ROLES[name])
-        _add_model_card(run_dir, manifest, tmp / ONNX_FP32_FILE)
+        if write_artefacts is not None:
+            _add_artefacts(write_artefacts, run_dir, manifest, tmp / ONNX_FP32_FILE)
         _publish(run_dir, tmp, chosen is not None, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -484,15 +497,15 @@ def _build_manifest(
     )
 
 
-def _add_model_card(run_dir: Path, manifest: Manifest, onnx_path: Path) -> None:
-    """Write the model card with this export's figures and list it in the manifest.
+def _add_artefacts(
+    write_artefacts: WriteArtefacts, run_dir: Path, manifest: Manifest, onnx_path: Path
+) -> None:
+    """Let the caller write its files from the checked export; list them too.
 
-    The card explains the checked ONNX model before it is published; its own
-    hash then goes into the manifest, so ``fedge verify`` covers it.
+    They are written before the export is published and hashed into the
+    manifest, so ``fedge verify`` covers them.
     """
-    from fedge.edge_export.model_card import write_run_card  # matplotlib: only here
-
-    for path in write_run_card(run_dir, manifest=manifest, onnx_path=onnx_path):
+    for path in write_artefacts(run_dir, manifest, onnx_path):
         manifest.artefacts[path.name] = describe_artefact(path, ROLES[path.name])
 
 

@@ -308,13 +308,13 @@ def check_sign_key(config: RunConfig) -> None:
 
 
 def _export(run_dir: Path, *, sign_key: str | None) -> None:
-    """Hand the finished model to the edge exporter; a failed export fails loudly.
+    """Export the finished model with its model card; a failed export fails loudly.
 
     With ``sign_key`` the manifest (hashing every artefact) is signed too.
     """
-    from fedge.edge_export.pipeline import export_run
+    from fedge.reports.model_card import export_run_with_card
 
-    manifest = export_run(
+    manifest = export_run_with_card(
         run_dir, sign_key=Path(sign_key).expanduser() if sign_key else None
     )
     logger.info(
@@ -328,7 +328,7 @@ def _write_card(run_dir: Path) -> None:
     The model is saved by then: a card that cannot be written (its held-out
     data gone, say) is logged, and the run still completes.
     """
-    from fedge.edge_export.model_card import write_run_card
+    from fedge.reports.model_card import write_run_card
 
     try:
         paths = write_run_card(run_dir)

@@ -26,6 +26,8 @@ from typing import Any
 
 import tomli_w
 
+from fedge.shared.flower_config_text import format_node_config
+
 logger = logging.getLogger(__name__)
 
 CONNECTION = "fedge"  # the connection name written to the private config.toml
@@ -242,14 +244,6 @@ def _wait_healthy(link: SuperLink) -> None:
         time.sleep(0.3)
     raise RuntimeError(
         f"flower-superlink not healthy after {STARTUP_TIMEOUT_S:.0f} s; see {link.log_path}"
-    )
-
-
-def format_node_config(node_config: Mapping[str, Any]) -> str:
-    """``{"data-path": "/x.csv", "partition-id": 0}`` -> ``data-path="/x.csv" partition-id=0``."""
-    return " ".join(
-        f"{k}={tomli_w.dumps({'v': v}).split('=', 1)[1].strip()}"
-        for k, v in node_config.items()
     )
 
 

@@ -470,7 +470,7 @@ def _summary_line(
 
 def _write_report(run_dir: Path, echo: Any) -> None:
     """Write plots and report.md for whatever rounds the run recorded."""
-    from fedge.simulations.report import write_report
+    from fedge.reports.run_report import write_report
 
     if not (run_dir / METRICS_CSV_FILE).is_file():
         return

@@ -12,7 +12,7 @@ import pytest
 
 import fedge.cli.status as status_command
 from fedge.cli.app import main
-from fedge.simulations.run_progress import read_progress
+from fedge.reports.run_progress import read_progress
 
 HEADER = "round,central-accuracy,sampled,replies,failures,dropped,refused,epsilon-max,round-time-s"
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedge.shared.flower_config_text import format_node_config
 from fedge.simulations.flower_processes import (
     CONNECTION,
     STARTUP_TIMEOUT_S,
     SuperLink,
     flwr_run_command,
-    format_node_config,
     free_port,
     serving_superlink,
     session_members,

@@ -19,8 +19,8 @@ from typing import Any, cast
 import pandas as pd
 import pytest
 
+from fedge.reports.run_progress import read_progress
 from fedge.simulations.flower_processes import CONNECTION, session_members, stop_process
-from fedge.simulations.run_progress import read_progress
 from tests.e2e.deployment import (
     APP_DIR,
     DP_ROUND_CONFIG,

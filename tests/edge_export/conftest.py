@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedge.edge_export.pipeline import export_run
+from fedge.reports.model_card import export_run_with_card
 from fedge.shared.config import from_run_config
 from fedge.shared.datasets import Dataset, fit_file, load_builtin, load_file
 from fedge.shared.models import build_model, default_spec
@@ -149,7 +149,7 @@ def exported_builtin_run(
     model = build_model(spec, model_seed=0)
     train(model, data, steps=steps, lr=0.05)
     overrides = {"dataset": dataset, "model": model_name}
-    export_run(write_run(run_dir, model, spec, data, overrides))
+    export_run_with_card(write_run(run_dir, model, spec, data, overrides))
     return run_dir
 
 
@@ -184,7 +184,7 @@ def tabular_run(tmp_path_factory) -> Path:
         {"dataset": "file", "eval-data-path": str(eval_path), "model": "mlp"},
         legacy=True,
     )
-    export_run(run_dir)
+    export_run_with_card(run_dir)
     return run_dir
 
 

@@ -250,3 +250,14 @@ def test_only_recurrent_series_models_are_traced_at_a_few_steps():
     assert _trace_shape(gru, (6, 100)) == (6, RECURRENT_TRACE_STEPS)
     assert _trace_shape(gru, (6, 5)) == (6, 5)  # already short
     assert _trace_shape(cnn1d, (6, 100)) == (6, 100)
+
+
+def test_export_alone_writes_and_lists_no_model_card(digits_run, copy_run):
+    run_dir = copy_run(digits_run)
+    for name in ("model_card.json", "model_card.md"):
+        (run_dir / name).unlink()
+
+    manifest = export_run(run_dir, quantize="none")
+
+    assert not (run_dir / "model_card.json").exists()
+    assert not any(name.startswith("model_card") for name in manifest.artefacts)

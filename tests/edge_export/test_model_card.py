@@ -11,8 +11,8 @@ import pytest
 
 from fedge.edge_export.embedded import LATENCY_RUNS, LATENCY_WARMUP
 from fedge.edge_export.manifest import verify_run
-from fedge.edge_export.model_card import render_markdown, write_run_card
 from fedge.edge_export.run_inputs import held_out_data, load_run
+from fedge.reports.model_card import render_markdown, write_run_card
 
 
 def card_of(run_dir):
@@ -228,7 +228,7 @@ def test_a_fault_injection_run_gets_its_card_naming_the_faults(
     script = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
         "import fedge.shared as shared; assert shared.__file__.startswith(sys.argv[1]), shared; "
-        "from fedge.edge_export.model_card import write_run_card; "
+        "from fedge.reports.model_card import write_run_card; "
         "write_run_card(Path(sys.argv[2]))"
     )
 

@@ -18,6 +18,7 @@ from fedge.edge_export.metadata import read_metadata
 from fedge.edge_export.pipeline import export_run
 from fedge.edge_export.runtime import KEY_MODEL_IDENTITY
 from fedge.edge_export.signing import generate_key_pair
+from fedge.reports.model_card import export_run_with_card
 from fedge.shared.datasets import load_builtin
 from fedge.shared.errors import ModelError
 from fedge.shared.models import build_model, default_spec
@@ -64,7 +65,7 @@ def own_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     shutil.copyfile(FIXTURE, nets)
     run_dir = _user_run(root / "run", nets, "ResidualMLP", steps=300)
     public_key = generate_key_pair(root / "exporter")
-    export_run(run_dir, sign_key=root / "exporter")
+    export_run_with_card(run_dir, sign_key=root / "exporter")
     return run_dir, nets, public_key
 
 

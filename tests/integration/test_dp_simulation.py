@@ -14,10 +14,10 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedge.client.node_data import load_node_data
+from fedge.reports.run_progress import read_progress
 from fedge.shared.config import from_run_config
 from fedge.shared.datasets import load_builtin
 from fedge.shared.run_folder import NODE_STATE_DIR
-from fedge.simulations.run_progress import read_progress
 from fedge.simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

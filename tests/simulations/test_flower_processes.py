@@ -6,7 +6,6 @@ import time
 
 from fedge.simulations.flower_processes import (
     end_processes,
-    format_node_config,
     free_port,
     process_tree,
     session_members,
@@ -46,11 +45,6 @@ def test_free_port_is_bindable_on_loopback() -> None:
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
-
-
-def test_node_config_is_formatted_as_flower_expects() -> None:
-    text = format_node_config({"data-path": "/data/a b.csv", "partition-id": 0})
-    assert text == 'data-path="/data/a b.csv" partition-id=0'
 
 
 DETACHED_CHILD = """

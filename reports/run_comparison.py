@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedge.reports.run_report import load_run
 from fedge.shared.atomic_io import atomic_write_text
 from fedge.shared.errors import FedgeError
 from fedge.shared.run_folder import (
@@ -20,7 +21,6 @@ from fedge.shared.run_folder import (
     EPSILON_MAX,
     ROUND,
 )
-from fedge.simulations.report import load_run
 
 RUN = "run"
 COMPARED_COLUMNS = (CENTRAL_ACCURACY, CLIENT_ACCURACY_WORST, EPSILON_MAX)

@@ -9,8 +9,8 @@ import matplotlib.image
 import pytest
 
 from fedge.cli.app import main
+from fedge.reports.run_report import write_report
 from fedge.shared.errors import FedgeError
-from fedge.simulations.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -307,7 +307,7 @@ def test_the_report_says_when_per_client_figures_come_from_a_sample(
 
 
 def test_the_local_training_row_says_where_auto_settings_come_from():
-    from fedge.simulations.report import _local_training
+    from fedge.reports.run_report import _local_training
 
     given = {"local-epochs": 2, "batch-size": 64, "learning-rate": 0.1}
     auto = {"local-epochs": "auto", "batch-size": "auto", "learning-rate": 0.5}

@@ -20,6 +20,7 @@ from fedge.server.metrics_history import MetricsHistory
 from fedge.shared import keys
 from fedge.shared.config import default_run_config
 from fedge.shared.errors import FedgeError
+from fedge.shared.flower_config_text import format_node_config
 from fedge.shared.run_folder import (
     CENTRAL_ACCURACY,
     CHECKPOINT_DIR,
@@ -46,7 +47,6 @@ from fedge.shared.run_folder import (
     load_flat_run_config,
     read_status,
 )
-from fedge.simulations.flower_processes import format_node_config
 
 # Round times the ETA averages: recent rounds reflect the nodes now connected.
 ETA_WINDOW_ROUNDS = 3

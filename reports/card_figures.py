@@ -1,6 +1,6 @@
 """The model card's PNG figures: confusion matrix, column importance, saliency.
 
-matplotlib's object API on the Agg canvas, as ``fedge.simulations.report`` draws its
+matplotlib's object API on the Agg canvas, as ``fedge.reports.run_report`` draws its
 plots: no display, no global pyplot state.
 """
 

@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 
 from fedge.cli.app import main
+from fedge.reports.run_comparison import compare_runs, write_comparison
 from fedge.shared.errors import FedgeError
-from fedge.simulations.run_comparison import compare_runs, write_comparison
 
 
 def run_folder(path, rows):
