@@ -22,7 +22,7 @@ resumed coordinator continues it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,24 @@ _TOLERANCE = 1e-9
 
 # One recorded release: (server_round, noise_multiplier, sample_rate, steps).
 Release = tuple[int, float, float, int]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the coordinator made of one DP training reply (:meth:`PrivacyRecord.admit`).
+
+    Attributes
+    ----------
+    epsilon : float or None
+        The node's ε by the coordinator's record, this reply's release included;
+        None when the record knows nothing of the node.
+    problem : str or None
+        Why the reply contradicts the record or the node's plan (its update is
+        dropped), or None.
+    """
+
+    epsilon: float | None
+    problem: str | None
 
 
 @dataclass
@@ -60,21 +78,76 @@ class PrivacyRecord:
         """DP-SGD steps recorded for the node."""
         return sum(n for *_, n in self.releases.get(node_id, []))
 
-    def epsilon(
-        self,
-        node_id: int,
-        *,
-        accountant: str,
-        delta: float | None = None,
-        extra: HistoryEntry | None = None,
-    ) -> float:
-        """ε of the node's record (plus ``extra``), by Opacus's ``accountant``."""
-        history = self.history(node_id) + ([extra] if extra else [])
+    def epsilon(self, node_id: int, *, accountant: str) -> float | None:
+        """ε of the node's record by Opacus's ``accountant``; None if none is kept."""
+        if node_id not in self.deltas:
+            return None
         return epsilon_for(
-            history=history,
-            delta=delta if delta is not None else self.deltas[node_id],
+            history=self.history(node_id),
+            delta=self.deltas[node_id],
             accountant=accountant,
         )
+
+    def admit(
+        self,
+        node_id: int,
+        server_round: int,
+        metrics: Mapping[str, Any],
+        *,
+        plan_for: Callable[[int], PrivacyPlan],
+        accountant: str,
+    ) -> Admission:
+        """Record a DP training reply's release and return its ε and any problem.
+
+        The one call per training reply (not a refusal): the release is
+        recorded whether the reply is kept or dropped (the coordinator received
+        its update), at no less than the node's plan spends
+        (:func:`counted_release`); the node's ε is then computed once, from the
+        whole record, and the report is checked against the record and the plan
+        (:func:`release_problem`).
+
+        Parameters
+        ----------
+        node_id : int
+            The replying node (Flower's node id).
+        server_round : int
+        metrics : mapping
+            The reply's scalar metrics (``keys.NUM_EXAMPLES``, ``keys.EPSILON``,
+            ...).
+        plan_for : callable
+            The run's plan for a node of ``num-examples`` examples
+            (:func:`fedge.shared.privacy_plan.plan_for_config`).
+        accountant : {"rdp", "prv"}
+            The run's Opacus accountant (the plan's).
+
+        Returns
+        -------
+        Admission
+            The node's ε by this record (None when no plan can be made for the
+            examples it reports and the record does not know it yet: then
+            nothing is recorded), and why its update must be dropped, if it must.
+        """
+        try:
+            plan = plan_for(int(metrics.get(keys.NUM_EXAMPLES, 0)))
+        except (ValueError, OverflowError) as e:  # ConfigError, or n is NaN/inf
+            return Admission(
+                epsilon=self.epsilon(node_id, accountant=accountant),
+                problem=f"its privacy plan cannot be checked ({e})",
+            )
+        release = reported_release(metrics)
+        steps_before = self.total_steps(node_id)
+        self.add(node_id, server_round, counted_release(release, plan=plan), plan.delta)
+        epsilon = epsilon_for(
+            history=self.history(node_id), delta=plan.delta, accountant=plan.accountant
+        )
+        problem = release_problem(
+            release,
+            metrics,
+            plan=plan,
+            steps_recorded=steps_before,
+            epsilon_recorded=epsilon,
+        )
+        return Admission(epsilon=epsilon, problem=problem)
 
     def add(
         self, node_id: int, server_round: int, entry: HistoryEntry, delta: float
@@ -161,12 +234,13 @@ def counted_release(release: HistoryEntry | None, *, plan: PrivacyPlan) -> Histo
     )
 
 
-def check_privacy_report(
-    record: PrivacyRecord,
-    node_id: int,
+def release_problem(
+    release: HistoryEntry | None,
     metrics: Mapping[str, Any],
     *,
     plan: PrivacyPlan,
+    steps_recorded: int,
+    epsilon_recorded: float,
 ) -> str | None:
     """Return why a DP training reply contradicts the record or the plan, else None.
 
@@ -174,22 +248,24 @@ def check_privacy_report(
     sample rate other than the plan's (the run's batch size ÷ the examples the
     node reports, :func:`fedge.shared.privacy_plan.plan_privacy`), fewer steps in this
     round than planned, fewer steps in the run than the record holds plus this
-    round, or an ε below the record's plus this round as
+    round, or an ε below the record's with this round as
     :func:`counted_release` counts it.
 
     Parameters
     ----------
-    record : PrivacyRecord
-        The coordinator's record before this reply.
-    node_id : int
-        The replying node.
+    release : (noise_multiplier, sample_rate, steps) or None
+        As the reply reports it (:func:`reported_release`).
     metrics : mapping
         The reply's metrics (``keys.EPSILON``, ``keys.DP_STEPS``, ...).
     plan : PrivacyPlan
         The node's plan (:func:`fedge.shared.privacy_plan.plan_for_config` of its
         ``num-examples``).
+    steps_recorded : int
+        DP-SGD steps the coordinator's record held for the node before this reply.
+    epsilon_recorded : float
+        The node's ε by the coordinator's record, this reply's counted release
+        included.
     """
-    release = reported_release(metrics)
     if release is None:
         return (
             f"reports no valid {keys.NOISE_MULTIPLIER!r}, {keys.SAMPLE_RATE!r} and "
@@ -208,7 +284,7 @@ def check_privacy_report(
         )
     if steps < plan.steps_per_round:
         return f"reports {steps} DP-SGD steps this round, the plan has {plan.steps_per_round}"
-    recorded = record.total_steps(node_id) + steps
+    recorded = steps_recorded + steps
     total = float(metrics.get(keys.DP_STEPS, 0))
     if not total >= recorded:  # also NaN
         return (
@@ -216,14 +292,36 @@ def check_privacy_report(
             f"holds {recorded}"
         )
     epsilon = float(metrics.get(keys.EPSILON, 0.0))
-    expected = record.epsilon(
-        node_id,
-        accountant=plan.accountant,
-        delta=plan.delta,
-        extra=counted_release(release, plan=plan),
-    )
-    if not epsilon >= expected * (1 - 1e-6):  # also NaN
+    if not epsilon >= epsilon_recorded * (1 - 1e-6):  # also NaN
         return (
-            f"reports ε = {epsilon:.6g}, below the coordinator's record {expected:.6g}"
+            f"reports ε = {epsilon:.6g}, below the coordinator's record "
+            f"{epsilon_recorded:.6g}"
         )
     return None
+
+
+def check_privacy_report(
+    record: PrivacyRecord,
+    node_id: int,
+    metrics: Mapping[str, Any],
+    *,
+    plan: PrivacyPlan,
+) -> str | None:
+    """Return why a reply contradicts ``record`` or ``plan``, without recording it.
+
+    Superseded by :meth:`PrivacyRecord.admit` (records the release and computes
+    its ε once); kept until the round loop calls that.
+    """
+    release = reported_release(metrics)
+    counted = counted_release(release, plan=plan)
+    return release_problem(
+        release,
+        metrics,
+        plan=plan,
+        steps_recorded=record.total_steps(node_id),
+        epsilon_recorded=epsilon_for(
+            history=[*record.history(node_id), counted],
+            delta=plan.delta,
+            accountant=plan.accountant,
+        ),
+    )

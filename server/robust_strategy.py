@@ -44,12 +44,7 @@ from fedge.server.node_sampling import (
     seeded_sampling,
     wait_for_nodes,
 )
-from fedge.server.privacy_record import (
-    PrivacyRecord,
-    check_privacy_report,
-    counted_release,
-    reported_release,
-)
+from fedge.server.privacy_record import PrivacyRecord
 from fedge.server.update_validation import (
     as_numpy_arrays,
     is_refusal,
@@ -151,6 +146,8 @@ class RobustStrategy(Strategy):
         self.privacy_plan = privacy_plan
         self.accountant = accountant
         self.privacy_record = PrivacyRecord() if privacy_plan is not None else None
+        # node id -> its ε by the record, computed when this round admitted it
+        self._epsilons: dict[int, float | None] = {}
 
     @classmethod
     def from_config(
@@ -263,23 +260,19 @@ class RobustStrategy(Strategy):
         return messages
 
     def _check_privacy(self, server_round: int, msg: Message) -> str | None:
-        """Check a DP reply against the coordinator's record, then record it."""
+        """Admit a DP reply to the coordinator's record; return why it is dropped."""
         if self.privacy_record is None or self.privacy_plan is None:
             return None
         node_id = msg.metadata.src_node_id
-        metrics = _scalar_metrics(msg.content)
-        release = reported_release(metrics)
-        try:
-            plan = self.privacy_plan(int(metrics.get(keys.NUM_EXAMPLES, 0)))
-        except (ValueError, OverflowError) as e:  # ConfigError, or n is NaN/inf
-            return f"its privacy plan cannot be checked ({e})"
-        problem = check_privacy_report(self.privacy_record, node_id, metrics, plan=plan)
-        # Released whether kept or dropped (the coordinator received it), and
-        # counted at no less than its plan spends.
-        self.privacy_record.add(
-            node_id, server_round, counted_release(release, plan=plan), plan.delta
+        admission = self.privacy_record.admit(
+            node_id,
+            server_round,
+            _scalar_metrics(msg.content),
+            plan_for=self.privacy_plan,
+            accountant=self.accountant,
         )
-        return problem
+        self._epsilons[node_id] = admission.epsilon
+        return admission.problem
 
     def _privacy_figures(self, row: dict[str, Any]) -> None:
         """Put the coordinator's ε in a client row (the node's stays beside it).
@@ -289,9 +282,14 @@ class RobustStrategy(Strategy):
         """
         record = self.privacy_record
         node_id = int(row["node-id"])
-        if record is None or keys.EPSILON not in row or node_id not in record.deltas:
+        if record is None or keys.EPSILON not in row:
             return
-        own = record.epsilon(node_id, accountant=self.accountant)
+        if node_id in self._epsilons:  # admitted this round: ε computed then
+            own = self._epsilons[node_id]
+        else:  # a refusal
+            own = record.epsilon(node_id, accountant=self.accountant)
+        if own is None:
+            return
         row[EPSILON_REPORTED] = row[keys.EPSILON]
         row[EPSILON_COORDINATOR] = own
         row[keys.EPSILON] = max(own, float(row[keys.EPSILON]))
@@ -307,6 +305,7 @@ class RobustStrategy(Strategy):
             )
         replies = in_partition_order(replies)
         errors = [m for m in replies if m.has_error()]
+        self._epsilons = {}
         usable: list[Message] = []
         clients: list[dict[str, Any]] = []
         refused = dropped = 0

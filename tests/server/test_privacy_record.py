@@ -8,8 +8,8 @@ from flwr.serverapp.strategy import FedAvg
 from opacus.accountants import RDPAccountant
 
 from fedge.server.privacy_record import (
+    Admission,
     PrivacyRecord,
-    check_privacy_report,
     counted_release,
     reported_release,
 )
@@ -76,9 +76,39 @@ def test_the_coordinators_epsilon_equals_opacus_over_every_release():
     assert record.to_message_config(99) == {}
 
 
-def test_an_honest_report_passes():
+def admit(record, metrics, node_id=7, server_round=3):
+    return record.admit(
+        node_id, server_round, metrics, plan_for=lambda n: PLAN, accountant="rdp"
+    )
+
+
+def test_an_honest_report_is_admitted_with_the_epsilon_of_the_whole_record():
     record = record_of(2)
-    assert check_privacy_report(record, 7, honest_report(record, 7), plan=PLAN) is None
+    admission = admit(record, honest_report(record, 7))
+    expected = opacus_epsilon([PLAN.round_entry] * 3)
+    assert admission.problem is None
+    assert admission.epsilon == pytest.approx(expected, rel=1e-9)
+    assert record.history(7) == [PLAN.round_entry] * 3
+    assert record.epsilon(7, accountant="rdp") == admission.epsilon
+
+
+def test_a_reply_whose_plan_cannot_be_made_is_not_recorded():
+    record = record_of(1)
+
+    def no_plan(num_examples):
+        raise ValueError(f"num_examples must be >= 1, got {num_examples}.")
+
+    admission = record.admit(
+        7, 2, {keys.NUM_EXAMPLES: 0}, plan_for=no_plan, accountant="rdp"
+    )
+    assert admission == Admission(
+        epsilon=pytest.approx(opacus_epsilon([PLAN.round_entry]), rel=1e-9),
+        problem="its privacy plan cannot be checked "
+        "(num_examples must be >= 1, got 0.)",
+    )
+    assert record.history(7) == [PLAN.round_entry]
+    unknown = record.admit(9, 2, {}, plan_for=no_plan, accountant="rdp")
+    assert unknown.epsilon is None and record.epsilon(9, accountant="rdp") is None
 
 
 @pytest.mark.parametrize(
@@ -115,13 +145,23 @@ def test_an_honest_report_passes():
         ),
     ],
 )
-def test_a_report_below_the_record_or_the_plan_is_named(change, match):
+def test_a_report_below_the_record_or_the_plan_is_named_and_still_counted(
+    change, match
+):
     record = record_of(2)
-    problem = check_privacy_report(
-        record, 7, honest_report(record, 7, **change), plan=PLAN
+    metrics = honest_report(record, 7, **change)
+    admission = admit(record, metrics)
+    assert admission.problem is not None
+    assert re.search(match, admission.problem), admission.problem
+    # Recorded anyway, at no less than the plan spends (the smaller σ, the
+    # larger q of report and plan).
+    sigma = min(metrics[keys.NOISE_MULTIPLIER], 1.1)
+    rate = metrics[keys.SAMPLE_RATE]
+    rate = rate if 32 / 150 < rate <= 1 else 32 / 150
+    assert record.history(7) == [PLAN.round_entry] * 2 + [(sigma, rate, 10)]
+    assert admission.epsilon == pytest.approx(
+        opacus_epsilon([PLAN.round_entry] * 2 + [(sigma, rate, 10)]), rel=1e-9
     )
-    assert problem is not None
-    assert re.search(match, problem), problem
 
 
 def plan_for(num_examples):
