@@ -80,7 +80,7 @@ def check_budget(
     if not budget_epsilon > 0:
         raise ConfigError(f"budget ε must be > 0, got {budget_epsilon}.")
     planned = check_history_entry(planned, where="planned round")
-    history = ledger.history
+    history = ledger.history.opacus_history
     k = len(history)
     known = schedule if all(e == planned for e in history) else ()
     epsilon_now = (

@@ -2,9 +2,10 @@
 
 A node's ε is cumulative over the whole run, so what it has spent must survive
 rounds, process restarts (deployment starts a new ClientApp process per
-message) and crashes. The ledger is a list of ``(server_round,
-noise_multiplier, sample_rate, steps)`` entries; ε is always recomputed from it
-by Opacus's accountant (:func:`fedge.shared.privacy.epsilon_for`), never stored.
+message) and crashes. The ledger is the node's
+:class:`~fedge.shared.privacy_history.ReleaseHistory` (the type the
+coordinator's record keeps too) with its owner; ε is always recomputed from it
+by Opacus's accountant, never stored.
 
 It lives in two places: Flower's ``context.state`` (:meth:`to_config_record` /
 :meth:`from_config_record`) and a JSON file in the node's state directory
@@ -35,8 +36,8 @@ from typing import Any
 from flwr.app import ConfigRecord
 
 from fedge.shared.atomic_io import atomic_write_bytes
-from fedge.shared.errors import ConfigError, DataError
-from fedge.shared.privacy import HistoryEntry, check_history_entry, epsilon_for
+from fedge.shared.errors import DataError
+from fedge.shared.privacy_history import LEDGER_COLUMNS, Release, ReleaseHistory
 
 FORMAT_VERSION = 1
 STATE_KEY = "privacy-ledger"  # the ConfigRecord's name in context.state
@@ -44,16 +45,6 @@ STATE_KEY = "privacy-ledger"  # the ConfigRecord's name in context.state
 
 class LedgerError(DataError):
     """The privacy ledger cannot be trusted or updated; the node must not train."""
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """DP-SGD steps a node took in one server round."""
-
-    server_round: int
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
 
 
 @dataclass
@@ -68,27 +59,13 @@ class PrivacyLedger:
         A name for the node that is stable across restarts (e.g. its data path
         or partition id; not Flower's node id, which changes when a SuperNode
         restarts). Guards against loading another node's ledger.
-    entries : list of LedgerEntry
-        In the order the rounds were trained.
+    history : ReleaseHistory
+        The node's releases, in the order the rounds were trained.
     """
 
     run_id: str
     node_key: str = ""
-    entries: list[LedgerEntry] = field(default_factory=list)
-
-    @property
-    def history(self) -> list[HistoryEntry]:
-        """Opacus accountant history: ``[(noise_multiplier, sample_rate, steps)]``."""
-        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.entries]
-
-    @property
-    def total_steps(self) -> int:
-        """DP-SGD steps over all recorded rounds."""
-        return sum(e.steps for e in self.entries)
-
-    def has_round(self, server_round: int) -> bool:
-        """Whether ``server_round`` is already recorded."""
-        return any(e.server_round == server_round for e in self.entries)
+    history: ReleaseHistory = field(default_factory=ReleaseHistory)
 
     def record(
         self,
@@ -119,23 +96,19 @@ class PrivacyLedger:
         ConfigError
             If the entry is invalid.
         """
-        if isinstance(server_round, bool) or not isinstance(server_round, int):
-            raise ConfigError(f"server_round must be an int, got {server_round!r}.")
-        if self.has_round(server_round) and not again:
+        release = Release.checked(
+            server_round,
+            (noise_multiplier, sample_rate, steps),
+            where=f"round {server_round}",
+        )
+        if self.history.has_round(server_round) and not again:
             raise LedgerError(
                 f"Privacy ledger of run {self.run_id}: round {server_round} is "
                 "already recorded; a second release of it must be recorded as "
                 "one more entry (again=True), never in place of the first, "
                 "since ε would be undercounted."
             )
-        sigma, rate, count = check_history_entry(
-            (noise_multiplier, sample_rate, steps), where=f"round {server_round}"
-        )
-        self.entries.append(LedgerEntry(server_round, sigma, rate, count))
-
-    def epsilon(self, delta: float, accountant: str = "rdp") -> float:
-        """ε spent so far at ``delta``, from Opacus's ``accountant``."""
-        return epsilon_for(history=self.history, delta=delta, accountant=accountant)
+        self.history = self.history.plus(release)
 
     # ------------------------------------------------------------ serialisation
     def _payload(self) -> dict[str, Any]:
@@ -143,10 +116,7 @@ class PrivacyLedger:
             "format-version": FORMAT_VERSION,
             "run-id": self.run_id,
             "node-key": self.node_key,
-            "server-rounds": [e.server_round for e in self.entries],
-            "noise-multipliers": [e.noise_multiplier for e in self.entries],
-            "sample-rates": [e.sample_rate for e in self.entries],
-            "steps": [e.steps for e in self.entries],
+            **self.history.to_columns(LEDGER_COLUMNS),
         }
 
     def to_config_record(self) -> ConfigRecord:
@@ -240,41 +210,15 @@ def restore_ledger(
         )
     if not copies:
         return PrivacyLedger(run_id=run_id, node_key=node_key)
-    longest = max(copies, key=lambda ledger: len(ledger.entries))
+    longest = max(copies, key=lambda ledger: len(ledger.history))
     for other in copies:
-        if longest.entries[: len(other.entries)] != other.entries:
+        if longest.history.releases[: len(other.history)] != other.history.releases:
             raise LedgerError(
                 f"The privacy ledger on disk ({path}) and in context.state disagree "
                 f"for run {run_id!r}; refusing to train rather than guess which "
                 "spend is true."
             )
     return longest
-
-
-def adopt_larger(
-    ledger: PrivacyLedger, coordinator: list[LedgerEntry]
-) -> PrivacyLedger:
-    """Return the ledger that takes, round by round, the larger of two records.
-
-    ``coordinator`` is the coordinator's record of this node's releases (sent
-    with each round's message). For every server round, the copy holding more
-    releases of it wins (the node's own on a tie), so a wiped or edited
-    ``state-dir`` cannot lower ε below what the coordinator saw released, and
-    a release the coordinator missed (a lost reply) still counts.
-    """
-    if not coordinator:
-        return ledger
-    own: dict[int, list[LedgerEntry]] = {}
-    for entry in ledger.entries:
-        own.setdefault(entry.server_round, []).append(entry)
-    theirs: dict[int, list[LedgerEntry]] = {}
-    for entry in coordinator:
-        theirs.setdefault(entry.server_round, []).append(entry)
-    merged = PrivacyLedger(run_id=ledger.run_id, node_key=ledger.node_key)
-    for server_round in sorted(own.keys() | theirs.keys()):
-        mine, recorded = own.get(server_round, []), theirs.get(server_round, [])
-        merged.entries.extend(mine if len(mine) >= len(recorded) else recorded)
-    return merged
 
 
 def ledger_path(state_dir: str | Path, run_id: str | int) -> Path:
@@ -315,20 +259,11 @@ def _from_document(
             f"Privacy ledger {source} belongs to node {payload.get('node-key')!r}, "
             f"not {node_key!r}; {refuse}. Each node needs its own state directory."
         )
-    columns = ("server-rounds", "noise-multipliers", "sample-rates", "steps")
     try:
-        rows = list(zip(*(payload[c] for c in columns), strict=True))
-        ledger = PrivacyLedger(run_id=run_id, node_key=node_key)
-        for server_round, sigma, rate, steps in rows:
-            ledger.record(
-                server_round=server_round,
-                noise_multiplier=sigma,
-                sample_rate=rate,
-                steps=steps,
-                again=True,  # a saved ledger may hold a round released twice
-            )
+        # A saved ledger may hold a round released twice: no duplicate check.
+        history = ReleaseHistory.from_columns(payload, LEDGER_COLUMNS, where=source)
     except (KeyError, TypeError, ValueError) as e:
         raise LedgerError(
             f"Privacy ledger {source} is malformed ({e}); {refuse}."
         ) from e
-    return ledger
+    return PrivacyLedger(run_id=run_id, node_key=node_key, history=history)

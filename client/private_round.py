@@ -32,9 +32,7 @@ from fedge.client.budget import check_budget
 from fedge.client.dp_training import train_private, validate_private_model
 from fedge.client.privacy_ledger import (
     STATE_KEY,
-    LedgerEntry,
     PrivacyLedger,
-    adopt_larger,
     ledger_path,
     restore_ledger,
 )
@@ -49,6 +47,7 @@ from fedge.shared import keys
 from fedge.shared.config import RunConfig
 from fedge.shared.datasets import Dataset
 from fedge.shared.privacy import epsilon_schedule
+from fedge.shared.privacy_history import WIRE_COLUMNS, ReleaseHistory
 from fedge.shared.privacy_plan import PrivacyPlan, plan_for_config
 from fedge.shared.records import record_list, record_scalar
 
@@ -77,11 +76,11 @@ class CachedPlan:
         return ConfigRecord(
             {
                 "plan-id": plan_id,
-                "noise-multiplier": plan.noise_multiplier,
-                "sample-rate": plan.sample_rate,
+                keys.NOISE_MULTIPLIER: plan.noise_multiplier,
+                keys.SAMPLE_RATE: plan.sample_rate,
                 "steps-per-round": plan.steps_per_round,
                 "rounds": plan.rounds,
-                "delta": plan.delta,
+                keys.DELTA: plan.delta,
                 "accountant": plan.accountant,
                 "epsilon-schedule": list(self.epsilon_schedule),
             }
@@ -91,11 +90,11 @@ class CachedPlan:
     def from_record(cls, record: ConfigRecord) -> CachedPlan:
         """Rebuild from :meth:`to_record`."""
         plan = PrivacyPlan(
-            noise_multiplier=float(record_scalar(record, "noise-multiplier")),
-            sample_rate=float(record_scalar(record, "sample-rate")),
+            noise_multiplier=float(record_scalar(record, keys.NOISE_MULTIPLIER)),
+            sample_rate=float(record_scalar(record, keys.SAMPLE_RATE)),
             steps_per_round=int(record_scalar(record, "steps-per-round")),
             rounds=int(record_scalar(record, "rounds")),
-            delta=float(record_scalar(record, "delta")),
+            delta=float(record_scalar(record, keys.DELTA)),
             accountant=str(record["accountant"]),
         )
         schedule = tuple(float(e) for e in record_list(record, "epsilon-schedule"))
@@ -134,12 +133,12 @@ def extend_schedule(
     Only when the ledger holds nothing but planned rounds and the schedule ends
     exactly where the ledger does, so element ``k`` stays ε after ``k`` rounds.
     """
-    k = len(ledger.entries)
+    k = len(ledger.history)
     record = context.state.get(PLAN_KEY)
     if (
         record is None
         or len(cached.epsilon_schedule) != k + 1
-        or any(e != cached.plan.round_entry for e in ledger.history)
+        or any(e != cached.plan.round_entry for e in ledger.history.opacus_history)
     ):
         return
     grown = replace(cached, epsilon_schedule=(*cached.epsilon_schedule, epsilon_after))
@@ -176,23 +175,19 @@ def node_key(node_config: Mapping[str, Any]) -> str:
     )
 
 
-def coordinator_record_from(server_config: ConfigRecord) -> list[LedgerEntry]:
-    """Return the coordinator's record of this node's releases sent with the round."""
-    if keys.RECORD_ROUNDS not in server_config:
-        return []
-    columns = [
-        record_list(server_config, key)
-        for key in (
-            keys.RECORD_ROUNDS,
-            keys.RECORD_NOISE_MULTIPLIERS,
-            keys.RECORD_SAMPLE_RATES,
-            keys.RECORD_STEPS,
-        )
-    ]
-    return [
-        LedgerEntry(int(r), float(s), float(q), int(n))
-        for r, s, q, n in zip(*columns, strict=True)
-    ]
+def coordinator_record_from(server_config: ConfigRecord) -> ReleaseHistory:
+    """Return the coordinator's record of this node's releases sent with the round.
+
+    Raises
+    ------
+    ConfigError
+        If a release in it is invalid.
+    """
+    if WIRE_COLUMNS.server_rounds not in server_config:
+        return ReleaseHistory()
+    return ReleaseHistory.from_columns(
+        server_config, WIRE_COLUMNS, where="the coordinator's privacy record"
+    )
 
 
 def node_state_folder(config: RunConfig, context: Context) -> Path | None:
@@ -221,7 +216,7 @@ def train_private_round(
     server_round: int,
     fedge_run_id: str,
     model_spec: str | None = None,
-    coordinator_record: list[LedgerEntry] | None = None,
+    coordinator_record: ReleaseHistory | None = None,
 ) -> dict[str, float | int]:
     """Train one DP round in place, or refuse; return the reply's metrics.
 
@@ -229,7 +224,8 @@ def train_private_round(
     once-per-spec model validation (None: validate this model every time).
     ``coordinator_record`` is the coordinator's record of this node's releases
     (:func:`coordinator_record_from`); the node continues from the larger of
-    it and its own ledger, round by round (:func:`adopt_larger`).
+    it and its own ledger, round by round
+    (:meth:`~fedge.shared.privacy_history.ReleaseHistory.adopt_larger`).
 
     Raises
     ------
@@ -253,16 +249,16 @@ def train_private_round(
         run_id=fedge_run_id,
         node_key=node_key(context.node_config),
     )
-    merged = adopt_larger(ledger, coordinator_record or [])
-    if merged.entries != ledger.entries:
+    merged = ledger.history.adopt_larger(coordinator_record or ReleaseHistory())
+    if merged != ledger.history:
         logger.warning(
             "the coordinator's record of this node's privacy spend holds more than "
             "its own ledger (%d releases, own %d; state-dir lost or reset?): "
             "continuing from the larger",
-            len(merged.entries),
-            len(ledger.entries),
+            len(merged),
+            len(ledger.history),
         )
-        ledger = merged
+        ledger.history = merged
     # Before training: the key is of the global parameters as received.
     key = release_key(
         model.state_dict(),
@@ -271,7 +267,7 @@ def train_private_round(
         round_entry=plan.round_entry,
         num_examples=len(train),
     )
-    if released_file is not None and ledger.has_round(server_round):
+    if released_file is not None and ledger.history.has_round(server_round):
         resent = resend_released(
             model, released_file, server_round=server_round, key=key, ledger=ledger
         )
@@ -298,7 +294,7 @@ def train_private_round(
         return {
             keys.REFUSED: 1,
             keys.EPSILON: decision.epsilon_now,
-            keys.DP_STEPS: ledger.total_steps,
+            keys.DP_STEPS: ledger.history.total_steps,
             keys.NUM_EXAMPLES: len(train),
             **figures,
         }
@@ -328,7 +324,7 @@ def train_private_round(
     # parameters than the cached release answered (or none is cached). The
     # first update may have been seen, so this release is one more entry: ε
     # counts both, never only the latest.
-    released_before = ledger.has_round(server_round)
+    released_before = ledger.history.has_round(server_round)
     if released_before:
         logger.warning(
             "round %d was already released in this run with other global "
@@ -353,7 +349,7 @@ def train_private_round(
     reply: dict[str, float | int] = {
         keys.REFUSED: 0,
         keys.EPSILON: decision.epsilon_after,
-        keys.DP_STEPS: ledger.total_steps,
+        keys.DP_STEPS: ledger.history.total_steps,
         keys.DP_ROUND_STEPS: steps,
         keys.NUM_EXAMPLES: result.num_examples,
         **figures,
@@ -363,7 +359,7 @@ def train_private_round(
         release = CachedRelease(
             server_round=server_round,
             key=key,
-            ledger_length=len(ledger.entries),
+            ledger_length=len(ledger.history),
             state_dict={
                 name: tensor.detach().cpu().numpy()
                 for name, tensor in model.state_dict().items()
@@ -389,7 +385,7 @@ def resend_released(
     with the ledger as it left it (:meth:`CachedRelease.answers`).
     """
     release = load_release(released_file)
-    rounds = [e.server_round for e in ledger.entries]
+    rounds = ledger.history.server_rounds
     if release is None or not release.answers(server_round, key, rounds):
         return None
     model.load_state_dict(release.torch_state_dict())

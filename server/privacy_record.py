@@ -2,15 +2,18 @@
 
 A node's ledger lives on the node; a wiped ``state-dir`` would restart its ε at
 zero and an edited one could lower it. So the coordinator keeps a second
-record, per node, of every ``(noise_multiplier, sample_rate, steps)`` it
-received in the run, computes each node's ε from it with Opacus's accountant
-(:func:`fedge.shared.privacy.epsilon_for`), sends each node its record with the
+record: node -> :class:`~fedge.shared.privacy_history.ReleaseHistory` (the
+type the node's ledger keeps) of every release it received in the run. One
+call per training reply (:meth:`PrivacyRecord.admit`) records the release,
+computes the node's ε from the record with Opacus's accountant, and says why
+the update must be dropped when the report contradicts the record or the
+node's plan (:func:`release_problem`). Each node is sent its record with the
 round's message (the node takes, round by round, the larger of its own ledger
-and this record), and drops an update whose report contradicts the record or
-the node's plan (:func:`check_privacy_report`). The ε in ``metrics.csv``,
-``model.json`` and the ONNX metadata is this record's.
+and this record). The ε in ``metrics.csv``, ``model.json`` and the ONNX
+metadata is this record's.
 
-A release is recorded as at least its plan spends (:func:`counted_release`),
+A release is recorded as at least its plan spends
+(:func:`fedge.shared.privacy_history.spend_at_least`),
 so a node cannot lower the coordinator's ε by what it reports: a dropped reply
 still counts, and a reported σ above the plan, a q below it, fewer steps than
 planned or no valid figures at all are not believed.
@@ -27,14 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedge.shared import keys
-from fedge.shared.privacy import HistoryEntry, check_history_entry, epsilon_for
+from fedge.shared.privacy import HistoryEntry
+from fedge.shared.privacy_history import (
+    WIRE_COLUMNS,
+    Release,
+    ReleaseHistory,
+    spend_at_least,
+)
 from fedge.shared.privacy_plan import PrivacyPlan
 
 # Relative slack for comparing the node's floats with the coordinator's.
 _TOLERANCE = 1e-9
-
-# One recorded release: (server_round, noise_multiplier, sample_rate, steps).
-Release = tuple[int, float, float, int]
 
 
 @dataclass(frozen=True)
@@ -57,35 +63,29 @@ class Admission:
 
 @dataclass
 class PrivacyRecord:
-    """Per node: δ and every release reported in this run.
+    """Per node: δ and every release received in this run.
 
     Attributes
     ----------
-    releases : dict of int to list of Release
-        Flower node id -> releases in the order they were received.
+    histories : dict of int to ReleaseHistory
+        Flower node id -> its releases in the order they were received.
     deltas : dict of int to float
         Flower node id -> the δ the node states its ε at.
     """
 
-    releases: dict[int, list[Release]] = field(default_factory=dict)
+    histories: dict[int, ReleaseHistory] = field(default_factory=dict)
     deltas: dict[int, float] = field(default_factory=dict)
 
-    def history(self, node_id: int) -> list[HistoryEntry]:
-        """Return the node's recorded releases as an Opacus accountant history."""
-        return [(s, q, n) for _, s, q, n in self.releases.get(node_id, [])]
-
-    def total_steps(self, node_id: int) -> int:
-        """DP-SGD steps recorded for the node."""
-        return sum(n for *_, n in self.releases.get(node_id, []))
+    def history(self, node_id: int) -> ReleaseHistory:
+        """Return the node's recorded releases (empty if none)."""
+        return self.histories.get(node_id, ReleaseHistory())
 
     def epsilon(self, node_id: int, *, accountant: str) -> float | None:
         """ε of the node's record by Opacus's ``accountant``; None if none is kept."""
         if node_id not in self.deltas:
             return None
-        return epsilon_for(
-            history=self.history(node_id),
-            delta=self.deltas[node_id],
-            accountant=accountant,
+        return self.history(node_id).epsilon(
+            delta=self.deltas[node_id], accountant=accountant
         )
 
     def admit(
@@ -102,7 +102,7 @@ class PrivacyRecord:
         The one call per training reply (not a refusal): the release is
         recorded whether the reply is kept or dropped (the coordinator received
         its update), at no less than the node's plan spends
-        (:func:`counted_release`); the node's ε is then computed once, from the
+        (:func:`fedge.shared.privacy_history.spend_at_least`); the node's ε is then computed once, from the
         whole record, and the report is checked against the record and the plan
         (:func:`release_problem`).
 
@@ -135,10 +135,11 @@ class PrivacyRecord:
                 problem=f"its privacy plan cannot be checked ({e})",
             )
         release = reported_release(metrics)
-        steps_before = self.total_steps(node_id)
-        self.add(node_id, server_round, counted_release(release, plan=plan), plan.delta)
-        epsilon = epsilon_for(
-            history=self.history(node_id), delta=plan.delta, accountant=plan.accountant
+        steps_before = self.history(node_id).total_steps
+        counted = spend_at_least(release, plan.round_entry)
+        self.add(node_id, server_round, counted, plan.delta)
+        epsilon = self.history(node_id).epsilon(
+            delta=plan.delta, accountant=plan.accountant
         )
         problem = release_problem(
             release,
@@ -153,37 +154,34 @@ class PrivacyRecord:
         self, node_id: int, server_round: int, entry: HistoryEntry, delta: float
     ) -> None:
         """Record one release of ``node_id`` in ``server_round``."""
-        sigma, rate, steps = check_history_entry(entry, where=f"node {node_id}")
-        self.releases.setdefault(node_id, []).append((server_round, sigma, rate, steps))
+        release = Release.checked(server_round, entry, where=f"node {node_id}")
+        self.histories[node_id] = self.history(node_id).plus(release)
         self.deltas[node_id] = delta
 
     def to_message_config(self, node_id: int) -> dict[str, list[int] | list[float]]:
         """Return the node's record as ConfigRecord entries (empty if none)."""
-        releases = self.releases.get(node_id, [])
-        if not releases:
-            return {}
-        return {
-            keys.RECORD_ROUNDS: [r for r, *_ in releases],
-            keys.RECORD_NOISE_MULTIPLIERS: [s for _, s, _, _ in releases],
-            keys.RECORD_SAMPLE_RATES: [q for _, _, q, _ in releases],
-            keys.RECORD_STEPS: [n for *_, n in releases],
-        }
+        history = self.history(node_id)
+        return history.to_columns(WIRE_COLUMNS) if history.releases else {}
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON (node ids as strings)."""
+        """Plain JSON (node ids as strings, one row a release)."""
         return {
-            "releases": {
-                str(k): [list(r) for r in v] for k, v in self.releases.items()
-            },
+            "releases": {str(k): v.to_rows() for k, v in self.histories.items()},
             "deltas": {str(k): v for k, v in self.deltas.items()},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PrivacyRecord:
-        """Rebuild from :meth:`to_dict`."""
+        """Rebuild from :meth:`to_dict`.
+
+        Raises
+        ------
+        ConfigError
+            If a release is invalid.
+        """
         return cls(
-            releases={
-                int(k): [(int(r), float(s), float(q), int(n)) for r, s, q, n in v]
+            histories={
+                int(k): ReleaseHistory.from_rows(v, where=f"privacy record of node {k}")
                 for k, v in data.get("releases", {}).items()
             },
             deltas={int(k): float(v) for k, v in data.get("deltas", {}).items()},
@@ -195,7 +193,7 @@ def reported_release(metrics: Mapping[str, Any]) -> HistoryEntry | None:
 
     None when a figure is missing or not a finite number (steps: not a whole
     number): such a release cannot be checked, only counted at its plan
-    (:func:`counted_release`).
+    (:func:`fedge.shared.privacy_history.spend_at_least`).
     """
     try:
         sigma = float(metrics[keys.NOISE_MULTIPLIER])
@@ -206,32 +204,6 @@ def reported_release(metrics: Mapping[str, Any]) -> HistoryEntry | None:
     if not (math.isfinite(sigma) and math.isfinite(rate) and steps.is_integer()):
         return None
     return (sigma, rate, int(steps))
-
-
-def counted_release(release: HistoryEntry | None, *, plan: PrivacyPlan) -> HistoryEntry:
-    """Return what the coordinator records for a training reply's release.
-
-    Each figure is taken from the report only where it is valid and spends
-    more than the node's plan: the smaller σ, the larger q, the more steps. An
-    honest node reports its plan exactly, so this is what it released; a node
-    that reports less, or no valid release at all, is counted at its plan,
-    whether its reply is kept or dropped: the coordinator received its update.
-
-    Parameters
-    ----------
-    release : (noise_multiplier, sample_rate, steps) or None
-        As the reply reports it (:func:`reported_release`).
-    plan : PrivacyPlan
-        The node's plan for the examples it reports.
-    """
-    if release is None:
-        return plan.round_entry
-    sigma, rate, steps = release
-    return (
-        sigma if 0 <= sigma < plan.noise_multiplier else plan.noise_multiplier,
-        rate if plan.sample_rate < rate <= 1 else plan.sample_rate,
-        max(steps, plan.steps_per_round),
-    )
 
 
 def release_problem(
@@ -248,8 +220,8 @@ def release_problem(
     sample rate other than the plan's (the run's batch size ÷ the examples the
     node reports, :func:`fedge.shared.privacy_plan.plan_privacy`), fewer steps in this
     round than planned, fewer steps in the run than the record holds plus this
-    round, or an ε below the record's with this round as
-    :func:`counted_release` counts it.
+    round, or an ε below the record's with this round counted at no less than
+    its plan (:func:`fedge.shared.privacy_history.spend_at_least`).
 
     Parameters
     ----------
@@ -313,15 +285,12 @@ def check_privacy_report(
     its ε once); kept until the round loop calls that.
     """
     release = reported_release(metrics)
-    counted = counted_release(release, plan=plan)
+    history = record.history(node_id)
+    counted = history.plus(Release(0, *spend_at_least(release, plan.round_entry)))
     return release_problem(
         release,
         metrics,
         plan=plan,
-        steps_recorded=record.total_steps(node_id),
-        epsilon_recorded=epsilon_for(
-            history=[*record.history(node_id), counted],
-            delta=plan.delta,
-            accountant=plan.accountant,
-        ),
+        steps_recorded=history.total_steps,
+        epsilon_recorded=counted.epsilon(delta=plan.delta, accountant=plan.accountant),
     )

@@ -79,7 +79,7 @@ def test_first_round_starts_from_zero_and_a_noiseless_round_is_refused():
 def test_budget_check_does_not_record_anything():
     ledger = two_rounds_of_750()
     check_budget(ledger=ledger, planned=(1.5, 0.04, 750), delta=1e-5, budget_epsilon=8)
-    assert ledger.total_steps == 1500
+    assert ledger.history.total_steps == 1500
 
 
 @pytest.mark.parametrize(

@@ -30,12 +30,13 @@ from fedge.client import dp_path
 from fedge.client.dp_path import choose_dp_path
 from fedge.client.dp_training import make_private_step, poisson_batches, train_private
 from fedge.client.node_data import load_node_data
-from fedge.client.privacy_ledger import LedgerEntry, PrivacyLedger, ledger_path
+from fedge.client.privacy_ledger import PrivacyLedger, ledger_path
 from fedge.client.private_round import train_private_round
 from fedge.shared import keys
 from fedge.shared.config import default_run_config, from_run_config
 from fedge.shared.datasets import load_builtin
 from fedge.shared.models import build_model, default_spec
+from fedge.shared.privacy_history import Release
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook")
 VOCAB = 16
@@ -367,7 +368,7 @@ def test_ledger_and_epsilon_of_a_fallback_model_equal_opacus_accountant(
     ledger = PrivacyLedger.load(
         ledger_path(tmp_path, "run-fallback"), "run-fallback", node_key="partition:0/3"
     )
-    assert ledger.entries == [
-        LedgerEntry(1, 1.1, q, steps),
-        LedgerEntry(2, 1.1, q, steps),
-    ]
+    assert ledger.history.releases == (
+        Release(1, 1.1, q, steps),
+        Release(2, 1.1, q, steps),
+    )

@@ -1,4 +1,3 @@
-import itertools
 import json
 import os
 
@@ -33,43 +32,15 @@ def ledger_with(rounds, sigma=1.1, q=0.2, steps=10, run_id="run-1", node_key="n0
     return ledger
 
 
-def test_epsilon_after_k_rounds_equals_direct_rdp_for_the_schedule():
-    # Schedule: n = 150 examples, batch 32, 2 local epochs, σ = 1.1, 3 rounds.
-    # q = 32/150; 150/32 = 4.69 → 5 steps per epoch → 10 per round → 30 in all.
-    q, sigma, delta = 32 / 150, 1.1, 1e-4
-    ledger = ledger_with(3, sigma=sigma, q=q, steps=10)
-    assert ledger.total_steps == 30
-    assert ledger.epsilon(delta) == pytest.approx(
-        direct_rdp_epsilon(q, sigma, 30, delta), rel=1e-12
-    )
-
-
-def test_epsilon_over_rounds_matches_opacus_reference_value():
-    # 2250 steps of σ = 1.5, q = 0.04 at δ = 1e-5 give ε = 7.32911117143
-    # (opacus/tests/accountants_test.py, test_rdp_accountant), here as 3 rounds.
-    ledger = ledger_with(3, sigma=1.5, q=0.04, steps=750)
-    assert ledger.epsilon(1e-5) == pytest.approx(7.32911117143, abs=1e-9)
-
-
-def test_epsilon_grows_strictly_with_every_round():
-    ledger = PrivacyLedger(run_id="r")
-    values = [ledger.epsilon(1e-5)]
-    for r in range(1, 6):
-        ledger.record(server_round=r, noise_multiplier=1.0, sample_rate=0.1, steps=20)
-        values.append(ledger.epsilon(1e-5))
-    assert values[0] == 0.0
-    assert all(b > a for a, b in itertools.pairwise(values))
-
-
 def test_recording_a_round_twice_by_accident_is_refused_and_changes_nothing():
     ledger = ledger_with(2)
-    before = ledger.epsilon(1e-5)
+    before = ledger.history.epsilon(delta=1e-5)
     with pytest.raises(
         LedgerError, match="round 2 is already recorded; a second release of it"
     ):
         ledger.record(server_round=2, noise_multiplier=1.1, sample_rate=0.2, steps=10)
-    assert len(ledger.entries) == 2
-    assert ledger.epsilon(1e-5) == before
+    assert len(ledger.history) == 2
+    assert ledger.history.epsilon(delta=1e-5) == before
 
 
 def test_a_round_released_again_is_one_more_entry_and_counts_in_epsilon(tmp_path):
@@ -79,21 +50,21 @@ def test_a_round_released_again_is_one_more_entry_and_counts_in_epsilon(tmp_path
     ledger.record(
         server_round=2, noise_multiplier=1.1, sample_rate=0.2, steps=10, again=True
     )
-    assert [e.server_round for e in ledger.entries] == [1, 2, 2]
-    assert ledger.total_steps == 30
-    assert ledger.epsilon(1e-5) == pytest.approx(
+    assert ledger.history.server_rounds == [1, 2, 2]
+    assert ledger.history.total_steps == 30
+    assert ledger.history.epsilon(delta=1e-5) == pytest.approx(
         direct_rdp_epsilon(0.2, 1.1, 30, 1e-5), rel=1e-12
     )
     # The repeat survives a save and a load, in both copies.
     path = tmp_path / "ledger.json"
     ledger.save(path)
     loaded = PrivacyLedger.load(path, "run-1", node_key="n0")
-    assert loaded.entries == ledger.entries
+    assert loaded.history == ledger.history
     state = RecordDict({STATE_KEY: ledger.to_config_record()})
     restored = restore_ledger(
         path=path, state_record=state[STATE_KEY], run_id="run-1", node_key="n0"
     )
-    assert restored.entries == ledger.entries
+    assert restored.history == ledger.history
 
 
 @pytest.mark.parametrize(
@@ -117,19 +88,21 @@ def test_invalid_entries_are_refused(kwargs, match):
 def test_fresh_client_with_same_state_dir_continues_not_from_zero(tmp_path):
     path = ledger_path(tmp_path, "run-1")
     first = PrivacyLedger.load(path, "run-1", node_key="n0")  # no file yet
-    assert first.entries == [] and first.epsilon(1e-5) == 0.0
+    assert len(first.history) == 0 and first.history.epsilon(delta=1e-5) == 0.0
     first.record(server_round=1, noise_multiplier=1.1, sample_rate=0.2, steps=10)
     first.save(path)
-    eps_one = first.epsilon(1e-5)
+    eps_one = first.history.epsilon(delta=1e-5)
 
     restarted = PrivacyLedger.load(path, "run-1", node_key="n0")  # new process
     assert restarted == first
-    assert restarted.epsilon(1e-5) == eps_one > 0
+    assert restarted.history.epsilon(delta=1e-5) == eps_one > 0
     restarted.record(server_round=2, noise_multiplier=1.1, sample_rate=0.2, steps=10)
     restarted.save(path)
     again = PrivacyLedger.load(path, "run-1", node_key="n0")
-    assert again.total_steps == 20
-    assert again.epsilon(1e-5) == pytest.approx(direct_rdp_epsilon(0.2, 1.1, 20, 1e-5))
+    assert again.history.total_steps == 20
+    assert again.history.epsilon(delta=1e-5) == pytest.approx(
+        direct_rdp_epsilon(0.2, 1.1, 20, 1e-5)
+    )
 
 
 def test_ledger_path_is_per_run_and_safe(tmp_path):
@@ -239,7 +212,7 @@ def test_config_record_round_trip_through_context_state():
         state["privacy-ledger"], run_id="run-1", node_key="n0"
     )
     assert back == ledger
-    assert back.epsilon(1e-5) == ledger.epsilon(1e-5)
+    assert back.history.epsilon(delta=1e-5) == ledger.history.epsilon(delta=1e-5)
     empty = PrivacyLedger(run_id="run-1")
     assert (
         PrivacyLedger.from_config_record(empty.to_config_record(), run_id="run-1")
@@ -302,3 +275,33 @@ def test_restore_refuses_copies_that_disagree(tmp_path):
     record = ledger_with(2, sigma=0.9).to_config_record()
     with pytest.raises(LedgerError, match="disagree for run 'run-1'"):
         restore_ledger(path=path, state_record=record, run_id="run-1", node_key="n0")
+
+
+# A ledger file as fedge wrote it before the ledger kept a ReleaseHistory
+# (three releases, round 2 twice), byte for byte with its checksum.
+OLD_LEDGER_FILE = """{
+  "format-version": 1,
+  "node-key": "partition:0/3",
+  "noise-multipliers": [1.1, 1.1, 1.1],
+  "run-id": "run-1",
+  "sample-rates": [0.21333333333333335, 0.21333333333333335, 0.21333333333333335],
+  "server-rounds": [1, 2, 2],
+  "sha256": "001cdb56d0692559c5ff18ef02d471b8a9f4c6ec56e24fc9dc9acf5721f33983",
+  "steps": [10, 10, 10]
+}
+"""
+
+
+def test_a_ledger_written_by_the_previous_code_loads_and_is_written_the_same(
+    tmp_path,
+):
+    path = tmp_path / "ledger.json"
+    path.write_text(OLD_LEDGER_FILE)
+    ledger = PrivacyLedger.load(path, "run-1", node_key="partition:0/3")
+    assert ledger.history.server_rounds == [1, 2, 2]
+    assert ledger.history.total_steps == 30
+    assert ledger.history.epsilon(delta=1e-4) == pytest.approx(
+        direct_rdp_epsilon(32 / 150, 1.1, 30, 1e-4), rel=1e-12
+    )
+    ledger.save(path)  # the same document again, checksum included
+    assert json.loads(path.read_text()) == json.loads(OLD_LEDGER_FILE)

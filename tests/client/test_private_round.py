@@ -11,17 +11,13 @@ from flwr.app import Context, RecordDict
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedge.client.node_data import load_node_data
-from fedge.client.privacy_ledger import (
-    LedgerEntry,
-    LedgerError,
-    PrivacyLedger,
-    adopt_larger,
-)
+from fedge.client.privacy_ledger import LedgerError
 from fedge.client.private_round import train_private_round
 from fedge.shared import keys
 from fedge.shared.config import default_run_config, from_run_config
 from fedge.shared.datasets import load_builtin
 from fedge.shared.models import build_model, default_spec
+from fedge.shared.privacy_history import Release, ReleaseHistory
 from fedge.shared.privacy_plan import plan_for_config
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
@@ -191,7 +187,7 @@ def test_a_wiped_state_dir_continues_from_the_coordinators_record(
         )
     shutil.rmtree(tmp_path / "state")  # the node's disk is wiped
     # The coordinator sends what it received: rounds 1 and 2.
-    record = [LedgerEntry(r, 1.1, q, steps) for r in (1, 2)]
+    record = ReleaseHistory(tuple(Release(r, 1.1, q, steps) for r in (1, 2)))
     figures = train_private_round(
         build_model(spec),
         data.train,
@@ -208,18 +204,6 @@ def test_a_wiped_state_dir_continues_from_the_coordinators_record(
     )
     ledger_file = next((tmp_path / "state").glob("privacy-ledger-*.json"))
     assert json.loads(ledger_file.read_text())["server-rounds"] == [1, 2, 3]
-
-
-def test_the_larger_record_wins_round_by_round() -> None:
-    own = PrivacyLedger(run_id="r", node_key="n")
-    for r in (1, 2, 2, 4):  # round 2 released twice; round 3's reply lost
-        own.record(
-            server_round=r, noise_multiplier=1.0, sample_rate=0.1, steps=5, again=True
-        )
-    coordinator = [LedgerEntry(r, 1.0, 0.1, 5) for r in (1, 2, 3)]
-    merged = adopt_larger(own, coordinator)
-    assert [e.server_round for e in merged.entries] == [1, 2, 2, 3, 4]
-    assert adopt_larger(own, []) is own
 
 
 def test_a_corrupt_ledger_is_refused_not_reset(tmp_path: Path) -> None:

@@ -1,3 +1,4 @@
+import json
 import logging
 import re
 
@@ -7,14 +8,10 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 from opacus.accountants import RDPAccountant
 
-from fedge.server.privacy_record import (
-    Admission,
-    PrivacyRecord,
-    counted_release,
-    reported_release,
-)
+from fedge.server.privacy_record import Admission, PrivacyRecord, reported_release
 from fedge.server.robust_strategy import RobustStrategy
 from fedge.shared import keys
+from fedge.shared.privacy_history import spend_at_least
 from fedge.shared.privacy_plan import PrivacyPlan, plan_privacy
 
 LOGGER = "fedge.server.robust_strategy"
@@ -38,7 +35,7 @@ def opacus_epsilon(history, delta=1e-4):
 def honest_report(record, node_id, **changes):
     """What an honest node reports after one more planned round."""
     entry = PLAN.round_entry
-    history = [*record.history(node_id), entry]
+    history = [*record.history(node_id).opacus_history, entry]
     metrics = {
         keys.NUM_EXAMPLES: 150,
         keys.NOISE_MULTIPLIER: entry[0],
@@ -76,6 +73,25 @@ def test_the_coordinators_epsilon_equals_opacus_over_every_release():
     assert record.to_message_config(99) == {}
 
 
+def test_a_record_written_by_the_previous_code_loads():
+    # privacy-record.json and the checkpoints' "privacy-record", as written
+    # before the record kept one ReleaseHistory per node.
+    old = {
+        "releases": {
+            "7": [[1, 1.1, 0.2, 10], [1, 1.1, 0.2, 10]],
+            "8": [[2, 0.8, 0.1, 30]],
+        },
+        "deltas": {"7": 1e-4, "8": 1e-5},
+    }
+    record = PrivacyRecord.from_dict(json.loads(json.dumps(old)))
+    assert record.history(7).opacus_history == [(1.1, 0.2, 10)] * 2
+    assert record.history(8).server_rounds == [2]
+    assert record.epsilon(8, accountant="rdp") == pytest.approx(
+        opacus_epsilon([(0.8, 0.1, 30)], delta=1e-5), rel=1e-9
+    )
+    assert record.to_dict() == old
+
+
 def admit(record, metrics, node_id=7, server_round=3):
     return record.admit(
         node_id, server_round, metrics, plan_for=lambda n: PLAN, accountant="rdp"
@@ -88,7 +104,7 @@ def test_an_honest_report_is_admitted_with_the_epsilon_of_the_whole_record():
     expected = opacus_epsilon([PLAN.round_entry] * 3)
     assert admission.problem is None
     assert admission.epsilon == pytest.approx(expected, rel=1e-9)
-    assert record.history(7) == [PLAN.round_entry] * 3
+    assert record.history(7).opacus_history == [PLAN.round_entry] * 3
     assert record.epsilon(7, accountant="rdp") == admission.epsilon
 
 
@@ -106,7 +122,7 @@ def test_a_reply_whose_plan_cannot_be_made_is_not_recorded():
         problem="its privacy plan cannot be checked "
         "(num_examples must be >= 1, got 0.)",
     )
-    assert record.history(7) == [PLAN.round_entry]
+    assert record.history(7).opacus_history == [PLAN.round_entry]
     unknown = record.admit(9, 2, {}, plan_for=no_plan, accountant="rdp")
     assert unknown.epsilon is None and record.epsilon(9, accountant="rdp") is None
 
@@ -158,7 +174,9 @@ def test_a_report_below_the_record_or_the_plan_is_named_and_still_counted(
     sigma = min(metrics[keys.NOISE_MULTIPLIER], 1.1)
     rate = metrics[keys.SAMPLE_RATE]
     rate = rate if 32 / 150 < rate <= 1 else 32 / 150
-    assert record.history(7) == [PLAN.round_entry] * 2 + [(sigma, rate, 10)]
+    assert record.history(7).opacus_history == [PLAN.round_entry] * 2 + [
+        (sigma, rate, 10)
+    ]
     assert admission.epsilon == pytest.approx(
         opacus_epsilon([PLAN.round_entry] * 2 + [(sigma, rate, 10)]), rel=1e-9
     )
@@ -197,7 +215,7 @@ def test_the_plans_sample_rate_is_the_batch_size_over_the_reported_examples():
     ],
 )
 def test_a_release_counts_at_least_what_its_plan_spends(reported, counted):
-    assert counted_release(reported, plan=PLAN) == counted
+    assert spend_at_least(reported, PLAN.round_entry) == counted
 
 
 @pytest.mark.parametrize(
@@ -283,8 +301,8 @@ def test_a_node_reporting_a_lower_sample_rate_is_dropped_and_counted_at_the_plan
     assert rows[7]["status"] == "dropped" and rows[8]["status"] == "aggregated"
     # Its release counts, at the plan's q: ε is Opacus's over 32/150, not 0.05.
     record = strategy.privacy_record
-    assert record.history(7) == [(1.1, 32 / 150, 10)]
-    assert record.history(8) == [honest_8]
+    assert record.history(7).opacus_history == [(1.1, 32 / 150, 10)]
+    assert record.history(8).opacus_history == [honest_8]
     planned = opacus_epsilon([(1.1, 32 / 150, 10)])
     assert planned > 2 * opacus_epsilon([lying])  # the lie would matter
     assert record.epsilon(7, accountant="rdp") == pytest.approx(planned, rel=1e-9)
@@ -310,7 +328,7 @@ def test_a_reply_without_a_release_is_dropped_and_counted_at_its_plan(fakes, cap
         "node 7: reports no valid 'noise-multiplier', 'sample-rate' and "
         "'dp-round-steps': its DP-SGD release cannot be checked; update dropped"
     )
-    assert strategy.privacy_record.history(7) == [PLAN.round_entry]
+    assert strategy.privacy_record.history(7).opacus_history == [PLAN.round_entry]
 
 
 def test_an_under_reporting_node_is_dropped_and_still_recorded(fakes, caplog):
@@ -362,7 +380,7 @@ def test_an_under_reporting_node_is_dropped_and_still_recorded(fakes, caplog):
     rows = {row["node-id"]: row for row in stats["clients"]}
     # Its release counts anyway, and the ε reported for it is the coordinator's.
     expected = opacus_epsilon([PLAN.round_entry] * 2)
-    assert strategy.privacy_record.total_steps(8) == 20
+    assert strategy.privacy_record.history(8).total_steps == 20
     assert rows[8]["epsilon"] == pytest.approx(expected, rel=1e-9)
     assert rows[8]["epsilon-reported"] == 0.01
     assert rows[7]["epsilon-coordinator"] == pytest.approx(
