@@ -1,8 +1,9 @@
 """``fedge simulate``: many virtual clients on one machine, on Flower's simulation engine.
 
 The flags map onto run-config and simulation keys, over a scenario file's
-(:func:`resolve_arguments`); the run itself is
-:func:`fedge.simulations.simulate.simulate`. Choices and defaults shown in ``--help``
+(:func:`resolve_arguments`), by the same
+:func:`fedge.simulations.simulate_options.run_simulation` that
+:func:`fedge.simulate` calls. Choices and defaults shown in ``--help``
 come from the run config's own module and ``pyproject.toml``.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,17 @@ from fedge.shared.config import (
 from fedge.shared.datasets import BUILTIN_DATASETS
 from fedge.shared.errors import FedgeError
 from fedge.shared.run_folder import read_status
-from fedge.simulations import simulate as simulation
-from fedge.simulations.own_data import HOLDOUT_FRACTION, OwnData
+from fedge.simulations.own_data import HOLDOUT_FRACTION
 from fedge.simulations.scenario_file import (
     DEFAULT_CLIENTS,
-    SIMULATION_KEYS,
     format_scenario_list,
     list_scenarios,
-    read_scenario,
+)
+from fedge.simulations.simulate_options import (
+    Arguments,
+    SimulateOptions,
+    resolve_options,
+    run_simulation,
 )
 
 
@@ -192,83 +195,50 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(run=run)
 
 
-@dataclass(frozen=True)
-class Arguments:
-    """What a ``fedge simulate`` command line asks for, scenario file merged in.
+def options_from(args: argparse.Namespace) -> SimulateOptions:
+    """Return the options a ``fedge simulate`` command line gives.
 
-    Attributes
-    ----------
-    overrides : dict
-        Run-config and ``fault-*`` keys.
-    simulation : dict
-        :data:`~fedge.simulations.scenario_file.SIMULATION_KEYS` that were set.
-    notes : list of str
-        One note per setting a flag changed from the scenario file's value,
-        e.g. ``"clients 5 from --clients (scenario: 3)"``.
+    Raises
+    ------
+    FedgeError
+        A ``--set`` without ``=``.
     """
-
-    overrides: dict[str, Any]
-    simulation: dict[str, Any]
-    notes: list[str]
-
-
-def resolve_arguments(args: argparse.Namespace) -> Arguments:
-    """Scenario file, then named flags, then ``--set``: later ones win."""
-    scenario = read_scenario(args.scenario) if args.scenario else None
-    overrides = dict(scenario.overrides) if scenario else {}
-    simulation = dict(scenario.simulation) if scenario else {}
-    named = {
-        "num-server-rounds": ("--rounds", args.rounds),
-        "dataset": ("--dataset", args.dataset),
-        "partitioning": ("--partitioning", args.partitioning),
-        "dirichlet-alpha": ("--alpha", args.alpha),
-        "strategy": ("--strategy", args.strategy),
-        "dp-mode": ("--dp-mode", args.dp_mode),
-        "target-epsilon": ("--target-epsilon", args.target_epsilon),
-        "model": ("--model", _absolute_model(args.model)),
-        "clients": ("--clients", args.clients),
-        "cpus-per-client": ("--cpus-per-client", args.cpus_per_client),
-        "data": ("--data", _absolute(args.data)),
-        "node-data": ("--node-data", _absolute(args.node_data)),
-        "partition-by": ("--partition-by", args.partition_by),
-        "eval-data-path": ("--eval-data", _absolute(args.eval_data)),
-        "label-column": ("--label-column", args.label_column),
-        "ray-address": ("--ray-address", args.ray_address),
-    }
-    # key -> (flag, value), in the order they apply
-    flags = {k: fv for k, fv in named.items() if fv[1] is not None}
+    settings = []
     for setting in args.settings:
         key, sep, value = setting.partition("=")
         if not sep:
             raise FedgeError(f"--set expects KEY=VALUE, got {setting!r}")
-        # `--set clients=3` works as `--clients 3` does.
-        flags[key.strip()] = ("--set", _parse_toml_value(value.strip()))
-    notes = []
-    for key, (flag, value) in flags.items():
-        target = simulation if key in SIMULATION_KEYS else overrides
-        if key in target and target[key] != value:
-            notes.append(f"{key} {value!r} from {flag} (scenario: {target[key]!r})")
-        target[key] = value
-    return Arguments(overrides=overrides, simulation=simulation, notes=notes)
+        settings.append((key.strip(), _parse_toml_value(value.strip())))
+    return SimulateOptions(
+        clients=args.clients,
+        rounds=args.rounds,
+        dataset=args.dataset,
+        partitioning=args.partitioning,
+        alpha=args.alpha,
+        strategy=args.strategy,
+        dp_mode=args.dp_mode,
+        target_epsilon=args.target_epsilon,
+        model=args.model,
+        data=args.data,
+        node_data=args.node_data,
+        eval_data=args.eval_data,
+        label_column=args.label_column,
+        partition_by=args.partition_by,
+        cpus_per_client=args.cpus_per_client,
+        ray_address=args.ray_address,
+        scenario=args.scenario,
+        settings=settings,
+    )
+
+
+def resolve_arguments(args: argparse.Namespace) -> Arguments:
+    """Scenario file, then named flags, then ``--set``: later ones win."""
+    return resolve_options(options_from(args))
 
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Return the run-config and ``fault-*`` keys a command line sets."""
     return resolve_arguments(args).overrides
-
-
-def _absolute(path: str | None) -> str | None:
-    """Return a path flag made absolute: the apps run in other working directories."""
-    return None if path is None else str(Path(path).expanduser().absolute())
-
-
-def _absolute_model(model: str | None) -> str | None:
-    """Return ``--model`` with a relative ``.py`` path made absolute."""
-    if model is None:
-        return None
-    from fedge.shared.model_reference import absolute_model_reference
-
-    return absolute_model_reference(model, Path.cwd())
 
 
 def _parse_toml_value(text: str) -> Any:
@@ -283,21 +253,10 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(format_scenario_list(list_scenarios()))
         return 0
-    arguments = resolve_arguments(args)
-    settings = arguments.simulation
-    run_dir = simulation.simulate(
-        arguments.overrides,
-        num_clients=settings.get("clients"),
+    run_dir = run_simulation(
+        options_from(args),
         output_dir=args.output_dir,
-        own_data=OwnData(
-            data=settings.get("data", ""),
-            node_data=settings.get("node-data", ""),
-            partition_by=settings.get("partition-by", ""),
-        ),
         run_name=args.run_name,
-        cpus_per_client=settings.get("cpus-per-client", 1),
-        notes=arguments.notes,
-        ray_address=settings.get("ray-address", ""),
         verbose=args.verbose,
     )
     status = read_status(run_dir)

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -57,6 +57,10 @@ from fedge.shared.run_folder import (
     load_flat_run_config,
     read_status,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
 
 PARTICIPATION_COLUMNS = (SAMPLED, REPLIES, FAILURES, DROPPED, REFUSED)
 PARTICIPATION_LABELS = {
@@ -160,6 +164,29 @@ def write_plots(metrics: pd.DataFrame, plots_dir: Path) -> list[Path]:
     """Write each plot whose columns ``metrics`` has; return the files written."""
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    for name, fig in plot_figures(metrics).items():
+        fig.savefig(plots_dir / name)
+        written.append(plots_dir / name)
+    return written
+
+
+def plot_figures(metrics: pd.DataFrame) -> dict[str, Figure]:
+    """Return each plot whose columns ``metrics`` has, by its file name in ``plots/``.
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame
+        ``metrics.csv`` as read (one row per round).
+
+    Returns
+    -------
+    dict of str to matplotlib.figure.Figure
+        ``accuracy.png``, ``loss.png``, ``client-accuracy.png``,
+        ``epsilon.png`` and ``participation.png``, each only when a column it
+        shows holds a value. Figures of matplotlib's object API on the Agg
+        canvas: no pyplot state, shown by a notebook as any figure is.
+    """
+    figures = {}
     specs = [
         (
             "accuracy.png",
@@ -200,18 +227,14 @@ def write_plots(metrics: pd.DataFrame, plots_dir: Path) -> list[Path]:
     for name, title, ylabel, series in specs:
         present = {c: label for c, label in series.items() if _has_values(metrics, c)}
         if present:
-            written.append(
-                _line_plot(metrics, present, title, ylabel, plots_dir / name)
-            )
+            figures[name] = _line_plot(metrics, present, title, ylabel)
     counts = [c for c in PARTICIPATION_COLUMNS if _has_values(metrics, c)]
     if counts:
-        written.append(
-            _participation_plot(metrics, counts, plots_dir / "participation.png")
-        )
-    return written
+        figures["participation.png"] = _participation_plot(metrics, counts)
+    return figures
 
 
-def _figure() -> Any:
+def _figure() -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -220,24 +243,32 @@ def _figure() -> Any:
     return fig
 
 
+def _integer_ticks(axis: Axis) -> None:
+    """Tick whole numbers only (rounds, client counts)."""
+    from matplotlib.ticker import MaxNLocator
+
+    locator = axis.get_major_locator()
+    if isinstance(locator, MaxNLocator):  # matplotlib's default AutoLocator is one
+        locator.set_params(integer=True)
+
+
 def _line_plot(
-    metrics: pd.DataFrame, series: dict[str, str], title: str, ylabel: str, path: Path
-) -> Path:
+    metrics: pd.DataFrame, series: dict[str, str], title: str, ylabel: str
+) -> Figure:
     fig = _figure()
     ax = fig.add_subplot()
     for column, label in series.items():
         rows = metrics[[ROUND, column]].dropna()
         ax.plot(rows[ROUND], rows[column], marker="o", label=label)
     ax.set(title=title, xlabel=ROUND, ylabel=ylabel)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    _integer_ticks(ax.xaxis)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
 
 
-def _participation_plot(metrics: pd.DataFrame, columns: list[str], path: Path) -> Path:
+def _participation_plot(metrics: pd.DataFrame, columns: list[str]) -> Figure:
     rows = metrics[metrics[ROUND] > 0] if (metrics[ROUND] > 0).any() else metrics
     fig = _figure()
     ax = fig.add_subplot()
@@ -251,16 +282,15 @@ def _participation_plot(metrics: pd.DataFrame, columns: list[str], path: Path) -
             label=PARTICIPATION_LABELS[column],
         )
     ax.set(title="Clients per round", xlabel=ROUND, ylabel="clients")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    _integer_ticks(ax.xaxis)
+    _integer_ticks(ax.yaxis)
     ax.grid(alpha=0.3, axis="y")
     # Headroom above the tallest bar keeps the legend off the bars.
     tallest = float(rows[columns].fillna(0).to_numpy().max())
     ax.set_ylim(0, max(tallest, 1.0) * (1.3 if len(columns) <= 3 else 1.5))
     ax.legend(fontsize="small", loc="upper center", ncol=min(len(columns), 3))
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
 
 
 # ------------------------------------------------------------------ markdown

@@ -249,7 +249,7 @@ def test_the_summary_line_says_which_flag_overrode_the_scenario(
 
 
 def test_scenario_data_and_cluster_keys_reach_the_run(tmp_path, monkeypatch):
-    import fedge.cli.simulate as cli_simulate
+    import fedge.simulations.simulate as simulation
     from fedge.simulations.own_data import OwnData
 
     seen = {}
@@ -258,7 +258,7 @@ def test_scenario_data_and_cluster_keys_reach_the_run(tmp_path, monkeypatch):
         seen.update(kwargs, overrides=overrides)
         raise SystemExit(0)
 
-    monkeypatch.setattr(cli_simulate.simulation, "simulate", fake_simulate)
+    monkeypatch.setattr(simulation, "simulate", fake_simulate)
     path = write(
         tmp_path,
         'data = "all.csv"\npartition-by = "site"\nlabel-column = "y"\n'
