@@ -11,8 +11,8 @@ calls the same functions:
 
 Every part of fedge is installed under this one name (``fedge.server``,
 ``fedge.client``, ``fedge.shared``, ``fedge.edge_export``,
-``fedge.simulations``, ``fedge.cli``), so a user's own ``client.py``,
-``server.py`` or ``shared.py`` beside a script cannot hide them.
+``fedge.simulations``, ``fedge.reports``, ``fedge.cli``), so a user's own
+``client.py``, ``server.py`` or ``shared.py`` beside a script cannot hide them.
 
 Importing ``fedge`` imports nothing heavy: each public name is loaded on first
 use (PEP 562), so ``fedge.EdgeModel`` on a device loads neither torch, Flower

@@ -169,8 +169,8 @@ def export(
     """Export a finished run's model for devices, as ``fedge export`` does.
 
     Writes ``model.onnx`` (metadata inside), ``model.int8.onnx`` when an int8
-    model keeps accuracy, the embedded artefacts and ``manifest.json`` into
-    the run folder, after checking each against PyTorch.
+    model keeps accuracy, the embedded artefacts, the model card and
+    ``manifest.json`` into the run folder, after checking each against PyTorch.
 
     Parameters
     ----------
@@ -199,9 +199,9 @@ def export(
         Not a finished run, an export or check failure, or a budget missed.
     """
     from fedge.edge_export.embedded import DEFAULT_TOLERANCE
-    from fedge.edge_export.pipeline import export_run
+    from fedge.reports.model_card import export_run_with_card
 
-    return export_run(
+    return export_run_with_card(
         Path(run),
         quantize=quantize,
         tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from fedge.simulations.run_progress import RunProgress
+    from fedge.reports.run_progress import RunProgress
 
 RunPath = str | os.PathLike[str]
 
@@ -90,9 +90,9 @@ class Run:
 
         Rounds done, last accuracy, ε, mean round time, ETA while running,
         the resume command of a failed run, and whether a live run stalled
-        (:class:`fedge.simulations.run_progress.RunProgress`).
+        (:class:`fedge.reports.run_progress.RunProgress`).
         """
-        from fedge.simulations.run_progress import read_progress
+        from fedge.reports.run_progress import read_progress
 
         return read_progress(self.path)
 
@@ -176,7 +176,7 @@ class Run:
             ``loss.png``, ``epsilon.png``, ...), each only when the run has
             its values. No pyplot state is touched.
         """
-        from fedge.simulations.report import plot_figures
+        from fedge.reports.run_report import plot_figures
 
         return plot_figures(self.metrics)
 
@@ -201,7 +201,7 @@ class Run:
         FedgeError
             Fewer than two runs, one twice, or one without a ``metrics.csv``.
         """
-        from fedge.simulations.run_comparison import compare_runs
+        from fedge.reports.run_comparison import compare_runs
 
         return compare_runs([Path(run) for run in runs])
 

@@ -64,7 +64,11 @@ def test_run_reads_status_config_metrics_and_clients(tmp_path):
     assert run.status == "complete"
     assert run.name == "a"
     assert run.config["num-server-rounds"] == 2
-    assert list(run.metrics.columns[:3]) == ["round", "central-accuracy", "central-loss"]
+    assert list(run.metrics.columns[:3]) == [
+        "round",
+        "central-accuracy",
+        "central-loss",
+    ]
     assert run.metrics["central-accuracy"].tolist() == [0.1, 0.5, 0.8]
     assert run.accuracy == 0.8
     assert run.clients[["round", "node-id", "epsilon"]].values.tolist() == [
@@ -127,7 +131,7 @@ def test_a_run_that_has_not_recorded_a_round_reads_empty(tmp_path):
     assert run.clients.empty and run.epsilon_per_node == {}
     assert run.accuracy is None
     with pytest.raises(FedgeError, match=r"model_card\.json not found.*running"):
-        run.model_card
+        _ = run.model_card
 
 
 def test_a_folder_that_is_no_run_is_refused(tmp_path):
