@@ -6,13 +6,13 @@ STAMP := $(VENV)/.installed
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-fast bench lint docs clean
 
 # Install is redone only when the project's dependency files change.
 $(STAMP): pyproject.toml constraints.txt requirements-series.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,series]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,series,docs]"
 	# aeon's declared pins are older than ours (see the series extra): no-deps.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt -r requirements-series.txt
 	touch $(STAMP)
@@ -43,5 +43,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The documentation site (mkdocs.yml) into site/; --strict: a broken link, anchor,
+# API reference or run-config key fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache

@@ -33,12 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from fedge.shared import keys
 from fedge.shared.atomic_io import atomic_write_json
-from fedge.shared.config import (
-    CONFIG_KEYS,
-    RunConfig,
-    flat_from_nested,
-    from_run_config,
-)
+from fedge.shared.config import RunConfig, from_run_config
+from fedge.shared.config_keys import CONFIG_KEYS, flat_from_nested
 from fedge.shared.errors import ModelError
 from fedge.shared.versions import package_versions
 

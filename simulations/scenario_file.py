@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedge.shared.config import CONFIG_KEYS, closest_key
+from fedge.shared.config import closest_key
+from fedge.shared.config_keys import CONFIG_KEYS
 from fedge.shared.errors import ConfigError, FedgeError
 from fedge.shared.model_reference import absolute_model_reference
 from fedge.simulations.fault_injection import FAULT_DEFAULTS

@@ -5,13 +5,12 @@ from pathlib import Path
 import pytest
 
 from fedge.shared.config import (
-    CONFIG_KEYS,
     RunConfig,
     closest_key,
     default_run_config,
-    flat_from_nested,
     from_run_config,
 )
+from fedge.shared.config_keys import CONFIG_KEYS, flat_from_nested
 from fedge.shared.errors import ConfigError
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
