@@ -8,7 +8,7 @@ Figures, in one run on this machine:
   (:mod:`fedge.simulations.engine`) that earlier runs started: the median of
   :data:`WARM_RUNS` runs after the first, what a study cell or a simulation
   test pays;
-- ``demo_wall_s``: ``python -m simulations.demo`` (10 clients, 10 DP rounds,
+- ``demo_wall_s``: ``python -m fedge.simulations.demo`` (10 clients, 10 DP rounds,
   the ONNX export and the device check) from start to exit, and
   ``demo_result_s``, when its result line appeared;
 - ``startup_*``: where the seconds of ``run_wall_s_10x5`` go, from the
@@ -178,7 +178,7 @@ def warm_runs() -> list[float]:
 
 
 def demo_run(app_root: Path) -> dict[str, float]:
-    """Time ``python -m simulations.demo`` of the tree ``app_root``."""
+    """Time ``python -m fedge.simulations.demo`` of the tree ``app_root``."""
     with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:
         run = timed_lines(
             [sys.executable, "-m", "fedge.simulations.demo"],

@@ -22,7 +22,7 @@ import pandas as pd
 from fedge.edge_export.run_inputs import load_run
 from fedge.shared import run_folder
 from fedge.shared.trainable import select_trainable, trainable_size_bytes
-from fedge.simulations.study_cell import completed, format_mean_range, read_cell
+from fedge.studies.study_cell import completed, format_mean_range, read_cell
 
 RUN_NAME = re.compile(r"^(?P<row>.+)-s(?P<seed>\d+)$")
 

@@ -30,7 +30,7 @@ from fedge.simulations.simulate import simulate
 
 NUM_CLIENTS = 10
 # DP settings for ~120 examples per client, chosen in the tuning sweeps behind
-# the privacy–utility study (simulations/privacy_utility.md; its tuned scenario
+# the privacy–utility study (studies/privacy_utility.md; its tuned scenario
 # dp-digits-10-clients does as well): tanh keeps clipped per-example gradients
 # informative, and 10 rounds of 5 local epochs average the clients' noise.
 DEMO_SETTINGS = {

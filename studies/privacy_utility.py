@@ -5,7 +5,7 @@ A grid of federated runs, each through :func:`fedge.simulations.simulate.simulat
 
 - **data sets** (:data:`DATASETS`): the digits over 3 and over 10 IID clients,
   ``basic-motions`` and ``pickup-gesture`` over 4 clients (Dirichlet α = 0.5 over
-  the archive's train split, as :mod:`fedge.simulations.series_accuracy` splits them);
+  the archive's train split, as :mod:`fedge.studies.series_accuracy` splits them);
 - **rows** (:data:`ROWS`): one scenario file each in
   ``simulations/scenarios/privacy-utility/`` — the settings the defaults gave
   before the budget-aware DP rule (``old-settings``), the new defaults
@@ -29,7 +29,7 @@ set or a few cells at a time) and the table shows what is done so far, with a
 dash for a cell not yet run. A run that fails is counted in its cell, never
 dropped.
 
-Run: ``python -m simulations.privacy_utility`` (the whole grid: 4 data sets ×
+Run: ``python -m fedge.studies.privacy_utility`` (the whole grid: 4 data sets ×
 (6 rows × 3 ε + no DP) × 3 seeds = 228 runs at 15–55 s each on 2 shared
 cores: 1–3 hours);
 ``--goals`` runs only the cells the goals are stated for.
@@ -53,9 +53,9 @@ from fedge.shared.atomic_io import atomic_write_text
 from fedge.shared.errors import ConfigError, FedgeError
 from fedge.simulations.engine import SimulationEngine, sharing
 from fedge.simulations.scenario_file import SCENARIOS_DIR, load_scenario
-from fedge.simulations.series_accuracy import format_summary, summarize_cell
 from fedge.simulations.simulate import simulate
-from fedge.simulations.study_cell import (
+from fedge.studies.series_accuracy import format_summary, summarize_cell
+from fedge.studies.study_cell import (
     cell_summary,
     epsilon_label,
     epsilon_slug,
@@ -426,7 +426,7 @@ def build_table(frame: pd.DataFrame, *, quick: bool = False) -> str:
         "fewer runs says how many; a failed run is counted, never dropped; — = "
         "not run yet. Digits: 450 held-out test digits, IID clients. Series: "
         "the archive's test split, 4 clients, Dirichlet α = 0.5 over its train "
-        "split. Produced by `python -m simulations.privacy_utility`.",
+        "split. Produced by `python -m fedge.studies.privacy_utility`.",
         "",
     ]
     if quick:
@@ -480,9 +480,9 @@ def _epsilon_argument(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Arguments of ``python -m simulations.privacy_utility``."""
+    """Arguments of ``python -m fedge.studies.privacy_utility``."""
     parser = argparse.ArgumentParser(
-        prog="python -m simulations.privacy_utility",
+        prog="python -m fedge.studies.privacy_utility",
         description=(
             "Final central accuracy under DP-SGD: the old settings, the DP "
             "defaults, each technique (EMA, augmentation multiplicity, fixed "

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from fedge.shared.errors import DataError
-from fedge.simulations import study_cell
-from tests.simulations.finished_run import write_run
+from fedge.studies import study_cell
+from tests.studies.finished_run import write_run
 
 
 def test_epsilon_labels():

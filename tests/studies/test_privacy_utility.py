@@ -11,10 +11,10 @@ import pytest
 
 from fedge.shared.config import from_run_config
 from fedge.shared.errors import ConfigError, DataError, FedgeError
-from fedge.simulations import privacy_utility as pu
 from fedge.simulations.scenario_file import read_scenario
 from fedge.simulations.simulate import preflight
-from tests.simulations.finished_run import write_run
+from fedge.studies import privacy_utility as pu
+from tests.studies.finished_run import write_run
 
 
 # ---------------------------------------------------------------- rows

@@ -1,6 +1,6 @@
 """The FedAvg vs q-FedAvg comparison's table (no simulation runs here)."""
 
-from fedge.simulations import fairness_comparison as fc
+from fedge.studies import fairness_comparison as fc
 
 
 def test_table_gives_each_strategys_runs_mean_and_range():

@@ -1,7 +1,7 @@
 """One cell of a study: run a simulation, read back its figures, never stop the study.
 
-The studies (:mod:`fedge.simulations.privacy_utility`, :mod:`fedge.simulations.series_accuracy`,
-:mod:`fedge.simulations.fairness_comparison`) each run a grid of federated runs through
+The studies (:mod:`fedge.studies.privacy_utility`, :mod:`fedge.studies.series_accuracy`,
+:mod:`fedge.studies.fairness_comparison`) each run a grid of federated runs through
 :func:`fedge.simulations.simulate.simulate`. A run that fails is recorded as failed with
 its error, so one bad cell does not cost the hours the others took.
 """

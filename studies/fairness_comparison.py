@@ -5,10 +5,10 @@ once per strategy and seed through :func:`fedge.simulations.simulate.simulate` (
 real ServerApp and ClientApp on Flower's simulation engine), reads each run's
 last ``metrics.csv`` row (central accuracy and the per-client summary on the
 clients' own test splits), and writes ``benchmarks/results/fairness_comparison
-.json`` and the Markdown table ``simulations/fairness_comparison.md`` that the
+.json`` and the Markdown table ``studies/fairness_comparison.md`` that the
 README quotes, with the number of runs behind each figure.
 
-Run: ``python -m simulations.fairness_comparison`` (``--seeds 0 1 2`` for
+Run: ``python -m fedge.studies.fairness_comparison`` (``--seeds 0 1 2`` for
 more runs per strategy; each seed changes the model initialisation and the
 node sampling, not the partition). ``fedge report`` on the run folders
 overlays them round by round.
@@ -33,7 +33,7 @@ from fedge.shared.run_folder import (
     METRICS_CSV_FILE,
 )
 from fedge.simulations.scenario_file import read_scenario
-from fedge.simulations.study_cell import (
+from fedge.studies.study_cell import (
     cell_summary,
     completed,
     format_mean_range,

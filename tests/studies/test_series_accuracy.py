@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fedge.simulations import series_accuracy
+from fedge.studies import series_accuracy
 
 
 def test_help_describes_the_study_and_runs_nothing(monkeypatch, capsys):
@@ -190,6 +190,6 @@ def test_repeated_seeds_are_a_usage_error(monkeypatch, capsys):
 
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "python -m simulations.series_accuracy: error: "
+        "python -m fedge.studies.series_accuracy: error: "
         "--seeds must differ (each names a run folder), got [1, 1]"
     )

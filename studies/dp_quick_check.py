@@ -10,7 +10,7 @@ a simulation's start-up; ``fedge simulate`` remains what a result is confirmed
 with. The noise is seeded (``--seed``) so a rerun is identical; a real node's is
 not.
 
-    python -m simulations.dp_quick_check --model random-conv-linear --batch-size 64
+    python -m fedge.studies.dp_quick_check --model random-conv-linear --batch-size 64
 """
 
 from __future__ import annotations

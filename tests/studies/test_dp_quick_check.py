@@ -1,6 +1,6 @@
 """The in-process DP check learns under a node's plan and is reproducible."""
 
-from fedge.simulations.dp_quick_check import quick_check
+from fedge.studies.dp_quick_check import quick_check
 
 
 def test_a_generous_budget_learns_the_digits_and_a_rerun_is_identical():

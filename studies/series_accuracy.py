@@ -12,7 +12,7 @@ model initialisation and the node sampling (``model-seed``, ``sampler-seed``).
 DP noise is drawn from OS entropy in every run, so a rerun differs anyway. The
 table gives each cell's mean, its range and the number of runs behind it.
 
-Run: ``python -m simulations.series_accuracy`` (a minute or more per run on 2
+Run: ``python -m fedge.studies.series_accuracy`` (a minute or more per run on 2
 shared cores). Writes ``benchmarks/results/series_accuracy.json``
 (``series_accuracy-<model>.json`` for another model) and prints the Markdown
 table the README quotes.
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.simulations.engine import SimulationEngine, sharing
-from fedge.simulations.study_cell import (
+from fedge.studies.study_cell import (
     cell_summary,
     completed,
     epsilon_label,
@@ -183,7 +183,7 @@ def build_table(results: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """Return the command line of the study."""
     parser = argparse.ArgumentParser(
-        prog="python -m simulations.series_accuracy",
+        prog="python -m fedge.studies.series_accuracy",
         description=(
             "Federated accuracy on the built-in sensor time series "
             f"({', '.join(DATASETS)}), {NUM_CLIENTS} clients, without DP and with "
