@@ -36,17 +36,17 @@ import numpy as np
 from fedge.edge_export.runtime import EdgeModel
 from fedge.shared.run_folder import (
     MANIFEST_FILE,
-    MODEL_CARD_FILE,
+    MODEL_INFO_FILE,
     MODEL_WEIGHTS_FILE,
     ONNX_FIXED_FILE,
     ONNX_FP32_FILE,
     ONNX_INT8_FILE,
     ONNX_OPTIMIZED_FILE,
     ORT_FILE,
-    ModelCard,
+    ModelInfo,
     PrivacySummary,
     save_run_config,
-    write_model_card,
+    write_model_info,
 )
 
 DEFAULT_OUT = Path("benchmarks/results/edge.json")
@@ -96,7 +96,7 @@ def _resolve(target: Path) -> dict[str, Path | None]:
     for engine, name in EMBEDDED_ENGINES.items():
         if (folder / name).is_file():
             files[engine] = folder / name
-    weights, meta = folder / MODEL_WEIGHTS_FILE, folder / MODEL_CARD_FILE
+    weights, meta = folder / MODEL_WEIGHTS_FILE, folder / MODEL_INFO_FILE
     files["pytorch-eager"] = weights if weights.is_file() and meta.is_file() else None
     if files["onnx-fp32"] is None and files["onnx-int8"] is None:
         raise FileNotFoundError(
@@ -121,10 +121,10 @@ def _torch_engine(weights: Path, batch: int, x: np.ndarray) -> Callable[[], Any]
     import torch  # only here: the runtime and ONNX engines never need it
 
     from fedge.shared.models import build_model
-    from fedge.shared.run_folder import read_model_card
+    from fedge.shared.run_folder import read_model_info
 
     torch.set_num_threads(1)
-    model = build_model(read_model_card(weights.parent).spec)
+    model = build_model(read_model_info(weights.parent).spec)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.eval()
     tensor = torch.from_numpy(np.ascontiguousarray(x))
@@ -438,9 +438,9 @@ def _build_digits_run(
     torch.save(net.state_dict(), run_dir / MODEL_WEIGHTS_FILE)
     config = from_run_config({"dataset": dataset, "model": model}, fill_defaults=True)
     save_run_config(run_dir, config)
-    write_model_card(
+    write_model_info(
         run_dir,
-        ModelCard(
+        ModelInfo(
             spec=spec,
             preprocessing=data.preprocessing,
             provenance={

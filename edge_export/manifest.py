@@ -38,9 +38,9 @@ from fedge.shared.errors import ModelError
 from fedge.shared.run_folder import (
     CONFIG_FILE,
     MANIFEST_FILE,
-    MODEL_CARD_FILE,
     MODEL_CARD_JSON_FILE,
     MODEL_CARD_MARKDOWN_FILE,
+    MODEL_INFO_FILE,
     MODEL_WEIGHTS_FILE,
     ONNX_FIXED_FILE,
     ONNX_FP32_FILE,
@@ -50,7 +50,7 @@ from fedge.shared.run_folder import (
     ORT_OPERATORS_FILE,
     SIGNATURE_FILE,
     PrivacySummary,
-    read_model_card,
+    read_model_info,
 )
 
 MANIFEST_FORMAT = "fedge-manifest/1"
@@ -58,7 +58,7 @@ ROLES = {
     ONNX_FP32_FILE: "onnx-fp32",
     ONNX_INT8_FILE: "onnx-int8",
     MODEL_WEIGHTS_FILE: "torch-state-dict",
-    MODEL_CARD_FILE: "model-spec-and-provenance",
+    MODEL_INFO_FILE: "model-spec-and-provenance",
     CONFIG_FILE: "run-config",
     MODEL_CARD_JSON_FILE: "model-card",
     MODEL_CARD_MARKDOWN_FILE: "model-card-text",
@@ -254,20 +254,20 @@ def _check_outputs(
 def _check_metadata(run_dir: Path, manifest: Manifest, report: VerifyReport) -> None:
     """Cross-check the ONNX files' fedge metadata with model.json and each other."""
     try:
-        card = read_model_card(run_dir)
+        model_info = read_model_info(run_dir)
     except (OSError, ModelError) as e:
         report.problems.append(
-            f"{MODEL_CARD_FILE}: cannot read it to cross-check ({e})"
+            f"{MODEL_INFO_FILE}: cannot read it to cross-check ({e})"
         )
         return
     # Privacy is compared as read, so a model exported before ε's name was
     # unified still matches its model.json.
     # JSON round trip: the metadata holds lists where the spec holds tuples.
     expected = {
-        KEY_SPEC: json.loads(json.dumps(card.spec.to_dict())),
-        KEY_PREPROCESSING: json.loads(json.dumps(card.preprocessing.to_dict())),
-        KEY_PROVENANCE: card.provenance,
-        KEY_PRIVACY: card.privacy,
+        KEY_SPEC: json.loads(json.dumps(model_info.spec.to_dict())),
+        KEY_PREPROCESSING: json.loads(json.dumps(model_info.preprocessing.to_dict())),
+        KEY_PROVENANCE: model_info.provenance,
+        KEY_PRIVACY: model_info.privacy,
     }
     reference: dict[str, str] | None = None
     for name in (ONNX_FP32_FILE, ONNX_INT8_FILE):
@@ -291,7 +291,7 @@ def _check_metadata(run_dir: Path, manifest: Manifest, report: VerifyReport) -> 
                 got = PrivacySummary.from_dict(got)
             if got != want:
                 report.problems.append(
-                    f"{name}: metadata {key!r} differs from {MODEL_CARD_FILE}"
+                    f"{name}: metadata {key!r} differs from {MODEL_INFO_FILE}"
                 )
                 bad = True
         without_quant = {k: v for k, v in props.items() if k != KEY_QUANTIZATION}
@@ -301,7 +301,7 @@ def _check_metadata(run_dir: Path, manifest: Manifest, report: VerifyReport) -> 
             report.problems.append(f"{name}: metadata differs from {ONNX_FP32_FILE}'s")
             bad = True
         if not bad:
-            report.checked.append(f"{name}: metadata matches {MODEL_CARD_FILE}")
+            report.checked.append(f"{name}: metadata matches {MODEL_INFO_FILE}")
 
 
 def verify_run(

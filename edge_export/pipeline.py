@@ -67,7 +67,7 @@ from fedge.shared.run_folder import (
     CONFIG_FILE,
     FAILED,
     MANIFEST_FILE,
-    MODEL_CARD_FILE,
+    MODEL_INFO_FILE,
     MODEL_WEIGHTS_FILE,
     ONNX_FIXED_FILE,
     ONNX_FP32_FILE,
@@ -115,8 +115,8 @@ def _metadata_props(run: RunInputs) -> dict[str, str]:
         input_name=INPUT_NAME,
         input_shape=run.input_shape,
         output_name=OUTPUT_NAME,
-        provenance=run.card.provenance,
-        privacy=run.card.privacy.to_dict(),
+        provenance=run.model_info.provenance,
+        privacy=run.model_info.privacy.to_dict(),
     )
 
 
@@ -416,7 +416,7 @@ def refuse_failed_run(run_dir: Path) -> None:
         ``status.json`` reads ``failed`` and there is no ``model.json``.
     """
     status = read_status(run_dir)
-    if status.get("state") != FAILED or (run_dir / MODEL_CARD_FILE).is_file():
+    if status.get("state") != FAILED or (run_dir / MODEL_INFO_FILE).is_file():
         return
     # One line, whatever the reason's own layout.
     reason = " ".join(str(status.get("message", "")).split())
@@ -449,7 +449,7 @@ def _build_manifest(
         artefacts[ONNX_INT8_FILE] = describe_artefact(
             tmp / ONNX_INT8_FILE, ROLES[ONNX_INT8_FILE]
         )
-    for name in (MODEL_WEIGHTS_FILE, MODEL_CARD_FILE, CONFIG_FILE):
+    for name in (MODEL_WEIGHTS_FILE, MODEL_INFO_FILE, CONFIG_FILE):
         if (run.run_dir / name).is_file():
             artefacts[name] = describe_artefact(run.run_dir / name, ROLES[name])
     fp32_size = artefacts[ONNX_FP32_FILE]["size-bytes"]

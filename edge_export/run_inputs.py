@@ -22,11 +22,11 @@ from fedge.shared.models import ModelSpec, build_model
 from fedge.shared.preprocessing import Preprocessing
 from fedge.shared.run_folder import (
     CONFIG_FILE,
-    MODEL_CARD_FILE,
+    MODEL_INFO_FILE,
     MODEL_WEIGHTS_FILE,
-    ModelCard,
+    ModelInfo,
     load_run_config,
-    read_model_card,
+    read_model_info,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class RunInputs:
     Attributes
     ----------
     run_dir : Path
-    card : ModelCard
+    model_info : ModelInfo
         ``model.json`` (spec, preprocessing, provenance, privacy, metrics).
     config : RunConfig
         The run's config, from ``config.json``.
@@ -48,19 +48,19 @@ class RunInputs:
     """
 
     run_dir: Path
-    card: ModelCard
+    model_info: ModelInfo
     config: RunConfig
     model: nn.Module
 
     @property
     def spec(self) -> ModelSpec:
         """The model's architecture."""
-        return self.card.spec
+        return self.model_info.spec
 
     @property
     def preprocessing(self) -> Preprocessing:
         """How raw inputs are encoded for the model."""
-        return self.card.preprocessing
+        return self.model_info.preprocessing
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -82,12 +82,12 @@ def load_run(run_dir: str | Path) -> RunInputs:
         A file is missing or malformed, or the weights do not fit the spec.
     """
     run_dir = Path(run_dir)
-    card = read_model_card(run_dir)
+    model_info = read_model_info(run_dir)
     config = load_run_config(run_dir)
-    spec, preprocessing = card.spec, card.preprocessing
+    spec, preprocessing = model_info.spec, model_info.preprocessing
     if math.prod(preprocessing.input_shape) != math.prod(spec.input_shape):
         raise ModelError(
-            f"{run_dir / MODEL_CARD_FILE}: the preprocessing produces inputs of shape "
+            f"{run_dir / MODEL_INFO_FILE}: the preprocessing produces inputs of shape "
             f"{preprocessing.input_shape} but the model takes {spec.input_shape}"
         )
     weights_path = run_dir / MODEL_WEIGHTS_FILE
@@ -102,9 +102,9 @@ def load_run(run_dir: str | Path) -> RunInputs:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise ModelError(
-            f"{weights_path} does not fit the spec in {MODEL_CARD_FILE}: {e}"
+            f"{weights_path} does not fit the spec in {MODEL_INFO_FILE}: {e}"
         ) from e
-    return RunInputs(run_dir, card, config, model.eval())
+    return RunInputs(run_dir, model_info, config, model.eval())
 
 
 def held_out_data(run: RunInputs) -> Dataset:
@@ -153,7 +153,7 @@ def calibration_data(
 def _check_encoding(run: RunInputs, dataset: Dataset) -> None:
     if dataset.preprocessing.to_dict() != run.preprocessing.to_dict():
         raise ModelError(
-            f"{run.run_dir / MODEL_CARD_FILE}: the model's preprocessing differs from "
+            f"{run.run_dir / MODEL_INFO_FILE}: the model's preprocessing differs from "
             f"the built-in dataset {run.dataset!r}'s; held-out accuracy would be "
             "meaningless. Was the model trained on another version of fedge?"
         )

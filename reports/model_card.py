@@ -210,7 +210,7 @@ def build_card(
 
 # ------------------------------------------------------------------ sections
 def _training_data(run: RunInputs, records: list[dict[str, Any]]) -> dict[str, Any]:
-    provenance = run.card.provenance
+    provenance = run.model_info.provenance
     prep = run.preprocessing
     section: dict[str, Any] = {
         "dataset": provenance.get("dataset"),
@@ -297,7 +297,7 @@ def _nodes_from_replies(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _privacy(run: RunInputs, records: list[dict[str, Any]]) -> dict[str, Any]:
-    summary = run.card.privacy.to_dict()
+    summary = run.model_info.privacy.to_dict()
     mode = summary.get("dp-mode", "none")
     section: dict[str, Any] = dict(summary)
     if mode == "sample":
@@ -347,7 +347,7 @@ def _performance(
     per_class, confusion = per_class_metrics(test.y, predicted, len(names))
     plot_confusion_matrix(confusion, names, figures_dir / CONFUSION_MATRIX_FILE)
     section: dict[str, Any] = {
-        "central": dict(run.card.metrics),
+        "central": dict(run.model_info.metrics),
         "held-out": f"{test.source} ({len(test)} examples)",
         "per-class": dict(zip(names, per_class, strict=True)),
         "confusion-matrix": f"{CARD_DIR}/{CONFUSION_MATRIX_FILE}",
@@ -361,7 +361,7 @@ def _performance(
             **{c: row.get(c) for c in FAIRNESS_COLUMNS},
         }
         cap = run.config.report.fairness_max_clients
-        nodes = run.card.provenance.get("num-clients")
+        nodes = run.model_info.provenance.get("num-clients")
         if cap and isinstance(nodes, int) and nodes > cap:
             section["per-client"]["sample"] = (
                 f"a seeded random sample of {cap} of {nodes} nodes "

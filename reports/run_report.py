@@ -44,7 +44,7 @@ from fedge.shared.run_folder import (
     FED_EVAL_LOSS,
     METRICS_CSV_FILE,
     METRICS_JSONL_FILE,
-    MODEL_CARD_FILE,
+    MODEL_INFO_FILE,
     PLOTS_DIR,
     REFUSED,
     REPLIES,
@@ -138,7 +138,7 @@ def load_run(run_dir: Path) -> RunRecord:
         metrics=metrics.sort_values(ROUND).reset_index(drop=True),
         run_config=_read_run_config(run_dir),
         status=read_status(run_dir),
-        model=_read_json(run_dir / MODEL_CARD_FILE),
+        model=_read_json(run_dir / MODEL_INFO_FILE),
         faults=_read_json(run_dir / FAULTS_FILE),
         details=read_jsonl(run_dir / METRICS_JSONL_FILE),
     )

@@ -29,11 +29,11 @@ from fedge.shared.run_folder import (
     MODEL_WEIGHTS_FILE,
     RUN_ID_FILE,
     RUNNING,
-    ModelCard,
+    ModelInfo,
     PrivacySummary,
     load_flat_run_config,
     save_run_config,
-    write_model_card,
+    write_model_info,
     write_status,
 )
 
@@ -146,9 +146,9 @@ def save_final_model(
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
     atomic_write_bytes(run_dir / MODEL_WEIGHTS_FILE, buffer.getvalue())
-    write_model_card(
+    write_model_info(
         run_dir,
-        ModelCard(
+        ModelInfo(
             spec=spec,
             preprocessing=preprocessing,
             provenance=provenance,

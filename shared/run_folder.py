@@ -18,7 +18,7 @@ Folders written before the names were unified are still read:
 nested ``"config"`` section of an old ``config.json``.
 
 Nothing here imports torch: ``fedge predict`` reads file names from this module
-and must stay torch-free, so :class:`ModelCard` imports the model spec's module
+and must stay torch-free, so :class:`ModelInfo` imports the model spec's module
 only when it parses one.
 """
 
@@ -50,7 +50,7 @@ METRICS_CSV_FILE = "metrics.csv"
 METRICS_JSONL_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_WEIGHTS_FILE = "model.pt"
-MODEL_CARD_FILE = "model.json"
+MODEL_INFO_FILE = "model.json"
 ONNX_FP32_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 # Embedded artefacts (edge_export/embedded.py): ONNX Runtime's ORT format with
@@ -339,7 +339,7 @@ class PrivacySummary:
 
 
 @dataclass(frozen=True)
-class ModelCard:
+class ModelInfo:
     """``model.json``: what rebuilds the final model and what it guarantees.
 
     Attributes
@@ -375,7 +375,7 @@ class ModelCard:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, source: str = "") -> ModelCard:
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "") -> ModelInfo:
         """Parse ``model.json``.
 
         Raises
@@ -383,10 +383,10 @@ class ModelCard:
         ModelError
             Another format tag, or a missing spec or preprocessing.
         """
-        from fedge.shared.models import ModelSpec  # torch: only when a card is parsed
+        from fedge.shared.models import ModelSpec  # torch: only when one is parsed
         from fedge.shared.preprocessing import Preprocessing
 
-        source = source or MODEL_CARD_FILE
+        source = source or MODEL_INFO_FILE
         if d.get("format") != MODEL_FORMAT:
             raise ModelError(
                 f"{source}: format {d.get('format')!r}, expected {MODEL_FORMAT!r}"
@@ -403,28 +403,28 @@ class ModelCard:
         )
 
 
-def write_model_card(run_dir: Path, card: ModelCard) -> None:
+def write_model_info(run_dir: Path, info: ModelInfo) -> None:
     """Write ``model.json`` atomically, adding the package versions to provenance."""
-    payload = card.to_dict()
-    payload["provenance"] = {**card.provenance, "versions": package_versions()}
-    atomic_write_json(Path(run_dir) / MODEL_CARD_FILE, payload)
+    payload = info.to_dict()
+    payload["provenance"] = {**info.provenance, "versions": package_versions()}
+    atomic_write_json(Path(run_dir) / MODEL_INFO_FILE, payload)
 
 
-def read_model_card(run_dir: Path) -> ModelCard:
+def read_model_info(run_dir: Path) -> ModelInfo:
     """Read a run folder's ``model.json``.
 
     Raises
     ------
     ModelError
-        Missing, not JSON, or not a fedge model card.
+        Missing, not JSON, or not a fedge ``model.json``.
     """
-    path = Path(run_dir) / MODEL_CARD_FILE
+    path = Path(run_dir) / MODEL_INFO_FILE
     if not path.is_file():
         raise ModelError(
             f"{path} not found; is {path.parent} a finished fedge run folder "
-            f"(it needs {MODEL_CARD_FILE}, {MODEL_WEIGHTS_FILE} and {CONFIG_FILE})?"
+            f"(it needs {MODEL_INFO_FILE}, {MODEL_WEIGHTS_FILE} and {CONFIG_FILE})?"
         )
-    return ModelCard.from_dict(_read_json_object(path), source=str(path))
+    return ModelInfo.from_dict(_read_json_object(path), source=str(path))
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:

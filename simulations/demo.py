@@ -23,7 +23,7 @@ from fedge.shared.run_folder import (
     MANIFEST_FILE,
     ONNX_FP32_FILE,
     ONNX_INT8_FILE,
-    read_model_card,
+    read_model_info,
     read_status,
 )
 from fedge.simulations.simulate import simulate
@@ -75,7 +75,7 @@ def main() -> int:
 def _print_result(run_dir: Path) -> float:
     """Print the final accuracy and privacy guarantee of a completed run; return the accuracy."""
     accuracy = float(read_status(run_dir)["final_accuracy"])
-    privacy = read_model_card(run_dir).privacy
+    privacy = read_model_info(run_dir).privacy
     verdict = "meets" if accuracy >= EXPECTED_ACCURACY else "is BELOW"
     print()
     print(

@@ -11,7 +11,7 @@ import pytest
 from fedge.cli.app import main
 from fedge.shared.datasets import fit_file
 from fedge.shared.models import default_spec
-from fedge.shared.run_folder import ModelCard, PrivacySummary, write_model_card
+from fedge.shared.run_folder import ModelInfo, PrivacySummary, write_model_info
 
 NET = """
 from torch import nn
@@ -38,17 +38,17 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _coordinators_card(folder: Path, node_file: Path, reference: str) -> Path:
+def _coordinators_model_json(folder: Path, node_file: Path, reference: str) -> Path:
     """The model.json of a run of the coordinator's, naming the user's model."""
     prep = fit_file(node_file, label_column="label").preprocessing
-    card = ModelCard(
+    model_info = ModelInfo(
         spec=default_spec(reference, prep.input_shape, prep.num_classes),
         preprocessing=prep,
         provenance={},
         privacy=PrivacySummary(dp_mode="none"),
     )
     folder.mkdir()
-    write_model_card(folder, card)
+    write_model_info(folder, model_info)
     return folder / "model.json"
 
 
@@ -82,7 +82,7 @@ def test_the_coordinators_sha256_is_compared(
 def test_a_model_json_names_the_model_and_its_identity(
     tmp_path: Path, node_file: Path, nets: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    card = _coordinators_card(tmp_path / "run", node_file, f"{nets}:Net")
+    card = _coordinators_model_json(tmp_path / "run", node_file, f"{nets}:Net")
     argv = ["node", "check", str(node_file), "--reference", str(card)]
     assert main(argv) == 0
     assert "same as the coordinator's" in capsys.readouterr().out

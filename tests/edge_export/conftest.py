@@ -24,10 +24,10 @@ from fedge.shared.config import from_run_config
 from fedge.shared.datasets import Dataset, fit_file, load_builtin, load_file
 from fedge.shared.models import build_model, default_spec
 from fedge.shared.run_folder import (
-    ModelCard,
+    ModelInfo,
     PrivacySummary,
     save_run_config,
-    write_model_card,
+    write_model_info,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def write_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), run_dir / "model.pt")
     config = from_run_config(overrides, fill_defaults=True)
-    card = ModelCard(
+    model_info = ModelInfo(
         spec=spec,
         preprocessing=data.preprocessing,
         provenance={
@@ -103,10 +103,10 @@ def write_run(
     )
     if not legacy:
         save_run_config(run_dir, config)
-        write_model_card(run_dir, card)
+        write_model_info(run_dir, model_info)
         return run_dir
     versions = {"fedge": "0.1.0", "flwr": "1.42.0", "torch": torch.__version__}
-    meta = card.to_dict()
+    meta = model_info.to_dict()
     meta["provenance"]["versions"] = versions
     meta["privacy"] = {
         "dp-mode": "sample",

@@ -7,14 +7,14 @@ from fedge.shared.datasets import load_builtin
 from fedge.shared.errors import ModelError
 from fedge.shared.models import default_spec
 from fedge.shared.run_folder import (
-    ModelCard,
+    ModelInfo,
     PrivacySummary,
     load_flat_run_config,
     load_run_config,
-    read_model_card,
+    read_model_info,
     read_status,
     save_run_config,
-    write_model_card,
+    write_model_info,
     write_status,
 )
 
@@ -112,9 +112,9 @@ def test_config_json_holding_a_list_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- model.json
 @pytest.fixture
-def card():
+def model_info():
     prep = load_builtin("breast-cancer", "test").preprocessing
-    return ModelCard(
+    return ModelInfo(
         spec=default_spec("mlp", prep.input_shape, prep.num_classes),
         preprocessing=prep,
         provenance={"rounds": 3, "strategy": "fedavg"},
@@ -130,14 +130,14 @@ def card():
     )
 
 
-def test_model_card_round_trips_through_model_json(tmp_path, card):
-    write_model_card(tmp_path, card)
+def test_model_info_round_trips_through_model_json(tmp_path, model_info):
+    write_model_info(tmp_path, model_info)
 
-    back = read_model_card(tmp_path)
+    back = read_model_info(tmp_path)
 
-    assert back.spec == card.spec
-    assert back.preprocessing == card.preprocessing
-    assert back.privacy == card.privacy
+    assert back.spec == model_info.spec
+    assert back.preprocessing == model_info.preprocessing
+    assert back.privacy == model_info.privacy
     assert back.metrics == {"accuracy": 0.9}
     assert back.provenance["rounds"] == 3
     assert back.provenance["versions"]["fedge"]  # added on write
@@ -153,8 +153,8 @@ def test_model_card_round_trips_through_model_json(tmp_path, card):
     }
 
 
-def test_an_old_model_json_naming_epsilon_max_epsilon_still_reads(tmp_path, card):
-    old = card.to_dict()
+def test_an_old_model_json_naming_epsilon_max_epsilon_still_reads(tmp_path, model_info):
+    old = model_info.to_dict()
     old["privacy"] = {
         "dp-mode": "sample",
         "max-epsilon": 3.25,
@@ -164,31 +164,31 @@ def test_an_old_model_json_naming_epsilon_max_epsilon_still_reads(tmp_path, card
     }
     (tmp_path / "model.json").write_text(json.dumps(old))
 
-    privacy = read_model_card(tmp_path).privacy
+    privacy = read_model_info(tmp_path).privacy
 
     assert privacy.epsilon_max == 3.25
     assert privacy.to_dict()["epsilon-max"] == 3.25
     assert "max-epsilon" not in privacy.to_dict()
 
 
-def test_model_json_of_another_format_is_refused(tmp_path, card):
+def test_model_json_of_another_format_is_refused(tmp_path, model_info):
     (tmp_path / "model.json").write_text(
-        json.dumps({**card.to_dict(), "format": "other/2"})
+        json.dumps({**model_info.to_dict(), "format": "other/2"})
     )
 
     with pytest.raises(ModelError, match=r"format 'other/2', expected 'fedge-model/1'"):
-        read_model_card(tmp_path)
+        read_model_info(tmp_path)
 
 
-def test_model_json_without_a_spec_is_refused(tmp_path, card):
-    d = card.to_dict()
+def test_model_json_without_a_spec_is_refused(tmp_path, model_info):
+    d = model_info.to_dict()
     del d["spec"]
     (tmp_path / "model.json").write_text(json.dumps(d))
 
     with pytest.raises(ModelError, match=r"has no \['spec'\]; was it written by fedge"):
-        read_model_card(tmp_path)
+        read_model_info(tmp_path)
 
 
 def test_a_folder_without_model_json_is_refused(tmp_path):
     with pytest.raises(ModelError, match=r"model.json not found; is .* finished"):
-        read_model_card(tmp_path)
+        read_model_info(tmp_path)
