@@ -69,7 +69,10 @@ from benchmarks.simulation_overhead import (
     round_figures,
     run_simulation,
 )
-from fedge.cli.node import TASK_POLL_INTERVAL_S, TASK_POLL_INTERVAL_VARIABLE
+from fedge.client.supernode_launch import (
+    TASK_POLL_INTERVAL_S,
+    TASK_POLL_INTERVAL_VARIABLE,
+)
 from fedge.shared.run_folder import (
     COMPLETE,
     METRICS_CSV_FILE,

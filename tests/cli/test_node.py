@@ -155,7 +155,7 @@ def test_start_names_every_missing_setting_on_one_line(node_files, capsys):
 
 def test_start_refuses_a_port_that_is_not_a_number(node_files):
     key, ca, _ = node_files
-    from fedge.cli.node import node_launch
+    from fedge.client.supernode_launch import node_launch
     from fedge.shared.errors import FedgeError
 
     with pytest.raises(
