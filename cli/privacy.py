@@ -171,149 +171,26 @@ def run_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
-def apply_run_config(args: argparse.Namespace) -> None:
-    """Fill the plan from a run config (``--config``), as a node would run it."""
-    from fedge.cli.privacy_suggest import read_run_config
-    from fedge.shared.config import from_run_config
-    from fedge.shared.privacy_plan import local_schedule
-
-    if args.num_examples is None:
-        raise ConfigError(
-            "--config needs --num-examples: this node's training examples."
-        )
-    config = from_run_config(read_run_config(args.config), fill_defaults=True)
-    schedule = local_schedule(config, num_examples=args.num_examples)
-    args.batch_size = schedule.batch_size
-    args.epochs = schedule.local_epochs
-    args.rounds = config.run.num_server_rounds
-    args.accountant = config.dp.accountant
-    if args.delta is None and config.dp.target_delta > 0:
-        args.delta = config.dp.target_delta
-    if args.noise_multiplier is None and args.target_epsilon is None:
-        if config.dp.noise_multiplier > 0:
-            args.noise_multiplier = config.dp.noise_multiplier
-        else:
-            args.target_epsilon = config.dp.target_epsilon
-
-
 def compute(args: argparse.Namespace) -> dict[str, Any]:
     """Return the numbers ``run`` prints, as a dict (the ``--format json`` output)."""
-    from fedge.shared import privacy  # imports opacus and torch: only when run
+    from dataclasses import fields
 
+    from fedge.shared.privacy_question import (
+        PrivacyQuestion,
+        answer,
+        fill_from_run_config,
+    )
+
+    # The question's fields are the flags' names.
+    question = PrivacyQuestion(
+        **{f.name: getattr(args, f.name) for f in fields(PrivacyQuestion)}
+    )
     if getattr(args, "config", None):
-        apply_run_config(args)
-    args.epochs = 1 if args.epochs is None else args.epochs
-    args.rounds = 1 if args.rounds is None else args.rounds
-    args.accountant = args.accountant or default_run_config()["accountant"]
-    if args.noise_multiplier is None and args.target_epsilon is None:
-        raise ConfigError("give --noise-multiplier or --target-epsilon (or --config).")
+        from fedge.cli.privacy_suggest import read_run_config
+        from fedge.shared.config import from_run_config
 
-    node_plan = _node_plan(args)
-    if node_plan is not None:
-        # The very function a node's training, budget check and ledger use.
-        sample_rate, steps = node_plan.sample_rate, node_plan.total_steps
-        delta, sigma = node_plan.delta, node_plan.noise_multiplier
-        return _result(args, privacy, sigma, sample_rate, steps, delta)
-    sample_rate, steps, delta = _plan(args, privacy)
-    if args.target_epsilon is not None:
-        sigma = privacy.calibrate_noise_multiplier(
-            target_epsilon=args.target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=args.accountant,
+        fill_from_run_config(
+            question,
+            lambda: from_run_config(read_run_config(args.config), fill_defaults=True),
         )
-    else:
-        sigma = args.noise_multiplier
-        if not sigma >= 0:
-            raise ConfigError(f"--noise-multiplier must be >= 0, got {sigma}.")
-    return _result(args, privacy, sigma, sample_rate, steps, delta)
-
-
-def _result(
-    args: argparse.Namespace,
-    privacy: Any,
-    sigma: float,
-    sample_rate: float,
-    steps: int,
-    delta: float,
-) -> dict[str, Any]:
-    epsilon = privacy.epsilon_for(
-        history=[(sigma, sample_rate, steps)], delta=delta, accountant=args.accountant
-    )
-    return {
-        "epsilon": epsilon,
-        "delta": delta,
-        "noise_multiplier": sigma,
-        "sample_rate": sample_rate,
-        "steps": steps,
-        "accountant": args.accountant,
-        "target_epsilon": args.target_epsilon,
-    }
-
-
-def _node_plan(args: argparse.Namespace) -> Any:
-    """Return the node's plan (:func:`fedge.shared.privacy_plan.plan_privacy`) for a schedule.
-
-    None when the plan is given as --sample-rate/--steps, or with an explicit
-    --noise-multiplier 0 (no noise: ε is infinite, nothing to plan).
-    """
-    from fedge.shared.privacy_plan import plan_privacy
-
-    if args.num_examples is None or args.batch_size is None:
-        return None
-    if args.sample_rate is not None or args.steps is not None:
-        return None  # _plan refuses the mix
-    if args.noise_multiplier is not None and not args.noise_multiplier > 0:
-        return None
-    for name, value in (("--epochs", args.epochs), ("--rounds", args.rounds)):
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}.")
-    return plan_privacy(
-        num_examples=args.num_examples,
-        batch_size=args.batch_size,
-        local_epochs=args.epochs,
-        rounds=args.rounds,
-        noise_multiplier=args.noise_multiplier or 0.0,
-        target_epsilon=args.target_epsilon or 0.0,
-        target_delta=args.delta if args.delta is not None else 0.0,
-        accountant=args.accountant,
-    )
-
-
-def _plan(args: argparse.Namespace, privacy: Any) -> tuple[float, int, float]:
-    """(sample rate, total steps, δ) from either way of describing the plan."""
-    direct = args.sample_rate is not None or args.steps is not None
-    schedule = args.num_examples is not None or args.batch_size is not None
-    if direct and schedule:
-        raise ConfigError(
-            "give the plan either as --sample-rate/--steps or as "
-            "--num-examples/--batch-size/--epochs/--rounds, not both."
-        )
-    if schedule:
-        if args.num_examples is None or args.batch_size is None:
-            raise ConfigError("--num-examples and --batch-size go together.")
-        for name, value in (("--epochs", args.epochs), ("--rounds", args.rounds)):
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}.")
-        sample_rate, per_epoch = privacy.plan_sampling(
-            num_examples=args.num_examples, batch_size=args.batch_size
-        )
-        steps = per_epoch * args.epochs * args.rounds
-        if args.delta is None:
-            return sample_rate, steps, privacy.default_delta(args.num_examples)
-        privacy.check_delta(args.delta, num_examples=args.num_examples)
-        return sample_rate, steps, args.delta
-    if args.sample_rate is None or args.steps is None:
-        raise ConfigError(
-            "describe the plan: --sample-rate and --steps, or --num-examples and "
-            "--batch-size (with --epochs and --rounds)."
-        )
-    if not 0 < args.sample_rate <= 1:
-        raise ConfigError(f"--sample-rate must be in (0, 1], got {args.sample_rate}.")
-    if args.steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {args.steps}.")
-    if args.delta is None:
-        raise ConfigError("--delta is required with --sample-rate/--steps.")
-    privacy.check_delta(args.delta)
-    return args.sample_rate, args.steps, args.delta
+    return answer(question, default_accountant=default_run_config()["accountant"])
