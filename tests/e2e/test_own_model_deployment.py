@@ -23,6 +23,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
+import fedge
 from fedge.shared.run_folder import (
     BYTES_RECEIVED,
     BYTES_SENT,
@@ -223,3 +224,21 @@ def test_frozen_arrays_stay_pretrained_and_reach_the_node_once(
     )
     assert part / trainable_bytes <= 1.05
     assert full / trainable_bytes > 2
+
+
+def test_run_reads_the_deployed_folder_as_a_simulated_one(
+    deployment: Deployment,
+) -> None:
+    run = fedge.Run(deployment.run_dir)
+    trained = str(deployment.nodes[0].node_id)
+    records = [r for r in metrics_records(deployment.run_dir) if r["round"] >= 1]
+
+    assert run.status == "complete"
+    assert run.config["model"] == REFERENCE
+    assert run.metrics["round"].tolist() == list(range(ROUNDS + 1))
+    assert run.clients["node-id"].astype(str).tolist() == [trained] * ROUNDS
+    # Each node's ε: the latest the training node reported; the others spent none.
+    assert run.epsilon_per_node == {trained: records[-1]["clients"][0]["epsilon"]}
+    assert run.metrics["epsilon-max"].iloc[-1] == pytest.approx(
+        records[-1]["epsilon-max"]
+    )
