@@ -21,8 +21,9 @@ import argparse
 import json
 from typing import Any
 
-from fedge.shared.config import ACCOUNTANTS, default_run_config
+from fedge.shared.config import default_run_config
 from fedge.shared.errors import ConfigError
+from fedge.shared.privacy import ACCOUNTANTS
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

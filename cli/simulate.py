@@ -236,11 +236,6 @@ def resolve_arguments(args: argparse.Namespace) -> Arguments:
     return resolve_options(options_from(args))
 
 
-def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Return the run-config and ``fault-*`` keys a command line sets."""
-    return resolve_arguments(args).overrides
-
-
 def _parse_toml_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]

@@ -84,9 +84,6 @@ class PrivateTrainResult:
     """
 
     state_dict: dict[str, torch.Tensor]
-    steps: int
-    sample_rate: float
-    noise_multiplier: float
     train_loss: float
     num_examples: int
     grad_sample_mode: str
@@ -457,8 +454,9 @@ def train_private(
     Returns
     -------
     PrivateTrainResult
-        Plain parameter names (no ``_module.`` prefix), the steps and sample
-        rate to record in the privacy ledger.
+        Plain parameter names (no ``_module.`` prefix). The release to record
+        in the privacy ledger is the caller's ``(noise_multiplier,
+        sample_rate, steps)``: nothing here changes them.
 
     Raises
     ------
@@ -550,9 +548,6 @@ def train_private(
     )
     return PrivateTrainResult(
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-        steps=steps,
-        sample_rate=sample_rate,
-        noise_multiplier=noise_multiplier,
         train_loss=loss_sum / seen if seen else math.nan,
         num_examples=n,
         grad_sample_mode=mode,

@@ -19,12 +19,12 @@ from typing import Any
 from fedge.shared.config_keys import CONFIG_KEYS, SECTION_KEYS
 from fedge.shared.dp_defaults import AUTO, auto_activation, auto_learning_rate
 from fedge.shared.errors import ConfigError
+from fedge.shared.privacy import ACCOUNTANTS
 
 DATASET_FILE = "file"  # dataset value meaning: the data comes from files
 PARTITIONINGS = ("iid", "dirichlet", "shards")
 IMPUTE_MODES = ("none", "mean")
 DP_MODES = ("none", "sample", "central")
-ACCOUNTANTS = ("rdp", "prv")
 STRATEGIES = (
     "fedavg",
     "fedprox",

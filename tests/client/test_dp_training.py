@@ -169,7 +169,6 @@ def test_train_private_fast_path_equals_opacus_hooks_path(name, shape):
         torch.testing.assert_close(
             fast.state_dict[k], hooks.state_dict[k], atol=1e-5, rtol=0
         )
-    assert fast.steps == 8 and fast.sample_rate == pytest.approx(8 / 30)
     assert fast.num_examples == 30
     assert fast.train_loss == pytest.approx(hooks.train_loss, rel=1e-5)
 

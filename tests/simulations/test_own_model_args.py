@@ -11,7 +11,7 @@ import pytest
 
 import fedge.simulations.simulate as sim
 from fedge.cli.app import build_parser, main
-from fedge.cli.simulate import collect_overrides
+from fedge.cli.simulate import resolve_arguments
 from fedge.shared.config import from_run_config
 from fedge.shared.errors import ModelError
 from fedge.shared.model_reference import shipped_module_name
@@ -34,13 +34,13 @@ def test_a_relative_py_path_becomes_absolute(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    overrides = collect_overrides(parse("--model", "nets.py:Net"))
+    overrides = resolve_arguments(parse("--model", "nets.py:Net")).overrides
     assert overrides == {"model": f"{tmp_path / 'nets.py'}:Net"}
 
 
 @pytest.mark.parametrize("model", ["mlp", "auto", "pkg.nets:make_net"])
 def test_a_builtin_or_module_name_is_passed_unchanged(model: str) -> None:
-    assert collect_overrides(parse("--model", model)) == {"model": model}
+    assert resolve_arguments(parse("--model", model)).overrides == {"model": model}
 
 
 def test_a_scenarios_py_path_is_relative_to_the_scenario(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ Nothing here starts Flower: only the parsing and checking that come first.
 import pytest
 
 from fedge.cli.app import build_parser
-from fedge.cli.simulate import collect_overrides
+from fedge.cli.simulate import resolve_arguments
 from fedge.shared.config import from_run_config
 from fedge.shared.errors import DataError, FedgeError
 from fedge.simulations.scenario_file import load_scenario
@@ -35,7 +35,7 @@ def parse(*argv):
     ],
 )
 def test_set_values_parse_as_toml_or_bare_strings(setting, expected):
-    overrides = collect_overrides(parse("--set", setting))
+    overrides = resolve_arguments(parse("--set", setting)).overrides
 
     assert overrides == {"key": expected}
     assert type(overrides["key"]) is type(expected)
@@ -43,17 +43,19 @@ def test_set_values_parse_as_toml_or_bare_strings(setting, expected):
 
 def test_set_without_equals_is_refused():
     with pytest.raises(FedgeError, match=r"--set expects KEY=VALUE, got 'rounds'"):
-        collect_overrides(parse("--set", "rounds"))
+        resolve_arguments(parse("--set", "rounds"))
 
 
 def test_set_is_repeatable_and_the_last_one_wins():
-    overrides = collect_overrides(parse("--set", "a=1", "--set", "b=x", "--set", "a=2"))
+    overrides = resolve_arguments(
+        parse("--set", "a=1", "--set", "b=x", "--set", "a=2")
+    ).overrides
 
     assert overrides == {"a": 2, "b": "x"}
 
 
 def test_named_flags_map_to_run_config_keys():
-    overrides = collect_overrides(
+    overrides = resolve_arguments(
         parse(
             "--rounds",
             "4",
@@ -70,7 +72,7 @@ def test_named_flags_map_to_run_config_keys():
             "--target-epsilon",
             "2",
         )
-    )
+    ).overrides
 
     assert overrides == {
         "num-server-rounds": 4,
@@ -86,7 +88,7 @@ def test_named_flags_map_to_run_config_keys():
 
 
 def test_no_flags_means_no_overrides():
-    assert collect_overrides(parse()) == {}
+    assert resolve_arguments(parse()).overrides == {}
 
 
 # ---------------------------------------------------------------- scenarios
@@ -107,7 +109,7 @@ def test_flags_override_the_scenario_and_set_overrides_both(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text('strategy = "krum"\nnum-server-rounds = 3\nbatch-size = 8\n')
 
-    overrides = collect_overrides(
+    overrides = resolve_arguments(
         parse(
             "--scenario",
             str(scenario),
@@ -118,7 +120,7 @@ def test_flags_override_the_scenario_and_set_overrides_both(tmp_path):
             "--set",
             "num-server-rounds=9",
         )
-    )
+    ).overrides
 
     assert overrides == {"strategy": "fedavg", "num-server-rounds": 9, "batch-size": 8}
 
@@ -142,7 +144,7 @@ def test_invalid_scenario_toml_is_a_fedge_error(tmp_path):
 
 def test_missing_scenario_via_flags_is_a_fedge_error(tmp_path):
     with pytest.raises(FedgeError, match=r"scenario .*gone\.toml"):
-        collect_overrides(parse("--scenario", str(tmp_path / "gone.toml")))
+        resolve_arguments(parse("--scenario", str(tmp_path / "gone.toml")))
 
 
 # ---------------------------------------------------------------- preflight
