@@ -38,7 +38,7 @@ STRATEGIES = (
     "bulyan",
     "qfedavg",
 )
-# Keys whose value may be "auto": shared.dp_defaults chooses (README "Privacy").
+# Keys whose value may be "auto": shared.dp_defaults chooses (docs/privacy.md).
 AUTO_KEYS = ("activation", "local-epochs", "batch-size", "learning-rate")
 # Aggregators whose output is not a (weighted) mean of the updates: the central
 # DP wrappers calibrate noise to the sensitivity of a mean, so they do not compose.
