@@ -27,7 +27,6 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from fedge.shared.run_folder import (
     save_run_config,
     write_model_info,
 )
+from fedge.shared.versions import package_versions
 
 DEFAULT_OUT = Path("benchmarks/results/edge.json")
 BATCH_LARGE = 256
@@ -342,18 +342,12 @@ def _manifest(target: Path) -> dict[str, Any]:
 
 
 def _machine() -> dict[str, Any]:
-    versions = {}
-    for name in ("onnxruntime", "torch", "numpy"):
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = "not installed"
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "versions": versions,
+        "versions": package_versions(("onnxruntime", "torch", "numpy")),
     }
 
 

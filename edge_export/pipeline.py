@@ -16,7 +16,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ from fedge.edge_export.run_inputs import (
     RunInputs,
     calibration_data,
     held_out_data,
-    load_run,
+    load_run_inputs,
 )
 from fedge.edge_export.runtime import KEY_QUANTIZATION
 from fedge.edge_export.signing import sign_manifest
@@ -79,6 +78,7 @@ from fedge.shared.run_folder import (
     STATUS_FILE,
     read_status,
 )
+from fedge.shared.versions import package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -96,16 +96,6 @@ _TOOLS = ("fedge", "torch", "onnx", "onnxscript", "onnxruntime")
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(logits.argmax(axis=1) == y))
-
-
-def _tool_versions() -> dict[str, str]:
-    versions = {}
-    for name in _TOOLS:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def _metadata_props(run: RunInputs) -> dict[str, str]:
@@ -322,7 +312,7 @@ def export_run(
     if sign_key is not None and not Path(sign_key).is_file():
         raise ConfigError(f"signing key {sign_key} not found; nothing was exported")
     refuse_failed_run(run_dir)
-    run = load_run(run_dir)
+    run = load_run_inputs(run_dir)
     test = held_out_data(run)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".export-"))
     try:
@@ -468,7 +458,7 @@ def _build_manifest(
             "output-name": OUTPUT_NAME,
             "input-shape": ["batch", *run.input_shape],
             "tolerance": tolerance,
-            "versions": _tool_versions(),
+            "versions": package_versions(_TOOLS),
         },
         parity=parity,
         accuracy=accuracy,

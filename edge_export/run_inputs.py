@@ -73,7 +73,7 @@ class RunInputs:
         return self.config.data.dataset
 
 
-def load_run(run_dir: str | Path) -> RunInputs:
+def load_run_inputs(run_dir: str | Path) -> RunInputs:
     """Rebuild the final model of a run folder.
 
     Raises

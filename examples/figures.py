@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedge.edge_export.run_inputs import load_run
+from fedge.edge_export.run_inputs import load_run_inputs
 from fedge.shared import run_folder
 from fedge.shared.trainable import select_trainable, trainable_size_bytes
 from fedge.studies.study_cell import completed, format_mean_range, read_cell
@@ -33,7 +33,7 @@ def bytes_ratio(run_dir: Path) -> float:
     Both directions: what the coordinator sent each sampled node and what
     each node replied.
     """
-    run = load_run(run_dir)
+    run = load_run_inputs(run_dir)
     selection = select_trainable(run.model, run.config.train.trainable)
     trainable_bytes = trainable_size_bytes(run.model, selection)
     rounds = pd.read_csv(run_dir / run_folder.METRICS_CSV_FILE)

@@ -37,7 +37,7 @@ from fedge.edge_export.explanations import (
 )
 from fedge.edge_export.manifest import Manifest, read_manifest
 from fedge.edge_export.onnx_export import torch_logits
-from fedge.edge_export.run_inputs import RunInputs, held_out_data, load_run
+from fedge.edge_export.run_inputs import RunInputs, held_out_data, load_run_inputs
 from fedge.reports.card_figures import (
     plot_confusion_matrix,
     plot_importance,
@@ -106,10 +106,10 @@ def write_run_card(
     Raises
     ------
     ModelError
-        When the run folder cannot be read (see :func:`load_run`).
+        When the run folder cannot be read (see :func:`load_run_inputs`).
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    run = load_run_inputs(run_dir)
     if manifest is None and (run_dir / MANIFEST_FILE).is_file():
         manifest = read_manifest(run_dir)
     if onnx_path is None and manifest is not None:

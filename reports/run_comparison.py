@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedge.reports.run_report import load_run
+from fedge.reports.run_report import read_run_record
 from fedge.shared.atomic_io import atomic_write_text
 from fedge.shared.errors import FedgeError
 from fedge.shared.run_folder import (
@@ -58,7 +58,7 @@ def compare_runs(run_dirs: Sequence[Path]) -> pd.DataFrame:
         names = [f"{d.parent.name}/{d.name}" for d in resolved]
     frames = []
     for name, run_dir in zip(names, run_dirs, strict=True):
-        metrics = load_run(Path(run_dir)).metrics
+        metrics = read_run_record(Path(run_dir)).metrics
         frame = metrics.reindex(columns=[ROUND, *COMPARED_COLUMNS])
         frame.insert(0, RUN, name)
         frames.append(frame)

@@ -109,7 +109,7 @@ class RunRecord:
         return PrivacySummary.from_dict(privacy).to_dict()
 
 
-def load_run(run_dir: Path) -> RunRecord:
+def read_run_record(run_dir: Path) -> RunRecord:
     """Read a run folder.
 
     Raises
@@ -152,7 +152,7 @@ def write_report(run_dir: Path) -> Path:
     FedgeError
         If ``run_dir`` has no usable ``metrics.csv``.
     """
-    run = load_run(run_dir)
+    run = read_run_record(run_dir)
     plots = write_plots(run.metrics, run.run_dir / PLOTS_DIR)
     path = run.run_dir / REPORT_FILE
     atomic_write_text(path, render_markdown(run, plots))

@@ -191,7 +191,7 @@ def test_a_failed_run_that_saved_its_model_may_still_be_exported(digits_run, cop
         json.dumps({"state": "failed", "message": "ModelError: parity failed"})
     )
 
-    refuse_failed_run(run_dir)  # no error: load_run and the checks decide
+    refuse_failed_run(run_dir)  # no error: load_run_inputs and the checks decide
 
 
 def test_weights_that_do_not_fit_the_spec_are_refused(digits_run, copy_run):

@@ -11,7 +11,7 @@ import pytest
 
 from fedge.edge_export.embedded import LATENCY_RUNS, LATENCY_WARMUP
 from fedge.edge_export.manifest import verify_run
-from fedge.edge_export.run_inputs import held_out_data, load_run
+from fedge.edge_export.run_inputs import held_out_data, load_run_inputs
 from fedge.reports.model_card import render_markdown, write_run_card
 
 
@@ -111,7 +111,7 @@ def test_per_class_figures_are_those_of_the_onnx_model_on_the_held_out_split(
     import onnxruntime as ort
 
     card = card_of(digits_run)
-    test = held_out_data(load_run(digits_run))
+    test = held_out_data(load_run_inputs(digits_run))
     session = ort.InferenceSession(str(digits_run / "model.onnx"))
     name = session.get_inputs()[0].name
     predicted = session.run(None, {name: test.x})[0].argmax(axis=1)
