@@ -9,11 +9,13 @@ together in one :class:`~fedge.shared.errors.ConfigError`, as Opacus's
 from __future__ import annotations
 
 import difflib
+import functools
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from fedge.shared.config_keys import CONFIG_KEYS, SECTION_KEYS
@@ -218,16 +220,28 @@ def default_run_config() -> dict[str, Any]:
 
     Looked up next to the installed ``fedge`` package (a checkout, an editable
     install and a FAB unpacked by Flower all keep ``pyproject.toml`` beside it).
+    The file is parsed once per modification time, not on every call (config
+    loading, every CLI parser and ``fedge status`` ask for the defaults); each
+    call returns a fresh dict.
     """
-    candidates = [Path(str(resources.files("fedge"))).parent / "pyproject.toml"]
-    for path in candidates:
-        if path.is_file():
-            with path.open("rb") as f:
-                return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
-    raise ConfigError(
-        "Cannot find fedge's pyproject.toml next to the 'fedge' package "
-        f"(looked at {candidates[0]}); reinstall fedge with `make setup`."
-    )
+    path = Path(str(resources.files("fedge"))).parent / "pyproject.toml"
+    try:
+        modified_ns = path.stat().st_mtime_ns
+    except OSError:
+        modified_ns = None
+    if modified_ns is None or not path.is_file():
+        raise ConfigError(
+            "Cannot find fedge's pyproject.toml next to the 'fedge' package "
+            f"(looked at {path}); reinstall fedge with `make setup`."
+        )
+    return dict(_read_app_config(path, modified_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_app_config(path: Path, modified_ns: int) -> Mapping[str, Any]:
+    # Keyed by the modification time too, so an edited pyproject is read again.
+    with path.open("rb") as f:
+        return MappingProxyType(dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"]))
 
 
 def from_run_config(

@@ -1,9 +1,11 @@
 import dataclasses
+import os
 import tomllib
 from pathlib import Path
 
 import pytest
 
+import fedge.shared.config as config_module
 from fedge.shared.config import (
     RunConfig,
     closest_key,
@@ -32,6 +34,35 @@ def problems_of(excinfo):
 # ---------------------------------------------------------------- defaults
 def test_default_run_config_is_the_pyproject_table():
     assert default_run_config() == pyproject_defaults()
+
+
+def test_default_run_config_is_a_fresh_dict_each_call():
+    defaults = default_run_config()
+    defaults["num-server-rounds"] = -1
+
+    assert default_run_config() == pyproject_defaults()
+
+
+def test_an_edited_pyproject_is_read_again(tmp_path, monkeypatch):
+    package = tmp_path / "fedge"
+    package.mkdir()
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text("[tool.flwr.app.config]\nnum-server-rounds = 3\n")
+    monkeypatch.setattr(config_module.resources, "files", lambda name: package)
+    assert default_run_config() == {"num-server-rounds": 3}
+
+    pyproject.write_text("[tool.flwr.app.config]\nnum-server-rounds = 7\n")
+    later_ns = pyproject.stat().st_mtime_ns + 1_000_000_000
+    os.utime(pyproject, ns=(later_ns, later_ns))
+
+    assert default_run_config() == {"num-server-rounds": 7}
+
+
+def test_a_missing_pyproject_is_refused_with_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module.resources, "files", lambda name: tmp_path / "x")
+
+    with pytest.raises(ConfigError, match=r"Cannot find fedge's pyproject\.toml"):
+        default_run_config()
 
 
 def test_defaults_load_and_are_typed():
