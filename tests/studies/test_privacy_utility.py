@@ -428,3 +428,26 @@ def test_goal_table_has_the_goal_cells_and_no_dp_in_each_goal_column(tmp_path):
     assert lines[2] == "| goal | ≥ 0.94 | ≥ 0.80 | ≥ 0.30 | ≥ 0.92 |"
     assert lines[4] == "| defaults (only dp-mode = sample) | — | — | — | 0.800, 1 run |"
     assert lines[-1] == "| no DP (defaults) | — | 1.000, 1 run | — | — |"
+
+
+def test_goal_status_names_a_higher_row_measured_at_every_seed(tmp_path):
+    frame = pu.merge_runs(
+        tmp_path / "runs.csv",
+        [
+            *(record("digits-10", "defaults", 8.0, s, 0.83) for s in pu.SEEDS),
+            *(record("digits-10", "best", 8.0, s, 0.80) for s in pu.SEEDS),
+            *(record("digits-10", "fixed-features", 8.0, s, 0.92) for s in pu.SEEDS),
+            # Higher, but not every seed run: not a goal's mean yet.
+            record("digits-10", "ema", 8.0, 0, 0.99),
+            # No DP is no candidate.
+            *(record("digits-10", "no-dp", math.inf, s, 0.97) for s in pu.SEEDS),
+        ],
+    )
+
+    line = pu.goal_status(frame)[0]
+
+    assert line.endswith(
+        "; highest: defaults + fixed features (random-conv-linear) 0.920 over "
+        "3 run(s), missed by 0.020"
+    )
+    assert "EMA" not in line
