@@ -176,7 +176,7 @@ class Run:
             ``loss.png``, ``epsilon.png``, ...), each only when the run has
             its values. No pyplot state is touched.
         """
-        from fedge.reports.run_report import plot_figures
+        from fedge.reports.run_plots import plot_figures
 
         return plot_figures(self.metrics)
 

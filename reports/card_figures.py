@@ -1,27 +1,17 @@
 """The model card's PNG figures: confusion matrix, column importance, saliency.
 
-matplotlib's object API on the Agg canvas, as ``fedge.reports.run_report`` draws its
-plots: no display, no global pyplot state.
+Drawn on :func:`fedge.reports.canvas.agg_figure`, as the run's plots are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from fedge.edge_export.explanations import ColumnImportance
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
+from fedge.reports.canvas import agg_figure
 
 
 def plot_confusion_matrix(
@@ -30,7 +20,7 @@ def plot_confusion_matrix(
     """Draw the confusion matrix (rows true, columns predicted) with its counts."""
     n = len(class_names)
     size = min(3.0 + 0.45 * n, 10.0)
-    fig = _figure(size, size)
+    fig = agg_figure(size, size, dpi=100)
     ax = fig.add_subplot()
     ax.imshow(confusion, cmap="Blues")
     ax.set(
@@ -61,7 +51,7 @@ def plot_confusion_matrix(
 def plot_importance(importances: Sequence[ColumnImportance], path: Path) -> Path:
     """Horizontal bars of each column's accuracy drop, most important on top."""
     shown = list(importances)[:20]
-    fig = _figure(7.0, 1.2 + 0.3 * len(shown))
+    fig = agg_figure(7.0, 1.2 + 0.3 * len(shown), dpi=100)
     ax = fig.add_subplot()
     positions = np.arange(len(shown))[::-1]
     ax.barh(
@@ -91,7 +81,7 @@ def plot_saliency(
     series and flat ``(d,)`` inputs show as lines with the saliency below.
     """
     n = len(inputs)
-    fig = _figure(2.2 * max(n, 1) + 1.0, 4.4)
+    fig = agg_figure(2.2 * max(n, 1) + 1.0, 4.4, dpi=100)
     limit = float(np.abs(saliency).max()) or 1.0
     for i in range(n):
         x, s = inputs[i], saliency[i]

@@ -70,7 +70,9 @@ from fedge.shared.run_folder import (
     MODEL_CARD_JSON_FILE,
     MODEL_CARD_MARKDOWN_FILE,
     ONNX_FP32_FILE,
+    OUTSIDE_DP_GUARANTEE,
     PARTITIONS_FILE,
+    PER_CLIENT_FIGURES,
     ROUND,
     SALIENCY_PNG,
 )
@@ -325,8 +327,7 @@ def _privacy(run: RunInputs, records: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     if mode != "none" and _last_client_evaluation(records)[1]:
         not_covered.append(
-            "the per-client evaluation figures (accuracy, loss, label counts of "
-            "each node's test split): released outside the DP guarantee; "
+            f"the {PER_CLIENT_FIGURES}: {OUTSIDE_DP_GUARANTEE}; "
             "fairness-report = false turns them off"
         )
     if mode == "sample":

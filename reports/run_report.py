@@ -2,10 +2,10 @@
 
 :func:`write_report` reads what the run left (``metrics.csv``; ``config.json``,
 ``status.json``, ``model.json``, ``faults.json`` and ``metrics.jsonl`` when they
-exist) and writes ``plots/*.png`` and ``report.md`` beside them. Every section
-adapts to the columns present, so runs from before a feature existed (no ε
-columns, no per-client details) still get a report. Plotting uses
-matplotlib's object API on the Agg canvas: no display, no global pyplot state.
+exist) and writes ``plots/*.png`` (:mod:`fedge.reports.run_plots`) and
+``report.md`` beside them. Every section adapts to the columns present, so runs
+from before a feature existed (no ε columns, no per-client details) still get a
+report.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
+from fedge.reports.run_plots import PARTICIPATION_COLUMNS, has_values, write_plots
 from fedge.shared.atomic_io import atomic_write_text
 from fedge.shared.dp_defaults import AUTO
 from fedge.shared.errors import FedgeError, ModelError
@@ -41,13 +42,13 @@ from fedge.shared.run_folder import (
     FAILURES,
     FAULTS_FILE,
     FED_EVAL_ACCURACY,
-    FED_EVAL_LOSS,
+    KEEP_ON_NODES,
     METRICS_CSV_FILE,
     METRICS_JSONL_FILE,
     MODEL_INFO_FILE,
+    OUTSIDE_DP_GUARANTEE,
     PLOTS_DIR,
     REFUSED,
-    REPLIES,
     REPORT_FILE,
     ROUND,
     ROUND_TIME_S,
@@ -58,18 +59,6 @@ from fedge.shared.run_folder import (
     read_status,
 )
 
-if TYPE_CHECKING:
-    from matplotlib.axis import Axis
-    from matplotlib.figure import Figure
-
-PARTICIPATION_COLUMNS = (SAMPLED, REPLIES, FAILURES, DROPPED, REFUSED)
-PARTICIPATION_LABELS = {
-    SAMPLED: SAMPLED,
-    REPLIES: "replied",
-    FAILURES: "failed / no reply",
-    DROPPED: "dropped (invalid update)",
-    REFUSED: "refused (privacy budget)",
-}
 # Per-round table columns, in order, when present.
 TABLE_COLUMNS = (
     ROUND,
@@ -159,140 +148,6 @@ def write_report(run_dir: Path) -> Path:
     return path
 
 
-# --------------------------------------------------------------------- plots
-def write_plots(metrics: pd.DataFrame, plots_dir: Path) -> list[Path]:
-    """Write each plot whose columns ``metrics`` has; return the files written."""
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, fig in plot_figures(metrics).items():
-        fig.savefig(plots_dir / name)
-        written.append(plots_dir / name)
-    return written
-
-
-def plot_figures(metrics: pd.DataFrame) -> dict[str, Figure]:
-    """Return each plot whose columns ``metrics`` has, by its file name in ``plots/``.
-
-    Parameters
-    ----------
-    metrics : pandas.DataFrame
-        ``metrics.csv`` as read (one row per round).
-
-    Returns
-    -------
-    dict of str to matplotlib.figure.Figure
-        ``accuracy.png``, ``loss.png``, ``client-accuracy.png``,
-        ``epsilon.png`` and ``participation.png``, each only when a column it
-        shows holds a value. Figures of matplotlib's object API on the Agg
-        canvas: no pyplot state, shown by a notebook as any figure is.
-    """
-    figures = {}
-    specs = [
-        (
-            "accuracy.png",
-            "Accuracy per round",
-            "accuracy",
-            {
-                CENTRAL_ACCURACY: "central (server test set)",
-                FED_EVAL_ACCURACY: "federated (clients' test splits)",
-            },
-        ),
-        (
-            "loss.png",
-            "Loss per round",
-            "cross-entropy loss",
-            {
-                CENTRAL_LOSS: "central (server test set)",
-                TRAIN_LOSS: "clients' training loss (mean)",
-                FED_EVAL_LOSS: "federated (clients' test splits)",
-            },
-        ),
-        (
-            "client-accuracy.png",
-            "Accuracy on each client's own test split",
-            "accuracy",
-            {
-                CLIENT_ACCURACY_MEAN: "mean over clients",
-                CLIENT_ACCURACY_P10: "10th percentile",
-                CLIENT_ACCURACY_WORST: "worst client",
-            },
-        ),
-        (
-            "epsilon.png",
-            "Privacy spent per round",
-            "ε (cumulative)",
-            {EPSILON_MAX: "largest client ε", EPSILON_MEAN: "mean client ε"},
-        ),
-    ]
-    for name, title, ylabel, series in specs:
-        present = {c: label for c, label in series.items() if _has_values(metrics, c)}
-        if present:
-            figures[name] = _line_plot(metrics, present, title, ylabel)
-    counts = [c for c in PARTICIPATION_COLUMNS if _has_values(metrics, c)]
-    if counts:
-        figures["participation.png"] = _participation_plot(metrics, counts)
-    return figures
-
-
-def _figure() -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _integer_ticks(axis: Axis) -> None:
-    """Tick whole numbers only (rounds, client counts)."""
-    from matplotlib.ticker import MaxNLocator
-
-    locator = axis.get_major_locator()
-    if isinstance(locator, MaxNLocator):  # matplotlib's default AutoLocator is one
-        locator.set_params(integer=True)
-
-
-def _line_plot(
-    metrics: pd.DataFrame, series: dict[str, str], title: str, ylabel: str
-) -> Figure:
-    fig = _figure()
-    ax = fig.add_subplot()
-    for column, label in series.items():
-        rows = metrics[[ROUND, column]].dropna()
-        ax.plot(rows[ROUND], rows[column], marker="o", label=label)
-    ax.set(title=title, xlabel=ROUND, ylabel=ylabel)
-    _integer_ticks(ax.xaxis)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def _participation_plot(metrics: pd.DataFrame, columns: list[str]) -> Figure:
-    rows = metrics[metrics[ROUND] > 0] if (metrics[ROUND] > 0).any() else metrics
-    fig = _figure()
-    ax = fig.add_subplot()
-    width = 0.8 / len(columns)
-    for i, column in enumerate(columns):
-        offset = (i - (len(columns) - 1) / 2) * width
-        ax.bar(
-            rows[ROUND] + offset,
-            rows[column].fillna(0),
-            width=width,
-            label=PARTICIPATION_LABELS[column],
-        )
-    ax.set(title="Clients per round", xlabel=ROUND, ylabel="clients")
-    _integer_ticks(ax.xaxis)
-    _integer_ticks(ax.yaxis)
-    ax.grid(alpha=0.3, axis="y")
-    # Headroom above the tallest bar keeps the legend off the bars.
-    tallest = float(rows[columns].fillna(0).to_numpy().max())
-    ax.set_ylim(0, max(tallest, 1.0) * (1.3 if len(columns) <= 3 else 1.5))
-    ax.legend(fontsize="small", loc="upper center", ncol=min(len(columns), 3))
-    fig.tight_layout()
-    return fig
-
-
 # ------------------------------------------------------------------ markdown
 def render_markdown(run: RunRecord, plots: list[Path]) -> str:
     """Return the text of ``report.md``."""
@@ -326,7 +181,7 @@ def _config_section(run: RunRecord) -> list[str]:
     elif partitioning == "shards":
         partitioning += f" ({rc.get('shards-per-client')} per client)"
     clients = run.model.get("provenance", {}).get("num-clients")
-    if clients is None and _has_values(run.metrics, SAMPLED):
+    if clients is None and has_values(run.metrics, SAMPLED):
         clients = int(run.metrics[SAMPLED].max())
     dp = str(rc.get("dp-mode", "none"))
     if dp != "none":
@@ -393,7 +248,7 @@ def _final_section(run: RunRecord) -> list[str]:
     ):
         if column in m.columns and not _missing(last[column]):
             lines.append(f"- {label}: **{last[column]:.4f}**")
-    if _has_values(m, CENTRAL_ACCURACY):
+    if has_values(m, CENTRAL_ACCURACY):
         best = m.loc[m[CENTRAL_ACCURACY].idxmax()]
         lines.append(
             f"- best central accuracy: {best[CENTRAL_ACCURACY]:.4f} "
@@ -404,9 +259,9 @@ def _final_section(run: RunRecord) -> list[str]:
         (DROPPED, "dropped updates"),
         (REFUSED, "refusals"),
     ):
-        if _has_values(m, column):
+        if has_values(m, column):
             lines.append(f"- {label}, all rounds: {int(m[column].fillna(0).sum())}")
-    if _has_values(m, ROUND_TIME_S):
+    if has_values(m, ROUND_TIME_S):
         lines.append(f"- time in rounds: {m[ROUND_TIME_S].sum():.1f} s")
     return [*lines, ""]
 
@@ -414,7 +269,7 @@ def _final_section(run: RunRecord) -> list[str]:
 def _privacy_section(run: RunRecord) -> list[str]:
     m = run.metrics
     mode = run.run_config.get("dp-mode") or run.privacy.get("dp-mode")
-    has_eps = _has_values(m, EPSILON_MAX)
+    has_eps = has_values(m, EPSILON_MAX)
     if not has_eps and mode in (None, "none"):
         return [
             "## Privacy",
@@ -477,10 +332,7 @@ def _fairness_section(run: RunRecord) -> list[str]:
     if not _missing(share):
         lines.append(f"- share of clients below accuracy {threshold}: {share:.0%}")
     if run.run_config.get("dp-mode") not in (None, "none"):
-        lines.append(
-            "- these figures are released outside the DP guarantee: set "
-            "fairness-report = false where they must not leave the nodes"
-        )
+        lines.append(f"- these figures are {OUTSIDE_DP_GUARANTEE}: {KEEP_ON_NODES}")
     lines += [
         "",
         "| node | partition | examples | accuracy | loss |",
@@ -497,7 +349,7 @@ def _fairness_section(run: RunRecord) -> list[str]:
 
 def _table(metrics: pd.DataFrame) -> list[str]:
     # A column with no value in any round (federated evaluation off, no DP) is noise.
-    columns = [c for c in TABLE_COLUMNS if _has_values(metrics, c)]
+    columns = [c for c in TABLE_COLUMNS if has_values(metrics, c)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in metrics.iterrows():
         lines.append("| " + " | ".join(_cell(c, row[c]) for c in columns) + " |")
@@ -565,10 +417,6 @@ def _local_training(rc: Mapping[str, Any]) -> str:
         # Under sample DP the rule sizes them per node (shared/dp_defaults.py).
         schedule = f"epochs {epochs}, batch {batch} (per node: fedge privacy --suggest)"
     return f"{schedule}, lr {rc.get('learning-rate')}"
-
-
-def _has_values(metrics: pd.DataFrame, column: str) -> bool:
-    return column in metrics.columns and bool(metrics[column].notna().any())
 
 
 def _read_run_config(run_dir: Path) -> dict[str, Any]:

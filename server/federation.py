@@ -53,7 +53,10 @@ from fedge.shared.run_folder import (
     CHECKPOINT_DIR,
     COMPLETE,
     FAILED,
+    KEEP_ON_NODES,
     MANIFEST_FILE,
+    OUTSIDE_DP_GUARANTEE,
+    PER_CLIENT_FIGURES,
     ROUND,
     write_status,
 )
@@ -93,9 +96,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     logger.info("fedge run folder: %s", run_dir)
     if config.dp.mode != "none" and config.report.fairness_report:
         logger.warning(
-            "per-client evaluation figures (accuracy, loss, label counts of each "
-            "node's test split) are released outside the DP guarantee; set "
-            "fairness-report = false where they must not leave the nodes"
+            "%s are %s; %s", PER_CLIENT_FIGURES, OUTSIDE_DP_GUARANTEE, KEEP_ON_NODES
         )
     try:
         final_arrays, stop_reason = _train(

@@ -158,6 +158,15 @@ FAIRNESS_COLUMNS = (
     CLIENT_ACCURACY_SPREAD,
     CLIENT_SHARE_BELOW,
 )
+# What per-client evaluation releases outside a run's DP guarantee, and how to
+# keep it on the nodes: said once for the coordinator's warning, report.md and
+# the model card.
+PER_CLIENT_FIGURES = (
+    "per-client evaluation figures (accuracy, loss, label counts of each "
+    "node's test split)"
+)
+OUTSIDE_DP_GUARANTEE = "released outside the DP guarantee"
+KEEP_ON_NODES = "set fairness-report = false where they must not leave the nodes"
 # Seconds of the round spent on that per-client evaluation (part of round-time-s).
 CLIENT_EVALUATION_S = "client-evaluation-s"
 
