@@ -294,3 +294,13 @@ def check_privacy_report(
         steps_recorded=history.total_steps,
         epsilon_recorded=counted.epsilon(delta=plan.delta, accountant=plan.accountant),
     )
+
+
+def counted_release(release: HistoryEntry | None, *, plan: PrivacyPlan) -> HistoryEntry:
+    """Return what the coordinator records for a reply's release.
+
+    Superseded by :meth:`PrivacyRecord.admit` (which records it); kept until the
+    round loop calls that. :func:`fedge.shared.privacy_history.spend_at_least`
+    of the plan's round.
+    """
+    return spend_at_least(release, plan.round_entry)
