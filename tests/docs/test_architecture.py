@@ -54,8 +54,41 @@ def test_every_room_imports_only_the_rooms_the_table_allows():
             for other in imported_rooms(path) - allowed - {room}:
                 offenders.append(f"{path.relative_to(ROOT)} imports fedge.{other}")
 
-    assert offenders == []
+    assert offenders == [], "an import against the room table of docs/architecture.md"
 
 
 def test_nothing_imports_the_cli():
     assert all("cli" not in allowed for allowed in room_table().values())
+
+
+def room_rows():
+    """{room: the row's text}, from the page's table."""
+    return {
+        match["room"]: line
+        for line in PAGE.read_text(encoding="utf-8").splitlines()
+        if (match := ROW.match(line))
+    }
+
+
+def test_every_module_a_room_row_names_is_in_that_room():
+    missing = [
+        f"{room}/{name}"
+        for room, row in room_rows().items()
+        for name in re.findall(r"`([a-z_]+\.py)`", row)
+        if not (ROOT / room / name).is_file()
+    ]
+
+    assert missing == [], "docs/architecture.md names modules that are gone"
+
+
+def test_every_module_of_a_room_is_named_in_its_row():
+    unnamed = [
+        f"{room}/{path.name}"
+        for room, row in room_rows().items()
+        for path in room_files(room)
+        if path.parent == ROOT / room
+        and path.name != "__init__.py"
+        and f"`{path.name}`" not in row
+    ]
+
+    assert unnamed == [], "say what each does in its room's row of docs/architecture.md"
