@@ -270,37 +270,3 @@ def release_problem(
             f"{epsilon_recorded:.6g}"
         )
     return None
-
-
-def check_privacy_report(
-    record: PrivacyRecord,
-    node_id: int,
-    metrics: Mapping[str, Any],
-    *,
-    plan: PrivacyPlan,
-) -> str | None:
-    """Return why a reply contradicts ``record`` or ``plan``, without recording it.
-
-    Superseded by :meth:`PrivacyRecord.admit` (records the release and computes
-    its ε once); kept until the round loop calls that.
-    """
-    release = reported_release(metrics)
-    history = record.history(node_id)
-    counted = history.plus(Release(0, *spend_at_least(release, plan.round_entry)))
-    return release_problem(
-        release,
-        metrics,
-        plan=plan,
-        steps_recorded=history.total_steps,
-        epsilon_recorded=counted.epsilon(delta=plan.delta, accountant=plan.accountant),
-    )
-
-
-def counted_release(release: HistoryEntry | None, *, plan: PrivacyPlan) -> HistoryEntry:
-    """Return what the coordinator records for a reply's release.
-
-    Superseded by :meth:`PrivacyRecord.admit` (which records it); kept until the
-    round loop calls that. :func:`fedge.shared.privacy_history.spend_at_least`
-    of the plan's round.
-    """
-    return spend_at_least(release, plan.round_entry)
