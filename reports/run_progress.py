@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedge.server.metrics_history import MetricsHistory
 from fedge.shared import keys
 from fedge.shared.config import default_run_config
 from fedge.shared.errors import FedgeError
 from fedge.shared.flower_config_text import format_node_config
+from fedge.shared.metrics_files import read_metrics_records
 from fedge.shared.run_folder import (
     CENTRAL_ACCURACY,
     CHECKPOINT_DIR,
@@ -147,11 +147,7 @@ def read_progress(run_dir: str | Path, *, now: float | None = None) -> RunProgre
             f"{run_dir} is not a fedge run folder: it has neither {STATUS_FILE} nor "
             f"{CONFIG_FILE}. Give the folder output-dir/run-name of a run."
         )
-    records = (
-        MetricsHistory(run_dir).records()
-        if (run_dir / METRICS_CSV_FILE).is_file()
-        else []
-    )
+    records = read_metrics_records(run_dir)
     # Round 0 is the initial model: no nodes took part.
     rounds = [_round(r) for r in records if (_number(r.get(ROUND), int) or 0) > 0]
     planned = _number((run_config or {}).get("num-server-rounds"), int)

@@ -20,14 +20,14 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from fedge.shared.atomic_io import atomic_write_text
 from fedge.shared.errors import FedgeError
-from fedge.shared.json_records import json_safe, plain, read_jsonl
+from fedge.shared.json_records import json_safe, plain
+from fedge.shared.metrics_files import read_metrics_files
 from fedge.shared.run_folder import (
     METRIC_COLUMNS,
     METRICS_CSV_FILE,
@@ -36,8 +36,6 @@ from fedge.shared.run_folder import (
 )
 
 logger = logging.getLogger(__name__)
-
-_INT_RE = re.compile(r"^[+-]?\d+$")
 
 
 class HistoryError(FedgeError, ValueError):
@@ -217,35 +215,20 @@ class MetricsHistory:
             if self.jsonl_path.exists():
                 self._jsonl_stale = True  # lines without rows: drop on next write
             return
-        with self.csv_path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = [
-                {k: _parse_cell(v) for k, v in raw.items() if v not in ("", None)}
-                for raw in reader
-            ]
-        for key in header:
+
+        def drop(number: int, reason: str) -> None:
+            self._jsonl_stale = True
+
+        files = read_metrics_files(self.run_dir, on_bad_line=drop)
+        if files is None:  # the CSV went between the check and the read
+            return
+        for key in files.header:
             if key not in self._columns:
                 self._columns.append(key)
-        records = {r.get(ROUND): r for r in self._read_jsonl()}
-        self._rows = rows
-        self._records = [
-            {**records.get(row[ROUND], {}), **json_safe(row)} for row in rows
-        ]
-        if set(records) != {r[ROUND] for r in rows}:
+        self._rows = files.rows
+        self._records = files.records
+        if not files.jsonl_matches:
             self._jsonl_stale = True
-
-    def _read_jsonl(self) -> list[dict[str, Any]]:
-        def drop(number: int, reason: str) -> None:
-            logger.warning(
-                "%s line %d is not JSON (%s); it is dropped",
-                self.jsonl_path,
-                number,
-                reason,
-            )
-            self._jsonl_stale = True
-
-        return read_jsonl(self.jsonl_path, on_bad_line=drop)
 
 
 def summarize_clients(
@@ -264,15 +247,3 @@ def summarize_clients(
     if not values:
         return None, None
     return max(values), sum(values) / len(values)
-
-
-def _parse_cell(text: str) -> Any:
-    """Return a CSV cell back to int, float, bool or str (None for empty)."""
-    if _INT_RE.match(text):
-        return int(text)
-    if text in ("True", "False"):
-        return text == "True"
-    try:
-        return float(text)
-    except ValueError:
-        return text
