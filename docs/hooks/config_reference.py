@@ -9,8 +9,8 @@ stops the build.
 
 from __future__ import annotations
 
+import re
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -22,30 +22,24 @@ from fedge.shared.config_keys import SECTION_KEYS
 
 PAGE = "config.md"
 TABLE = "[tool.flwr.app.config]"
-GROUP_PREFIX = "# ---"
+GROUP = re.compile(r"^# --- (?P<name>\w.*)$")  # "# --- data" starts a group
 
 
-@dataclass(frozen=True)
-class KeyType:
-    """Where a run-config key is typed: its section class, field and type."""
+def key_types() -> dict[str, str]:
+    """Return each run-config key's type, read from the ``RunConfig`` dataclasses.
 
-    section_class: str
-    field: str
-    type_name: str
-
-
-def key_types() -> dict[str, KeyType]:
-    """Return each run-config key's type, read from the ``RunConfig`` dataclasses."""
+    ``"int"``, ``"float"``, ``"str"``, ``"bool"``; ``'int or "auto"'`` for the
+    keys :mod:`fedge.shared.dp_defaults` may choose.
+    """
     section_classes = get_type_hints(RunConfig)
-    types: dict[str, KeyType] = {}
+    types: dict[str, str] = {}
     for section, field_map in SECTION_KEYS.items():
-        cls = section_classes[section]
-        hints = get_type_hints(cls)
+        hints = get_type_hints(section_classes[section])
         for key, attr in field_map.items():
             name = getattr(hints[attr], "__name__", str(hints[attr]))
             if key in AUTO_KEYS:
                 name = f'{str(hints[attr]).removesuffix(" | None")} or "auto"'
-            types[key] = KeyType(cls.__name__, attr, name)
+            types[key] = name
     return types
 
 
@@ -71,7 +65,11 @@ def _table_lines(pyproject: Path) -> list[str]:
         raise ValueError(f"{pyproject} has no {TABLE} table")
     body = lines[lines.index(TABLE) + 1 :]
     end = next((i for i, s in enumerate(body) if s.startswith("[")), len(body))
-    return body[:end]
+    body = body[:end]
+    # Comments right before the next table head that table (a section rule).
+    while body and (not body[-1].strip() or body[-1].lstrip().startswith("#")):
+        body.pop()
+    return body
 
 
 def config_reference_markdown(pyproject: Path) -> str:
@@ -111,12 +109,8 @@ def config_reference_markdown(pyproject: Path) -> str:
         line = raw.strip()
         if not line or (line.startswith("#") and not seen):
             continue  # the table's own note to its editors, before any key
-        if line.startswith(GROUP_PREFIX):
-            out += [
-                "",
-                f"## {line.removeprefix(GROUP_PREFIX).strip().capitalize()}",
-                "",
-            ]
+        if group := GROUP.match(line):
+            out += ["", f"## {group['name'].strip().capitalize()}", ""]
             in_table = False
         elif line.startswith("#"):
             if in_table:
@@ -138,11 +132,9 @@ def config_reference_markdown(pyproject: Path) -> str:
                     "|---|---|---|---|",
                 ]
                 in_table = True
-            typed = types[key]
             shown = _toml_value(value)
             out.append(
-                f"| `{key}` | {typed.type_name} (`{typed.section_class}.{typed.field}`) "
-                f"| `{_cell(shown)}` | {_cell(comment)} |"
+                f"| `{key}` | {types[key]} | `{_cell(shown)}` | {_cell(comment)} |"
             )
             seen.append(key)
     missing = [k for k in types if k not in seen]
