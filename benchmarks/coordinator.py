@@ -16,10 +16,10 @@ restored after it); per round:
 
 - ``configure`` -- ``RobustStrategy.configure_train``: node snapshot, seeded
   sampling and Flower's message construction;
-- ``validate`` -- ``RobustStrategy.aggregate_train`` minus the wrapped
-  strategy's own aggregation: every reply checked against the global arrays;
-- ``aggregate`` -- the wrapped Flower strategy's ``aggregate_train`` (FedAvg,
-  FedMedian or Krum) and the cast back to the model's dtypes;
+- ``validate`` -- :meth:`fedge.server.reply_check.ReplyCheck.check_train`: every
+  reply checked against the global arrays;
+- ``aggregate`` -- ``RobustStrategy.aggregate_train``: the wrapped Flower
+  strategy's (FedAvg, FedMedian or Krum) and the cast back to the model's dtypes;
 - ``stop_check`` -- :meth:`fedge.server.round_end.RoundEnd.stop_reason`: whether the
   run must stop after this round;
 - ``central_eval`` -- :func:`fedge.shared.evaluation.evaluate_model` of the round's
@@ -171,11 +171,10 @@ def measure_rounds(
 
     def check_full(round_end: RoundEnd, outcome: RoundOutcome) -> None:
         # Checked as the round ends: a run that aggregated nothing may not end.
-        stats = round_end.strategy.round_stats.get(outcome.server_round, {})
-        if stats.get("aggregated") != num_clients:
+        if outcome.aggregated != num_clients:
             raise RuntimeError(
                 f"{strategy_name} with {num_clients} clients aggregated "
-                f"{stats.get('aggregated')} replies in round "
+                f"{outcome.aggregated} replies in round "
                 f"{outcome.server_round}, expected all {num_clients}: the "
                 "benchmark would not measure a full round"
             )

@@ -1,8 +1,8 @@
 """Time the ServerApp's own run by phase, the fake nodes' time left out.
 
 :func:`timed_production_run` wraps, for one block, the production functions a
-run calls (the strategy guard's hooks, :class:`~fedge.server.round_end.RoundEnd`'s
-steps, central and per-client evaluation) so that a :class:`PhaseClock` adds up
+run calls (the strategy wrapper's hooks, the reply checks,
+:class:`~fedge.server.round_end.RoundEnd`'s steps, central and per-client evaluation) so that a :class:`PhaseClock` adds up
 their wall time per round; everything is restored when the block ends.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 import fedge.server.federation
 from fedge.server.client_evaluation import evaluate_every_node
 from fedge.server.federation_loop import RoundOutcome
+from fedge.server.reply_check import ReplyCheck
 from fedge.server.robust_strategy import RobustStrategy
 from fedge.server.round_end import RoundEnd
 from fedge.shared.evaluation import evaluate_model
@@ -86,18 +87,14 @@ class PhaseClock:
     def end_round(self) -> None:
         """Close the round: append its phases, ``total`` and ``client_eval``.
 
-        ``validate`` is the guard's ``aggregate_train`` less the wrapped
-        strategy's; ``total`` is the round's wall time less the clients' and
-        less the per-client evaluation; ``other`` is what no phase covers.
+        ``total`` is the round's wall time less the clients' and less the
+        per-client evaluation; ``other`` is what no phase covers.
         """
         if self._round_started is None:
             raise RuntimeError("end_round called before start_round")
         started, client_s = self._round_started
         wall = self._clock() - started - (self._client_s() - client_s)
         times, self.current, self._round_started = self.current, {}, None
-        # No usable reply: the wrapped strategy is not asked to aggregate.
-        times.setdefault("aggregate", 0.0)
-        times["validate"] = times.pop("aggregate_train", 0.0) - times["aggregate"]
         client_eval = times.pop(CLIENT_EVAL, 0.0)
         measured = [phase for phase in PHASES if phase != "other"]
         for phase in measured:
@@ -144,7 +141,7 @@ def timed_production_run(
     """Time the production functions a run calls, as phases of its rounds.
 
     Inside the block, :func:`fedge.server.federation.run_federation` runs unchanged
-    but its strategy guard, round end, central evaluation and per-client
+    but its strategy wrapper, reply checks, round end, central evaluation and per-client
     evaluation are timed by a :class:`PhaseClock`; everything is restored when
     the block ends. A round starts when its training is configured and ends
     when :class:`~fedge.server.round_end.RoundEnd` has recorded it; ``after_round``,
@@ -158,8 +155,6 @@ def timed_production_run(
         strategy = from_config(*args, **kwargs)
         # Instance attributes shadow the methods: the strategy chain the
         # checkpoint walks stays as in a real run.
-        inner = strategy.strategy
-        inner.aggregate_train = clock.timed("aggregate", inner.aggregate_train)  # type: ignore[method-assign]  # timed, same signature
         configure = clock.timed("configure", strategy.configure_train)
 
         def configure_train(*call_args: Any, **call_kwargs: Any) -> Any:
@@ -168,7 +163,7 @@ def timed_production_run(
 
         strategy.configure_train = configure_train  # type: ignore[method-assign]  # timed, same signature
         strategy.aggregate_train = clock.timed(  # type: ignore[method-assign]  # timed, same signature
-            "aggregate_train", strategy.aggregate_train
+            "aggregate", strategy.aggregate_train
         )
         return strategy
 
@@ -183,6 +178,11 @@ def timed_production_run(
     with contextlib.ExitStack() as stack:
         for owner, name, value in (
             (RobustStrategy, "from_config", staticmethod(built)),
+            (
+                ReplyCheck,
+                "check_train",
+                clock.timed("validate", ReplyCheck.check_train),
+            ),
             (RoundEnd, "stop_reason", clock.timed("stop_check", RoundEnd.stop_reason)),
             (RoundEnd, "record", clock.timed("history", RoundEnd.record)),
             (RoundEnd, "checkpoint", clock.timed("checkpoint", RoundEnd.checkpoint)),

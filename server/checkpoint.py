@@ -12,7 +12,8 @@ loader trusts the pointer's target only if its hash matches and it unpickles
 (``weights_only=True``, so loading runs no code from the file); otherwise it
 warns with the file and reason and falls back to the previous checkpoint.
 
-Strategy state (the server-side moments of FedAdam/FedYogi/FedAdagrad) and the
+Strategy state (the server-side moments of FedAdam/FedYogi/FedAdagrad), what
+the reply checks remember (refusals, the coordinator's privacy record) and the
 RNG state travel in the same file, as nanoGPT's checkpoint carries its config
 and optimizer state.
 """
@@ -29,9 +30,9 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,6 +85,8 @@ class Checkpoint:
         Whatever random state the server keeps.
     path : Path
         The file it came from.
+    reply_checks : dict
+        :meth:`fedge.server.reply_check.ReplyCheck.state_dict` output.
     """
 
     server_round: int
@@ -93,6 +96,7 @@ class Checkpoint:
     config: dict[str, Any]
     rng_state: dict[str, Any]
     path: Path
+    reply_checks: dict[str, Any] = field(default_factory=dict)
 
     def array_record(self) -> ArrayRecord:
         """Return the global arrays as Flower's ArrayRecord (for ``configure_train``)."""
@@ -113,6 +117,7 @@ def save_checkpoint(
     metrics_history: list[dict[str, Any]],
     config: dict[str, Any],
     rng_state: dict[str, Any],
+    reply_checks: dict[str, Any] | None = None,
     keep_last: int = DEFAULT_KEEP_LAST,
 ) -> Path:
     """Write the checkpoint of ``server_round`` atomically and keep the last few.
@@ -125,7 +130,7 @@ def save_checkpoint(
         The round just completed.
     arrays : ArrayRecord or mapping of str to tensor/array
         The global model after that round.
-    strategy_state, metrics_history, config, rng_state
+    strategy_state, metrics_history, config, rng_state, reply_checks
         Plain Python objects; NumPy arrays and tensors may appear anywhere inside.
     keep_last : int, default 3
         Checkpoints kept; older ones are deleted after the new one is committed.
@@ -148,6 +153,7 @@ def save_checkpoint(
         "metrics-history": _encode(metrics_history),
         "config": _encode(config),
         "rng-state": _encode(rng_state),
+        "reply-checks": _encode(reply_checks or {}),
         "created-at": time.time(),
     }
     buffer = io.BytesIO()
@@ -219,29 +225,16 @@ def strategy_state(strategy: Strategy) -> dict[str, Any]:
 
     FedAdam, FedYogi and FedAdagrad keep first and second moments ``m_t`` and
     ``v_t`` between rounds (their ``current_arrays`` is reset by every
-    ``configure_train``); other Flower strategies used here keep none. Wrappers
-    with a ``state_dict()`` method (our RobustStrategy) add theirs.
+    ``configure_train``); other Flower strategies used here, and the wrappers
+    around them, keep none.
     """
     chain = list(_strategy_chain(strategy))
-    state: dict[str, Any] = {"strategy": type(chain[-1]).__name__, "wrappers": {}}
+    state: dict[str, Any] = {"strategy": type(chain[-1]).__name__}
     for s in chain:
         if hasattr(s, "m_t") and hasattr(s, "v_t"):
             state["m_t"] = _copy_arrays(s.m_t)
             state["v_t"] = _copy_arrays(s.v_t)
-        if s is not chain[-1] and isinstance(s, _StatefulWrapper):
-            state["wrappers"][type(s).__name__] = s.state_dict()
     return state
-
-
-@runtime_checkable
-class _StatefulWrapper(Protocol):
-    """A strategy wrapper with state of its own (ours; Flower's keep none)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return the wrapper's state, plain Python and arrays."""
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Put :meth:`state_dict` output back."""
 
 
 def restore_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
@@ -260,14 +253,10 @@ def restore_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
             f"but the run config builds {built!r}; resume with the same 'strategy' "
             "or start a new run."
         )
-    wrappers = state.get("wrappers", {})
     for s in chain:
         if hasattr(s, "m_t") and hasattr(s, "v_t"):
             s.m_t = _copy_arrays(state.get("m_t"))
             s.v_t = _copy_arrays(state.get("v_t"))
-        name = type(s).__name__
-        if s is not chain[-1] and name in wrappers and isinstance(s, _StatefulWrapper):
-            s.load_state_dict(wrappers[name])
 
 
 def _strategy_chain(strategy: Strategy) -> Iterator[Strategy]:
@@ -357,14 +346,21 @@ def _try_load(path: Path, server_round: int, digest: str | None) -> Checkpoint |
             f"expected {FORMAT!r} round {server_round}"
         )
         return None
+    strategy_state = _decode(payload["strategy-state"])
+    if "reply-checks" in payload:
+        reply_checks = _decode(payload["reply-checks"])
+    else:
+        # Written while the reply checks lived in the strategy wrapper.
+        reply_checks = strategy_state.get("wrappers", {}).get("RobustStrategy", {})
     return Checkpoint(
         server_round=server_round,
         arrays=OrderedDict(payload["arrays"]),
-        strategy_state=_decode(payload["strategy-state"]),
+        strategy_state=strategy_state,
         metrics_history=_decode(payload["metrics-history"]),
         config=_decode(payload["config"]),
         rng_state=_decode(payload["rng-state"]),
         path=path,
+        reply_checks=reply_checks,
     )
 
 

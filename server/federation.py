@@ -1,7 +1,8 @@
 """One federated run from start (or resume) to the finished run folder.
 
 This wires the pieces: reference data and model, Flower's strategy inside the
-:class:`~fedge.server.robust_strategy.RobustStrategy` guard, the round loop, the metrics
+:class:`~fedge.server.robust_strategy.RobustStrategy` wrapper, the reply checks
+(:class:`~fedge.server.reply_check.ReplyCheck`), the round loop, the metrics
 history, checkpoints, the final model and the edge-export hand-off. The ServerApp
 only calls :func:`run_federation`.
 """
@@ -23,6 +24,7 @@ from fedge.server.frozen_arrays import ArraysWire
 from fedge.server.metrics_history import MetricsHistory
 from fedge.server.node_sampling import wait_for_nodes
 from fedge.server.reference_data import load_reference_data
+from fedge.server.reply_check import ReplyCheck
 from fedge.server.robust_strategy import RobustStrategy
 from fedge.server.round_end import RoundEnd
 from fedge.server.round_summary import initial_row, privacy_summary
@@ -141,6 +143,7 @@ def _train(
         config,
         checkpoint_dir=checkpoint_dir,
     )
+    checks = ReplyCheck.from_config(config, strategy.base)
     history = MetricsHistory(run_dir)
     num_rounds = config.run.num_server_rounds
 
@@ -150,6 +153,7 @@ def _train(
 
     if checkpoint is not None:
         restore_strategy_state(strategy, checkpoint.strategy_state)
+        checks.load_state_dict(checkpoint.reply_checks)
         history.resume(checkpoint.server_round, checkpoint.metrics_history)
         arrays, first_round = checkpoint.array_record(), checkpoint.server_round + 1
         logger.info(
@@ -171,7 +175,7 @@ def _train(
     # Frozen parameters never enter aggregation and reach each node once.
     wire = ArraysWire.for_model(arrays, start.selection.frozen)
     on_round_end = RoundEnd(
-        run_dir, config, strategy=strategy, history=history, grid=grid
+        run_dir, config, strategy=strategy, checks=checks, history=history, grid=grid
     )
     train_config = ConfigRecord(
         {
@@ -217,6 +221,7 @@ def _train(
                 central_eval=central_eval,
                 on_round_end=on_round_end,
                 federated_evaluation=config.strategy.fraction_evaluate > 0,
+                checks=checks,
                 client_eval=client_eval,
                 stop_check=on_round_end.stop_reason,
                 wire=wire,

@@ -24,14 +24,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedge.server.frozen_arrays import ArraysWire
+from fedge.server.reply_check import ReplyCheck, TrainCheck
 from fedge.server.reply_errors import common_failure, describe_error
+from fedge.server.update_validation import as_numpy_arrays
 from fedge.shared import keys
 from fedge.shared.errors import FedgeError
 
 logger = logging.getLogger(__name__)
 
 CentralEval = Callable[[int, ArrayRecord], dict[str, float]]
-RoundEnd = Callable[["RoundOutcome"], None]
+# What records a finished round (server.round_end.RoundEnd in a run).
+OnRoundEnd = Callable[["RoundOutcome"], None]
 # Per-client evaluation of a round's global model; None when the round is not due.
 # (round, global arrays, nodes that did not answer the round's training,
 #  whether this round ends the run)
@@ -52,7 +55,27 @@ class StopRun(FedgeError, RuntimeError):
 
 @dataclass
 class RoundOutcome:
-    """What one round produced, for the metrics history and the checkpoint."""
+    """What one round produced: the one carrier of its facts.
+
+    The metrics row, the per-client details, the stop check and the checkpoint
+    all read the round from here.
+
+    Attributes
+    ----------
+    sampled, sampled_nodes
+        How many nodes were sent a train message, and which.
+    replies : int
+        Train replies with content (kept, dropped or refused).
+    failures : int
+        Error replies plus nodes that never replied.
+    dropped, refused : int
+        Replies the checks dropped (:mod:`fedge.server.reply_check`), and
+        refusals (privacy budget spent).
+    aggregated : int
+        Replies in the new global model; 0 when the round left it unchanged.
+    clients : list of dict
+        One row per reply with content (:class:`~fedge.server.reply_check.TrainCheck`).
+    """
 
     server_round: int
     arrays: ArrayRecord
@@ -60,18 +83,33 @@ class RoundOutcome:
     train_metrics: dict[str, float] = field(default_factory=dict)
     evaluate_metrics: dict[str, float] = field(default_factory=dict)
     sampled: int = 0
+    sampled_nodes: list[int] = field(default_factory=list)
     replies: int = 0
     failures: int = 0
+    dropped: int = 0
+    refused: int = 0
+    aggregated: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
     round_time_s: float = 0.0
-    client_metrics: list[dict[str, Any]] = field(default_factory=list)
+    clients: list[dict[str, Any]] = field(default_factory=list)
     client_evaluation: list[dict[str, Any]] | None = None
     client_evaluation_s: float = 0.0
     # One line per error reply (server.reply_errors.describe_error).
     reply_errors: list[str] = field(default_factory=list)
     # Whether the round aggregated an update into a new global model.
     updated: bool = False
+
+    def count_train(self, checked: TrainCheck, received: int) -> None:
+        """Take the counts and rows of the round's checked train replies.
+
+        ``received`` is how many replies came back, error replies included.
+        """
+        self.replies = checked.replies
+        self.failures = len(checked.errors) + max(0, self.sampled - received)
+        self.dropped = checked.dropped
+        self.refused = checked.refused
+        self.clients = checked.clients
 
 
 def run_rounds(
@@ -85,8 +123,9 @@ def run_rounds(
     evaluate_config: ConfigRecord,
     reply_timeout_s: float,
     central_eval: CentralEval,
-    on_round_end: RoundEnd,
+    on_round_end: OnRoundEnd,
     federated_evaluation: bool,
+    checks: ReplyCheck | None = None,
     client_eval: ClientEval | None = None,
     stop_check: StopCheck | None = None,
     wire: ArraysWire | None = None,
@@ -95,6 +134,8 @@ def run_rounds(
 
     ``on_round_end`` is called after every round with its :class:`RoundOutcome`
     (after central evaluation), which is where metrics and checkpoints are written.
+    ``checks`` checks every reply before the strategy sees it (by default only
+    what Flower needs to aggregate, :class:`~fedge.server.reply_check.ReplyCheck`).
     ``client_eval``, when given, scores the round's global model on every node
     (:mod:`fedge.server.client_evaluation`) on the rounds it says are due; it is told
     whether the round ends the run. ``stop_check``, when given, is asked after
@@ -110,34 +151,42 @@ def run_rounds(
         first), carrying that round's global arrays.
     """
     wire = wire or ArraysWire()
+    checks = checks or ReplyCheck()
     for server_round in range(first_round, last_round + 1):
         started = time.monotonic()
         outcome = RoundOutcome(server_round=server_round, arrays=arrays, central={})
+        sent_arrays = wire.split(arrays)
         messages = list(
             strategy.configure_train(
-                server_round, wire.split(arrays), ConfigRecord(dict(train_config)), grid
+                server_round, sent_arrays, ConfigRecord(dict(train_config)), grid
             )
         )
+        checks.send_records(messages)
         outcome.sampled = len(messages)
+        outcome.sampled_nodes = [m.metadata.dst_node_id for m in messages]
         replies, sent = wire.exchange(grid, messages, timeout_s=reply_timeout_s)
         outcome.bytes_sent = sum(_message_bytes(m) for m in sent)
         outcome.bytes_received = sum(
             _message_bytes(m) for m in replies if not m.has_error()
         )
-        outcome.failures = (
-            sum(m.has_error() for m in replies) + len(messages) - len(replies)
-        )
-        outcome.replies = len(replies) - sum(m.has_error() for m in replies)
-        outcome.client_metrics = [
-            _client_metrics(m) for m in replies if not m.has_error()
-        ]
         outcome.reply_errors = [
             describe_error(m.error.reason or "") for m in replies if m.has_error()
         ]
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        checked = checks.check_train(
+            server_round, replies, as_numpy_arrays(sent_arrays)
+        )
+        outcome.count_train(checked, received=len(replies))
+        new_arrays, train_metrics = (
+            # Error replies go along so the strategy reacts as Flower does
+            # (FedAvg skips them; the central-DP wrapper skips the round).
+            strategy.aggregate_train(server_round, checked.kept + checked.errors)
+            if checked.enough
+            else (None, None)
+        )
         outcome.updated = new_arrays is not None
         if new_arrays is not None:
             arrays = wire.merge(new_arrays)
+            outcome.aggregated = len(checked.kept)
         else:
             _warn_no_update(outcome)
         outcome.train_metrics = _scalars(train_metrics)
@@ -153,8 +202,11 @@ def run_rounds(
             eval_replies, _ = wire.exchange(
                 grid, eval_messages, timeout_s=reply_timeout_s
             )
+            kept, errors = checks.check_evaluate(eval_replies)
             outcome.evaluate_metrics = _scalars(
-                strategy.aggregate_evaluate(server_round, eval_replies)
+                strategy.aggregate_evaluate(server_round, kept + errors)
+                if kept
+                else None
             )
         outcome.arrays = arrays
         stop = stop_check(outcome) if stop_check is not None else None
@@ -222,8 +274,3 @@ def _message_bytes(message: Message) -> int:
     if message.has_error() or keys.ARRAYS not in message.content:
         return 0
     return int(message.content[keys.ARRAYS].count_bytes())
-
-
-def _client_metrics(message: Message) -> dict[str, Any]:
-    record = message.content.get(keys.METRICS, MetricRecord())
-    return {"node-id": message.metadata.src_node_id, **dict(record)}

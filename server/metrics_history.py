@@ -236,8 +236,8 @@ def summarize_clients(
 ) -> tuple[float | None, float | None]:
     """``(max, mean)`` of a numeric per-client figure, over clients reporting it.
 
-    For ``epsilon-max``/``epsilon-mean`` from ``RobustStrategy.round_stats[r]
-    ["clients"]`` (refusing clients included: their spent ε counts too).
+    For ``epsilon-max``/``epsilon-mean`` from a round's client rows
+    (``RoundOutcome.clients``; refusing clients included: their spent ε counts too).
     """
     values = [
         float(c[key])

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from fedge.server.checkpoint import save_checkpoint, strategy_state
 from fedge.server.federation_loop import RoundOutcome
 from fedge.server.metrics_history import MetricsHistory
-from fedge.server.robust_strategy import RobustStrategy
+from fedge.server.reply_check import ReplyCheck
 from fedge.server.round_summary import central_epsilon, round_row, stop_reason
 from fedge.shared.atomic_io import atomic_write_json
 from fedge.shared.config import RunConfig
@@ -45,8 +46,12 @@ class RoundEnd:
         The run folder (checkpoints go to its ``checkpoints/``).
     config : RunConfig
         The run's config (checkpoint interval, number of rounds, DP mode).
-    strategy : RobustStrategy
-        The guarded strategy whose ``round_stats`` fill the metrics row.
+    strategy : Strategy
+        The run's strategy (its state goes into each checkpoint).
+    checks : ReplyCheck
+        The run's reply checks: which nodes refused (the stop check), the
+        coordinator's privacy record (``privacy-record.json``), and their state
+        for each checkpoint.
     history : MetricsHistory
         The run's metrics history; one row is appended per round.
     grid : Grid
@@ -58,13 +63,15 @@ class RoundEnd:
         run_dir: Path,
         config: RunConfig,
         *,
-        strategy: RobustStrategy,
+        strategy: Strategy,
+        checks: ReplyCheck,
         history: MetricsHistory,
         grid: Grid,
     ) -> None:
         self.run_dir = run_dir
         self.config = config
         self.strategy = strategy
+        self.checks = checks
         self.history = history
         self.grid = grid
         self._started = time.monotonic()
@@ -81,13 +88,14 @@ class RoundEnd:
         It stops when too few nodes can still train within their privacy budget
         (:func:`fedge.server.round_summary.stop_reason`).
         """
-        return stop_reason(self.strategy, self.config, outcome.server_round, self.grid)
+        return stop_reason(
+            self.checks.refused_nodes, self.config, outcome.server_round, self.grid
+        )
 
     def record(self, outcome: RoundOutcome) -> dict[str, Any]:
         """Append the round's metrics row (and per-client details); return the row."""
-        stats = self.strategy.round_stats.get(outcome.server_round, {})
         row, details = round_row(
-            outcome, stats, fairness_threshold=self.config.report.fairness_threshold
+            outcome, fairness_threshold=self.config.report.fairness_threshold
         )
         if self.config.dp.mode == "central":
             epsilon, delta = central_epsilon(
@@ -101,7 +109,7 @@ class RoundEnd:
                 {EPSILON_MAX: epsilon, EPSILON_MEAN: epsilon, CENTRAL_DP_DELTA: delta}
             )
         self.history.append(row, details=details)
-        record = self.strategy.privacy_record
+        record = self.checks.privacy_record
         if record is not None:
             # Beside the checkpoints (which carry it too), for people and tools.
             atomic_write_json(self.run_dir / PRIVACY_RECORD_FILE, record.to_dict())
@@ -130,6 +138,7 @@ class RoundEnd:
                 "sampler-seed": self.config.run.sampler_seed,
                 "model-seed": self.config.train.model_seed,
             },
+            reply_checks=self.checks.state_dict(),
         )
 
     def _log(self, outcome: RoundOutcome, row: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """What each round leaves in the metrics history, and when a run must stop early.
 
-Pure functions over a round's outcome and the guard's per-round counts, so the
-figures a person reads in ``metrics.csv`` are computed in one place.
+Pure functions over a round's outcome (:class:`~fedge.server.federation_loop.RoundOutcome`,
+the one carrier of its counts and per-client rows), so the figures a person
+reads in ``metrics.csv`` are computed in one place.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from flwr.serverapp import Grid
 from fedge.server.federation_loop import RoundOutcome
 from fedge.server.metrics_history import summarize_clients
 from fedge.server.reply_errors import count_errors
-from fedge.server.robust_strategy import RobustStrategy
 from fedge.shared import keys
 from fedge.shared.config import RunConfig
 from fedge.shared.fairness import fairness_summary
@@ -54,7 +54,6 @@ def initial_row(central: dict[str, float]) -> dict[str, Any]:
 
 def round_row(
     outcome: RoundOutcome,
-    stats: dict[str, Any],
     *,
     fairness_threshold: float,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -62,12 +61,11 @@ def round_row(
 
     A round whose global model was scored on every node adds the fairness
     summary (:func:`fedge.shared.fairness.fairness_summary` at ``fairness_threshold``)
-    to the row and each node's figures to the details. A round that left the
-    global model unchanged records ``aggregated`` 0, whatever the strategy
-    counted; its error replies go to the details, each distinct error line
-    with the number of nodes that replied it.
+    to the row and each node's figures to the details. The round's error
+    replies go to the details, each distinct error line with the number of
+    nodes that replied it.
     """
-    clients = stats.get(CLIENTS, outcome.client_metrics)
+    clients = outcome.clients
     epsilon_max, epsilon_mean = summarize_clients(clients, keys.EPSILON)
     row: dict[str, Any] = {ROUND: outcome.server_round}
     row.update({CENTRAL_PREFIX + k: v for k, v in outcome.central.items()})
@@ -76,14 +74,12 @@ def round_row(
     row[FED_EVAL_ACCURACY] = outcome.evaluate_metrics.get(keys.EVAL_ACCURACY, NAN)
     row.update(
         {
-            SAMPLED: stats.get(SAMPLED, outcome.sampled),
-            REPLIES: stats.get(REPLIES, outcome.replies),
-            FAILURES: stats.get(FAILURES, outcome.failures),
-            DROPPED: stats.get(DROPPED, 0),
-            REFUSED: stats.get(REFUSED, 0),
-            AGGREGATED: stats.get(AGGREGATED, outcome.replies)
-            if outcome.updated
-            else 0,
+            SAMPLED: outcome.sampled,
+            REPLIES: outcome.replies,
+            FAILURES: outcome.failures,
+            DROPPED: outcome.dropped,
+            REFUSED: outcome.refused,
+            AGGREGATED: outcome.aggregated,
             EPSILON_MAX: _or_nan(epsilon_max),
             EPSILON_MEAN: _or_nan(epsilon_mean),
             ROUND_TIME_S: round(outcome.round_time_s, 3),
@@ -91,7 +87,7 @@ def round_row(
             BYTES_RECEIVED: outcome.bytes_received,
         }
     )
-    details = {CLIENTS: clients, SAMPLED_NODES: stats.get(SAMPLED_NODES, [])}
+    details = {CLIENTS: clients, SAMPLED_NODES: outcome.sampled_nodes}
     if outcome.reply_errors:
         details[REPLY_ERRORS] = count_errors(outcome.reply_errors)
     if outcome.client_evaluation is not None:
@@ -135,22 +131,23 @@ def _or_nan(value: float | None) -> float:
 
 
 def stop_reason(
-    strategy: RobustStrategy, config: RunConfig, server_round: int, grid: Grid
+    refused_nodes: frozenset[int], config: RunConfig, server_round: int, grid: Grid
 ) -> str | None:
     """Why the run must stop after ``server_round``, or None if it goes on.
 
     It stops when the connected nodes that have not refused (privacy budget
-    spent) are fewer than ``min-replies``: later rounds could not aggregate
-    anything. The last planned round is not an early stop: None.
+    spent; ``refused_nodes``, :attr:`fedge.server.reply_check.ReplyCheck.refused_nodes`)
+    are fewer than ``min-replies``: later rounds could not aggregate anything.
+    The last planned round is not an early stop: None.
     """
-    if server_round >= config.run.num_server_rounds or not strategy.refused_nodes:
+    if server_round >= config.run.num_server_rounds or not refused_nodes:
         return None
     connected = set(grid.get_node_ids())
-    can_train = connected - strategy.refused_nodes
+    can_train = connected - refused_nodes
     if len(can_train) >= config.run.min_replies:
         return None
     return (
-        f"after round {server_round}, {len(strategy.refused_nodes)} of {len(connected)} "
+        f"after round {server_round}, {len(refused_nodes)} of {len(connected)} "
         f"nodes have spent their privacy budget (target-epsilon {config.dp.target_epsilon}); "
         f"{len(can_train)} can still train, fewer than min-replies = {config.run.min_replies}"
     )

@@ -2,8 +2,8 @@
 
 Pure functions: each returns ``None`` when the reply is usable, else one line
 saying what is wrong with it (which array, what was expected, what came). The
-strategy wrapper in :mod:`fedge.server.robust_strategy` logs that line with the node
-id and drops the reply, as Flower's ``FedAvg`` drops error replies, so one bad
+reply checks in :mod:`fedge.server.reply_check` log that line with the node
+id and drop the reply, as Flower's ``FedAvg`` drops error replies, so one bad
 node costs its own update and not the round.
 """
 

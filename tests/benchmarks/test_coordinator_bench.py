@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
 import fedge.server.federation  # noqa: E402
 import fedge.server.round_end  # noqa: E402
 from benchmarks import coordinator, production_timing, replying_grid  # noqa: E402
+from fedge.server.reply_check import ReplyCheck  # noqa: E402
 from fedge.server.robust_strategy import RobustStrategy  # noqa: E402
 from fedge.server.round_end import RoundEnd  # noqa: E402
 from fedge.server.strategy_factory import build_strategy  # noqa: E402
@@ -114,6 +115,7 @@ def test_a_run_the_stop_check_ends_early_is_refused(tmp_path, monkeypatch):
 def _timed_functions():
     return {
         "from_config": RobustStrategy.__dict__["from_config"],
+        "check_train": ReplyCheck.check_train,
         "call": RoundEnd.__call__,
         "stop_reason": RoundEnd.stop_reason,
         "record": RoundEnd.record,

@@ -19,6 +19,7 @@ from fedge.server.checkpoint import (
     save_checkpoint,
     strategy_state,
 )
+from fedge.server.reply_check import ReplyCheck
 from fedge.server.robust_strategy import RobustStrategy
 from fedge.server.strategy_factory import build_strategy
 from fedge.shared.config import from_run_config
@@ -88,6 +89,44 @@ def test_everything_round_trips(tmp_path):
     np.testing.assert_array_equal(
         record["fc.bias"].numpy(), np.full(3, 3.0, np.float32)
     )
+
+
+def test_what_the_reply_checks_remember_round_trips(tmp_path, fakes):
+    # Prepare: node 2 refused, node 7 released once (the coordinator's record)
+    checks = ReplyCheck(privacy_plan=lambda n: None)
+    checks.load_state_dict({"refusals-logged": [2]})
+    checks.privacy_record.add(7, 1, (1.1, 0.2, 10), 1e-4)
+    # Execute
+    save(tmp_path, 1, reply_checks=checks.state_dict())
+    resumed = ReplyCheck(privacy_plan=lambda n: None)
+    resumed.load_state_dict(load_latest_checkpoint(tmp_path).reply_checks)
+    # Assert
+    assert resumed.refused_nodes == {2}
+    assert resumed.privacy_record == checks.privacy_record
+
+
+def test_a_checkpoint_from_before_the_checks_left_the_strategy_resumes_them(
+    tmp_path,
+):
+    # Checkpoints written while the wrapper kept them hold the checks' state
+    # in its strategy state.
+    state = {"refusals-logged": [3], "privacy-record": {"releases": {}, "deltas": {}}}
+    path = save(
+        tmp_path,
+        2,
+        strategy_state={"strategy": "FedAvg", "wrappers": {"RobustStrategy": state}},
+    )
+    payload = torch.load(path, weights_only=True)
+    del payload["reply-checks"]
+    torch.save(payload, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+    (path.parent / "latest.json").unlink()  # names the old hash
+
+    ck = load_latest_checkpoint(tmp_path)
+
+    assert ck.reply_checks == state
+    restore_strategy_state(FedAvg(), ck.strategy_state)
 
 
 def test_arrays_may_be_an_array_record_or_numpy(tmp_path, fakes):
@@ -287,13 +326,8 @@ def test_fedadam_resumes_exactly_where_it_stopped(tmp_path, fakes):
 
 def test_state_names_the_strategy_and_the_moments(fakes):
     s = guarded(build_strategy(fedadam_config()))
-    assert strategy_state(s) == {
-        "strategy": "FedAdam",
-        "m_t": None,
-        "v_t": None,
-        "wrappers": {"RobustStrategy": {"refusals-logged": []}},
-    }
-    assert strategy_state(FedAvg()) == {"strategy": "FedAvg", "wrappers": {}}
+    assert strategy_state(s) == {"strategy": "FedAdam", "m_t": None, "v_t": None}
+    assert strategy_state(FedAvg()) == {"strategy": "FedAvg"}
 
 
 def test_restoring_into_another_strategy_is_refused():

@@ -30,8 +30,11 @@ from fedge.server.federation_loop import (
     _message_bytes,
     run_rounds,
 )
+from fedge.server.reply_check import ReplyCheck
+from fedge.server.round_summary import round_row
 
 REPLY_TIMEOUT_S = 12.5
+LOOP_LOGGER = "fedge.server.federation_loop"
 
 
 @pytest.fixture(autouse=True)
@@ -190,8 +193,9 @@ def test_round_aggregates_replies_and_counts_failures_and_bytes():
     assert outcome.bytes_sent == 4 * per_record
     assert outcome.bytes_received == 2 * per_record
     assert outcome.train_metrics["train-loss"] == pytest.approx((1.0 * 1 + 3.0 * 3) / 4)
-    assert sorted(m["node-id"] for m in outcome.client_metrics) == [11, 12]
-    by_node = {m["node-id"]: m for m in outcome.client_metrics}
+    assert sorted(m["node-id"] for m in outcome.clients) == [11, 12]
+    by_node = {m["node-id"]: m for m in outcome.clients}
+    assert by_node[12]["status"] == "aggregated"
     assert by_node[12]["num-examples"] == 3
     assert by_node[12]["train-loss"] == 3.0
     # Central evaluation sees the aggregated model and its result is recorded.
@@ -279,20 +283,20 @@ def test_rounds_chain_from_first_to_last_round():
 def test_round_without_any_update_keeps_the_model_and_warns(caplog):
     grid = FakeGrid({11: failing_node, 12: silent_node, 13: failing_node})
 
-    with caplog.at_level(logging.WARNING, logger="fedge.server.federation_loop"):
+    with caplog.at_level(logging.WARNING, logger=LOOP_LOGGER):
         final, outcomes, central_calls = run(grid, arrays=arrays_of([7.0]))
 
     np.testing.assert_array_equal(weights(final), [7.0])
     (outcome,) = outcomes
     assert (outcome.sampled, outcome.replies, outcome.failures) == (3, 0, 3)
     assert outcome.bytes_received == 0
-    assert outcome.client_metrics == []
+    assert outcome.clients == []
     assert outcome.train_metrics == {}
     np.testing.assert_array_equal(central_calls[0][1], [7.0])
     assert not outcome.updated
     assert outcome.reply_errors == ["out of memory", "out of memory"]
     # One node gave no reply at all: not "every node failed alike".
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in caplog.records if r.name == LOOP_LOGGER] == [
         "Round 1: no update was aggregated; the global model is unchanged."
     ]
 
@@ -319,11 +323,11 @@ def shadowed_node(pid):
 def test_every_node_failing_alike_is_said_once_with_the_likely_cause(caplog):
     grid = FakeGrid({11: shadowed_node(5337), 12: shadowed_node(5338)})
 
-    with caplog.at_level(logging.WARNING, logger="fedge.server.federation_loop"):
+    with caplog.at_level(logging.WARNING, logger=LOOP_LOGGER):
         _, outcomes, _ = run(grid, arrays=arrays_of([7.0]), last_round=2)
 
     assert [o.reply_errors for o in outcomes] == [[SHADOWED, SHADOWED]] * 2
-    lines = [r.getMessage() for r in caplog.records]
+    lines = [r.getMessage() for r in caplog.records if r.name == LOOP_LOGGER]
     assert len(lines) == 2  # one per round, not one per node
     for server_round, line in enumerate(lines, start=1):
         assert line == (
@@ -444,3 +448,95 @@ def test_message_bytes_counts_arrays_only():
     assert _message_bytes(instruction) == arrays_of([1.0, 2.0, 3.0]).count_bytes()
     assert _message_bytes(metrics_only) == 0
     assert _message_bytes(error) == 0
+
+
+# ---------------------------------------------------------------- one carrier
+def run_checked(grid, checks, arrays, last_round=1):
+    """Rounds 1..last_round with ``checks``; the final arrays and the outcomes."""
+    outcomes = []
+    final = run_rounds(
+        grid,
+        fedavg(),
+        arrays=arrays,
+        first_round=1,
+        last_round=last_round,
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+        reply_timeout_s=REPLY_TIMEOUT_S,
+        central_eval=lambda r, a: {},
+        on_round_end=outcomes.append,
+        federated_evaluation=False,
+        checks=checks,
+    )
+    return final, outcomes
+
+
+def metrics_only_node(**metrics):
+    """A node that replies to training with metrics and no arrays (a refusal)."""
+
+    def behave(message):
+        content = RecordDict({"metrics": MetricRecord(dict(metrics))})
+        return Message(content, reply_to=message)
+
+    return behave
+
+
+def misshapen_node(message):
+    content = RecordDict(
+        {
+            "arrays": arrays_of([1.0, 2.0, 3.0]),
+            "metrics": MetricRecord({"num-examples": 1, "train-loss": 1.0}),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+def test_the_outcome_carries_what_the_checks_found_and_the_row_copies_it(caplog):
+    # Prepare: one usable reply, one misshapen, one refusal, one error, one silence
+    grid = FakeGrid(
+        {
+            11: node(np.array([2.0, 4.0]), 1),
+            12: misshapen_node,
+            13: metrics_only_node(**{"num-examples": 1, "refused": 1}),
+            14: failing_node,
+            15: silent_node,
+        }
+    )
+
+    # Execute
+    final, outcomes = run_checked(grid, ReplyCheck(), arrays_of([0.0, 0.0]))
+
+    # Assert: node 11 alone is in the model, and the outcome says so
+    np.testing.assert_allclose(weights(final), [2.0, 4.0])
+    (outcome,) = outcomes
+    assert sorted(outcome.sampled_nodes) == [11, 12, 13, 14, 15]
+    counts = ("sampled", "replies", "failures", "dropped", "refused", "aggregated")
+    assert {k: getattr(outcome, k) for k in counts} == {
+        "sampled": 5,
+        "replies": 3,  # with content: usable, misshapen, refusal
+        "failures": 2,  # the error and the silence
+        "dropped": 1,
+        "refused": 1,
+        "aggregated": 1,
+    }
+    assert [(c["node-id"], c["status"]) for c in outcome.clients] == [
+        (12, "dropped"),
+        (13, "refused"),
+        (11, "aggregated"),
+    ]
+    # The metrics row and the details are the outcome's figures, not recounted.
+    row, details = round_row(outcome, fairness_threshold=0.8)
+    assert {k: row[k] for k in counts} == {k: getattr(outcome, k) for k in counts}
+    assert details["clients"] is outcome.clients
+    assert details["sampled-nodes"] == outcome.sampled_nodes
+
+
+def test_a_round_the_checks_leave_short_of_min_replies_aggregates_nothing():
+    grid = FakeGrid({11: node(1.0, 1), 12: node(1.0, 1)})
+
+    final, outcomes = run_checked(grid, ReplyCheck(min_replies=3), arrays_of([0.0]))
+
+    np.testing.assert_array_equal(weights(final), [0.0])
+    (outcome,) = outcomes
+    assert (outcome.replies, outcome.aggregated, outcome.updated) == (2, 0, False)
+    assert [c["status"] for c in outcome.clients] == ["aggregated", "aggregated"]

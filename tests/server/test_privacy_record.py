@@ -9,12 +9,12 @@ from flwr.serverapp.strategy import FedAvg
 from opacus.accountants import RDPAccountant
 
 from fedge.server.privacy_record import Admission, PrivacyRecord, reported_release
-from fedge.server.robust_strategy import RobustStrategy
+from fedge.server.reply_check import ReplyCheck
 from fedge.shared import keys
 from fedge.shared.privacy_history import spend_at_least
 from fedge.shared.privacy_plan import PrivacyPlan, plan_privacy
 
-LOGGER = "fedge.server.robust_strategy"
+LOGGER = "fedge.server.reply_check"
 # A node of 150 examples, batch 32, 2 local epochs, σ = 1.1: q = 32/150, 10 steps.
 PLAN = PrivacyPlan(
     noise_multiplier=1.1,
@@ -234,25 +234,26 @@ def test_a_release_with_a_missing_or_non_finite_figure_is_not_read(metrics):
     assert reported_release(metrics) is None
 
 
+def sent_to(checks, server_round, nodes, w, fakes):
+    """Train messages to ``nodes`` as the round loop sends them: each with its record."""
+    strategy = FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1)
+    msgs = list(
+        strategy.configure_train(
+            server_round, fakes.record(w), ConfigRecord(), fakes.FakeGrid(nodes)
+        )
+    )
+    checks.send_records(msgs)
+    return {m.metadata.dst_node_id: m for m in msgs}
+
+
 def test_a_node_reporting_a_lower_sample_rate_is_dropped_and_counted_at_the_plans(
     fakes, caplog
 ):
     # Prepare: the plan's q follows the examples a node reports: batch 32 over
     # 150 examples is q = 32/150 (node 7), over 300 it is 32/300 (node 8).
-    strategy = RobustStrategy(
-        FedAvg(fraction_evaluate=0.0),
-        sampler_seed=0,
-        node_wait_timeout_s=30.0,
-        privacy_plan=plan_for,
-        accountant="rdp",
-    )
+    checks = ReplyCheck(privacy_plan=plan_for, accountant="rdp")
     w = {"w": np.zeros((2, 2), np.float32)}
-    msgs = {
-        m.metadata.dst_node_id: m
-        for m in strategy.configure_train(
-            1, fakes.record(w), ConfigRecord(), fakes.FakeGrid([7, 8])
-        )
-    }
+    msgs = sent_to(checks, 1, [7, 8], w, fakes)
     # Node 7 claims q = 0.05 and the ε that q would give, consistently: every
     # figure but q is honest, so only the q check can catch it. Node 8 is
     # honest with 300 examples: 32/300, round(300/32) = 9 steps an epoch.
@@ -289,7 +290,7 @@ def test_a_node_reporting_a_lower_sample_rate_is_dropped_and_counted_at_the_plan
 
     # Execute
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        strategy.aggregate_train(1, replies)
+        checked = checks.check_train(1, replies, w)
 
     # Assert: logged with the node, the expected q and the one it sent; dropped.
     lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
@@ -297,10 +298,10 @@ def test_a_node_reporting_a_lower_sample_rate_is_dropped_and_counted_at_the_plan
         "node 7: reports sample rate 0.05, the plan has 0.213333 (batch size ÷ its "
         "150 examples); update dropped"
     ]
-    rows = {row["node-id"]: row for row in strategy.round_stats[1]["clients"]}
+    rows = {row["node-id"]: row for row in checked.clients}
     assert rows[7]["status"] == "dropped" and rows[8]["status"] == "aggregated"
     # Its release counts, at the plan's q: ε is Opacus's over 32/150, not 0.05.
-    record = strategy.privacy_record
+    record = checks.privacy_record
     assert record.history(7).opacus_history == [(1.1, 32 / 150, 10)]
     assert record.history(8).opacus_history == [honest_8]
     planned = opacus_epsilon([(1.1, 32 / 150, 10)])
@@ -311,44 +312,25 @@ def test_a_node_reporting_a_lower_sample_rate_is_dropped_and_counted_at_the_plan
 
 
 def test_a_reply_without_a_release_is_dropped_and_counted_at_its_plan(fakes, caplog):
-    strategy = RobustStrategy(
-        FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1),
-        sampler_seed=0,
-        node_wait_timeout_s=30.0,
-        privacy_plan=lambda n: PLAN,
-        accountant="rdp",
-    )
+    checks = ReplyCheck(privacy_plan=lambda n: PLAN, accountant="rdp")
     w = {"w": np.zeros((2, 2), np.float32)}
-    (msg,) = strategy.configure_train(
-        1, fakes.record(w), ConfigRecord(), fakes.FakeGrid([7])
-    )
+    msg = sent_to(checks, 1, [7], w, fakes)[7]
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        strategy.aggregate_train(1, [fakes.reply(msg, w, **{keys.NUM_EXAMPLES: 150})])
+        checks.check_train(1, [fakes.reply(msg, w, **{keys.NUM_EXAMPLES: 150})], w)
     assert next(r.getMessage() for r in caplog.records if r.name == LOGGER) == (
         "node 7: reports no valid 'noise-multiplier', 'sample-rate' and "
         "'dp-round-steps': its DP-SGD release cannot be checked; update dropped"
     )
-    assert strategy.privacy_record.history(7).opacus_history == [PLAN.round_entry]
+    assert checks.privacy_record.history(7).opacus_history == [PLAN.round_entry]
 
 
 def test_an_under_reporting_node_is_dropped_and_still_recorded(fakes, caplog):
-    strategy = RobustStrategy(
-        FedAvg(fraction_evaluate=0.0),
-        sampler_seed=0,
-        node_wait_timeout_s=30.0,
-        privacy_plan=lambda n: PLAN,
-        accountant="rdp",
-    )
+    checks = ReplyCheck(privacy_plan=lambda n: PLAN, accountant="rdp")
     w = {"w": np.zeros((2, 2), np.float32)}
 
     def play(server_round, under_report):
-        msgs = {
-            m.metadata.dst_node_id: m
-            for m in strategy.configure_train(
-                server_round, fakes.record(w), ConfigRecord(), fakes.FakeGrid([7, 8])
-            )
-        }
-        record = strategy.privacy_record
+        msgs = sent_to(checks, server_round, [7, 8], w, fakes)
+        record = checks.privacy_record
         replies = [
             fakes.reply(msgs[7], w, **honest_report(record, 7)),
             fakes.reply(
@@ -359,12 +341,12 @@ def test_an_under_reporting_node_is_dropped_and_still_recorded(fakes, caplog):
                 ),
             ),
         ]
-        return msgs, strategy.aggregate_train(server_round, replies)
+        return msgs, checks.check_train(server_round, replies, w)
 
     play(1, under_report=False)
-    strategy.privacy_record.add(7, 1, PLAN.round_entry, 1e-4)  # node 7 released twice
+    checks.privacy_record.add(7, 1, PLAN.round_entry, 1e-4)  # node 7 released twice
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        msgs, _ = play(2, under_report=True)
+        msgs, checked = play(2, under_report=True)
     # Round 2's messages carried each node its own record (Flower's strategy
     # gives all messages one RecordDict: it must not be shared).
     assert msgs[7].content["config"][keys.RECORD_ROUNDS] == [1, 1]
@@ -375,23 +357,17 @@ def test_an_under_reporting_node_is_dropped_and_still_recorded(fakes, caplog):
         "node 8: reports ε = 0.01, below the coordinator's record "
         f"{opacus_epsilon([PLAN.round_entry] * 2):.6g}; update dropped"
     ]
-    stats = strategy.round_stats[2]
-    assert stats["aggregated"] == 1 and stats["dropped"] == 1
-    rows = {row["node-id"]: row for row in stats["clients"]}
+    assert len(checked.kept) == 1 and checked.dropped == 1
+    rows = {row["node-id"]: row for row in checked.clients}
     # Its release counts anyway, and the ε reported for it is the coordinator's.
     expected = opacus_epsilon([PLAN.round_entry] * 2)
-    assert strategy.privacy_record.history(8).total_steps == 20
+    assert checks.privacy_record.history(8).total_steps == 20
     assert rows[8]["epsilon"] == pytest.approx(expected, rel=1e-9)
     assert rows[8]["epsilon-reported"] == 0.01
     assert rows[7]["epsilon-coordinator"] == pytest.approx(
         opacus_epsilon([PLAN.round_entry] * 3), rel=1e-9
     )
     # A resumed coordinator continues the record from the checkpointed state.
-    resumed = RobustStrategy(
-        FedAvg(),
-        sampler_seed=0,
-        node_wait_timeout_s=30.0,
-        privacy_plan=lambda n: PLAN,
-    )
-    resumed.load_state_dict(strategy.state_dict())
-    assert resumed.privacy_record == strategy.privacy_record
+    resumed = ReplyCheck(privacy_plan=lambda n: PLAN)
+    resumed.load_state_dict(checks.state_dict())
+    assert resumed.privacy_record == checks.privacy_record

@@ -1,7 +1,5 @@
 """A round's metrics row and the decision to stop a run early."""
 
-from types import SimpleNamespace
-
 import pytest
 from flwr.app import ArrayRecord
 
@@ -23,7 +21,6 @@ def test_a_round_scored_on_every_node_adds_the_summary_and_its_cost():
 
     row, details = round_row(
         outcome(client_evaluation=evaluated, client_evaluation_s=2.5, round_time_s=9.0),
-        {},
         fairness_threshold=0.8,
     )
 
@@ -37,35 +34,43 @@ def test_a_round_scored_on_every_node_adds_the_summary_and_its_cost():
 
 
 def test_a_round_not_scored_on_every_node_has_no_fairness_columns():
-    row, details = round_row(outcome(), {}, fairness_threshold=0.8)
+    row, details = round_row(outcome(), fairness_threshold=0.8)
 
     assert "clients-evaluated" not in row
     assert "client-evaluation-s" not in row
     assert "client-evaluation" not in details
 
 
-def test_a_round_that_left_the_model_unchanged_aggregated_nothing():
-    # The strategy counted 2 usable replies, but its aggregation gave no model
-    # (as Flower's central-DP wrapper does when a reply is an error).
+def test_the_row_and_details_carry_the_outcomes_counts_and_clients():
+    clients = [
+        {"node-id": 4, "status": "aggregated", "epsilon": 2.0},
+        {"node-id": 5, "status": "refused", "epsilon": 4.0},
+        {"node-id": 6, "status": "dropped", "problem": "'w' is not finite"},
+    ]
+    counts = {"sampled": 5, "replies": 3, "failures": 2}
+    counts |= {"dropped": 1, "refused": 1, "aggregated": 1}
+    errors = ["E: a", "E: b", "E: a"]
     row, details = round_row(
-        outcome(updated=False, reply_errors=["E: a", "E: b", "E: a"]),
-        {"aggregated": 2},
+        outcome(
+            sampled_nodes=[4, 5, 6, 7, 8],
+            clients=clients,
+            reply_errors=errors,
+            **counts,
+        ),
         fairness_threshold=0.8,
     )
 
-    assert row["aggregated"] == 0
+    assert {k: row[k] for k in counts} == counts
+    # Refusing clients' spent ε counts too.
+    assert (row["epsilon-max"], row["epsilon-mean"]) == (4.0, 3.0)
+    assert details["clients"] == clients
+    assert details["sampled-nodes"] == [4, 5, 6, 7, 8]
     assert details["reply-errors"] == {"E: a": 2, "E: b": 1}
 
 
-def test_a_round_that_updated_the_model_records_what_was_aggregated():
-    row, details = round_row(
-        outcome(updated=True, replies=3), {"aggregated": 2}, fairness_threshold=0.8
-    )
-    no_stats, _ = round_row(
-        outcome(updated=True, replies=3), {}, fairness_threshold=0.8
-    )
+def test_a_round_without_error_replies_lists_none():
+    _, details = round_row(outcome(replies=3), fairness_threshold=0.8)
 
-    assert (row["aggregated"], no_stats["aggregated"]) == (2, 3)
     assert "reply-errors" not in details
 
 
@@ -96,17 +101,13 @@ def config(**overrides):
 def test_the_run_stops_when_fewer_than_min_replies_nodes_can_train(
     refused, server_round, stops
 ):
-    strategy = SimpleNamespace(refused_nodes=frozenset(refused))
-
-    reason = stop_reason(strategy, config(), server_round, Grid([1, 2, 3]))
+    reason = stop_reason(frozenset(refused), config(), server_round, Grid([1, 2, 3]))
 
     assert (reason is not None) == stops
 
 
 def test_the_stop_reason_says_how_many_nodes_spent_their_budget():
-    strategy = SimpleNamespace(refused_nodes=frozenset({1, 2}))
-
-    reason = stop_reason(strategy, config(), 2, Grid([1, 2, 3]))
+    reason = stop_reason(frozenset({1, 2}), config(), 2, Grid([1, 2, 3]))
 
     assert reason is not None
     assert reason.startswith(

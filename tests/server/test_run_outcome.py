@@ -160,7 +160,7 @@ def test_the_end_of_an_untrained_run_saves_and_exports_nothing(tmp_path):
             reply_errors=[SHADOWED, SHADOWED],
             updated=False,
         )
-        row, details = round_row(outcome, {}, fairness_threshold=0.8)
+        row, details = round_row(outcome, fairness_threshold=0.8)
         history.append(row, details=details)
 
     with pytest.raises(NothingTrainedError, match="every node failed with Module"):
