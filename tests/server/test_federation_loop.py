@@ -32,6 +32,10 @@ from fedge.server.federation_loop import (
 )
 from fedge.server.reply_check import ReplyCheck
 from fedge.server.round_summary import round_row
+from fedge.shared import keys, privacy_history
+from fedge.shared.config import from_run_config
+from fedge.shared.privacy import epsilon_for
+from fedge.shared.privacy_plan import plan_for_config
 
 REPLY_TIMEOUT_S = 12.5
 LOOP_LOGGER = "fedge.server.federation_loop"
@@ -540,3 +544,65 @@ def test_a_round_the_checks_leave_short_of_min_replies_aggregates_nothing():
     (outcome,) = outcomes
     assert (outcome.replies, outcome.aggregated, outcome.updated) == (2, 0, False)
     assert [c["status"] for c in outcome.clients] == ["aggregated", "aggregated"]
+
+
+# The run's plan for a node of 150 examples (the coordinator checks against it).
+DP_CONFIG = from_run_config(
+    {"dp-mode": "sample", "noise-multiplier": 1.1, "batch-size": 32},
+    fill_defaults=True,
+)
+PLAN = plan_for_config(config=DP_CONFIG, num_examples=150)
+
+
+def dp_node(refuses_in_round=None):
+    """A node that trains with DP-SGD as PLAN says, or refuses in one round.
+
+    It reports a run total and an ε far above any record, so the
+    coordinator's checks keep its update.
+    """
+
+    def behave(message):
+        server_round = message.content["config"]["server-round"]
+        release = {keys.NUM_EXAMPLES: 150, keys.EPSILON: 1e6}
+        if server_round == refuses_in_round:
+            content = RecordDict({"metrics": MetricRecord({**release, "refused": 1})})
+            return Message(content, reply_to=message)
+        received = weights(message.content["arrays"])
+        metrics = {
+            **release,
+            keys.NOISE_MULTIPLIER: PLAN.noise_multiplier,
+            keys.SAMPLE_RATE: PLAN.sample_rate,
+            keys.DP_ROUND_STEPS: PLAN.steps_per_round,
+            keys.DP_STEPS: 10**6,
+        }
+        content = RecordDict(
+            {"arrays": arrays_of(received + 1.0), "metrics": MetricRecord(metrics)}
+        )
+        return Message(content, reply_to=message)
+
+    return behave
+
+
+def test_each_reply_has_its_epsilon_computed_once(monkeypatch):
+    # Prepare: count the coordinator's ε computations (Opacus's accountant)
+    calls = []
+
+    def counted_epsilon_for(**kwargs):
+        calls.append(kwargs["history"])
+        return epsilon_for(**kwargs)
+
+    monkeypatch.setattr(privacy_history, "epsilon_for", counted_epsilon_for)
+    grid = FakeGrid({7: dp_node(), 8: dp_node(refuses_in_round=2)})
+    checks = ReplyCheck(privacy_plan=lambda n: PLAN, accountant="rdp")
+
+    # Execute: round 1, both train; round 2, node 8 refuses
+    _, outcomes = run_checked(grid, checks, arrays_of([0.0]), last_round=2)
+
+    # Assert: one ε per reply (2 + 2), each over the node's record so far
+    assert [len(history) for history in calls] == [1, 1, 2, 1]
+    assert [o.aggregated for o in outcomes] == [2, 1]
+    rows = {c["node-id"]: c for c in outcomes[-1].clients}
+    assert rows[8]["status"] == "refused"
+    record_epsilon = epsilon_for(history=[PLAN.round_entry], delta=PLAN.delta)
+    assert rows[8]["epsilon-coordinator"] == pytest.approx(record_epsilon, rel=1e-12)
+    assert checks.privacy_record.history(7).opacus_history == [PLAN.round_entry] * 2
