@@ -34,15 +34,16 @@ from fedge.shared.run_folder import (
 )
 from fedge.simulations.scenario_file import read_scenario
 from fedge.studies.study_cell import (
+    RESULTS_DIR,
+    TABLES_DIR,
     cell_summary,
     completed,
     format_mean_range,
     run_cell,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_PATH = ROOT / "benchmarks" / "results" / "fairness_comparison.json"
-TABLE_PATH = Path(__file__).resolve().parent / "fairness_comparison.md"
+RESULTS_PATH = RESULTS_DIR / "fairness_comparison.json"
+TABLE_PATH = TABLES_DIR / "fairness_comparison.md"
 RUNS_DIR = Path("runs") / "fairness-comparison"
 SCENARIO = "fairness-shards"
 STRATEGIES = ("fedavg", "qfedavg")

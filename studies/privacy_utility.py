@@ -56,15 +56,17 @@ from fedge.simulations.scenario_file import SCENARIOS_DIR, load_scenario
 from fedge.simulations.simulate import simulate
 from fedge.studies.series_accuracy import format_summary, summarize_cell
 from fedge.studies.study_cell import (
+    RESULTS_DIR,
+    ROOT,
+    TABLES_DIR,
     cell_summary,
     epsilon_label,
     epsilon_slug,
     run_cell,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_PATH = ROOT / "benchmarks" / "results" / "privacy_utility.csv"
-TABLE_PATH = Path(__file__).resolve().parent / "privacy_utility.md"
+RESULTS_PATH = RESULTS_DIR / "privacy_utility.csv"
+TABLE_PATH = TABLES_DIR / "privacy_utility.md"
 RUNS_DIR = Path("runs") / "privacy-utility"
 ROW_SCENARIOS_DIR = SCENARIOS_DIR / "privacy-utility"
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from fedge.simulations.engine import SimulationEngine, sharing
 from fedge.studies.study_cell import (
+    RESULTS_DIR,
     cell_summary,
     completed,
     epsilon_label,
@@ -41,8 +42,6 @@ from fedge.studies.study_cell import (
     run_cell,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 DATASETS = ("basic-motions", "pickup-gesture")
 MODELS = ("auto", "cnn1d", "gru")
 EPSILONS = (math.inf, 8.0)

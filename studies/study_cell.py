@@ -28,6 +28,12 @@ from fedge.shared.run_folder import (
 )
 from fedge.simulations.simulate import simulate
 
+# The repository; studies write their results beside the benchmarks' and their
+# Markdown tables beside their own modules.
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+TABLES_DIR = Path(__file__).resolve().parent
+
 FAILED = "failed"
 
 
