@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedge.client.privacy_ledger import PrivacyLedger
 from fedge.shared.errors import ConfigError
 from fedge.shared.privacy import HistoryEntry, check_history_entry, epsilon_for
+from fedge.shared.privacy_history import ReleaseHistory
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class BudgetDecision:
     allowed : bool
         ``epsilon_after <= budget_epsilon``.
     epsilon_now : float
-        ε spent by the rounds already in the ledger.
+        ε spent by the releases already in the node's history.
     epsilon_after : float
         ε if the planned round is trained too.
     budget_epsilon : float
@@ -40,7 +40,7 @@ class BudgetDecision:
 
 def check_budget(
     *,
-    ledger: PrivacyLedger,
+    history: ReleaseHistory,
     planned: HistoryEntry,
     delta: float,
     budget_epsilon: float,
@@ -51,7 +51,7 @@ def check_budget(
 
     Parameters
     ----------
-    ledger : PrivacyLedger
+    history : ReleaseHistory
         What the node has spent in this run.
     planned : (noise_multiplier, sample_rate, steps)
         The round about to be trained.
@@ -63,7 +63,7 @@ def check_budget(
     schedule : sequence of float, optional
         ε after ``k`` rounds of ``planned`` for ``k = 0, 1, ...``
         (:func:`fedge.shared.privacy.epsilon_schedule`, same δ and accountant), or
-        its first elements. When the ledger holds nothing but ``planned``
+        its first elements. When the history holds nothing but ``planned``
         rounds, each ε the schedule holds is read from it (a fresh process then
         needs no accountant); what it lacks, and any other history, is
         accounted afresh.
@@ -80,20 +80,18 @@ def check_budget(
     if not budget_epsilon > 0:
         raise ConfigError(f"budget ε must be > 0, got {budget_epsilon}.")
     planned = check_history_entry(planned, where="planned round")
-    history = ledger.history.opacus_history
-    k = len(history)
-    known = schedule if all(e == planned for e in history) else ()
+    spent = history.opacus_history
+    k = len(spent)
+    known = schedule if all(e == planned for e in spent) else ()
     epsilon_now = (
         known[k]
         if k < len(known)
-        else epsilon_for(history=history, delta=delta, accountant=accountant)
+        else epsilon_for(history=spent, delta=delta, accountant=accountant)
     )
     epsilon_after = (
         known[k + 1]
         if k + 1 < len(known)
-        else epsilon_for(
-            history=[*history, planned], delta=delta, accountant=accountant
-        )
+        else epsilon_for(history=[*spent, planned], delta=delta, accountant=accountant)
     )
     allowed = epsilon_after <= budget_epsilon
     verdict = "within" if allowed else "over"

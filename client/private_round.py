@@ -274,7 +274,7 @@ def train_private_round(
         if resent is not None:
             return resent
     decision = check_budget(
-        ledger=ledger,
+        history=ledger.history,
         planned=plan.round_entry,
         delta=plan.delta,
         budget_epsilon=dp.target_epsilon,

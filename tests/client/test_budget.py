@@ -5,8 +5,8 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedge.client.budget import check_budget
-from fedge.client.privacy_ledger import PrivacyLedger
 from fedge.shared.errors import ConfigError
+from fedge.shared.privacy_history import Release, ReleaseHistory
 
 # Opacus's reference (opacus/tests/accountants_test.py, test_rdp_accountant):
 # 2250 steps of σ = 1.5 at q = 0.04, δ = 1e-5 spend ε = 7.32911117143.
@@ -14,15 +14,12 @@ REFERENCE_EPSILON = 7.32911117143
 
 
 def two_rounds_of_750():
-    ledger = PrivacyLedger(run_id="r")
-    for r in (1, 2):
-        ledger.record(server_round=r, noise_multiplier=1.5, sample_rate=0.04, steps=750)
-    return ledger
+    return ReleaseHistory(tuple(Release(r, 1.5, 0.04, 750) for r in (1, 2)))
 
 
 def test_round_that_would_exceed_the_budget_is_refused():
     decision = check_budget(
-        ledger=two_rounds_of_750(),
+        history=two_rounds_of_750(),
         planned=(1.5, 0.04, 750),
         delta=1e-5,
         budget_epsilon=7.0,
@@ -40,7 +37,7 @@ def test_round_within_the_budget_is_allowed_and_epsilon_now_is_what_was_spent():
         delta=1e-5,
     )[0]
     decision = check_budget(
-        ledger=two_rounds_of_750(),
+        history=two_rounds_of_750(),
         planned=(1.5, 0.04, 750),
         delta=1e-5,
         budget_epsilon=7.5,
@@ -52,34 +49,36 @@ def test_round_within_the_budget_is_allowed_and_epsilon_now_is_what_was_spent():
 
 
 def test_reaching_the_budget_exactly_is_allowed():
-    ledger = two_rounds_of_750()
+    history = two_rounds_of_750()
     exact = check_budget(
-        ledger=ledger, planned=(1.5, 0.04, 750), delta=1e-5, budget_epsilon=10.0
+        history=history, planned=(1.5, 0.04, 750), delta=1e-5, budget_epsilon=10.0
     ).epsilon_after
     decision = check_budget(
-        ledger=ledger, planned=(1.5, 0.04, 750), delta=1e-5, budget_epsilon=exact
+        history=history, planned=(1.5, 0.04, 750), delta=1e-5, budget_epsilon=exact
     )
     assert decision.allowed
 
 
 def test_first_round_starts_from_zero_and_a_noiseless_round_is_refused():
-    empty = PrivacyLedger(run_id="r")
+    empty = ReleaseHistory()
     assert (
         check_budget(
-            ledger=empty, planned=(1.0, 0.1, 10), delta=1e-5, budget_epsilon=8.0
+            history=empty, planned=(1.0, 0.1, 10), delta=1e-5, budget_epsilon=8.0
         ).epsilon_now
         == 0.0
     )
     decision = check_budget(
-        ledger=empty, planned=(0.0, 0.1, 10), delta=1e-5, budget_epsilon=1e6
+        history=empty, planned=(0.0, 0.1, 10), delta=1e-5, budget_epsilon=1e6
     )
     assert decision.epsilon_after == math.inf and not decision.allowed
 
 
 def test_budget_check_does_not_record_anything():
-    ledger = two_rounds_of_750()
-    check_budget(ledger=ledger, planned=(1.5, 0.04, 750), delta=1e-5, budget_epsilon=8)
-    assert ledger.history.total_steps == 1500
+    history = two_rounds_of_750()
+    check_budget(
+        history=history, planned=(1.5, 0.04, 750), delta=1e-5, budget_epsilon=8
+    )
+    assert history.total_steps == 1500
 
 
 @pytest.mark.parametrize(
@@ -93,7 +92,7 @@ def test_budget_check_does_not_record_anything():
 )
 def test_bad_budget_inputs_raise(kwargs, match):
     args = {
-        "ledger": PrivacyLedger(run_id="r"),
+        "history": ReleaseHistory(),
         "planned": (1.0, 0.1, 5),
         "delta": 1e-5,
         "budget_epsilon": 8.0,
@@ -112,7 +111,7 @@ def test_a_schedule_answers_a_ledger_of_planned_rounds_without_the_accountant(
     monkeypatch.setattr("fedge.client.budget.epsilon_for", no_accountant)
     # Planted values: the check must read elements k and k + 1 of the schedule.
     decision = check_budget(
-        ledger=two_rounds_of_750(),
+        history=two_rounds_of_750(),
         planned=(1.5, 0.04, 750),
         delta=1e-5,
         budget_epsilon=3.5,
@@ -123,10 +122,10 @@ def test_a_schedule_answers_a_ledger_of_planned_rounds_without_the_accountant(
 
 
 def test_a_ledger_the_schedule_does_not_describe_is_accounted_afresh():
-    ledger = two_rounds_of_750()
+    history = two_rounds_of_750()
     # Another plan than the ledger's rounds: the schedule is ignored.
     decision = check_budget(
-        ledger=ledger,
+        history=history,
         planned=(1.5, 0.05, 750),
         delta=1e-5,
         budget_epsilon=100.0,
@@ -135,7 +134,7 @@ def test_a_ledger_the_schedule_does_not_describe_is_accounted_afresh():
     assert decision.epsilon_now > 3.0  # two real rounds, not the planted 2.0
     # A schedule that ends at the ledger: ε now from it, ε after accounted.
     decision = check_budget(
-        ledger=ledger,
+        history=history,
         planned=(1.5, 0.04, 750),
         delta=1e-5,
         budget_epsilon=100.0,
