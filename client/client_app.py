@@ -128,9 +128,7 @@ def train(msg: Message, context: Context) -> Message:
             learning_rate=config.train.learning_rate,
             momentum=config.train.momentum,
             seed=config.train.model_seed * 100_003 + server_round,
-            proximal_mu=config.strategy.proximal_mu
-            if config.strategy.name == "fedprox"
-            else 0.0,
+            proximal_mu=config.strategy.local_proximal_mu,
         )
         metrics = MetricRecord(
             {keys.NUM_EXAMPLES: result.num_examples, keys.TRAIN_LOSS: result.train_loss}

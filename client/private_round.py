@@ -310,9 +310,7 @@ def train_private_round(
         max_grad_norm=dp.max_grad_norm,
         # No seed: noise the server could reproduce would void the guarantee.
         seed=None,
-        proximal_mu=config.strategy.proximal_mu
-        if config.strategy.name == "fedprox"
-        else 0.0,
+        proximal_mu=config.strategy.local_proximal_mu,
         check_model=False,  # check_private_model_once did
         augment_multiplicity=dp.augment_multiplicity,
         # Views are data-independent: reproducible from (model seed, round).

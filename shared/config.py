@@ -139,6 +139,15 @@ class StrategyConfig:
     num_nodes_to_select: int
     qffl_q: float
 
+    @property
+    def local_proximal_mu(self) -> float:
+        """The FedProx coefficient of a node's local training: 0 unless FedProx runs.
+
+        ``proximal-mu`` has a default under every strategy; only FedProx's
+        nodes add the proximal term (Li et al., 2020).
+        """
+        return self.proximal_mu if self.name == "fedprox" else 0.0
+
 
 @dataclass(frozen=True)
 class RunControlConfig:

@@ -116,6 +116,17 @@ def test_overrides_replace_defaults():
     assert config.train.momentum == pyproject_defaults()["momentum"]
 
 
+@pytest.mark.parametrize(
+    ("strategy", "local_mu"), [("fedprox", 0.5), ("fedavg", 0.0), ("fedadam", 0.0)]
+)
+def test_only_fedprox_nodes_train_with_the_proximal_term(strategy, local_mu):
+    config = from_run_config(
+        {"strategy": strategy, "proximal-mu": 0.5}, fill_defaults=True
+    )
+
+    assert config.strategy.local_proximal_mu == local_mu
+
+
 def test_config_is_frozen():
     config = from_run_config({}, fill_defaults=True)
     with pytest.raises(dataclasses.FrozenInstanceError):
