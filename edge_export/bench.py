@@ -34,14 +34,12 @@ import numpy as np
 
 from fedge.edge_export.runtime import EdgeModel
 from fedge.shared.run_folder import (
+    EXPORTED_FILES,
     MANIFEST_FILE,
     MODEL_INFO_FILE,
     MODEL_WEIGHTS_FILE,
-    ONNX_FIXED_FILE,
     ONNX_FP32_FILE,
     ONNX_INT8_FILE,
-    ONNX_OPTIMIZED_FILE,
-    ORT_FILE,
     ModelInfo,
     PrivacySummary,
     save_run_config,
@@ -58,11 +56,7 @@ LARGE_RUNS = 60  # timed batch-256 calls per engine
 TARGET_ORT_TO_EAGER_B1 = 0.2
 TARGET_BEST_ONNX_TO_EAGER_B1 = 0.15
 # Engine name -> file, for the artefacts beyond fp32 and int8.
-EMBEDDED_ENGINES = {
-    "onnx-optimized": ONNX_OPTIMIZED_FILE,
-    "ort-format": ORT_FILE,
-    "onnx-fixed-batch1": ONNX_FIXED_FILE,
-}
+EMBEDDED_ENGINES = {f.engine: f.name for f in EXPORTED_FILES if f.engine is not None}
 TARGET_INT8_SIZE_RATIO = 0.3
 # Parts of an int8 file that no graph-level change removes: its weights and
 # the metadata the device reads.

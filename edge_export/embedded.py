@@ -33,10 +33,8 @@ import onnxruntime as ort
 from fedge.edge_export.runtime import session_options
 from fedge.shared.errors import ModelError
 from fedge.shared.run_folder import (
-    ONNX_FIXED_FILE,
+    EXPORTED_FILES,
     ONNX_FP32_FILE,
-    ONNX_OPTIMIZED_FILE,
-    ORT_FILE,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,7 +47,9 @@ LATENCY_RUNS = 400
 DEFAULT_TOLERANCE = 1e-4
 # Artefacts that must compute model.onnx's function (int8 rounds on purpose),
 # with the batch each takes per call (None: any).
-SAME_FUNCTION_AS_ONNX = {ORT_FILE: None, ONNX_FIXED_FILE: 1, ONNX_OPTIMIZED_FILE: None}
+SAME_FUNCTION_AS_ONNX = {
+    f.name: f.batch for f in EXPORTED_FILES if f.same_function_as_onnx
+}
 # Encoded inputs `fedge verify` runs through each of them: a few suffice to
 # catch a changed weight, and need no data set on the verifying machine.
 VERIFY_EXAMPLES = 8

@@ -36,37 +36,19 @@ from fedge.edge_export.runtime import (
 from fedge.shared.atomic_io import atomic_write_text
 from fedge.shared.errors import ModelError
 from fedge.shared.run_folder import (
-    CONFIG_FILE,
+    EXPORTED_FILES,
     MANIFEST_FILE,
-    MODEL_CARD_JSON_FILE,
-    MODEL_CARD_MARKDOWN_FILE,
     MODEL_INFO_FILE,
-    MODEL_WEIGHTS_FILE,
-    ONNX_FIXED_FILE,
     ONNX_FP32_FILE,
     ONNX_INT8_FILE,
-    ONNX_OPTIMIZED_FILE,
-    ORT_FILE,
-    ORT_OPERATORS_FILE,
     SIGNATURE_FILE,
     PrivacySummary,
     read_model_info,
 )
 
 MANIFEST_FORMAT = "fedge-manifest/1"
-ROLES = {
-    ONNX_FP32_FILE: "onnx-fp32",
-    ONNX_INT8_FILE: "onnx-int8",
-    MODEL_WEIGHTS_FILE: "torch-state-dict",
-    MODEL_INFO_FILE: "model-spec-and-provenance",
-    CONFIG_FILE: "run-config",
-    MODEL_CARD_JSON_FILE: "model-card",
-    MODEL_CARD_MARKDOWN_FILE: "model-card-text",
-    ORT_FILE: "ort-format",
-    ORT_OPERATORS_FILE: "ort-required-operators",
-    ONNX_FIXED_FILE: "onnx-fp32-batch1-static",
-    ONNX_OPTIMIZED_FILE: "onnx-fp32-optimized",
-}
+# File name -> its role in the manifest.
+ROLES = {exported.name: exported.role for exported in EXPORTED_FILES}
 
 
 @dataclass

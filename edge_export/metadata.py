@@ -15,20 +15,8 @@ from typing import Any
 
 import onnx
 
-from fedge.edge_export.runtime import (
-    KEY_CLASS_LABELS,
-    KEY_FORMAT,
-    KEY_INPUT,
-    KEY_MODEL_IDENTITY,
-    KEY_MODEL_NAME,
-    KEY_OUTPUT,
-    KEY_PREPROCESSING,
-    KEY_PRIVACY,
-    KEY_PROVENANCE,
-    KEY_QUANTIZATION,
-    KEY_SPEC,
-    METADATA_FORMAT,
-)
+# The keys are the runtime's: it reads what this module writes.
+from fedge.edge_export.runtime import metadata as keys
 from fedge.shared.errors import ModelError
 
 BATCH_DIM = "batch"
@@ -69,17 +57,17 @@ def build_metadata(
         ``{"method": "none"}`` for the float model (the default).
     """
     props = {
-        KEY_FORMAT: METADATA_FORMAT,
-        KEY_MODEL_NAME: str(spec["name"]),
-        KEY_SPEC: _json(dict(spec)),
-        KEY_INPUT: _json(
+        keys.KEY_FORMAT: keys.METADATA_FORMAT,
+        keys.KEY_MODEL_NAME: str(spec["name"]),
+        keys.KEY_SPEC: _json(dict(spec)),
+        keys.KEY_INPUT: _json(
             {
                 "name": input_name,
                 "shape": [BATCH_DIM, *(int(d) for d in input_shape)],
                 "dtype": "float32",
             }
         ),
-        KEY_OUTPUT: _json(
+        keys.KEY_OUTPUT: _json(
             {
                 "name": output_name,
                 "shape": [BATCH_DIM, int(spec["num_classes"])],
@@ -87,14 +75,14 @@ def build_metadata(
                 "meaning": "logits; softmax gives class probabilities",
             }
         ),
-        KEY_PREPROCESSING: _json(dict(preprocessing)),
-        KEY_CLASS_LABELS: _json(list(preprocessing["class_names"])),
-        KEY_PROVENANCE: _json(dict(provenance)),
-        KEY_PRIVACY: _json(dict(privacy)),
-        KEY_QUANTIZATION: _json(dict(quantization or {"method": "none"})),
+        keys.KEY_PREPROCESSING: _json(dict(preprocessing)),
+        keys.KEY_CLASS_LABELS: _json(list(preprocessing["class_names"])),
+        keys.KEY_PROVENANCE: _json(dict(provenance)),
+        keys.KEY_PRIVACY: _json(dict(privacy)),
+        keys.KEY_QUANTIZATION: _json(dict(quantization or {"method": "none"})),
     }
     if spec.get("identity"):
-        props[KEY_MODEL_IDENTITY] = _json(dict(spec["identity"]))
+        props[keys.KEY_MODEL_IDENTITY] = _json(dict(spec["identity"]))
     return props
 
 

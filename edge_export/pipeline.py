@@ -63,11 +63,10 @@ from fedge.shared.errors import ConfigError, ModelError
 from fedge.shared.run_folder import (
     BATCH1_LATENCY,
     BATCH1_TIMING,
-    CONFIG_FILE,
+    EXPORTED_FILES,
     FAILED,
     MANIFEST_FILE,
     MODEL_INFO_FILE,
-    MODEL_WEIGHTS_FILE,
     ONNX_FIXED_FILE,
     ONNX_FP32_FILE,
     ONNX_INT8_FILE,
@@ -189,15 +188,11 @@ def _choose(
 
 
 # Files the embedded step may write, in publishing order.
-EMBEDDED_FILES = (ORT_FILE, ORT_OPERATORS_FILE, ONNX_FIXED_FILE, ONNX_OPTIMIZED_FILE)
+EMBEDDED_FILES = tuple(f.name for f in EXPORTED_FILES if f.embedded)
 # Model files a device may run, for the latency and size figures and budgets.
-MODEL_FILES = (
-    ONNX_FP32_FILE,
-    ONNX_INT8_FILE,
-    ORT_FILE,
-    ONNX_FIXED_FILE,
-    ONNX_OPTIMIZED_FILE,
-)
+MODEL_FILES = tuple(f.name for f in EXPORTED_FILES if f.device_model)
+# Files the run wrote that the manifest covers too.
+RUN_FILES = tuple(f.name for f in EXPORTED_FILES if f.written_by_run)
 
 
 def _embedded_artefacts(
@@ -439,7 +434,7 @@ def _build_manifest(
         artefacts[ONNX_INT8_FILE] = describe_artefact(
             tmp / ONNX_INT8_FILE, ROLES[ONNX_INT8_FILE]
         )
-    for name in (MODEL_WEIGHTS_FILE, MODEL_INFO_FILE, CONFIG_FILE):
+    for name in RUN_FILES:
         if (run.run_dir / name).is_file():
             artefacts[name] = describe_artefact(run.run_dir / name, ROLES[name])
     fp32_size = artefacts[ONNX_FP32_FILE]["size-bytes"]

@@ -1,9 +1,11 @@
-"""Turn raw tables and image arrays into model inputs, the same way everywhere.
+"""Fit the encoding that turns raw tables, images and series into model inputs.
 
 A :class:`Preprocessing` is fitted once, on the coordinator's reference data
 (or on a built-in dataset's training split), and then travels as plain JSON:
-to every client, into checkpoints and into the edge model's metadata, so a
-device encodes its inputs exactly as training did. It is pure NumPy/pandas.
+to every client, into checkpoints and into the edge model's metadata. Encoding
+itself is the device runtime's (:mod:`fedge.edge_export.runtime.encoding`,
+NumPy only), which ``Preprocessing.transform_features`` calls, so training
+and a device encode with the same code. Fitting is NumPy/pandas.
 
 Tabular encoding is numeric columns first, standardised with the reference
 mean and standard deviation, then one one-hot block per categorical column in
@@ -21,17 +23,24 @@ a CSV header (file line 2).
 from __future__ import annotations
 
 import json
-import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# The one encoder, shared with the device; it needs only NumPy.
+from fedge.edge_export.runtime import encoding
+from fedge.edge_export.runtime.encoding import (
+    describe_row,
+    transform_features,
+    value_string,
+)
+from fedge.edge_export.runtime.errors import InputError
 from fedge.shared.errors import DataError
 from fedge.shared.lazy_import import lazy_module
-
-logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,26 +60,17 @@ IMAGE_SHAPE_ATTR = "fedge_image_shape"
 SERIES_SHAPE_ATTR = "fedge_series_shape"
 
 
-def _row(position: int) -> str:
-    """Describe a 0-based position as the 1-based data row users see."""
-    return f"data row {position + 1}, 1-based, header excluded"
+@contextmanager
+def _as_data_error() -> Iterator[None]:
+    """Raise the encoder's :class:`InputError` as fedge's :class:`DataError`.
 
-
-def _value_str(value: Any) -> str:
-    """Return the string form used to compare labels and categories.
-
-    Integral floats lose their ``.0`` so that ``3``, ``3.0`` and ``"3"`` agree:
-    pandas reads an integer column holding a missing value as float.
+    The encoder cannot import fedge's errors (a device runs it alone), and
+    training code catches ``DataError``; the message stays the encoder's.
     """
-    if isinstance(value, bool | np.bool_):
-        return str(bool(value))
-    if isinstance(value, float | np.floating) and math.isfinite(value):
-        if float(value).is_integer():
-            return str(int(value))
-        return repr(float(value))
-    if isinstance(value, np.integer):
-        return str(int(value))
-    return str(value)
+    try:
+        yield
+    except InputError as e:
+        raise DataError(str(e)) from e
 
 
 def _is_missing(series: pd.Series) -> np.ndarray:
@@ -107,7 +107,7 @@ def _is_numeric_column(series: pd.Series, source: str) -> bool:
     if n_numeric / len(present) >= NUMERIC_SHARE:
         raise DataError(
             f"non-numeric value {series.iloc[first_bad]!r} in numeric column "
-            f"{series.name!r} (file {source}, {_row(first_bad)}; "
+            f"{series.name!r} (file {source}, {describe_row(first_bad)}; "
             f"{n_numeric} of {len(present)} values are numbers). "
             "Fix or remove the value, or leave the cell empty and use impute='mean'."
         )
@@ -246,193 +246,21 @@ class Preprocessing:
     def transform_features(
         self, data: pd.DataFrame | np.ndarray, *, source: str = "input"
     ) -> np.ndarray:
-        """Encode raw features into model inputs.
+        """Encode raw features into model inputs with the device runtime's encoder.
 
-        Parameters
-        ----------
-        data : DataFrame or ndarray
-            Tabular: a frame holding every feature column (extra columns are
-            ignored, order does not matter) or an ``(n, len(feature_columns))``
-            numeric array in ``feature_columns`` order (only when every feature
-            is numeric). Images: ``(n, C*H*W)``, ``(n, C, H, W)``, or ``(n, H, W)``
-            when ``C == 1``; a frame is read as flat pixel rows (label dropped).
-            Time series: ``(n, C, steps)`` with any number of steps (trailing
-            all-NaN steps pad shorter ones), a list of ``(C, steps_i)`` arrays,
-            or a frame of flat channel-major rows (label dropped).
-        source : str
-            File or description named in error messages.
-
-        Returns
-        -------
-        ndarray of float32, shape ``(n, *input_shape)``
+        ``data`` and the result are as for
+        :func:`fedge.edge_export.runtime.encoding.transform_features`: a
+        DataFrame, a column mapping or an array (images and series also as
+        arrays or lists of series); float32 of shape ``(n, *input_shape)``.
 
         Raises
         ------
         DataError
             Missing columns, non-numeric or missing values (without imputation),
-            or images of the wrong size.
+            or images or series of the wrong size.
         """
-        if self.kind == "image":
-            return self._transform_images(data, source)
-        if self.kind == "series":
-            return self._transform_series(data, source)
-        if isinstance(data, pd.DataFrame):
-            return self._transform_frame(data, source)
-        return self._transform_array(np.asarray(data), source)
-
-    def _transform_images(
-        self, data: pd.DataFrame | np.ndarray, source: str
-    ) -> np.ndarray:
-        assert self.image_shape is not None
-        c, h, w = self.image_shape
-        if isinstance(data, pd.DataFrame):
-            data = data.drop(columns=[self.label_column], errors="ignore")
-            try:
-                array = data.to_numpy(dtype=np.float64)
-            except (TypeError, ValueError) as e:
-                raise DataError(
-                    f"image pixels must be numeric (source {source}): {e}"
-                ) from e
-        else:
-            array = np.asarray(data)
-        if array.ndim == 2 and array.shape[1] == c * h * w:
-            array = array.reshape(-1, c, h, w)
-        elif array.ndim == 3 and c == 1 and array.shape[1:] == (h, w):
-            array = array[:, None]
-        elif not (array.ndim == 4 and array.shape[1:] == (c, h, w)):
-            raise DataError(
-                f"expected images of shape {(c, h, w)} or {c * h * w} values per "
-                f"row, got {tuple(array.shape)} (source {source})"
-            )
-        if not np.issubdtype(array.dtype, np.number):
-            raise DataError(
-                f"image pixels must be numeric, got dtype {array.dtype} "
-                f"(source {source})"
-            )
-        array = array.astype(np.float64)
-        bad = ~np.isfinite(array)
-        if bad.any():
-            first = int(np.flatnonzero(bad.reshape(len(array), -1).any(axis=1))[0])
-            raise DataError(
-                f"missing or non-finite pixel value in image {first + 1} "
-                f"(source {source}); images cannot be imputed"
-            )
-        scaled: np.ndarray = (array / self.pixel_scale).astype(np.float32)
-        return scaled
-
-    def _transform_series(
-        self, data: pd.DataFrame | np.ndarray | list[np.ndarray], source: str
-    ) -> np.ndarray:
-        assert self.series_shape is not None
-        channels, steps = self.series_shape
-        if isinstance(data, pd.DataFrame):
-            data = data.drop(columns=[self.label_column], errors="ignore")
-            flat = data.to_numpy(dtype=np.float64)
-            if flat.shape[1] % channels:
-                raise DataError(
-                    f"{source}: {flat.shape[1]} values per row do not split into "
-                    f"{channels} channels of equal length"
-                )
-            data = flat.reshape(len(flat), channels, -1)
-        array, lengths = series_array(data, channels=channels, source=source)
-        means = np.asarray(self.channel_means)[:, None]
-        scales = np.asarray(self.channel_scales)[:, None]
-        return fix_length((array - means) / scales, lengths, steps)
-
-    def _transform_frame(self, frame: pd.DataFrame, source: str) -> np.ndarray:
-        frame = frame.rename(columns=str)
-        missing = [c for c in self.feature_columns if c not in frame.columns]
-        if missing:
-            raise DataError(
-                f"{source} is missing feature column(s) {missing}; expected "
-                f"{list(self.feature_columns)}, found {list(map(str, frame.columns))}"
-            )
-        blocks = []
-        if self.numeric_columns:
-            numeric = np.empty((len(frame), len(self.numeric_columns)))
-            for j, col in enumerate(self.numeric_columns):
-                numeric[:, j] = self._numeric_values(frame[col], source)
-            blocks.append((numeric - np.asarray(self.means)) / np.asarray(self.scales))
-        for col, cats in self.categories.items():
-            blocks.append(self._one_hot(frame[col], cats, source))
-        if not blocks:
-            return np.zeros((len(frame), 0), dtype=np.float32)
-        return np.concatenate(blocks, axis=1).astype(np.float32)
-
-    def _numeric_values(self, series: pd.Series, source: str) -> np.ndarray:
-        values, first_bad = _parse_numeric(series)
-        if first_bad is not None:
-            raise DataError(
-                f"non-numeric value {series.iloc[first_bad]!r} in numeric column "
-                f"{series.name!r} (file {source}, {_row(first_bad)})"
-            )
-        filled: np.ndarray = self._fill_missing(
-            values, np.isnan(values), series.name, source
-        )
-        if not np.all(np.isfinite(filled)):
-            first = int(np.flatnonzero(~np.isfinite(filled))[0])
-            raise DataError(
-                f"infinite value in numeric column {series.name!r} "
-                f"(file {source}, {_row(first)})"
-            )
-        return filled
-
-    def _fill_missing(
-        self, values: Any, missing: np.ndarray, column: Any, source: str
-    ) -> Any:
-        if not missing.any():
-            return values
-        if self.impute == "none":
-            first = int(np.flatnonzero(missing)[0])
-            raise DataError(
-                f"missing value in column {column!r} (file {source}, {_row(first)}; "
-                f"{int(missing.sum())} missing in total). Fill it in, drop the row, "
-                "or set impute = 'mean'."
-            )
-        values = values.copy()
-        values[missing] = self.fill_values[str(column)]
-        return values
-
-    def _one_hot(
-        self, series: pd.Series, cats: tuple[str, ...], source: str
-    ) -> np.ndarray:
-        missing = _is_missing(series)
-        values = np.array([_value_str(v) for v in series.to_numpy()], dtype=object)
-        values = self._fill_missing(values, missing, series.name, source)
-        index = {c: i for i, c in enumerate(cats)}
-        out = np.zeros((len(series), len(cats)))
-        unknown = None
-        for row, value in enumerate(values):
-            i = index.get(value)
-            if i is None:
-                unknown = unknown or (row, value)
-            else:
-                out[row, i] = 1.0
-        if unknown is not None:
-            logger.warning(
-                "Unknown category %r in column %r (%s, %s); encoded as all zeros.",
-                unknown[1],
-                series.name,
-                source,
-                _row(unknown[0]),
-            )
-        return out
-
-    def _transform_array(self, array: np.ndarray, source: str) -> np.ndarray:
-        if self.categories:
-            raise DataError(
-                f"{source}: an array cannot supply categorical columns "
-                f"{list(self.categories)}; pass a DataFrame with columns "
-                f"{list(self.feature_columns)}"
-            )
-        n_features = len(self.feature_columns)
-        if array.ndim != 2 or array.shape[1] != n_features:
-            raise DataError(
-                f"{source}: expected an array of shape (n, {n_features}) with columns "
-                f"{list(self.feature_columns)}, got {tuple(array.shape)}"
-            )
-        frame = pd.DataFrame(array, columns=list(self.feature_columns))
-        return self._transform_frame(frame, source)
+        with _as_data_error():
+            return transform_features(self.to_dict(), data, source=source)
 
     # ------------------------------------------------------------ labels
     def encode_labels(
@@ -455,13 +283,13 @@ class Preprocessing:
             first = int(np.flatnonzero(missing)[0])
             raise DataError(
                 f"missing label in column {self.label_column!r} "
-                f"(file {source}, {_row(first)}); labels cannot be imputed"
+                f"(file {source}, {describe_row(first)}); labels cannot be imputed"
             )
         index = {name: i for i, name in enumerate(self.class_names)}
         names_numeric = any(_looks_numeric(n) for n in self.class_names)
         out = np.empty(len(values), dtype=np.int64)
         for row, value in enumerate(values):
-            key = _value_str(value)
+            key = value_string(value)
             i = index.get(key)
             if i is None and not names_numeric and _looks_numeric(key):
                 number = float(key)
@@ -470,7 +298,7 @@ class Preprocessing:
             if i is None:
                 raise DataError(
                     f"unknown label {value!r} in column {self.label_column!r} "
-                    f"(file {source}, {_row(row)}); known classes: "
+                    f"(file {source}, {describe_row(row)}); known classes: "
                     f"{list(self.class_names)}"
                 )
             out[row] = i
@@ -568,73 +396,11 @@ def series_array(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stack time series into ``(n, channels, steps)`` float64 and their lengths.
 
-    A series' length is its steps up to the last one with any recorded value:
-    trailing all-NaN steps are padding. A NaN or infinity inside a series is
-    refused (series are not imputed).
-
-    Raises
-    ------
-    DataError
-        Wrong dimensions or channel count, non-numeric or missing values.
+    The runtime encoder's :func:`~fedge.edge_export.runtime.encoding.series_array`,
+    raising :class:`DataError`.
     """
-    if isinstance(data, list | tuple):
-        if not data:
-            raise DataError(f"{source}: no time series given")
-        parts = [np.asarray(s) for s in data]
-        bad = next((i for i, p in enumerate(parts) if p.ndim != 2), None)
-        if bad is not None:
-            raise DataError(
-                f"{source}: series {bad + 1} has shape {parts[bad].shape}; "
-                "expected (channels, steps)"
-            )
-        longest = max(p.shape[1] for p in parts)
-        array = np.full((len(parts), parts[0].shape[0], longest), np.nan)
-        for i, p in enumerate(parts):
-            if p.shape[0] != array.shape[1]:
-                raise DataError(
-                    f"{source}: series {i + 1} has {p.shape[0]} channels, series 1 "
-                    f"has {array.shape[1]}; every series needs the same channels"
-                )
-            array[i, :, : p.shape[1]] = p
-    else:
-        array = np.asarray(data)
-    if array.ndim != 3 or array.shape[1] != channels:
-        raise DataError(
-            f"{source}: expected time series of shape (n, {channels}, steps), got "
-            f"{tuple(array.shape)}"
-        )
-    if not np.issubdtype(array.dtype, np.number):
-        raise DataError(
-            f"{source}: time series values must be numeric, got dtype {array.dtype}"
-        )
-    array = array.astype(np.float64)
-    recorded = ~np.isnan(array).all(axis=1)  # (n, steps): any channel has a value
-    lengths = np.where(
-        recorded.any(axis=1), array.shape[2] - np.argmax(recorded[:, ::-1], axis=1), 0
-    )
-    inside = np.arange(array.shape[2])[None, :] < lengths[:, None]
-    bad_steps = inside & ~np.isfinite(array).all(axis=1)
-    if bad_steps.any():
-        row, step = (int(i) for i in np.argwhere(bad_steps)[0])
-        raise DataError(
-            f"{source}: missing or non-finite value in series {row + 1} at step "
-            f"{step + 1} (only trailing steps missing on every channel count as "
-            "padding); time series cannot be imputed"
-        )
-    if (lengths == 0).any():
-        row = int(np.flatnonzero(lengths == 0)[0])
-        raise DataError(f"{source}: series {row + 1} has no recorded step")
-    return array, lengths
-
-
-def fix_length(array: np.ndarray, lengths: np.ndarray, steps: int) -> np.ndarray:
-    """Zero every step past each series' length, then cut or zero-pad to ``steps``."""
-    n, channels, have = array.shape
-    out = np.zeros((n, channels, steps), dtype=np.float32)
-    keep = min(have, steps)
-    inside = np.arange(keep)[None, None, :] < lengths[:, None, None]
-    out[:, :, :keep] = np.where(inside, array[:, :, :keep], 0.0)
-    return out
+    with _as_data_error():
+        return encoding.series_array(data, channels=channels, source=source)
 
 
 def fit_series(
@@ -680,9 +446,9 @@ def _class_names(labels: pd.Series, label_column: str, source: str) -> tuple[str
         first = int(np.flatnonzero(missing)[0])
         raise DataError(
             f"missing label in column {label_column!r} (file {source}, "
-            f"{_row(first)}); labels cannot be imputed"
+            f"{describe_row(first)}); labels cannot be imputed"
         )
-    names = {_value_str(v) for v in labels.to_numpy()}
+    names = {value_string(v) for v in labels.to_numpy()}
     if all(_looks_numeric(n) for n in names):
         ordered = sorted(names, key=float)
     else:
@@ -788,7 +554,7 @@ def fit_preprocessing(
         if missing.any() and impute == "none":
             first = int(np.flatnonzero(missing)[0])
             raise DataError(
-                f"missing value in column {name!r} (file {source}, {_row(first)}; "
+                f"missing value in column {name!r} (file {source}, {describe_row(first)}; "
                 f"{int(missing.sum())} missing in total). Fill it in, drop the row, "
                 "or set impute = 'mean'."
             )
@@ -799,7 +565,7 @@ def fit_preprocessing(
                 first = int(np.flatnonzero(np.isinf(values))[0])
                 raise DataError(
                     f"infinite value in numeric column {name!r} "
-                    f"(file {source}, {_row(first)})"
+                    f"(file {source}, {describe_row(first)})"
                 )
             mean = float(present.mean())
             std = float(present.std())
@@ -809,7 +575,7 @@ def fit_preprocessing(
             fill_values[name] = mean
         else:
             strings = pd.Series(
-                [_value_str(v) for v in series[~missing].to_numpy()], dtype=object
+                [value_string(v) for v in series[~missing].to_numpy()], dtype=object
             )
             categories[name] = tuple(sorted(strings.unique()))
             # Mode; ties go to the first category in sorted order (deterministic).

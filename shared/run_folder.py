@@ -81,6 +81,81 @@ SALIENCY_PNG = "saliency-class-{class_index}.png"
 
 MODEL_FORMAT = "fedge-model/1"
 
+
+@dataclass(frozen=True)
+class ExportedFile:
+    """A file ``manifest.json`` lists, and what the export does with it.
+
+    Attributes
+    ----------
+    name : str
+        File name in the run folder.
+    role : str
+        Its role in the manifest.
+    device_model : bool
+        A model a device may run: its batch-1 latency and size are measured.
+    embedded : bool
+        Written by the embedded step (``edge_export/embedded.py``).
+    same_function_as_onnx : bool
+        Must compute ``model.onnx``'s logits within the export's tolerance
+        (``fedge verify`` runs it); int8 rounds on purpose, so it does not.
+    batch : int or None
+        Examples the model takes per call; None for any number.
+    engine : str or None
+        Its name in the edge benchmark, for the artefacts beyond fp32 and int8.
+    written_by_run : bool
+        Written by the run, not the export; listed so the manifest covers it.
+    """
+
+    name: str
+    role: str
+    device_model: bool = False
+    embedded: bool = False
+    same_function_as_onnx: bool = False
+    batch: int | None = None
+    engine: str | None = None
+    written_by_run: bool = False
+
+
+# Every file an export lists in its manifest, in the order it is written and
+# measured; each view of it (roles, model files, embedded files, benchmark
+# engines) is taken from here.
+EXPORTED_FILES = (
+    ExportedFile(ONNX_FP32_FILE, "onnx-fp32", device_model=True),
+    ExportedFile(ONNX_INT8_FILE, "onnx-int8", device_model=True),
+    ExportedFile(
+        ORT_FILE,
+        "ort-format",
+        device_model=True,
+        embedded=True,
+        same_function_as_onnx=True,
+        engine="ort-format",
+    ),
+    ExportedFile(ORT_OPERATORS_FILE, "ort-required-operators", embedded=True),
+    ExportedFile(
+        ONNX_FIXED_FILE,
+        "onnx-fp32-batch1-static",
+        device_model=True,
+        embedded=True,
+        same_function_as_onnx=True,
+        batch=1,
+        engine="onnx-fixed-batch1",
+    ),
+    ExportedFile(
+        ONNX_OPTIMIZED_FILE,
+        "onnx-fp32-optimized",
+        device_model=True,
+        embedded=True,
+        same_function_as_onnx=True,
+        engine="onnx-optimized",
+    ),
+    ExportedFile(MODEL_WEIGHTS_FILE, "torch-state-dict", written_by_run=True),
+    ExportedFile(MODEL_INFO_FILE, "model-spec-and-provenance", written_by_run=True),
+    ExportedFile(CONFIG_FILE, "run-config", written_by_run=True),
+    ExportedFile(MODEL_CARD_JSON_FILE, "model-card"),
+    ExportedFile(MODEL_CARD_MARKDOWN_FILE, "model-card-text"),
+)
+
 # ------------------------------------------------------------------ manifest.json
 # In its "embedded" section: each model file's batch-1 latency (p50/p95 µs) and
 # size, and how that latency was measured (on the exporting machine); the model

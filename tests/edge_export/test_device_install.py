@@ -1,6 +1,6 @@
 """The device install: a fresh virtualenv with only requirements-edge.txt, no torch.
 
-Only ``edge_export/runtime.py``, the model file, the signed manifest and the
+Only the ``edge_export/runtime/`` folder, the model file, the signed manifest and the
 exporter's public key are copied to the "device"; the model loads only with
 its signature checked, and the prediction there must equal the one made here.
 A failed install fails the test: a device that cannot install is a bug.
@@ -76,7 +76,11 @@ def test_runtime_alone_predicts_in_a_venv_without_torch(digits_run, copy_run, tm
     sign_manifest(run_dir, key)
     device = tmp_path / "device"
     device.mkdir()
-    shutil.copy(REPO / "edge_export" / "runtime.py", device / "runtime.py")
+    shutil.copytree(
+        REPO / "edge_export" / "runtime",
+        device / "runtime",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     for name in ("model.int8.onnx", "manifest.json", "manifest.sig"):
         shutil.copy(run_dir / name, device / name)
     for name in ("exporter.pub", "stranger.pub"):

@@ -15,6 +15,7 @@ import torch
 from fedge.edge_export import runtime
 from fedge.edge_export.runtime import EdgeModel, InputError, ModelFileError
 from fedge.shared.datasets import load_builtin, load_file
+from fedge.shared.errors import DataError
 from fedge.shared.models import ModelSpec, build_model
 from fedge.shared.preprocessing import Preprocessing, fit_preprocessing
 
@@ -65,6 +66,47 @@ def test_tabular_encoding_equals_preprocessing_bit_for_bit():
     # a dict of columns and a frame with columns in another order give the same
     columns = {c: frame[c].to_numpy() for c in reversed(frame.columns)}
     assert np.array_equal(runtime.transform_features(prep.to_dict(), columns), expected)
+
+
+def test_object_columns_are_parsed_filled_and_one_hot_encoded_by_hand():
+    # n: standardised with mean 2 and scale 2; a missing cell takes the mean.
+    # c: one-hot over ("1", "x"); 1.0 matches "1", a missing cell takes the mode
+    # "x", an unseen value is all zeros.
+    prep = Preprocessing(
+        kind="tabular",
+        label_column="y",
+        class_names=("a", "b"),
+        feature_columns=("n", "c"),
+        numeric_columns=("n",),
+        means=(2.0,),
+        scales=(2.0,),
+        categories={"c": ("1", "x")},
+        impute="mean",
+        fill_values={"n": 2.0, "c": "x"},
+    ).to_dict()
+    frame = pd.DataFrame(
+        {"n": ["4", None, " 0", "1e0"], "c": [1.0, None, "x", "zz"]}, dtype=object
+    )
+    before = frame.copy()
+
+    got = runtime.transform_features(prep, frame)
+
+    expected = [[1.0, 1, 0], [0.0, 0, 1], [-1.0, 0, 1], [-0.5, 0, 0]]
+    np.testing.assert_array_equal(got, np.array(expected, dtype=np.float32))
+    pd.testing.assert_frame_equal(frame, before)  # the caller's frame is not changed
+
+
+def test_training_encodes_with_the_device_encoder_and_its_messages(numeric_prep):
+    frame = pd.DataFrame({"a": [1.0], "b": ["x"], "c": [0.0]})
+    with pytest.raises(InputError) as device:
+        runtime.transform_features(numeric_prep, frame, source="f.csv")
+    prep = Preprocessing.from_dict(numeric_prep)
+
+    with pytest.raises(DataError) as training:
+        prep.transform_features(frame, source="f.csv")
+
+    assert str(training.value) == str(device.value)
+    assert isinstance(training.value.__cause__, InputError)
 
 
 def test_numeric_array_encoding_equals_preprocessing():
@@ -204,7 +246,8 @@ def test_non_numeric_values_are_refused(numeric_prep):
 
     with pytest.raises(
         InputError,
-        match=r"non-numeric value 'abc' in numeric column 'b' \(input, row 2\); "
+        match=r"non-numeric value 'abc' in numeric column 'b' \(input, data row 2, "
+        r"1-based, header excluded\); "
         "expected a number",
     ):
         runtime.transform_features(numeric_prep, frame)
@@ -221,7 +264,7 @@ def test_nan_without_imputation_is_refused(numeric_prep):
     x = np.array([[1.0, 2.0, 3.0], [4.0, np.nan, 6.0]])
 
     with pytest.raises(
-        InputError, match=r"missing value \(NaN/empty\) in column 'b' \(input, row 2;"
+        InputError, match=r"missing value in column 'b' \(input, data row 2, 1-based"
     ):
         runtime.transform_features(numeric_prep, x)
 

@@ -79,7 +79,8 @@ def test_read_recording_checks_its_input(tmp_path):
         read_recording(tmp_path / "r.npz")
     (tmp_path / "r.csv").write_text("time,a\n0,1.5\n1,oops\n")
     with pytest.raises(
-        InputError, match=r"non-numeric value 'oops' in channel 'a' \(row 2\)"
+        InputError,
+        match=r"non-numeric value 'oops' in channel 'a' \(data row 2, 1-based",
     ):
         read_recording(tmp_path / "r.csv")
     (tmp_path / "r.txt").write_text("")

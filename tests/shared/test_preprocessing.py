@@ -237,8 +237,8 @@ def test_non_numeric_value_at_transform_names_column_and_row():
     bad = pd.DataFrame({"age": ["1", "two"], "city": ["a", "a"]})
     with pytest.raises(
         DataError,
-        match=r"non-numeric value 'two' in numeric column 'age' \(file n\.csv, "
-        r"data row 2",
+        match=r"non-numeric value 'two' in numeric column 'age' \(n\.csv, "
+        r"data row 2, 1-based, header excluded\); expected a number",
     ):
         prep.transform_features(bad, source="n.csv")
 
@@ -287,7 +287,7 @@ def test_image_wrong_size_message():
     with pytest.raises(
         DataError,
         match=r"expected images of shape \(1, 8, 8\) or 64 values per row, "
-        r"got \(5, 7, 7\)",
+        r"got an array of shape \(5, 7, 7\)",
     ):
         image_prep().transform_features(np.zeros((5, 7, 7)))
 

@@ -23,9 +23,9 @@ PACKAGES = (
     "benchmarks",
     "cli",
 )
-# edge_export/runtime.py is copied alone to devices and cannot import shared;
-# test_runtime_spells_the_names_it_needs_as_the_contract_does checks it agrees.
-STANDALONE = {"edge_export/runtime.py"}
+# The edge_export/runtime/ folder is copied alone to devices and cannot import
+# shared; test_runtime_spells_the_names_it_needs_as_the_contract_does checks it agrees.
+STANDALONE = "edge_export/runtime/"
 # The same spelling with another meaning, where renaming would break files on disk.
 SAME_SPELLING_OTHER_MEANING = {
     # the privacy ledger's field holding the run's id (run-folder file: the id itself)
@@ -70,7 +70,7 @@ def package_modules() -> dict[str, set[str]]:
     for package in PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
             rel = path.relative_to(REPO).as_posix()
-            if rel not in STANDALONE:
+            if not rel.startswith(STANDALONE):
                 modules[rel] = string_constants(path.read_text(encoding="utf-8"))
     return modules
 
@@ -82,6 +82,7 @@ def test_the_grep_sees_the_packages_and_the_contract():
     assert "server/federation.py" in modules
     assert {"metrics.csv", "fedge-model/1", "epsilon-max"} <= contract_names()
     assert "metrics.csv" in modules["shared/run_folder.py"]
+    assert "edge_export/runtime/metadata.py" not in modules
 
 
 def test_string_constants_skip_docstrings_but_see_literals():
@@ -121,3 +122,17 @@ def test_runtime_spells_the_names_it_needs_as_the_contract_does(
     runtime_name, contract_name
 ):
     assert getattr(runtime, runtime_name) == getattr(run_folder, contract_name)
+
+
+def test_each_exported_file_is_listed_once_with_its_own_role():
+    names = [f.name for f in run_folder.EXPORTED_FILES]
+    roles = [f.role for f in run_folder.EXPORTED_FILES]
+
+    assert len(set(names)) == len(names)
+    assert len(set(roles)) == len(roles)
+    assert set(names) <= contract_names()
+    # Every artefact that must match model.onnx is a model a device runs, and
+    # the benchmark times every embedded model under its own engine name.
+    for f in run_folder.EXPORTED_FILES:
+        assert not f.same_function_as_onnx or f.device_model, f.name
+        assert (f.engine is not None) == (f.embedded and f.device_model), f.name

@@ -72,7 +72,8 @@ def series_prep(channels=2, steps=4):
     [
         (
             np.zeros((2, 3, 4)),
-            r"expected time series of shape \(n, 2, steps\), got \(2, 3, 4\)",
+            r"expected time series of shape \(n, 2, steps\), got an array of shape "
+            r"\(2, 3, 4\)",
         ),
         (
             [np.zeros((2, 4)), np.zeros((3, 4))],
