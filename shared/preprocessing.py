@@ -278,13 +278,7 @@ class Preprocessing:
             A missing label or a value that is not a known class.
         """
         values = pd.Series(np.asarray(labels, dtype=object).ravel())
-        missing = _is_missing(values)
-        if missing.any():
-            first = int(np.flatnonzero(missing)[0])
-            raise DataError(
-                f"missing label in column {self.label_column!r} "
-                f"(file {source}, {describe_row(first)}); labels cannot be imputed"
-            )
+        _refuse_missing_labels(values, self.label_column, source)
         index = {name: i for i, name in enumerate(self.class_names)}
         names_numeric = any(_looks_numeric(n) for n in self.class_names)
         out = np.empty(len(values), dtype=np.int64)
@@ -439,8 +433,7 @@ def _looks_numeric(s: str) -> bool:
         return False
 
 
-def _class_names(labels: pd.Series, label_column: str, source: str) -> tuple[str, ...]:
-    """Sorted unique labels: numerically if all are numbers, else as strings."""
+def _refuse_missing_labels(labels: pd.Series, label_column: str, source: str) -> None:
     missing = _is_missing(labels)
     if missing.any():
         first = int(np.flatnonzero(missing)[0])
@@ -448,6 +441,11 @@ def _class_names(labels: pd.Series, label_column: str, source: str) -> tuple[str
             f"missing label in column {label_column!r} (file {source}, "
             f"{describe_row(first)}); labels cannot be imputed"
         )
+
+
+def _class_names(labels: pd.Series, label_column: str, source: str) -> tuple[str, ...]:
+    """Sorted unique labels: numerically if all are numbers, else as strings."""
+    _refuse_missing_labels(labels, label_column, source)
     names = {value_string(v) for v in labels.to_numpy()}
     if all(_looks_numeric(n) for n in names):
         ordered = sorted(names, key=float)

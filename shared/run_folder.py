@@ -117,37 +117,38 @@ class ExportedFile:
     written_by_run: bool = False
 
 
+def _embedded_model(
+    name: str, role: str, *, engine: str, batch: int | None = None
+) -> ExportedFile:
+    """Describe a model the embedded step builds from ``model.onnx``.
+
+    It must compute ``model.onnx``'s function, a device may run it, and the
+    benchmark times it under ``engine``.
+    """
+    return ExportedFile(
+        name,
+        role,
+        device_model=True,
+        embedded=True,
+        same_function_as_onnx=True,
+        batch=batch,
+        engine=engine,
+    )
+
+
 # Every file an export lists in its manifest, in the order it is written and
 # measured; each view of it (roles, model files, embedded files, benchmark
 # engines) is taken from here.
 EXPORTED_FILES = (
     ExportedFile(ONNX_FP32_FILE, "onnx-fp32", device_model=True),
     ExportedFile(ONNX_INT8_FILE, "onnx-int8", device_model=True),
-    ExportedFile(
-        ORT_FILE,
-        "ort-format",
-        device_model=True,
-        embedded=True,
-        same_function_as_onnx=True,
-        engine="ort-format",
-    ),
+    _embedded_model(ORT_FILE, "ort-format", engine="ort-format"),
     ExportedFile(ORT_OPERATORS_FILE, "ort-required-operators", embedded=True),
-    ExportedFile(
-        ONNX_FIXED_FILE,
-        "onnx-fp32-batch1-static",
-        device_model=True,
-        embedded=True,
-        same_function_as_onnx=True,
-        batch=1,
-        engine="onnx-fixed-batch1",
+    _embedded_model(
+        ONNX_FIXED_FILE, "onnx-fp32-batch1-static", engine="onnx-fixed-batch1", batch=1
     ),
-    ExportedFile(
-        ONNX_OPTIMIZED_FILE,
-        "onnx-fp32-optimized",
-        device_model=True,
-        embedded=True,
-        same_function_as_onnx=True,
-        engine="onnx-optimized",
+    _embedded_model(
+        ONNX_OPTIMIZED_FILE, "onnx-fp32-optimized", engine="onnx-optimized"
     ),
     ExportedFile(MODEL_WEIGHTS_FILE, "torch-state-dict", written_by_run=True),
     ExportedFile(MODEL_INFO_FILE, "model-spec-and-provenance", written_by_run=True),

@@ -265,6 +265,16 @@ def _flat_rows(data: Any, label_column: str, source: str, what: str) -> np.ndarr
         ) from e
 
 
+def _as_float64(array: np.ndarray, what: str, source: str) -> np.ndarray:
+    """Return a numeric array as float64; refuse strings, objects and the like."""
+    if not np.issubdtype(array.dtype, np.number):
+        raise InputError(
+            f"{what} must be numeric, got dtype {array.dtype} ({source}); "
+            "expected integers or floats"
+        )
+    return array.astype(np.float64)
+
+
 # ------------------------------------------------------------------ images
 def _transform_images(prep: Mapping[str, Any], data: Any, source: str) -> np.ndarray:
     c, h, w = (int(s) for s in prep["image_shape"])
@@ -281,12 +291,7 @@ def _transform_images(prep: Mapping[str, Any], data: Any, source: str) -> np.nda
             f"expected images of shape {(c, h, w)} or {c * h * w} values per row, "
             f"got an array of shape {tuple(array.shape)} ({source})"
         )
-    if not np.issubdtype(array.dtype, np.number):
-        raise InputError(
-            f"image pixels must be numeric, got dtype {array.dtype} ({source}); "
-            "expected integers or floats"
-        )
-    array = array.astype(np.float64)
+    array = _as_float64(array, "image pixels", source)
     bad = ~np.isfinite(array)
     if bad.any():
         first = int(np.flatnonzero(bad.reshape(len(array), -1).any(axis=1))[0])
@@ -338,11 +343,7 @@ def series_array(
             f"{source}: expected time series of shape (n, {channels}, steps), got "
             f"an array of shape {tuple(array.shape)}"
         )
-    if not np.issubdtype(array.dtype, np.number):
-        raise InputError(
-            f"{source}: time series values must be numeric, got dtype {array.dtype}"
-        )
-    array = array.astype(np.float64)
+    array = _as_float64(array, "time series values", source)
     recorded = ~np.isnan(array).all(axis=1)  # (n, steps): any channel has a value
     lengths = np.where(
         recorded.any(axis=1), array.shape[2] - np.argmax(recorded[:, ::-1], axis=1), 0
