@@ -130,14 +130,14 @@ class SimulationEngine:
 
     def _start(self) -> SuperLink:
         alive = self._link is not None and self._link.process.poll() is None
-        if alive and self._environ == dict(os.environ):
+        if alive and self._environ == _process_environ():
             assert self._link is not None
             return self._link
         # A SuperLink that died: clear what is left of the engine. An
         # environment changed since the start (a PYTHONPATH set, say): the
         # processes keep the one they started with, so start them anew.
         self._stop()
-        self._environ = dict(os.environ)
+        self._environ = _process_environ()
         stack = contextlib.ExitStack()
         try:
             workdir = Path(stack.enter_context(_short_temp_dir("fedge-eng-")))
@@ -188,6 +188,15 @@ class SimulationEngine:
 
 
 _shared: SimulationEngine | None = None
+
+# Set by pytest to the running test's name, so it differs for every test; the
+# engine's processes do not depend on it.
+_VOLATILE_ENV = frozenset({"PYTEST_CURRENT_TEST"})
+
+
+def _process_environ() -> dict[str, str]:
+    """The environment the engine's processes depend on (all but volatile names)."""
+    return {k: v for k, v in os.environ.items() if k not in _VOLATILE_ENV}
 
 
 @contextlib.contextmanager
