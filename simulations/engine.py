@@ -195,7 +195,7 @@ _VOLATILE_ENV = frozenset({"PYTEST_CURRENT_TEST"})
 
 
 def _process_environ() -> dict[str, str]:
-    """The environment the engine's processes depend on (all but volatile names)."""
+    """Return the environment the engine's processes depend on (all but volatile names)."""
     return {k: v for k, v in os.environ.items() if k not in _VOLATILE_ENV}
 
 

@@ -130,6 +130,8 @@ def test_an_environment_changed_since_the_start_restarts_the_engine(
     with SimulationEngine() as engine:
         with engine.run_slot():
             first = engine.pids
+        # pytest names each test in PYTEST_CURRENT_TEST: no process depends on it
+        monkeypatch.setenv("PYTEST_CURRENT_TEST", "another test (call)")
         with engine.run_slot():
             unchanged = engine.pids
         # Execute: a PYTHONPATH the engine's processes do not have
