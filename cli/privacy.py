@@ -147,11 +147,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_suggest(args: argparse.Namespace) -> int:
     """Print the DP defaults for ``--num-examples`` (``--suggest``)."""
-    from fedge.cli.privacy_suggest import (
-        format_suggestion,
-        suggest,
-        suggestion_overrides,
-    )
+    from fedge.cli.privacy_suggest import format_suggestion, suggestion_overrides
+    from fedge.shared.privacy_question import suggest
 
     if args.num_examples is None:
         raise ConfigError(
