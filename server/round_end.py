@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from fedge.shared.run_folder import (
 logger = logging.getLogger("fedge.server")
 
 
+@dataclass(eq=False)
 class RoundEnd:
     """The end-of-round work of one run, called once per round by the round loop.
 
@@ -58,23 +60,15 @@ class RoundEnd:
         The nodes (their number enters central DP's sampling rate).
     """
 
-    def __init__(
-        self,
-        run_dir: Path,
-        config: RunConfig,
-        *,
-        strategy: Strategy,
-        checks: ReplyCheck,
-        history: MetricsHistory,
-        grid: Grid,
-    ) -> None:
-        self.run_dir = run_dir
-        self.config = config
-        self.strategy = strategy
-        self.checks = checks
-        self.history = history
-        self.grid = grid
-        self._started = time.monotonic()
+    run_dir: Path
+    config: RunConfig
+    _: KW_ONLY
+    strategy: Strategy
+    checks: ReplyCheck
+    history: MetricsHistory
+    grid: Grid
+    # When the run (or its resume) started: the log line's elapsed time.
+    _started: float = field(init=False, default_factory=time.monotonic)
 
     def __call__(self, outcome: RoundOutcome) -> None:
         """Record the round, checkpoint it when due and log it."""
