@@ -1,7 +1,7 @@
-"""The README's table from the examples' run folders: mean (range) over the seeds.
+"""The table of docs/own-model.md from the examples' run folders: mean (range) over the seeds.
 
 Run folders are named ``<row>-s<seed>`` (``finetune-s0``, ``scratch-s1``,
-``nodp-s2``, as the README's commands name them); each row's final central
+``nodp-s2``, as the commands of docs/own-model.md name them); each row's final central
 accuracy and largest client ε are summarised over its seeds, and the bytes per
 client per round after each node's first round (``metrics.csv``) are divided
 by the raw bytes of the trainable parameters.

@@ -1,4 +1,4 @@
-"""The README's examples end to end, as a user runs them, small and fast.
+"""The examples of docs/own-model.md end to end, as a user runs them, small and fast.
 
 ``examples/pretrain_public.py`` (1 epoch) -> ``fedge simulate --model
 examples/nets.py:Net`` from ``backbone.pt`` with only ``head.*`` trainable,
