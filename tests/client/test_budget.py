@@ -73,14 +73,6 @@ def test_first_round_starts_from_zero_and_a_noiseless_round_is_refused():
     assert decision.epsilon_after == math.inf and not decision.allowed
 
 
-def test_budget_check_does_not_record_anything():
-    history = two_rounds_of_750()
-    check_budget(
-        history=history, planned=(1.5, 0.04, 750), delta=1e-5, budget_epsilon=8
-    )
-    assert history.total_steps == 1500
-
-
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
