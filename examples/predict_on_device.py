@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import fedge
-from fedge.edge_export.runtime import read_input
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     model = fedge.EdgeModel.load(
         int8 if int8.is_file() else args.run_dir / "model.onnx"
     )
-    prediction = model.predict(read_input(args.inputs), source=str(args.inputs))
+    prediction = model.predict(args.inputs)  # a file path, an array or a DataFrame
     for row, (label, probabilities) in enumerate(
         zip(prediction.labels, prediction.probabilities, strict=True)
     ):
