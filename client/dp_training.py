@@ -233,7 +233,15 @@ class _OpacusStep(PrivateStep):
         self.module = prepare_module(
             model, mode, batch_first=True, loss_reduction="mean"
         )
-        self.optimizer = DPOptimizer(
+        self.optimizer = self._dp_optimizer(DPOptimizer)
+
+    def _dp_optimizer(self, optimizer_class: Any) -> Any:
+        """Wrap the SGD in ``optimizer_class``, ``DPOptimizer`` or its ghost subclass.
+
+        Both modes noise and clip with this step's σ, clipping norm, expected
+        batch size and generator, set here once.
+        """
+        return optimizer_class(
             self.sgd,
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
@@ -305,14 +313,7 @@ class _GhostStep(_OpacusStep):
             max_grad_norm=self.max_grad_norm,
             use_ghost_clipping=True,
         )
-        self.optimizer = DPOptimizerFastGradientClipping(
-            self.sgd,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.max_grad_norm,
-            expected_batch_size=self.expected_batch_size,
-            loss_reduction="mean",
-            generator=self.generator,
-        )
+        self.optimizer = self._dp_optimizer(DPOptimizerFastGradientClipping)
         self.criterion = DPLossFastGradientClipping(
             self.module, self.optimizer, nn.CrossEntropyLoss(), loss_reduction="mean"
         )

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedge.shared import keys
 from fedge.shared.config import DATASET_FILE, DataConfig
 from fedge.shared.datasets import (
@@ -117,8 +119,32 @@ def _builtin_partition(
             f"'{keys.PARTITION_ID}' must be in [0, {num_partitions}), got {partition_id}."
         )
     full = load_builtin(data.dataset, "train")
-    parts = partition_indices(
-        full.y,
+    parts = partition_nodes(full.y, num_partitions, data)
+    return full.subset(parts[partition_id])
+
+
+def partition_nodes(
+    labels: np.ndarray, num_partitions: int, data: DataConfig
+) -> list[np.ndarray]:
+    """Split ``labels`` over ``num_partitions`` nodes by the run's partitioner.
+
+    The one place that turns the data config into a partitioner call: a virtual
+    node takes its part of this split, the simulation's preflight checks the very
+    same split (same seed, same draw) before any node starts, and a simulation on
+    one file of the user's own data splits its rows by it.
+
+    Returns
+    -------
+    list of ndarray
+        Each node's indices into ``labels``.
+
+    Raises
+    ------
+    DataError
+        The partitioner's errors (:func:`~fedge.shared.partition.partition_indices`).
+    """
+    return partition_indices(
+        labels,
         num_partitions,
         data.partitioning,
         seed=data.partition_seed,
@@ -126,4 +152,3 @@ def _builtin_partition(
         shards_per_client=data.shards_per_client,
         min_partition_size=MIN_NODE_EXAMPLES,
     )
-    return full.subset(parts[partition_id])

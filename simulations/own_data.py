@@ -31,7 +31,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedge.client.node_data import MIN_NODE_EXAMPLES, NODE_FILE_STEM
+from fedge.client.node_data import (
+    MIN_NODE_EXAMPLES,
+    NODE_FILE_STEM,
+    partition_nodes,
+)
 from fedge.shared.config import DATASET_FILE, RunConfig
 from fedge.shared.datasets import (
     SUPPORTED_SUFFIXES,
@@ -42,7 +46,7 @@ from fedge.shared.datasets import (
     split_indices,
 )
 from fedge.shared.errors import ConfigError, DataError
-from fedge.shared.partition import partition_indices, partition_stats
+from fedge.shared.partition import partition_stats
 from fedge.shared.preprocessing import (
     IMAGE_SHAPE_ATTR,
     SERIES_SHAPE_ATTR,
@@ -294,16 +298,7 @@ def _plan_one_file(
     else:
         wanted = DEFAULT_CLIENTS if num_clients is None else num_clients
         parts = [
-            client_rows[p]
-            for p in partition_indices(
-                labels[client_rows],
-                wanted,
-                data.partitioning,
-                seed=data.partition_seed,
-                alpha=data.dirichlet_alpha,
-                shards_per_client=data.shards_per_client,
-                min_partition_size=MIN_NODE_EXAMPLES,
-            )
+            client_rows[p] for p in partition_nodes(labels[client_rows], wanted, data)
         ]
         sources = [f"{path} ({data.partitioning})"] * len(parts)
     _check_sizes([len(p) for p in parts], sources)

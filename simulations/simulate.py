@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedge.client.node_data import MIN_NODE_EXAMPLES
+from fedge.client.node_data import MIN_NODE_EXAMPLES, partition_nodes
 from fedge.server.run_folder import check_not_overwriting
 from fedge.shared.atomic_io import atomic_write_json, atomic_write_text
 from fedge.shared.config import (
@@ -101,23 +101,15 @@ def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
     """
     from fedge.server.reference_data import load_reference_data
     from fedge.shared.datasets import load_builtin
-    from fedge.shared.partition import partition_indices, partition_stats
+    from fedge.shared.partition import partition_stats
 
     check_client_count(config, num_clients)
     reference = load_reference_data(config.data)
     check_model(config, reference.preprocessing)
     if config.data.dataset != "file":
         train = load_builtin(config.data.dataset, "train")
-        # The same call as each node's (client/node_data.py), so the same draw.
-        parts = partition_indices(
-            train.y,
-            num_clients,
-            config.data.partitioning,
-            seed=config.data.partition_seed,
-            alpha=config.data.dirichlet_alpha,
-            shards_per_client=config.data.shards_per_client,
-            min_partition_size=MIN_NODE_EXAMPLES,
-        )
+        # The same split as each node's (client/node_data.py), so the same draw.
+        parts = partition_nodes(train.y, num_clients, config.data)
         small = [i for i, part in enumerate(parts) if len(part) < MIN_NODE_EXAMPLES]
         if small:
             raise DataError(
