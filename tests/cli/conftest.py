@@ -3,7 +3,6 @@
 import pytest
 
 import fedge.simulations.simulate as simulate_module
-from fedge.simulations.engine import sharing
 
 
 @pytest.fixture
@@ -15,5 +14,3 @@ def no_flower(monkeypatch):
 
     monkeypatch.setattr(simulate_module, "running_superlink", forbidden)
     monkeypatch.setattr(simulate_module.subprocess, "Popen", forbidden)
-    with sharing(None):  # not the suite's warm engine: a run would start its own
-        yield

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 
 import fedge.simulations.simulate as simulate_module
-from fedge.simulations.engine import sharing
 from fedge.simulations.ray_head import RAY_ADDRESS_ENV, ray_head_command
 
 
@@ -39,11 +38,7 @@ def test_every_port_of_the_head_is_a_distinct_free_one(tmp_path):
 
 @pytest.fixture
 def engine_env(monkeypatch):
-    """Run simulate() to its `flwr run`; capture the SuperLink's extra environment.
-
-    Without the suite's warm engine: what is tested is the engine a run starts
-    for itself.
-    """
+    """Run simulate() to its `flwr run`; capture the SuperLink's extra environment."""
     seen = {}
 
     class Submitted(Exception):
@@ -60,8 +55,7 @@ def engine_env(monkeypatch):
     monkeypatch.setattr(simulate_module, "running_superlink", fake_superlink)
     monkeypatch.setattr(simulate_module, "_stream", fake_stream)
     seen["stopped"] = Submitted
-    with sharing(None):
-        yield seen
+    return seen
 
 
 def test_by_default_the_engine_starts_its_own_cluster_lean(tmp_path, engine_env):
