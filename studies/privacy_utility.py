@@ -43,146 +43,38 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from fedge.shared.atomic_io import atomic_write_text
 from fedge.shared.errors import ConfigError, FedgeError
 from fedge.simulations.engine import SimulationEngine, sharing
-from fedge.simulations.scenario_file import SCENARIOS_DIR, load_scenario
+from fedge.simulations.scenario_file import load_scenario
 from fedge.simulations.simulate import simulate
-from fedge.studies.series_accuracy import format_summary, summarize_cell
+from fedge.studies.privacy_utility_grid import (
+    CSV_COLUMNS,
+    DATASETS,
+    EPSILONS,
+    GOALS,
+    NO_DP_ROW,
+    QUICK_SETTINGS,
+    ROWS,
+    SEEDS,
+    StudyRun,
+    row_scenario,
+)
+from fedge.studies.privacy_utility_table import build_table, merge_runs
 from fedge.studies.study_cell import (
     RESULTS_DIR,
     ROOT,
     TABLES_DIR,
     cell_summary,
-    epsilon_label,
-    epsilon_slug,
     run_cell,
 )
 
 RESULTS_PATH = RESULTS_DIR / "privacy_utility.csv"
 TABLE_PATH = TABLES_DIR / "privacy_utility.md"
 RUNS_DIR = Path("runs") / "privacy-utility"
-ROW_SCENARIOS_DIR = SCENARIOS_DIR / "privacy-utility"
-
-
-@dataclass(frozen=True)
-class StudyDataset:
-    """One column group of the study: a data set split over a number of clients."""
-
-    name: str
-    dataset: str
-    clients: int
-    partitioning: str = "iid"
-    dirichlet_alpha: float = 0.5
-
-    def overrides(self) -> dict[str, Any]:
-        """Return the run-config keys that select and split this data set."""
-        keys: dict[str, Any] = {
-            "dataset": self.dataset,
-            "partitioning": self.partitioning,
-        }
-        if self.partitioning == "dirichlet":
-            keys["dirichlet-alpha"] = self.dirichlet_alpha
-        return keys
-
-    def flags(self) -> str:
-        """Return the same as ``fedge simulate`` flags."""
-        text = f"--dataset {self.dataset} --clients {self.clients}"
-        if self.partitioning != "iid":
-            text += f" --partitioning {self.partitioning}"
-        if self.partitioning == "dirichlet":
-            text += f" --alpha {self.dirichlet_alpha:g}"
-        return text
-
-
-DATASETS = {
-    d.name: d
-    for d in (
-        StudyDataset("digits-3", "digits", 3),
-        StudyDataset("digits-10", "digits", 10),
-        StudyDataset("basic-motions", "basic-motions", 4, "dirichlet"),
-        StudyDataset("pickup-gesture", "pickup-gesture", 4, "dirichlet"),
-    )
-}
-# Rows trained with DP, in the table's order; each is ROW_SCENARIOS_DIR/<row>.toml.
-DP_ROWS = ("old-settings", "defaults", "ema", "augment", "fixed-features", "best")
-NO_DP_ROW = "no-dp"
-ROWS = (*DP_ROWS, NO_DP_ROW)
-ROW_LABELS = {
-    "old-settings": "old settings (relu, batch 32, 5 epochs, lr 0.05)",
-    "defaults": "defaults (only dp-mode = sample)",
-    "ema": "defaults + EMA 0.9",
-    "augment": "defaults + augmentation K = 4",
-    "fixed-features": "defaults + fixed features (random-conv-linear)",
-    "best": "all three",
-    "no-dp": "no DP (defaults)",
-}
-EPSILONS = (1.0, 3.0, 8.0)
-SEEDS = (0, 1, 2)
-# The issue's goals: (data set, ε) -> mean accuracy over 3 seeds to reach.
-GOALS = {
-    ("digits-10", 8.0): 0.94,
-    ("basic-motions", 8.0): 0.80,
-    ("pickup-gesture", 8.0): 0.30,
-    ("digits-3", 3.0): 0.92,
-}
-# --quick: every run, but short enough only to prove the study works.
-QUICK_SETTINGS = {"num-server-rounds": 2}
-CSV_COLUMNS = (
-    "dataset",
-    "row",
-    "target_epsilon",
-    "seed",
-    "state",
-    "accuracy",
-    "epsilon",
-    "noise_multiplier",
-    "examples_per_client",
-    "wall_time_s",
-    "run_dir",
-    "error",
-)
-KEY_COLUMNS = ["dataset", "row", "target_epsilon", "seed"]
-
-
-@dataclass(frozen=True)
-class StudyRun:
-    """One run of the grid."""
-
-    dataset: str
-    row: str
-    target_epsilon: float  # inf: no DP
-    seed: int
-
-    @property
-    def name(self) -> str:
-        """The run folder: ``digits-10-defaults-eps8-seed0``."""
-        return (
-            f"{self.dataset}-{self.row}-{epsilon_slug(self.target_epsilon)}"
-            f"-seed{self.seed}"
-        )
-
-
-def row_scenario(row: str) -> Path:
-    """Return the scenario file of a row.
-
-    Raises
-    ------
-    FedgeError
-        If ``row`` is not one of :data:`ROWS`.
-    """
-    if row not in ROWS:
-        raise FedgeError(
-            f"Unknown study row {row!r}: the rows are {', '.join(ROWS)} "
-            f"(scenario files in {ROW_SCENARIOS_DIR})."
-        )
-    return ROW_SCENARIOS_DIR / f"{row}.toml"
 
 
 def plan_runs(
@@ -239,15 +131,6 @@ def run_overrides(run: StudyRun, *, quick: bool = False) -> dict[str, Any]:
     if dp:
         overrides["target-epsilon"] = float(run.target_epsilon)
     return {**overrides, **(QUICK_SETTINGS if quick else {})}
-
-
-def reproduce_command(row: str, dataset: str, epsilon: float, seed: int = 0) -> str:
-    """Return the ``fedge simulate`` command that reruns one run of the grid."""
-    path = row_scenario(row).relative_to(ROOT)
-    text = f"fedge simulate --scenario {path} {DATASETS[dataset].flags()}"
-    if not math.isinf(epsilon):
-        text += f" --target-epsilon {epsilon:g}"
-    return text + f" --set model-seed={seed} --set sampler-seed={seed}"
 
 
 def parse_epsilon(text: str) -> float:
@@ -321,178 +204,6 @@ def run_study(
             on_run(record)
             records.append(record)
     return records
-
-
-def merge_runs(path: Path, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Return the CSV at ``path`` (if any) with ``records`` added, and write it.
-
-    A record replaces an earlier run of the same data set, row, ε and seed.
-    """
-    new = pd.DataFrame(list(records), columns=list(CSV_COLUMNS))
-    if path.is_file():
-        old = pd.read_csv(path)
-        frame = pd.concat([old, new], ignore_index=True) if len(new) else old
-    else:
-        frame = new
-    frame = frame.drop_duplicates(subset=KEY_COLUMNS, keep="last")
-    atomic_write_text(path, frame.to_csv(index=False))
-    return frame
-
-
-def _cell_runs(
-    frame: pd.DataFrame, dataset: str, row: str, epsilon: float
-) -> list[dict[str, Any]]:
-    mask = (
-        (frame["dataset"] == dataset)
-        & (frame["row"] == row)
-        & (frame["target_epsilon"].astype(float) == epsilon)
-    )
-    return [
-        {
-            k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in r.items()
-        }
-        for r in frame[mask].to_dict("records")
-    ]
-
-
-def summarize(
-    frame: pd.DataFrame, dataset: str, row: str, epsilon: float
-) -> dict[str, Any]:
-    """Return a cell's summary (:func:`series_accuracy.summarize_cell`) from the CSV."""
-    return summarize_cell(_cell_runs(frame, dataset, row, epsilon))
-
-
-def format_table_cell(summary: dict[str, Any]) -> str:
-    """``0.901 (0.880–0.920)``, ``… + 1 failed``, ``failed (2 runs)`` or ``—``."""
-    if summary["runs"] == 0 and summary["failed"] == 0:
-        return "—"
-    text = format_summary(summary)
-    # The ε ≤ … of series_accuracy's cell is the same in every DP cell here
-    # (the budget), and the run count is in the table's note unless short.
-    text = text.split(", ε ≤")[0]
-    return text.replace(", 3 runs", "")
-
-
-def goal_status(frame: pd.DataFrame) -> list[str]:
-    """One line per goal: met or missed by how much, for the defaults and all three.
-
-    When another DP row has the highest mean of the cell's full-seed rows, the
-    line names it too: a report of what the study measured, not a choice of
-    settings (picking a row by its test accuracy would be tuning on the
-    evaluation data).
-    """
-    lines = []
-    for (dataset, epsilon), goal in GOALS.items():
-        parts = [
-            _goal_verdict(row, summarize(frame, dataset, row, epsilon), goal)
-            for row in ("defaults", "best")
-        ]
-        highest = _highest_full_row(frame, dataset, epsilon)
-        if highest not in (None, "defaults", "best"):
-            summary = summarize(frame, dataset, str(highest), epsilon)
-            parts.append("highest: " + _goal_verdict(str(highest), summary, goal))
-        lines.append(
-            f"- {dataset} at ε = {epsilon:g}, goal ≥ {goal:.2f}: " + "; ".join(parts)
-        )
-    return lines
-
-
-def _goal_verdict(row: str, summary: dict[str, Any], goal: float) -> str:
-    """``defaults (…) 0.828 over 3 run(s), missed by 0.112`` or ``…: not run``."""
-    if summary["mean"] is None:
-        return f"{ROW_LABELS[row]}: not run"
-    mean = summary["mean"]
-    verdict = "met" if mean >= goal else f"missed by {goal - mean:.3f}"
-    if summary["runs"] < len(SEEDS):  # a goal is a mean of 3 seeds
-        verdict += f" so far (not decided: {summary['runs']} of {len(SEEDS)} seeds)"
-    return f"{ROW_LABELS[row]} {mean:.3f} over {summary['runs']} run(s), {verdict}"
-
-
-def _highest_full_row(frame: pd.DataFrame, dataset: str, epsilon: float) -> str | None:
-    """Return the DP row with the highest mean among those run at every seed, if any."""
-    means = {
-        row: s["mean"]
-        for row in DP_ROWS
-        if (s := summarize(frame, dataset, row, epsilon))["runs"] >= len(SEEDS)
-    }
-    return max(means, key=lambda row: means[row]) if means else None
-
-
-def goal_table(frame: pd.DataFrame) -> list[str]:
-    """Return the Markdown table of the goal cells: a row per study row, a column per goal."""
-    header = [f"{d} ({DATASETS[d].clients} clients), ε = {e:g}" for d, e in GOALS]
-    lines = [
-        "| row | " + " | ".join(header) + " |",
-        "|---|" + "---:|" * len(GOALS),
-        "| goal | " + " | ".join(f"≥ {g:.2f}" for g in GOALS.values()) + " |",
-    ]
-    for row in ROWS:
-        cells = [
-            format_table_cell(
-                summarize(frame, d, row, math.inf if row == NO_DP_ROW else e)
-            )
-            for d, e in GOALS
-        ]
-        lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def build_table(frame: pd.DataFrame, *, quick: bool = False) -> str:
-    """Return the Markdown page: one table per data set, the goals, how to rerun."""
-    lines = [
-        "# Privacy–utility study",
-        "",
-        "Final central accuracy, mean (range) over seeds 0, 1, 2 (a seed sets "
-        "`model-seed` and `sampler-seed`; DP noise is fresh in every run). ε is "
-        "each client's budget for the whole run (δ ≤ 1/(10 n)). A cell with "
-        "fewer runs says how many; a failed run is counted, never dropped; — = "
-        "not run yet. Digits: 450 held-out test digits, IID clients. Series: "
-        "the archive's test split, 4 clients, Dirichlet α = 0.5 over its train "
-        "split. Produced by `python -m fedge.studies.privacy_utility`.",
-        "",
-    ]
-    if quick:
-        lines += ["**Quick run**: 2 rounds; a smoke test, not the study's figures.", ""]
-    for name, data in DATASETS.items():
-        if not (frame["dataset"] == name).any():
-            continue
-        lines += [
-            f"## {name} ({data.clients} clients)",
-            "",
-            "| row | " + " | ".join(epsilon_label(e) for e in EPSILONS) + " |",
-            "|---|" + "---:|" * len(EPSILONS),
-        ]
-        for row in DP_ROWS:
-            cells = [
-                format_table_cell(summarize(frame, name, row, e)) for e in EPSILONS
-            ]
-            lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(cells) + " |")
-        reference = format_table_cell(summarize(frame, name, NO_DP_ROW, math.inf))
-        lines.append(
-            f"| {ROW_LABELS[NO_DP_ROW]} | {reference} | {reference} | {reference} |"
-        )
-        goal_epsilon = next((e for d, e in GOALS if d == name), EPSILONS[-1])
-        lines += [
-            "",
-            f"Rerun a cell: `{reproduce_command('defaults', name, goal_epsilon)}`.",
-            "",
-        ]
-    lines += [
-        "## Goals (mean of 3 seeds)",
-        "",
-        *goal_table(frame),
-        "",
-        *goal_status(frame),
-        "",
-    ]
-    lines += [
-        "Rows and their scenario files (`simulations/scenarios/privacy-utility/`):",
-        "",
-        *(f"- {ROW_LABELS[r]}: `{r}.toml`" for r in ROWS),
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _epsilon_argument(text: str) -> float:

@@ -14,6 +14,8 @@ from fedge.shared.errors import ConfigError, DataError, FedgeError
 from fedge.simulations.scenario_file import read_scenario
 from fedge.simulations.simulate import preflight
 from fedge.studies import privacy_utility as pu
+from fedge.studies import privacy_utility_grid as grid
+from fedge.studies import privacy_utility_table as table
 from tests.studies.finished_run import write_run
 
 
@@ -22,7 +24,7 @@ from tests.studies.finished_run import write_run
 def test_every_row_is_a_scenario_file_that_parses(row):
     scenario = read_scenario(pu.row_scenario(row))
 
-    assert scenario.path.parent == pu.ROW_SCENARIOS_DIR
+    assert scenario.path.parent == grid.ROW_SCENARIOS_DIR
     assert scenario.description
     assert scenario.overrides["dp-mode"] == ("none" if row == "no-dp" else "sample")
 
@@ -147,12 +149,12 @@ def test_a_dp_row_needs_a_finite_epsilon_and_no_dp_none():
 
 
 def test_reproduce_command_names_the_row_file_and_the_run_flags():
-    assert pu.reproduce_command("best", "basic-motions", 8.0, seed=1) == (
+    assert table.reproduce_command("best", "basic-motions", 8.0, seed=1) == (
         "fedge simulate --scenario simulations/scenarios/privacy-utility/best.toml "
         "--dataset basic-motions --clients 4 --partitioning dirichlet --alpha 0.5 "
         "--target-epsilon 8 --set model-seed=1 --set sampler-seed=1"
     )
-    assert pu.reproduce_command("no-dp", "digits-3", math.inf) == (
+    assert table.reproduce_command("no-dp", "digits-3", math.inf) == (
         "fedge simulate --scenario simulations/scenarios/privacy-utility/no-dp.toml "
         "--dataset digits --clients 3 --set model-seed=0 --set sampler-seed=0"
     )
@@ -223,11 +225,11 @@ def test_cell_is_the_mean_and_range_of_its_seeds(tmp_path):
         ],
     )
 
-    summary = pu.summarize(frame, "digits-10", "defaults", 8.0)
+    summary = table.summarize(frame, "digits-10", "defaults", 8.0)
 
     assert summary["mean"] == pytest.approx((0.90 + 0.84 + 0.93) / 3)
     assert (summary["min"], summary["max"]) == (0.84, 0.93)
-    assert pu.format_table_cell(summary) == "0.890 (0.840–0.930)"
+    assert table.format_table_cell(summary) == "0.890 (0.840–0.930)"
 
 
 def test_a_failed_run_is_counted_not_dropped(tmp_path):
@@ -241,15 +243,15 @@ def test_a_failed_run_is_counted_not_dropped(tmp_path):
         ],
     )
 
-    assert pu.format_table_cell(pu.summarize(frame, "basic-motions", "best", 8.0)) == (
-        "0.800 (0.750–0.850), 2 runs + 1 failed"
-    )
-    assert pu.format_table_cell(pu.summarize(frame, "basic-motions", "ema", 8.0)) == (
-        "failed (1 run)"
-    )
-    assert pu.format_table_cell(pu.summarize(frame, "basic-motions", "ema", 1.0)) == (
-        "—"
-    )
+    assert table.format_table_cell(
+        table.summarize(frame, "basic-motions", "best", 8.0)
+    ) == ("0.800 (0.750–0.850), 2 runs + 1 failed")
+    assert table.format_table_cell(
+        table.summarize(frame, "basic-motions", "ema", 8.0)
+    ) == ("failed (1 run)")
+    assert table.format_table_cell(
+        table.summarize(frame, "basic-motions", "ema", 1.0)
+    ) == ("—")
 
 
 def test_chunks_accumulate_and_a_rerun_replaces_its_run(tmp_path):
@@ -280,7 +282,7 @@ def test_goal_status_says_met_or_by_how_much_it_misses(tmp_path):
         ],
     )
 
-    lines = pu.goal_status(frame)
+    lines = table.goal_status(frame)
 
     assert lines[3] == (
         "- digits-3 at ε = 3, goal ≥ 0.92: defaults (only dp-mode = sample) 0.890 "
@@ -419,7 +421,7 @@ def test_goal_table_has_the_goal_cells_and_no_dp_in_each_goal_column(tmp_path):
         ],
     )
 
-    lines = pu.goal_table(frame)
+    lines = table.goal_table(frame)
 
     assert lines[0] == (
         "| row | digits-10 (10 clients), ε = 8 | basic-motions (4 clients), ε = 8 "
@@ -444,7 +446,7 @@ def test_goal_status_names_a_higher_row_measured_at_every_seed(tmp_path):
         ],
     )
 
-    line = pu.goal_status(frame)[0]
+    line = table.goal_status(frame)[0]
 
     assert line.endswith(
         "; highest: defaults + fixed features (random-conv-linear) 0.920 over "
