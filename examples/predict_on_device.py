@@ -3,8 +3,10 @@
 :class:`fedge.EdgeModel` loads ``model.int8.onnx`` (else ``model.onnx``) of an
 exported run folder, checks its hash against the ``manifest.json`` beside it,
 encodes raw inputs as the model was trained on them and predicts. Neither
-torch nor Flower is imported: on a device, ``pip install fedge[edge]`` (or
-copy ``fedge/edge_export/runtime.py``) is all it needs.
+torch nor Flower is imported: on a device, ``pip install -r
+requirements-edge.txt`` and fedge without its dependencies (``pip install
+--no-deps .``), or the ``edge_export/runtime/`` folder copied alone, is all it
+needs.
 
 Run: ``python examples/predict_on_device.py RUN_DIR INPUTS`` where ``INPUTS``
 is a ``.csv``, ``.npz`` (array ``x``) or ``.parquet`` file of raw rows, e.g.
