@@ -179,9 +179,11 @@ class SimulationEngine:
             atexit.unregister(self._stop)
             # Taken while the leaders live: the SuperExec and the simulation
             # process run in sessions of their own below the SuperLink.
-            tree = process_tree(leaders)
-            stack.close()
-            end_processes(tree)  # whatever outlived its leader
+            # All at once: one by one, each waits out the last one's shutdown.
+            # Briefly: the GCS and raylet take 1-2 s to end on SIGTERM, and
+            # nothing the engine holds outlives it (its temp dirs go below).
+            end_processes(process_tree(leaders), grace_s=0.3)
+            stack.close()  # what is left: temp dirs, the leaders' reaping
         if self._watcher is not None:  # last: what it watches is gone
             _close_watcher(self._watcher)
             self._watcher = None

@@ -173,7 +173,11 @@ def serving_superlink(
         _wait_healthy(link)
         yield link
     finally:
+        # The SuperExec, a simulation process and its Ray cluster run in
+        # sessions of their own below the SuperLink: take them while it lives.
+        tree = process_tree([process.pid])
         stop_process(process)
+        end_processes(tree)
 
 
 def superlink_command(

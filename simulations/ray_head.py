@@ -43,7 +43,18 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"
 # No usage-stats reporting and no metrics collection: nothing reads either, and
 # each is a thread or an exporter connection the engine would otherwise set up.
 # (Their effect on start-up was within the noise of 3 alternating pairs here.)
-ENGINE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_enable_metrics_collection": "0"}
+# The SuperExec the SuperLink starts polls it for a run to launch every second
+# by default: a run submitted just after a poll would wait for the next one.
+ENGINE_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_enable_metrics_collection": "0",
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
+    # The raylet starts Python workers for the first driver's default job;
+    # Flower's actors need workers with a runtime_env of their own, so those
+    # would import Ray for nothing, on the cores the run's start needs.
+    "RAY_prestart_worker_first_driver": "false",
+    "RAY_enable_worker_prestart": "false",
+}
 # Every port a head opens on a fixed default; free ones keep heads of parallel
 # runs (and other users' clusters) apart.
 _PORT_FLAGS = (

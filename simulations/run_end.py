@@ -49,6 +49,9 @@ class RunEnd:
         self._before = self._status_stamp()
         self._stop = threading.Event()
         self._done = threading.Event()
+        # Set once a completed run's end-of-run work is done: nothing the run's
+        # processes still do (Flower's shutdown) changes the run folder after it.
+        self.finished_complete = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -94,9 +97,12 @@ class RunEnd:
 
     def _finish(self) -> None:
         self._done.set()
-        if self._on_complete is not None and self._completed():
+        completed = self._completed()
+        if self._on_complete is not None and completed:
             self._on_complete(self.run_dir)
         self._write_report(self.run_dir)
+        if completed:
+            self.finished_complete.set()
 
     def _completed(self) -> bool:
         stamp = self._status_stamp()

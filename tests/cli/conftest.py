@@ -12,5 +12,5 @@ def no_flower(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a Flower process was about to start")
 
-    monkeypatch.setattr(simulate_module, "running_superlink", forbidden)
+    monkeypatch.setattr(simulate_module, "superlink_for_run", forbidden)
     monkeypatch.setattr(simulate_module.subprocess, "Popen", forbidden)

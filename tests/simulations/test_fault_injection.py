@@ -569,10 +569,10 @@ def captured_submission(monkeypatch):
     seen = {}
 
     @contextlib.contextmanager
-    def fake_superlink(workdir, *, simulation, env=None):
-        yield SimpleNamespace(env={})
+    def fake_superlink(workdir, engine, ray_address):
+        yield SimpleNamespace(env={}), True
 
-    def fake_stream(command, env, log_path, *, verbose, echo):
+    def fake_stream(command, env, log_path, *, verbose, echo, stop_when=None):
         app_dir = Path(command[2])
         seen["app_pyproject"] = tomllib.loads((app_dir / "pyproject.toml").read_text())
         seen["run_config"] = tomllib.loads(
@@ -580,7 +580,7 @@ def captured_submission(monkeypatch):
         )
         raise Submitted
 
-    monkeypatch.setattr(simulate_module, "running_superlink", fake_superlink)
+    monkeypatch.setattr(simulate_module, "superlink_for_run", fake_superlink)
     monkeypatch.setattr(simulate_module, "_stream", fake_stream)
     monkeypatch.setattr(simulate_module, "preflight", lambda *a, **k: None)
     return seen

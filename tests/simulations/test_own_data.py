@@ -382,7 +382,7 @@ def no_flower(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a process was started")
 
-    monkeypatch.setattr(simulate_module, "running_superlink", forbidden)
+    monkeypatch.setattr(simulate_module, "superlink_for_run", forbidden)
 
 
 def test_a_bad_file_is_refused_before_any_folder_or_process(tmp_path, no_flower):

@@ -76,7 +76,7 @@ def test_a_bad_model_writes_nothing_into_an_existing_run_folder(
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.csv").write_text("round\n0\n")
     before = sorted(p.name for p in run_dir.iterdir())
-    monkeypatch.setattr(sim, "running_superlink", None)  # must fail before any process
+    monkeypatch.setattr(sim, "superlink_for_run", None)  # must fail before any process
     with pytest.raises(ModelError, match=r"module 'no_such_nets_x' cannot be imported"):
         sim.simulate(
             {"model": "no_such_nets_x:Net", "resume": True},
@@ -100,7 +100,7 @@ def test_with_own_data_a_bad_model_is_refused_before_the_data_is_written(
     frame.to_csv(data, index=False)
     bad = tmp_path / "nets.py"
     bad.write_text("raise RuntimeError('not on this machine')\n")
-    monkeypatch.setattr(sim, "running_superlink", None)
+    monkeypatch.setattr(sim, "superlink_for_run", None)
     with pytest.raises(
         ModelError, match=r"raised RuntimeError: not on this machine; fix the module"
     ):
@@ -154,8 +154,18 @@ def test_a_py_model_is_shipped_inside_the_submitted_app(tmp_path: Path) -> None:
     }
 
 
-def test_a_module_name_model_submits_the_app_itself(tmp_path: Path) -> None:
-    assert sim._app_to_submit(tmp_path, FaultConfig(), "pkg.nets:Net") == sim.APP_DIR
+def test_a_module_name_model_submits_a_slim_copy_of_the_app(tmp_path: Path) -> None:
+    app = sim._app_to_submit(tmp_path, FaultConfig(), "pkg.nets:Net")
+
+    assert app != sim.APP_DIR
+    # Only what the app is: flwr run walks every file of the folder it submits.
+    assert sorted(p.name for p in app.iterdir()) == [
+        "README.md",
+        "fedge",
+        "pyproject.toml",
+    ]
+    assert not any(p.is_symlink() for p in app.rglob("*"))
+    assert (app / "fedge" / "server" / "server_app.py").is_file()
 
 
 def test_shipping_needs_a_py_file(tmp_path: Path) -> None:

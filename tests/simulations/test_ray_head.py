@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 import fedge.simulations.simulate as simulate_module
-from fedge.simulations.ray_head import RAY_ADDRESS_ENV, ray_head_command
+from fedge.simulations.ray_head import RAY_ADDRESS_ENV, engine_env, ray_head_command
 
 
 def test_lean_head_leaves_out_what_one_machine_does_not_need(tmp_path):
@@ -37,8 +37,8 @@ def test_every_port_of_the_head_is_a_distinct_free_one(tmp_path):
 
 
 @pytest.fixture
-def engine_env(monkeypatch):
-    """Run simulate() to its `flwr run`; capture the SuperLink's extra environment."""
+def submitted(monkeypatch):
+    """Run simulate() to its `flwr run`; capture how its SuperLink was started."""
     seen = {}
 
     class Submitted(Exception):
@@ -49,28 +49,54 @@ def engine_env(monkeypatch):
         seen["env"] = dict(env or {})
         yield SimpleNamespace(env={})
 
+    class FakeEngine:
+        def __enter__(self):
+            seen["engine"] = "private"
+            return self
+
+        def __exit__(self, *exc):
+            seen["engine closed"] = True
+
+        @contextlib.contextmanager
+        def run_slot(self):
+            yield SimpleNamespace(env={})
+
     def fake_stream(*args, **kwargs):
+        seen["stops early"] = kwargs["stop_when"] is not None
         raise Submitted
 
     monkeypatch.setattr(simulate_module, "running_superlink", fake_superlink)
+    monkeypatch.setattr(simulate_module, "SimulationEngine", FakeEngine)
     monkeypatch.setattr(simulate_module, "_stream", fake_stream)
     seen["stopped"] = Submitted
     return seen
 
 
-def test_by_default_the_engine_starts_its_own_cluster_lean(tmp_path, engine_env):
-    with pytest.raises(engine_env["stopped"]):
+def test_by_default_a_run_starts_an_engine_of_its_own(tmp_path, submitted):
+    with pytest.raises(submitted["stopped"]):
         simulate_module.simulate(
             {}, num_clients=2, output_dir=tmp_path, run_name="r", echo=lambda *_: None
         )
 
-    assert RAY_ADDRESS_ENV not in engine_env["env"]
-    assert engine_env["env"]["RAY_USAGE_STATS_ENABLED"] == "0"
-    assert engine_env["env"]["RAY_enable_metrics_collection"] == "0"
+    assert submitted["engine"] == "private"
+    assert submitted["engine closed"]
+    assert "env" not in submitted  # no SuperLink outside the engine
+    # Its own engine ends with the run: the run need not wait out Flower's shutdown.
+    assert submitted["stops early"]
 
 
-def test_with_a_ray_address_the_engine_joins_that_cluster(tmp_path, engine_env):
-    with pytest.raises(engine_env["stopped"]):
+def test_the_engine_environment_is_lean_and_polls_often():
+    env = engine_env()
+
+    assert RAY_ADDRESS_ENV not in env
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert env["RAY_enable_metrics_collection"] == "0"
+    assert env["RAY_prestart_worker_first_driver"] == "false"
+    assert float(env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]) <= 0.1
+
+
+def test_with_a_ray_address_the_engine_joins_that_cluster(tmp_path, submitted):
+    with pytest.raises(submitted["stopped"]):
         simulate_module.simulate(
             {},
             num_clients=2,
@@ -80,4 +106,5 @@ def test_with_a_ray_address_the_engine_joins_that_cluster(tmp_path, engine_env):
             echo=lambda *_: None,
         )
 
-    assert engine_env["env"][RAY_ADDRESS_ENV] == "10.0.0.5:6379"
+    assert submitted["env"][RAY_ADDRESS_ENV] == "10.0.0.5:6379"
+    assert "engine" not in submitted

@@ -177,14 +177,14 @@ def submission(monkeypatch):
         pass
 
     @contextlib.contextmanager
-    def fake_superlink(workdir, *, simulation, env=None):
-        yield SimpleNamespace(env={})
+    def fake_superlink(workdir, engine, ray_address):
+        yield SimpleNamespace(env={}), True
 
-    def fake_stream(command, env, log_path, *, verbose, echo):
+    def fake_stream(command, env, log_path, *, verbose, echo, stop_when=None):
         seen["federation"] = command[command.index("--federation-config") + 1]
         raise Submitted
 
-    monkeypatch.setattr(simulate_module, "running_superlink", fake_superlink)
+    monkeypatch.setattr(simulate_module, "superlink_for_run", fake_superlink)
     monkeypatch.setattr(simulate_module, "_stream", fake_stream)
     seen["stopped"] = Submitted
     return seen

@@ -216,7 +216,7 @@ def test_simulate_refuses_a_folder_holding_an_earlier_run(tmp_path, monkeypatch)
     (earlier / "status.json").write_text(
         '{"state": "complete", "final_accuracy": 0.99}'
     )
-    monkeypatch.setattr(sim, "running_superlink", None)  # must fail before any process
+    monkeypatch.setattr(sim, "superlink_for_run", None)  # must fail before any process
     with pytest.raises(ConfigError, match="already holds a run"):
         sim.simulate(
             {},
