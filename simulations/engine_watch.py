@@ -12,15 +12,27 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 
 from fedge.simulations.flower_processes import end_processes, process_tree
 
+GIVE_UP_S = 30.0
+
 
 def main(leaders: list[int]) -> None:
-    """Wait for standard input to close, then end the processes of ``leaders``."""
+    """Wait for standard input to close, then end the processes of ``leaders``.
+
+    Again and again until none is left: a Ray head still starting when its
+    owner died starts processes after the first sweep, and a process whose
+    parent the sweep ended is found through the sessions of those it ended.
+    """
     while sys.stdin.buffer.read(4096):
         pass
-    end_processes(process_tree(leaders))
+    known = set(leaders)
+    deadline = time.monotonic() + GIVE_UP_S
+    while (tree := process_tree(sorted(known))) and time.monotonic() < deadline:
+        known.update(tree)
+        end_processes(tree)
 
 
 if __name__ == "__main__":
