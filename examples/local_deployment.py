@@ -8,7 +8,10 @@ TLS (the deployment guide adds certificates and node keys):
    "partition-id=I num-partitions=2 state-dir=DIR"``, once per node (each
    holds one half of the built-in digits);
 3. ``flwr run . <connection> --stream --run-config FILE`` to submit fedge's
-   ServerApp and ClientApp.
+   ServerApp and ClientApp. Here ``.`` is a copy of the app (its packages and
+   ``pyproject.toml``, as ``fedge simulate`` submits): ``flwr run`` walks every
+   file under the folder it submits before it filters them, and a checkout
+   holds its ``.venv`` and ``.git`` (seconds a submission).
 
 fedge's launch helpers (:mod:`fedge.simulations.flower_processes`) start each
 on free ports with a private ``FLWR_HOME`` and stop them at the end, even on
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import fedge
 from fedge.shared.flower_config_text import format_node_config
+from fedge.simulations.fault_app import write_app_copy
 from fedge.simulations.flower_processes import (
     flwr_run_command,
     free_port,
@@ -79,10 +83,9 @@ def main(argv: list[str] | None = None) -> None:
             ]  # fmt: skip
             node = start_logged(command, env=link.env, log_path=work / f"node-{i}.log")
             nodes.callback(stop_process, node)
-        submit = flwr_run_command(
-            APP_DIR, write_run_config(work / "run.toml", overrides)
-        )
-        subprocess.run(submit, env=link.env, cwd=APP_DIR, check=True)
+        app = write_app_copy(APP_DIR, work / "app")
+        submit = flwr_run_command(app, write_run_config(work / "run.toml", overrides))
+        subprocess.run(submit, env=link.env, cwd=app, check=True)
 
     run = fedge.Run(work / "runs" / "local")
     print(run.metrics[["round", "central-accuracy", "replies"]].to_string(index=False))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.shared.flower_config_text import format_node_config
+from fedge.simulations.fault_app import write_app_copy
 from fedge.simulations.flower_processes import (
     CONNECTION,
     STARTUP_TIMEOUT_S,
@@ -259,12 +260,34 @@ def running_flower_node(
 
 
 # ------------------------------------------------------------------ runs
+def app_copy(workdir: Path) -> Path:
+    """The app the runs submit: a copy of its packages and ``pyproject.toml``.
+
+    ``flwr run <folder>`` walks every file under the folder before it filters
+    them, a checkout's ``.venv`` and ``.git`` included: about 3.4 s a
+    submission, which the copy (the one ``fedge simulate`` submits) spares.
+    Written once per ``workdir``. The checkout itself, as users submit it
+    (``flwr run .``), is submitted by the resume in
+    ``test_deployment_faults.py::
+    test_a_round_the_coordinator_lost_is_resent_not_retrained_after_a_restart``.
+    """
+    app = workdir / "app"
+    if not (app / "pyproject.toml").is_file():  # written last: the copy is whole
+        write_app_copy(APP_DIR, app)
+    return app
+
+
 def submit_run(
     link: SuperLink, workdir: Path, overrides: Mapping[str, Any], *, timeout_s: float
 ) -> subprocess.CompletedProcess[str]:
-    """``flwr run <app> --stream`` with ``overrides``; waits for the run to end."""
+    """``flwr run <app> --stream`` with ``overrides``; waits for the run to end.
+
+    Submits :func:`app_copy`, not the checkout.
+    """
     return subprocess.run(
-        flwr_run_command(APP_DIR, write_run_config(workdir / "run.toml", overrides)),
+        flwr_run_command(
+            app_copy(workdir), write_run_config(workdir / "run.toml", overrides)
+        ),
         env=link.env,
         cwd=APP_DIR,
         capture_output=True,
@@ -276,9 +299,12 @@ def submit_run(
 def start_run(
     link: SuperLink, workdir: Path, overrides: Mapping[str, Any], *, name: str = "run"
 ) -> subprocess.Popen[bytes]:
-    """``flwr run <app> --stream`` in the background, output in ``workdir/NAME.log``."""
+    """``flwr run <app> --stream`` in the background, output in ``workdir/NAME.log``.
+
+    Submits :func:`app_copy`, not the checkout.
+    """
     command = flwr_run_command(
-        APP_DIR, write_run_config(workdir / f"{name}.toml", overrides)
+        app_copy(workdir), write_run_config(workdir / f"{name}.toml", overrides)
     )
     return start_logged(
         command, env=link.env, log_path=workdir / f"{name}.log", cwd=APP_DIR

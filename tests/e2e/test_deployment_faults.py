@@ -300,6 +300,10 @@ def test_a_round_the_coordinator_lost_is_resent_not_retrained_after_a_restart(
         command = shlex.split(progress.resume_command)
         assert command[:4] == ["flwr", "run", ".", "<connection>"]
         link = federation.restart_superlink()  # the nodes reconnect by themselves
+        # `flwr run .` in the checkout, as the user would: the one e2e run that
+        # submits the checkout itself, not a slim copy of the app. Its bundle
+        # keeps fedge/ without the folders it links to, which fedge/__init__.py
+        # then finds beside it, on the SuperLink's ServerApp and on each node.
         resumed = subprocess.run(
             [*command[:3], CONNECTION, *command[4:]],
             env=link.env,
