@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,6 +58,8 @@ BUILTIN_DATASETS = ("digits", "breast-cancer", "synthetic", *AEON_PROBLEMS)
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".npz")
 BUILTIN_LABEL_COLUMN = "label"
 BUILTIN_TEST_FRACTION = 0.25
+DIGITS_FILE = "digits.csv.gz"  # in sklearn/datasets/data
+DIGITS_CLASSES = 10
 BUILTIN_SPLIT_SEED = 0
 SPLITS = ("train", "test")
 # The synthetic set: large enough that each of 1,000 clients holds >= 20 training
@@ -180,34 +183,55 @@ def _readonly(*arrays: np.ndarray) -> None:
         a.flags.writeable = False
 
 
+def _digits_table() -> tuple[np.ndarray, np.ndarray]:
+    """Read scikit-learn's digits file as ``load_digits`` does, without importing it.
+
+    Importing scikit-learn (and the SciPy it pulls in) costs about 0.9 s of
+    CPU; every simulated client and the coordinator load the digits at start,
+    so that import sat on every run's path to its first round. The file is
+    the one ``sklearn.datasets.load_digits`` reads (8x8 pixel counts, then
+    the label, per line); ``find_spec`` locates the package without running it.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "the digits data set needs scikit-learn, which is not installed"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / DIGITS_FILE
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 @functools.cache  # lru_cache without a bound
 def _builtin(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Preprocessing]:
     """Load a built-in once per process: features, labels, train mask, encoding."""
-    from sklearn import datasets as skd  # heavy import; only when needed
-
     if name in AEON_PROBLEMS:
         return _aeon_builtin(name)
     if name == "digits":
-        bunch = skd.load_digits()
-        raw = bunch.data.reshape(-1, 1, 8, 8)
-        y = bunch.target.astype(np.int64)
+        features, target = _digits_table()
+        raw = features.reshape(-1, 1, 8, 8)
+        y = target.astype(np.int64)
         is_train = np.zeros(len(y), dtype=bool)
         is_train[split_indices(y, BUILTIN_TEST_FRACTION, BUILTIN_SPLIT_SEED)[0]] = True
         prep = Preprocessing(
             kind="image",
             label_column=BUILTIN_LABEL_COLUMN,
-            class_names=tuple(str(int(c)) for c in bunch.target_names),
+            class_names=tuple(str(c) for c in range(DIGITS_CLASSES)),
             image_shape=(1, 8, 8),
             pixel_scale=16.0,  # digits pixels are counts 0..16
         )
         x = prep.transform_features(raw, source="digits")
     elif name == "breast-cancer":
+        from sklearn import datasets as skd  # heavy import; only when needed
+
         bunch = skd.load_breast_cancer()
         frame = pd.DataFrame(bunch.data, columns=list(bunch.feature_names))
         # sklearn's own names, in target order (0 = malignant, 1 = benign).
         class_names = tuple(str(n) for n in bunch.target_names)
         return _tabular_builtin(name, frame, bunch.target, class_names)
     else:  # synthetic
+        from sklearn import datasets as skd
+
         features, target = skd.make_classification(
             n_samples=SYNTHETIC_EXAMPLES,
             n_features=SYNTHETIC_FEATURES,

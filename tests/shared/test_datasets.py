@@ -471,3 +471,32 @@ def test_split_train_test_bad_fraction(fraction):
         DataError, match=rf"test_fraction must be in \(0, 1\), got {fraction}"
     ):
         split_train_test(tiny_dataset([0, 1, 0, 1]), test_fraction=fraction)
+
+
+def test_the_digits_are_read_exactly_as_scikit_learn_loads_them():
+    from fedge.shared.datasets import _digits_table
+
+    features, target = _digits_table()
+    bunch = load_digits()
+
+    assert np.array_equal(features, bunch.data) and features.dtype == bunch.data.dtype
+    assert np.array_equal(target, bunch.target)
+    assert sorted(set(target.tolist())) == list(bunch.target_names)
+
+
+def test_loading_the_digits_imports_no_scikit_learn():
+    import subprocess
+    import sys
+
+    # A fresh interpreter: this one imported scikit-learn for the test above.
+    code = (
+        "import sys\n"
+        "from fedge.shared.datasets import load_builtin\n"
+        "train = load_builtin('digits', 'train')\n"
+        "assert len(train.y) > 1000, len(train.y)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
