@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -36,8 +37,14 @@ def _opacus_epsilon(releases: list[list[float]], delta: float) -> float:
     return float(accountant.get_epsilon(delta=delta))
 
 
+@functools.cache
 def _suggestion(num_examples: int, *, rounds: int, epsilon: float) -> dict:
-    """``fedge privacy --suggest --format json``, run as a user runs it."""
+    """``fedge privacy --suggest --format json``, run as a user runs it.
+
+    Once per node size: the command is deterministic, and each run of it is a
+    fresh interpreter importing Opacus (seconds, ten times over in the
+    10-client test, whose nodes have three sizes).
+    """
     out = subprocess.run(
         [
             sys.executable,
