@@ -10,6 +10,7 @@ only calls :func:`run_federation`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from fedge.server.checkpoint import load_latest_checkpoint, restore_strategy_state
 from fedge.server.client_evaluation import evaluate_every_node, evaluation_due
-from fedge.server.federation_loop import StopRun, run_rounds
+from fedge.server.federation_loop import RoundOutcome, StopRun, run_rounds
 from fedge.server.frozen_arrays import ArraysWire
 from fedge.server.metrics_history import MetricsHistory
 from fedge.server.node_sampling import wait_for_nodes
@@ -28,6 +29,7 @@ from fedge.server.reply_check import ReplyCheck
 from fedge.server.robust_strategy import RobustStrategy
 from fedge.server.round_end import RoundEnd
 from fedge.server.round_summary import initial_row, privacy_summary
+from fedge.server.run_end_imports import RunEndImports
 from fedge.server.run_folder import (
     check_resumable,
     resolve_run_dir,
@@ -60,6 +62,7 @@ from fedge.shared.run_folder import (
     OUTSIDE_DP_GUARANTEE,
     PER_CLIENT_FIGURES,
     ROUND,
+    RUN_COMPLETE_LOG,
     write_status,
 )
 
@@ -100,9 +103,19 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         logger.warning(
             "%s are %s; %s", PER_CLIENT_FIGURES, OUTSIDE_DP_GUARANTEE, KEEP_ON_NODES
         )
+    # Imported while the rounds run, so the end pays only its own work.
+    run_end_imports = RunEndImports.for_run(config)
     try:
         final_arrays, stop_reason = _train(
-            grid, config, run_dir, spec, model, start, reference, checkpoint
+            grid,
+            config,
+            run_dir,
+            spec,
+            model,
+            start,
+            reference,
+            checkpoint,
+            after_round=run_end_imports.start,  # acts on its first call
         )
         return _finish(
             run_dir,
@@ -113,6 +126,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
             stop_reason,
             grid,
             start=start,
+            run_end_imports=run_end_imports,
         )
     except NothingTrainedError:
         raise  # its status.json is written, with the reason and more
@@ -130,6 +144,8 @@ def _train(
     start: StartingPoint,
     reference: Dataset,
     checkpoint: Any,
+    *,
+    after_round: Callable[[], None] = lambda: None,
 ) -> tuple[ArrayRecord, str]:
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     node_ids = wait_for_nodes(
@@ -174,9 +190,14 @@ def _train(
         )
     # Frozen parameters never enter aggregation and reach each node once.
     wire = ArraysWire.for_model(arrays, start.selection.frozen)
-    on_round_end = RoundEnd(
+    round_end = RoundEnd(
         run_dir, config, strategy=strategy, checks=checks, history=history, grid=grid
     )
+
+    def on_round_end(outcome: RoundOutcome) -> None:
+        round_end(outcome)
+        after_round()
+
     train_config = ConfigRecord(
         {
             keys.MODEL_SPEC: spec.to_json(),
@@ -223,7 +244,7 @@ def _train(
                 federated_evaluation=config.strategy.fraction_evaluate > 0,
                 checks=checks,
                 client_eval=client_eval,
-                stop_check=on_round_end.stop_reason,
+                stop_check=round_end.stop_reason,
                 wire=wire,
             )
         except StopRun as stop:
@@ -243,6 +264,7 @@ def _finish(
     grid: Grid,
     *,
     start: StartingPoint | None = None,
+    run_end_imports: RunEndImports | None = None,
 ) -> Path:
     history = MetricsHistory(run_dir)
     # Before anything is saved: an untrained model is no run's result.
@@ -276,23 +298,29 @@ def _finish(
         privacy=privacy_summary(config, history.records()),
         metrics=metrics,
     )
+    if run_end_imports is not None:
+        run_end_imports.wait()  # never two threads importing at once
     if config.run.export_onnx:
         # writes the model card too, listed in the manifest
         _export(run_dir, sign_key=config.run.sign_key or None)
     else:
         _write_card(run_dir)
+    # Logged before the status: a simulation ends the run's processes soon
+    # after the folder says complete (simulations/simulate.py), so nothing
+    # the ServerApp does may come after it.
+    logger.info(
+        "%s: accuracy %.4f after round %d, folder %s",
+        RUN_COMPLETE_LOG,
+        metrics["accuracy"],
+        int(final[ROUND]),
+        run_dir,
+    )
     write_status(
         run_dir,
         COMPLETE,
         stop_reason or f"all {config.run.num_server_rounds} rounds done",
         final_accuracy=metrics["accuracy"],
         final_round=int(final[ROUND]),
-    )
-    logger.info(
-        "fedge run complete: accuracy %.4f after round %d, folder %s",
-        metrics["accuracy"],
-        int(final[ROUND]),
-        run_dir,
     )
     return run_dir
 

@@ -176,6 +176,8 @@ RUNNING = "running"
 COMPLETE = "complete"
 FAILED = "failed"
 UNKNOWN = "unknown"
+# The ServerApp's last log line, logged just before status.json says complete.
+RUN_COMPLETE_LOG = "fedge run complete"
 # False in a failed run's status when resuming cannot help (e.g. no round
 # trained the model and none is left to run); missing means it may.
 RESUMABLE = "resumable"

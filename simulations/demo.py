@@ -9,6 +9,7 @@ encoded by the preprocessing stored inside the ONNX file.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -119,4 +120,8 @@ def _run_on_device(run_dir: Path) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything the demo started has ended: spare the interpreter's last full
+    # garbage collection over torch's objects at exit (0.3 of its 0.4 s).
+    gc.freeze()
+    sys.exit(code)
