@@ -45,6 +45,7 @@ from fedge.shared.run_folder import (
     METRICS_CSV_FILE,
     NODE_STATE_DIR,
     PARTITIONS_FILE,
+    RUN_COMPLETE_LOG,
     RUNNING,
     UNKNOWN,
     read_status,
@@ -92,6 +93,10 @@ _RAY_WRAPPER = re.compile(
 # Ray prefixes what an actor prints with its pid: the same error from two
 # virtual clients differs only there.
 _ACTOR_PREFIX = re.compile(r"^\(\w+ pid=\d+\)\s*")
+# Flower relays the ServerApp's log in batches (uploaded every 0.2 s, streamed
+# every 0.5 s): a run's processes are ended only once its last line, logged
+# just before status.json says complete, came through, or after this long.
+LAST_LINE_WAIT_S = 2.0
 
 
 def preflight(config: RunConfig, num_clients: int) -> pd.DataFrame | None:
@@ -519,13 +524,16 @@ def _stream(
         ) as process,
     ):
         assert process.stdout is not None
+        last_line = threading.Event()
         if stop_when is not None:
-            _end_when_set(process, stop_when)
+            _end_when_set(process, stop_when, last_line)
         seen: set[str] = set()
         try:
             for line in process.stdout:
                 log.write(line)
                 clean = re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip()
+                if RUN_COMPLETE_LOG in clean:
+                    last_line.set()
                 shown = clean if verbose else _line_to_show(clean, seen)
                 if shown is not None:
                     echo(shown)
@@ -540,12 +548,21 @@ def _stream(
         )
 
 
-def _end_when_set(process: subprocess.Popen[str], stop_when: threading.Event) -> None:
-    """End ``process`` once ``stop_when`` is set (from a daemon thread)."""
+def _end_when_set(
+    process: subprocess.Popen[str],
+    stop_when: threading.Event,
+    last_line: threading.Event,
+) -> None:
+    """End ``process`` once ``stop_when`` is set (from a daemon thread).
+
+    It waits up to :data:`LAST_LINE_WAIT_S` more for ``last_line``, the
+    ServerApp's last log line, so the terminal and ``flower.log`` get it.
+    """
 
     def wait_then_end() -> None:
         while process.poll() is None:
             if stop_when.wait(0.1):
+                last_line.wait(LAST_LINE_WAIT_S)
                 process.terminate()
                 return
 

@@ -63,3 +63,60 @@ def test_fedge_lines_are_never_held_back_and_a_new_error_is_shown():
         "ValueError: something real",
         "ValueError: something else",
     ]
+
+
+# A stand-in for `flwr run`: the ServerApp's last line comes 0.5 s after the
+# run folder said complete, then the process would run on for a minute.
+LATE_LAST_LINE = (
+    "import time\n"
+    "print('INFO fedge: round 5/5  accuracy 0.96', flush=True)\n"
+    "time.sleep(0.5)\n"
+    "print('INFO fedge: fedge run complete: accuracy 0.96 after round 5', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def stream_after_complete(tmp_path, script, monkeypatch, wait_s):
+    import sys
+    import threading
+    import time
+
+    from fedge.simulations import simulate
+
+    monkeypatch.setattr(simulate, "LAST_LINE_WAIT_S", wait_s)
+    complete = threading.Event()
+    complete.set()  # the run folder says complete from the start
+    shown: list[str] = []
+    started = time.monotonic()
+    simulate._stream(
+        [sys.executable, "-c", script],
+        {},
+        tmp_path / "flower.log",
+        verbose=False,
+        echo=shown.append,
+        stop_when=complete,
+    )
+    return shown, time.monotonic() - started
+
+
+def test_a_completed_runs_processes_end_after_its_last_line_came_through(
+    tmp_path, monkeypatch
+):
+    shown, took_s = stream_after_complete(
+        tmp_path, LATE_LAST_LINE, monkeypatch, wait_s=10.0
+    )
+
+    assert shown[-1].startswith("INFO fedge: fedge run complete")
+    assert "fedge run complete" in (tmp_path / "flower.log").read_text()
+    assert took_s < 5.0  # ended at the line, not after the wait or the minute
+
+
+def test_a_completed_runs_processes_end_without_a_last_line_after_the_wait(
+    tmp_path, monkeypatch
+):
+    silent = "import time\ntime.sleep(60)\n"
+
+    shown, took_s = stream_after_complete(tmp_path, silent, monkeypatch, wait_s=0.3)
+
+    assert shown == []
+    assert took_s < 5.0
