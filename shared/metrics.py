@@ -1,23 +1,17 @@
 """Classification metrics from labels and predicted probabilities.
 
-Thin wrappers over scikit-learn's implementations, so every party reports the
-same figures under the same names. Accuracy alone needs no scikit-learn
-(:func:`accuracy`), so a node's federated evaluation does not pay its ~1 s
-import; scikit-learn loads on the first call that needs it.
+Computed with NumPy from the confusion matrix and the ranks of the scores,
+by the definitions scikit-learn uses (macro averages over the classes present
+in labels or predictions, a class never predicted scoring precision 0, ROC-AUC
+one-vs-rest with ties counted half); ``tests/shared/test_metrics.py`` pins
+every figure to scikit-learn's own. Not scikit-learn itself because its import
+(with the SciPy it pulls in) costs about 0.9 s of CPU, and the coordinator's
+first central evaluation and the model card sat behind it on every run.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-
-from fedge.shared.lazy_import import lazy_module
-
-if TYPE_CHECKING:
-    from sklearn import metrics as skm
-else:
-    skm = lazy_module("sklearn.metrics")
 
 
 def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
@@ -67,14 +61,18 @@ def classification_metrics(
     # scikit-learn: a non-IID node's test split lacks classes, which should not
     # count as zeros.
     labels = np.union1d(y_true, y_pred[finite])
-    precision, recall, f1, _ = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    precision, recall = _precision_recall(y_true, y_pred, labels)
+    f1 = np.divide(
+        2 * precision * recall,
+        precision + recall,
+        out=np.zeros_like(precision),
+        where=(precision + recall) > 0,
     )
     return {
         "accuracy": accuracy(y_true, probabilities),
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
+        "precision": float(precision.mean()),
+        "recall": float(recall.mean()),
+        "f1": float(f1.mean()),
         "roc-auc": roc_auc(y_true, probabilities) if finite.all() else float("nan"),
     }
 
@@ -89,8 +87,8 @@ def roc_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float:
     if present.size < 2:
         return float("nan")
     if probabilities.shape[1] == 2:
-        return float(skm.roc_auc_score(y_true, probabilities[:, 1]))
-    scores = [skm.roc_auc_score(y_true == c, probabilities[:, c]) for c in present]
+        return _binary_roc_auc(y_true == 1, probabilities[:, 1])
+    scores = [_binary_roc_auc(y_true == c, probabilities[:, c]) for c in present]
     return float(np.mean(scores))
 
 
@@ -114,10 +112,10 @@ def per_class_metrics(
     confusion : ndarray of int, shape (num_classes, num_classes)
         Rows are true classes, columns predicted ones.
     """
-    labels = list(range(num_classes))
-    precision, recall, _, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average=None, zero_division=0
-    )
+    labels = np.arange(num_classes)
+    confusion = confusion_matrix(y_true, y_pred, labels)
+    precision, recall = _precision_recall(y_true, y_pred, labels)
+    support = _counts(np.asarray(y_true), labels)
     per_class = [
         {
             "precision": float(precision[k]),
@@ -126,4 +124,68 @@ def per_class_metrics(
         }
         for k in labels
     ]
-    return per_class, skm.confusion_matrix(y_true, y_pred, labels=labels)
+    return per_class, confusion
+
+
+def confusion_matrix(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """Count (true, predicted) pairs over the sorted ``labels``; others are left out.
+
+    Rows are true classes, columns predicted ones, both in the order of ``labels``.
+    """
+    labels = np.asarray(labels)
+    true_at, true_known = _positions(np.asarray(y_true), labels)
+    pred_at, pred_known = _positions(np.asarray(y_pred), labels)
+    kept = true_known & pred_known
+    confusion = np.zeros((labels.size, labels.size), dtype=np.int64)
+    np.add.at(confusion, (true_at[kept], pred_at[kept]), 1)
+    return confusion
+
+
+def _positions(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each value in the sorted ``labels``, and whether it is one of them."""
+    at = np.searchsorted(labels, values).clip(0, max(labels.size - 1, 0))
+    known = labels[at] == values if labels.size else np.zeros(values.shape, bool)
+    return at, known
+
+
+def _precision_recall(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class precision and recall over ``labels``; 0 where a class was never predicted / present.
+
+    A row predicted outside ``labels`` (a non-finite row's -1) still counts
+    against its true class's recall.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    hits = _counts(y_true[y_true == y_pred], labels).astype(np.float64)
+    predicted = _counts(y_pred, labels)
+    actual = _counts(y_true, labels)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
+    return precision, recall
+
+
+def _counts(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """How often each of the sorted ``labels`` occurs in ``values``."""
+    at, known = _positions(values, labels)
+    return np.bincount(at[known], minlength=labels.size)
+
+
+def _binary_roc_auc(is_positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: the chance a positive outscores a negative, ties half.
+
+    The Mann-Whitney statistic over average ranks, which equals the area under
+    the trapezoidal ROC curve.
+    """
+    is_positive = np.asarray(is_positive, dtype=bool)
+    _, tie_group, tie_counts = np.unique(
+        np.asarray(scores, dtype=np.float64), return_inverse=True, return_counts=True
+    )
+    # 1-based rank of each tie group's middle: ties share their average rank.
+    average_rank = np.cumsum(tie_counts) - (tie_counts - 1) / 2.0
+    positives = int(is_positive.sum())
+    negatives = is_positive.size - positives
+    rank_sum = float(average_rank[tie_group][is_positive].sum())
+    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)

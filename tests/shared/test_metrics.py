@@ -6,6 +6,7 @@ import pytest
 from fedge.shared.metrics import (
     accuracy,
     classification_metrics,
+    per_class_metrics,
     predicted_classes,
     roc_auc,
 )
@@ -145,3 +146,60 @@ def test_accuracy_alone_counts_non_finite_rows_as_wrong():
     assert accuracy(y, probabilities) == 0.5
     assert predicted_classes(probabilities).tolist() == [0, -1, 1, -1]
     assert accuracy(np.array([]), np.zeros((0, 2))) == 0.0
+
+
+def _random_case(seed, num_classes, n=300):
+    rng = np.random.default_rng(seed)
+    # A few classes absent from the labels, and scores rounded so ties are common.
+    y = rng.choice(max(num_classes - 1, 2), size=n)
+    logits = rng.normal(size=(n, num_classes)) + np.eye(num_classes)[y] * 1.5
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, np.round(probabilities, 2)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 10])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_figure_equals_scikit_learns(seed, num_classes):
+    from sklearn import metrics as skm
+
+    y, probabilities = _random_case(seed, num_classes)
+    y_pred = predicted_classes(probabilities)
+    labels = np.union1d(y, y_pred)
+
+    ours = classification_metrics(y, probabilities)
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(
+        y, y_pred, labels=labels, average="macro", zero_division=0
+    )
+    if num_classes == 2:
+        auc = skm.roc_auc_score(y, probabilities[:, 1])
+    else:
+        auc = np.mean(
+            [skm.roc_auc_score(y == c, probabilities[:, c]) for c in np.unique(y)]
+        )
+    assert ours["precision"] == pytest.approx(precision, abs=1e-12)
+    assert ours["recall"] == pytest.approx(recall, abs=1e-12)
+    assert ours["f1"] == pytest.approx(f1, abs=1e-12)
+    assert ours["roc-auc"] == pytest.approx(auc, abs=1e-12)
+
+    per_class, confusion = per_class_metrics(y, y_pred, num_classes)
+    p, r, _, support = skm.precision_recall_fscore_support(
+        y, y_pred, labels=list(range(num_classes)), average=None, zero_division=0
+    )
+    assert np.array_equal(
+        confusion, skm.confusion_matrix(y, y_pred, labels=list(range(num_classes)))
+    )
+    assert [c["precision"] for c in per_class] == pytest.approx(p, abs=1e-12)
+    assert [c["recall"] for c in per_class] == pytest.approx(r, abs=1e-12)
+    assert [c["support"] for c in per_class] == list(support)
+
+
+def test_predictions_outside_the_classes_are_left_out_as_scikit_learn_does():
+    from sklearn import metrics as skm
+
+    y = np.array([0, 1, 2, 2, 1, 0])
+    y_pred = np.array([0, -1, 2, 1, 1, -1])  # -1: a non-finite row
+
+    per_class, confusion = per_class_metrics(y, y_pred, 3)
+
+    assert np.array_equal(confusion, skm.confusion_matrix(y, y_pred, labels=[0, 1, 2]))
+    assert [c["support"] for c in per_class] == [2, 2, 2]
