@@ -6,6 +6,14 @@ DP-SGD, the clients' digits as a CSV, export and signing (2 clients x 1
 round) -> ``fedge verify`` with the public key -> ``fedge predict`` on the
 torch-free runtime. The frozen backbone must come out bit for bit as
 pretrained, and the run folder must hold the signed manifest.
+
+Every command runs in a user's project folder holding their own ``client.py``,
+``server.py``, ``shared.py``... (each exits the interpreter if imported):
+``fedge simulate`` started there must train every virtual client (the old
+failure: Ray workers imported the user's ``client.py``, every client failed, and
+the run still ended "complete" with the untrained model). A script in such a
+folder calling ``fedge.simulate`` is ``examples/own_model.py``'s test
+(``tests/examples/test_examples.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+
+import fedge
+from tests.fixtures.user_files import user_folder
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,11 +47,13 @@ def run(command: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str
         timeout=600,
     )
     assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+    assert "user file" not in done.stdout + done.stderr, done.stdout + done.stderr
     return done
 
 
 def test_pretrain_finetune_with_dp_export_verify_predict(tmp_path: Path) -> None:
     # Prepare: public pretraining, the clients' CSV, the coordinator's key.
+    folder = user_folder(tmp_path)  # every command's working directory
     out = tmp_path / "out"
     run(
         [
@@ -51,10 +64,10 @@ def test_pretrain_finetune_with_dp_export_verify_predict(tmp_path: Path) -> None
             "--epochs",
             "1",
         ],
-        tmp_path,
+        folder,
     )
     backbone = torch.load(out / "backbone.pt")
-    run([*FEDGE, "keygen", tmp_path / "coordinator.pem"], tmp_path)
+    run([*FEDGE, "keygen", folder / "coordinator.pem"], folder)
 
     # Execute: the issue's command, on 2 clients for 1 round, exported and signed.
     run(
@@ -73,26 +86,31 @@ def test_pretrain_finetune_with_dp_export_verify_predict(tmp_path: Path) -> None
             "--set", "sign-key=coordinator.pem",
             "--output-dir", tmp_path / "runs", "--run-name", "chain",
         ],
-        tmp_path,
+        folder,
     )  # fmt: skip
     run_dir = tmp_path / "runs" / "chain"
     verified = run(
         [
             *FEDGE, "verify", run_dir,
-            "--public-key", tmp_path / "coordinator.pem.pub", "--format", "json",
+            "--public-key", folder / "coordinator.pem.pub", "--format", "json",
         ],
-        tmp_path,
+        folder,
     )  # fmt: skip
     predicted = run(
         [
             *FEDGE, "predict", run_dir / "model.onnx", out / "digits-clients.csv",
-            "--public-key", tmp_path / "coordinator.pem.pub",
+            "--public-key", folder / "coordinator.pem.pub",
             "-o", tmp_path / "predictions.csv",
         ],
-        tmp_path,
+        folder,
     )  # fmt: skip
 
-    # Assert: the backbone is the pretrained one, bit for bit; the head trained.
+    # Assert: every client trained, beside the user's own files ...
+    finished = fedge.Run(run_dir)
+    assert finished.status == "complete"
+    assert finished.metrics.loc[1, "replies"] == 2
+    assert finished.metrics.loc[1, "failures"] == 0
+    # ... the backbone is the pretrained one, bit for bit; the head trained.
     final = torch.load(run_dir / "model.pt")
     assert set(final) == set(backbone)
     for name, tensor in backbone.items():
