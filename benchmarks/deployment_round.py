@@ -64,6 +64,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.clientapp_import import import_seconds
+from benchmarks.minimal_app import app_pyproject
 from benchmarks.simulation_overhead import (
     profile_clients,
     round_figures,
@@ -108,28 +109,7 @@ TARGETS = {
 # Flower's own cost per round: the same deployment running a minimal app whose
 # ClientApp only echoes the arrays it receives (the size of fedge's model), so
 # every second of its round is Flower's (polling, process start, transfer).
-_FLOOR_PYPROJECT = """
-[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "floor"
-version = "1.0.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "fedge-bench"
-
-[tool.flwr.app.components]
-serverapp = "floor_app:server"
-clientapp = "floor_app:client"
-
-[tool.flwr.app.config]
-num-server-rounds = 4
-num-floats = 1
-times-file = ""
-"""
+_FLOOR_CONFIG = {"num-server-rounds": 4, "num-floats": 1, "times-file": ""}
 _FLOOR_APP = """
 import json, time
 import numpy as np
@@ -175,7 +155,7 @@ def flower_floor_round_times(
 
     app = workdir / "floor"
     app.mkdir()
-    (app / "pyproject.toml").write_text(_FLOOR_PYPROJECT)
+    (app / "pyproject.toml").write_text(app_pyproject("floor_app", _FLOOR_CONFIG))
     (app / "floor_app.py").write_text(_FLOOR_APP)
     times_file = workdir / "floor-times.json"
     settings = {

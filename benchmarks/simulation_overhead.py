@@ -26,6 +26,14 @@ training inside it), Flower's serialisation of the request and the reply
 (``message_to_proto`` both ways), the server's per-round work (central
 evaluation), and the engine (the remainder: scheduling, Ray, the SuperLink).
 
+The yardstick: a minimal Flower app with the same model, clients and training
+call (:mod:`benchmarks.minimal_app`: a ClientApp that trains, Flower's own
+FedAvg loop with central evaluation), run on the same engine path in the same
+run, for the 10- and 100-client cases: ``minimal_ratio_*`` beside fedge's
+``ratio_*`` (its round is timed from one central evaluation to the next, so it
+includes everything; fedge's ``round-time-s`` leaves out the round's metrics
+row and checkpoint, 5-20 ms, timed as ``round_end`` in docs/performance.md).
+
 ``--baseline DIR`` also runs the simulations with the fedge source tree in
 ``DIR`` (e.g. a ``git worktree`` of an older commit), for a before/after in one
 run; the pure compute is the same for both.
@@ -56,6 +64,7 @@ import pandas as pd
 import torch
 
 from benchmarks.clientapp_import import REPO_ROOT, import_seconds
+from benchmarks.minimal_app import minimal_round_times
 from benchmarks.process_memory import PeakMemorySampler
 from fedge.shared.run_folder import (
     CENTRAL_ACCURACY,
@@ -81,6 +90,8 @@ CASES: dict[str, tuple[int, dict[str, Any]]] = {
     "10x5_dp": (10, DP_SETTINGS),
     "100x5": (100, {"local-epochs": 5}),
 }
+# The cases the minimal Flower app (the engine's floor) also runs.
+MINIMAL_CASES = ("10x5", "100x5")
 TARGETS = {"ratio_10x5": 1.3, "ratio_10x5_dp": 1.3, "ratio_100x5": 2.0, "startup_s": 6}
 SCALE_SCENARIO = "scale-1000"
 _ROUND_LINE = re.compile(r"round 0/\d+")
@@ -459,6 +470,18 @@ def case_figures(
     }
 
 
+def minimal_figures(
+    name: str, round_times_s: list[float], profile: ComputeProfile
+) -> dict[str, Any]:
+    """Ratio of the minimal Flower app's steady round to the same pure compute."""
+    steady_s = float(np.median(round_times_s[1:]))
+    compute_round_s = sum(profile.train_s) / concurrent_clients(len(profile.train_s))
+    return {
+        f"minimal_ratio_{name}": round(steady_s / compute_round_s, 2),
+        f"minimal_round_s_{name}": round(steady_s, 3),
+    }
+
+
 def scale_figures(app_root: Path = REPO_ROOT) -> dict[str, Any]:
     """Return the scale-1000 scenario's steady round time and peak memory, if it exists."""
     from fedge.simulations.scenario_file import read_scenario, scenario_names
@@ -506,6 +529,9 @@ def main(baseline: Path | None = None) -> dict[str, Any]:
         profile = profile_clients(overrides, clients)
         figures |= case_figures(name, run, profile)
         startups.append(run.startup_s)
+        if name in MINIMAL_CASES:
+            times = minimal_round_times(overrides, clients)
+            figures |= minimal_figures(name, times, profile)
         if baseline is not None:
             before = run_simulation(overrides, clients, app_root=baseline)
             for key, value in case_figures(name, before, profile).items():

@@ -1,6 +1,7 @@
 """The simulation_overhead benchmark's arithmetic, and its in-process profile at a tiny size."""
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
@@ -17,7 +19,9 @@ if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
 
 import fedge.client.client_app  # noqa: E402
 import fedge.client.private_round  # noqa: E402
+from benchmarks import minimal_app  # noqa: E402
 from benchmarks import simulation_overhead as bench  # noqa: E402
+from benchmarks.replying_grid import task_identity  # noqa: E402
 
 
 def test_ratio_startup_and_per_message_split_by_hand(monkeypatch):
@@ -187,3 +191,73 @@ def test_profile_times_each_client_and_the_handler_around_it(process_before):
     assert all(t > 0 for t in profile.train_s)
     assert profile.serialisation_s > 0 and profile.central_eval_s > 0
     assert_restored()
+
+
+def test_minimal_ratio_is_the_minimal_apps_steady_round_over_the_same_compute(
+    monkeypatch,
+):
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    profile = bench.ComputeProfile(
+        train_s=[0.5] * 4,  # 1 s of training a round on 2 slots
+        fedge_s=[0.0] * 4,
+        serialisation_s=0.0,
+        central_eval_s=0.0,
+    )
+
+    # Round 1 pays the start; the steady rounds' median is 1.5 s.
+    figures = bench.minimal_figures("t", [9.0, 1.5, 1.4, 2.0], profile)
+
+    assert figures == {"minimal_ratio_t": 1.5, "minimal_round_s_t": 1.5}
+
+
+class InProcessNodes:
+    """A grid whose nodes answer with the minimal app's ClientApp, in this process."""
+
+    def __init__(self, num_nodes, run_config):
+        self.contexts = {
+            node_id: Context(
+                run_id=1,
+                node_id=node_id,
+                node_config={"partition-id": node_id - 1, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=run_config,
+            )
+            for node_id in range(1, num_nodes + 1)
+        }
+        self.trained = []
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for message in messages:
+            node_id = message.metadata.dst_node_id
+            message.metadata.__dict__["_message_id"] = f"m{node_id}"
+            replies.append(minimal_app.train(message, self.contexts[node_id]))
+            self.trained.append(node_id)
+        return replies
+
+
+def test_the_minimal_app_trains_every_node_each_round_and_writes_its_round_times(
+    tmp_path,
+):
+    times_file = tmp_path / "times.json"
+    run_config = {
+        "num-server-rounds": 2,
+        "local-epochs": 1,
+        minimal_app.NUM_CLIENTS: 3,
+        minimal_app.TIMES_FILE: str(times_file),
+    }
+    grid = InProcessNodes(3, run_config)
+    context = Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+    )
+
+    with task_identity():
+        minimal_app.main(grid, context)
+
+    assert sorted(grid.trained) == [1, 1, 2, 2, 3, 3]
+    times = json.loads(times_file.read_text())
+    assert len(times) == 2  # one per round, between central evaluations
+    assert all(t > 0 for t in times)

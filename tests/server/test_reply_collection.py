@@ -1,6 +1,13 @@
 import pytest
+from flwr.superlink.grid import InMemoryGrid
 
-from fedge.server.reply_collection import FIRST_POLL_S, MAX_POLL_S, send_and_collect
+from fedge.server.reply_collection import (
+    FIRST_POLL_S,
+    IN_PROCESS_POLL_S,
+    MAX_POLL_S,
+    poll_intervals,
+    send_and_collect,
+)
 
 
 class Reply:
@@ -98,3 +105,28 @@ def test_a_message_the_superlink_refused_is_not_waited_for():
     assert got == ["a"]
     assert all("refused" not in ids for _, ids in grid.pulls)
     assert clock.now < 1.0
+
+
+class ScriptedSimulationGrid(ScriptedGrid, InMemoryGrid):
+    """The scripted grid, as the simulation engine's grid type."""
+
+
+def test_in_simulation_replies_are_pulled_every_10_ms_without_backing_off():
+    clock = Clock()
+    grid = ScriptedSimulationGrid({"a": 0.3, "b": 0.9}, clock)
+
+    replies = send_and_collect(
+        grid, ["a", "b"], timeout_s=600, clock=clock, sleep=clock.sleep
+    )
+
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
+    assert IN_PROCESS_POLL_S == 0.01
+    assert clock.sleeps == pytest.approx([0.01] * len(clock.sleeps))
+    assert 0.9 <= clock.now <= 0.9 + 0.01 + 1e-9  # the last reply seen at once
+
+
+def test_poll_intervals_back_off_on_a_superlink_and_not_in_simulation():
+    clock = Clock()
+
+    assert poll_intervals(ScriptedGrid({}, clock)) == (FIRST_POLL_S, MAX_POLL_S)
+    assert poll_intervals(ScriptedSimulationGrid({}, clock)) == (0.01, 0.01)

@@ -1,9 +1,12 @@
+import io
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from fedge.server.update_validation import (
+    array_values,
     is_refusal,
     metric_key_problems,
     validate_reply,
@@ -173,3 +176,60 @@ def test_metric_name_tie_keeps_the_first_set():
     problems = metric_key_problems([content(None, a=1.0), content(None, b=1.0)])
     assert problems[0] is None and problems[1] is not None
     assert metric_key_problems([]) == []
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)),
+        np.array(2.5, dtype=np.float16),  # 0-d
+        np.zeros((0, 5), dtype=np.float32),  # empty
+        np.array([1, -2, 3], dtype=">i8"),  # big-endian
+        np.array([True, False]),
+        np.arange(6, dtype=np.uint8).reshape(1, 2, 3),
+    ],
+    ids=["f32", "fortran", "0-d", "empty", "big-endian", "bool", "3-d"],
+)
+def test_array_values_equal_what_flower_loads(values):
+    array = Array(values)
+
+    got = array_values(array)
+
+    expected = np.load(io.BytesIO(array.data), allow_pickle=False)
+    assert got.dtype == expected.dtype
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_array_values_are_read_only_views_of_the_reply():
+    got = array_values(Array(np.ones(4, np.float32)))
+
+    with pytest.raises(ValueError, match="read-only"):
+        got[0] = 2.0
+
+
+def test_array_values_of_a_truncated_array_fail_as_flower_fails():
+    array = Array(np.ones(100, np.float32))
+    array.data = array.data[:-8]  # the header promises 400 bytes, 392 come
+
+    with pytest.raises(ValueError):
+        array.numpy()
+    with pytest.raises(ValueError):
+        array_values(array)
+
+
+def test_array_values_of_bytes_that_are_no_npy_fail_as_flower_fails():
+    array = Array(np.ones(3, np.float32))
+    array.data = b"not an npy file at all"
+
+    with pytest.raises(ValueError):
+        array_values(array)
+
+
+def test_a_non_finite_value_is_found_through_the_fast_path():
+    update = rec({**ref(), "fc1.bias": np.r_[np.zeros(63), np.nan].astype(np.float32)})
+
+    assert (
+        validate_update(rec(ref()), update) == "'fc1.bias' has 1 NaN and 0 Inf values"
+    )
