@@ -386,6 +386,9 @@ def test_a_node_that_never_replies_is_cut_off_after_the_round_timeout(
         finally:
             stop.set()
             watcher.join()
+            # A stopped process takes no SIGTERM: left frozen, it would hold
+            # node2's stop for its whole 10 s grace before the SIGKILL.
+            kill_all(frozen)
 
     assert frozen, "node2 never started a ClientApp"
     status = read_json(run_dir / "status.json")
