@@ -4,10 +4,10 @@ With ``export-onnx``, the end of a run (:func:`fedge.server.federation.run_feder
 exports the model with torch's dynamo exporter, whose first use in a process
 imports some 1,600 modules (``torch.export``, ``torch._dynamo``, onnxscript's
 torchlib, sympy): 2.5 of the 3.7 s the first export took in a coordinator's
-process, 0.7 s each export after it; then the model card (matplotlib,
-scikit-learn's metrics). Between its rounds the coordinator mostly waits on its
-nodes, so a thread imports these modules after the first round (whose start
-keeps every core busy). The end joins the thread before it imports anything
+process, 0.7 s each export after it; then the model card (matplotlib).
+Between its rounds the coordinator mostly waits on its nodes, so a thread
+imports these modules after the first round (whose start keeps every core
+busy). The end joins the thread before it imports anything
 itself: two threads importing one circular set of modules at once can fail
 with a deadlock error.
 
@@ -37,7 +37,6 @@ CARD_MODULES = (
     "matplotlib.backends.backend_agg",
     "matplotlib.figure",
     "matplotlib.colorbar",
-    "sklearn.metrics",
 )
 # The edge export (edge_export/pipeline.py) and what torch.onnx.export(dynamo=True)
 # imports on its first call; names private to torch are skipped when a torch
