@@ -133,8 +133,15 @@ def read_run_record(run_dir: Path) -> RunRecord:
     )
 
 
-def write_report(run_dir: Path) -> Path:
+def write_report(run_dir: Path, *, plots: list[Path] | None = None) -> Path:
     """Write ``plots/*.png`` and ``report.md`` into ``run_dir``; return the report.
+
+    Parameters
+    ----------
+    run_dir : Path
+    plots : list of Path or None, default None
+        The plots :func:`write_report_plots` already wrote from the same
+        ``metrics.csv``; None draws them.
 
     Raises
     ------
@@ -142,10 +149,25 @@ def write_report(run_dir: Path) -> Path:
         If ``run_dir`` has no usable ``metrics.csv``.
     """
     run = read_run_record(run_dir)
-    plots = write_plots(run.metrics, run.run_dir / PLOTS_DIR)
+    if plots is None:
+        plots = write_plots(run.metrics, run.run_dir / PLOTS_DIR)
     path = run.run_dir / REPORT_FILE
     atomic_write_text(path, render_markdown(run, plots))
     return path
+
+
+def write_report_plots(run_dir: Path) -> list[Path]:
+    """Write the report's ``plots/*.png`` alone; return them.
+
+    For a run whose rounds are all recorded, ahead of :func:`write_report`.
+
+    Raises
+    ------
+    FedgeError
+        If ``run_dir`` has no usable ``metrics.csv``.
+    """
+    run = read_run_record(run_dir)
+    return write_plots(run.metrics, run.run_dir / PLOTS_DIR)
 
 
 # ------------------------------------------------------------------ markdown

@@ -8,6 +8,11 @@ run`` returns: seconds in which the run folder no longer changes. The report
 during those seconds, in a thread, and runs the caller's ``on_complete`` (the
 demo's result line, its export) first. A run that never completes gets its
 report afterwards, from whatever rounds it recorded.
+
+What reads only the recorded rounds (the report's plots) need not wait for
+``complete`` either: once the final model is saved (``model.json``), no round is
+added, and ``prepare`` runs in a thread of its own while the ServerApp writes
+the model card and the export, so the report at ``complete`` is only its text.
 """
 
 from __future__ import annotations
@@ -17,7 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from fedge.shared.run_folder import COMPLETE, STATUS_FILE, read_status
+from fedge.shared.run_folder import (
+    COMPLETE,
+    MODEL_INFO_FILE,
+    STATUS_FILE,
+    read_status,
+)
 
 POLL_S = 0.1
 
@@ -34,6 +44,10 @@ class RunEnd:
     on_complete : callable or None, default None
         ``on_complete(run_dir)``, called once the run completed, before the
         report; not called for a run that fails.
+    prepare : callable or None, default None
+        ``prepare(run_dir)``, called in a thread of its own once this run saved
+        its final model; the report waits for it. What it raises is left to
+        the report, which then does the work itself.
     """
 
     def __init__(
@@ -41,12 +55,17 @@ class RunEnd:
         run_dir: Path,
         write_report: Callable[[Path], None],
         on_complete: Callable[[Path], None] | None = None,
+        prepare: Callable[[Path], None] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self._write_report = write_report
         self._on_complete = on_complete
-        # A resumed run's folder holds the previous status: only a new one counts.
+        self._prepare = prepare
+        self._preparing: threading.Thread | None = None
+        # A resumed run's folder holds the previous status and model: only new
+        # ones count.
         self._before = self._status_stamp()
+        self._model_before = _stamp(run_dir / MODEL_INFO_FILE)
         self._stop = threading.Event()
         self._done = threading.Event()
         # Set once a completed run's end-of-run work is done: nothing the run's
@@ -88,6 +107,7 @@ class RunEnd:
     def _watch(self) -> None:
         try:
             while not self._stop.wait(POLL_S):
+                self._start_preparing()
                 if self._completed():
                     self._finish()
                     return
@@ -95,11 +115,30 @@ class RunEnd:
             self._error = e
             self._done.set()
 
+    def _start_preparing(self) -> None:
+        if self._prepare is None or self._preparing is not None:
+            return
+        stamp = _stamp(self.run_dir / MODEL_INFO_FILE)
+        if stamp is not None and stamp != self._model_before:
+            self._preparing = threading.Thread(
+                target=self._prepare_quietly, daemon=True
+            )
+            self._preparing.start()
+
+    def _prepare_quietly(self) -> None:
+        assert self._prepare is not None
+        try:
+            self._prepare(self.run_dir)
+        except Exception:  # the report does the work itself, and says what fails
+            return
+
     def _finish(self) -> None:
         self._done.set()
         completed = self._completed()
         if self._on_complete is not None and completed:
             self._on_complete(self.run_dir)
+        if self._preparing is not None:
+            self._preparing.join()
         self._write_report(self.run_dir)
         if completed:
             self.finished_complete.set()
@@ -113,8 +152,13 @@ class RunEnd:
         )
 
     def _status_stamp(self) -> tuple[int, int] | None:
-        try:
-            stat = (self.run_dir / STATUS_FILE).stat()
-        except FileNotFoundError:
-            return None
-        return stat.st_mtime_ns, stat.st_size
+        return _stamp(self.run_dir / STATUS_FILE)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """Return when ``path`` was last written and its size, or None if it is absent."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from fedge.client.node_data import MIN_NODE_EXAMPLES, partition_nodes
+from fedge.reports.run_report import write_report, write_report_plots
 from fedge.server.run_folder import check_not_overwriting
 from fedge.shared.atomic_io import atomic_write_json, atomic_write_text
 from fedge.shared.config import (
@@ -317,7 +318,14 @@ def simulate(
         atomic_write_text(run_dir / PARTITIONS_FILE, partitions.to_csv(index=False))
     if faults.active:
         atomic_write_json(run_dir / FAULTS_FILE, faults.to_run_config())
-    run_end = RunEnd(run_dir, lambda d: _write_report(d, echo), on_complete)
+    # Drawn once the final model is saved, while the ServerApp ends the run.
+    plots: list[Path] = []
+    run_end = RunEnd(
+        run_dir,
+        lambda d: _write_report(d, echo, plots=plots or None),
+        on_complete,
+        prepare=lambda d: plots.extend(write_report_plots(d)),
+    )
     try:
         with (
             tempfile.TemporaryDirectory(prefix="fedge-sim-") as tmp,
@@ -479,14 +487,12 @@ def _summary_line(
     return line
 
 
-def _write_report(run_dir: Path, echo: Any) -> None:
-    """Write plots and report.md for whatever rounds the run recorded."""
-    from fedge.reports.run_report import write_report
-
+def _write_report(run_dir: Path, echo: Any, *, plots: list[Path] | None = None) -> None:
+    """Write plots (unless given) and report.md for whatever rounds the run recorded."""
     if not (run_dir / METRICS_CSV_FILE).is_file():
         return
     try:
-        path = write_report(run_dir)
+        path = write_report(run_dir, plots=plots)
     except (FedgeError, OSError) as e:
         # The run's own files are intact; only the summary is missing.
         echo(
@@ -553,11 +559,7 @@ def _end_when_set(
     stop_when: threading.Event,
     last_line: threading.Event,
 ) -> None:
-    """End ``process`` once ``stop_when`` is set (from a daemon thread).
-
-    It waits up to :data:`LAST_LINE_WAIT_S` more for ``last_line``, the
-    ServerApp's last log line, so the terminal and ``flower.log`` get it.
-    """
+    """End ``process`` once ``stop_when`` is set and ``last_line`` came (a thread)."""
 
     def wait_then_end() -> None:
         while process.poll() is None:

@@ -9,7 +9,8 @@ import matplotlib.image
 import pytest
 
 from fedge.cli.app import main
-from fedge.reports.run_report import write_report
+from fedge.reports import run_report
+from fedge.reports.run_report import write_report, write_report_plots
 from fedge.shared.errors import FedgeError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -96,6 +97,27 @@ def test_basic_run_gets_plots_and_a_report_with_the_final_accuracy(tmp_path):
     # One table row per round, counts as integers, missing values as a dash.
     assert "| 2 | 0.7500 | 0.8000 | 0.7400 | 0.9000 | 4 | 3 | 1 | 0.50 |" in text
     assert "| 0 | 0.1000 | 2.3000 | 0.0500 | – | – | – | – | – |" in text
+
+
+def test_plots_drawn_ahead_are_not_drawn_again_and_the_report_shows_them(
+    tmp_path, monkeypatch
+):
+    run_dir = run_folder(tmp_path, BASIC_CSV, config_json=CONFIG)
+    plots = write_report_plots(run_dir)
+    drawn_again = []
+    monkeypatch.setattr(run_report, "write_plots", lambda *a: drawn_again.append(a))
+
+    text = write_report(run_dir, plots=plots).read_text()
+
+    assert drawn_again == []
+    assert sorted(p.name for p in plots) == [
+        "accuracy.png",
+        "loss.png",
+        "participation.png",
+    ]
+    for plot in plots:
+        assert_png(plot)
+        assert f"](plots/{plot.name})" in text
 
 
 def test_privacy_and_participation_columns_get_their_plots_and_summary(tmp_path):
