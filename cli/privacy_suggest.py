@@ -37,7 +37,7 @@ def read_run_config(path: str) -> dict[str, Any]:
     ConfigError
         If it holds a key nothing knows.
     """
-    from fedge.simulations.fault_injection import split_fault_keys
+    from fedge.simulations.fault_config import split_fault_keys
     from fedge.simulations.scenario_file import read_scenario
 
     overrides, _ = split_fault_keys(read_scenario(path).overrides)

@@ -14,14 +14,11 @@ import io
 import time
 import uuid
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fedge.shared.atomic_io import atomic_write_bytes, atomic_write_text
 from fedge.shared.config import RunConfig
 from fedge.shared.errors import ConfigError
-from fedge.shared.models import ModelSpec
 from fedge.shared.preprocessing import Preprocessing
 from fedge.shared.run_folder import (
     CHECKPOINT_DIR,
@@ -36,6 +33,11 @@ from fedge.shared.run_folder import (
     write_model_info,
     write_status,
 )
+
+if TYPE_CHECKING:  # torch loads with the model, not with the command line
+    import torch
+
+    from fedge.shared.models import ModelSpec
 
 
 def resolve_run_dir(config: RunConfig) -> Path:
@@ -143,6 +145,8 @@ def save_final_model(
 
     ``model.json`` is written last: its presence means both files are whole.
     """
+    import torch
+
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
     atomic_write_bytes(run_dir / MODEL_WEIGHTS_FILE, buffer.getvalue())

@@ -69,13 +69,14 @@ class SimulationEngine:
 
     def __init__(self, *, num_cpus: int | None = None) -> None:
         self.num_cpus = num_cpus or os.cpu_count() or 1
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._stack: contextlib.ExitStack | None = None
         self._link: SuperLink | None = None
         self._pids: list[int] = []
         self._watcher: subprocess.Popen[bytes] | None = None
         self._environ: dict[str, str] = {}
         self._closed = False
+        self._starting: threading.Thread | None = None
         self.starts = 0  # how many times the processes were started
 
     def __enter__(self) -> SimulationEngine:
@@ -95,6 +96,25 @@ class SimulationEngine:
     def pids(self) -> list[int]:
         """Process IDs of the engine's session leaders (empty while stopped)."""
         return list(self._pids)
+
+    def start_in_background(self) -> None:
+        """Start the engine's processes now, in a thread; return at once.
+
+        For a caller with work of its own before its first run (reading and
+        checking data, importing torch): the SuperLink and the Ray head start
+        meanwhile. :meth:`run_slot` waits for the start to end; a start that
+        failed is tried again there, and its error raised from there.
+        """
+        thread = threading.Thread(target=self._start_quietly, daemon=True)
+        self._starting = thread
+        thread.start()
+
+    def _start_quietly(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            with contextlib.suppress(Exception):  # run_slot starts again, and says why
+                self._start()
 
     @contextlib.contextmanager
     def run_slot(self) -> Iterator[SuperLink]:
@@ -126,7 +146,8 @@ class SimulationEngine:
     def close(self) -> None:
         """Stop every process the engine started; it takes no more runs."""
         self._closed = True
-        self._stop()
+        with self._lock:  # after a start in the background, not during it
+            self._stop()
 
     def _start(self) -> SuperLink:
         alive = self._link is not None and self._link.process.poll() is None

@@ -25,7 +25,7 @@ import tomli_w
 
 from fedge.shared.errors import FedgeError
 from fedge.shared.model_reference import model_file, shipped_module_name
-from fedge.simulations.fault_injection import FaultConfig
+from fedge.simulations.fault_config import FaultConfig
 
 CLIENT_COMPONENT = "fedge.simulations.fault_injection:app"
 SERVER_COMPONENT = "fedge.simulations.fault_injection:server_app"

@@ -27,7 +27,7 @@ from fedge.shared.config import closest_key
 from fedge.shared.config_keys import CONFIG_KEYS
 from fedge.shared.errors import ConfigError, FedgeError
 from fedge.shared.model_reference import absolute_model_reference
-from fedge.simulations.fault_injection import FAULT_DEFAULTS
+from fedge.simulations.fault_config import FAULT_DEFAULTS
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_CLIENTS = 10

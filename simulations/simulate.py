@@ -53,7 +53,7 @@ from fedge.shared.run_folder import (
     write_status,
 )
 from fedge.simulations.engine import SimulationEngine, shared_engine
-from fedge.simulations.fault_injection import (
+from fedge.simulations.fault_config import (
     FaultConfig,
     fault_config,
     split_fault_keys,
@@ -277,6 +277,63 @@ def simulate(
     """
     if num_clients is not None and num_clients < 1:  # before min-nodes below
         raise FedgeError(f"--clients must be >= 1, got {num_clients}")
+    if engine is None and not ray_address:
+        engine = shared_engine()
+    own_engine = _engine_of_its_own(engine, ray_address)
+    try:
+        return _simulate(
+            overrides,
+            num_clients=num_clients,
+            output_dir=output_dir,
+            own_data=own_data,
+            run_name=run_name,
+            cpus_per_client=cpus_per_client,
+            notes=notes,
+            ray_address=ray_address,
+            verbose=verbose,
+            echo=echo,
+            engine=engine or own_engine,
+            own_engine=own_engine is not None,
+            on_complete=on_complete,
+        )
+    finally:
+        if own_engine is not None:
+            own_engine.close()
+
+
+def _engine_of_its_own(
+    engine: SimulationEngine | None, ray_address: str
+) -> SimulationEngine | None:
+    """Return an engine for this run alone, already starting, or None.
+
+    None when the run goes to a warm engine (given, or :func:`sharing`'s) or
+    to the user's Ray cluster. The engine's SuperLink and Ray head start in the
+    background while the data is read and checked and torch is imported: a
+    second or more of the run's start, on a machine with a core to spare.
+    """
+    if engine is not None or ray_address:
+        return None
+    own = SimulationEngine()
+    own.start_in_background()
+    return own
+
+
+def _simulate(
+    overrides: dict[str, Any],
+    *,
+    num_clients: int | None,
+    output_dir: Path,
+    own_data: OwnData | None,
+    run_name: str,
+    cpus_per_client: int,
+    notes: Sequence[str],
+    ray_address: str,
+    verbose: bool,
+    echo: Any,
+    engine: SimulationEngine | None,
+    own_engine: bool,
+    on_complete: Callable[[Path], None] | None,
+) -> Path:
     run_name = run_name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = output_dir.expanduser().resolve() / run_name
     overrides, fault_keys = split_fault_keys(overrides)
@@ -329,7 +386,10 @@ def simulate(
     try:
         with (
             tempfile.TemporaryDirectory(prefix="fedge-sim-") as tmp,
-            superlink_for_run(Path(tmp), engine, ray_address) as (link, own),
+            superlink_for_run(Path(tmp), engine, ray_address, own_engine) as (
+                link,
+                own,
+            ),
         ):
             command = flwr_run_command(
                 _app_to_submit(Path(tmp), faults, config.train.model),
@@ -371,24 +431,21 @@ def simulate(
 
 @contextlib.contextmanager
 def superlink_for_run(
-    workdir: Path, engine: SimulationEngine | None, ray_address: str
+    workdir: Path, engine: SimulationEngine | None, ray_address: str, own_engine: bool
 ) -> Iterator[tuple[SuperLink, bool]]:
     """Yield the SuperLink to submit one run to, and whether it is this run's own.
 
-    A warm engine's, or one started for this run alone.
+    An engine's (``own_engine``: one started for this run alone), or, on the
+    user's Ray cluster, a SuperLink started for this run.
     """
-    engine = engine or (None if ray_address else shared_engine())
-    if engine is None and ray_address:
+    if engine is None:
         with running_superlink(
             workdir, simulation=True, env=engine_env(ray_address)
         ) as link:
             yield link, True
-    elif engine is None:
-        with SimulationEngine() as own_engine, own_engine.run_slot() as link:
-            yield link, True
     else:
         with engine.run_slot() as link:
-            yield link, False
+            yield link, own_engine
 
 
 def _plan_data(

@@ -215,7 +215,7 @@ def test_a_fault_injection_run_gets_its_card_naming_the_faults(
     tmp_path, copy_run, digits_run
 ):
     from fedge.simulations.fault_app import write_fault_app
-    from fedge.simulations.fault_injection import fault_config
+    from fedge.simulations.fault_config import fault_config
     from fedge.simulations.simulate import APP_DIR
 
     run_dir = copy_run(digits_run)

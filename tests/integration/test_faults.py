@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from fedge.shared.run_folder import FAULTS_FILE, read_status
-from fedge.simulations.fault_injection import choose_attackers, drops_out
+from fedge.simulations.fault_config import choose_attackers, drops_out
 from fedge.simulations.scenario_file import load_scenario
 from fedge.simulations.simulate import simulate
 

@@ -22,6 +22,7 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
+import fedge.simulations.fault_config as fc
 import fedge.simulations.fault_injection as fi
 import fedge.simulations.simulate as simulate_module
 from fedge.shared.config import from_run_config
@@ -119,22 +120,22 @@ def test_corrupt_dispatches_by_name_and_refuses_unknown_attacks():
 def test_attacker_choice_has_the_exact_count_and_is_deterministic(
     seed, num_partitions, count
 ):
-    chosen = fi.choose_attackers(num_partitions, count, seed=seed)
+    chosen = fc.choose_attackers(num_partitions, count, seed=seed)
 
     assert len(chosen) == count
     assert chosen <= set(range(num_partitions))
-    assert chosen == fi.choose_attackers(num_partitions, count, seed=seed)
+    assert chosen == fc.choose_attackers(num_partitions, count, seed=seed)
 
 
 @pytest.mark.parametrize("seed", [0, 5, 99])
 def test_more_attackers_keep_the_earlier_ones(seed):
-    sets = [fi.choose_attackers(10, k, seed=seed) for k in range(11)]
+    sets = [fc.choose_attackers(10, k, seed=seed) for k in range(11)]
 
     assert all(a < b for a, b in itertools.pairwise(sets))
 
 
 def test_attacker_choice_depends_on_the_seed():
-    chosen = {fi.choose_attackers(10, 2, seed=s) for s in range(20)}
+    chosen = {fc.choose_attackers(10, 2, seed=s) for s in range(20)}
 
     assert len(chosen) > 5  # 45 possible pairs; a fixed choice would give 1
 
@@ -144,27 +145,27 @@ def test_more_attackers_than_partitions_is_refused():
         ConfigError,
         match=r"'fault-attackers' must be in \[0, 3\] for 3 partitions, got 4",
     ):
-        fi.choose_attackers(3, 4, seed=0)
+        fc.choose_attackers(3, 4, seed=0)
 
 
 def test_dropout_decision_is_deterministic_per_seed_round_and_partition():
     args = {"seed": 3, "server_round": 4, "partition_id": 2, "rate": 0.5}
 
-    assert len({fi.drops_out(**args) for _ in range(5)}) == 1
+    assert len({fc.drops_out(**args) for _ in range(5)}) == 1
     # Each of the three inputs changes the draw somewhere.
     for key, values in (
         ("seed", range(40)),
         ("server_round", range(1, 41)),
         ("partition_id", range(40)),
     ):
-        assert len({fi.drops_out(**{**args, key: v}) for v in values}) == 2
+        assert len({fc.drops_out(**{**args, key: v}) for v in values}) == 2
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("rate", [0.1, 0.3, 0.7])
 def test_dropout_rate_matches_p_over_many_draws(seed, rate):
     draws = [
-        fi.drops_out(seed=seed, server_round=r, partition_id=p, rate=rate)
+        fc.drops_out(seed=seed, server_round=r, partition_id=p, rate=rate)
         for r in range(1, 101)
         for p in range(100)
     ]
@@ -175,7 +176,7 @@ def test_dropout_rate_matches_p_over_many_draws(seed, rate):
 
 def test_rate_zero_never_drops():
     assert not any(
-        fi.drops_out(seed=0, server_round=r, partition_id=p, rate=0.0)
+        fc.drops_out(seed=0, server_round=r, partition_id=p, rate=0.0)
         for r in range(50)
         for p in range(50)
     )
@@ -183,10 +184,10 @@ def test_rate_zero_never_drops():
 
 # -------------------------------------------------------------- fault config
 def test_fault_config_defaults_are_inactive():
-    faults = fi.fault_config({})
+    faults = fc.fault_config({})
 
-    assert faults == fi.FaultConfig()
-    assert faults.to_run_config() == fi.FAULT_DEFAULTS
+    assert faults == fc.FaultConfig()
+    assert faults.to_run_config() == fc.FAULT_DEFAULTS
     assert not faults.active
 
 
@@ -201,7 +202,7 @@ def test_fault_config_defaults_are_inactive():
     ],
 )
 def test_fault_config_is_active_only_when_someone_misbehaves(values, active):
-    assert fi.fault_config(values).active is active
+    assert fc.fault_config(values).active is active
 
 
 def test_fault_config_round_trips_through_run_config_keys():
@@ -214,7 +215,7 @@ def test_fault_config_round_trips_through_run_config_keys():
         "fault-wipe-state": "1@2,3@4",
     }
 
-    assert fi.fault_config(values).to_run_config() == values
+    assert fc.fault_config(values).to_run_config() == values
 
 
 @pytest.mark.parametrize(
@@ -257,23 +258,23 @@ def test_fault_config_round_trips_through_run_config_keys():
 )
 def test_fault_config_reports_each_problem(values, message):
     with pytest.raises(ConfigError, match=message):
-        fi.fault_config(values)
+        fc.fault_config(values)
 
 
 def test_fault_config_refuses_more_attackers_than_clients():
     with pytest.raises(
         ConfigError, match=r"'fault-attackers' = 4 exceeds the 3 clients"
     ):
-        fi.fault_config({"fault-attack": "nan", "fault-attackers": 4}, num_clients=3)
+        fc.fault_config({"fault-attack": "nan", "fault-attackers": 4}, num_clients=3)
 
 
 def test_wipe_state_lists_every_pair_once_in_order():
-    faults = fi.fault_config({"fault-wipe-state": " 5@3, 0@2,5@3 "})
+    faults = fc.fault_config({"fault-wipe-state": " 5@3, 0@2,5@3 "})
 
     assert faults.wipe_state == ((0, 2), (5, 3))
     assert faults.wipes(5, 3) and faults.wipes(0, 2)
     assert not faults.wipes(5, 2) and not faults.wipes(3, 5)
-    assert fi.fault_config({"fault-wipe-state": ""}).wipe_state == ()
+    assert fc.fault_config({"fault-wipe-state": ""}).wipe_state == ()
 
 
 def test_wipe_state_of_a_partition_that_does_not_exist_is_refused():
@@ -282,18 +283,18 @@ def test_wipe_state_of_a_partition_that_does_not_exist_is_refused():
         match=r"'fault-wipe-state' item '3@2': partition 3 does not exist with 3 "
         r"clients \(0 to 2\)",
     ):
-        fi.fault_config({"fault-wipe-state": "0@1,3@2"}, num_clients=3)
+        fc.fault_config({"fault-wipe-state": "0@1,3@2"}, num_clients=3)
 
 
 def test_fault_config_reports_all_problems_at_once():
     with pytest.raises(ConfigError) as excinfo:
-        fi.fault_config({"fault-scale": -1.0, "fault-dropout": 2.0, "fault-seed": -1})
+        fc.fault_config({"fault-scale": -1.0, "fault-dropout": 2.0, "fault-seed": -1})
 
     assert str(excinfo.value).count("\n  - ") == 3
 
 
 def test_split_fault_keys_separates_by_prefix():
-    rest, faults = fi.split_fault_keys(
+    rest, faults = fc.split_fault_keys(
         {"strategy": "krum", "fault-seed": 1, "num-malicious-nodes": 2}
     )
 
@@ -349,7 +350,7 @@ def train_message(server_round=1, message_type="train"):
 
 
 def node_context(partition_id, faults, num_partitions=4):
-    run_config = {"local-epochs": 1, **fi.FAULT_DEFAULTS, **faults}
+    run_config = {"local-epochs": 1, **fc.FAULT_DEFAULTS, **faults}
     return Context(
         run_id=1,
         node_id=11,
@@ -361,7 +362,7 @@ def node_context(partition_id, faults, num_partitions=4):
 
 def test_attacker_replies_are_corrupted_and_honest_ones_pass(task_identity, production):
     faults = {"fault-attack": "sign-flip", "fault-attackers": 1, "fault-scale": 2.0}
-    (attacker,) = fi.choose_attackers(4, 1, seed=0)
+    (attacker,) = fc.choose_attackers(4, 1, seed=0)
     honest = (attacker + 1) % 4
 
     bad = fi.train(train_message(), node_context(attacker, faults))
@@ -391,7 +392,7 @@ def test_dropped_node_raises_before_training(task_identity, production):
     dropped = next(
         p
         for p in range(4)
-        if fi.drops_out(seed=0, server_round=3, partition_id=p, rate=0.5)
+        if fc.drops_out(seed=0, server_round=3, partition_id=p, rate=0.5)
     )
 
     with pytest.raises(
@@ -429,7 +430,7 @@ def test_a_wiped_node_loses_its_state_folder_and_context_state_before_training(
         **from_run_config(
             {"node-state-dir": str(state_dir)}, fill_defaults=True
         ).to_flat(),
-        **fi.FAULT_DEFAULTS,
+        **fc.FAULT_DEFAULTS,
         "fault-wipe-state": "2@3",
     }
 
@@ -506,7 +507,7 @@ strategy = "fedavg"
 def test_fault_app_copy_has_the_fault_components_and_keys(tmp_path):
     app = make_app_dir(tmp_path)
     original = (app / "pyproject.toml").read_text()
-    faults = fi.fault_config({"fault-attack": "nan", "fault-attackers": 2})
+    faults = fc.fault_config({"fault-attack": "nan", "fault-attackers": 2})
 
     dest = write_fault_app(app, tmp_path / "copy", faults)
 
@@ -527,14 +528,14 @@ def test_fault_app_copy_has_the_fault_components_and_keys(tmp_path):
 
 
 def test_fault_app_copy_of_the_real_project_declares_every_key(tmp_path):
-    faults = fi.fault_config({"fault-dropout": 0.1})
+    faults = fc.fault_config({"fault-dropout": 0.1})
 
     dest = write_fault_app(simulate_module.APP_DIR, tmp_path / "copy", faults)
 
     config = tomllib.loads((dest / "pyproject.toml").read_text())["tool"]["flwr"][
         "app"
     ]["config"]
-    rest, fault_keys = fi.split_fault_keys(config)
+    rest, fault_keys = fc.split_fault_keys(config)
     from_run_config(rest)  # every production key present and valid
     assert fault_keys == faults.to_run_config()
     # One package, copied as the wheel installs it: real folders, not links.
@@ -545,14 +546,14 @@ def test_fault_app_copy_of_the_real_project_declares_every_key(tmp_path):
 
 def test_fault_app_needs_a_pyproject(tmp_path):
     with pytest.raises(FedgeError, match=r"no .*pyproject\.toml"):
-        write_fault_app(tmp_path, tmp_path / "copy", fi.FaultConfig())
+        write_fault_app(tmp_path, tmp_path / "copy", fc.FaultConfig())
 
 
 def test_fault_app_needs_packages(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.flwr.app]\n")
 
     with pytest.raises(FedgeError, match=r"no packages found in"):
-        write_fault_app(tmp_path, tmp_path / "copy", fi.FaultConfig())
+        write_fault_app(tmp_path, tmp_path / "copy", fc.FaultConfig())
 
 
 # ------------------------------------------------- simulate() wiring
@@ -561,7 +562,7 @@ class Submitted(Exception):
 
 
 @pytest.fixture
-def captured_submission(monkeypatch):
+def captured_submission(monkeypatch, stand_in_engines):
     """Run simulate() up to the `flwr run` call and capture what it submits."""
     import contextlib
     from types import SimpleNamespace
@@ -569,7 +570,7 @@ def captured_submission(monkeypatch):
     seen = {}
 
     @contextlib.contextmanager
-    def fake_superlink(workdir, engine, ray_address):
+    def fake_superlink(workdir, engine, ray_address, own_engine):
         yield SimpleNamespace(env={}), True
 
     def fake_stream(command, env, log_path, *, verbose, echo, stop_when=None):

@@ -377,14 +377,6 @@ def test_a_group_too_small_for_a_client_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- simulate()
-@pytest.fixture
-def no_flower(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a process was started")
-
-    monkeypatch.setattr(simulate_module, "superlink_for_run", forbidden)
-
-
 def test_a_bad_file_is_refused_before_any_folder_or_process(tmp_path, no_flower):
     frame = clinics()
     frame.loc[7, "x"] = np.nan

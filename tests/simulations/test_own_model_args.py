@@ -15,7 +15,7 @@ from fedge.cli.simulate import resolve_arguments
 from fedge.shared.config import from_run_config
 from fedge.shared.errors import ModelError
 from fedge.shared.model_reference import shipped_module_name
-from fedge.simulations.fault_injection import FaultConfig
+from fedge.simulations.fault_config import FaultConfig
 from fedge.simulations.scenario_file import load_scenario
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "own_nets.py"

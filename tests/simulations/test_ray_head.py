@@ -50,11 +50,10 @@ def submitted(monkeypatch):
         yield SimpleNamespace(env={})
 
     class FakeEngine:
-        def __enter__(self):
-            seen["engine"] = "private"
-            return self
+        def start_in_background(self):
+            seen["engine"] = "private, starting early"
 
-        def __exit__(self, *exc):
+        def close(self):
             seen["engine closed"] = True
 
         @contextlib.contextmanager
@@ -78,7 +77,7 @@ def test_by_default_a_run_starts_an_engine_of_its_own(tmp_path, submitted):
             {}, num_clients=2, output_dir=tmp_path, run_name="r", echo=lambda *_: None
         )
 
-    assert submitted["engine"] == "private"
+    assert submitted["engine"] == "private, starting early"
     assert submitted["engine closed"]
     assert "env" not in submitted  # no SuperLink outside the engine
     # Its own engine ends with the run: the run need not wait out Flower's shutdown.

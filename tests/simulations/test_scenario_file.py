@@ -169,7 +169,7 @@ def test_list_prints_every_packaged_scenario_with_description_and_clients(capsys
 
 # ---------------------------------------------------------------- runs
 @pytest.fixture
-def submission(monkeypatch):
+def submission(monkeypatch, stand_in_engines):
     """Run simulate() through every check up to `flwr run`; capture what it submits."""
     seen = {}
 
@@ -177,7 +177,7 @@ def submission(monkeypatch):
         pass
 
     @contextlib.contextmanager
-    def fake_superlink(workdir, engine, ray_address):
+    def fake_superlink(workdir, engine, ray_address, own_engine):
         yield SimpleNamespace(env={}), True
 
     def fake_stream(command, env, log_path, *, verbose, echo, stop_when=None):

@@ -9,7 +9,7 @@ import pytest
 
 from fedge.shared.config import from_run_config
 from fedge.shared.errors import FedgeError
-from fedge.simulations.fault_injection import fault_config, split_fault_keys
+from fedge.simulations.fault_config import fault_config, split_fault_keys
 from fedge.simulations.scenario_file import (
     SCENARIOS_DIR,
     load_scenario,

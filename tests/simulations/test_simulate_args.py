@@ -206,7 +206,7 @@ def test_preflight_refuses_partitions_a_node_cannot_use(overrides, num_clients):
         )
 
 
-def test_simulate_refuses_a_folder_holding_an_earlier_run(tmp_path, monkeypatch):
+def test_simulate_refuses_a_folder_holding_an_earlier_run(tmp_path, no_flower):
     import fedge.simulations.simulate as sim
     from fedge.shared.errors import ConfigError
 
@@ -216,7 +216,6 @@ def test_simulate_refuses_a_folder_holding_an_earlier_run(tmp_path, monkeypatch)
     (earlier / "status.json").write_text(
         '{"state": "complete", "final_accuracy": 0.99}'
     )
-    monkeypatch.setattr(sim, "superlink_for_run", None)  # must fail before any process
     with pytest.raises(ConfigError, match="already holds a run"):
         sim.simulate(
             {},
