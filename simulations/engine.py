@@ -1,12 +1,13 @@
-"""A warm simulation engine: one SuperLink and one Ray cluster that many runs reuse.
+"""A simulation engine: one SuperLink and one Ray head that runs are submitted to.
 
-Each ``fedge simulate`` on its own starts a SuperLink in simulation mode, and
-Flower's Ray backend starts a Ray cluster inside the run (GCS, raylet, agents)
-and tears it down at its end. A :class:`SimulationEngine` starts both once and
-keeps them while its owner lives: runs submitted through it (``simulate(...,
-engine=...)``, or any ``simulate`` inside :func:`sharing`) skip both starts and
-the cluster's teardown. Study cells, notebooks and the test suite's simulation
-tests reuse one.
+``simulate()`` given no engine starts one for its run alone, in the
+background, as soon as it is called (its SuperLink and lean Ray head start
+while the data is checked), and closes it when the run ends; once the run
+folder says complete and is reported on, the whole engine is ended at once,
+Flower's shutdown of the run not waited for. A :class:`SimulationEngine` kept
+warm is one that several runs share: runs submitted through it
+(``simulate(..., engine=...)``, or any ``simulate`` inside :func:`sharing`)
+skip the starts and the teardown. Study cells, notebooks and tests reuse one.
 
 The engine's processes keep the environment they started with; a run started
 when this process's environment differs (a ``PYTHONPATH`` set since, say)

@@ -9,24 +9,25 @@ out (``include_dashboard=False``). Its ``--federation-config`` passes only
 ``ray.init``; what else the engine skips is set through the environment the
 SuperLink passes to it (:data:`ENGINE_ENV`).
 
-A private head started by ``ray start --head`` with fewer services
-(:func:`ray_head_command`: no autoscaler monitor, no dashboard, free ports) in
-the background while the SuperLink and ServerApp start was tried as the default
-and measured against Flower's own start, 6 alternating pairs, 4 clients × 2
-rounds on this 2-core machine under load 4-10 from other work: the first round
-ended a median 37 s (24-53) after the command, against 33 s (26-63) with
-Flower's own start. The head's start competes for the same 2 cores with the
-SuperLink and ServerApp, delaying round 0 by up to 18 s. Not a win here, so
-the engine starts its own cluster, and :func:`ray_head_command` serves tests
-that need a cluster of their own.
+Every run without a warm engine or a cluster of the user's now gets an engine
+of its own (:mod:`fedge.simulations.engine`), whose lean head
+(:func:`ray_head_command`: no autoscaler monitor, no dashboard, free ports)
+starts in the background as soon as ``simulate()`` is called, beside the
+SuperLink, while the command checks the data and imports torch; the
+simulation process's ``ray.init`` then joins it. Measured 2026-12-05 on an
+idle 2-core machine, 10 clients × 5 rounds, one pair of runs: round 1 ended
+1.5 s sooner than with Flower's own start inside the run (11.9 against 13.4 s
+after the command), because the head's processes start on the core the
+command's serial work leaves free, and at the end the whole tree is ended at
+once instead of through Ray's shutdown. (An earlier measurement,
+under a load of 4-10 from other work, found no gain: the head's start then
+competed with the SuperLink and ServerApp for cores that were not free.)
 
 One head shared by every simulation test of a pytest worker (started once,
 ``RAY_ADDRESS`` pointing at it) was tried for the test suite too, and lost: the
 3 runs of ``tests/integration/test_strategies.py`` used 162 s of CPU against
 117 s with each run's own cluster (load ~8). A long-lived head costs CPU while
-idle, its workers prestarted for the default job are never used (Flower's
-driver asks for a ``runtime_env`` of its own), and each run still starts its
-own actor processes and imports.
+idle, and each run still starts its own actor processes and imports.
 
 ``ray.init()`` reads ``RAY_ADDRESS``: with ``--ray-address`` the SuperLink
 passes the user's cluster to the engine, which joins it instead of starting one.
