@@ -190,6 +190,7 @@ def minimal_round_times(
     RuntimeError
         The run wrote no round times (its log's tail says why).
     """
+    from fedge.shared.run_folder import FLOWER_LOG_FILE
     from fedge.simulations.engine import SimulationEngine
     from fedge.simulations.flower_processes import flwr_run_command, write_run_config
 
@@ -212,7 +213,7 @@ def minimal_round_times(
                 "client-resources-num-cpus": cpus_per_client,
             },
         )
-        log = Path(tmp) / "flower.log"
+        log = Path(tmp) / FLOWER_LOG_FILE
         with (
             SimulationEngine() as engine,
             engine.run_slot() as link,
