@@ -227,3 +227,24 @@ def test_a_run_that_failed_exits_1_with_one_line(capsys, monkeypatch, tmp_path):
     assert err.strip().splitlines() == [
         "fedge simulate: run failed: run did not complete (failed: Only 1 of 2 nodes)"
     ]
+
+
+def test_the_fedge_command_exits_with_mains_status_and_spares_the_last_collection(
+    monkeypatch,
+):
+    import tomllib
+    from pathlib import Path
+
+    import fedge.cli.app as app
+
+    froze = []
+    monkeypatch.setattr(app, "main", lambda: 3)
+    monkeypatch.setattr(app.gc, "freeze", lambda: froze.append(True))
+
+    with pytest.raises(SystemExit) as exit_:
+        app.run()
+
+    assert exit_.value.code == 3 and froze == [True]
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
+    assert scripts["fedge"] == "fedge.cli.app:run"
