@@ -2,27 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 import torch
 
+import fedge.simulations.simulate as simulate_module
 from fedge.client.node_data import load_node_data
 from fedge.shared.config import from_run_config
 from fedge.shared.evaluation import evaluate_loss_accuracy
 from fedge.shared.fairness import fairness_summary
 from fedge.shared.models import ModelSpec, build_model
 from fedge.shared.preprocessing import Preprocessing
+from fedge.simulations.flower_processes import process_tree
 from fedge.simulations.simulate import simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_three_clients_two_rounds_improve_and_fill_the_run_folder(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    seen_running: list[int] = []
+
+    class WatchedEngine(simulate_module.SimulationEngine):
+        """The run's own engine, noting every process of it while the run is on."""
+
+        @contextlib.contextmanager
+        def run_slot(self) -> Iterator[Any]:
+            with super().run_slot() as link:
+                yield link
+                seen_running.extend(process_tree(self.pids))
+
+    monkeypatch.setattr(simulate_module, "SimulationEngine", WatchedEngine)
     run_dir = simulate(
         {"num-server-rounds": 2, "local-epochs": 2, "fraction-evaluate": 1.0},
         num_clients=3,
@@ -30,6 +47,10 @@ def test_three_clients_two_rounds_improve_and_fill_the_run_folder(
         run_name="sim",
         echo=lambda *_: None,
     )
+    # The run had an engine of its own (SuperLink, SuperExec, Ray head, the
+    # simulation process and its workers), and nothing of it outlived the run.
+    assert len(seen_running) >= 5
+    assert process_tree(seen_running) == []
     for name in (
         "config.json",
         "metrics.csv",
