@@ -57,3 +57,27 @@ def no_flower(monkeypatch, stand_in_engines):
     monkeypatch.setattr(simulate_module, "superlink_for_run", forbidden)
     monkeypatch.setattr(simulate_module.subprocess, "Popen", forbidden)
     return stand_in_engines
+
+
+def _kind(item):
+    """0 for real-deployment tests, 1 for other simulations and slow tests, 2 for the rest."""
+    if item.get_closest_marker("e2e"):
+        return 0
+    if item.get_closest_marker("integration") or item.get_closest_marker("slow"):
+        return 1
+    return 2
+
+
+def pytest_collection_modifyitems(items):
+    """Put the modules of the slowest kinds first, each module's tests kept together.
+
+    On two workers the suite ends when the last long test does: started
+    early, the long ones overlap the rest, and the short ones fill the end.
+    A module keeps its tests in order and together (its slowest test decides
+    its place), so a module-scoped fixture is still set up once per worker.
+    """
+    module_kind = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        module_kind[module] = min(module_kind.get(module, 2), _kind(item))
+    items.sort(key=lambda item: module_kind[item.nodeid.split("::")[0]])
