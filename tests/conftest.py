@@ -1,6 +1,7 @@
 """Fixtures for tests that run ``simulate()`` without starting any process."""
 
 import contextlib
+import subprocess
 
 import pytest
 
@@ -55,7 +56,7 @@ def no_flower(monkeypatch, stand_in_engines):
         raise AssertionError("a Flower process was about to start")
 
     monkeypatch.setattr(simulate_module, "superlink_for_run", forbidden)
-    monkeypatch.setattr(simulate_module.subprocess, "Popen", forbidden)
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
     return stand_in_engines
 
 

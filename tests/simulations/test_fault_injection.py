@@ -28,6 +28,7 @@ import fedge.simulations.simulate as simulate_module
 from fedge.shared.config import from_run_config
 from fedge.shared.errors import ConfigError, FedgeError
 from fedge.simulations.fault_app import write_fault_app
+from fedge.simulations.flwr_stream import line_to_show
 
 GLOBAL = {
     "w": np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32),
@@ -573,7 +574,7 @@ def captured_submission(monkeypatch, stand_in_engines):
     def fake_superlink(workdir, engine, ray_address, own_engine):
         yield SimpleNamespace(env={}), True
 
-    def fake_stream(command, env, log_path, *, verbose, echo, stop_when=None):
+    def fake_stream(command, env, log_path, *, cwd, verbose, echo, stop_when=None):
         app_dir = Path(command[2])
         seen["app_pyproject"] = tomllib.loads((app_dir / "pyproject.toml").read_text())
         seen["run_config"] = tomllib.loads(
@@ -582,7 +583,7 @@ def captured_submission(monkeypatch, stand_in_engines):
         raise Submitted
 
     monkeypatch.setattr(simulate_module, "superlink_for_run", fake_superlink)
-    monkeypatch.setattr(simulate_module, "_stream", fake_stream)
+    monkeypatch.setattr(simulate_module, "stream_flwr_run", fake_stream)
     monkeypatch.setattr(simulate_module, "preflight", lambda *a, **k: None)
     return seen
 
@@ -664,7 +665,7 @@ def test_dropout_tracebacks_are_shown_as_one_line_each():
         "ValueError: something real",
     ]
 
-    shown = [s for line in lines if (s := simulate_module._line_to_show(line, seen))]
+    shown = [s for line in lines if (s := line_to_show(line, seen))]
 
     assert shown == [
         "fedge simulate: simulated dropout: partition 2 fails in round 1 (fault-dropout = 0.3)",

@@ -66,7 +66,7 @@ def submitted(monkeypatch):
 
     monkeypatch.setattr(simulate_module, "running_superlink", fake_superlink)
     monkeypatch.setattr(simulate_module, "SimulationEngine", FakeEngine)
-    monkeypatch.setattr(simulate_module, "_stream", fake_stream)
+    monkeypatch.setattr(simulate_module, "stream_flwr_run", fake_stream)
     seen["stopped"] = Submitted
     return seen
 

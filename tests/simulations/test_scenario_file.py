@@ -180,12 +180,12 @@ def submission(monkeypatch, stand_in_engines):
     def fake_superlink(workdir, engine, ray_address, own_engine):
         yield SimpleNamespace(env={}), True
 
-    def fake_stream(command, env, log_path, *, verbose, echo, stop_when=None):
+    def fake_stream(command, env, log_path, *, cwd, verbose, echo, stop_when=None):
         seen["federation"] = command[command.index("--federation-config") + 1]
         raise Submitted
 
     monkeypatch.setattr(simulate_module, "superlink_for_run", fake_superlink)
-    monkeypatch.setattr(simulate_module, "_stream", fake_stream)
+    monkeypatch.setattr(simulate_module, "stream_flwr_run", fake_stream)
     seen["stopped"] = Submitted
     return seen
 

@@ -1,6 +1,6 @@
 """What ``fedge simulate`` echoes of Flower's log when not verbose."""
 
-from fedge.simulations.simulate import _line_to_show
+from fedge.simulations.flwr_stream import line_to_show
 
 SHADOWED = "ModuleNotFoundError: No module named 'client.client_app'; 'client' is not a package"
 ROUND_LINE = (
@@ -34,7 +34,7 @@ def test_an_error_every_node_repeats_each_round_is_shown_once_beside_the_round_l
         log.append(ROUND_LINE.format(r=server_round))
         log.append(f"INFO fedge: round {server_round}/2  accuracy 0.0422")
 
-    shown = [s for line in log if (s := _line_to_show(line, seen))]
+    shown = [s for line in log if (s := line_to_show(line, seen))]
 
     assert shown == [
         SHADOWED,
@@ -55,7 +55,7 @@ def test_fedge_lines_are_never_held_back_and_a_new_error_is_shown():
         "ValueError: something else",
     ]
 
-    shown = [s for line in lines if (s := _line_to_show(line, seen))]
+    shown = [s for line in lines if (s := line_to_show(line, seen))]
 
     assert shown == [
         "WARNING fedge: round 1: 0 usable replies",
@@ -81,17 +81,18 @@ def stream_after_complete(tmp_path, script, monkeypatch, wait_s):
     import threading
     import time
 
-    from fedge.simulations import simulate
+    from fedge.simulations import flwr_stream
 
-    monkeypatch.setattr(simulate, "LAST_LINE_WAIT_S", wait_s)
+    monkeypatch.setattr(flwr_stream, "LAST_LINE_WAIT_S", wait_s)
     complete = threading.Event()
     complete.set()  # the run folder says complete from the start
     shown: list[str] = []
     started = time.monotonic()
-    simulate._stream(
+    flwr_stream.stream_flwr_run(
         [sys.executable, "-c", script],
         {},
         tmp_path / "flower.log",
+        cwd=tmp_path,
         verbose=False,
         echo=shown.append,
         stop_when=complete,
